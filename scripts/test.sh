@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Set-up (if needed) and the whole test suite: unit tests and the
+# integration tests, which start the real server on 127.0.0.1:0.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+./scripts/setup.sh
+# Build outputs live outside the clone so a fresh clone (CI) reuses them.
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/cotejo/target}"
+cargo test --release --locked "$@"

@@ -1,0 +1,218 @@
+//! proto <-> domain conversions. Incoming messages are destructured field by
+//! field so a new proto field fails to compile until someone decides what it
+//! means.
+
+use super::pb;
+use crate::{
+    biometric::{Modality, Sample, SampleData},
+    engine::{
+        Candidate, Decision, EngineError, EnrollOutcome, EnrollRequest, IdentifyOutcome, IdentifyRequest,
+        ModalityScore, SampleReport, Stats, VerifyOutcome, VerifyRequest,
+    },
+    store::SubjectRecord,
+};
+
+fn modality_from_pb(raw: i32, field: &str) -> Result<Modality, EngineError> {
+    match pb::Modality::try_from(raw) {
+        Ok(pb::Modality::Face) => Ok(Modality::Face),
+        Ok(pb::Modality::Finger) => Ok(Modality::Finger),
+        Ok(pb::Modality::Unspecified) => Err(EngineError::invalid(field, "is required (FACE or FINGER)")),
+        Err(_) => Err(EngineError::invalid(field, format!("unknown modality {raw}"))),
+    }
+}
+
+fn modality_to_pb(m: Modality) -> i32 {
+    match m {
+        Modality::Face => pb::Modality::Face as i32,
+        Modality::Finger => pb::Modality::Finger as i32,
+    }
+}
+
+fn samples_from_pb(samples: Vec<pb::Sample>) -> Result<Vec<Sample>, EngineError> {
+    samples
+        .into_iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let pb::Sample { modality, finger_position, data, ppi } = s;
+            let modality = modality_from_pb(modality, &format!("samples[{i}].modality"))?;
+            let finger_position = u8::try_from(finger_position)
+                .ok()
+                .filter(|p| *p <= 10)
+                .ok_or_else(|| EngineError::invalid(format!("samples[{i}].finger_position"), "must be 0..10"))?;
+            let data = match data {
+                Some(pb::sample::Data::Image(b)) => SampleData::Image(b),
+                Some(pb::sample::Data::FaceEmbedding(pb::FaceEmbedding { model_id, values })) => {
+                    SampleData::FaceEmbedding { model_id, values }
+                }
+                Some(pb::sample::Data::Iso197942(b)) => SampleData::IsoTemplate(b),
+                None => {
+                    return Err(EngineError::invalid(
+                        format!("samples[{i}].data"),
+                        "is required: image, face_embedding or iso_19794_2",
+                    ));
+                }
+            };
+            Ok(Sample { modality, finger_position, data, ppi })
+        })
+        .collect()
+}
+
+impl TryFrom<pb::EnrollRequest> for EnrollRequest {
+    type Error = EngineError;
+    fn try_from(r: pb::EnrollRequest) -> Result<Self, EngineError> {
+        let pb::EnrollRequest { subject_id, samples, add_encounter, use_main_face } = r;
+        Ok(Self { subject_id, samples: samples_from_pb(samples)?, add_encounter, use_main_face })
+    }
+}
+
+impl TryFrom<pb::IdentifyRequest> for IdentifyRequest {
+    type Error = EngineError;
+    fn try_from(r: pb::IdentifyRequest) -> Result<Self, EngineError> {
+        let pb::IdentifyRequest { samples, max_candidates, target_fpir, subject_ids, gallery } = r;
+        if !(0.0..1.0).contains(&target_fpir) {
+            return Err(EngineError::invalid("target_fpir", "must be in [0, 1)"));
+        }
+        Ok(Self {
+            samples: samples_from_pb(samples)?,
+            max_candidates: max_candidates as usize,
+            target_fpir,
+            subject_ids,
+            gallery,
+        })
+    }
+}
+
+impl TryFrom<pb::VerifyRequest> for VerifyRequest {
+    type Error = EngineError;
+    fn try_from(r: pb::VerifyRequest) -> Result<Self, EngineError> {
+        let pb::VerifyRequest { subject_id, samples, target_fmr } = r;
+        if !(0.0..1.0).contains(&target_fmr) {
+            return Err(EngineError::invalid("target_fmr", "must be in [0, 1)"));
+        }
+        Ok(Self { subject_id, samples: samples_from_pb(samples)?, target_fmr })
+    }
+}
+
+impl From<SampleReport> for pb::SampleResult {
+    fn from(r: SampleReport) -> Self {
+        Self {
+            modality: r.modality.map_or(0, modality_to_pb),
+            finger_position: u32::from(r.finger_position),
+            model_id: r.model_id,
+            quality: r.quality,
+            faces_found: u32::try_from(r.faces_found).unwrap_or(u32::MAX),
+            main_face_used: r.main_face_used,
+            face_box: r.bbox.map(|[x1, y1, x2, y2]| pb::BoundingBox { x1, y1, x2, y2 }),
+        }
+    }
+}
+
+impl From<EnrollOutcome> for pb::EnrollResponse {
+    fn from(o: EnrollOutcome) -> Self {
+        Self {
+            subject_id: o.subject_id,
+            encounter_id: o.encounter_id.to_string(),
+            samples: o.samples.into_iter().map(Into::into).collect(),
+        }
+    }
+}
+
+impl From<ModalityScore> for pb::ModalityScore {
+    fn from(s: ModalityScore) -> Self {
+        Self {
+            modality: modality_to_pb(s.modality),
+            finger_position: u32::from(s.finger_position),
+            model_id: s.model_id,
+            raw_score: s.raw_score,
+        }
+    }
+}
+
+impl From<Candidate> for pb::Candidate {
+    fn from(c: Candidate) -> Self {
+        Self { subject_id: c.subject_id, score: c.score, scores: c.scores.into_iter().map(Into::into).collect() }
+    }
+}
+
+impl From<Decision> for pb::Decision {
+    fn from(d: Decision) -> Self {
+        Self {
+            r#match: d.is_match,
+            threshold: d.threshold,
+            threshold_basis: d.basis,
+            subject_id: d.subject_id.unwrap_or_default(),
+        }
+    }
+}
+
+impl From<IdentifyOutcome> for pb::IdentifyResponse {
+    fn from(o: IdentifyOutcome) -> Self {
+        Self {
+            candidates: o.candidates.into_iter().map(Into::into).collect(),
+            decision: Some(o.decision.into()),
+            probes: o.probes.into_iter().map(Into::into).collect(),
+        }
+    }
+}
+
+impl From<VerifyOutcome> for pb::VerifyResponse {
+    fn from(o: VerifyOutcome) -> Self {
+        Self {
+            decision: Some(o.decision.into()),
+            score: o.score,
+            scores: o.scores.into_iter().map(Into::into).collect(),
+            probes: o.probes.into_iter().map(Into::into).collect(),
+        }
+    }
+}
+
+impl From<SubjectRecord> for pb::Subject {
+    fn from(s: SubjectRecord) -> Self {
+        Self {
+            subject_id: s.subject_id,
+            created_unix_ms: s.created_ms,
+            encounters: s
+                .encounters
+                .into_iter()
+                .map(|e| pb::Encounter {
+                    encounter_id: e.encounter_id.to_string(),
+                    created_unix_ms: e.created_ms,
+                    templates: e
+                        .templates
+                        .into_iter()
+                        .map(|(m, pos, model_id, quality)| pb::TemplateSummary {
+                            modality: modality_to_pb(m),
+                            finger_position: u32::from(pos),
+                            model_id,
+                            quality,
+                        })
+                        .collect(),
+                })
+                .collect(),
+        }
+    }
+}
+
+impl From<Stats> for pb::StatsResponse {
+    fn from(s: Stats) -> Self {
+        Self {
+            subjects: s.subjects,
+            encounters: s.encounters,
+            templates: s
+                .templates
+                .into_iter()
+                .map(|(m, model_id, count)| pb::TemplateCount { modality: modality_to_pb(m), model_id, count })
+                .collect(),
+            models: s
+                .models
+                .into_iter()
+                .map(|(model_id, m, dimension, sha256)| pb::ModelInfo {
+                    model_id,
+                    modality: modality_to_pb(m),
+                    dimension,
+                    sha256,
+                })
+                .collect(),
+        }
+    }
+}

@@ -1,0 +1,60 @@
+//! The one mapping from engine errors to gRPC statuses. Every variant picks
+//! its code on purpose and carries a google.rpc.ErrorInfo reason; field
+//! problems also carry a BadRequest violation naming the field.
+
+use std::collections::HashMap;
+
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+
+use crate::{engine::EngineError, face::FaceError};
+
+const DOMAIN: &str = "cotejo.v1";
+
+impl From<EngineError> for Status {
+    fn from(e: EngineError) -> Self {
+        let message = e.to_string();
+        let (code, reason, field) = classify(&e);
+        let mut details = ErrorDetails::new();
+        details.set_error_info(reason, DOMAIN, HashMap::new());
+        if let Some(f) = field {
+            details.add_bad_request_violation(f, message.clone());
+        }
+        if code == Code::Internal {
+            tracing::error!(error = %message, "internal error");
+        }
+        Status::with_error_details(code, message, details)
+    }
+}
+
+fn classify(e: &EngineError) -> (Code, &'static str, Option<String>) {
+    use Code::{AlreadyExists, FailedPrecondition, Internal, InvalidArgument, NotFound, ResourceExhausted, Unavailable};
+    match e {
+        EngineError::InvalidArgument { field, .. } => (InvalidArgument, "INVALID_ARGUMENT", Some(field.clone())),
+        EngineError::Face { field, source } => {
+            let (code, reason) = match source {
+                FaceError::EmptyImage => (InvalidArgument, "EMPTY_IMAGE"),
+                FaceError::UnsupportedFormat => (InvalidArgument, "UNSUPPORTED_FORMAT"),
+                FaceError::Corrupt(_) => (InvalidArgument, "CORRUPT_IMAGE"),
+                FaceError::ImageTooLarge(_) => (InvalidArgument, "IMAGE_TOO_LARGE"),
+                FaceError::NoFace => (InvalidArgument, "NO_FACE_FOUND"),
+                FaceError::MultipleFaces(_) => (InvalidArgument, "MULTIPLE_FACES"),
+                FaceError::Inference(_) => (Internal, "INFERENCE_FAILED"),
+                FaceError::Unavailable(_) => (ResourceExhausted, "OVERLOADED"),
+            };
+            (code, reason, Some(field.clone()))
+        }
+        EngineError::FingerprintsNotEnabled { field } => (FailedPrecondition, "FINGERPRINTS_NOT_ENABLED", Some(field.clone())),
+        EngineError::UnknownModel { field, .. } => (InvalidArgument, "UNKNOWN_MODEL", Some(field.clone())),
+        EngineError::Dimension { field, .. } => (InvalidArgument, "WRONG_DIMENSION", Some(field.clone())),
+        EngineError::NotSupported { field, .. } => (FailedPrecondition, "NOT_SUPPORTED", Some(field.clone())),
+        EngineError::SubjectExists(_) => (AlreadyExists, "SUBJECT_EXISTS", Some("subject_id".into())),
+        EngineError::SubjectNotFound(_) => (NotFound, "SUBJECT_NOT_FOUND", Some("subject_id".into())),
+        EngineError::NothingToCompare { .. } => (FailedPrecondition, "NOTHING_TO_COMPARE", None),
+        EngineError::NotReady(_) => (Unavailable, "NOT_READY", None),
+        EngineError::Store(_) => (Internal, "STORE_FAILED", None),
+        EngineError::Index(_) => (Internal, "INDEX_FAILED", None),
+        EngineError::Model(_) => (Unavailable, "MODELS_UNAVAILABLE", None),
+        EngineError::Internal(_) => (Internal, "INTERNAL", None),
+    }
+}

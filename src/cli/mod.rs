@@ -1,0 +1,134 @@
+//! The client subcommands: read files, call the server over gRPC, print a
+//! human summary or one JSON object. A failure exits non-zero with the
+//! server's message.
+
+mod output;
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use tonic::transport::Channel;
+
+use crate::api::pb::{self, biometrics_client::BiometricsClient};
+
+/// Options every client command shares.
+#[derive(Debug, Clone)]
+pub struct ClientOpts {
+    /// Server URL.
+    pub server: String,
+    /// Print JSON.
+    pub json: bool,
+}
+
+/// Probe or enrollment samples named on the command line.
+#[derive(Debug, Clone, Default)]
+pub struct SampleArgs {
+    /// Face image files.
+    pub faces: Vec<PathBuf>,
+    /// `POS=FILE` finger images or ISO templates.
+    pub fingers: Vec<String>,
+    /// Finger image resolution.
+    pub ppi: u32,
+}
+
+async fn connect(server: &str) -> anyhow::Result<BiometricsClient<Channel>> {
+    let channel = Channel::from_shared(server.to_owned())
+        .with_context(|| format!("invalid server URL {server:?}"))?
+        .connect()
+        .await
+        .with_context(|| format!("cannot connect to {server}"))?;
+    Ok(BiometricsClient::new(channel).max_decoding_message_size(64 << 20).max_encoding_message_size(64 << 20))
+}
+
+fn read(path: &Path) -> anyhow::Result<Vec<u8>> {
+    std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))
+}
+
+fn samples(args: &SampleArgs) -> anyhow::Result<Vec<pb::Sample>> {
+    let mut out = Vec::new();
+    for f in &args.faces {
+        out.push(pb::Sample {
+            modality: pb::Modality::Face as i32,
+            finger_position: 0,
+            data: Some(pb::sample::Data::Image(read(f)?)),
+            ppi: 0,
+        });
+    }
+    for spec in &args.fingers {
+        let Some((pos, file)) = spec.split_once('=') else {
+            bail!("--finger wants POS=FILE (POS 1..10), got {spec:?}");
+        };
+        let pos: u32 = pos.parse().with_context(|| format!("finger position {pos:?} is not a number"))?;
+        let bytes = read(Path::new(file))?;
+        // ISO/IEC 19794-2 records start with "FMR\0"; anything else is an image.
+        let data = if bytes.starts_with(b"FMR\0") {
+            pb::sample::Data::Iso197942(bytes)
+        } else {
+            pb::sample::Data::Image(bytes)
+        };
+        out.push(pb::Sample { modality: pb::Modality::Finger as i32, finger_position: pos, data: Some(data), ppi: args.ppi });
+    }
+    if out.is_empty() {
+        bail!("give at least one --face FILE or --finger POS=FILE");
+    }
+    Ok(out)
+}
+
+fn status_error(s: &tonic::Status) -> anyhow::Error {
+    anyhow::anyhow!("server answered {:?}: {}", s.code(), s.message())
+}
+
+/// `cotejo enroll`.
+pub async fn enroll(
+    o: &ClientOpts,
+    subject: String,
+    s: &SampleArgs,
+    add_encounter: bool,
+    largest_face: bool,
+) -> anyhow::Result<()> {
+    let req = pb::EnrollRequest { subject_id: subject, samples: samples(s)?, add_encounter, use_main_face: largest_face };
+    let r = connect(&o.server).await?.enroll(req).await.map_err(|e| status_error(&e))?.into_inner();
+    output::enroll(o.json, &r)
+}
+
+/// `cotejo identify`.
+pub async fn identify(o: &ClientOpts, s: &SampleArgs, top: u32) -> anyhow::Result<()> {
+    let req = pb::IdentifyRequest { samples: samples(s)?, max_candidates: top, ..Default::default() };
+    let r = connect(&o.server).await?.identify(req).await.map_err(|e| status_error(&e))?.into_inner();
+    output::identify(o.json, &r)
+}
+
+/// `cotejo verify`.
+pub async fn verify(o: &ClientOpts, subject: String, s: &SampleArgs) -> anyhow::Result<()> {
+    let req = pb::VerifyRequest { subject_id: subject, samples: samples(s)?, target_fmr: 0.0 };
+    let r = connect(&o.server).await?.verify(req).await.map_err(|e| status_error(&e))?.into_inner();
+    output::verify(o.json, &r)
+}
+
+/// `cotejo delete`.
+pub async fn delete(o: &ClientOpts, subject: String) -> anyhow::Result<()> {
+    let r = connect(&o.server)
+        .await?
+        .delete(pb::DeleteRequest { subject_id: subject })
+        .await
+        .map_err(|e| status_error(&e))?
+        .into_inner();
+    output::delete(o.json, &r)
+}
+
+/// `cotejo get`.
+pub async fn get(o: &ClientOpts, subject: String) -> anyhow::Result<()> {
+    let r = connect(&o.server)
+        .await?
+        .get_subject(pb::GetSubjectRequest { subject_id: subject })
+        .await
+        .map_err(|e| status_error(&e))?
+        .into_inner();
+    output::subject(o.json, &r)
+}
+
+/// `cotejo stats`.
+pub async fn stats(o: &ClientOpts) -> anyhow::Result<()> {
+    let r = connect(&o.server).await?.stats(pb::StatsRequest {}).await.map_err(|e| status_error(&e))?.into_inner();
+    output::stats(o.json, &r)
+}

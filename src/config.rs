@@ -1,0 +1,271 @@
+//! Layered settings: embedded defaults, then a TOML file, then `COTEJO__`
+//! environment variables. Nothing outside this module reads the environment.
+
+use std::{fmt, net::SocketAddr, path::PathBuf};
+
+use serde::Deserialize;
+
+const DEFAULTS: &str = include_str!("default.toml");
+const ENV_PREFIX: &str = "COTEJO__";
+
+/// Why a configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    /// The TOML did not parse or did not match the schema.
+    #[error("invalid config ({origin}): {message}")]
+    Invalid { origin: String, message: String },
+}
+
+/// The whole service configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// gRPC server settings.
+    pub server: ServerConfig,
+    /// Logging settings.
+    pub log: LogConfig,
+    /// Embedded store settings.
+    pub store: StoreConfig,
+    /// Model files.
+    pub models: ModelsConfig,
+    /// Inference workers.
+    pub inference: InferenceConfig,
+    /// Input limits.
+    pub limits: Limits,
+    /// Face pipeline settings.
+    pub face: FaceConfig,
+}
+
+/// gRPC server settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Listen address.
+    pub listen: SocketAddr,
+    /// Largest accepted message in bytes.
+    pub max_message_bytes: usize,
+    /// Seconds allowed to drain calls at shutdown.
+    pub shutdown_grace_secs: u64,
+}
+
+/// Logging settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// `text` or `json`.
+    pub format: LogFormat,
+    /// `tracing` filter directive.
+    pub filter: String,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Embedded store settings.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    /// Data directory.
+    pub data_dir: PathBuf,
+    /// Hex AES-256 key, or empty for a key file in the data directory.
+    pub encryption_key: String,
+}
+
+impl fmt::Debug for StoreConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let key = if self.encryption_key.is_empty() { "<key file>" } else { "<redacted>" };
+        f.debug_struct("StoreConfig")
+            .field("data_dir", &self.data_dir)
+            .field("encryption_key", &key)
+            .finish()
+    }
+}
+
+/// Model files.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelsConfig {
+    /// Directory holding `manifest.json`.
+    pub dir: PathBuf,
+    /// ONNX Runtime library path override.
+    pub onnxruntime: String,
+}
+
+/// Inference workers.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InferenceConfig {
+    /// Number of worker threads.
+    pub workers: usize,
+    /// Intra-op threads per ONNX session.
+    pub threads: usize,
+    /// Bounded queue length.
+    pub queue: usize,
+}
+
+/// Input limits.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    /// Largest encoded image in bytes.
+    pub max_image_bytes: usize,
+    /// Largest decoded image in pixels.
+    pub max_image_pixels: u64,
+    /// Most samples per request.
+    pub max_samples: usize,
+    /// Most candidates per Identify.
+    pub max_candidates: usize,
+}
+
+/// Face pipeline settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FaceConfig {
+    /// Average the embeddings of the face and its mirror image.
+    pub flip_average: bool,
+    /// Smallest face searched for, in pixels.
+    pub min_face_size: u32,
+    /// Cosine threshold of a match.
+    pub match_threshold: f32,
+    /// Human explanation of the threshold.
+    pub threshold_basis: String,
+}
+
+impl Config {
+    /// Defaults, then `file` if given, then the process environment.
+    pub fn load(file: Option<&std::path::Path>) -> Result<Self, ConfigError> {
+        Self::load_with_env(file, std::env::vars())
+    }
+
+    /// Like [`Config::load`] with an explicit environment (for tests).
+    pub fn load_with_env(
+        file: Option<&std::path::Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let mut root = parse(DEFAULTS, "embedded defaults")?;
+        if let Some(path) = file {
+            let text = std::fs::read_to_string(path)
+                .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+            merge(&mut root, parse(&text, &path.display().to_string())?);
+        }
+        for (key, value) in env {
+            let Some(rest) = key.strip_prefix(ENV_PREFIX) else { continue };
+            let path: Vec<String> = rest.split("__").map(str::to_ascii_lowercase).collect();
+            set_path(&mut root, &path, env_value(&value));
+        }
+        let config: Config = root.try_into().map_err(|e: toml::de::Error| ConfigError::Invalid {
+            origin: "merged settings".into(),
+            message: e.to_string(),
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |message: &str| {
+            Err(ConfigError::Invalid { origin: "validation".into(), message: message.into() })
+        };
+        if self.inference.workers == 0 || self.inference.threads == 0 {
+            return bad("inference.workers and inference.threads must be at least 1");
+        }
+        if !(-1.0..=1.0).contains(&self.face.match_threshold) {
+            return bad("face.match_threshold must be a cosine in [-1, 1]");
+        }
+        let key = &self.store.encryption_key;
+        if !key.is_empty() && (key.len() != 64 || hex::decode(key).is_err()) {
+            return bad("store.encryption_key must be 64 hex characters");
+        }
+        if self.limits.max_samples == 0 || self.limits.max_candidates == 0 {
+            return bad("limits.max_samples and limits.max_candidates must be at least 1");
+        }
+        Ok(())
+    }
+}
+
+fn parse(text: &str, origin: &str) -> Result<toml::Value, ConfigError> {
+    text.parse::<toml::Table>()
+        .map(toml::Value::Table)
+        .map_err(|e| ConfigError::Invalid { origin: origin.into(), message: e.to_string() })
+}
+
+fn merge(base: &mut toml::Value, over: toml::Value) {
+    match (base, over) {
+        (toml::Value::Table(b), toml::Value::Table(o)) => {
+            for (k, v) in o {
+                match b.get_mut(&k) {
+                    Some(slot) => merge(slot, v),
+                    None => {
+                        b.insert(k, v);
+                    }
+                }
+            }
+        }
+        (slot, v) => *slot = v,
+    }
+}
+
+fn set_path(root: &mut toml::Value, path: &[String], value: toml::Value) {
+    let Some((last, parents)) = path.split_last() else { return };
+    let mut node = root;
+    for p in parents {
+        let toml::Value::Table(t) = node else { return };
+        node = t.entry(p.clone()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+    }
+    if let toml::Value::Table(t) = node {
+        t.insert(last.clone(), value);
+    }
+}
+
+/// An environment value is read as a TOML scalar when it parses as one
+/// (numbers, booleans), else as a plain string.
+fn env_value(raw: &str) -> toml::Value {
+    format!("v = {raw}")
+        .parse::<toml::Table>()
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(raw.to_owned()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_load_and_env_overrides() {
+        let env = [
+            ("COTEJO__SERVER__LISTEN".to_string(), "0.0.0.0:6000".to_string()),
+            ("COTEJO__INFERENCE__WORKERS".to_string(), "3".to_string()),
+            ("COTEJO__STORE__DATA_DIR".to_string(), "/tmp/x".to_string()),
+            ("OTHER".to_string(), "ignored".to_string()),
+        ];
+        let c = Config::load_with_env(None, env).expect("config");
+        assert_eq!(c.server.listen.port(), 6000);
+        assert_eq!(c.inference.workers, 3);
+        assert_eq!(c.store.data_dir, PathBuf::from("/tmp/x"));
+    }
+
+    #[test]
+    fn bad_values_are_refused() {
+        let env = [("COTEJO__INFERENCE__WORKERS".to_string(), "0".to_string())];
+        assert!(Config::load_with_env(None, env).is_err());
+        let env = [("COTEJO__NOPE__X".to_string(), "1".to_string())];
+        assert!(Config::load_with_env(None, env).is_err());
+    }
+
+    #[test]
+    fn key_is_redacted() {
+        let env = [("COTEJO__STORE__ENCRYPTION_KEY".to_string(), "ab".repeat(32))];
+        let c = Config::load_with_env(None, env).expect("config");
+        assert!(!format!("{c:?}").contains("abab"));
+    }
+}

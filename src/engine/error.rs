@@ -1,0 +1,74 @@
+//! The engine's error: every variant says which field or thing was wrong,
+//! so the transport can map it to a status code and a field violation.
+
+use crate::{face::FaceError, index::IndexError, inference::ModelError, store::StoreError};
+
+/// Why an engine operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// A request field is missing or malformed.
+    #[error("{field}: {reason}")]
+    InvalidArgument { field: String, reason: String },
+    /// A face sample could not be processed.
+    #[error("{field}: {source}")]
+    Face { field: String, source: FaceError },
+    /// Fingerprint samples are not handled by this build.
+    #[error("{field}: fingerprints are not enabled in this version of cotejo (faces only)")]
+    FingerprintsNotEnabled { field: String },
+    /// A template from a model this service does not run.
+    #[error("{field}: unknown model {model_id:?}; this service embeds faces with {expected:?}")]
+    UnknownModel { field: String, model_id: String, expected: String },
+    /// A template of the wrong size.
+    #[error("{field}: embedding has {got} values, model expects {expected}")]
+    Dimension { field: String, expected: usize, got: usize },
+    /// A request option this version does not offer yet.
+    #[error("{field}: {what} is not supported by this version of cotejo")]
+    NotSupported { field: String, what: String },
+    /// Enroll of an existing subject without `add_encounter`.
+    #[error("subject {0:?} already exists")]
+    SubjectExists(String),
+    /// No such subject.
+    #[error("subject {0:?} not found")]
+    SubjectNotFound(String),
+    /// The subject has no template the probe can be compared with.
+    #[error("subject {subject_id:?} has no {modality} template of model {model_id:?}")]
+    NothingToCompare { subject_id: String, modality: String, model_id: String },
+    /// Still loading models or rebuilding the index.
+    #[error("not ready: {0}")]
+    NotReady(String),
+    /// The store failed.
+    #[error("store: {0}")]
+    Store(StoreError),
+    /// The index failed.
+    #[error("index: {0}")]
+    Index(#[from] IndexError),
+    /// Models could not be loaded.
+    #[error("models: {0}")]
+    Model(#[from] ModelError),
+    /// A bug or a dead task.
+    #[error("internal: {0}")]
+    Internal(String),
+}
+
+impl From<StoreError> for EngineError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::SubjectExists(id) => EngineError::SubjectExists(id),
+            StoreError::SubjectNotFound(id) => EngineError::SubjectNotFound(id),
+            other => EngineError::Store(other),
+        }
+    }
+}
+
+impl From<tokio::task::JoinError> for EngineError {
+    fn from(e: tokio::task::JoinError) -> Self {
+        EngineError::Internal(format!("blocking task failed: {e}"))
+    }
+}
+
+impl EngineError {
+    /// A missing or malformed field.
+    pub fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        EngineError::InvalidArgument { field: field.into(), reason: reason.into() }
+    }
+}

@@ -1,0 +1,122 @@
+//! `cotejo eval latency`: identify from image files against a gallery of a
+//! given size, in process (no gRPC), with the share of each stage.
+
+use std::{collections::HashMap, path::Path, time::Instant};
+
+use rand::{Rng, SeedableRng, rngs::StdRng};
+use serde_json::json;
+
+use super::{metrics::median_p99, read_labels};
+use crate::{
+    biometric::{Modality, Sample, SampleData},
+    config::Config,
+    engine::{Engine, EnrollRequest, IdentifyRequest},
+};
+
+fn image_sample(bytes: Vec<u8>) -> Sample {
+    Sample { modality: Modality::Face, finger_position: 0, data: SampleData::Image(bytes), ppi: 0 }
+}
+
+/// Enrolls `mates` real identities (first image) plus random unit vectors up
+/// to `gallery` templates, then identifies the mates' second images.
+pub async fn latency(config: &Config, data: &Path, gallery: usize, mates: usize) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut config = config.clone();
+    config.store.data_dir = dir.path().to_owned();
+    let engine = {
+        let c = config.clone();
+        tokio::task::spawn_blocking(move || Engine::start(&c)).await??
+    };
+    let images = read_labels(data)?;
+    let mut by_id: HashMap<&str, Vec<&Path>> = HashMap::new();
+    for img in &images {
+        by_id.entry(img.identity.as_str()).or_default().push(&img.path);
+    }
+    let mut pairs: Vec<(&str, &Path, &Path)> =
+        by_id.iter().filter(|(_, v)| v.len() >= 2).map(|(k, v)| (*k, v[0], v[1])).collect();
+    pairs.sort_by_key(|p| p.0);
+    pairs.truncate(mates);
+
+    let t = Instant::now();
+    let mut enrolled_mates = 0;
+    for (id, first, _) in &pairs {
+        let req = EnrollRequest {
+            subject_id: (*id).to_owned(),
+            samples: vec![image_sample(std::fs::read(first)?)],
+            add_encounter: false,
+            use_main_face: true,
+        };
+        if engine.enroll(req).await.is_ok() {
+            enrolled_mates += 1;
+        }
+    }
+    let model = engine.face_model().clone();
+    let mut rng = StdRng::seed_from_u64(7);
+    for n in enrolled_mates..gallery {
+        // Synthetic identities: random directions on the unit sphere. The
+        // cost of exact search does not depend on the vectors' content.
+        let v: Vec<f32> = (0..model.dim).map(|_| rng.random::<f32>() - 0.5).collect();
+        let req = EnrollRequest {
+            subject_id: format!("synthetic-{n:07}"),
+            samples: vec![Sample {
+                modality: Modality::Face,
+                finger_position: 0,
+                data: SampleData::FaceEmbedding { model_id: model.id.clone(), values: v },
+                ppi: 0,
+            }],
+            add_encounter: false,
+            use_main_face: false,
+        };
+        engine.enroll(req).await?;
+    }
+    let enroll_secs = t.elapsed().as_secs_f64();
+
+    let (mut total, mut hits) = (Vec::new(), 0usize);
+    let mut stage = [0f64; 5]; // decode, detect, align, embed, search
+    for (round, (id, _, second)) in pairs.iter().enumerate() {
+        let bytes = std::fs::read(second)?;
+        let req = IdentifyRequest {
+            samples: vec![image_sample(bytes)],
+            max_candidates: 10,
+            target_fpir: 0.0,
+            subject_ids: Vec::new(),
+            gallery: String::new(),
+        };
+        let t = Instant::now();
+        let Ok(out) = engine.identify(req).await else { continue };
+        let ms = t.elapsed().as_secs_f64() * 1e3;
+        if round == 0 {
+            continue; // warm-up
+        }
+        total.push(ms);
+        hits += usize::from(out.candidates.first().is_some_and(|c| c.subject_id == *id));
+        let x = out.times.extract;
+        for (slot, d) in stage.iter_mut().zip([x.decode, x.detect, x.align, x.embed, out.times.search]) {
+            *slot += d.as_secs_f64() * 1e3;
+        }
+    }
+    let n = total.len().max(1) as f64;
+    let mean_total = total.iter().sum::<f64>() / n;
+    let (median, p99) = median_p99(&mut total);
+    let names = ["decode", "detect", "align", "embed", "search"];
+    let shares: serde_json::Map<String, serde_json::Value> = names
+        .iter()
+        .zip(stage)
+        .map(|(k, v)| ((*k).to_owned(), json!({"mean_ms": v / n, "share": v / n / mean_total})))
+        .collect();
+    let out = json!({
+        "gallery_templates": gallery,
+        "real_mates_enrolled": enrolled_mates,
+        "queries": total.len(),
+        "rank1_hits": hits,
+        "median_ms": median,
+        "p99_ms": p99,
+        "mean_ms": mean_total,
+        "stages": shares,
+        "flip_average": config.face.flip_average,
+        "inference_threads": config.inference.threads,
+        "enroll_seconds": enroll_secs,
+    });
+    println!("{}", serde_json::to_string_pretty(&out)?);
+    Ok(())
+}

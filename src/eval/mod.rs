@@ -1,0 +1,152 @@
+//! The project's own evaluation commands on labelled data sets (e.g.
+//! ../shared/data): verification accuracy of the face pipeline and
+//! identify latency at a given gallery size.
+
+mod latency;
+pub mod metrics;
+
+use std::{
+    path::{Path, PathBuf},
+    sync::{Mutex, atomic::AtomicUsize, atomic::Ordering},
+};
+
+use anyhow::Context;
+use serde_json::json;
+
+pub use latency::latency;
+use crate::{
+    config::Config,
+    face::{FaceError, FacePipeline, FaceSettings, ImageLimits, MultipleFaces},
+    inference::{self, Manifest},
+};
+
+/// One labelled image.
+#[derive(Debug, Clone)]
+pub struct LabelledImage {
+    /// Absolute path.
+    pub path: PathBuf,
+    /// Identity label.
+    pub identity: String,
+}
+
+/// Reads `LABELS.txt` (tab-separated `relative_path identity`, `#` comments).
+pub fn read_labels(dir: &Path) -> anyhow::Result<Vec<LabelledImage>> {
+    let file = dir.join("LABELS.txt");
+    let text = std::fs::read_to_string(&file).with_context(|| format!("cannot read {}", file.display()))?;
+    Ok(text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .filter_map(|l| {
+            let (p, id) = l.split_once('\t')?;
+            Some(LabelledImage { path: dir.join(p), identity: id.trim().to_owned() })
+        })
+        .collect())
+}
+
+/// Loads the face pipeline as configured (for offline use, no server).
+pub fn pipeline(config: &Config) -> anyhow::Result<(Manifest, FaceSettings)> {
+    let manifest = Manifest::load(&config.models.dir)?;
+    let lib = if config.models.onnxruntime.is_empty() {
+        manifest.path(&manifest.onnxruntime)
+    } else {
+        config.models.onnxruntime.clone().into()
+    };
+    inference::init_runtime(&lib)?;
+    let settings = FaceSettings {
+        flip_average: config.face.flip_average,
+        threads: 1,
+        limits: ImageLimits { max_bytes: config.limits.max_image_bytes, max_pixels: config.limits.max_image_pixels },
+    };
+    Ok((manifest, settings))
+}
+
+/// Embeds every image on `threads` threads, each with its own pipeline.
+/// `aligned`: the images are already 112x112 aligned crops (no detection).
+/// Returns one embedding or error per image, in input order.
+pub fn embed_all(
+    manifest: &Manifest,
+    settings: FaceSettings,
+    images: &[LabelledImage],
+    aligned: bool,
+    threads: usize,
+) -> anyhow::Result<Vec<Result<Vec<f32>, FaceError>>> {
+    let next = AtomicUsize::new(0);
+    let results: Mutex<Vec<Option<Result<Vec<f32>, FaceError>>>> = Mutex::new(vec![None; images.len()]);
+    std::thread::scope(|scope| -> anyhow::Result<()> {
+        let mut handles = Vec::new();
+        for _ in 0..threads.max(1) {
+            handles.push(scope.spawn(|| -> anyhow::Result<()> {
+                let mut p = FacePipeline::load(manifest, settings)?;
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(img) = images.get(i) else { return Ok(()) };
+                    let bytes = std::fs::read(&img.path).with_context(|| img.path.display().to_string())?;
+                    let r = if aligned {
+                        crate::face::image::decode_rgb(&bytes, settings.limits).and_then(|rgb| p.embed_aligned(&rgb))
+                    } else {
+                        p.extract(&bytes, MultipleFaces::UseMain).map(|x| x.embedding)
+                    };
+                    if let Ok(mut all) = results.lock() {
+                        all[i] = Some(r);
+                    }
+                    if i % 500 == 0 {
+                        eprintln!("  embedded {i}/{}", images.len());
+                    }
+                }
+            }));
+        }
+        for h in handles {
+            h.join().map_err(|_| anyhow::anyhow!("an evaluation thread panicked"))??;
+        }
+        Ok(())
+    })?;
+    let all = results.into_inner().map_err(|_| anyhow::anyhow!("poisoned"))?;
+    Ok(all.into_iter().map(|r| r.unwrap_or(Err(FaceError::Inference("not processed".into())))).collect())
+}
+
+/// `cotejo eval verification`: EER and FNMR at FMR over all pairs of a
+/// labelled face set. Prints one JSON object.
+pub fn verification(config: &Config, data: &Path, aligned: bool, threads: usize, limit: usize) -> anyhow::Result<()> {
+    let (manifest, settings) = pipeline(config)?;
+    let mut images = read_labels(data)?;
+    if limit > 0 {
+        images.truncate(limit);
+    }
+    let started = std::time::Instant::now();
+    let results = embed_all(&manifest, settings, &images, aligned, threads)?;
+    let secs = started.elapsed().as_secs_f64();
+    let mut failures = Vec::new();
+    let mut kept: Vec<(&str, Vec<f32>)> = Vec::new();
+    for (img, r) in images.iter().zip(results) {
+        match r {
+            Ok(v) => kept.push((img.identity.as_str(), v)),
+            Err(e) => failures.push(json!({"image": img.path.display().to_string(), "error": e.to_string()})),
+        }
+    }
+    let (mut genuine, mut impostor) = (Vec::new(), Vec::new());
+    for a in 0..kept.len() {
+        for b in a + 1..kept.len() {
+            let s: f32 = kept[a].1.iter().zip(&kept[b].1).map(|(x, y)| x * y).sum();
+            if kept[a].0 == kept[b].0 { genuine.push(s) } else { impostor.push(s) }
+        }
+    }
+    let v = metrics::verification(&genuine, &impostor, &[0.01, 0.001, 0.0001]);
+    let out = json!({
+        "data": data.display().to_string(),
+        "mode": if aligned { "aligned crops: embed only" } else { "full pipeline: detect + align + embed" },
+        "model": manifest.face_embedder.id,
+        "flip_average": settings.flip_average,
+        "images": images.len(),
+        "detection_failures": failures.len(),
+        "failures": failures,
+        "genuine_pairs": v.genuine,
+        "impostor_pairs": v.impostor,
+        "eer": v.eer,
+        "eer_threshold": v.eer_threshold,
+        "at_fmr": v.at_fmr.iter().map(|(f, t, fnmr)| json!({"fmr": f, "threshold": t, "fnmr": fnmr, "tar": 1.0 - fnmr})).collect::<Vec<_>>(),
+        "seconds": secs,
+        "threads": threads,
+    });
+    println!("{}", serde_json::to_string_pretty(&out)?);
+    Ok(())
+}

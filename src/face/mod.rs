@@ -1,0 +1,184 @@
+//! The face pipeline: decode -> detect (MTCNN, 5 landmarks) -> align to the
+//! 112x112 template -> embed -> L2-normalise.
+
+pub mod align;
+pub mod detect;
+pub mod embed;
+pub mod image;
+pub mod workers;
+
+use std::time::{Duration, Instant};
+
+use ::image::RgbImage;
+
+use crate::inference::{Manifest, ModelError};
+pub use image::ImageLimits;
+pub use workers::FaceWorkers;
+
+/// Why a face sample could not be turned into a template.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum FaceError {
+    /// Zero bytes.
+    #[error("the image is empty")]
+    EmptyImage,
+    /// Not one of the supported encodings.
+    #[error("unsupported image format (JPEG, PNG, TIFF, BMP, PGM/PPM are accepted)")]
+    UnsupportedFormat,
+    /// Truncated or corrupt data.
+    #[error("the image could not be decoded: {0}")]
+    Corrupt(String),
+    /// Over a configured limit.
+    #[error("the image is too large: {0}")]
+    ImageTooLarge(String),
+    /// The detector found nothing.
+    #[error("no face was found in the image")]
+    NoFace,
+    /// Several faces and the caller did not ask for the main one.
+    #[error("{0} faces were found; ask for the main face to use the largest, most central one")]
+    MultipleFaces(usize),
+    /// ONNX Runtime failed.
+    #[error("face model inference failed: {0}")]
+    Inference(String),
+    /// The pipeline is overloaded or stopped.
+    #[error("face workers unavailable: {0}")]
+    Unavailable(String),
+}
+
+impl From<ort::Error> for FaceError {
+    fn from(e: ort::Error) -> Self {
+        FaceError::Inference(e.to_string())
+    }
+}
+
+/// What to do with several faces in one image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MultipleFaces {
+    /// Fail with [`FaceError::MultipleFaces`].
+    Refuse,
+    /// Use the main face (largest box, nearest the centre).
+    UseMain,
+}
+
+/// Time spent in each stage of one extraction.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StageTimes {
+    /// Image decoding.
+    pub decode: Duration,
+    /// MTCNN.
+    pub detect: Duration,
+    /// Similarity warp.
+    pub align: Duration,
+    /// Embedding (both views when flip-averaging).
+    pub embed: Duration,
+}
+
+/// A face template with what was learnt on the way.
+#[derive(Debug, Clone)]
+pub struct FaceExtraction {
+    /// Unit-length embedding.
+    pub embedding: Vec<f32>,
+    /// Detector confidence in [0, 1].
+    pub quality: f32,
+    /// Faces in the image.
+    pub faces_found: usize,
+    /// The main face was chosen among several.
+    pub main_face_used: bool,
+    /// Box of the face used (x1, y1, x2, y2).
+    pub bbox: [f32; 4],
+    /// Stage timings.
+    pub times: StageTimes,
+}
+
+/// Pipeline settings.
+#[derive(Debug, Clone, Copy)]
+pub struct FaceSettings {
+    /// Embed the mirrored crop too and average.
+    pub flip_average: bool,
+    /// Intra-op threads per session.
+    pub threads: usize,
+    /// Image limits.
+    pub limits: ImageLimits,
+}
+
+/// One thread's detector and embedder sessions.
+#[derive(Debug)]
+pub struct FacePipeline {
+    detector: detect::Mtcnn,
+    embedder: embed::Embedder,
+    settings: FaceSettings,
+}
+
+impl FacePipeline {
+    /// Loads the manifest's face models.
+    pub fn load(manifest: &Manifest, settings: FaceSettings) -> Result<Self, ModelError> {
+        let dir = manifest.dir.clone();
+        let detector = detect::Mtcnn::load(&dir, settings.threads)
+            .map_err(|e| ModelError::Session { path: dir.display().to_string(), message: e.to_string() })?;
+        let embedder = embed::Embedder::load(manifest, settings.threads)?;
+        let (w, h) = embedder.input_size();
+        if (w, h) != (112, 112) {
+            return Err(ModelError::Unsupported {
+                id: embedder.spec().id.clone(),
+                message: format!("input {w}x{h}; only 112x112 aligned crops are produced"),
+            });
+        }
+        Ok(Self { detector, embedder, settings })
+    }
+
+    /// Id of the embedding model.
+    pub fn model_id(&self) -> &str {
+        &self.embedder.spec().id
+    }
+
+    /// Decodes, detects, aligns and embeds the face of an encoded image.
+    pub fn extract(&mut self, bytes: &[u8], multiple: MultipleFaces) -> Result<FaceExtraction, FaceError> {
+        let mut times = StageTimes::default();
+        let t = Instant::now();
+        let img = image::decode_rgb(bytes, self.settings.limits)?;
+        times.decode = t.elapsed();
+
+        let t = Instant::now();
+        let faces = self.detector.detect(&img)?;
+        times.detect = t.elapsed();
+        let chosen = match (faces.len(), multiple) {
+            (0, _) => return Err(FaceError::NoFace),
+            (1, _) => 0,
+            (n, MultipleFaces::Refuse) => return Err(FaceError::MultipleFaces(n)),
+            (_, MultipleFaces::UseMain) => {
+                detect::main_face(&faces, img.width(), img.height()).ok_or(FaceError::NoFace)?
+            }
+        };
+        let face = &faces[chosen];
+
+        let t = Instant::now();
+        let crop = align::align(&img, &face.landmarks);
+        times.align = t.elapsed();
+
+        let t = Instant::now();
+        let embedding = self.embed_aligned(&crop)?;
+        times.embed = t.elapsed();
+        Ok(FaceExtraction {
+            embedding,
+            quality: face.score.clamp(0.0, 1.0),
+            faces_found: faces.len(),
+            main_face_used: faces.len() > 1,
+            bbox: face.bbox,
+            times,
+        })
+    }
+
+    /// Embeds an already aligned 112x112 crop (flip-averaged if configured).
+    pub fn embed_aligned(&mut self, crop: &RgbImage) -> Result<Vec<f32>, FaceError> {
+        if !self.settings.flip_average {
+            let mut v = self.embedder.embed(&[crop])?;
+            return v.pop().ok_or_else(|| FaceError::Inference("no embedding returned".into()));
+        }
+        let mirrored = ::image::imageops::flip_horizontal(crop);
+        let v = self.embedder.embed(&[crop, &mirrored])?;
+        let [a, b] = v.as_slice() else {
+            return Err(FaceError::Inference("expected two embeddings".into()));
+        };
+        let sum: Vec<f32> = a.iter().zip(b).map(|(x, y)| x + y).collect();
+        Ok(embed::normalized(&sum))
+    }
+}

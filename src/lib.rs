@@ -1,0 +1,15 @@
+//! cotejo: biometric identification over gRPC. Enroll faces (and, later,
+//! fingerprints), identify 1:N, verify 1:1.
+
+pub mod api;
+pub mod biometric;
+pub mod cli;
+pub mod config;
+pub mod engine;
+pub mod eval;
+pub mod face;
+pub mod index;
+pub mod inference;
+pub mod server;
+pub mod store;
+pub mod telemetry;

@@ -1,0 +1,212 @@
+//! The `cotejo` command: the server, its gRPC client and the evaluations.
+
+use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
+
+use clap::{Args, Parser, Subcommand};
+use cotejo::{
+    cli::{self, ClientOpts, SampleArgs},
+    config::Config,
+    eval, server, telemetry,
+};
+
+#[derive(Debug, Parser)]
+#[command(name = "cotejo", version, about = "Biometric enrollment, identification (1:N) and verification (1:1) over gRPC")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Args)]
+struct Client {
+    /// Server URL.
+    #[arg(long, global = true, default_value = "http://127.0.0.1:50051")]
+    server: String,
+    /// Print one JSON object instead of text.
+    #[arg(long, global = true)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+struct Samples {
+    /// A face image (JPEG, PNG, TIFF, BMP, PGM); repeatable.
+    #[arg(long = "face", value_name = "FILE")]
+    faces: Vec<PathBuf>,
+    /// A finger image or ISO/IEC 19794-2 template at ISO position POS (1..10); repeatable.
+    #[arg(long = "finger", value_name = "POS=FILE")]
+    fingers: Vec<String>,
+    /// Resolution of finger images.
+    #[arg(long, default_value_t = 500)]
+    ppi: u32,
+}
+
+impl From<Samples> for SampleArgs {
+    fn from(s: Samples) -> Self {
+        SampleArgs { faces: s.faces, fingers: s.fingers, ppi: s.ppi }
+    }
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the gRPC server.
+    Serve {
+        /// Listen address (overrides server.listen).
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+        /// Data directory (overrides store.data_dir).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// TOML settings file layered over the embedded defaults.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Enroll a subject.
+    Enroll {
+        /// Subject id.
+        #[arg(long)]
+        subject: String,
+        #[command(flatten)]
+        samples: Samples,
+        /// Add an encounter to an existing subject.
+        #[arg(long)]
+        add_encounter: bool,
+        /// With several faces in an image, enroll the largest, most central one.
+        #[arg(long)]
+        largest_face: bool,
+        #[command(flatten)]
+        client: Client,
+    },
+    /// Identify (1:N) against every enrolled subject.
+    Identify {
+        #[command(flatten)]
+        samples: Samples,
+        /// Candidates to return.
+        #[arg(long, default_value_t = 10)]
+        top: u32,
+        #[command(flatten)]
+        client: Client,
+    },
+    /// Verify (1:1) against one subject.
+    Verify {
+        /// Claimed subject id.
+        #[arg(long)]
+        subject: String,
+        #[command(flatten)]
+        samples: Samples,
+        #[command(flatten)]
+        client: Client,
+    },
+    /// Delete a subject and its templates.
+    Delete {
+        /// Subject id.
+        #[arg(long)]
+        subject: String,
+        #[command(flatten)]
+        client: Client,
+    },
+    /// Show a subject's encounters.
+    Get {
+        /// Subject id.
+        #[arg(long)]
+        subject: String,
+        #[command(flatten)]
+        client: Client,
+    },
+    /// Gallery counts and models.
+    Stats {
+        #[command(flatten)]
+        client: Client,
+    },
+    /// Offline evaluations on labelled data (no server).
+    Eval {
+        #[command(subcommand)]
+        what: EvalCommand,
+        /// TOML settings file.
+        #[arg(long, global = true)]
+        config: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum EvalCommand {
+    /// EER and FNMR at FMR over all pairs of a labelled face set.
+    Verification {
+        /// Folder with LABELS.txt.
+        #[arg(long)]
+        data: PathBuf,
+        /// Images are already aligned 112x112 crops (embedding only).
+        #[arg(long)]
+        aligned: bool,
+        /// Worker threads.
+        #[arg(long, default_value_t = 2)]
+        threads: usize,
+        /// Use only the first N images (0: all).
+        #[arg(long, default_value_t = 0)]
+        limit: usize,
+    },
+    /// Identify latency from image files at a gallery size.
+    Latency {
+        /// Folder with LABELS.txt (identities with two images give the mates).
+        #[arg(long)]
+        data: PathBuf,
+        /// Gallery size in templates.
+        #[arg(long, default_value_t = 10_000)]
+        gallery: usize,
+        /// Real identities enrolled and then searched.
+        #[arg(long, default_value_t = 200)]
+        queries: usize,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let opts = |c: Client| ClientOpts { server: c.server, json: c.json };
+    match cli.command {
+        Command::Serve { listen, data_dir, config } => {
+            let mut config = Config::load(config.as_deref())?;
+            if let Some(l) = listen {
+                config.server.listen = l;
+            }
+            if let Some(d) = data_dir {
+                config.store.data_dir = d;
+            }
+            telemetry::init(&config.log);
+            tracing::info!(?config, "starting");
+            let listener = tokio::net::TcpListener::bind(config.server.listen).await?;
+            server::serve(config, listener, server::shutdown_signal()).await
+        }
+        Command::Enroll { subject, samples, add_encounter, largest_face, client } => {
+            cli::enroll(&opts(client), subject, &samples.into(), add_encounter, largest_face).await
+        }
+        Command::Identify { samples, top, client } => cli::identify(&opts(client), &samples.into(), top).await,
+        Command::Verify { subject, samples, client } => cli::verify(&opts(client), subject, &samples.into()).await,
+        Command::Delete { subject, client } => cli::delete(&opts(client), subject).await,
+        Command::Get { subject, client } => cli::get(&opts(client), subject).await,
+        Command::Stats { client } => cli::stats(&opts(client)).await,
+        Command::Eval { what, config } => {
+            let config = Config::load(config.as_deref())?;
+            match what {
+                EvalCommand::Verification { data, aligned, threads, limit } => {
+                    tokio::task::spawn_blocking(move || eval::verification(&config, &data, aligned, threads, limit)).await?
+                }
+                EvalCommand::Latency { data, gallery, queries } => eval::latency(&config, &data, gallery, queries).await,
+            }
+        }
+    }
+}

@@ -1,0 +1,362 @@
+//! The system of record: subjects, encounters, encrypted templates and the
+//! audit log, in SQLite (WAL, synchronous=FULL: a committed enroll survives a
+//! crash). The search index is derived from this and never the only copy.
+
+mod audit;
+mod crypto;
+
+use std::path::Path;
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+use crate::biometric::{Modality, NewTemplate, StoredTemplate, vector_from_bytes, vector_to_bytes};
+pub use audit::AuditEntry;
+use crypto::Sealer;
+
+/// Why a store operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// SQLite failed.
+    #[error("database: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// The data directory could not be used.
+    #[error("data directory {path}: {source}")]
+    DataDir { path: String, source: std::io::Error },
+    /// The encryption key is missing or malformed.
+    #[error("template encryption key: {0}")]
+    Key(String),
+    /// A template did not decrypt (wrong key or tampered row).
+    #[error("a stored template failed to decrypt (wrong key or tampering)")]
+    Crypto,
+    /// A stored row has values the code does not know.
+    #[error("corrupt row: {0}")]
+    Corrupt(String),
+    /// Enroll of an id that exists.
+    #[error("subject {0:?} already exists")]
+    SubjectExists(String),
+    /// No such subject.
+    #[error("subject {0:?} not found")]
+    SubjectNotFound(String),
+    /// The audit chain does not verify.
+    #[error("audit log broken at entry {0}")]
+    AuditBroken(i64),
+}
+
+/// A subject as stored.
+#[derive(Debug, Clone)]
+pub struct SubjectRecord {
+    /// Caller's id.
+    pub subject_id: String,
+    /// Creation time.
+    pub created_ms: i64,
+    /// Encounters, oldest first.
+    pub encounters: Vec<EncounterRecord>,
+}
+
+/// One enrollment session of a subject.
+#[derive(Debug, Clone)]
+pub struct EncounterRecord {
+    /// Row id.
+    pub encounter_id: i64,
+    /// Creation time.
+    pub created_ms: i64,
+    /// Template summaries (modality, position, model, quality).
+    pub templates: Vec<(Modality, u8, String, f32)>,
+}
+
+/// Gallery counts.
+#[derive(Debug, Clone, Default)]
+pub struct StoreStats {
+    /// Subjects.
+    pub subjects: u64,
+    /// Encounters.
+    pub encounters: u64,
+    /// Templates per modality and model.
+    pub templates: Vec<(Modality, String, u64)>,
+}
+
+/// What an enroll wrote.
+#[derive(Debug, Clone)]
+pub struct Enrolled {
+    /// The new encounter.
+    pub encounter_id: i64,
+    /// Row ids of the new templates, in input order.
+    pub template_ids: Vec<i64>,
+}
+
+/// The SQLite store.
+#[derive(Debug)]
+pub struct Store {
+    conn: Connection,
+    sealer: Sealer,
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS subjects (
+    subject_id TEXT PRIMARY KEY,
+    created_ms INTEGER NOT NULL
+) STRICT;
+CREATE TABLE IF NOT EXISTS encounters (
+    encounter_id INTEGER PRIMARY KEY AUTOINCREMENT,
+    subject_id TEXT NOT NULL REFERENCES subjects(subject_id) ON DELETE CASCADE,
+    created_ms INTEGER NOT NULL
+) STRICT;
+CREATE INDEX IF NOT EXISTS encounters_subject ON encounters(subject_id);
+CREATE TABLE IF NOT EXISTS templates (
+    template_id INTEGER PRIMARY KEY AUTOINCREMENT,
+    encounter_id INTEGER NOT NULL REFERENCES encounters(encounter_id) ON DELETE CASCADE,
+    subject_id TEXT NOT NULL,
+    modality INTEGER NOT NULL,
+    finger_position INTEGER NOT NULL,
+    model_id TEXT NOT NULL,
+    quality REAL NOT NULL,
+    sealed BLOB NOT NULL
+) STRICT;
+CREATE INDEX IF NOT EXISTS templates_subject ON templates(subject_id);
+CREATE INDEX IF NOT EXISTS templates_model ON templates(modality, model_id);
+";
+
+impl Store {
+    /// Opens (creating if needed) the store in `dir`.
+    pub fn open(dir: &Path, hex_key: &str) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(dir)
+            .map_err(|source| StoreError::DataDir { path: dir.display().to_string(), source })?;
+        let sealer = Sealer::open(hex_key, dir)?;
+        let conn = Connection::open(dir.join("cotejo.db"))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        conn.execute_batch(SCHEMA)?;
+        audit::create(&conn)?;
+        Ok(Self { conn, sealer })
+    }
+
+    /// Stores a new encounter with `templates`. A new subject unless
+    /// `add_encounter`, which also accepts an existing one.
+    pub fn enroll(
+        &mut self,
+        subject_id: &str,
+        add_encounter: bool,
+        templates: &[NewTemplate],
+    ) -> Result<Enrolled, StoreError> {
+        let now = now_ms();
+        let tx = self.conn.transaction()?;
+        let exists = subject_exists(&tx, subject_id)?;
+        if exists && !add_encounter {
+            return Err(StoreError::SubjectExists(subject_id.to_owned()));
+        }
+        if !exists {
+            tx.execute("INSERT INTO subjects (subject_id, created_ms) VALUES (?1, ?2)", params![subject_id, now])?;
+        }
+        tx.execute("INSERT INTO encounters (subject_id, created_ms) VALUES (?1, ?2)", params![subject_id, now])?;
+        let encounter_id = tx.last_insert_rowid();
+        let mut template_ids = Vec::with_capacity(templates.len());
+        for t in templates {
+            let aad = aad(subject_id, t);
+            let sealed = self.sealer.seal(&vector_to_bytes(&t.vector), &aad)?;
+            tx.execute(
+                "INSERT INTO templates (encounter_id, subject_id, modality, finger_position, model_id, quality, sealed)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![encounter_id, subject_id, t.modality.code(), t.finger_position, t.model_id, t.quality, sealed],
+            )?;
+            template_ids.push(tx.last_insert_rowid());
+        }
+        let detail = format!("encounter={encounter_id} templates={}", templates.len());
+        audit::append(&tx, now, "enroll", subject_id, &detail)?;
+        tx.commit()?;
+        Ok(Enrolled { encounter_id, template_ids })
+    }
+
+    /// Deletes a subject with all its encounters and templates; returns the
+    /// removed template ids.
+    pub fn delete_subject(&mut self, subject_id: &str) -> Result<Vec<i64>, StoreError> {
+        let tx = self.conn.transaction()?;
+        if !subject_exists(&tx, subject_id)? {
+            return Err(StoreError::SubjectNotFound(subject_id.to_owned()));
+        }
+        let ids = {
+            let mut st = tx.prepare("SELECT template_id FROM templates WHERE subject_id = ?1")?;
+            st.query_map([subject_id], |r| r.get(0))?.collect::<Result<Vec<i64>, _>>()?
+        };
+        tx.execute("DELETE FROM templates WHERE subject_id = ?1", [subject_id])?;
+        tx.execute("DELETE FROM subjects WHERE subject_id = ?1", [subject_id])?;
+        audit::append(&tx, now_ms(), "delete", subject_id, &format!("templates={}", ids.len()))?;
+        tx.commit()?;
+        Ok(ids)
+    }
+
+    /// A subject's encounters and template summaries.
+    pub fn subject(&self, subject_id: &str) -> Result<SubjectRecord, StoreError> {
+        let created_ms: i64 = self
+            .conn
+            .query_row("SELECT created_ms FROM subjects WHERE subject_id = ?1", [subject_id], |r| r.get(0))
+            .optional()?
+            .ok_or_else(|| StoreError::SubjectNotFound(subject_id.to_owned()))?;
+        let mut st = self.conn.prepare(
+            "SELECT e.encounter_id, e.created_ms, t.modality, t.finger_position, t.model_id, t.quality
+             FROM encounters e LEFT JOIN templates t ON t.encounter_id = e.encounter_id
+             WHERE e.subject_id = ?1 ORDER BY e.encounter_id, t.template_id",
+        )?;
+        let mut encounters: Vec<EncounterRecord> = Vec::new();
+        let mut rows = st.query([subject_id])?;
+        while let Some(r) = rows.next()? {
+            let encounter_id: i64 = r.get(0)?;
+            if encounters.last().is_none_or(|e| e.encounter_id != encounter_id) {
+                encounters.push(EncounterRecord { encounter_id, created_ms: r.get(1)?, templates: Vec::new() });
+            }
+            if let Some(code) = r.get::<_, Option<i64>>(2)? {
+                let modality = Modality::from_code(code).ok_or_else(|| StoreError::Corrupt(format!("modality {code}")))?;
+                let t = (modality, r.get(3)?, r.get(4)?, r.get::<_, f64>(5)? as f32);
+                if let Some(e) = encounters.last_mut() {
+                    e.templates.push(t);
+                }
+            }
+        }
+        Ok(SubjectRecord { subject_id: subject_id.to_owned(), created_ms, encounters })
+    }
+
+    /// Every template of one subject, decrypted.
+    pub fn subject_templates(&self, subject_id: &str) -> Result<Vec<StoredTemplate>, StoreError> {
+        if !subject_exists(&self.conn, subject_id)? {
+            return Err(StoreError::SubjectNotFound(subject_id.to_owned()));
+        }
+        let mut out = Vec::new();
+        self.templates_where("subject_id = ?1", [subject_id], |t| {
+            out.push(t);
+            Ok(())
+        })?;
+        Ok(out)
+    }
+
+    /// Streams every template of a modality to `sink`, decrypted, in id order.
+    pub fn for_each_template(
+        &self,
+        modality: Modality,
+        sink: impl FnMut(StoredTemplate) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        self.templates_where("modality = ?1", [modality.code()], sink)
+    }
+
+    fn templates_where<P: rusqlite::Params>(
+        &self,
+        clause: &str,
+        p: P,
+        mut sink: impl FnMut(StoredTemplate) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        let sql = format!(
+            "SELECT template_id, subject_id, encounter_id, modality, finger_position, model_id, quality, sealed
+             FROM templates WHERE {clause} ORDER BY template_id"
+        );
+        let mut st = self.conn.prepare(&sql)?;
+        let mut rows = st.query(p)?;
+        while let Some(r) = rows.next()? {
+            let code: i64 = r.get(3)?;
+            let modality = Modality::from_code(code).ok_or_else(|| StoreError::Corrupt(format!("modality {code}")))?;
+            let subject_id: String = r.get(1)?;
+            let mut template = NewTemplate {
+                modality,
+                finger_position: r.get(4)?,
+                model_id: r.get(5)?,
+                quality: r.get::<_, f64>(6)? as f32,
+                vector: Vec::new(),
+            };
+            let sealed: Vec<u8> = r.get(7)?;
+            let plain = self.sealer.open_sealed(&sealed, &aad(&subject_id, &template))?;
+            template.vector = vector_from_bytes(&plain).ok_or_else(|| StoreError::Corrupt("template length".into()))?;
+            let t = StoredTemplate { template_id: r.get(0)?, subject_id, encounter_id: r.get(2)?, template };
+            sink(t)?;
+        }
+        Ok(())
+    }
+
+    /// Gallery counts.
+    pub fn stats(&self) -> Result<StoreStats, StoreError> {
+        let subjects: i64 = self.conn.query_row("SELECT COUNT(*) FROM subjects", [], |r| r.get(0))?;
+        let encounters: i64 = self.conn.query_row("SELECT COUNT(*) FROM encounters", [], |r| r.get(0))?;
+        let mut st = self
+            .conn
+            .prepare("SELECT modality, model_id, COUNT(*) FROM templates GROUP BY modality, model_id ORDER BY 1, 2")?;
+        let mut templates = Vec::new();
+        let mut rows = st.query([])?;
+        while let Some(r) = rows.next()? {
+            let code: i64 = r.get(0)?;
+            let m = Modality::from_code(code).ok_or_else(|| StoreError::Corrupt(format!("modality {code}")))?;
+            templates.push((m, r.get(1)?, r.get::<_, i64>(2)? as u64));
+        }
+        Ok(StoreStats { subjects: subjects as u64, encounters: encounters as u64, templates })
+    }
+
+    /// Records a read-side event (identify, verify) in the audit log.
+    pub fn audit(&mut self, action: &str, subject_id: &str, detail: &str) -> Result<(), StoreError> {
+        let tx = self.conn.transaction()?;
+        audit::append(&tx, now_ms(), action, subject_id, detail)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Checks the whole audit hash chain; returns the number of entries.
+    pub fn verify_audit(&self) -> Result<u64, StoreError> {
+        audit::verify(&self.conn)
+    }
+
+    /// The last `n` audit entries, newest last.
+    pub fn audit_tail(&self, n: usize) -> Result<Vec<AuditEntry>, StoreError> {
+        audit::tail(&self.conn, n)
+    }
+}
+
+fn subject_exists(conn: &Connection, subject_id: &str) -> Result<bool, StoreError> {
+    Ok(conn
+        .query_row("SELECT 1 FROM subjects WHERE subject_id = ?1", [subject_id], |_| Ok(()))
+        .optional()?
+        .is_some())
+}
+
+/// Associated data binding a sealed template to its owner and kind.
+fn aad(subject_id: &str, t: &NewTemplate) -> Vec<u8> {
+    format!("{subject_id}\u{0}{}\u{0}{}\u{0}{}", t.modality.code(), t.finger_position, t.model_id).into_bytes()
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn template(v: f32) -> NewTemplate {
+        NewTemplate { modality: Modality::Face, finger_position: 0, model_id: "m".into(), quality: 0.9, vector: vec![v; 4] }
+    }
+
+    #[test]
+    fn enroll_read_delete() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut s = Store::open(dir.path(), "").expect("open");
+        let e = s.enroll("alice", false, &[template(1.0)]).expect("enroll");
+        assert_eq!(e.template_ids.len(), 1);
+        assert!(matches!(s.enroll("alice", false, &[template(2.0)]), Err(StoreError::SubjectExists(_))));
+        s.enroll("alice", true, &[template(3.0)]).expect("second encounter");
+        let ts = s.subject_templates("alice").expect("templates");
+        assert_eq!(ts.len(), 2);
+        assert_eq!(ts[1].template.vector, vec![3.0; 4]);
+        assert_eq!(s.subject("alice").expect("subject").encounters.len(), 2);
+        assert_eq!(s.delete_subject("alice").expect("delete").len(), 2);
+        assert!(matches!(s.subject("alice"), Err(StoreError::SubjectNotFound(_))));
+        assert_eq!(s.stats().expect("stats").subjects, 0);
+        assert_eq!(s.verify_audit().expect("audit"), 3);
+    }
+
+    #[test]
+    fn wrong_key_does_not_decrypt() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut s = Store::open(dir.path(), &"11".repeat(32)).expect("open");
+        s.enroll("bob", false, &[template(1.0)]).expect("enroll");
+        drop(s);
+        let s = Store::open(dir.path(), &"22".repeat(32)).expect("open");
+        assert!(matches!(s.subject_templates("bob"), Err(StoreError::Crypto)));
+    }
+}

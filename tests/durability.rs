@@ -1,0 +1,43 @@
+//! An acknowledged enroll survives SIGKILL, and the index is rebuilt from
+//! the store at start-up.
+
+use cotejo::api::pb;
+
+use crate::common::{ChildServer, client, enroll_req, face_embedding, face_image, fixture, identify_req};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_enrolls_survive_sigkill() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = ChildServer::start(dir.path()).await;
+    let mut c = client(&server.url).await;
+    c.enroll(enroll_req("obama", vec![face_image(fixture("obama.jpg"))])).await.expect("enroll");
+    c.enroll(enroll_req("biden", vec![face_image(fixture("biden.jpg"))])).await.expect("enroll");
+    let stats = c.stats(pb::StatsRequest {}).await.expect("stats").into_inner();
+    let (model, dim) = (stats.models[0].model_id.clone(), stats.models[0].dimension as usize);
+    // Many small enrolls right before the kill: each acknowledged one must survive.
+    let mut acked = Vec::new();
+    for i in 0..40 {
+        let mut v = vec![0.0f32; dim];
+        v[i % dim] = 1.0;
+        v[(i * 7 + 3) % dim] += 0.5;
+        let id = format!("synthetic-{i}");
+        c.enroll(enroll_req(&id, vec![face_embedding(&model, v.clone())])).await.expect("enroll");
+        acked.push((id, v));
+    }
+    server.kill9();
+
+    let server = ChildServer::start(dir.path()).await;
+    let mut c = client(&server.url).await;
+    let s = c.stats(pb::StatsRequest {}).await.expect("stats").into_inner();
+    assert_eq!(s.subjects, 42);
+    let r = c.identify(identify_req(vec![face_image(fixture("obama2.jpg"))])).await.expect("identify").into_inner();
+    assert_eq!(r.candidates[0].subject_id, "obama");
+    assert!(r.decision.expect("decision").r#match);
+    for (id, v) in &acked {
+        let r = c.identify(identify_req(vec![face_embedding(&model, v.clone())])).await.expect("identify").into_inner();
+        assert_eq!(&r.candidates[0].subject_id, id);
+        assert!((r.candidates[0].score - 1.0).abs() < 1e-4);
+    }
+    // A clean SIGTERM shutdown exits with success.
+    assert!(server.terminate().success());
+}

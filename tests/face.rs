@@ -1,0 +1,90 @@
+//! Faces end to end: enroll real photos, identify and verify.
+
+use crate::common::{TestServer, config, enroll_req, face_image, fixture, identify_req};
+use cotejo::api::pb;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enroll_identify_verify_delete() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = TestServer::start(config(dir.path(), &[])).await;
+    let mut c = server.client.clone();
+
+    for (who, file) in [("obama", "obama.jpg"), ("biden", "biden.jpg")] {
+        let r = c.enroll(enroll_req(who, vec![face_image(fixture(file))])).await.expect("enroll").into_inner();
+        assert_eq!(r.subject_id, who);
+        assert_eq!(r.samples.len(), 1);
+        assert_eq!(r.samples[0].faces_found, 1);
+        assert!(r.samples[0].quality > 0.9, "detector confidence {}", r.samples[0].quality);
+    }
+
+    // Another photo of an enrolled person: rank 1 and a positive decision.
+    let r = c.identify(identify_req(vec![face_image(fixture("obama2.jpg"))])).await.expect("identify").into_inner();
+    let d = r.decision.expect("decision");
+    assert_eq!(r.candidates[0].subject_id, "obama");
+    assert!(d.r#match, "score {} threshold {}", r.candidates[0].score, d.threshold);
+    assert_eq!(d.subject_id, "obama");
+    assert!(!d.threshold_basis.is_empty());
+    assert!(r.candidates[0].score > r.candidates[1].score);
+    assert_eq!(r.candidates[0].scores[0].modality, pb::Modality::Face as i32);
+
+    // 1:1: the right subject matches, the wrong one does not.
+    let probe = || vec![face_image(fixture("obama3.jpg"))];
+    let v = c
+        .verify(pb::VerifyRequest { subject_id: "obama".into(), samples: probe(), target_fmr: 0.0 })
+        .await
+        .expect("verify")
+        .into_inner();
+    assert!(v.decision.expect("decision").r#match, "score {}", v.score);
+    let v = c
+        .verify(pb::VerifyRequest { subject_id: "biden".into(), samples: probe(), target_fmr: 0.0 })
+        .await
+        .expect("verify")
+        .into_inner();
+    assert!(!v.decision.expect("decision").r#match, "score {}", v.score);
+
+    // Deleted subjects are never returned again.
+    let d = c.delete(pb::DeleteRequest { subject_id: "obama".into() }).await.expect("delete").into_inner();
+    assert_eq!(d.templates_removed, 1);
+    let r = c.identify(identify_req(vec![face_image(fixture("obama2.jpg"))])).await.expect("identify").into_inner();
+    assert!(r.candidates.iter().all(|c| c.subject_id != "obama"));
+    assert!(!r.decision.expect("decision").r#match);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn never_enrolled_person_is_not_matched() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = TestServer::start(config(dir.path(), &[])).await;
+    let mut c = server.client.clone();
+    for (who, file) in [("obama", "obama.jpg"), ("obama-b", "obama3.jpg")] {
+        c.enroll(enroll_req(who, vec![face_image(fixture(file))])).await.expect("enroll");
+    }
+    let r = c.identify(identify_req(vec![face_image(fixture("biden.jpg"))])).await.expect("identify").into_inner();
+    let d = r.decision.expect("decision");
+    assert!(!d.r#match, "biden matched {:?} at {}", r.candidates.first().map(|c| &c.subject_id), r.candidates[0].score);
+    assert!(d.subject_id.is_empty());
+    assert_eq!(r.candidates.len(), 2);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_faces_need_the_main_face_option() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = TestServer::start(config(dir.path(), &[])).await;
+    let mut c = server.client.clone();
+    let group = || vec![face_image(fixture("group.jpg"))];
+    let e = c.enroll(enroll_req("group", group())).await.expect_err("several faces");
+    assert_eq!(e.code(), tonic::Code::InvalidArgument);
+    assert_eq!(crate::common::reason(&e), "MULTIPLE_FACES");
+    let mut req = enroll_req("group", group());
+    req.use_main_face = true;
+    let r = c.enroll(req).await.expect("main face").into_inner();
+    assert!(r.samples[0].faces_found > 1);
+    assert!(r.samples[0].main_face_used);
+    // Identify uses the main face and says so.
+    let r = c.identify(identify_req(group())).await.expect("identify").into_inner();
+    assert!(r.probes[0].main_face_used);
+    assert_eq!(r.candidates[0].subject_id, "group");
+    assert!(r.candidates[0].score > 0.99);
+    server.stop().await;
+}

@@ -1,0 +1,9 @@
+//! One integration test binary: the real server, real models, real store,
+//! called over a real socket.
+
+mod common;
+
+mod bad_input;
+mod cli;
+mod durability;
+mod face;
