@@ -25,7 +25,7 @@ async fn bad_input_is_typed_and_changes_nothing() {
     let dir = tempfile::tempdir().expect("tempdir");
     let server = TestServer::start(config(dir.path(), &[("COTEJO__LIMITS__MAX_IMAGE_PIXELS", "4000000")])).await;
     let mut c = server.client.clone();
-    c.enroll(enroll_req("known", vec![face_image(fixture("obama.jpg"))])).await.expect("enroll");
+    c.enroll(enroll_req("known", vec![face_image(fixture("obama3.jpg"))])).await.expect("enroll");
     let stats = c.stats(pb::StatsRequest {}).await.expect("stats").into_inner();
     let model_id = stats.models[0].model_id.clone();
     let dim = stats.models[0].dimension as usize;

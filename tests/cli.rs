@@ -29,7 +29,7 @@ async fn cli_session() {
     };
     let s = |v: &[&str]| v.iter().map(|x| (*x).to_owned()).collect::<Vec<_>>();
 
-    let (ok, out, err) = run(s(&["enroll", "--subject", "obama", "--face", &f("obama.jpg")])).await;
+    let (ok, out, err) = run(s(&["enroll", "--subject", "obama", "--face", &f("obama3.jpg")])).await;
     assert!(ok, "{err}");
     assert!(out.contains("enrolled obama"), "{out}");
     let (ok, _, err) = run(s(&["enroll", "--subject", "biden", "--face", &f("biden.jpg")])).await;
@@ -42,7 +42,7 @@ async fn cli_session() {
     assert_eq!(v["candidates"][0]["subject_id"], "obama");
     assert!(v["candidates"][0]["score"].as_f64().expect("score") > v["candidates"][1]["score"].as_f64().expect("score"));
 
-    let (ok, out, _) = run(s(&["verify", "--subject", "biden", "--face", &f("obama3.jpg"), "--json"])).await;
+    let (ok, out, _) = run(s(&["verify", "--subject", "biden", "--face", &f("obama.jpg"), "--json"])).await;
     assert!(ok);
     let v: serde_json::Value = serde_json::from_str(&out).expect("json");
     assert_eq!(v["decision"], false);

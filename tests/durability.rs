@@ -10,7 +10,7 @@ async fn acknowledged_enrolls_survive_sigkill() {
     let dir = tempfile::tempdir().expect("tempdir");
     let server = ChildServer::start(dir.path()).await;
     let mut c = client(&server.url).await;
-    c.enroll(enroll_req("obama", vec![face_image(fixture("obama.jpg"))])).await.expect("enroll");
+    c.enroll(enroll_req("obama", vec![face_image(fixture("obama3.jpg"))])).await.expect("enroll");
     c.enroll(enroll_req("biden", vec![face_image(fixture("biden.jpg"))])).await.expect("enroll");
     let stats = c.stats(pb::StatsRequest {}).await.expect("stats").into_inner();
     let (model, dim) = (stats.models[0].model_id.clone(), stats.models[0].dimension as usize);

@@ -31,6 +31,11 @@ pub fn decode_rgb(bytes: &[u8], limits: ImageLimits) -> Result<RgbImage, FaceErr
     ) {
         return Err(FaceError::UnsupportedFormat);
     }
+    if format == ImageFormat::Jpeg && !jpeg_complete(bytes) {
+        // The JPEG decoder fills a truncated scan with grey and succeeds;
+        // a half-grey face must not become a template.
+        return Err(FaceError::Corrupt("the JPEG is truncated (no end-of-image marker)".into()));
+    }
     let reader = ImageReader::with_format(Cursor::new(bytes), format);
     let (w, h) = reader.into_dimensions().map_err(|e| FaceError::Corrupt(e.to_string()))?;
     let pixels = u64::from(w) * u64::from(h);
@@ -48,6 +53,13 @@ pub fn decode_rgb(bytes: &[u8], limits: ImageLimits) -> Result<RgbImage, FaceErr
     reader.limits(image_limits);
     let img = reader.decode().map_err(|e| FaceError::Corrupt(e.to_string()))?;
     Ok(img.into_rgb8())
+}
+
+/// True when the JPEG ends with its EOI marker (after any zero or
+/// whitespace padding that some writers append).
+fn jpeg_complete(bytes: &[u8]) -> bool {
+    let end = bytes.iter().rposition(|b| !matches!(b, 0 | b'\n' | b'\r' | b' ')).map_or(0, |i| i + 1);
+    bytes[..end].ends_with(&[0xFF, 0xD9])
 }
 
 #[cfg(test)]
@@ -78,6 +90,10 @@ mod tests {
         assert!(matches!(decode_rgb(&p[..p.len() / 2], LIMITS), Err(FaceError::Corrupt(_))));
         let small = ImageLimits { max_bytes: 1 << 20, max_pixels: 50 };
         assert!(matches!(decode_rgb(&p, small), Err(FaceError::ImageTooLarge(_))));
+        let mut jpeg = Vec::new();
+        image::RgbImage::new(64, 64).write_to(&mut Cursor::new(&mut jpeg), ImageFormat::Jpeg).expect("encode");
+        assert!(decode_rgb(&jpeg, LIMITS).is_ok());
+        assert!(matches!(decode_rgb(&jpeg[..jpeg.len() - 40], LIMITS), Err(FaceError::Corrupt(_))));
         let tiny = ImageLimits { max_bytes: 10, max_pixels: 1 << 20 };
         assert!(matches!(decode_rgb(&p, tiny), Err(FaceError::ImageTooLarge(_))));
     }

@@ -112,7 +112,8 @@ impl FacePipeline {
     /// Loads the manifest's face models.
     pub fn load(manifest: &Manifest, settings: FaceSettings) -> Result<Self, ModelError> {
         let dir = manifest.dir.clone();
-        let detector = detect::Mtcnn::load(&dir, settings.threads)
+        let env = crate::inference::runtime()?;
+        let detector = detect::Mtcnn::load(env, &dir, settings.threads)
             .map_err(|e| ModelError::Session { path: dir.display().to_string(), message: e.to_string() })?;
         let embedder = embed::Embedder::load(manifest, settings.threads)?;
         let (w, h) = embedder.input_size();

@@ -32,10 +32,20 @@ pub fn init_runtime(library: &Path) -> Result<(), ModelError> {
     result.as_ref().map(|_| ()).map_err(|e| ModelError::Runtime(e.clone()))
 }
 
+/// The process's ONNX Runtime environment, once [`init_runtime`] succeeded.
+pub fn runtime() -> Result<&'static ort::environment::Environment, ModelError> {
+    match RUNTIME.get() {
+        Some(Ok(env)) => Ok(env),
+        Some(Err(e)) => Err(ModelError::Runtime(e.clone())),
+        None => Err(ModelError::Runtime("ONNX Runtime is not loaded yet".into())),
+    }
+}
+
 /// A CPU session with `threads` intra-op threads and full graph optimisation.
 pub fn session(path: &Path, threads: usize) -> Result<ort::session::Session, ModelError> {
+    let env = runtime()?;
     let build = || -> ort::Result<ort::session::Session> {
-        Ok(ort::session::Session::builder()?
+        Ok(ort::session::Session::builder(env)?
             .with_optimization_level(ort::session::builder::GraphOptimizationLevel::Level3)?
             .with_intra_threads(threads)?
             .with_inter_threads(1)?

@@ -18,7 +18,7 @@ use tonic::transport::Channel;
 use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
 
 /// The fetched models and fixtures (run `models/fetch.sh` first).
-pub fn models_dir() -> PathBuf {
+pub(crate) fn models_dir() -> PathBuf {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/files");
     assert!(
         dir.join("manifest.json").is_file(),
@@ -28,13 +28,13 @@ pub fn models_dir() -> PathBuf {
 }
 
 /// Bytes of a fixture image.
-pub fn fixture(name: &str) -> Vec<u8> {
+pub(crate) fn fixture(name: &str) -> Vec<u8> {
     let p = models_dir().join("fixtures/faces").join(name);
     std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
 }
 
 /// Settings for a test server on `data_dir` with `overrides` (COTEJO__ style).
-pub fn config(data_dir: &Path, overrides: &[(&str, &str)]) -> Config {
+pub(crate) fn config(data_dir: &Path, overrides: &[(&str, &str)]) -> Config {
     let mut env: Vec<(String, String)> = vec![
         ("COTEJO__MODELS__DIR".into(), models_dir().display().to_string()),
         ("COTEJO__STORE__DATA_DIR".into(), data_dir.display().to_string()),
@@ -45,16 +45,16 @@ pub fn config(data_dir: &Path, overrides: &[(&str, &str)]) -> Config {
 }
 
 /// A server running inside the test process.
-pub struct TestServer {
-    pub url: String,
-    pub client: BiometricsClient<Channel>,
+pub(crate) struct TestServer {
+    pub(crate) url: String,
+    pub(crate) client: BiometricsClient<Channel>,
     shutdown: Option<oneshot::Sender<()>>,
     handle: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
 
 impl TestServer {
     /// Starts a server and waits until health says SERVING.
-    pub async fn start(config: Config) -> Self {
+    pub(crate) async fn start(config: Config) -> Self {
         cotejo::telemetry::init(&config.log);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let url = format!("http://{}", listener.local_addr().expect("addr"));
@@ -68,7 +68,7 @@ impl TestServer {
     }
 
     /// Graceful shutdown; returns the server's result.
-    pub async fn stop(mut self) {
+    pub(crate) async fn stop(mut self) {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
@@ -79,13 +79,13 @@ impl TestServer {
 }
 
 /// A connected client.
-pub async fn client(url: &str) -> BiometricsClient<Channel> {
+pub(crate) async fn client(url: &str) -> BiometricsClient<Channel> {
     let ch = Channel::from_shared(url.to_owned()).expect("url").connect().await.expect("connect");
     BiometricsClient::new(ch).max_decoding_message_size(64 << 20).max_encoding_message_size(64 << 20)
 }
 
 /// Polls the health service until the overall status is SERVING.
-pub async fn wait_serving(url: &str, limit: Duration) {
+pub(crate) async fn wait_serving(url: &str, limit: Duration) {
     let start = Instant::now();
     loop {
         if let Ok(ch) = Channel::from_shared(url.to_owned()).expect("url").connect().await {
@@ -102,14 +102,14 @@ pub async fn wait_serving(url: &str, limit: Duration) {
 }
 
 /// The `cotejo` binary as a child process serving on a free port.
-pub struct ChildServer {
-    pub url: String,
+pub(crate) struct ChildServer {
+    pub(crate) url: String,
     child: Child,
 }
 
 impl ChildServer {
     /// Starts `cotejo serve` on `data_dir` and waits until it serves.
-    pub async fn start(data_dir: &Path) -> Self {
+    pub(crate) async fn start(data_dir: &Path) -> Self {
         // Reserve a free port, release it, hand it to the child.
         let port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
         let child = Command::new(env!("CARGO_BIN_EXE_cotejo"))
@@ -126,26 +126,34 @@ impl ChildServer {
     }
 
     /// SIGKILL: no chance to flush or shut down.
-    pub fn kill9(mut self) {
+    pub(crate) fn kill9(mut self) {
         self.child.kill().expect("kill");
         let _ = self.child.wait();
     }
 
     /// SIGTERM and wait for a clean exit.
-    pub fn terminate(mut self) -> std::process::ExitStatus {
+    pub(crate) fn terminate(mut self) -> std::process::ExitStatus {
         let pid = self.child.id().to_string();
         Command::new("kill").args(["-TERM", &pid]).status().expect("kill -TERM");
         self.child.wait().expect("wait")
     }
 }
 
+impl Drop for ChildServer {
+    /// A failing test must not leave a server behind.
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// A face sample from image bytes.
-pub fn face_image(bytes: Vec<u8>) -> pb::Sample {
+pub(crate) fn face_image(bytes: Vec<u8>) -> pb::Sample {
     pb::Sample { modality: pb::Modality::Face as i32, finger_position: 0, data: Some(pb::sample::Data::Image(bytes)), ppi: 0 }
 }
 
 /// A face sample from an embedding.
-pub fn face_embedding(model_id: &str, values: Vec<f32>) -> pb::Sample {
+pub(crate) fn face_embedding(model_id: &str, values: Vec<f32>) -> pb::Sample {
     pb::Sample {
         modality: pb::Modality::Face as i32,
         finger_position: 0,
@@ -155,23 +163,23 @@ pub fn face_embedding(model_id: &str, values: Vec<f32>) -> pb::Sample {
 }
 
 /// An enroll request.
-pub fn enroll_req(subject: &str, samples: Vec<pb::Sample>) -> pb::EnrollRequest {
+pub(crate) fn enroll_req(subject: &str, samples: Vec<pb::Sample>) -> pb::EnrollRequest {
     pb::EnrollRequest { subject_id: subject.into(), samples, add_encounter: false, use_main_face: false }
 }
 
 /// An identify request for the top 5.
-pub fn identify_req(samples: Vec<pb::Sample>) -> pb::IdentifyRequest {
+pub(crate) fn identify_req(samples: Vec<pb::Sample>) -> pb::IdentifyRequest {
     pb::IdentifyRequest { samples, max_candidates: 5, ..Default::default() }
 }
 
 /// The google.rpc.ErrorInfo reason of a status.
-pub fn reason(s: &tonic::Status) -> String {
+pub(crate) fn reason(s: &tonic::Status) -> String {
     use tonic_types::StatusExt;
     s.get_details_error_info().map(|i| i.reason).unwrap_or_default()
 }
 
 /// The fields named by a status's BadRequest violations.
-pub fn fields(s: &tonic::Status) -> Vec<String> {
+pub(crate) fn fields(s: &tonic::Status) -> Vec<String> {
     use tonic_types::StatusExt;
     s.get_details_bad_request().map(|b| b.field_violations.into_iter().map(|v| v.field).collect()).unwrap_or_default()
 }
