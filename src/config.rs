@@ -84,10 +84,7 @@ pub struct StoreConfig {
 impl fmt::Debug for StoreConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let key = if self.encryption_key.is_empty() { "<key file>" } else { "<redacted>" };
-        f.debug_struct("StoreConfig")
-            .field("data_dir", &self.data_dir)
-            .field("encryption_key", &key)
-            .finish()
+        f.debug_struct("StoreConfig").field("data_dir", &self.data_dir).field("encryption_key", &key).finish()
     }
 }
 
@@ -133,8 +130,6 @@ pub struct Limits {
 pub struct FaceConfig {
     /// Average the embeddings of the face and its mirror image.
     pub flip_average: bool,
-    /// Smallest face searched for, in pixels.
-    pub min_face_size: u32,
     /// Cosine threshold of a match.
     pub match_threshold: f32,
     /// Human explanation of the threshold.
@@ -154,8 +149,8 @@ impl Config {
     ) -> Result<Self, ConfigError> {
         let mut root = parse(DEFAULTS, "embedded defaults")?;
         if let Some(path) = file {
-            let text = std::fs::read_to_string(path)
-                .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+            let text =
+                std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
             merge(&mut root, parse(&text, &path.display().to_string())?);
         }
         for (key, value) in env {
@@ -172,9 +167,7 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
-        let bad = |message: &str| {
-            Err(ConfigError::Invalid { origin: "validation".into(), message: message.into() })
-        };
+        let bad = |message: &str| Err(ConfigError::Invalid { origin: "validation".into(), message: message.into() });
         if self.inference.workers == 0 || self.inference.threads == 0 {
             return bad("inference.workers and inference.threads must be at least 1");
         }

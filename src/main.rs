@@ -10,7 +10,11 @@ use cotejo::{
 };
 
 #[derive(Debug, Parser)]
-#[command(name = "cotejo", version, about = "Biometric enrollment, identification (1:N) and verification (1:1) over gRPC")]
+#[command(
+    name = "cotejo",
+    version,
+    about = "Biometric enrollment, identification (1:N) and verification (1:1) over gRPC"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -203,9 +207,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let config = Config::load(config.as_deref())?;
             match what {
                 EvalCommand::Verification { data, aligned, threads, limit } => {
-                    tokio::task::spawn_blocking(move || eval::verification(&config, &data, aligned, threads, limit)).await?
+                    tokio::task::spawn_blocking(move || eval::verification(&config, &data, aligned, threads, limit))
+                        .await?
                 }
-                EvalCommand::Latency { data, gallery, queries } => eval::latency(&config, &data, gallery, queries).await,
+                EvalCommand::Latency { data, gallery, queries } => {
+                    eval::latency(&config, &data, gallery, queries).await
+                }
             }
         }
     }

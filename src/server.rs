@@ -39,9 +39,8 @@ pub async fn serve(
     let slot: Arc<OnceLock<Arc<Engine>>> = Arc::new(OnceLock::new());
     let api = BiometricsApi::new(slot.clone());
     let max = config.server.max_message_bytes;
-    let biometrics = pb::biometrics_server::BiometricsServer::new(api)
-        .max_decoding_message_size(max)
-        .max_encoding_message_size(max);
+    let biometrics =
+        pb::biometrics_server::BiometricsServer::new(api).max_decoding_message_size(max).max_encoding_message_size(max);
 
     let startup_config = config.clone();
     let startup_health = health.clone();

@@ -5,7 +5,9 @@ use std::io::Cursor;
 use cotejo::api::pb;
 use tonic::Code;
 
-use crate::common::{TestServer, config, enroll_req, face_embedding, face_image, fields, fixture, identify_req, reason};
+use crate::common::{
+    TestServer, config, enroll_req, face_embedding, face_image, fields, fixture, identify_req, reason,
+};
 
 fn png(w: u32, h: u32, value: u8) -> Vec<u8> {
     let mut out = Vec::new();
@@ -33,23 +35,124 @@ async fn bad_input_is_typed_and_changes_nothing() {
 
     let jpeg = fixture("biden.jpg");
     let cases: Vec<(&str, pb::EnrollRequest, Code, &str, &str)> = vec![
-        ("empty bytes", enroll_req("x", vec![face_image(Vec::new())]), Code::InvalidArgument, "EMPTY_IMAGE", "samples[0].image"),
-        ("truncated jpeg", enroll_req("x", vec![face_image(jpeg[..jpeg.len() / 3].to_vec())]), Code::InvalidArgument, "CORRUPT_IMAGE", "samples[0].image"),
-        ("text file", enroll_req("x", vec![face_image(b"name,date\nalice,2020\n".to_vec())]), Code::InvalidArgument, "UNSUPPORTED_FORMAT", "samples[0].image"),
-        ("no face", enroll_req("x", vec![face_image(png(320, 240, 128))]), Code::InvalidArgument, "NO_FACE_FOUND", "samples[0].image"),
-        ("over the pixel limit", enroll_req("x", vec![face_image(png(3000, 2000, 0))]), Code::InvalidArgument, "IMAGE_TOO_LARGE", "samples[0].image"),
-        ("over the byte limit", enroll_req("x", vec![face_image(vec![0xFF; 16 << 20])]), Code::InvalidArgument, "IMAGE_TOO_LARGE", "samples[0].image"),
-        ("missing subject id", enroll_req("", vec![face_image(jpeg.clone())]), Code::InvalidArgument, "INVALID_ARGUMENT", "subject_id"),
-        ("missing sample data", enroll_req("x", vec![pb::Sample { modality: pb::Modality::Face as i32, ..Default::default() }]), Code::InvalidArgument, "INVALID_ARGUMENT", "samples[0].data"),
-        ("missing modality", enroll_req("x", vec![pb::Sample { data: Some(pb::sample::Data::Image(jpeg.clone())), ..Default::default() }]), Code::InvalidArgument, "INVALID_ARGUMENT", "samples[0].modality"),
+        (
+            "empty bytes",
+            enroll_req("x", vec![face_image(Vec::new())]),
+            Code::InvalidArgument,
+            "EMPTY_IMAGE",
+            "samples[0].image",
+        ),
+        (
+            "truncated jpeg",
+            enroll_req("x", vec![face_image(jpeg[..jpeg.len() / 3].to_vec())]),
+            Code::InvalidArgument,
+            "CORRUPT_IMAGE",
+            "samples[0].image",
+        ),
+        (
+            "text file",
+            enroll_req("x", vec![face_image(b"name,date\nalice,2020\n".to_vec())]),
+            Code::InvalidArgument,
+            "UNSUPPORTED_FORMAT",
+            "samples[0].image",
+        ),
+        (
+            "no face",
+            enroll_req("x", vec![face_image(png(320, 240, 128))]),
+            Code::InvalidArgument,
+            "NO_FACE_FOUND",
+            "samples[0].image",
+        ),
+        (
+            "over the pixel limit",
+            enroll_req("x", vec![face_image(png(3000, 2000, 0))]),
+            Code::InvalidArgument,
+            "IMAGE_TOO_LARGE",
+            "samples[0].image",
+        ),
+        (
+            "over the byte limit",
+            enroll_req("x", vec![face_image(vec![0xFF; 16 << 20])]),
+            Code::InvalidArgument,
+            "IMAGE_TOO_LARGE",
+            "samples[0].image",
+        ),
+        (
+            "missing subject id",
+            enroll_req("", vec![face_image(jpeg.clone())]),
+            Code::InvalidArgument,
+            "INVALID_ARGUMENT",
+            "subject_id",
+        ),
+        (
+            "missing sample data",
+            enroll_req("x", vec![pb::Sample { modality: pb::Modality::Face as i32, ..Default::default() }]),
+            Code::InvalidArgument,
+            "INVALID_ARGUMENT",
+            "samples[0].data",
+        ),
+        (
+            "missing modality",
+            enroll_req(
+                "x",
+                vec![pb::Sample { data: Some(pb::sample::Data::Image(jpeg.clone())), ..Default::default() }],
+            ),
+            Code::InvalidArgument,
+            "INVALID_ARGUMENT",
+            "samples[0].modality",
+        ),
         ("no samples", enroll_req("x", vec![]), Code::InvalidArgument, "INVALID_ARGUMENT", "samples"),
-        ("duplicate subject", enroll_req("known", vec![face_image(jpeg.clone())]), Code::AlreadyExists, "SUBJECT_EXISTS", "subject_id"),
-        ("wrong dimension", enroll_req("x", vec![face_embedding(&model_id, vec![0.1; dim + 1])]), Code::InvalidArgument, "WRONG_DIMENSION", "samples[0].face_embedding.values"),
-        ("unknown model", enroll_req("x", vec![face_embedding("arcface-r100", vec![0.1; dim])]), Code::InvalidArgument, "UNKNOWN_MODEL", "samples[0].face_embedding.model_id"),
-        ("NaN embedding", enroll_req("x", vec![face_embedding(&model_id, vec![f32::NAN; dim])]), Code::InvalidArgument, "INVALID_ARGUMENT", "samples[0].face_embedding.values"),
-        ("finger sample", enroll_req("x", vec![pb::Sample { modality: pb::Modality::Finger as i32, finger_position: 2, data: Some(pb::sample::Data::Image(png(300, 300, 200))), ppi: 500 }]), Code::FailedPrecondition, "FINGERPRINTS_NOT_ENABLED", "samples[0].modality"),
+        (
+            "duplicate subject",
+            enroll_req("known", vec![face_image(jpeg.clone())]),
+            Code::AlreadyExists,
+            "SUBJECT_EXISTS",
+            "subject_id",
+        ),
+        (
+            "wrong dimension",
+            enroll_req("x", vec![face_embedding(&model_id, vec![0.1; dim + 1])]),
+            Code::InvalidArgument,
+            "WRONG_DIMENSION",
+            "samples[0].face_embedding.values",
+        ),
+        (
+            "unknown model",
+            enroll_req("x", vec![face_embedding("arcface-r100", vec![0.1; dim])]),
+            Code::InvalidArgument,
+            "UNKNOWN_MODEL",
+            "samples[0].face_embedding.model_id",
+        ),
+        (
+            "NaN embedding",
+            enroll_req("x", vec![face_embedding(&model_id, vec![f32::NAN; dim])]),
+            Code::InvalidArgument,
+            "INVALID_ARGUMENT",
+            "samples[0].face_embedding.values",
+        ),
+        (
+            "finger sample",
+            enroll_req(
+                "x",
+                vec![pb::Sample {
+                    modality: pb::Modality::Finger as i32,
+                    finger_position: 2,
+                    data: Some(pb::sample::Data::Image(png(300, 300, 200))),
+                    ppi: 500,
+                }],
+            ),
+            Code::FailedPrecondition,
+            "FINGERPRINTS_NOT_ENABLED",
+            "samples[0].modality",
+        ),
         // A bad second sample rejects the whole request: the good first one is not stored either.
-        ("one bad sample of two", enroll_req("x", vec![face_image(jpeg.clone()), face_image(Vec::new())]), Code::InvalidArgument, "EMPTY_IMAGE", "samples[1].image"),
+        (
+            "one bad sample of two",
+            enroll_req("x", vec![face_image(jpeg.clone()), face_image(Vec::new())]),
+            Code::InvalidArgument,
+            "EMPTY_IMAGE",
+            "samples[1].image",
+        ),
     ];
     for (what, req, code, why, field) in cases {
         let e = c.enroll(req).await.expect_err(what);
@@ -65,7 +168,11 @@ async fn bad_input_is_typed_and_changes_nothing() {
     let e = c.get_subject(pb::GetSubjectRequest { subject_id: "nobody".into() }).await.expect_err("get");
     assert_eq!(e.code(), Code::NotFound);
     let e = c
-        .verify(pb::VerifyRequest { subject_id: "nobody".into(), samples: vec![face_image(jpeg.clone())], target_fmr: 0.0 })
+        .verify(pb::VerifyRequest {
+            subject_id: "nobody".into(),
+            samples: vec![face_image(jpeg.clone())],
+            target_fmr: 0.0,
+        })
         .await
         .expect_err("verify");
     assert_eq!(e.code(), Code::NotFound);

@@ -5,8 +5,13 @@ use std::process::Command;
 use crate::common::{TestServer, config, models_dir};
 
 fn cotejo(url: &str, args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_cotejo")).args(args).args(["--server", url]).output().expect("run cotejo");
-    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    let out =
+        Command::new(env!("CARGO_BIN_EXE_cotejo")).args(args).args(["--server", url]).output().expect("run cotejo");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -40,7 +45,9 @@ async fn cli_session() {
     let v: serde_json::Value = serde_json::from_str(&out).expect("json");
     assert_eq!(v["decision"], true);
     assert_eq!(v["candidates"][0]["subject_id"], "obama");
-    assert!(v["candidates"][0]["score"].as_f64().expect("score") > v["candidates"][1]["score"].as_f64().expect("score"));
+    assert!(
+        v["candidates"][0]["score"].as_f64().expect("score") > v["candidates"][1]["score"].as_f64().expect("score")
+    );
 
     let (ok, out, _) = run(s(&["verify", "--subject", "biden", "--face", &f("obama.jpg"), "--json"])).await;
     assert!(ok);

@@ -7,3 +7,5 @@ mod bad_input;
 mod cli;
 mod durability;
 mod face;
+mod health;
+mod model_quality;

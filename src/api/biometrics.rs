@@ -56,7 +56,10 @@ impl Biometrics for BiometricsApi {
     async fn delete(&self, request: Request<pb::DeleteRequest>) -> Result<Response<pb::DeleteResponse>, Status> {
         let pb::DeleteRequest { subject_id } = request.into_inner();
         let removed = self.engine()?.delete(subject_id.clone()).await?;
-        Ok(Response::new(pb::DeleteResponse { subject_id, templates_removed: u32::try_from(removed).unwrap_or(u32::MAX) }))
+        Ok(Response::new(pb::DeleteResponse {
+            subject_id,
+            templates_removed: u32::try_from(removed).unwrap_or(u32::MAX),
+        }))
     }
 
     #[instrument(skip_all, fields(subject_id = %request.get_ref().subject_id))]

@@ -28,7 +28,9 @@ impl From<EngineError> for Status {
 }
 
 fn classify(e: &EngineError) -> (Code, &'static str, Option<String>) {
-    use Code::{AlreadyExists, FailedPrecondition, Internal, InvalidArgument, NotFound, ResourceExhausted, Unavailable};
+    use Code::{
+        AlreadyExists, FailedPrecondition, Internal, InvalidArgument, NotFound, ResourceExhausted, Unavailable,
+    };
     match e {
         EngineError::InvalidArgument { field, .. } => (InvalidArgument, "INVALID_ARGUMENT", Some(field.clone())),
         EngineError::Face { field, source } => {
@@ -44,7 +46,9 @@ fn classify(e: &EngineError) -> (Code, &'static str, Option<String>) {
             };
             (code, reason, Some(field.clone()))
         }
-        EngineError::FingerprintsNotEnabled { field } => (FailedPrecondition, "FINGERPRINTS_NOT_ENABLED", Some(field.clone())),
+        EngineError::FingerprintsNotEnabled { field } => {
+            (FailedPrecondition, "FINGERPRINTS_NOT_ENABLED", Some(field.clone()))
+        }
         EngineError::UnknownModel { field, .. } => (InvalidArgument, "UNKNOWN_MODEL", Some(field.clone())),
         EngineError::Dimension { field, .. } => (InvalidArgument, "WRONG_DIMENSION", Some(field.clone())),
         EngineError::NotSupported { field, .. } => (FailedPrecondition, "NOT_SUPPORTED", Some(field.clone())),

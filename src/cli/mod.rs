@@ -66,7 +66,12 @@ fn samples(args: &SampleArgs) -> anyhow::Result<Vec<pb::Sample>> {
         } else {
             pb::sample::Data::Image(bytes)
         };
-        out.push(pb::Sample { modality: pb::Modality::Finger as i32, finger_position: pos, data: Some(data), ppi: args.ppi });
+        out.push(pb::Sample {
+            modality: pb::Modality::Finger as i32,
+            finger_position: pos,
+            data: Some(data),
+            ppi: args.ppi,
+        });
     }
     if out.is_empty() {
         bail!("give at least one --face FILE or --finger POS=FILE");
@@ -86,7 +91,8 @@ pub async fn enroll(
     add_encounter: bool,
     largest_face: bool,
 ) -> anyhow::Result<()> {
-    let req = pb::EnrollRequest { subject_id: subject, samples: samples(s)?, add_encounter, use_main_face: largest_face };
+    let req =
+        pb::EnrollRequest { subject_id: subject, samples: samples(s)?, add_encounter, use_main_face: largest_face };
     let r = connect(&o.server).await?.enroll(req).await.map_err(|e| status_error(&e))?.into_inner();
     output::enroll(o.json, &r)
 }

@@ -41,12 +41,17 @@ fn scores_json(s: &[pb::ModalityScore]) -> Value {
 
 fn decision_json(d: Option<&pb::Decision>) -> (bool, Value) {
     let d = d.cloned().unwrap_or_default();
-    (d.r#match, json!({"match": d.r#match, "threshold": d.threshold, "threshold_basis": d.threshold_basis, "subject_id": d.subject_id}))
+    (
+        d.r#match,
+        json!({"match": d.r#match, "threshold": d.threshold, "threshold_basis": d.threshold_basis, "subject_id": d.subject_id}),
+    )
 }
 
 pub(super) fn enroll(as_json: bool, r: &pb::EnrollResponse) -> anyhow::Result<()> {
     if as_json {
-        return emit(&json!({"subject_id": r.subject_id, "encounter_id": r.encounter_id, "samples": samples_json(&r.samples)}));
+        return emit(
+            &json!({"subject_id": r.subject_id, "encounter_id": r.encounter_id, "samples": samples_json(&r.samples)}),
+        );
     }
     println!("enrolled {} (encounter {})", r.subject_id, r.encounter_id);
     for s in &r.samples {
@@ -64,7 +69,9 @@ pub(super) fn identify(as_json: bool, r: &pb::IdentifyResponse) -> anyhow::Resul
             .iter()
             .map(|c| json!({"subject_id": c.subject_id, "score": c.score, "scores": scores_json(&c.scores)}))
             .collect();
-        return emit(&json!({"decision": matched, "decision_detail": decision, "candidates": candidates, "probes": samples_json(&r.probes)}));
+        return emit(
+            &json!({"decision": matched, "decision_detail": decision, "candidates": candidates, "probes": samples_json(&r.probes)}),
+        );
     }
     let d = r.decision.clone().unwrap_or_default();
     if matched {
@@ -85,7 +92,9 @@ pub(super) fn identify(as_json: bool, r: &pb::IdentifyResponse) -> anyhow::Resul
 pub(super) fn verify(as_json: bool, r: &pb::VerifyResponse) -> anyhow::Result<()> {
     let (matched, decision) = decision_json(r.decision.as_ref());
     if as_json {
-        return emit(&json!({"decision": matched, "decision_detail": decision, "score": r.score, "scores": scores_json(&r.scores)}));
+        return emit(
+            &json!({"decision": matched, "decision_detail": decision, "score": r.score, "scores": scores_json(&r.scores)}),
+        );
     }
     let d = r.decision.clone().unwrap_or_default();
     let verdict = if matched { "MATCH" } else { "NO MATCH" };
@@ -115,7 +124,9 @@ pub(super) fn subject(as_json: bool, r: &pb::Subject) -> anyhow::Result<()> {
         })
         .collect();
     if as_json {
-        return emit(&json!({"subject_id": r.subject_id, "created_unix_ms": r.created_unix_ms, "encounters": encounters}));
+        return emit(
+            &json!({"subject_id": r.subject_id, "created_unix_ms": r.created_unix_ms, "encounters": encounters}),
+        );
     }
     println!("subject {} ({} encounters)", r.subject_id, r.encounters.len());
     for e in &r.encounters {
@@ -138,7 +149,9 @@ pub(super) fn stats(as_json: bool, r: &pb::StatsResponse) -> anyhow::Result<()> 
             .iter()
             .map(|m| json!({"model_id": m.model_id, "modality": modality(m.modality), "dimension": m.dimension, "sha256": m.sha256}))
             .collect();
-        return emit(&json!({"subjects": r.subjects, "encounters": r.encounters, "face_templates": face, "finger_templates": finger, "templates": templates, "models": models}));
+        return emit(
+            &json!({"subjects": r.subjects, "encounters": r.encounters, "face_templates": face, "finger_templates": finger, "templates": templates, "models": models}),
+        );
     }
     println!("subjects {}  encounters {}  face templates {face}  finger templates {finger}", r.subjects, r.encounters);
     for m in &r.models {

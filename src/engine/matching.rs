@@ -7,7 +7,10 @@ use super::{
     Candidate, Decision, Engine, EngineError, IdentifyOutcome, IdentifyRequest, IdentifyTimes, ModalityScore,
     VerifyOutcome, VerifyRequest, lock, probe::Probe, validate_subject_id,
 };
-use crate::{biometric::Modality, index::{Hit, best_per_subject}};
+use crate::{
+    biometric::Modality,
+    index::{Hit, best_per_subject},
+};
 
 const DEFAULT_CANDIDATES: usize = 10;
 
@@ -32,7 +35,8 @@ impl Engine {
             k => k,
         };
         for (i, s) in subject_ids.iter().enumerate() {
-            validate_subject_id(s).map_err(|_| EngineError::invalid(format!("subject_ids[{i}]"), "not a valid subject id"))?;
+            validate_subject_id(s)
+                .map_err(|_| EngineError::invalid(format!("subject_ids[{i}]"), "not a valid subject id"))?;
         }
         let probes = self.extract_all(&samples, true, true).await?;
         let t = Instant::now();
@@ -73,7 +77,8 @@ impl Engine {
         // Unknown subject first: cheaper than running the models.
         let store = self.store.clone();
         let sid = subject_id.clone();
-        let templates = tokio::task::spawn_blocking(move || Ok::<_, EngineError>(lock(&store)?.subject_templates(&sid)?)).await??;
+        let templates =
+            tokio::task::spawn_blocking(move || Ok::<_, EngineError>(lock(&store)?.subject_templates(&sid)?)).await??;
         let probes = self.extract_all(&samples, true, true).await?;
         let model = &self.face_model;
         let mine: Vec<&[f32]> = templates
@@ -82,7 +87,11 @@ impl Engine {
             .map(|t| t.template.vector.as_slice())
             .collect();
         if mine.is_empty() {
-            return Err(EngineError::NothingToCompare { subject_id, modality: "face".into(), model_id: model.id.clone() });
+            return Err(EngineError::NothingToCompare {
+                subject_id,
+                modality: "face".into(),
+                model_id: model.id.clone(),
+            });
         }
         let score = probes
             .iter()
@@ -127,7 +136,12 @@ impl Engine {
 
     /// Exact comparison with the templates of the listed subjects only
     /// (unknown ids are skipped: a restriction, not a lookup).
-    async fn search_subjects(&self, probes: &[Probe], subject_ids: Vec<String>, k: usize) -> Result<Vec<Candidate>, EngineError> {
+    async fn search_subjects(
+        &self,
+        probes: &[Probe],
+        subject_ids: Vec<String>,
+        k: usize,
+    ) -> Result<Vec<Candidate>, EngineError> {
         let store = self.store.clone();
         let unique: HashSet<String> = subject_ids.into_iter().collect();
         let templates = tokio::task::spawn_blocking(move || -> Result<_, EngineError> {
@@ -155,7 +169,10 @@ impl Engine {
                 })
             })
             .collect();
-        Ok(best_per_subject(&hits, k).into_iter().map(|(s, score)| self.candidate(s.to_string(), f64::from(score))).collect())
+        Ok(best_per_subject(&hits, k)
+            .into_iter()
+            .map(|(s, score)| self.candidate(s.to_string(), f64::from(score)))
+            .collect())
     }
 
     fn candidate(&self, subject_id: String, score: f64) -> Candidate {
@@ -163,7 +180,12 @@ impl Engine {
     }
 
     fn face_score(&self, raw: f64) -> ModalityScore {
-        ModalityScore { modality: Modality::Face, finger_position: 0, model_id: self.face_model.id.clone(), raw_score: raw }
+        ModalityScore {
+            modality: Modality::Face,
+            finger_position: 0,
+            model_id: self.face_model.id.clone(),
+            raw_score: raw,
+        }
     }
 }
 

@@ -81,11 +81,8 @@ impl Engine {
         };
         let faces = FaceWorkers::start(&manifest, settings, config.inference.workers, config.inference.queue)?;
         let spec = &manifest.face_embedder;
-        let face_model = FaceModel {
-            id: spec.id.clone(),
-            dim: spec.output.dimension as usize,
-            sha256: spec.file.sha256.clone(),
-        };
+        let face_model =
+            FaceModel { id: spec.id.clone(), dim: spec.output.dimension as usize, sha256: spec.file.sha256.clone() };
         let store = Store::open(&config.store.data_dir, &config.store.encryption_key)?;
         let (gallery, foreign_templates) = rebuild(&store, &face_model)?;
         info!(model = %face_model.id, templates = gallery.len(), "face index rebuilt from the store");

@@ -78,7 +78,11 @@ impl Engine {
                     });
                 }
                 if values.len() != model.dim {
-                    return Err(EngineError::Dimension { field: format!("{f}.values"), expected: model.dim, got: values.len() });
+                    return Err(EngineError::Dimension {
+                        field: format!("{f}.values"),
+                        expected: model.dim,
+                        got: values.len(),
+                    });
                 }
                 if values.iter().any(|v| !v.is_finite()) || values.iter().all(|v| *v == 0.0) {
                     return Err(EngineError::invalid(format!("{f}.values"), "must be finite and not all zero"));
@@ -89,7 +93,11 @@ impl Engine {
                     quality: 1.0,
                     ..SampleReport::default()
                 };
-                Ok(Probe { template: face_template(model.id.clone(), 1.0, normalized(values)), report, times: StageTimes::default() })
+                Ok(Probe {
+                    template: face_template(model.id.clone(), 1.0, normalized(values)),
+                    report,
+                    times: StageTimes::default(),
+                })
             }
             SampleData::IsoTemplate(_) => Err(EngineError::invalid(
                 field("iso_19794_2"),

@@ -2,7 +2,10 @@
 
 use std::time::Duration;
 
-use crate::{biometric::{Modality, Sample}, face::StageTimes};
+use crate::{
+    biometric::{Modality, Sample},
+    face::StageTimes,
+};
 
 /// Enroll a subject's samples.
 #[derive(Debug, Clone)]

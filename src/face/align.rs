@@ -8,13 +8,8 @@
 use image::{Rgb, RgbImage};
 
 /// The standard 5-point ArcFace template for 112x112 crops.
-pub const ARCFACE_112: [[f32; 2]; 5] = [
-    [38.2946, 51.6963],
-    [73.5318, 51.5014],
-    [56.0252, 71.7366],
-    [41.5493, 92.3655],
-    [70.7299, 92.2041],
-];
+pub const ARCFACE_112: [[f32; 2]; 5] =
+    [[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366], [41.5493, 92.3655], [70.7299, 92.2041]];
 
 /// Side of the aligned crop, in pixels.
 const SIZE: u32 = 112;
@@ -46,9 +41,7 @@ impl Similarity {
     fn fit(src: &[[f32; 2]], dst: &[[f32; 2]]) -> Self {
         let n = src.len().min(dst.len()).max(1) as f64;
         let mean = |pts: &[[f32; 2]]| {
-            let (sx, sy) = pts.iter().fold((0.0, 0.0), |(sx, sy), p| {
-                (sx + f64::from(p[0]), sy + f64::from(p[1]))
-            });
+            let (sx, sy) = pts.iter().fold((0.0, 0.0), |(sx, sy), p| (sx + f64::from(p[0]), sy + f64::from(p[1])));
             [sx / n, sy / n]
         };
         let (ms, md) = (mean(src), mean(dst));
@@ -62,36 +55,19 @@ impl Similarity {
             den += zx * zx + zy * zy;
         }
         // Coincident landmarks carry no scale or rotation: fall back to a pure translation.
-        let (a, b) = if den > 1e-12 {
-            (num_re / den, num_im / den)
-        } else {
-            (1.0, 0.0)
-        };
-        Self {
-            a,
-            b,
-            tx: md[0] - (a * ms[0] - b * ms[1]),
-            ty: md[1] - (b * ms[0] + a * ms[1]),
-        }
+        let (a, b) = if den > 1e-12 { (num_re / den, num_im / den) } else { (1.0, 0.0) };
+        Self { a, b, tx: md[0] - (a * ms[0] - b * ms[1]), ty: md[1] - (b * ms[0] + a * ms[1]) }
     }
 
     fn apply(&self, [x, y]: [f64; 2]) -> [f64; 2] {
-        [
-            self.a * x - self.b * y + self.tx,
-            self.b * x + self.a * y + self.ty,
-        ]
+        [self.a * x - self.b * y + self.tx, self.b * x + self.a * y + self.ty]
     }
 
     /// `p -> (p - t) / c`; a degenerate `c` yields non-finite coordinates, which sample as black.
     fn inverse(&self) -> Self {
         let norm = self.a * self.a + self.b * self.b;
         let (a, b) = (self.a / norm, -self.b / norm);
-        Self {
-            a,
-            b,
-            tx: -(a * self.tx - b * self.ty),
-            ty: -(b * self.tx + a * self.ty),
-        }
+        Self { a, b, tx: -(a * self.tx - b * self.ty), ty: -(b * self.tx + a * self.ty) }
     }
 }
 
@@ -107,18 +83,11 @@ fn sample(img: &RgbImage, x: f64, y: f64) -> Rgb<u8> {
     let (x0, y0) = (x0 as i64, y0 as i64);
     let px = |xi: i64, yi: i64| -> [f64; 3] {
         match (u32::try_from(xi), u32::try_from(yi)) {
-            (Ok(xi), Ok(yi)) if xi < img.width() && yi < img.height() => {
-                img.get_pixel(xi, yi).0.map(f64::from)
-            }
+            (Ok(xi), Ok(yi)) if xi < img.width() && yi < img.height() => img.get_pixel(xi, yi).0.map(f64::from),
             _ => [0.0; 3],
         }
     };
-    let (p00, p10, p01, p11) = (
-        px(x0, y0),
-        px(x0 + 1, y0),
-        px(x0, y0 + 1),
-        px(x0 + 1, y0 + 1),
-    );
+    let (p00, p10, p01, p11) = (px(x0, y0), px(x0 + 1, y0), px(x0, y0 + 1), px(x0 + 1, y0 + 1));
     Rgb(std::array::from_fn(|c| {
         let top = p00[c] + (p10[c] - p00[c]) * fx;
         let bottom = p01[c] + (p11[c] - p01[c]) * fx;
@@ -129,12 +98,7 @@ fn sample(img: &RgbImage, x: f64, y: f64) -> Rgb<u8> {
 /// Resizes the `size` ([w, h]) rectangle of `img` whose top-left pixel is `origin` ([x, y]) to
 /// `out` ([w, h]) like OpenCV's INTER_AREA. The rectangle may extend past the image, whose outside
 /// reads as black. Returns unrounded interleaved RGB rows.
-pub(crate) fn resize_area(
-    img: &RgbImage,
-    origin: [i64; 2],
-    size: [usize; 2],
-    out: [usize; 2],
-) -> Vec<f32> {
+pub(crate) fn resize_area(img: &RgbImage, origin: [i64; 2], size: [usize; 2], out: [usize; 2]) -> Vec<f32> {
     let ([x0, y0], [sw, sh], [dw, dh]) = (origin, size, out);
     if sw == 0 || sh == 0 {
         return vec![0.0; dw * dh * 3];
@@ -184,10 +148,7 @@ impl Taps {
         let skip = (-start).clamp(0, self.weights.len() as i64) as usize;
         let end = (start + self.weights.len() as i64).clamp(0, len as i64);
         let start = (start + skip as i64).clamp(0, end);
-        (
-            start as usize,
-            &self.weights[skip..skip + (end - start) as usize],
-        )
+        (start as usize, &self.weights[skip..skip + (end - start) as usize])
     }
 }
 
@@ -213,25 +174,16 @@ fn taps(src: usize, dst: usize, area: bool) -> Vec<Taps> {
                 if f2 - s2 as f64 > 1e-3 {
                     weights.push(((f2 - s2 as f64).min(1.0).min(cell) / cell) as f32);
                 }
-                Taps {
-                    first: if head { s1 - 1 } else { s1 },
-                    weights,
-                }
+                Taps { first: if head { s1 - 1 } else { s1 }, weights }
             } else {
                 // OpenCV's enlarging variant of INTER_AREA: linear with cell-aligned fractions.
                 let s = (d as f64 * scale).floor() as usize;
                 let f = ((d + 1) as f64 - (s + 1) as f64 * inv_scale) as f32;
                 let f = if f <= 0.0 { 0.0 } else { f - f.floor() };
                 if s + 1 >= src {
-                    Taps {
-                        first: src - 1,
-                        weights: vec![1.0],
-                    }
+                    Taps { first: src - 1, weights: vec![1.0] }
                 } else {
-                    Taps {
-                        first: s,
-                        weights: vec![1.0 - f, f],
-                    }
+                    Taps { first: s, weights: vec![1.0 - f, f] }
                 }
             }
         })
@@ -249,20 +201,10 @@ mod tests {
     #[test]
     fn fit_recovers_known_transform() {
         let (s, theta) = (1.7_f64, 0.35_f64);
-        let truth = Similarity {
-            a: s * theta.cos(),
-            b: s * theta.sin(),
-            tx: 12.5,
-            ty: -40.0,
-        };
+        let truth = Similarity { a: s * theta.cos(), b: s * theta.sin(), tx: 12.5, ty: -40.0 };
         let moved = transform(&truth, &ARCFACE_112);
         let fit = Similarity::fit(&ARCFACE_112, &moved);
-        for (got, want) in [
-            (fit.a, truth.a),
-            (fit.b, truth.b),
-            (fit.tx, truth.tx),
-            (fit.ty, truth.ty),
-        ] {
+        for (got, want) in [(fit.a, truth.a), (fit.b, truth.b), (fit.tx, truth.tx), (fit.ty, truth.ty)] {
             assert!((got - want).abs() < 1e-3, "{fit:?} vs {truth:?}");
         }
         // Noise on the targets moves the least-squares fit only slightly.
@@ -275,12 +217,7 @@ mod tests {
 
     #[test]
     fn inverse_round_trips() {
-        let t = Similarity {
-            a: 0.8,
-            b: -0.3,
-            tx: 5.0,
-            ty: 7.0,
-        };
+        let t = Similarity { a: 0.8, b: -0.3, tx: 5.0, ty: 7.0 };
         let [x, y] = t.inverse().apply(t.apply([13.0, -4.0]));
         assert!((x - 13.0).abs() < 1e-9 && (y + 4.0).abs() < 1e-9);
     }
@@ -298,10 +235,7 @@ mod tests {
         let marks = ARCFACE_112.map(|[x, y]| [2.0 * x + 10.0, 2.0 * y + 20.0]);
         let out = align(&img, &marks);
         // Crop pixel (u, v) samples image (2u + 10, 2v + 20).
-        assert_eq!(
-            out.get_pixel(50, 60).0,
-            [((2 * 50 + 10) / 4) as u8, ((2 * 60 + 20) / 4) as u8, 0]
-        );
+        assert_eq!(out.get_pixel(50, 60).0, [((2 * 50 + 10) / 4) as u8, ((2 * 60 + 20) / 4) as u8, 0]);
     }
 
     #[test]
@@ -313,14 +247,7 @@ mod tests {
 
     #[test]
     fn area_taps_are_normalised() {
-        for (src, dst) in [
-            (250, 150),
-            (250, 107),
-            (37, 24),
-            (13, 24),
-            (100, 48),
-            (48, 48),
-        ] {
+        for (src, dst) in [(250, 150), (250, 107), (37, 24), (13, 24), (100, 48), (48, 48)] {
             for t in taps(src, dst, src >= dst) {
                 let sum: f32 = t.weights.iter().sum();
                 assert!((sum - 1.0).abs() < 1e-5, "{src}->{dst}: {sum}");
@@ -333,20 +260,10 @@ mod tests {
     fn resize_reads_outside_as_black() {
         let img = RgbImage::from_pixel(10, 10, Rgb([200, 100, 50]));
         let inside = resize_area(&img, [0, 0], [10, 10], [4, 4]);
-        assert!(inside.chunks(3).all(|p| {
-            p.iter()
-                .zip([200.0, 100.0, 50.0])
-                .all(|(a, b)| (a - b).abs() < 1e-3)
-        }));
+        assert!(inside.chunks(3).all(|p| { p.iter().zip([200.0, 100.0, 50.0]).all(|(a, b)| (a - b).abs() < 1e-3) }));
         // The left half of this rectangle, and all of the second, lie outside the image.
-        assert_eq!(
-            resize_area(&img, [-10, 0], [20, 10], [2, 1]),
-            vec![0.0, 0.0, 0.0, 200.0, 100.0, 50.0]
-        );
-        assert_eq!(
-            resize_area(&img, [-30, 40], [20, 10], [3, 3]),
-            vec![0.0; 27]
-        );
+        assert_eq!(resize_area(&img, [-10, 0], [20, 10], [2, 1]), vec![0.0, 0.0, 0.0, 200.0, 100.0, 50.0]);
+        assert_eq!(resize_area(&img, [-30, 40], [20, 10], [3, 3]), vec![0.0; 27]);
         assert_eq!(resize_area(&img, [0, 0], [0, 5], [2, 2]), vec![0.0; 12]);
     }
 }

@@ -80,12 +80,7 @@ impl Mtcnn {
         self.cascade(img, &maps, RETRY_THRESHOLDS)
     }
 
-    fn cascade(
-        &mut self,
-        img: &RgbImage,
-        maps: &[ScaleMap],
-        t: [f64; 3],
-    ) -> ort::Result<Vec<Detection>> {
+    fn cascade(&mut self, img: &RgbImage, maps: &[ScaleMap], t: [f64; 3]) -> ort::Result<Vec<Detection>> {
         let boxes = proposals(maps, t[0]);
         let boxes = self.refine(img, boxes, t[1])?;
         self.output(img, boxes, t[2])
@@ -103,29 +98,18 @@ impl Mtcnn {
             px.iter_mut().for_each(|v| *v = round_u8(*v));
             let mut data = Vec::with_capacity(ws * hs * 3);
             push_transposed(&mut data, &px, ws, hs);
-            let input = Array4::from_shape_vec((1, ws, hs, 3), data)
-                .map_err(|e| ort::Error::new(e.to_string()))?;
+            let input = Array4::from_shape_vec((1, ws, hs, 3), data).map_err(|e| ort::Error::new(e.to_string()))?;
             let [reg, prob] = self.pnet.run(&input)?;
-            let (nx, ny) = (
-                prob.shape().get(1).copied().unwrap_or(0),
-                prob.shape().get(2).copied().unwrap_or(0),
-            );
+            let (nx, ny) = (prob.shape().get(1).copied().unwrap_or(0), prob.shape().get(2).copied().unwrap_or(0));
             let prob = shaped("pnet probability", prob, &[1, nx, ny, 2])?;
-            maps.push(ScaleMap {
-                scale,
-                prob,
-                reg: shaped("pnet regression", reg, &[1, nx, ny, 4])?,
-            });
+            maps.push(ScaleMap { scale, prob, reg: shaped("pnet regression", reg, &[1, nx, ny, 4])? });
         }
         Ok(maps)
     }
 
     /// R-Net: rescore and recalibrate the P-Net proposals.
     fn refine(&mut self, img: &RgbImage, boxes: Vec<Cand>, t: f64) -> ort::Result<Vec<Cand>> {
-        let boxes: Vec<Cand> = boxes
-            .into_iter()
-            .filter(|c| croppable(&c.bbox, img))
-            .collect();
+        let boxes: Vec<Cand> = boxes.into_iter().filter(|c| croppable(&c.bbox, img)).collect();
         if boxes.is_empty() {
             return Ok(Vec::new());
         }
@@ -135,19 +119,12 @@ impl Mtcnn {
         let reg: Array2<f32> = shaped("rnet regression", reg, &[n, 4])?;
         let pass: Vec<Cand> = (0..n)
             .filter(|&k| f64::from(prob[[k, 1]]) > t)
-            .map(|k| Cand {
-                score: f64::from(prob[[k, 1]]),
-                reg: row4(&reg, k),
-                ..boxes[k]
-            })
+            .map(|k| Cand { score: f64::from(prob[[k, 1]]), reg: row4(&reg, k), ..boxes[k] })
             .collect();
         let keep = nms(&pass, 0.7, Overlap::Union);
         Ok(keep
             .into_iter()
-            .map(|i| Cand {
-                bbox: square(regress(pass[i].bbox, pass[i].reg, 1.0)),
-                ..pass[i]
-            })
+            .map(|i| Cand { bbox: square(regress(pass[i].bbox, pass[i].reg, 1.0)), ..pass[i] })
             .collect())
     }
 
@@ -155,10 +132,7 @@ impl Mtcnn {
     fn output(&mut self, img: &RgbImage, boxes: Vec<Cand>, t: f64) -> ort::Result<Vec<Detection>> {
         let boxes: Vec<Cand> = boxes
             .into_iter()
-            .map(|c| Cand {
-                bbox: c.bbox.map(f64::trunc),
-                ..c
-            })
+            .map(|c| Cand { bbox: c.bbox.map(f64::trunc), ..c })
             .filter(|c| croppable(&c.bbox, img))
             .collect();
         if boxes.is_empty() {
@@ -179,21 +153,10 @@ impl Mtcnn {
             let (w, h) = (x2 - x1 + 1.0, y2 - y1 + 1.0);
             // Landmarks are fractions of the crop, which starts at pixel (x1 - 1, y1 - 1).
             let landmarks = std::array::from_fn(|i| {
-                [
-                    w * f64::from(marks[[k, i]]) + x1 - 1.0,
-                    h * f64::from(marks[[k, i + 5]]) + y1 - 1.0,
-                ]
+                [w * f64::from(marks[[k, i]]) + x1 - 1.0, h * f64::from(marks[[k, i + 5]]) + y1 - 1.0]
             });
-            let cand = Cand {
-                score,
-                reg: row4(&reg, k),
-                landmarks,
-                ..*c
-            };
-            pass.push(Cand {
-                bbox: regress(cand.bbox, cand.reg, 1.0),
-                ..cand
-            });
+            let cand = Cand { score, reg: row4(&reg, k), landmarks, ..*c };
+            pass.push(Cand { bbox: regress(cand.bbox, cand.reg, 1.0), ..cand });
         }
         let keep = nms(&pass, 0.7, Overlap::Min);
         Ok(keep
@@ -235,33 +198,19 @@ struct Net {
 
 impl Net {
     fn load(env: &Environment, path: &Path, threads: usize, widths: &[i64]) -> ort::Result<Self> {
-        let session = Session::builder(env)?
-            .with_intra_threads(threads)?
-            .commit_from_file(path)?;
+        let session = Session::builder(env)?.with_intra_threads(threads)?.commit_from_file(path)?;
         let find = |width: i64| {
-            let last =
-                |o: &&ort::value::Outlet| o.dtype().tensor_shape().and_then(|s| s.last().copied());
-            let found = session
-                .outputs()
-                .iter()
-                .find(|o| last(o) == Some(width))
-                .map(|o| o.name().to_owned());
-            found.ok_or_else(|| {
-                ort::Error::new(format!("{}: no output of width {width}", path.display()))
-            })
+            let last = |o: &&ort::value::Outlet| o.dtype().tensor_shape().and_then(|s| s.last().copied());
+            let found = session.outputs().iter().find(|o| last(o) == Some(width)).map(|o| o.name().to_owned());
+            found.ok_or_else(|| ort::Error::new(format!("{}: no output of width {width}", path.display())))
         };
-        let outputs = widths
-            .iter()
-            .map(|&w| find(w))
-            .collect::<ort::Result<_>>()?;
+        let outputs = widths.iter().map(|&w| find(w)).collect::<ort::Result<_>>()?;
         Ok(Self { session, outputs })
     }
 
     /// Runs one batch; returns owned outputs in the order of `widths` at load time.
     fn run<const N: usize>(&mut self, input: &Array4<f32>) -> ort::Result<[ArrayD<f32>; N]> {
-        let outputs = self
-            .session
-            .run(ort::inputs![TensorRef::from_array_view(input)?])?;
+        let outputs = self.session.run(ort::inputs![TensorRef::from_array_view(input)?])?;
         let arrays: Vec<ArrayD<f32>> = self
             .outputs
             .iter()
@@ -270,22 +219,16 @@ impl Net {
                 None => Err(ort::Error::new(format!("MTCNN: no output {name}"))),
             })
             .collect::<ort::Result<_>>()?;
-        arrays.try_into().map_err(|v: Vec<_>| {
-            ort::Error::new(format!("MTCNN: {} outputs, expected {N}", v.len()))
-        })
+        arrays.try_into().map_err(|v: Vec<_>| ort::Error::new(format!("MTCNN: {} outputs, expected {N}", v.len())))
     }
 }
 
 /// Checks a model output's shape, so that an incompatible model fails with an error, not a panic.
 fn shaped<D: Dimension>(what: &str, a: ArrayD<f32>, want: &[usize]) -> ort::Result<Array<f32, D>> {
     if a.shape() != want {
-        return Err(ort::Error::new(format!(
-            "MTCNN {what}: output shape {:?}, expected {want:?}",
-            a.shape()
-        )));
+        return Err(ort::Error::new(format!("MTCNN {what}: output shape {:?}, expected {want:?}", a.shape())));
     }
-    a.into_dimensionality::<D>()
-        .map_err(|e| ort::Error::new(format!("MTCNN {what}: {e}")))
+    a.into_dimensionality::<D>().map_err(|e| ort::Error::new(format!("MTCNN {what}: {e}")))
 }
 
 fn row4(a: &Array2<f32>, k: usize) -> [f64; 4] {
@@ -332,23 +275,13 @@ fn proposals(maps: &[ScaleMap], t: f64) -> Vec<Cand> {
             for y in 0..ny {
                 let score = f64::from(map.prob[[0, x, y, 1]]);
                 if score >= t {
-                    let bbox =
-                        [edge(x, 1.0), edge(y, 1.0), edge(x, 12.0), edge(y, 12.0)].map(f64::trunc);
+                    let bbox = [edge(x, 1.0), edge(y, 1.0), edge(x, 12.0), edge(y, 12.0)].map(f64::trunc);
                     let reg = std::array::from_fn(|j| f64::from(map.reg[[0, x, y, j]]));
-                    cands.push(Cand {
-                        bbox,
-                        score,
-                        reg,
-                        landmarks: [[0.0; 2]; 5],
-                    });
+                    cands.push(Cand { bbox, score, reg, landmarks: [[0.0; 2]; 5] });
                 }
             }
         }
-        all.extend(
-            nms(&cands, 0.5, Overlap::Union)
-                .into_iter()
-                .map(|i| cands[i]),
-        );
+        all.extend(nms(&cands, 0.5, Overlap::Union).into_iter().map(|i| cands[i]));
     }
     nms(&all, 0.7, Overlap::Union)
         .into_iter()
@@ -412,19 +345,13 @@ fn nms(cands: &[Cand], threshold: f64, mode: Overlap) -> Vec<usize> {
 /// The reference's crop for an integer box: pixels x1-1..=x2-1, y1-1..=y2-1, as (origin, size).
 fn crop_rect(bbox: &[f64; 4]) -> ([i64; 2], [usize; 2]) {
     let [x1, y1, x2, y2] = bbox.map(|v| v as i64);
-    (
-        [x1 - 1, y1 - 1],
-        [(x2 - x1 + 1).max(0) as usize, (y2 - y1 + 1).max(0) as usize],
-    )
+    ([x1 - 1, y1 - 1], [(x2 - x1 + 1).max(0) as usize, (y2 - y1 + 1).max(0) as usize])
 }
 
 /// Non-empty and not absurdly large: runaway regressions must not allocate huge crops.
 fn croppable(bbox: &[f64; 4], img: &RgbImage) -> bool {
     let limit = MAX_CROP_FACTOR * img.width().max(img.height()) as usize;
-    crop_rect(bbox)
-        .1
-        .iter()
-        .all(|&side| side > 0 && side <= limit)
+    crop_rect(bbox).1.iter().all(|&side| side > 0 && side <= limit)
 }
 
 /// Batch `[N, X, Y, 3]` of normalised `size`x`size` crops.
@@ -432,15 +359,9 @@ fn crops(img: &RgbImage, boxes: &[Cand], size: usize) -> ort::Result<Array4<f32>
     let mut data = Vec::with_capacity(boxes.len() * size * size * 3);
     for c in boxes {
         let (origin, side) = crop_rect(&c.bbox);
-        push_transposed(
-            &mut data,
-            &resize_area(img, origin, side, [size, size]),
-            size,
-            size,
-        );
+        push_transposed(&mut data, &resize_area(img, origin, side, [size, size]), size, size);
     }
-    Array4::from_shape_vec((boxes.len(), size, size, 3), data)
-        .map_err(|e| ort::Error::new(e.to_string()))
+    Array4::from_shape_vec((boxes.len(), size, size, 3), data).map_err(|e| ort::Error::new(e.to_string()))
 }
 
 /// Rounds half to even into 0..=255 (adding and removing 2^23 does it without a libm call).
@@ -453,11 +374,7 @@ fn round_u8(v: f32) -> f32 {
 fn push_transposed(out: &mut Vec<f32>, px: &[f32], w: usize, h: usize) {
     for x in 0..w {
         for y in 0..h {
-            out.extend(
-                px[(y * w + x) * 3..][..3]
-                    .iter()
-                    .map(|&v| (v - 127.5) * 0.0078125),
-            );
+            out.extend(px[(y * w + x) * 3..][..3].iter().map(|&v| (v - 127.5) * 0.0078125));
         }
     }
 }
@@ -467,21 +384,13 @@ mod tests {
     use super::*;
 
     fn cand(bbox: [f64; 4], score: f64) -> Cand {
-        Cand {
-            bbox,
-            score,
-            reg: [0.0; 4],
-            landmarks: [[0.0; 2]; 5],
-        }
+        Cand { bbox, score, reg: [0.0; 4], landmarks: [[0.0; 2]; 5] }
     }
 
     #[test]
     fn nms_keeps_best_of_overlapping_boxes() {
-        let c = [
-            cand([0.0, 0.0, 9.0, 9.0], 0.8),
-            cand([1.0, 1.0, 10.0, 10.0], 0.9),
-            cand([50.0, 50.0, 59.0, 59.0], 0.7),
-        ];
+        let c =
+            [cand([0.0, 0.0, 9.0, 9.0], 0.8), cand([1.0, 1.0, 10.0, 10.0], 0.9), cand([50.0, 50.0, 59.0, 59.0], 0.7)];
         assert_eq!(nms(&c, 0.5, Overlap::Union), vec![1, 2]);
         // IoU of the first two is 81/119 ~ 0.68: a looser threshold keeps both.
         assert_eq!(nms(&c, 0.7, Overlap::Union), vec![1, 0, 2]);
@@ -489,10 +398,7 @@ mod tests {
 
     #[test]
     fn nms_min_removes_nested_boxes() {
-        let c = [
-            cand([0.0, 0.0, 99.0, 99.0], 0.9),
-            cand([10.0, 10.0, 29.0, 29.0], 0.8),
-        ];
+        let c = [cand([0.0, 0.0, 99.0, 99.0], 0.9), cand([10.0, 10.0, 29.0, 29.0], 0.8)];
         assert_eq!(nms(&c, 0.7, Overlap::Union), vec![0, 1]);
         assert_eq!(nms(&c, 0.7, Overlap::Min), vec![0]);
     }
@@ -511,11 +417,7 @@ mod tests {
     }
 
     fn det(bbox: [f32; 4]) -> Detection {
-        Detection {
-            bbox,
-            score: 0.99,
-            landmarks: [[0.0; 2]; 5],
-        }
+        Detection { bbox, score: 0.99, landmarks: [[0.0; 2]; 5] }
     }
 
     #[test]

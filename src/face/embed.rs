@@ -52,7 +52,11 @@ impl Embedder {
         };
         for (i, crop) in crops.iter().enumerate() {
             if crop.width() as usize != w || crop.height() as usize != h {
-                return Err(ort::Error::new(format!("crop is {}x{}, model wants {w}x{h}", crop.width(), crop.height())));
+                return Err(ort::Error::new(format!(
+                    "crop is {}x{}, model wants {w}x{h}",
+                    crop.width(),
+                    crop.height()
+                )));
             }
             for (x, y, p) in crop.enumerate_pixels() {
                 for c in 0..3 {

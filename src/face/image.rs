@@ -25,10 +25,8 @@ pub fn decode_rgb(bytes: &[u8], limits: ImageLimits) -> Result<RgbImage, FaceErr
         return Err(FaceError::ImageTooLarge(format!("{} bytes, limit {}", bytes.len(), limits.max_bytes)));
     }
     let format = image::guess_format(bytes).map_err(|_| FaceError::UnsupportedFormat)?;
-    if !matches!(
-        format,
-        ImageFormat::Jpeg | ImageFormat::Png | ImageFormat::Tiff | ImageFormat::Bmp | ImageFormat::Pnm
-    ) {
+    if !matches!(format, ImageFormat::Jpeg | ImageFormat::Png | ImageFormat::Tiff | ImageFormat::Bmp | ImageFormat::Pnm)
+    {
         return Err(FaceError::UnsupportedFormat);
     }
     if format == ImageFormat::Jpeg && !jpeg_complete(bytes) {
@@ -70,9 +68,7 @@ mod tests {
 
     fn png(w: u32, h: u32) -> Vec<u8> {
         let mut out = Vec::new();
-        image::GrayImage::new(w, h)
-            .write_to(&mut Cursor::new(&mut out), ImageFormat::Png)
-            .expect("encode");
+        image::GrayImage::new(w, h).write_to(&mut Cursor::new(&mut out), ImageFormat::Png).expect("encode");
         out
     }
 

@@ -34,7 +34,12 @@ impl std::fmt::Debug for Job {
 
 impl FaceWorkers {
     /// Starts `workers` threads and waits until each has loaded its models.
-    pub fn start(manifest: &Manifest, settings: FaceSettings, workers: usize, queue: usize) -> Result<Self, ModelError> {
+    pub fn start(
+        manifest: &Manifest,
+        settings: FaceSettings,
+        workers: usize,
+        queue: usize,
+    ) -> Result<Self, ModelError> {
         let (tx, rx) = bounded::<Job>(queue.max(1));
         let mut model_id = String::new();
         for i in 0..workers.max(1) {
@@ -65,9 +70,7 @@ impl FaceWorkers {
                     }
                 })
                 .map_err(|e| ModelError::Runtime(format!("cannot start a worker thread: {e}")))?;
-            model_id = ready_rx
-                .recv()
-                .map_err(|_| ModelError::Runtime("face worker died while loading".into()))??;
+            model_id = ready_rx.recv().map_err(|_| ModelError::Runtime("face worker died while loading".into()))??;
         }
         Ok(Self { tx, model_id })
     }

@@ -151,10 +151,8 @@ impl Manifest {
 
 /// Fails unless the file's sha256 is `expected`.
 pub fn check(path: &Path, expected: &str) -> Result<(), ModelError> {
-    let actual = sha256_file(path).map_err(|e| ModelError::Manifest {
-        path: path.display().to_string(),
-        message: e.to_string(),
-    })?;
+    let actual = sha256_file(path)
+        .map_err(|e| ModelError::Manifest { path: path.display().to_string(), message: e.to_string() })?;
     if actual != expected.to_ascii_lowercase() {
         return Err(ModelError::Checksum { path: path.display().to_string(), expected: expected.into(), actual });
     }

@@ -53,7 +53,13 @@ fn digest(prev: &[u8], e: &AuditEntry) -> Vec<u8> {
 }
 
 /// Appends one entry inside the caller's transaction.
-pub(super) fn append(conn: &Connection, ts_ms: i64, action: &str, subject_id: &str, detail: &str) -> Result<(), StoreError> {
+pub(super) fn append(
+    conn: &Connection,
+    ts_ms: i64,
+    action: &str,
+    subject_id: &str,
+    detail: &str,
+) -> Result<(), StoreError> {
     let last: Option<(i64, Vec<u8>)> = conn
         .query_row("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1", [], |r| Ok((r.get(0)?, r.get(1)?)))
         .optional()?;
@@ -80,7 +86,13 @@ pub(super) fn verify(conn: &Connection) -> Result<u64, StoreError> {
     let mut prev = Vec::new();
     let mut n = 0u64;
     while let Some(r) = rows.next()? {
-        let e = AuditEntry { seq: r.get(0)?, ts_ms: r.get(1)?, action: r.get(2)?, subject_id: r.get(3)?, detail: r.get(4)? };
+        let e = AuditEntry {
+            seq: r.get(0)?,
+            ts_ms: r.get(1)?,
+            action: r.get(2)?,
+            subject_id: r.get(3)?,
+            detail: r.get(4)?,
+        };
         let hash: Vec<u8> = r.get(5)?;
         if e.seq != n as i64 + 1 || digest(&prev, &e) != hash {
             return Err(StoreError::AuditBroken(e.seq));

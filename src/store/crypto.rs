@@ -53,9 +53,7 @@ impl Sealer {
             return Err(StoreError::Crypto);
         }
         let (nonce, ct) = sealed.split_at(NONCE_LEN);
-        self.cipher
-            .decrypt(Nonce::from_slice(nonce), Payload { msg: ct, aad })
-            .map_err(|_| StoreError::Crypto)
+        self.cipher.decrypt(Nonce::from_slice(nonce), Payload { msg: ct, aad }).map_err(|_| StoreError::Crypto)
     }
 }
 

@@ -206,7 +206,8 @@ impl Store {
                 encounters.push(EncounterRecord { encounter_id, created_ms: r.get(1)?, templates: Vec::new() });
             }
             if let Some(code) = r.get::<_, Option<i64>>(2)? {
-                let modality = Modality::from_code(code).ok_or_else(|| StoreError::Corrupt(format!("modality {code}")))?;
+                let modality =
+                    Modality::from_code(code).ok_or_else(|| StoreError::Corrupt(format!("modality {code}")))?;
                 let t = (modality, r.get(3)?, r.get(4)?, r.get::<_, f64>(5)? as f32);
                 if let Some(e) = encounters.last_mut() {
                     e.templates.push(t);
@@ -307,10 +308,7 @@ impl Store {
 }
 
 fn subject_exists(conn: &Connection, subject_id: &str) -> Result<bool, StoreError> {
-    Ok(conn
-        .query_row("SELECT 1 FROM subjects WHERE subject_id = ?1", [subject_id], |_| Ok(()))
-        .optional()?
-        .is_some())
+    Ok(conn.query_row("SELECT 1 FROM subjects WHERE subject_id = ?1", [subject_id], |_| Ok(())).optional()?.is_some())
 }
 
 /// Associated data binding a sealed template to its owner and kind.
@@ -329,7 +327,13 @@ mod tests {
     use super::*;
 
     fn template(v: f32) -> NewTemplate {
-        NewTemplate { modality: Modality::Face, finger_position: 0, model_id: "m".into(), quality: 0.9, vector: vec![v; 4] }
+        NewTemplate {
+            modality: Modality::Face,
+            finger_position: 0,
+            model_id: "m".into(),
+            quality: 0.9,
+            vector: vec![v; 4],
+        }
     }
 
     #[test]

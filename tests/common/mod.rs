@@ -149,7 +149,12 @@ impl Drop for ChildServer {
 
 /// A face sample from image bytes.
 pub(crate) fn face_image(bytes: Vec<u8>) -> pb::Sample {
-    pb::Sample { modality: pb::Modality::Face as i32, finger_position: 0, data: Some(pb::sample::Data::Image(bytes)), ppi: 0 }
+    pb::Sample {
+        modality: pb::Modality::Face as i32,
+        finger_position: 0,
+        data: Some(pb::sample::Data::Image(bytes)),
+        ppi: 0,
+    }
 }
 
 /// A face sample from an embedding.

@@ -1,0 +1,52 @@
+//! Readiness and discovery: health stays NOT_SERVING while the models are
+//! unavailable (calls are refused, not faked), and reflection lists the API.
+
+use std::time::Duration;
+
+use tokio_stream::StreamExt;
+use tonic::transport::Channel;
+use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
+use tonic_reflection::pb::v1::{
+    ServerReflectionRequest, server_reflection_client::ServerReflectionClient, server_reflection_request::MessageRequest,
+    server_reflection_response::MessageResponse,
+};
+
+use crate::common::{TestServer, client, config, enroll_req, face_image, fixture, reason};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn not_serving_without_models() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut cfg = config(dir.path(), &[]);
+    cfg.models.dir = dir.path().join("no-models-here");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(cotejo::server::serve(cfg, listener, async {
+        let _ = rx.await;
+    }));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let ch = Channel::from_shared(url.clone()).expect("url").connect().await.expect("connect");
+    let status = HealthClient::new(ch).check(HealthCheckRequest { service: String::new() }).await.expect("health");
+    assert_eq!(status.into_inner().status, ServingStatus::NotServing as i32);
+    let e = client(&url).await.enroll(enroll_req("x", vec![face_image(fixture("biden.jpg"))])).await.expect_err("not ready");
+    assert_eq!(e.code(), tonic::Code::Unavailable);
+    assert_eq!(reason(&e), "NOT_READY");
+    let _ = tx.send(());
+    server.await.expect("join").expect("clean shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reflection_lists_the_services() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = TestServer::start(config(dir.path(), &[])).await;
+    let ch = Channel::from_shared(server.url.clone()).expect("url").connect().await.expect("connect");
+    let req = ServerReflectionRequest { host: String::new(), message_request: Some(MessageRequest::ListServices(String::new())) };
+    let mut stream =
+        ServerReflectionClient::new(ch).server_reflection_info(tokio_stream::iter(vec![req])).await.expect("reflection").into_inner();
+    let Some(Ok(resp)) = stream.next().await else { panic!("no reflection response") };
+    let Some(MessageResponse::ListServicesResponse(list)) = resp.message_response else { panic!("unexpected response") };
+    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    assert!(names.contains(&"cotejo.v1.Biometrics".to_owned()), "{names:?}");
+    assert!(names.contains(&"grpc.health.v1.Health".to_owned()), "{names:?}");
+    server.stop().await;
+}
