@@ -10,7 +10,6 @@ command -v cmake >/dev/null || need+=(cmake)
 command -v protoc >/dev/null || need+=(protobuf-compiler)
 command -v g++ >/dev/null || need+=(g++)
 command -v npm >/dev/null || need+=(npm)
-command -v curl >/dev/null || true
 dpkg -s libopenblas-dev >/dev/null 2>&1 || need+=(libopenblas-dev)
 dpkg -s liblapack-dev >/dev/null 2>&1 || need+=(liblapack-dev)
 dpkg -s libgomp1 >/dev/null 2>&1 || need+=(libgomp1)

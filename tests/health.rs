@@ -7,8 +7,8 @@ use tokio_stream::StreamExt;
 use tonic::transport::Channel;
 use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
 use tonic_reflection::pb::v1::{
-    ServerReflectionRequest, server_reflection_client::ServerReflectionClient, server_reflection_request::MessageRequest,
-    server_reflection_response::MessageResponse,
+    ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
+    server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
 };
 
 use crate::common::{TestServer, client, config, enroll_req, face_image, fixture, reason};
@@ -28,7 +28,11 @@ async fn not_serving_without_models() {
     let ch = Channel::from_shared(url.clone()).expect("url").connect().await.expect("connect");
     let status = HealthClient::new(ch).check(HealthCheckRequest { service: String::new() }).await.expect("health");
     assert_eq!(status.into_inner().status, ServingStatus::NotServing as i32);
-    let e = client(&url).await.enroll(enroll_req("x", vec![face_image(fixture("biden.jpg"))])).await.expect_err("not ready");
+    let e = client(&url)
+        .await
+        .enroll(enroll_req("x", vec![face_image(fixture("biden.jpg"))]))
+        .await
+        .expect_err("not ready");
     assert_eq!(e.code(), tonic::Code::Unavailable);
     assert_eq!(reason(&e), "NOT_READY");
     let _ = tx.send(());
@@ -40,11 +44,19 @@ async fn reflection_lists_the_services() {
     let dir = tempfile::tempdir().expect("tempdir");
     let server = TestServer::start(config(dir.path(), &[])).await;
     let ch = Channel::from_shared(server.url.clone()).expect("url").connect().await.expect("connect");
-    let req = ServerReflectionRequest { host: String::new(), message_request: Some(MessageRequest::ListServices(String::new())) };
-    let mut stream =
-        ServerReflectionClient::new(ch).server_reflection_info(tokio_stream::iter(vec![req])).await.expect("reflection").into_inner();
+    let req = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut stream = ServerReflectionClient::new(ch)
+        .server_reflection_info(tokio_stream::iter(vec![req]))
+        .await
+        .expect("reflection")
+        .into_inner();
     let Some(Ok(resp)) = stream.next().await else { panic!("no reflection response") };
-    let Some(MessageResponse::ListServicesResponse(list)) = resp.message_response else { panic!("unexpected response") };
+    let Some(MessageResponse::ListServicesResponse(list)) = resp.message_response else {
+        panic!("unexpected response")
+    };
     let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
     assert!(names.contains(&"cotejo.v1.Biometrics".to_owned()), "{names:?}");
     assert!(names.contains(&"grpc.health.v1.Health".to_owned()), "{names:?}");

@@ -60,6 +60,9 @@ pub fn pipeline(config: &Config) -> anyhow::Result<(Manifest, FaceSettings)> {
     Ok((manifest, settings))
 }
 
+/// An embedding, or why the image gave none.
+pub type Embedded = Result<Vec<f32>, FaceError>;
+
 /// Embeds every image on `threads` threads, each with its own pipeline.
 /// `aligned`: the images are already 112x112 aligned crops (no detection).
 /// Returns one embedding or error per image, in input order.
@@ -69,9 +72,9 @@ pub fn embed_all(
     images: &[LabelledImage],
     aligned: bool,
     threads: usize,
-) -> anyhow::Result<Vec<Result<Vec<f32>, FaceError>>> {
+) -> anyhow::Result<Vec<Embedded>> {
     let next = AtomicUsize::new(0);
-    let results: Mutex<Vec<Option<Result<Vec<f32>, FaceError>>>> = Mutex::new(vec![None; images.len()]);
+    let results: Mutex<Vec<Option<Embedded>>> = Mutex::new(vec![None; images.len()]);
     std::thread::scope(|scope| -> anyhow::Result<()> {
         let mut handles = Vec::new();
         for _ in 0..threads.max(1) {
@@ -89,7 +92,7 @@ pub fn embed_all(
                     if let Ok(mut all) = results.lock() {
                         all[i] = Some(r);
                     }
-                    if i % 500 == 0 {
+                    if i.is_multiple_of(500) {
                         eprintln!("  embedded {i}/{}", images.len());
                     }
                 }
@@ -130,7 +133,10 @@ pub fn verification(config: &Config, data: &Path, aligned: bool, threads: usize,
     let v = metrics::verification(&all.0, &all.1, &[0.01, 0.001, 0.0001]);
     let vb = metrics::verification(&balanced.0, &balanced.1, &[0.01, 0.001, 0.0001]);
     let at = |v: &metrics::Verification| {
-        v.at_fmr.iter().map(|(f, t, fnmr)| json!({"fmr": f, "threshold": t, "fnmr": fnmr, "tar": 1.0 - fnmr})).collect::<Vec<_>>()
+        v.at_fmr
+            .iter()
+            .map(|(f, t, fnmr)| json!({"fmr": f, "threshold": t, "fnmr": fnmr, "tar": 1.0 - fnmr}))
+            .collect::<Vec<_>>()
     };
     let out = json!({
         "data": data.display().to_string(),

@@ -45,11 +45,11 @@ pub fn runtime() -> Result<&'static ort::environment::Environment, ModelError> {
 pub fn session(path: &Path, threads: usize) -> Result<ort::session::Session, ModelError> {
     let env = runtime()?;
     let build = || -> ort::Result<ort::session::Session> {
-        Ok(ort::session::Session::builder(env)?
+        ort::session::Session::builder(env)?
             .with_optimization_level(ort::session::builder::GraphOptimizationLevel::Level3)?
             .with_intra_threads(threads)?
             .with_inter_threads(1)?
-            .commit_from_file(path)?)
+            .commit_from_file(path)
     };
     build().map_err(|e| ModelError::Session { path: path.display().to_string(), message: e.to_string() })
 }

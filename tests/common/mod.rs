@@ -90,10 +90,10 @@ pub(crate) async fn wait_serving(url: &str, limit: Duration) {
     loop {
         if let Ok(ch) = Channel::from_shared(url.to_owned()).expect("url").connect().await {
             let mut h = HealthClient::new(ch);
-            if let Ok(r) = h.check(HealthCheckRequest { service: String::new() }).await {
-                if r.into_inner().status == ServingStatus::Serving as i32 {
-                    return;
-                }
+            if let Ok(r) = h.check(HealthCheckRequest { service: String::new() }).await
+                && r.into_inner().status == ServingStatus::Serving as i32
+            {
+                return;
             }
         }
         assert!(start.elapsed() < limit, "server at {url} not SERVING after {limit:?}");
