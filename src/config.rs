@@ -131,7 +131,7 @@ pub struct FaceConfig {
     /// Average the embeddings of the face and its mirror image.
     pub flip_average: bool,
     /// Cosine threshold of a match.
-    pub match_threshold: f32,
+    pub match_threshold: f64,
     /// Human explanation of the threshold.
     pub threshold_basis: String,
 }

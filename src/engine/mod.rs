@@ -94,10 +94,7 @@ impl Engine {
             gallery: Arc::new(RwLock::new(gallery)),
             faces,
             face_model,
-            thresholds: Thresholds {
-                face: f64::from(config.face.match_threshold),
-                basis: config.face.threshold_basis.clone(),
-            },
+            thresholds: Thresholds { face: config.face.match_threshold, basis: config.face.threshold_basis.clone() },
             max_samples: config.limits.max_samples,
             max_candidates: config.limits.max_candidates,
             foreign_templates,
