@@ -122,6 +122,8 @@ pub struct Limits {
     pub max_samples: usize,
     /// Most candidates per Identify.
     pub max_candidates: usize,
+    /// Most subject ids in an Identify restriction.
+    pub max_subject_ids: usize,
 }
 
 /// Face pipeline settings.

@@ -8,6 +8,7 @@ pub mod config;
 pub mod engine;
 pub mod eval;
 pub mod face;
+pub mod finger;
 pub mod index;
 pub mod inference;
 pub mod server;

@@ -4,7 +4,10 @@
 
 use std::{
     future::Future,
-    sync::{Arc, OnceLock},
+    sync::{
+        Arc, OnceLock,
+        atomic::{AtomicBool, Ordering},
+    },
     time::Duration,
 };
 
@@ -42,19 +45,33 @@ pub async fn serve(
     let biometrics =
         pb::biometrics_server::BiometricsServer::new(api).max_decoding_message_size(max).max_encoding_message_size(max);
 
+    // Models load and the index is rebuilt while the socket already answers
+    // health checks (NOT_SERVING). A failed start-up ends `serve` with the
+    // cause, so the process exits non-zero instead of idling unready.
+    let stopping = Arc::new(AtomicBool::new(false));
+    let (failed_tx, mut failed_rx) = tokio::sync::oneshot::channel::<String>();
     let startup_config = config.clone();
     let startup_health = health.clone();
+    let startup_stopping = stopping.clone();
     let startup = tokio::spawn(async move {
         let started = tokio::task::spawn_blocking(move || Engine::start(&startup_config)).await;
         match started {
             Ok(Ok(engine)) => {
                 let _ = slot.set(Arc::new(engine));
+                if startup_stopping.load(Ordering::SeqCst) {
+                    return; // shutting down: never turn SERVING again
+                }
                 startup_health.set_service_status("", ServingStatus::Serving).await;
                 startup_health.set_serving::<pb::biometrics_server::BiometricsServer<BiometricsApi>>().await;
                 info!("ready");
             }
-            Ok(Err(e)) => error!(error = %e, "start-up failed; the service stays NOT_SERVING"),
-            Err(e) => error!(error = %e, "start-up task failed"),
+            Ok(Err(e)) => {
+                error!(error = %e, "start-up failed");
+                let _ = failed_tx.send(e.to_string());
+            }
+            Err(e) => {
+                let _ = failed_tx.send(format!("start-up task failed: {e}"));
+            }
         }
     });
 
@@ -65,6 +82,7 @@ pub async fn serve(
     let shutdown_health = health.clone();
     let signal = async move {
         shutdown.await;
+        stopping.store(true, Ordering::SeqCst);
         info!("shutting down: draining in-flight calls");
         shutdown_health.set_service_status("", ServingStatus::NotServing).await;
         shutdown_health.set_not_serving::<pb::biometrics_server::BiometricsServer<BiometricsApi>>().await;
@@ -78,6 +96,9 @@ pub async fn serve(
     tokio::pin!(server);
     tokio::select! {
         r = &mut server => r?,
+        Ok(cause) = &mut failed_rx => {
+            anyhow::bail!("start-up failed: {cause}");
+        }
         () = async {
             let _ = drained_rx.await;
             tokio::time::sleep(grace).await;

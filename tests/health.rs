@@ -11,10 +11,10 @@ use tonic_reflection::pb::v1::{
     server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
 };
 
-use crate::common::{TestServer, client, config, enroll_req, face_image, fixture, reason};
+use crate::common::{TestServer, config};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn not_serving_without_models() {
+async fn start_up_without_models_fails_with_the_cause() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut cfg = config(dir.path(), &[]);
     cfg.models.dir = dir.path().join("no-models-here");
@@ -24,19 +24,18 @@ async fn not_serving_without_models() {
     let server = tokio::spawn(cotejo::server::serve(cfg, listener, async {
         let _ = rx.await;
     }));
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let ch = Channel::from_shared(url.clone()).expect("url").connect().await.expect("connect");
-    let status = HealthClient::new(ch).check(HealthCheckRequest { service: String::new() }).await.expect("health");
-    assert_eq!(status.into_inner().status, ServingStatus::NotServing as i32);
-    let e = client(&url)
-        .await
-        .enroll(enroll_req("x", vec![face_image(fixture("biden.jpg"))]))
-        .await
-        .expect_err("not ready");
-    assert_eq!(e.code(), tonic::Code::Unavailable);
-    assert_eq!(reason(&e), "NOT_READY");
-    let _ = tx.send(());
-    server.await.expect("join").expect("clean shutdown");
+    // Until start-up ends the socket answers, NOT_SERVING, and calls are
+    // refused as not ready; then serve ends with the cause.
+    let ch = Channel::from_shared(url.clone()).expect("url").connect().await;
+    if let Ok(ch) = ch
+        && let Ok(status) = HealthClient::new(ch).check(HealthCheckRequest { service: String::new() }).await
+    {
+        assert_eq!(status.into_inner().status, ServingStatus::NotServing as i32);
+    }
+    let result = tokio::time::timeout(Duration::from_secs(30), server).await.expect("serve ended").expect("join");
+    let err = result.expect_err("start-up without models must fail");
+    assert!(format!("{err:#}").contains("manifest"), "{err:#}");
+    drop(tx);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -31,7 +31,7 @@ impl BiometricsApi {
 
 #[tonic::async_trait]
 impl Biometrics for BiometricsApi {
-    #[instrument(skip_all, fields(subject_id = %request.get_ref().subject_id))]
+    #[instrument(skip_all)]
     async fn enroll(&self, request: Request<pb::EnrollRequest>) -> Result<Response<pb::EnrollResponse>, Status> {
         let req = request.into_inner().try_into()?;
         let out = self.engine()?.enroll(req).await?;
@@ -45,14 +45,14 @@ impl Biometrics for BiometricsApi {
         Ok(Response::new(out.into()))
     }
 
-    #[instrument(skip_all, fields(subject_id = %request.get_ref().subject_id))]
+    #[instrument(skip_all)]
     async fn verify(&self, request: Request<pb::VerifyRequest>) -> Result<Response<pb::VerifyResponse>, Status> {
         let req = request.into_inner().try_into()?;
         let out = self.engine()?.verify(req).await?;
         Ok(Response::new(out.into()))
     }
 
-    #[instrument(skip_all, fields(subject_id = %request.get_ref().subject_id))]
+    #[instrument(skip_all)]
     async fn delete(&self, request: Request<pb::DeleteRequest>) -> Result<Response<pb::DeleteResponse>, Status> {
         let pb::DeleteRequest { subject_id } = request.into_inner();
         let removed = self.engine()?.delete(subject_id.clone()).await?;
@@ -62,7 +62,7 @@ impl Biometrics for BiometricsApi {
         }))
     }
 
-    #[instrument(skip_all, fields(subject_id = %request.get_ref().subject_id))]
+    #[instrument(skip_all)]
     async fn get_subject(&self, request: Request<pb::GetSubjectRequest>) -> Result<Response<pb::Subject>, Status> {
         let pb::GetSubjectRequest { subject_id } = request.into_inner();
         let s = self.engine()?.subject(subject_id).await?;

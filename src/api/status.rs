@@ -13,15 +13,19 @@ const DOMAIN: &str = "cotejo.v1";
 
 impl From<EngineError> for Status {
     fn from(e: EngineError) -> Self {
-        let message = e.to_string();
         let (code, reason, field) = classify(&e);
+        let message = if code == Code::Internal {
+            // Store and index errors can name paths; the caller gets the
+            // reason, the log gets the detail.
+            tracing::error!(error = %e, "internal error");
+            "internal error; the server log has the details".to_owned()
+        } else {
+            e.to_string()
+        };
         let mut details = ErrorDetails::new();
         details.set_error_info(reason, DOMAIN, HashMap::new());
         if let Some(f) = field {
             details.add_bad_request_violation(f, message.clone());
-        }
-        if code == Code::Internal {
-            tracing::error!(error = %message, "internal error");
         }
         Status::with_error_details(code, message, details)
     }
@@ -42,7 +46,8 @@ fn classify(e: &EngineError) -> (Code, &'static str, Option<String>) {
                 FaceError::NoFace => (InvalidArgument, "NO_FACE_FOUND"),
                 FaceError::MultipleFaces(_) => (InvalidArgument, "MULTIPLE_FACES"),
                 FaceError::Inference(_) => (Internal, "INFERENCE_FAILED"),
-                FaceError::Unavailable(_) => (ResourceExhausted, "OVERLOADED"),
+                FaceError::Overloaded(_) => (ResourceExhausted, "OVERLOADED"),
+                FaceError::Unavailable(_) => (Unavailable, "WORKERS_UNAVAILABLE"),
             };
             (code, reason, Some(field.clone()))
         }

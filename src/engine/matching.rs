@@ -34,6 +34,9 @@ impl Engine {
             }
             k => k,
         };
+        if subject_ids.len() > self.max_subject_ids {
+            return Err(EngineError::invalid("subject_ids", format!("at most {} subject ids", self.max_subject_ids)));
+        }
         for (i, s) in subject_ids.iter().enumerate() {
             validate_subject_id(s)
                 .map_err(|_| EngineError::invalid(format!("subject_ids[{i}]"), "not a valid subject id"))?;

@@ -12,7 +12,7 @@ use std::{
     sync::{Arc, Mutex, RwLock},
 };
 
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::{
     biometric::Modality,
@@ -56,6 +56,7 @@ pub struct Engine {
     thresholds: Thresholds,
     max_samples: usize,
     max_candidates: usize,
+    max_subject_ids: usize,
     /// Face templates of other models found at start-up (need re-embedding).
     foreign_templates: u64,
 }
@@ -81,8 +82,16 @@ impl Engine {
         };
         let faces = FaceWorkers::start(&manifest, settings, config.inference.workers, config.inference.queue)?;
         let spec = &manifest.face_embedder;
-        let face_model =
-            FaceModel { id: spec.id.clone(), dim: spec.output.dimension as usize, sha256: spec.file.sha256.clone() };
+        // The id a template records names the exact file and the embedding
+        // recipe, so a re-converted model or a flip change is never mixed in
+        // silently with templates made before it.
+        let recipe = if config.face.flip_average { "+flip" } else { "" };
+        let short = spec.file.sha256.get(..12).unwrap_or(&spec.file.sha256);
+        let face_model = FaceModel {
+            id: format!("{}@{short}{recipe}", spec.id),
+            dim: spec.output.dimension as usize,
+            sha256: spec.file.sha256.clone(),
+        };
         let store = Store::open(&config.store.data_dir, &config.store.encryption_key)?;
         let (gallery, foreign_templates) = rebuild(&store, &face_model)?;
         info!(model = %face_model.id, templates = gallery.len(), "face index rebuilt from the store");
@@ -97,6 +106,7 @@ impl Engine {
             thresholds: Thresholds { face: config.face.match_threshold, basis: config.face.threshold_basis.clone() },
             max_samples: config.limits.max_samples,
             max_candidates: config.limits.max_candidates,
+            max_subject_ids: config.limits.max_subject_ids,
             foreign_templates,
         })
     }
@@ -115,15 +125,20 @@ impl Engine {
         let store = self.store.clone();
         let gallery = self.gallery.clone();
         let sid = subject_id.clone();
+        let model = self.face_model.clone();
         let enrolled = tokio::task::spawn_blocking(move || -> Result<_, EngineError> {
             // Store first, then index, both under the store lock so a
             // concurrent delete cannot slip between them.
             let mut store = lock(&store)?;
             let enrolled = store.enroll(&sid, add_encounter, &templates)?;
-            let owner: Arc<str> = sid.as_str().into();
+            let owners: Vec<Arc<str>> = vec![sid.as_str().into(); templates.len()];
+            let vectors: Vec<f32> = templates.iter().flat_map(|t| t.vector.iter().copied()).collect();
             let mut g = gallery.write().map_err(|_| EngineError::Internal("index lock poisoned".into()))?;
-            for (id, t) in enrolled.template_ids.iter().zip(&templates) {
-                g.add(&[*id], std::slice::from_ref(&owner), &t.vector)?;
+            if let Err(e) = g.add(&enrolled.template_ids, &owners, &vectors) {
+                // The enroll is durable and acknowledged; bring the derived
+                // index back in line with the store rather than fail.
+                error!(error = %e, "index update failed after commit; rebuilding the index from the store");
+                *g = rebuild(&store, &model)?.0;
             }
             Ok(enrolled)
         })

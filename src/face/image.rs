@@ -3,7 +3,7 @@
 
 use std::io::Cursor;
 
-use image::{ImageFormat, ImageReader, RgbImage};
+use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader, RgbImage, metadata::Orientation};
 
 use super::FaceError;
 
@@ -49,15 +49,70 @@ pub fn decode_rgb(bytes: &[u8], limits: ImageLimits) -> Result<RgbImage, FaceErr
     image_limits.max_image_height = Some(h);
     image_limits.max_alloc = Some(pixels.saturating_mul(16).max(1 << 20));
     reader.limits(image_limits);
-    let img = reader.decode().map_err(|e| FaceError::Corrupt(e.to_string()))?;
-    Ok(img.into_rgb8())
+    let corrupt = |e: image::ImageError| FaceError::Corrupt(e.to_string());
+    let mut decoder = reader.into_decoder().map_err(corrupt)?;
+    // Phone cameras store the sensor's orientation and an EXIF rotation;
+    // MTCNN only finds upright faces.
+    let orientation = decoder.orientation().unwrap_or(Orientation::NoTransforms);
+    let mut img = DynamicImage::from_decoder(decoder).map_err(corrupt)?;
+    img.apply_orientation(orientation);
+    Ok(if img.color().has_alpha() { over_white(&img.into_rgba8()) } else { img.into_rgb8() })
 }
 
-/// True when the JPEG ends with its EOI marker (after any zero or
-/// whitespace padding that some writers append).
-fn jpeg_complete(bytes: &[u8]) -> bool {
-    let end = bytes.iter().rposition(|b| !matches!(b, 0 | b'\n' | b'\r' | b' ')).map_or(0, |i| i + 1);
-    bytes[..end].ends_with(&[0xFF, 0xD9])
+/// Composites a transparent image over white (dropping alpha would expose
+/// whatever colour the transparent pixels happen to store).
+fn over_white(img: &image::RgbaImage) -> RgbImage {
+    RgbImage::from_fn(img.width(), img.height(), |x, y| {
+        let [r, g, b, a] = img.get_pixel(x, y).0;
+        let blend = |c: u8| ((u16::from(c) * u16::from(a) + 255 * (255 - u16::from(a))) / 255) as u8;
+        image::Rgb([blend(r), blend(g), blend(b)])
+    })
+}
+
+/// True when the JPEG's segments and scans run up to an end-of-image
+/// marker. Walks the marker structure (segments by their lengths, scans up
+/// to the next marker), so an EXIF thumbnail's own EOI does not count and
+/// data appended after the EOI (motion photos) is allowed.
+fn jpeg_complete(b: &[u8]) -> bool {
+    if !b.starts_with(&[0xFF, 0xD8]) {
+        return false;
+    }
+    let segment_len = |i: usize| -> Option<usize> {
+        let hi = *b.get(i)?;
+        let lo = *b.get(i + 1)?;
+        Some(usize::from(u16::from_be_bytes([hi, lo])))
+    };
+    let mut i = 2;
+    loop {
+        while b.get(i).is_some_and(|&x| x != 0xFF) {
+            i += 1;
+        }
+        while b.get(i) == Some(&0xFF) {
+            i += 1; // fill bytes
+        }
+        let Some(&marker) = b.get(i) else { return false };
+        i += 1;
+        match marker {
+            0xD9 => return true,
+            0x01 | 0xD0..=0xD7 => {}
+            0xDA => {
+                let Some(len) = segment_len(i) else { return false };
+                i += len;
+                // Entropy-coded data: 0xFF is stuffed as FF 00; RSTn may occur.
+                loop {
+                    let (Some(&x), Some(&y)) = (b.get(i), b.get(i + 1)) else { return false };
+                    if x == 0xFF && y != 0x00 && !(0xD0..=0xD7).contains(&y) {
+                        break;
+                    }
+                    i += 1;
+                }
+            }
+            _ => {
+                let Some(len) = segment_len(i) else { return false };
+                i += len;
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -90,6 +145,9 @@ mod tests {
         image::RgbImage::new(64, 64).write_to(&mut Cursor::new(&mut jpeg), ImageFormat::Jpeg).expect("encode");
         assert!(decode_rgb(&jpeg, LIMITS).is_ok());
         assert!(matches!(decode_rgb(&jpeg[..jpeg.len() - 40], LIMITS), Err(FaceError::Corrupt(_))));
+        let mut trailer = jpeg.clone();
+        trailer.extend_from_slice(b"ftypmp42 appended video");
+        assert!(decode_rgb(&trailer, LIMITS).is_ok(), "data after the EOI is allowed");
         let tiny = ImageLimits { max_bytes: 10, max_pixels: 1 << 20 };
         assert!(matches!(decode_rgb(&p, tiny), Err(FaceError::ImageTooLarge(_))));
     }

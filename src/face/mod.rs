@@ -39,7 +39,10 @@ pub enum FaceError {
     /// ONNX Runtime failed.
     #[error("face model inference failed: {0}")]
     Inference(String),
-    /// The pipeline is overloaded or stopped.
+    /// Every worker is busy and the queue is full.
+    #[error("face workers overloaded: {0}")]
+    Overloaded(String),
+    /// The workers are stopped.
     #[error("face workers unavailable: {0}")]
     Unavailable(String),
 }
@@ -49,6 +52,10 @@ impl From<ort::Error> for FaceError {
         FaceError::Inference(e.to_string())
     }
 }
+
+/// Longest image side MTCNN searches; larger images are scaled down for
+/// detection only.
+pub const DETECT_MAX_SIDE: u32 = 1600;
 
 /// What to do with several faces in one image.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -139,7 +146,7 @@ impl FacePipeline {
         times.decode = t.elapsed();
 
         let t = Instant::now();
-        let faces = self.detector.detect(&img)?;
+        let faces = self.detect(&img)?;
         times.detect = t.elapsed();
         let chosen = match (faces.len(), multiple) {
             (0, _) => return Err(FaceError::NoFace),
@@ -166,6 +173,27 @@ impl FacePipeline {
             bbox: face.bbox,
             times,
         })
+    }
+
+    /// Faces in image coordinates. Large images are searched on a copy whose
+    /// longer side is [`DETECT_MAX_SIDE`]: MTCNN's cost grows with the pixel
+    /// count, and faces in such photos are far above its 20-pixel minimum.
+    /// Alignment then samples the full-resolution image.
+    fn detect(&mut self, img: &RgbImage) -> Result<Vec<detect::Detection>, FaceError> {
+        let side = img.width().max(img.height());
+        if side <= DETECT_MAX_SIDE {
+            return Ok(self.detector.detect(img)?);
+        }
+        let s = DETECT_MAX_SIDE as f32 / side as f32;
+        let (w, h) =
+            (((img.width() as f32 * s).round() as u32).max(1), ((img.height() as f32 * s).round() as u32).max(1));
+        let small = ::image::imageops::resize(img, w, h, ::image::imageops::FilterType::Triangle);
+        let mut faces = self.detector.detect(&small)?;
+        for f in &mut faces {
+            f.bbox.iter_mut().for_each(|v| *v /= s);
+            f.landmarks.iter_mut().flatten().for_each(|v| *v /= s);
+        }
+        Ok(faces)
     }
 
     /// Embeds an already aligned 112x112 crop (flip-averaged if configured).

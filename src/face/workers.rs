@@ -65,7 +65,14 @@ impl FaceWorkers {
                         if job.reply.is_closed() {
                             continue; // the caller gave up; skip the work
                         }
-                        let result = pipeline.extract(&job.bytes, job.multiple);
+                        // A panic in a decoder or the models must cost one
+                        // request, not the worker.
+                        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                            pipeline.extract(&job.bytes, job.multiple)
+                        }))
+                        .unwrap_or_else(|_| {
+                            Err(FaceError::Inference("the face pipeline panicked on this image".into()))
+                        });
                         let _ = job.reply.send(result);
                     }
                 })
@@ -85,7 +92,7 @@ impl FaceWorkers {
         let (reply, rx) = oneshot::channel();
         let job = Job { bytes, multiple, span: Span::current(), reply };
         self.tx.try_send(job).map_err(|e| match e {
-            TrySendError::Full(_) => FaceError::Unavailable("queue full, retry later".into()),
+            TrySendError::Full(_) => FaceError::Overloaded("queue full, retry later".into()),
             TrySendError::Disconnected(_) => FaceError::Unavailable("workers stopped".into()),
         })?;
         rx.await.map_err(|_| FaceError::Unavailable("worker dropped the request".into()))?

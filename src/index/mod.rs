@@ -77,13 +77,14 @@ impl VectorIndex {
 
     /// Removes templates; returns how many were present.
     pub fn remove(&mut self, ids: &[i64]) -> Result<usize, IndexError> {
-        let idx: Vec<Idx> = ids.iter().map(|&i| Idx::new(i as u64)).collect();
-        let sel = IdSelector::batch(&idx)?;
-        let n = self.index.remove_ids(&sel)?;
+        // Owners first: a hit without an owner is never returned, so the
+        // removal holds even if faiss fails below.
         for id in ids {
             self.owners.remove(id);
         }
-        Ok(n)
+        let idx: Vec<Idx> = ids.iter().map(|&i| Idx::new(i as u64)).collect();
+        let sel = IdSelector::batch(&idx)?;
+        Ok(self.index.remove_ids(&sel)?)
     }
 
     /// The `k` nearest templates, best first.

@@ -77,10 +77,15 @@ fn key_file(dir: &Path) -> Result<Vec<u8>, StoreError> {
     opts.write(true).create_new(true);
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
-    let mut f = opts.open(&path).map_err(|e| StoreError::Key(format!("{}: {e}", path.display())))?;
-    f.write_all(hex::encode(key).as_bytes())
-        .and_then(|()| f.sync_all())
-        .map_err(|e| StoreError::Key(format!("{}: {e}", path.display())))?;
+    // Written to a temporary name, synced, renamed and the directory synced:
+    // the key must be on disk before any template sealed with it.
+    let tmp = dir.join("template.key.tmp");
+    let _ = fs::remove_file(&tmp);
+    let err = |e: std::io::Error| StoreError::Key(format!("{}: {e}", path.display()));
+    let mut f = opts.open(&tmp).map_err(err)?;
+    f.write_all(hex::encode(key).as_bytes()).and_then(|()| f.sync_all()).map_err(err)?;
+    fs::rename(&tmp, &path).map_err(err)?;
+    fs::File::open(dir).and_then(|d| d.sync_all()).map_err(err)?;
     Ok(key.to_vec())
 }
 

@@ -121,8 +121,16 @@ impl Store {
     pub fn open(dir: &Path, hex_key: &str) -> Result<Self, StoreError> {
         std::fs::create_dir_all(dir)
             .map_err(|source| StoreError::DataDir { path: dir.display().to_string(), source })?;
+        let db = dir.join("cotejo.db");
+        if hex_key.is_empty() && db.exists() && !dir.join("template.key").exists() {
+            // A new key would make every stored template unreadable.
+            return Err(StoreError::Key(format!(
+                "{} exists but its key file template.key is missing; restore it or set store.encryption_key",
+                db.display()
+            )));
+        }
         let sealer = Sealer::open(hex_key, dir)?;
-        let conn = Connection::open(dir.join("cotejo.db"))?;
+        let conn = Connection::open(&db)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
@@ -145,6 +153,11 @@ impl Store {
         let exists = subject_exists(&tx, subject_id)?;
         if exists && !add_encounter {
             return Err(StoreError::SubjectExists(subject_id.to_owned()));
+        }
+        if !exists && add_encounter {
+            // An encounter is added to someone known; never resurrect a
+            // deleted subject by accident.
+            return Err(StoreError::SubjectNotFound(subject_id.to_owned()));
         }
         if !exists {
             tx.execute("INSERT INTO subjects (subject_id, created_ms) VALUES (?1, ?2)", params![subject_id, now])?;
@@ -344,6 +357,7 @@ mod tests {
         assert_eq!(e.template_ids.len(), 1);
         assert!(matches!(s.enroll("alice", false, &[template(2.0)]), Err(StoreError::SubjectExists(_))));
         s.enroll("alice", true, &[template(3.0)]).expect("second encounter");
+        assert!(matches!(s.enroll("carol", true, &[template(3.0)]), Err(StoreError::SubjectNotFound(_))));
         let ts = s.subject_templates("alice").expect("templates");
         assert_eq!(ts.len(), 2);
         assert_eq!(ts[1].template.vector, vec![3.0; 4]);
@@ -352,6 +366,23 @@ mod tests {
         assert!(matches!(s.subject("alice"), Err(StoreError::SubjectNotFound(_))));
         assert_eq!(s.stats().expect("stats").subjects, 0);
         assert_eq!(s.verify_audit().expect("audit"), 3);
+    }
+
+    #[test]
+    fn durable_settings() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = Store::open(dir.path(), "").expect("open");
+        let mode: String = s.conn.query_row("PRAGMA journal_mode", [], |r| r.get(0)).expect("pragma");
+        let sync: i64 = s.conn.query_row("PRAGMA synchronous", [], |r| r.get(0)).expect("pragma");
+        assert_eq!((mode.as_str(), sync), ("wal", 2), "an acknowledged enroll must survive a power loss");
+    }
+
+    #[test]
+    fn missing_key_file_is_not_replaced() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        Store::open(dir.path(), "").expect("open");
+        std::fs::remove_file(dir.path().join("template.key")).expect("rm");
+        assert!(matches!(Store::open(dir.path(), ""), Err(StoreError::Key(_))));
     }
 
     #[test]
