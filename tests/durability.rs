@@ -24,12 +24,17 @@ async fn acknowledged_enrolls_survive_sigkill() {
         c.enroll(enroll_req(&id, vec![face_embedding(&model, v.clone())])).await.expect("enroll");
         acked.push((id, v));
     }
+    // A deletion is final: also after a crash and a rebuild from the store.
+    c.delete(pb::DeleteRequest { subject_id: "biden".into() }).await.expect("delete");
     server.kill9();
 
     let server = ChildServer::start(dir.path()).await;
     let mut c = client(&server.url).await;
     let s = c.stats(pb::StatsRequest {}).await.expect("stats").into_inner();
-    assert_eq!(s.subjects, 42);
+    assert_eq!(s.subjects, 41);
+    let r = c.identify(identify_req(vec![face_image(fixture("biden.jpg"))])).await.expect("identify").into_inner();
+    assert!(r.candidates.iter().all(|c| c.subject_id != "biden"), "a deleted subject came back");
+    assert!(!r.decision.expect("decision").r#match);
     let r = c.identify(identify_req(vec![face_image(fixture("obama2.jpg"))])).await.expect("identify").into_inner();
     assert_eq!(r.candidates[0].subject_id, "obama");
     assert!(r.decision.expect("decision").r#match);

@@ -1,0 +1,476 @@
+//! Minutia Cylinder-Code (MCC) fingerprint matching.
+//!
+//! Implements the bit-based variant (MCC-16b) of R. Cappelli, M. Ferrara and
+//! D. Maltoni, "Minutia Cylinder-Code: a new representation and matching
+//! technique for fingerprint recognition", IEEE TPAMI 32(12), 2010, with the
+//! global score "Local Similarity Sort with Relaxation" (LSS-R).
+//!
+//! Every minutia gets a *cylinder*: a 16×16 spatial grid (radius 70 px) times
+//! 6 direction bins, rotated into the minutia's own frame, whose cells record
+//! (as one bit each) whether neighbouring minutiae with a given relative
+//! direction lie near the cell. Cylinders are rotation and translation
+//! invariant, so two impressions are compared by comparing cylinders pairwise
+//! (popcounts over 1,536-bit vectors) and consolidating the best pairs with a
+//! relaxation step that rewards geometrically consistent pairs.
+//!
+//! A [`Template`] is built once per finger ([`Template::new`]); a [`Matcher`]
+//! holds scratch buffers so that [`Matcher::similarity`] does not allocate
+//! once its buffers have grown.
+//!
+//! Parameters (the paper's 500 dpi defaults): R = 70, N_S = 16, N_D = 6,
+//! σ_S = 28/3, σ_D = 2π/9, μ_Ψ = 0.01 (binarisation threshold of the bit
+//! variant), cell validity from the convex hull of the minutiae enlarged by
+//! ω = 50, min_VC = 0.75 (of the cells inside the radius), min_M = 2,
+//! min_ME = 0.60 (matchable cells, of the cells inside the radius),
+//! δ_θ = π/2; LSS-R with min_nP = 4, max_nP = 12, μ_P = 20, τ_P = 2/5,
+//! w_R = 0.5, n_rel = 5, μ_1 = 5, τ_1 = -8/5, μ_2 = μ_3 = π/12,
+//! τ_2 = τ_3 = -30.
+
+#![deny(
+    clippy::indexing_slicing,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic
+)]
+
+mod matcher;
+
+use std::f32::consts::{PI, TAU};
+
+pub use matcher::{Matcher, similarity};
+
+use super::iso19794_2::{IsoMinutia, angle_radians};
+
+/// Cylinder radius in pixels (500 dpi).
+pub const RADIUS: f32 = 70.0;
+/// Number of cells along each spatial side of a cylinder.
+pub const NS: usize = 16;
+/// Number of direction bins (cylinder height).
+pub const ND: usize = 6;
+/// Standard deviation of the spatial Gaussian, in pixels.
+pub const SIGMA_S: f32 = 28.0 / 3.0;
+/// Standard deviation of the directional Gaussian, in radians.
+pub const SIGMA_D: f32 = 2.0 * PI / 9.0;
+/// Binarisation threshold of a cell's accumulated contribution (μ_Ψ).
+pub const MU_PSI: f32 = 0.01;
+/// Offset of the convex hull that bounds valid cells, in pixels (ω).
+pub const OMEGA: f32 = 50.0;
+/// Minimum fraction of a cylinder's in-radius cells that must be valid (min_VC).
+pub const MIN_VALID_CELLS: f32 = 0.75;
+/// Minimum number of other minutiae within `RADIUS + 3σ_S` for a valid cylinder (min_M).
+pub const MIN_NEIGHBOURS: usize = 2;
+/// Minimum fraction of in-radius cells valid in both cylinders for them to be compared (min_ME).
+pub const MIN_MATCHABLE_CELLS: f32 = 0.60;
+/// Largest direction difference of two minutiae whose cylinders are compared (δ_θ).
+pub const MAX_ANGLE_DIFF: f32 = PI / 2.0;
+
+/// Spatial cells per direction layer.
+const CELLS_XY: usize = NS * NS;
+/// 64-bit words holding one spatial layer (or the validity mask).
+const MASK_WORDS: usize = CELLS_XY / 64;
+/// 64-bit words holding a whole cylinder.
+const WORDS: usize = MASK_WORDS * ND;
+/// Side of a spatial cell, in pixels (Δ_S).
+const DELTA_S: f32 = 2.0 * RADIUS / NS as f32;
+/// Height of a direction bin, in radians (Δ_D).
+const DELTA_D: f32 = TAU / ND as f32;
+
+/// One minutia: position in pixels and direction in radians.
+///
+/// Same conventions as ISO/IEC 19794-2: origin at the upper-left corner, y
+/// growing downwards, direction counter-clockwise from +x as the image is
+/// viewed (the pixel-space direction vector is `(cos θ, -sin θ)`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Minutia {
+    /// Column in pixels.
+    pub x: f32,
+    /// Row in pixels (growing downwards).
+    pub y: f32,
+    /// Direction in radians, counter-clockwise from +x as viewed.
+    pub angle: f32,
+}
+
+impl From<&IsoMinutia> for Minutia {
+    fn from(m: &IsoMinutia) -> Self {
+        Self {
+            x: f32::from(m.x),
+            y: f32::from(m.y),
+            angle: angle_radians(m.angle),
+        }
+    }
+}
+
+/// A minutia in the internal right-handed frame (y up, angle counter-clockwise).
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Point {
+    x: f32,
+    y: f32,
+    angle: f32,
+}
+
+/// The cylinders of one finger impression, ready to be compared.
+///
+/// Only valid cylinders are kept (enough valid cells and contributing
+/// neighbours); a template with fewer than two usable minutiae has none and
+/// scores 0 against anything.
+#[derive(Debug, Clone, Default)]
+pub struct Template {
+    /// Centre minutia of each kept cylinder, internal frame.
+    points: Vec<Point>,
+    /// Cell bits of each cylinder: bit `k * 256 + i * 16 + j` in word order.
+    bits: Vec<[u64; WORDS]>,
+    /// Spatial validity mask of each cylinder (bit `i * 16 + j`).
+    masks: Vec<[u64; MASK_WORDS]>,
+}
+
+impl Template {
+    /// Builds the cylinders of a set of minutiae. Non-finite minutiae are ignored.
+    pub fn new(minutiae: &[Minutia]) -> Self {
+        let points: Vec<Point> = minutiae
+            .iter()
+            .filter(|m| m.x.is_finite() && m.y.is_finite() && m.angle.is_finite())
+            .map(|m| Point {
+                x: m.x,
+                y: -m.y,
+                angle: m.angle.rem_euclid(TAU),
+            })
+            .collect();
+        let hull = convex_hull(&points);
+        let layout = CellLayout::new();
+        let mut template = Self::default();
+        let mut neighbours: Vec<(f32, f32, [f32; ND])> = Vec::new();
+        for (index, m) in points.iter().enumerate() {
+            let (sin, cos) = m.angle.sin_cos();
+            neighbours.clear();
+            for (other, t) in points.iter().enumerate() {
+                let (dx, dy) = (t.x - m.x, t.y - m.y);
+                if other == index || dx.hypot(dy) > RADIUS + 3.0 * SIGMA_S {
+                    continue;
+                }
+                // Neighbour position in the frame of m, and its direction contributions.
+                let (lx, ly) = (dx * cos + dy * sin, -dx * sin + dy * cos);
+                let dtheta = angle_diff(m.angle, t.angle);
+                let mut contributions = [0.0; ND];
+                for (k, c) in contributions.iter_mut().enumerate() {
+                    let alpha = angle_diff(layout.bin_angles.get(k).copied().unwrap_or(0.0), dtheta);
+                    *c = directional_contribution(alpha);
+                }
+                neighbours.push((lx, ly, contributions));
+            }
+            if neighbours.len() < MIN_NEIGHBOURS {
+                continue;
+            }
+            let mut bits = [0_u64; WORDS];
+            let mut mask = [0_u64; MASK_WORDS];
+            let mut valid_cells = 0_usize;
+            for (cell, &(u, v)) in layout.centres.iter().enumerate() {
+                if u.hypot(v) > RADIUS {
+                    continue;
+                }
+                let world = (m.x + u * cos - v * sin, m.y + u * sin + v * cos);
+                if !hull.contains_with_offset(world, OMEGA) {
+                    continue;
+                }
+                valid_cells += 1;
+                set_bit(&mut mask, cell);
+                let mut sums = [0.0_f32; ND];
+                for (lx, ly, contributions) in &neighbours {
+                    let d2 = (lx - u) * (lx - u) + (ly - v) * (ly - v);
+                    if d2 > 9.0 * SIGMA_S * SIGMA_S {
+                        continue;
+                    }
+                    let spatial = gaussian(d2.sqrt(), SIGMA_S);
+                    for (s, c) in sums.iter_mut().zip(contributions) {
+                        *s += spatial * c;
+                    }
+                }
+                for (k, s) in sums.iter().enumerate() {
+                    if *s >= MU_PSI {
+                        set_bit(&mut bits, k * CELLS_XY + cell);
+                    }
+                }
+            }
+            #[allow(clippy::cast_precision_loss)] // cell counts are at most 256
+            let enough = valid_cells as f32 >= MIN_VALID_CELLS * layout.in_radius as f32;
+            if enough {
+                template.points.push(*m);
+                template.bits.push(bits);
+                template.masks.push(mask);
+            }
+        }
+        template
+    }
+
+    /// Number of valid cylinders (minutiae that take part in matching).
+    pub fn len(&self) -> usize {
+        self.points.len()
+    }
+
+    /// Whether the template has no valid cylinder (it then matches nothing).
+    pub fn is_empty(&self) -> bool {
+        self.points.is_empty()
+    }
+}
+
+/// Precomputed geometry shared by all cylinders.
+#[derive(Debug)]
+struct CellLayout {
+    /// Cell centres in the minutia's frame, index `i * NS + j`.
+    centres: Vec<(f32, f32)>,
+    /// Number of cells whose centre lies within the radius.
+    in_radius: usize,
+    /// Central angle of each direction bin.
+    bin_angles: [f32; ND],
+}
+
+impl CellLayout {
+    fn new() -> Self {
+        let half = (NS as f32 - 1.0) / 2.0;
+        let mut centres = Vec::with_capacity(CELLS_XY);
+        for i in 0..NS {
+            for j in 0..NS {
+                centres.push(((i as f32 - half) * DELTA_S, (j as f32 - half) * DELTA_S));
+            }
+        }
+        let in_radius = centres.iter().filter(|(u, v)| u.hypot(*v) <= RADIUS).count();
+        let mut bin_angles = [0.0; ND];
+        for (k, a) in bin_angles.iter_mut().enumerate() {
+            *a = -PI + (k as f32 + 0.5) * DELTA_D;
+        }
+        Self {
+            centres,
+            in_radius,
+            bin_angles,
+        }
+    }
+}
+
+/// Number of cells whose centre lies within the radius (the reference for min_VC and min_ME).
+///
+/// Centre offsets are `(i - 7.5) Δ_S` and the radius is `8 Δ_S`, so in half-cell
+/// units the test is `(2i - 15)² + (2j - 15)² ≤ 256`, exact in integers.
+const IN_RADIUS_CELLS: usize = {
+    let mut count = 0;
+    let mut c = 0;
+    while c < CELLS_XY {
+        #[allow(clippy::cast_possible_wrap)] // NS is 16
+        let (di, dj) = (2 * (c / NS) as i64 - (NS as i64 - 1), 2 * (c % NS) as i64 - (NS as i64 - 1));
+        if di * di + dj * dj <= (NS * NS) as i64 {
+            count += 1;
+        }
+        c += 1;
+    }
+    count
+};
+
+fn set_bit<const N: usize>(words: &mut [u64; N], bit: usize) {
+    if let Some(w) = words.get_mut(bit / 64) {
+        *w |= 1 << (bit % 64);
+    }
+}
+
+/// Difference `a - b` of two angles, wrapped into `[-π, π)`.
+fn angle_diff(a: f32, b: f32) -> f32 {
+    (a - b + PI).rem_euclid(TAU) - PI
+}
+
+/// Normal density with mean 0.
+fn gaussian(t: f32, sigma: f32) -> f32 {
+    (-(t * t) / (2.0 * sigma * sigma)).exp() / (sigma * (TAU).sqrt())
+}
+
+/// Area of the directional Gaussian over the bin of width Δ_D centred at `alpha`.
+fn directional_contribution(alpha: f32) -> f32 {
+    let scale = 1.0 / (SIGMA_D * std::f32::consts::SQRT_2);
+    0.5 * (erf((alpha + DELTA_D / 2.0) * scale) - erf((alpha - DELTA_D / 2.0) * scale))
+}
+
+/// Error function (Abramowitz and Stegun 7.1.26, absolute error below 1.5e-7).
+fn erf(x: f32) -> f32 {
+    let sign = if x < 0.0 { -1.0 } else { 1.0 };
+    let x = f64::from(x.abs());
+    let t = 1.0 / (1.0 + 0.327_591_1 * x);
+    let poly = t
+        * (0.254_829_592
+            + t * (-0.284_496_736 + t * (1.421_413_741 + t * (-1.453_152_027 + t * 1.061_405_429))));
+    #[allow(clippy::cast_possible_truncation)] // the result is in [0, 1]
+    let y = (1.0 - poly * (-x * x).exp()) as f32;
+    sign * y
+}
+
+/// Convex hull of the minutiae positions, counter-clockwise.
+#[derive(Debug)]
+struct Hull {
+    vertices: Vec<(f32, f32)>,
+}
+
+fn convex_hull(points: &[Point]) -> Hull {
+    let mut pts: Vec<(f32, f32)> = points.iter().map(|p| (p.x, p.y)).collect();
+    pts.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.total_cmp(&b.1)));
+    pts.dedup();
+    if pts.len() < 3 {
+        return Hull { vertices: pts };
+    }
+    let cross = |o: (f32, f32), a: (f32, f32), b: (f32, f32)| {
+        (a.0 - o.0) * (b.1 - o.1) - (a.1 - o.1) * (b.0 - o.0)
+    };
+    let mut hull: Vec<(f32, f32)> = Vec::with_capacity(pts.len() * 2);
+    for pass in 0..2 {
+        let start = hull.len();
+        let iter: Box<dyn Iterator<Item = &(f32, f32)>> = if pass == 0 {
+            Box::new(pts.iter())
+        } else {
+            Box::new(pts.iter().rev())
+        };
+        for &p in iter {
+            while hull.len() >= start + 2 {
+                let (Some(&a), Some(&b)) = (hull.get(hull.len() - 2), hull.last()) else {
+                    break;
+                };
+                if cross(a, b, p) <= 0.0 {
+                    hull.pop();
+                } else {
+                    break;
+                }
+            }
+            hull.push(p);
+        }
+        hull.pop();
+    }
+    Hull { vertices: hull }
+}
+
+impl Hull {
+    /// Whether `p` lies inside the hull or within `offset` of it.
+    fn contains_with_offset(&self, p: (f32, f32), offset: f32) -> bool {
+        let n = self.vertices.len();
+        if n == 0 {
+            return false;
+        }
+        let mut inside = n >= 3;
+        let mut min_d2 = f32::INFINITY;
+        for i in 0..n {
+            let (Some(&a), Some(&b)) = (self.vertices.get(i), self.vertices.get((i + 1) % n)) else {
+                continue;
+            };
+            let (ex, ey) = (b.0 - a.0, b.1 - a.1);
+            let (px, py) = (p.0 - a.0, p.1 - a.1);
+            if ex * py - ey * px < 0.0 {
+                inside = false;
+            }
+            let len2 = ex * ex + ey * ey;
+            let t = if len2 > 0.0 { ((px * ex + py * ey) / len2).clamp(0.0, 1.0) } else { 0.0 };
+            let (dx, dy) = (px - t * ex, py - t * ey);
+            min_d2 = min_d2.min(dx * dx + dy * dy);
+        }
+        inside || min_d2 <= offset * offset
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Deterministic pseudo-random minutiae in a 300×400 frame.
+    fn random_minutiae(seed: u64, n: usize) -> Vec<Minutia> {
+        let mut state = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+        let mut next = || {
+            state = state.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+            #[allow(clippy::cast_precision_loss)]
+            let v = (state >> 40) as f32 / (1_u64 << 24) as f32;
+            v
+        };
+        (0..n)
+            .map(|_| Minutia {
+                x: 40.0 + 220.0 * next(),
+                y: 40.0 + 320.0 * next(),
+                angle: TAU * next(),
+            })
+            .collect()
+    }
+
+    /// Rotates by `phi` (counter-clockwise as viewed) about (150, 200), then translates.
+    fn transform(ms: &[Minutia], phi: f32, tx: f32, ty: f32) -> Vec<Minutia> {
+        let (s, c) = phi.sin_cos();
+        ms.iter()
+            .map(|m| {
+                let (x, y) = (m.x - 150.0, -(m.y - 200.0));
+                let (rx, ry) = (x * c - y * s, x * s + y * c);
+                Minutia {
+                    x: rx + 150.0 + tx,
+                    y: -ry + 200.0 + ty,
+                    angle: (m.angle + phi).rem_euclid(TAU),
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn identical_template_scores_high() {
+        let t = Template::new(&random_minutiae(1, 40));
+        assert!(t.len() > 20, "only {} valid cylinders", t.len());
+        let s = similarity(&t, &t);
+        assert!(s > 0.9, "self similarity {s}");
+    }
+
+    #[test]
+    fn rotation_and_translation_keep_a_high_score() {
+        let ms = random_minutiae(7, 40);
+        let a = Template::new(&ms);
+        let mut matcher = Matcher::new();
+        for (phi, tx, ty) in [(0.5, 20.0, -15.0), (-1.2, -30.0, 40.0), (3.0, 5.0, 5.0)] {
+            let b = Template::new(&transform(&ms, phi, tx, ty));
+            let s = matcher.similarity(&a, &b);
+            assert!(s > 0.8, "phi {phi}: {s}");
+            let back = matcher.similarity(&b, &a);
+            assert!((s - back).abs() < 0.05, "asymmetric: {s} vs {back}");
+        }
+    }
+
+    #[test]
+    fn different_random_templates_score_low() {
+        let mut matcher = Matcher::new();
+        for seed in 0..10 {
+            let a = Template::new(&random_minutiae(100 + seed, 35));
+            let b = Template::new(&random_minutiae(200 + seed, 35));
+            let s = matcher.similarity(&a, &b);
+            assert!(s < 0.3, "seed {seed}: {s}");
+        }
+    }
+
+    #[test]
+    fn empty_and_tiny_inputs_score_zero() {
+        let full = Template::new(&random_minutiae(3, 30));
+        let empty = Template::new(&[]);
+        let one = Template::new(&random_minutiae(4, 1));
+        assert!(empty.is_empty());
+        assert!(one.is_empty());
+        for t in [&empty, &one] {
+            assert!(similarity(t, &full).abs() < 1e-6);
+            assert!(similarity(&full, t).abs() < 1e-6);
+            assert!(similarity(t, t).abs() < 1e-6);
+        }
+    }
+
+    #[test]
+    fn non_finite_and_duplicate_minutiae_do_not_panic() {
+        let mut ms = random_minutiae(5, 10);
+        ms.push(Minutia { x: f32::NAN, y: 1.0, angle: 0.0 });
+        ms.push(Minutia { x: 1.0, y: f32::INFINITY, angle: f32::NAN });
+        let dup = vec![Minutia { x: 10.0, y: 10.0, angle: 1.0 }; 5];
+        let t = Template::new(&ms);
+        let d = Template::new(&dup);
+        let s = similarity(&t, &d);
+        assert!((0.0..=1.0).contains(&s));
+        let far = [Minutia { x: 1e30, y: -1e30, angle: 1e30 }, Minutia { x: 0.0, y: 0.0, angle: 0.0 }];
+        let f = Template::new(&far);
+        assert!((0.0..=1.0).contains(&similarity(&f, &t)));
+    }
+
+    #[test]
+    fn layout_counts_match() {
+        assert_eq!(CellLayout::new().in_radius, IN_RADIUS_CELLS);
+        assert!((erf(0.5) - 0.520_499_9).abs() < 1e-5);
+        assert!((directional_contribution(0.0) - 0.5 * (erf(DELTA_D / 2.0 / (SIGMA_D * std::f32::consts::SQRT_2)) * 2.0)).abs() < 1e-6);
+    }
+}
