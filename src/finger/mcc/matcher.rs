@@ -57,12 +57,17 @@ pub struct Matcher {
     next: Vec<f32>,
     rho: Vec<f32>,
     ranked: Vec<(f32, f32)>,
+    used_a: Vec<bool>,
+    used_b: Vec<bool>,
+    one_to_one: bool,
+    mu: [f32; 3],
 }
 
 impl Matcher {
     /// A matcher with empty buffers (they grow to the largest templates compared).
     pub fn new() -> Self {
-        Self::default()
+        let env = |k: &str, d: f32| std::env::var(k).ok().and_then(|v| v.parse().ok()).unwrap_or(d);
+        Self { one_to_one: std::env::var("O2O").is_ok(), mu: [env("MU1", MU_1), env("MU2", MU_2), env("MU3", MU_3)], ..Self::default() }
     }
 
     /// Similarity of two templates in `[0, 1]` (MCC-16b local similarities, LSS-R).
@@ -77,7 +82,35 @@ impl Matcher {
         self.local_similarities(a, b);
         // LSS: the n_R best pairs (the rest of the top n_R would have similarity 0).
         let by_score_desc = |x: &Pair, y: &Pair| y.score.total_cmp(&x.score);
-        if self.pairs.len() > n_r {
+        if self.one_to_one {
+            self.pairs.sort_unstable_by(by_score_desc);
+            self.used_a.clear();
+            self.used_a.resize(a.len(), false);
+            self.used_b.clear();
+            self.used_b.resize(b.len(), false);
+            let mut kept = 0;
+            for i in 0..self.pairs.len() {
+                let Some(&p) = self.pairs.get(i) else { break };
+                let (Some(ua), Some(ub)) = (self.used_a.get(p.a).copied(), self.used_b.get(p.b).copied()) else {
+                    continue;
+                };
+                if ua || ub {
+                    continue;
+                }
+                if let (Some(ua), Some(ub)) = (self.used_a.get_mut(p.a), self.used_b.get_mut(p.b)) {
+                    *ua = true;
+                    *ub = true;
+                }
+                if let Some(slot) = self.pairs.get_mut(kept) {
+                    *slot = p;
+                }
+                kept += 1;
+                if kept == n_r {
+                    break;
+                }
+            }
+            self.pairs.truncate(kept);
+        } else if self.pairs.len() > n_r {
             self.pairs.select_nth_unstable_by(n_r - 1, by_score_desc);
             self.pairs.truncate(n_r);
         }
@@ -130,7 +163,7 @@ impl Matcher {
         self.rho.resize(n * n, 0.0);
         for (t, pt) in self.pairs.iter().enumerate() {
             for (k, pk) in self.pairs.iter().enumerate().skip(t + 1) {
-                let r = compatibility(a, b, pt, pk);
+                let r = compatibility(a, b, pt, pk, self.mu);
                 if let Some(x) = self.rho.get_mut(t * n + k) {
                     *x = r;
                 }
@@ -186,24 +219,24 @@ fn cylinder_similarity(
 }
 
 /// How well two minutia pairs agree geometrically (ρ in the paper), in `[0, 1]`.
-fn compatibility(a: &Template, b: &Template, t: &Pair, k: &Pair) -> f32 {
+fn compatibility(a: &Template, b: &Template, t: &Pair, k: &Pair, mu: [f32; 3]) -> f32 {
     let (Some(at), Some(ak), Some(bt), Some(bk)) = (a.points.get(t.a), a.points.get(k.a), b.points.get(t.b), b.points.get(k.b))
     else {
         return 0.0;
     };
     let d1 = (distance(at, ak) - distance(bt, bk)).abs();
-    if d1 > D1_CUTOFF {
+    if d1 > mu[0] - 10.0 / TAU_1 {
         return 0.0;
     }
     let d2 = angle_diff(angle_diff(at.angle, ak.angle), angle_diff(bt.angle, bk.angle)).abs();
-    if d2 > D2_CUTOFF {
+    if d2 > mu[1] - 10.0 / TAU_2 {
         return 0.0;
     }
     let d3 = angle_diff(radial_angle(at, ak), radial_angle(bt, bk)).abs();
-    if d3 > D3_CUTOFF {
+    if d3 > mu[2] - 10.0 / TAU_3 {
         return 0.0;
     }
-    sigmoid(d1, MU_1, TAU_1) * sigmoid(d2, MU_2, TAU_2) * sigmoid(d3, MU_3, TAU_3)
+    sigmoid(d1, mu[0], TAU_1) * sigmoid(d2, mu[1], TAU_2) * sigmoid(d3, mu[2], TAU_3)
 }
 
 fn distance(p: &Point, q: &Point) -> f32 {
