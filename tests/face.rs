@@ -89,3 +89,29 @@ async fn several_faces_need_the_main_face_option() {
     assert!(r.candidates[0].score > 0.99);
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_supported_format_and_grayscale() {
+    use std::io::Cursor;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = TestServer::start(config(dir.path(), &[])).await;
+    let mut c = server.client.clone();
+    c.enroll(enroll_req("biden", vec![face_image(fixture("biden.jpg"))])).await.expect("enroll");
+    c.enroll(enroll_req("obama", vec![face_image(fixture("obama3.jpg"))])).await.expect("enroll");
+    let photo = image::load_from_memory(&fixture("biden.jpg")).expect("decode");
+    let gray = image::DynamicImage::ImageLuma8(photo.to_luma8());
+    for (what, img, format) in [
+        ("png", &photo, image::ImageFormat::Png),
+        ("tiff", &photo, image::ImageFormat::Tiff),
+        ("bmp", &photo, image::ImageFormat::Bmp),
+        ("grayscale pgm", &gray, image::ImageFormat::Pnm),
+        ("grayscale jpeg", &gray, image::ImageFormat::Jpeg),
+    ] {
+        let mut bytes = Vec::new();
+        img.write_to(&mut Cursor::new(&mut bytes), format).expect("encode");
+        let r = c.identify(identify_req(vec![face_image(bytes)])).await.expect(what).into_inner();
+        assert_eq!(r.candidates[0].subject_id, "biden", "{what}");
+        assert!(r.decision.expect("decision").r#match, "{what}: score {}", r.candidates[0].score);
+    }
+    server.stop().await;
+}

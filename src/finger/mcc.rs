@@ -64,6 +64,9 @@ pub const MIN_MATCHABLE_CELLS: f32 = 0.60;
 /// Largest direction difference of two minutiae whose cylinders are compared (δ_θ).
 pub const MAX_ANGLE_DIFF: f32 = PI / 2.0;
 
+/// Most minutiae a template uses; the rest are ignored.
+pub const MAX_MINUTIAE: usize = 1024;
+
 /// Spatial cells per direction layer.
 const CELLS_XY: usize = NS * NS;
 /// 64-bit words holding one spatial layer (or the validity mask).
@@ -124,10 +127,14 @@ pub struct Template {
 }
 
 impl Template {
-    /// Builds the cylinders of a set of minutiae. Non-finite minutiae are ignored.
+    /// Builds the cylinders of a set of minutiae.
+    ///
+    /// Non-finite minutiae are ignored, and so is everything after the first
+    /// [`MAX_MINUTIAE`] (ISO/IEC 19794-2 records hold at most 255 per view).
     pub fn new(minutiae: &[Minutia]) -> Self {
         let points: Vec<Point> = minutiae
             .iter()
+            .take(MAX_MINUTIAE)
             .filter(|m| m.x.is_finite() && m.y.is_finite() && m.angle.is_finite())
             .map(|m| Point {
                 x: m.x,
@@ -271,7 +278,15 @@ fn set_bit<const N: usize>(words: &mut [u64; N], bit: usize) {
 
 /// Difference `a - b` of two angles, wrapped into `[-π, π)`.
 fn angle_diff(a: f32, b: f32) -> f32 {
-    (a - b + PI).rem_euclid(TAU) - PI
+    let d = a - b;
+    // Fast path for angles already in [0, 2π) (all stored minutiae) and bin centres.
+    if d >= PI {
+        if d - TAU < PI { d - TAU } else { (d + PI).rem_euclid(TAU) - PI }
+    } else if d < -PI {
+        if d + TAU >= -PI { d + TAU } else { (d + PI).rem_euclid(TAU) - PI }
+    } else {
+        d
+    }
 }
 
 /// Normal density with mean 0.

@@ -49,7 +49,7 @@ pub const MAX_MINUTIAE: usize = 150;
 /// Detections closer than this (pixels) to a stronger one are dropped.
 pub const NMS_RADIUS: f32 = 3.0;
 /// Images with a side longer than this are refused rather than sent to the model (memory bound).
-pub const MAX_SIDE: u32 = 4096;
+pub const MAX_SIDE: u32 = 2048;
 
 /// Network input sides must be multiples of this (five 2x down-samplings).
 const SIZE_MULTIPLE: usize = 32;

@@ -25,10 +25,6 @@ const TAU_2: f32 = -30.0;
 /// Radial-angle-consistency sigmoid (μ_3, τ_3), radians.
 const MU_3: f32 = PI / 12.0;
 const TAU_3: f32 = -30.0;
-/// Beyond these differences a compatibility factor is below 1/(1+e^10) ≈ 4.5e-5 and is taken as 0.
-const D1_CUTOFF: f32 = MU_1 - 10.0 / TAU_1;
-const D2_CUTOFF: f32 = MU_2 - 10.0 / TAU_2;
-const D3_CUTOFF: f32 = MU_3 - 10.0 / TAU_3;
 
 /// Fewest spatial cells valid in both cylinders for a comparison (min_ME).
 #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss, clippy::cast_precision_loss)]
@@ -59,7 +55,7 @@ pub struct Matcher {
     ranked: Vec<(f32, f32)>,
     used_a: Vec<bool>,
     used_b: Vec<bool>,
-    one_to_one: bool,
+    keys: Vec<u64>,
     mu: [f32; 3],
 }
 
@@ -67,7 +63,7 @@ impl Matcher {
     /// A matcher with empty buffers (they grow to the largest templates compared).
     pub fn new() -> Self {
         let env = |k: &str, d: f32| std::env::var(k).ok().and_then(|v| v.parse().ok()).unwrap_or(d);
-        Self { one_to_one: std::env::var("O2O").is_ok(), mu: [env("MU1", MU_1), env("MU2", MU_2), env("MU3", MU_3)], ..Self::default() }
+        Self { mu: [env("MU1", MU_1), env("MU2", MU_2), env("MU3", MU_3)], ..Self::default() }
     }
 
     /// Similarity of two templates in `[0, 1]` (MCC-16b local similarities, LSS-R).
@@ -81,38 +77,33 @@ impl Matcher {
         }
         self.local_similarities(a, b);
         // LSS: the n_R best pairs (the rest of the top n_R would have similarity 0).
-        let by_score_desc = |x: &Pair, y: &Pair| y.score.total_cmp(&x.score);
-        if self.one_to_one {
-            self.pairs.sort_unstable_by(by_score_desc);
-            self.used_a.clear();
-            self.used_a.resize(a.len(), false);
-            self.used_b.clear();
-            self.used_b.resize(b.len(), false);
-            let mut kept = 0;
-            for i in 0..self.pairs.len() {
-                let Some(&p) = self.pairs.get(i) else { break };
-                let (Some(ua), Some(ub)) = (self.used_a.get(p.a).copied(), self.used_b.get(p.b).copied()) else {
-                    continue;
-                };
-                if ua || ub {
-                    continue;
-                }
-                if let (Some(ua), Some(ub)) = (self.used_a.get_mut(p.a), self.used_b.get_mut(p.b)) {
-                    *ua = true;
-                    *ub = true;
-                }
-                if let Some(slot) = self.pairs.get_mut(kept) {
-                    *slot = p;
-                }
-                kept += 1;
-                if kept == n_r {
-                    break;
-                }
+        // Greedy one-to-one selection in decreasing similarity. Positive f32 scores
+        // order like their bit patterns, so pairs sort as plain u64 keys.
+        self.keys.clear();
+        self.keys.extend(self.pairs.iter().map(|p| {
+            (u64::from(p.score.to_bits()) << 32) | ((p.a as u64 & 0xFFFF) << 16) | (p.b as u64 & 0xFFFF)
+        }));
+        self.keys.sort_unstable_by(|x, y| y.cmp(x));
+        self.used_a.clear();
+        self.used_a.resize(a.len(), false);
+        self.used_b.clear();
+        self.used_b.resize(b.len(), false);
+        self.pairs.clear();
+        for &key in &self.keys {
+            #[allow(clippy::cast_possible_truncation)] // unpacking the fields packed above
+            let (score, ia, ib) = (f32::from_bits((key >> 32) as u32), ((key >> 16) & 0xFFFF) as usize, (key & 0xFFFF) as usize);
+            let (Some(ua), Some(ub)) = (self.used_a.get_mut(ia), self.used_b.get_mut(ib)) else {
+                continue;
+            };
+            if *ua || *ub {
+                continue;
             }
-            self.pairs.truncate(kept);
-        } else if self.pairs.len() > n_r {
-            self.pairs.select_nth_unstable_by(n_r - 1, by_score_desc);
-            self.pairs.truncate(n_r);
+            *ua = true;
+            *ub = true;
+            self.pairs.push(Pair { score, a: ia, b: ib });
+            if self.pairs.len() == n_r {
+                break;
+            }
         }
         if self.pairs.is_empty() {
             return 0.0;
@@ -194,24 +185,21 @@ fn cylinder_similarity(
     bits_b: &[u64; WORDS],
     mask_b: &[u64; MASK_WORDS],
 ) -> f32 {
-    let mut common = [0_u64; MASK_WORDS];
-    let mut matchable = 0;
-    for ((c, ma), mb) in common.iter_mut().zip(mask_a).zip(mask_b) {
-        *c = ma & mb;
-        matchable += c.count_ones();
-    }
+    let matchable: u32 = mask_a.iter().zip(mask_b).map(|(ma, mb)| (ma & mb).count_ones()).sum();
     if matchable < MIN_MATCHABLE {
         return 0.0;
     }
-    let (mut na, mut nb, mut nx) = (0, 0, 0);
+    // Cell bits are only set in valid cells, so a ∧ b already lies in the common
+    // cells and ‖(a ⊕ b) restricted‖² = na + nb - 2·pop(a ∧ b).
+    let (mut na, mut nb, mut nab) = (0, 0, 0);
     for (layer_a, layer_b) in bits_a.chunks_exact(MASK_WORDS).zip(bits_b.chunks_exact(MASK_WORDS)) {
-        for ((wa, wb), c) in layer_a.iter().zip(layer_b).zip(&common) {
-            let (x, y) = (wa & c, wb & c);
-            na += x.count_ones();
-            nb += y.count_ones();
-            nx += (x ^ y).count_ones();
+        for (((wa, wb), ma), mb) in layer_a.iter().zip(layer_b).zip(mask_a).zip(mask_b) {
+            na += (wa & mb).count_ones();
+            nb += (wb & ma).count_ones();
+            nab += (wa & wb).count_ones();
         }
     }
+    let nx = na + nb - 2 * nab;
     #[allow(clippy::cast_precision_loss)] // counts are at most 1536
     let (na, nb, nx) = ((na as f32).sqrt(), (nb as f32).sqrt(), (nx as f32).sqrt());
     let denominator = na + nb;
@@ -240,7 +228,8 @@ fn compatibility(a: &Template, b: &Template, t: &Pair, k: &Pair, mu: [f32; 3]) -
 }
 
 fn distance(p: &Point, q: &Point) -> f32 {
-    (p.x - q.x).hypot(p.y - q.y)
+    let (dx, dy) = (p.x - q.x, p.y - q.y);
+    (dx * dx + dy * dy).sqrt()
 }
 
 /// Angle between the direction of `p` and the segment from `q` to `p` (d_R in the paper).
