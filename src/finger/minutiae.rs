@@ -387,7 +387,13 @@ mod tests {
     #[test]
     fn select_caps_count_best_first() {
         let found: Vec<Minutia> = (0..10)
-            .map(|i| Minutia { x: 10.0 * i as f32, y: 0.0, angle: 0.0, kind: Kind::Bifurcation, quality: i as f32 / 10.0 })
+            .map(|i| Minutia {
+                x: 10.0 * i as f32,
+                y: 0.0,
+                angle: 0.0,
+                kind: Kind::Bifurcation,
+                quality: i as f32 / 10.0,
+            })
             .collect();
         let kept = select(found, 3.0, 3);
         assert_eq!(kept.iter().map(|m| m.x).collect::<Vec<_>>(), vec![90.0, 80.0, 70.0]);

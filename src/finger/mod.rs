@@ -2,3 +2,4 @@
 //! formats they arrive in (ISO/IEC 19794-2:2005 finger minutiae records).
 
 pub mod iso19794_2;
+pub mod minutiae;

@@ -89,6 +89,9 @@ pub struct Enrolled {
 pub struct Store {
     conn: Connection,
     sealer: Sealer,
+    /// Held for the store's lifetime: a second server on the same data
+    /// directory would build its own index and miss this one's writes.
+    _lock: std::fs::File,
 }
 
 const SCHEMA: &str = "
@@ -121,6 +124,12 @@ impl Store {
     pub fn open(dir: &Path, hex_key: &str) -> Result<Self, StoreError> {
         std::fs::create_dir_all(dir)
             .map_err(|source| StoreError::DataDir { path: dir.display().to_string(), source })?;
+        let lock = std::fs::File::create(dir.join("LOCK"))
+            .map_err(|source| StoreError::DataDir { path: dir.display().to_string(), source })?;
+        lock.try_lock().map_err(|e| StoreError::DataDir {
+            path: dir.display().to_string(),
+            source: std::io::Error::other(format!("in use by another cotejo process ({e})")),
+        })?;
         let db = dir.join("cotejo.db");
         if hex_key.is_empty() && db.exists() && !dir.join("template.key").exists() {
             // A new key would make every stored template unreadable.
@@ -137,7 +146,7 @@ impl Store {
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         conn.execute_batch(SCHEMA)?;
         audit::create(&conn)?;
-        Ok(Self { conn, sealer })
+        Ok(Self { conn, sealer, _lock: lock })
     }
 
     /// Stores a new encounter with `templates`. A new subject unless
@@ -378,9 +387,18 @@ mod tests {
     }
 
     #[test]
+    fn one_process_per_data_dir() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let first = Store::open(dir.path(), "").expect("open");
+        assert!(matches!(Store::open(dir.path(), ""), Err(StoreError::DataDir { .. })));
+        drop(first);
+        Store::open(dir.path(), "").expect("reopen after release");
+    }
+
+    #[test]
     fn missing_key_file_is_not_replaced() {
         let dir = tempfile::tempdir().expect("tempdir");
-        Store::open(dir.path(), "").expect("open");
+        drop(Store::open(dir.path(), "").expect("open"));
         std::fs::remove_file(dir.path().join("template.key")).expect("rm");
         assert!(matches!(Store::open(dir.path(), ""), Err(StoreError::Key(_))));
     }

@@ -25,6 +25,10 @@ const TAU_2: f32 = -30.0;
 /// Radial-angle-consistency sigmoid (μ_3, τ_3), radians.
 const MU_3: f32 = PI / 12.0;
 const TAU_3: f32 = -30.0;
+/// Beyond these differences a compatibility factor is below 1/(1+e^10) ≈ 4.5e-5 and is taken as 0.
+const D1_CUTOFF: f32 = MU_1 - 10.0 / TAU_1;
+const D2_CUTOFF: f32 = MU_2 - 10.0 / TAU_2;
+const D3_CUTOFF: f32 = MU_3 - 10.0 / TAU_3;
 
 /// Fewest spatial cells valid in both cylinders for a comparison (min_ME).
 #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss, clippy::cast_precision_loss)]
@@ -56,14 +60,12 @@ pub struct Matcher {
     used_a: Vec<bool>,
     used_b: Vec<bool>,
     keys: Vec<u64>,
-    mu: [f32; 3],
 }
 
 impl Matcher {
     /// A matcher with empty buffers (they grow to the largest templates compared).
     pub fn new() -> Self {
-        let env = |k: &str, d: f32| std::env::var(k).ok().and_then(|v| v.parse().ok()).unwrap_or(d);
-        Self { mu: [env("MU1", MU_1), env("MU2", MU_2), env("MU3", MU_3)], ..Self::default() }
+        Self::default()
     }
 
     /// Similarity of two templates in `[0, 1]` (MCC-16b local similarities, LSS-R).
@@ -80,9 +82,11 @@ impl Matcher {
         // Greedy one-to-one selection in decreasing similarity. Positive f32 scores
         // order like their bit patterns, so pairs sort as plain u64 keys.
         self.keys.clear();
-        self.keys.extend(self.pairs.iter().map(|p| {
-            (u64::from(p.score.to_bits()) << 32) | ((p.a as u64 & 0xFFFF) << 16) | (p.b as u64 & 0xFFFF)
-        }));
+        self.keys.extend(
+            self.pairs
+                .iter()
+                .map(|p| (u64::from(p.score.to_bits()) << 32) | ((p.a as u64 & 0xFFFF) << 16) | (p.b as u64 & 0xFFFF)),
+        );
         self.keys.sort_unstable_by(|x, y| y.cmp(x));
         self.used_a.clear();
         self.used_a.resize(a.len(), false);
@@ -91,7 +95,8 @@ impl Matcher {
         self.pairs.clear();
         for &key in &self.keys {
             #[allow(clippy::cast_possible_truncation)] // unpacking the fields packed above
-            let (score, ia, ib) = (f32::from_bits((key >> 32) as u32), ((key >> 16) & 0xFFFF) as usize, (key & 0xFFFF) as usize);
+            let (score, ia, ib) =
+                (f32::from_bits((key >> 32) as u32), ((key >> 16) & 0xFFFF) as usize, (key & 0xFFFF) as usize);
             let (Some(ua), Some(ub)) = (self.used_a.get_mut(ia), self.used_b.get_mut(ib)) else {
                 continue;
             };
@@ -113,10 +118,7 @@ impl Matcher {
         let n_p = pairs_to_average(n_r);
         self.ranked.clear();
         self.ranked.extend(
-            self.pairs
-                .iter()
-                .zip(&self.lambda)
-                .map(|(p, &l)| (if p.score > 0.0 { l / p.score } else { 0.0 }, l)),
+            self.pairs.iter().zip(&self.lambda).map(|(p, &l)| (if p.score > 0.0 { l / p.score } else { 0.0 }, l)),
         );
         let by_efficiency_desc = |x: &(f32, f32), y: &(f32, f32)| y.0.total_cmp(&x.0);
         if self.ranked.len() > n_p {
@@ -154,7 +156,7 @@ impl Matcher {
         self.rho.resize(n * n, 0.0);
         for (t, pt) in self.pairs.iter().enumerate() {
             for (k, pk) in self.pairs.iter().enumerate().skip(t + 1) {
-                let r = compatibility(a, b, pt, pk, self.mu);
+                let r = compatibility(a, b, pt, pk);
                 if let Some(x) = self.rho.get_mut(t * n + k) {
                     *x = r;
                 }
@@ -207,24 +209,25 @@ fn cylinder_similarity(
 }
 
 /// How well two minutia pairs agree geometrically (ρ in the paper), in `[0, 1]`.
-fn compatibility(a: &Template, b: &Template, t: &Pair, k: &Pair, mu: [f32; 3]) -> f32 {
-    let (Some(at), Some(ak), Some(bt), Some(bk)) = (a.points.get(t.a), a.points.get(k.a), b.points.get(t.b), b.points.get(k.b))
+fn compatibility(a: &Template, b: &Template, t: &Pair, k: &Pair) -> f32 {
+    let (Some(at), Some(ak), Some(bt), Some(bk)) =
+        (a.points.get(t.a), a.points.get(k.a), b.points.get(t.b), b.points.get(k.b))
     else {
         return 0.0;
     };
     let d1 = (distance(at, ak) - distance(bt, bk)).abs();
-    if d1 > mu[0] - 10.0 / TAU_1 {
+    if d1 > D1_CUTOFF {
         return 0.0;
     }
     let d2 = angle_diff(angle_diff(at.angle, ak.angle), angle_diff(bt.angle, bk.angle)).abs();
-    if d2 > mu[1] - 10.0 / TAU_2 {
+    if d2 > D2_CUTOFF {
         return 0.0;
     }
     let d3 = angle_diff(radial_angle(at, ak), radial_angle(bt, bk)).abs();
-    if d3 > mu[2] - 10.0 / TAU_3 {
+    if d3 > D3_CUTOFF {
         return 0.0;
     }
-    sigmoid(d1, mu[0], TAU_1) * sigmoid(d2, mu[1], TAU_2) * sigmoid(d3, mu[2], TAU_3)
+    sigmoid(d1, MU_1, TAU_1) * sigmoid(d2, MU_2, TAU_2) * sigmoid(d3, MU_3, TAU_3)
 }
 
 fn distance(p: &Point, q: &Point) -> f32 {
