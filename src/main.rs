@@ -147,6 +147,15 @@ enum EvalCommand {
         #[arg(long, default_value_t = 0)]
         limit: usize,
     },
+    /// Open-set 1:N: rank-1, FNIR at FPIR 1% and 0.1% (gallery = first image of identities with two or more).
+    Identification {
+        /// Folder with LABELS.txt.
+        #[arg(long)]
+        data: PathBuf,
+        /// Worker threads.
+        #[arg(long, default_value_t = 2)]
+        threads: usize,
+    },
     /// Identify latency from image files at a gallery size.
     Latency {
         /// Folder with LABELS.txt (identities with two images give the mates).
@@ -209,6 +218,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 EvalCommand::Verification { data, aligned, threads, limit } => {
                     tokio::task::spawn_blocking(move || eval::verification(&config, &data, aligned, threads, limit))
                         .await?
+                }
+                EvalCommand::Identification { data, threads } => {
+                    tokio::task::spawn_blocking(move || eval::identification(&config, &data, threads)).await?
                 }
                 EvalCommand::Latency { data, gallery, queries } => {
                     eval::latency(&config, &data, gallery, queries).await

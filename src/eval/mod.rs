@@ -2,6 +2,7 @@
 //! ../shared/data): verification accuracy of the face pipeline and
 //! identify latency at a given gallery size.
 
+mod identification;
 mod latency;
 pub mod metrics;
 
@@ -18,6 +19,7 @@ use crate::{
     face::{FaceError, FacePipeline, FaceSettings, ImageLimits, MultipleFaces},
     inference::{self, Manifest},
 };
+pub use identification::identification;
 pub use latency::latency;
 
 /// One labelled image.

@@ -30,6 +30,9 @@ const D1_CUTOFF: f32 = MU_1 - 10.0 / TAU_1;
 const D2_CUTOFF: f32 = MU_2 - 10.0 / TAU_2;
 const D3_CUTOFF: f32 = MU_3 - 10.0 / TAU_3;
 
+/// Bits in a cylinder (the largest popcount).
+const CYLINDER_BITS: usize = WORDS * 64;
+
 /// Fewest spatial cells valid in both cylinders for a comparison (min_ME).
 #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss, clippy::cast_precision_loss)]
 const MIN_MATCHABLE: u32 = (MIN_MATCHABLE_CELLS * IN_RADIUS_CELLS as f32) as u32;
@@ -60,6 +63,8 @@ pub struct Matcher {
     used_a: Vec<bool>,
     used_b: Vec<bool>,
     keys: Vec<u64>,
+    /// `sqrt[n] = √n` for every possible popcount of a cylinder.
+    sqrt: Vec<f32>,
 }
 
 impl Matcher {
@@ -87,28 +92,24 @@ impl Matcher {
                 .iter()
                 .map(|p| (u64::from(p.score.to_bits()) << 32) | ((p.a as u64 & 0xFFFF) << 16) | (p.b as u64 & 0xFFFF)),
         );
-        self.keys.sort_unstable_by(|x, y| y.cmp(x));
+        // Greedy selection rarely looks past the first few n_R keys: order those
+        // first and the rest only when needed (keys are distinct, so the result
+        // is the same as with a full sort).
+        let head = (4 * n_r).min(self.keys.len());
+        if head < self.keys.len() && head > 0 {
+            self.keys.select_nth_unstable_by(head - 1, |x, y| y.cmp(x));
+        }
+        let (first, rest) = self.keys.split_at_mut(head);
+        first.sort_unstable_by(|x, y| y.cmp(x));
         self.used_a.clear();
         self.used_a.resize(a.len(), false);
         self.used_b.clear();
         self.used_b.resize(b.len(), false);
         self.pairs.clear();
-        for &key in &self.keys {
-            #[allow(clippy::cast_possible_truncation)] // unpacking the fields packed above
-            let (score, ia, ib) =
-                (f32::from_bits((key >> 32) as u32), ((key >> 16) & 0xFFFF) as usize, (key & 0xFFFF) as usize);
-            let (Some(ua), Some(ub)) = (self.used_a.get_mut(ia), self.used_b.get_mut(ib)) else {
-                continue;
-            };
-            if *ua || *ub {
-                continue;
-            }
-            *ua = true;
-            *ub = true;
-            self.pairs.push(Pair { score, a: ia, b: ib });
-            if self.pairs.len() == n_r {
-                break;
-            }
+        greedy_one_to_one(first, &mut self.used_a, &mut self.used_b, &mut self.pairs, n_r);
+        if self.pairs.len() < n_r && !rest.is_empty() {
+            rest.sort_unstable_by(|x, y| y.cmp(x));
+            greedy_one_to_one(rest, &mut self.used_a, &mut self.used_b, &mut self.pairs, n_r);
         }
         if self.pairs.is_empty() {
             return 0.0;
@@ -133,13 +134,16 @@ impl Matcher {
 
     /// Fills `pairs` with every cylinder pair of positive local similarity.
     fn local_similarities(&mut self, a: &Template, b: &Template) {
+        if self.sqrt.len() != CYLINDER_BITS + 1 {
+            self.sqrt = (0..=CYLINDER_BITS).map(|n| f32::from(u16::try_from(n).unwrap_or(u16::MAX)).sqrt()).collect();
+        }
         self.pairs.clear();
         for (ia, (pa, (bits_a, mask_a))) in a.points.iter().zip(a.bits.iter().zip(&a.masks)).enumerate() {
             for (ib, (pb, (bits_b, mask_b))) in b.points.iter().zip(b.bits.iter().zip(&b.masks)).enumerate() {
                 if angle_diff(pa.angle, pb.angle).abs() > MAX_ANGLE_DIFF {
                     continue;
                 }
-                let score = cylinder_similarity(bits_a, mask_a, bits_b, mask_b);
+                let score = cylinder_similarity(bits_a, mask_a, bits_b, mask_b, &self.sqrt);
                 if score > 0.0 {
                     self.pairs.push(Pair { score, a: ia, b: ib });
                 }
@@ -180,12 +184,34 @@ impl Matcher {
     }
 }
 
+/// Appends to `pairs`, in key order, the pairs whose minutiae are both still unused, up to `limit` pairs.
+fn greedy_one_to_one(keys: &[u64], used_a: &mut [bool], used_b: &mut [bool], pairs: &mut Vec<Pair>, limit: usize) {
+    for &key in keys {
+        if pairs.len() >= limit {
+            break;
+        }
+        #[allow(clippy::cast_possible_truncation)] // unpacking the fields packed by `similarity`
+        let (score, ia, ib) =
+            (f32::from_bits((key >> 32) as u32), ((key >> 16) & 0xFFFF) as usize, (key & 0xFFFF) as usize);
+        let (Some(ua), Some(ub)) = (used_a.get_mut(ia), used_b.get_mut(ib)) else {
+            continue;
+        };
+        if *ua || *ub {
+            continue;
+        }
+        *ua = true;
+        *ub = true;
+        pairs.push(Pair { score, a: ia, b: ib });
+    }
+}
+
 /// MCC-16b local similarity of two cylinders: `1 - ‖a⊕b‖ / (‖a‖ + ‖b‖)` over the cells valid in both.
 fn cylinder_similarity(
     bits_a: &[u64; WORDS],
     mask_a: &[u64; MASK_WORDS],
     bits_b: &[u64; WORDS],
     mask_b: &[u64; MASK_WORDS],
+    sqrt: &[f32],
 ) -> f32 {
     let matchable: u32 = mask_a.iter().zip(mask_b).map(|(ma, mb)| (ma & mb).count_ones()).sum();
     if matchable < MIN_MATCHABLE {
@@ -202,8 +228,8 @@ fn cylinder_similarity(
         }
     }
     let nx = na + nb - 2 * nab;
-    #[allow(clippy::cast_precision_loss)] // counts are at most 1536
-    let (na, nb, nx) = ((na as f32).sqrt(), (nb as f32).sqrt(), (nx as f32).sqrt());
+    let root = |n: u32| usize::try_from(n).ok().and_then(|n| sqrt.get(n)).copied().unwrap_or(0.0);
+    let (na, nb, nx) = (root(na), root(nb), root(nx));
     let denominator = na + nb;
     if denominator > 0.0 { 1.0 - nx / denominator } else { 0.0 }
 }
