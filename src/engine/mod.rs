@@ -17,9 +17,9 @@ use tracing::{error, info, warn};
 use crate::{
     biometric::Modality,
     config::Config,
-    face::{FaceSettings, FaceWorkers, ImageLimits},
+    face::{FaceSettings, FaceWorkers},
     index::VectorIndex,
-    inference::{self, Manifest},
+    inference,
     store::{Store, SubjectRecord},
 };
 pub use error::EngineError;
@@ -65,21 +65,8 @@ impl Engine {
     /// Loads models, opens the store and rebuilds the index from it.
     /// Blocking: call from a blocking context.
     pub fn start(config: &Config) -> Result<Self, EngineError> {
-        let manifest = Manifest::load(&config.models.dir)?;
-        let library = if config.models.onnxruntime.is_empty() {
-            manifest.path(&manifest.onnxruntime)
-        } else {
-            config.models.onnxruntime.clone().into()
-        };
-        inference::init_runtime(&library)?;
-        let settings = FaceSettings {
-            flip_average: config.face.flip_average,
-            threads: config.inference.threads,
-            limits: ImageLimits {
-                max_bytes: config.limits.max_image_bytes,
-                max_pixels: config.limits.max_image_pixels,
-            },
-        };
+        let manifest = inference::load_models(&config.models)?;
+        let settings = FaceSettings::from_config(config);
         let faces = FaceWorkers::start(&manifest, settings, config.inference.workers, config.inference.queue)?;
         let spec = &manifest.face_embedder;
         // The id a template records names the exact file and the embedding

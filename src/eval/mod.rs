@@ -16,7 +16,7 @@ use serde_json::json;
 
 use crate::{
     config::Config,
-    face::{FaceError, FacePipeline, FaceSettings, ImageLimits, MultipleFaces},
+    face::{FaceError, FacePipeline, FaceSettings, MultipleFaces},
     inference::{self, Manifest},
 };
 pub use identification::identification;
@@ -47,18 +47,9 @@ pub fn read_labels(dir: &Path) -> anyhow::Result<Vec<LabelledImage>> {
 
 /// Loads the face pipeline as configured (for offline use, no server).
 pub fn pipeline(config: &Config) -> anyhow::Result<(Manifest, FaceSettings)> {
-    let manifest = Manifest::load(&config.models.dir)?;
-    let lib = if config.models.onnxruntime.is_empty() {
-        manifest.path(&manifest.onnxruntime)
-    } else {
-        config.models.onnxruntime.clone().into()
-    };
-    inference::init_runtime(&lib)?;
-    let settings = FaceSettings {
-        flip_average: config.face.flip_average,
-        threads: 1,
-        limits: ImageLimits { max_bytes: config.limits.max_image_bytes, max_pixels: config.limits.max_image_pixels },
-    };
+    let manifest = inference::load_models(&config.models)?;
+    // Evaluation runs one pipeline per thread, each single-threaded.
+    let settings = FaceSettings { threads: 1, ..FaceSettings::from_config(config) };
     Ok((manifest, settings))
 }
 

@@ -107,6 +107,20 @@ pub struct FaceSettings {
     pub limits: ImageLimits,
 }
 
+impl FaceSettings {
+    /// Settings from the service configuration.
+    pub fn from_config(config: &crate::config::Config) -> Self {
+        Self {
+            flip_average: config.face.flip_average,
+            threads: config.inference.threads,
+            limits: ImageLimits {
+                max_bytes: config.limits.max_image_bytes,
+                max_pixels: config.limits.max_image_pixels,
+            },
+        }
+    }
+}
+
 /// One thread's detector and embedder sessions.
 #[derive(Debug)]
 pub struct FacePipeline {

@@ -32,6 +32,19 @@ pub fn init_runtime(library: &Path) -> Result<(), ModelError> {
     result.as_ref().map(|_| ()).map_err(|e| ModelError::Runtime(e.clone()))
 }
 
+/// Reads the manifest (checking every pinned sum) and loads the ONNX
+/// Runtime library it names, unless the config names another.
+pub fn load_models(config: &crate::config::ModelsConfig) -> Result<Manifest, ModelError> {
+    let manifest = Manifest::load(&config.dir)?;
+    let library = if config.onnxruntime.is_empty() {
+        manifest.path(&manifest.onnxruntime)
+    } else {
+        config.onnxruntime.clone().into()
+    };
+    init_runtime(&library)?;
+    Ok(manifest)
+}
+
 /// The process's ONNX Runtime environment, once [`init_runtime`] succeeded.
 pub fn runtime() -> Result<&'static ort::environment::Environment, ModelError> {
     match RUNTIME.get() {
