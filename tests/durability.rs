@@ -45,4 +45,11 @@ async fn acknowledged_enrolls_survive_sigkill() {
     }
     // A clean SIGTERM shutdown exits with success.
     assert!(server.terminate().success());
+
+    // The audit chain is intact across the crash and records searches too.
+    let store = cotejo::store::Store::open(dir.path(), "").expect("reopen the store");
+    assert!(store.verify_audit().expect("audit chain") >= 44);
+    let tail = store.audit_tail(50).expect("audit tail");
+    assert!(tail.iter().any(|e| e.action == "identify" && e.subject_id == "obama"));
+    assert!(tail.iter().any(|e| e.action == "delete" && e.subject_id == "biden"));
 }

@@ -64,6 +64,14 @@ impl Engine {
             basis: self.thresholds.basis.clone(),
             subject_id: best.filter(|_| is_match).map(|c| c.subject_id.clone()),
         };
+        let detail = format!(
+            "probes={} candidates={} match={} threshold={}",
+            probes.len(),
+            candidates.len(),
+            decision.is_match,
+            decision.threshold
+        );
+        self.audit("identify", decision.subject_id.clone().unwrap_or_default(), detail).await?;
         Ok(IdentifyOutcome { candidates, decision, probes: probes.into_iter().map(|p| p.report).collect(), times })
     }
 
@@ -101,6 +109,9 @@ impl Engine {
             .flat_map(|p| mine.iter().map(move |t| f64::from(dot(&p.template.vector, t))))
             .fold(f64::NEG_INFINITY, f64::max);
         let is_match = score >= self.thresholds.face;
+        let detail =
+            format!("probes={} match={is_match} score={score:.4} threshold={}", probes.len(), self.thresholds.face);
+        self.audit("verify", subject_id.clone(), detail).await?;
         Ok(VerifyOutcome {
             decision: Decision {
                 is_match,
@@ -176,6 +187,13 @@ impl Engine {
             .into_iter()
             .map(|(s, score)| self.candidate(s.to_string(), f64::from(score)))
             .collect())
+    }
+
+    /// Records a search in the audit log (who was matched, never biometric
+    /// data): officers' searches must be accountable too.
+    async fn audit(&self, action: &'static str, subject_id: String, detail: String) -> Result<(), EngineError> {
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || Ok(lock(&store)?.audit(action, &subject_id, &detail)?)).await?
     }
 
     fn candidate(&self, subject_id: String, score: f64) -> Candidate {
