@@ -41,7 +41,7 @@ impl Engine {
             validate_subject_id(s)
                 .map_err(|_| EngineError::invalid(format!("subject_ids[{i}]"), "not a valid subject id"))?;
         }
-        let probes = self.extract_all(&samples, true, true).await?;
+        let probes = self.extract_all(&samples, true).await?;
         let t = Instant::now();
         let candidates = if subject_ids.is_empty() {
             self.search_gallery(&probes, k).await?
@@ -90,7 +90,7 @@ impl Engine {
         let sid = subject_id.clone();
         let templates =
             tokio::task::spawn_blocking(move || Ok::<_, EngineError>(lock(&store)?.subject_templates(&sid)?)).await??;
-        let probes = self.extract_all(&samples, true, true).await?;
+        let probes = self.extract_all(&samples, true).await?;
         let model = &self.face_model;
         let mine: Vec<&[f32]> = templates
             .iter()

@@ -57,8 +57,6 @@ pub struct Engine {
     max_samples: usize,
     max_candidates: usize,
     max_subject_ids: usize,
-    /// Face templates of other models found at start-up (need re-embedding).
-    foreign_templates: u64,
 }
 
 impl Engine {
@@ -94,7 +92,6 @@ impl Engine {
             max_samples: config.limits.max_samples,
             max_candidates: config.limits.max_candidates,
             max_subject_ids: config.limits.max_subject_ids,
-            foreign_templates,
         })
     }
 
@@ -107,7 +104,7 @@ impl Engine {
     pub async fn enroll(&self, req: EnrollRequest) -> Result<EnrollOutcome, EngineError> {
         let EnrollRequest { subject_id, samples, add_encounter, use_main_face } = req;
         validate_subject_id(&subject_id)?;
-        let probes = self.extract_all(&samples, use_main_face, false).await?;
+        let probes = self.extract_all(&samples, use_main_face).await?;
         let templates: Vec<_> = probes.iter().map(|p| p.template.clone()).collect();
         let store = self.store.clone();
         let gallery = self.gallery.clone();
@@ -171,11 +168,6 @@ impl Engine {
             templates: s.templates,
             models: vec![(m.id.clone(), Modality::Face, m.dim as u32, m.sha256.clone())],
         })
-    }
-
-    /// Face templates of other models found at start-up.
-    pub fn foreign_templates(&self) -> u64 {
-        self.foreign_templates
     }
 }
 

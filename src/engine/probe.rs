@@ -17,13 +17,9 @@ pub(super) struct Probe {
 
 impl Engine {
     /// Validates and extracts every sample; fails on the first bad one.
-    /// Searches always use the main face; enrolls only when asked.
-    pub(super) async fn extract_all(
-        &self,
-        samples: &[Sample],
-        use_main_face: bool,
-        for_search: bool,
-    ) -> Result<Vec<Probe>, EngineError> {
+    /// With several faces, `use_main_face` picks the main one (searches
+    /// always ask for it; enrolls only when the caller does).
+    pub(super) async fn extract_all(&self, samples: &[Sample], use_main_face: bool) -> Result<Vec<Probe>, EngineError> {
         if samples.is_empty() {
             return Err(EngineError::invalid("samples", "at least one sample is required"));
         }
@@ -33,7 +29,7 @@ impl Engine {
                 format!("{} samples, at most {} per request", samples.len(), self.max_samples),
             ));
         }
-        let multiple = if use_main_face || for_search { MultipleFaces::UseMain } else { MultipleFaces::Refuse };
+        let multiple = if use_main_face { MultipleFaces::UseMain } else { MultipleFaces::Refuse };
         let mut out = Vec::with_capacity(samples.len());
         for (i, s) in samples.iter().enumerate() {
             out.push(self.extract_one(i, s, multiple).await?);

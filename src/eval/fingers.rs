@@ -2,17 +2,12 @@
 //! sets (folders `DB*/` with `NNN_I.tif` and `.iso` beside them), per DB,
 //! with the FVC protocol and an all-pairs impostor variant.
 
-use std::{
-    collections::BTreeMap,
-    path::Path,
-    sync::{Mutex, atomic::AtomicUsize, atomic::Ordering},
-    time::Instant,
-};
+use std::{collections::BTreeMap, path::Path, time::Instant};
 
 use anyhow::Context;
 use serde_json::json;
 
-use super::{metrics, read_labels};
+use super::{metrics, par_map, read_labels};
 use crate::{
     config::Config,
     finger::{iso19794_2, mcc, minutiae::Extractor},
@@ -118,32 +113,14 @@ fn extract_all(
         manifest.finger_extractor.clone().context("the manifest has no finger extractor (run models/fetch.sh)")?;
     let model = manifest.path(&spec.file);
     let env = inference::runtime()?;
-    let next = AtomicUsize::new(0);
-    let results: Mutex<Vec<Vec<mcc::Minutia>>> = Mutex::new(vec![Vec::new(); labels.len()]);
-    std::thread::scope(|scope| -> anyhow::Result<()> {
-        let mut handles = Vec::new();
-        for _ in 0..threads.max(1) {
-            handles.push(scope.spawn(|| -> anyhow::Result<()> {
-                let mut x = Extractor::load(env, &model, 1)?;
-                loop {
-                    let i = next.fetch_add(1, Ordering::Relaxed);
-                    let Some(l) = labels.get(i) else { return Ok(()) };
-                    let img = image::open(&l.path).with_context(|| l.path.display().to_string())?.into_luma8();
-                    let found: Vec<mcc::Minutia> =
-                        x.extract(&img)?.iter().map(|m| mcc::Minutia { x: m.x, y: m.y, angle: m.angle }).collect();
-                    if let Ok(mut all) = results.lock() {
-                        all[i] = found;
-                    }
-                    if i.is_multiple_of(40) {
-                        eprintln!("  extracted {i}/{}", labels.len());
-                    }
-                }
-            }));
-        }
-        for h in handles {
-            h.join().map_err(|_| anyhow::anyhow!("an extraction thread panicked"))??;
-        }
-        Ok(())
-    })?;
-    results.into_inner().map_err(|_| anyhow::anyhow!("poisoned"))
+    par_map(
+        labels,
+        threads,
+        "extracted",
+        || Ok(Extractor::load(env, &model, 1)?),
+        |x, l| {
+            let img = image::open(&l.path).with_context(|| l.path.display().to_string())?.into_luma8();
+            Ok(x.extract(&img)?.iter().map(|m| mcc::Minutia { x: m.x, y: m.y, angle: m.angle }).collect())
+        },
+    )
 }

@@ -59,6 +59,45 @@ pub fn pipeline(config: &Config) -> anyhow::Result<(Manifest, FaceSettings)> {
 /// An embedding, or why the image gave none.
 pub type Embedded = Result<Vec<f32>, FaceError>;
 
+/// Runs `work` over every item on `threads` threads, each with its own
+/// state from `init` (its model sessions); results come back in input order.
+pub(crate) fn par_map<I: Sync, S, T: Send>(
+    items: &[I],
+    threads: usize,
+    label: &str,
+    init: impl Fn() -> anyhow::Result<S> + Sync,
+    work: impl Fn(&mut S, &I) -> anyhow::Result<T> + Sync,
+) -> anyhow::Result<Vec<T>> {
+    let next = AtomicUsize::new(0);
+    let results: Mutex<Vec<Option<T>>> = Mutex::new((0..items.len()).map(|_| None).collect());
+    std::thread::scope(|scope| -> anyhow::Result<()> {
+        let handles: Vec<_> = (0..threads.max(1))
+            .map(|_| {
+                scope.spawn(|| -> anyhow::Result<()> {
+                    let mut state = init()?;
+                    loop {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        let Some(item) = items.get(i) else { return Ok(()) };
+                        let r = work(&mut state, item)?;
+                        if let Ok(mut all) = results.lock() {
+                            all[i] = Some(r);
+                        }
+                        if i.is_multiple_of(100) {
+                            eprintln!("  {label} {i}/{}", items.len());
+                        }
+                    }
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join().map_err(|_| anyhow::anyhow!("an evaluation thread panicked"))??;
+        }
+        Ok(())
+    })?;
+    let all = results.into_inner().map_err(|_| anyhow::anyhow!("poisoned"))?;
+    all.into_iter().map(|r| r.ok_or_else(|| anyhow::anyhow!("an item was not processed"))).collect()
+}
+
 /// Embeds every image on `threads` threads, each with its own pipeline.
 /// `aligned`: the images are already 112x112 aligned crops (no detection).
 /// Returns one embedding or error per image, in input order.
@@ -69,38 +108,20 @@ pub fn embed_all(
     aligned: bool,
     threads: usize,
 ) -> anyhow::Result<Vec<Embedded>> {
-    let next = AtomicUsize::new(0);
-    let results: Mutex<Vec<Option<Embedded>>> = Mutex::new(vec![None; images.len()]);
-    std::thread::scope(|scope| -> anyhow::Result<()> {
-        let mut handles = Vec::new();
-        for _ in 0..threads.max(1) {
-            handles.push(scope.spawn(|| -> anyhow::Result<()> {
-                let mut p = FacePipeline::load(manifest, settings)?;
-                loop {
-                    let i = next.fetch_add(1, Ordering::Relaxed);
-                    let Some(img) = images.get(i) else { return Ok(()) };
-                    let bytes = std::fs::read(&img.path).with_context(|| img.path.display().to_string())?;
-                    let r = if aligned {
-                        crate::face::image::decode_rgb(&bytes, settings.limits).and_then(|rgb| p.embed_aligned(&rgb))
-                    } else {
-                        p.extract(&bytes, MultipleFaces::UseMain).map(|x| x.embedding)
-                    };
-                    if let Ok(mut all) = results.lock() {
-                        all[i] = Some(r);
-                    }
-                    if i.is_multiple_of(500) {
-                        eprintln!("  embedded {i}/{}", images.len());
-                    }
-                }
-            }));
-        }
-        for h in handles {
-            h.join().map_err(|_| anyhow::anyhow!("an evaluation thread panicked"))??;
-        }
-        Ok(())
-    })?;
-    let all = results.into_inner().map_err(|_| anyhow::anyhow!("poisoned"))?;
-    Ok(all.into_iter().map(|r| r.unwrap_or(Err(FaceError::Inference("not processed".into())))).collect())
+    par_map(
+        images,
+        threads,
+        "embedded",
+        || Ok(FacePipeline::load(manifest, settings)?),
+        |p, img| {
+            let bytes = std::fs::read(&img.path).with_context(|| img.path.display().to_string())?;
+            Ok(if aligned {
+                crate::face::image::decode_rgb(&bytes, settings.limits).and_then(|rgb| p.embed_aligned(&rgb))
+            } else {
+                p.extract(&bytes, MultipleFaces::UseMain).map(|x| x.embedding)
+            })
+        },
+    )
 }
 
 /// `cotejo eval verification`: EER and FNMR at FMR over all pairs of a

@@ -34,8 +34,10 @@ pub fn decode_rgb(bytes: &[u8], limits: ImageLimits) -> Result<RgbImage, FaceErr
         // a half-grey face must not become a template.
         return Err(FaceError::Corrupt("the JPEG is truncated (no end-of-image marker)".into()));
     }
-    let reader = ImageReader::with_format(Cursor::new(bytes), format);
-    let (w, h) = reader.into_dimensions().map_err(|e| FaceError::Corrupt(e.to_string()))?;
+    let corrupt = |e: image::ImageError| FaceError::Corrupt(e.to_string());
+    // One decoder: its header gives the size, checked before any pixel is decoded.
+    let mut decoder = ImageReader::with_format(Cursor::new(bytes), format).into_decoder().map_err(corrupt)?;
+    let (w, h) = decoder.dimensions();
     let pixels = u64::from(w) * u64::from(h);
     if pixels > limits.max_pixels {
         return Err(FaceError::ImageTooLarge(format!("{w}x{h} pixels, limit {}", limits.max_pixels)));
@@ -43,14 +45,11 @@ pub fn decode_rgb(bytes: &[u8], limits: ImageLimits) -> Result<RgbImage, FaceErr
     if w == 0 || h == 0 {
         return Err(FaceError::Corrupt("zero-sized image".into()));
     }
-    let mut reader = ImageReader::with_format(Cursor::new(bytes), format);
     let mut image_limits = image::Limits::default();
     image_limits.max_image_width = Some(w);
     image_limits.max_image_height = Some(h);
     image_limits.max_alloc = Some(pixels.saturating_mul(16).max(1 << 20));
-    reader.limits(image_limits);
-    let corrupt = |e: image::ImageError| FaceError::Corrupt(e.to_string());
-    let mut decoder = reader.into_decoder().map_err(corrupt)?;
+    decoder.set_limits(image_limits).map_err(corrupt)?;
     // Phone cameras store the sensor's orientation and an EXIF rotation;
     // MTCNN only finds upright faces.
     let orientation = decoder.orientation().unwrap_or(Orientation::NoTransforms);

@@ -147,11 +147,6 @@ impl FacePipeline {
         Ok(Self { detector, embedder, settings })
     }
 
-    /// Id of the embedding model.
-    pub fn model_id(&self) -> &str {
-        &self.embedder.spec().id
-    }
-
     /// Decodes, detects, aligns and embeds the face of an encoded image.
     pub fn extract(&mut self, bytes: &[u8], multiple: MultipleFaces) -> Result<FaceExtraction, FaceError> {
         let mut times = StageTimes::default();

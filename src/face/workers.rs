@@ -23,7 +23,6 @@ struct Job {
 #[derive(Debug, Clone)]
 pub struct FaceWorkers {
     tx: Sender<Job>,
-    model_id: String,
 }
 
 impl std::fmt::Debug for Job {
@@ -41,7 +40,6 @@ impl FaceWorkers {
         queue: usize,
     ) -> Result<Self, ModelError> {
         let (tx, rx) = bounded::<Job>(queue.max(1));
-        let mut model_id = String::new();
         for i in 0..workers.max(1) {
             let (ready_tx, ready_rx) = std::sync::mpsc::channel();
             let rx = rx.clone();
@@ -51,7 +49,7 @@ impl FaceWorkers {
                 .spawn(move || {
                     let mut pipeline = match FacePipeline::load(&manifest, settings) {
                         Ok(p) => {
-                            let _ = ready_tx.send(Ok(p.model_id().to_owned()));
+                            let _ = ready_tx.send(Ok(()));
                             p
                         }
                         Err(e) => {
@@ -77,14 +75,9 @@ impl FaceWorkers {
                     }
                 })
                 .map_err(|e| ModelError::Runtime(format!("cannot start a worker thread: {e}")))?;
-            model_id = ready_rx.recv().map_err(|_| ModelError::Runtime("face worker died while loading".into()))??;
+            ready_rx.recv().map_err(|_| ModelError::Runtime("face worker died while loading".into()))??;
         }
-        Ok(Self { tx, model_id })
-    }
-
-    /// Id of the embedding model the workers run.
-    pub fn model_id(&self) -> &str {
-        &self.model_id
+        Ok(Self { tx })
     }
 
     /// Runs the face pipeline on an encoded image.
