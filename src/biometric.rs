@@ -79,8 +79,43 @@ pub struct NewTemplate {
     pub model_id: String,
     /// Quality in [0, 1].
     pub quality: f32,
-    /// The embedding.
-    pub vector: Vec<f32>,
+    /// The template itself.
+    pub data: TemplateData,
+}
+
+/// The comparable part of a template, by modality.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TemplateData {
+    /// A face embedding (L2-normalised).
+    Embedding(Vec<f32>),
+    /// Finger minutiae as an ISO/IEC 19794-2:2005 record of one view, at 500 ppi.
+    Minutiae(Vec<u8>),
+}
+
+impl TemplateData {
+    /// The face embedding, if this is one.
+    pub fn embedding(&self) -> Option<&[f32]> {
+        match self {
+            TemplateData::Embedding(v) => Some(v),
+            TemplateData::Minutiae(_) => None,
+        }
+    }
+
+    /// Bytes as stored (sealed): little-endian f32 values, or the ISO record.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        match self {
+            TemplateData::Embedding(v) => vector_to_bytes(v),
+            TemplateData::Minutiae(iso) => iso.clone(),
+        }
+    }
+
+    /// The template of stored bytes of a modality; `None` when malformed.
+    pub fn from_bytes(modality: Modality, bytes: Vec<u8>) -> Option<Self> {
+        match modality {
+            Modality::Face => vector_from_bytes(&bytes).map(TemplateData::Embedding),
+            Modality::Finger => Some(TemplateData::Minutiae(bytes)),
+        }
+    }
 }
 
 /// A template read back from the store.

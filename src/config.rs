@@ -37,6 +37,10 @@ pub struct Config {
     pub limits: Limits,
     /// Face pipeline settings.
     pub face: FaceConfig,
+    /// Finger settings.
+    pub finger: FingerConfig,
+    /// Decision defaults.
+    pub decision: DecisionConfig,
 }
 
 /// gRPC server settings.
@@ -96,6 +100,8 @@ pub struct ModelsConfig {
     pub dir: PathBuf,
     /// ONNX Runtime library path override.
     pub onnxruntime: String,
+    /// Directory of the score calibrations (`cotejo calibrate` writes them).
+    pub calibration_dir: PathBuf,
 }
 
 /// Inference workers.
@@ -132,10 +138,26 @@ pub struct Limits {
 pub struct FaceConfig {
     /// Average the embeddings of the face and its mirror image.
     pub flip_average: bool,
-    /// Cosine threshold of a match.
-    pub match_threshold: f64,
-    /// Human explanation of the threshold.
-    pub threshold_basis: String,
+}
+
+/// Finger pipeline and search settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FingerConfig {
+    /// Fewest minutiae a finger template must have.
+    pub min_minutiae: usize,
+    /// Threads a finger search uses.
+    pub search_threads: usize,
+}
+
+/// Default decision targets (requests may choose their own).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DecisionConfig {
+    /// Identify: false-positive identification rate.
+    pub target_fpir: f64,
+    /// Verify: false-match rate.
+    pub target_fmr: f64,
 }
 
 impl Config {
@@ -173,8 +195,12 @@ impl Config {
         if self.inference.workers == 0 || self.inference.threads == 0 {
             return bad("inference.workers and inference.threads must be at least 1");
         }
-        if !(-1.0..=1.0).contains(&self.face.match_threshold) {
-            return bad("face.match_threshold must be a cosine in [-1, 1]");
+        let rate = |r: f64| r > 0.0 && r < 1.0;
+        if !rate(self.decision.target_fpir) || !rate(self.decision.target_fmr) {
+            return bad("decision.target_fpir and decision.target_fmr must be in (0, 1)");
+        }
+        if self.finger.search_threads == 0 {
+            return bad("finger.search_threads must be at least 1");
         }
         let key = &self.store.encryption_key;
         if !key.is_empty() && (key.len() != 64 || hex::decode(key).is_err()) {

@@ -3,14 +3,17 @@
 
 pub mod api;
 pub mod biometric;
+pub mod calibration;
 pub mod cli;
 pub mod config;
 pub mod engine;
 pub mod eval;
 pub mod face;
 pub mod finger;
+pub mod imaging;
 pub mod index;
 pub mod inference;
 pub mod server;
 pub mod store;
 pub mod telemetry;
+pub mod workers;

@@ -86,6 +86,9 @@ enum Command {
         /// Candidates to return.
         #[arg(long, default_value_t = 10)]
         top: u32,
+        /// False-positive identification rate the decision targets (0: the server's default).
+        #[arg(long, default_value_t = 0.0)]
+        target_fpir: f64,
         #[command(flatten)]
         client: Client,
     },
@@ -96,6 +99,20 @@ enum Command {
         subject: String,
         #[command(flatten)]
         samples: Samples,
+        /// False-match rate the decision targets (0: the server's default).
+        #[arg(long, default_value_t = 0.0)]
+        target_fmr: f64,
+        #[command(flatten)]
+        client: Client,
+    },
+    /// Write a subject's finger templates as ISO/IEC 19794-2 files.
+    Export {
+        /// Subject id.
+        #[arg(long)]
+        subject: String,
+        /// Output folder.
+        #[arg(long, default_value = ".")]
+        out: PathBuf,
         #[command(flatten)]
         client: Client,
     },
@@ -120,6 +137,22 @@ enum Command {
         #[command(flatten)]
         client: Client,
     },
+    /// Measure the raw-score -> -10*log10(FMR) map of a matcher from impostor
+    /// comparisons on labelled data; writes it to models.calibration_dir.
+    Calibrate {
+        /// Which matcher.
+        #[arg(value_enum)]
+        modality: CalibrateWhat,
+        /// Folder with LABELS.txt (faces: any labelled set; fingers: FVC-style with .iso beside the images).
+        #[arg(long)]
+        data: PathBuf,
+        /// Worker threads.
+        #[arg(long, default_value_t = 2)]
+        threads: usize,
+        /// TOML settings file.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
     /// Offline evaluations on labelled data (no server).
     Eval {
         #[command(subcommand)]
@@ -128,6 +161,14 @@ enum Command {
         #[arg(long, global = true)]
         config: Option<PathBuf>,
     },
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum CalibrateWhat {
+    /// The face model.
+    Face,
+    /// The finger matcher.
+    Finger,
 }
 
 #[derive(Debug, Subcommand)]
@@ -219,11 +260,26 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Enroll { subject, samples, add_encounter, largest_face, client } => {
             cli::enroll(&opts(client), subject, &samples.into(), add_encounter, largest_face).await
         }
-        Command::Identify { samples, top, client } => cli::identify(&opts(client), &samples.into(), top).await,
-        Command::Verify { subject, samples, client } => cli::verify(&opts(client), subject, &samples.into()).await,
+        Command::Identify { samples, top, target_fpir, client } => {
+            cli::identify(&opts(client), &samples.into(), top, target_fpir).await
+        }
+        Command::Verify { subject, samples, target_fmr, client } => {
+            cli::verify(&opts(client), subject, &samples.into(), target_fmr).await
+        }
+        Command::Export { subject, out, client } => cli::export(&opts(client), subject, &out).await,
         Command::Delete { subject, client } => cli::delete(&opts(client), subject).await,
         Command::Get { subject, client } => cli::get(&opts(client), subject).await,
         Command::Stats { client } => cli::stats(&opts(client)).await,
+        Command::Calibrate { modality, data, threads, config } => {
+            let config = Config::load(config.as_deref())?;
+            let path = tokio::task::spawn_blocking(move || match modality {
+                CalibrateWhat::Face => eval::calibrate::face(&config, &data, threads),
+                CalibrateWhat::Finger => eval::calibrate::finger(&config, &data, threads),
+            })
+            .await??;
+            println!("{}", path.display());
+            Ok(())
+        }
         Command::Eval { what, config } => {
             let config = Config::load(config.as_deref())?;
             match what {

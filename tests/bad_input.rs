@@ -131,19 +131,19 @@ async fn bad_input_is_typed_and_changes_nothing() {
             "samples[0].face_embedding.values",
         ),
         (
-            "finger sample",
+            "finger position 0",
             enroll_req(
                 "x",
                 vec![pb::Sample {
                     modality: pb::Modality::Finger as i32,
-                    finger_position: 2,
+                    finger_position: 0,
                     data: Some(pb::sample::Data::Image(png(300, 300, 200))),
                     ppi: 500,
                 }],
             ),
-            Code::FailedPrecondition,
-            "FINGERPRINTS_NOT_ENABLED",
-            "samples[0].modality",
+            Code::InvalidArgument,
+            "INVALID_ARGUMENT",
+            "samples[0].finger_position",
         ),
         // A bad second sample rejects the whole request: the good first one is not stored either.
         (
@@ -185,9 +185,9 @@ async fn bad_input_is_typed_and_changes_nothing() {
     let e = c.identify(req).await.expect_err("too many candidates");
     assert_eq!(fields(&e), vec!["max_candidates".to_owned()]);
     let mut req = identify_req(vec![face_image(jpeg.clone())]);
-    req.target_fpir = 0.01;
+    req.target_fpir = 1.5;
     let e = c.identify(req).await.expect_err("target fpir");
-    assert_eq!((e.code(), reason(&e).as_str()), (Code::FailedPrecondition, "NOT_SUPPORTED"));
+    assert_eq!((e.code(), fields(&e)), (Code::InvalidArgument, vec!["target_fpir".to_owned()]));
 
     assert_eq!(counts(&mut c).await, before, "a refused request changed the store");
     // The enrolled subject is still intact and identifiable.

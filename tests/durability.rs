@@ -41,7 +41,7 @@ async fn acknowledged_enrolls_survive_sigkill() {
     for (id, v) in &acked {
         let r = c.identify(identify_req(vec![face_embedding(&model, v.clone())])).await.expect("identify").into_inner();
         assert_eq!(&r.candidates[0].subject_id, id);
-        assert!((r.candidates[0].score - 1.0).abs() < 1e-4);
+        assert!((r.candidates[0].scores[0].raw_score - 1.0).abs() < 1e-4);
     }
     // A clean SIGTERM shutdown exits with success.
     assert!(server.terminate().success());

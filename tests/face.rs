@@ -86,7 +86,7 @@ async fn several_faces_need_the_main_face_option() {
     let r = c.identify(identify_req(group())).await.expect("identify").into_inner();
     assert!(r.probes[0].main_face_used);
     assert_eq!(r.candidates[0].subject_id, "group");
-    assert!(r.candidates[0].score > 0.99);
+    assert!(r.candidates[0].scores[0].raw_score > 0.99);
     server.stop().await;
 }
 

@@ -7,5 +7,6 @@ mod bad_input;
 mod cli;
 mod durability;
 mod face;
+mod finger;
 mod health;
 mod model_quality;

@@ -70,6 +70,16 @@ impl Biometrics for BiometricsApi {
     }
 
     #[instrument(skip_all)]
+    async fn export_templates(
+        &self,
+        request: Request<pb::ExportTemplatesRequest>,
+    ) -> Result<Response<pb::ExportTemplatesResponse>, Status> {
+        let pb::ExportTemplatesRequest { subject_id } = request.into_inner();
+        let templates = self.engine()?.export_fingers(subject_id).await?;
+        Ok(Response::new(pb::ExportTemplatesResponse { templates: templates.into_iter().map(Into::into).collect() }))
+    }
+
+    #[instrument(skip_all)]
     async fn stats(&self, request: Request<pb::StatsRequest>) -> Result<Response<pb::StatsResponse>, Status> {
         let pb::StatsRequest {} = request.into_inner();
         let s = self.engine()?.stats().await?;

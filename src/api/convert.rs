@@ -6,8 +6,8 @@ use super::pb;
 use crate::{
     biometric::{Modality, Sample, SampleData},
     engine::{
-        Candidate, Decision, EngineError, EnrollOutcome, EnrollRequest, IdentifyOutcome, IdentifyRequest,
-        ModalityScore, SampleReport, Stats, VerifyOutcome, VerifyRequest,
+        Candidate, Decision, EngineError, EnrollOutcome, EnrollRequest, ExportedTemplate, IdentifyOutcome,
+        IdentifyRequest, ModalityScore, SampleReport, Stats, VerifyOutcome, VerifyRequest,
     },
     store::SubjectRecord,
 };
@@ -35,10 +35,12 @@ fn samples_from_pb(samples: Vec<pb::Sample>) -> Result<Vec<Sample>, EngineError>
         .map(|(i, s)| {
             let pb::Sample { modality, finger_position, data, ppi } = s;
             let modality = modality_from_pb(modality, &format!("samples[{i}].modality"))?;
-            let finger_position = u8::try_from(finger_position)
-                .ok()
-                .filter(|p| *p <= 10)
-                .ok_or_else(|| EngineError::invalid(format!("samples[{i}].finger_position"), "must be 0..10"))?;
+            let finger_position = u8::try_from(finger_position).ok().filter(|p| *p <= 10).ok_or_else(|| {
+                EngineError::invalid(
+                    format!("samples[{i}].finger_position"),
+                    format!("{finger_position} is not an ISO finger position (0 for faces, 1..10 for fingers)"),
+                )
+            })?;
             let data = match data {
                 Some(pb::sample::Data::Image(b)) => SampleData::Image(b),
                 Some(pb::sample::Data::FaceEmbedding(pb::FaceEmbedding { model_id, values })) => {
@@ -103,6 +105,7 @@ impl From<SampleReport> for pb::SampleResult {
             faces_found: u32::try_from(r.faces_found).unwrap_or(u32::MAX),
             main_face_used: r.main_face_used,
             face_box: r.bbox.map(|[x1, y1, x2, y2]| pb::BoundingBox { x1, y1, x2, y2 }),
+            minutiae: u32::try_from(r.minutiae).unwrap_or(u32::MAX),
         }
     }
 }
@@ -124,6 +127,7 @@ impl From<ModalityScore> for pb::ModalityScore {
             finger_position: u32::from(s.finger_position),
             model_id: s.model_id,
             raw_score: s.raw_score,
+            calibrated_score: s.calibrated_score,
         }
     }
 }
@@ -141,6 +145,7 @@ impl From<Decision> for pb::Decision {
             threshold: d.threshold,
             threshold_basis: d.basis,
             subject_id: d.subject_id.unwrap_or_default(),
+            threshold_fmr: d.threshold_fmr,
         }
     }
 }
@@ -213,6 +218,18 @@ impl From<Stats> for pb::StatsResponse {
                     sha256,
                 })
                 .collect(),
+        }
+    }
+}
+
+impl From<ExportedTemplate> for pb::ExportedTemplate {
+    fn from(t: ExportedTemplate) -> Self {
+        Self {
+            encounter_id: t.encounter_id.to_string(),
+            finger_position: u32::from(t.finger_position),
+            model_id: t.model_id,
+            quality: t.quality,
+            iso_19794_2: t.iso_19794_2,
         }
     }
 }

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
-use crate::{engine::EngineError, face::FaceError};
+use crate::{engine::EngineError, face::FaceError, finger::FingerError, imaging::ImageError};
 
 const DOMAIN: &str = "cotejo.v1";
 
@@ -51,6 +51,25 @@ fn classify(e: &EngineError) -> (Code, &'static str, Option<String>) {
             };
             (code, reason, Some(field.clone()))
         }
+        EngineError::Finger { field, source } => {
+            let (code, reason) = match source {
+                FingerError::Image(i) => match i {
+                    ImageError::Empty => (InvalidArgument, "EMPTY_IMAGE"),
+                    ImageError::UnsupportedFormat => (InvalidArgument, "UNSUPPORTED_FORMAT"),
+                    ImageError::Corrupt(_) => (InvalidArgument, "CORRUPT_IMAGE"),
+                    ImageError::TooLarge(_) => (InvalidArgument, "IMAGE_TOO_LARGE"),
+                },
+                FingerError::NotGrayscale => (InvalidArgument, "NOT_GRAYSCALE"),
+                FingerError::Resolution(_) => (InvalidArgument, "BAD_RESOLUTION"),
+                FingerError::NoFingerprint(_) => (InvalidArgument, "NO_FINGERPRINT_FOUND"),
+                FingerError::TooFewMinutiae { .. } => (InvalidArgument, "TOO_FEW_MINUTIAE"),
+                FingerError::Template(_) => (InvalidArgument, "MALFORMED_TEMPLATE"),
+                FingerError::Inference(_) => (Internal, "INFERENCE_FAILED"),
+                FingerError::Overloaded(_) => (ResourceExhausted, "OVERLOADED"),
+                FingerError::Unavailable(_) => (Unavailable, "WORKERS_UNAVAILABLE"),
+            };
+            (code, reason, Some(field.clone()))
+        }
         EngineError::FingerprintsNotEnabled { field } => {
             (FailedPrecondition, "FINGERPRINTS_NOT_ENABLED", Some(field.clone()))
         }
@@ -64,6 +83,7 @@ fn classify(e: &EngineError) -> (Code, &'static str, Option<String>) {
         EngineError::Store(_) => (Internal, "STORE_FAILED", None),
         EngineError::Index(_) => (Internal, "INDEX_FAILED", None),
         EngineError::Model(_) => (Unavailable, "MODELS_UNAVAILABLE", None),
+        EngineError::Calibration(_) => (Unavailable, "CALIBRATION_UNAVAILABLE", None),
         EngineError::Internal(_) => (Internal, "INTERNAL", None),
     }
 }

@@ -98,15 +98,15 @@ pub async fn enroll(
 }
 
 /// `cotejo identify`.
-pub async fn identify(o: &ClientOpts, s: &SampleArgs, top: u32) -> anyhow::Result<()> {
-    let req = pb::IdentifyRequest { samples: samples(s)?, max_candidates: top, ..Default::default() };
+pub async fn identify(o: &ClientOpts, s: &SampleArgs, top: u32, target_fpir: f64) -> anyhow::Result<()> {
+    let req = pb::IdentifyRequest { samples: samples(s)?, max_candidates: top, target_fpir, ..Default::default() };
     let r = connect(&o.server).await?.identify(req).await.map_err(|e| status_error(&e))?.into_inner();
     output::identify(o.json, &r)
 }
 
 /// `cotejo verify`.
-pub async fn verify(o: &ClientOpts, subject: String, s: &SampleArgs) -> anyhow::Result<()> {
-    let req = pb::VerifyRequest { subject_id: subject, samples: samples(s)?, target_fmr: 0.0 };
+pub async fn verify(o: &ClientOpts, subject: String, s: &SampleArgs, target_fmr: f64) -> anyhow::Result<()> {
+    let req = pb::VerifyRequest { subject_id: subject, samples: samples(s)?, target_fmr };
     let r = connect(&o.server).await?.verify(req).await.map_err(|e| status_error(&e))?.into_inner();
     output::verify(o.json, &r)
 }
@@ -137,4 +137,24 @@ pub async fn get(o: &ClientOpts, subject: String) -> anyhow::Result<()> {
 pub async fn stats(o: &ClientOpts) -> anyhow::Result<()> {
     let r = connect(&o.server).await?.stats(pb::StatsRequest {}).await.map_err(|e| status_error(&e))?.into_inner();
     output::stats(o.json, &r)
+}
+
+/// `cotejo export`: writes a subject's finger templates as ISO/IEC 19794-2
+/// files `<subject>_f<position>_<n>.iso` into `dir`.
+pub async fn export(o: &ClientOpts, subject: String, dir: &Path) -> anyhow::Result<()> {
+    let r = connect(&o.server)
+        .await?
+        .export_templates(pb::ExportTemplatesRequest { subject_id: subject.clone() })
+        .await
+        .map_err(|e| status_error(&e))?
+        .into_inner();
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let safe: String = subject.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' }).collect();
+    let mut written = Vec::new();
+    for (i, t) in r.templates.iter().enumerate() {
+        let path = dir.join(format!("{safe}_f{}_{}.iso", t.finger_position, i + 1));
+        std::fs::write(&path, &t.iso_19794_2).with_context(|| format!("cannot write {}", path.display()))?;
+        written.push((path, t));
+    }
+    output::export(o.json, &subject, &written)
 }

@@ -35,7 +35,7 @@ fn samples_json(s: &[pb::SampleResult]) -> Value {
 
 fn scores_json(s: &[pb::ModalityScore]) -> Value {
     s.iter()
-        .map(|m| json!({"modality": modality(m.modality), "finger_position": m.finger_position, "model_id": m.model_id, "raw_score": m.raw_score}))
+        .map(|m| json!({"modality": modality(m.modality), "finger_position": m.finger_position, "model_id": m.model_id, "raw_score": m.raw_score, "calibrated_score": m.calibrated_score}))
         .collect()
 }
 
@@ -43,7 +43,7 @@ fn decision_json(d: Option<&pb::Decision>) -> (bool, Value) {
     let d = d.cloned().unwrap_or_default();
     (
         d.r#match,
-        json!({"match": d.r#match, "threshold": d.threshold, "threshold_basis": d.threshold_basis, "subject_id": d.subject_id}),
+        json!({"match": d.r#match, "threshold": d.threshold, "threshold_fmr": d.threshold_fmr, "threshold_basis": d.threshold_basis, "subject_id": d.subject_id}),
     )
 }
 
@@ -56,7 +56,11 @@ pub(super) fn enroll(as_json: bool, r: &pb::EnrollResponse) -> anyhow::Result<()
     println!("enrolled {} (encounter {})", r.subject_id, r.encounter_id);
     for s in &r.samples {
         let note = if s.main_face_used { format!(", main face of {}", s.faces_found) } else { String::new() };
-        println!("  {} quality {:.2} model {}{note}", modality(s.modality), s.quality, s.model_id);
+        let what = match s.finger_position {
+            0 => modality(s.modality).to_owned(),
+            p => format!("finger {p} ({} minutiae)", s.minutiae),
+        };
+        println!("  {what} quality {:.2} model {}{note}", s.quality, s.model_id);
     }
     Ok(())
 }
@@ -84,7 +88,15 @@ pub(super) fn identify(as_json: bool, r: &pb::IdentifyResponse) -> anyhow::Resul
         println!("  note: {} faces in the probe; the main face was used", p.faces_found);
     }
     for (i, c) in r.candidates.iter().enumerate() {
-        println!("  {:>3}. {:<32} {:.4}", i + 1, c.subject_id, c.score);
+        let parts: Vec<String> = c
+            .scores
+            .iter()
+            .map(|m| match m.finger_position {
+                0 => format!("face {:.3} -> {:.1}", m.raw_score, m.calibrated_score),
+                p => format!("finger {p} {:.3} -> {:.1}", m.raw_score, m.calibrated_score),
+            })
+            .collect();
+        println!("  {:>3}. {:<32} {:6.2}  ({})", i + 1, c.subject_id, c.score, parts.join(", "));
     }
     Ok(())
 }
@@ -156,6 +168,28 @@ pub(super) fn stats(as_json: bool, r: &pb::StatsResponse) -> anyhow::Result<()> 
     println!("subjects {}  encounters {}  face templates {face}  finger templates {finger}", r.subjects, r.encounters);
     for m in &r.models {
         println!("  model {} ({}, {} dims)", m.model_id, modality(m.modality), m.dimension);
+    }
+    Ok(())
+}
+
+pub(super) fn export(
+    as_json: bool,
+    subject: &str,
+    written: &[(std::path::PathBuf, &pb::ExportedTemplate)],
+) -> anyhow::Result<()> {
+    if as_json {
+        let files: Vec<Value> = written
+            .iter()
+            .map(|(p, t)| {
+                json!({"file": p.display().to_string(), "finger_position": t.finger_position,
+                                 "encounter_id": t.encounter_id, "model_id": t.model_id, "quality": t.quality})
+            })
+            .collect();
+        return emit(&json!({"subject_id": subject, "templates": files}));
+    }
+    println!("{} finger template(s) of {subject}", written.len());
+    for (p, t) in written {
+        println!("  finger {} encounter {} -> {}", t.finger_position, t.encounter_id, p.display());
     }
     Ok(())
 }

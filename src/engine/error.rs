@@ -1,7 +1,10 @@
 //! The engine's error: every variant says which field or thing was wrong,
 //! so the transport can map it to a status code and a field violation.
 
-use crate::{face::FaceError, index::IndexError, inference::ModelError, store::StoreError};
+use crate::{
+    calibration::CalibrationError, face::FaceError, finger::FingerError, index::IndexError, inference::ModelError,
+    store::StoreError,
+};
 
 /// Why an engine operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -12,8 +15,13 @@ pub enum EngineError {
     /// A face sample could not be processed.
     #[error("{field}: {source}")]
     Face { field: String, source: FaceError },
-    /// Fingerprint samples are not handled by this build.
-    #[error("{field}: fingerprints are not enabled in this version of cotejo (faces only)")]
+    /// A finger sample could not be processed.
+    #[error("{field}: {source}")]
+    Finger { field: String, source: FingerError },
+    /// Finger images cannot be processed: no finger extractor is installed.
+    #[error(
+        "{field}: finger images need the LEADER extractor, which is not installed (run models/fetch.sh); ISO/IEC 19794-2 templates are accepted"
+    )]
     FingerprintsNotEnabled { field: String },
     /// A template from a model this service does not run.
     #[error("{field}: unknown model {model_id:?}; this service embeds faces with {expected:?}")]
@@ -45,6 +53,9 @@ pub enum EngineError {
     /// Models could not be loaded.
     #[error("models: {0}")]
     Model(#[from] ModelError),
+    /// Score calibrations could not be loaded.
+    #[error("calibration: {0}")]
+    Calibration(#[from] CalibrationError),
     /// A bug or a dead task.
     #[error("internal: {0}")]
     Internal(String),

@@ -1,16 +1,21 @@
-//! Identify (1:N) and verify (1:1) on face embeddings. Scores are cosine
-//! similarities; a subject's score is its best template's.
+//! Identify (1:N) and verify (1:1) over faces and fingers. Candidates come
+//! from the face index and the finger gallery; every candidate is then
+//! scored on each component the probes have (see `scoring`), so a person
+//! found by one finger is also compared on the face and the other fingers.
 
-use std::{collections::HashSet, time::Instant};
+use std::{
+    collections::{BTreeMap, HashSet},
+    sync::atomic::Ordering,
+    time::Instant,
+};
 
 use super::{
-    Candidate, Decision, Engine, EngineError, IdentifyOutcome, IdentifyRequest, IdentifyTimes, ModalityScore,
-    VerifyOutcome, VerifyRequest, lock, probe::Probe, validate_subject_id,
+    Candidate, Engine, EngineError, IdentifyOutcome, IdentifyRequest, IdentifyTimes, VerifyOutcome, VerifyRequest,
+    lock,
+    scoring::{ProbeSet, RawScores, score_stored},
+    validate_subject_id,
 };
-use crate::{
-    biometric::Modality,
-    index::{Hit, best_per_subject},
-};
+use crate::{biometric::Modality, index::best_per_subject};
 
 const DEFAULT_CANDIDATES: usize = 10;
 
@@ -18,12 +23,7 @@ impl Engine {
     /// Searches the gallery for the probe's owner.
     pub async fn identify(&self, req: IdentifyRequest) -> Result<IdentifyOutcome, EngineError> {
         let IdentifyRequest { samples, max_candidates, target_fpir, subject_ids, gallery } = req;
-        if target_fpir != 0.0 {
-            return Err(EngineError::NotSupported {
-                field: "target_fpir".into(),
-                what: "a target FPIR (calibrated decisions are not available yet; the fixed threshold applies)".into(),
-            });
-        }
+        let target_fpir = Self::target("target_fpir", target_fpir, self.decision.target_fpir)?;
         if !gallery.is_empty() {
             return Err(EngineError::NotSupported { field: "gallery".into(), what: "named galleries".into() });
         }
@@ -42,12 +42,18 @@ impl Engine {
                 .map_err(|_| EngineError::invalid(format!("subject_ids[{i}]"), "not a valid subject id"))?;
         }
         let probes = self.extract_all(&samples, true).await?;
+        let set = ProbeSet::new(&probes)?;
         let t = Instant::now();
-        let candidates = if subject_ids.is_empty() {
-            self.search_gallery(&probes, k).await?
+        let (raw, n) = if subject_ids.is_empty() {
+            (self.search_gallery(set, k).await?, self.subjects.load(Ordering::Relaxed))
         } else {
-            self.search_subjects(&probes, subject_ids, k).await?
+            let unique: HashSet<String> = subject_ids.into_iter().collect();
+            let n = unique.len() as u64;
+            (self.score_subjects(set, unique).await?, n)
         };
+        let mut candidates: Vec<Candidate> = raw.iter().map(|(s, r)| self.candidate(s.clone(), r)).collect();
+        candidates.sort_by(|a, b| b.score.total_cmp(&a.score).then_with(|| a.subject_id.cmp(&b.subject_id)));
+        candidates.truncate(k);
         let search = t.elapsed();
         let mut times = IdentifyTimes { search, ..IdentifyTimes::default() };
         for p in &probes {
@@ -55,17 +61,11 @@ impl Engine {
             times.extract.detect += p.times.detect;
             times.extract.align += p.times.align;
             times.extract.embed += p.times.embed;
+            times.extract.minutiae += p.times.minutiae;
         }
-        let best = candidates.first();
-        let is_match = best.is_some_and(|c| c.score >= self.thresholds.face);
-        let decision = Decision {
-            is_match,
-            threshold: self.thresholds.face,
-            basis: self.thresholds.basis.clone(),
-            subject_id: best.filter(|_| is_match).map(|c| c.subject_id.clone()),
-        };
+        let decision = self.decide_identify(candidates.first(), target_fpir, n);
         let detail = format!(
-            "probes={} candidates={} match={} threshold={}",
+            "probes={} candidates={} match={} threshold={:.2}",
             probes.len(),
             candidates.len(),
             decision.is_match,
@@ -79,114 +79,133 @@ impl Engine {
     pub async fn verify(&self, req: VerifyRequest) -> Result<VerifyOutcome, EngineError> {
         let VerifyRequest { subject_id, samples, target_fmr } = req;
         validate_subject_id(&subject_id)?;
-        if target_fmr != 0.0 {
-            return Err(EngineError::NotSupported {
-                field: "target_fmr".into(),
-                what: "a target FMR (calibrated decisions are not available yet; the fixed threshold applies)".into(),
-            });
-        }
+        let target_fmr = Self::target("target_fmr", target_fmr, self.decision.target_fmr)?;
         // Unknown subject first: cheaper than running the models.
         let store = self.store.clone();
         let sid = subject_id.clone();
         let templates =
             tokio::task::spawn_blocking(move || Ok::<_, EngineError>(lock(&store)?.subject_templates(&sid)?)).await??;
         let probes = self.extract_all(&samples, true).await?;
-        let model = &self.face_model;
-        let mine: Vec<&[f32]> = templates
-            .iter()
-            .filter(|t| t.template.modality == Modality::Face && t.template.model_id == model.id)
-            .map(|t| t.template.vector.as_slice())
-            .collect();
-        if mine.is_empty() {
+        let set = ProbeSet::new(&probes)?;
+        let wanted = set.components();
+        let face_model = self.face_model.id.clone();
+        let raw = tokio::task::spawn_blocking(move || score_stored(&set, &templates, &face_model)).await?;
+        let Some(scores) = raw.get(&subject_id).filter(|r| !r.is_empty()) else {
+            let kinds: Vec<String> = wanted
+                .iter()
+                .map(|(m, p)| if *m == Modality::Face { "face".to_owned() } else { format!("finger {p}") })
+                .collect();
             return Err(EngineError::NothingToCompare {
                 subject_id,
-                modality: "face".into(),
-                model_id: model.id.clone(),
+                modality: kinds.join(" or "),
+                model_id: self.face_model.id.clone(),
             });
-        }
-        let score = probes
-            .iter()
-            .flat_map(|p| mine.iter().map(move |t| f64::from(dot(&p.template.vector, t))))
-            .fold(f64::NEG_INFINITY, f64::max);
-        let is_match = score >= self.thresholds.face;
-        let detail =
-            format!("probes={} match={is_match} score={score:.4} threshold={}", probes.len(), self.thresholds.face);
-        self.audit("verify", subject_id.clone(), detail).await?;
+        };
+        let candidate = self.candidate(subject_id.clone(), scores);
+        let decision = self.decide_verify(&candidate, target_fmr);
+        let detail = format!(
+            "probes={} match={} score={:.2} threshold={:.2}",
+            probes.len(),
+            decision.is_match,
+            candidate.score,
+            decision.threshold
+        );
+        self.audit("verify", subject_id, detail).await?;
         Ok(VerifyOutcome {
-            decision: Decision {
-                is_match,
-                threshold: self.thresholds.face,
-                basis: self.thresholds.basis.clone(),
-                subject_id: is_match.then_some(subject_id),
-            },
-            score,
-            scores: vec![self.face_score(score)],
+            decision,
+            score: candidate.score,
+            scores: candidate.scores,
             probes: probes.into_iter().map(|p| p.report).collect(),
         })
     }
 
-    /// Exact search of the whole face index; several probes keep each
-    /// subject's best score.
-    async fn search_gallery(&self, probes: &[Probe], k: usize) -> Result<Vec<Candidate>, EngineError> {
+    /// Candidates from the face index and the finger gallery, each then
+    /// scored on every component of the probe set.
+    async fn search_gallery(&self, set: ProbeSet, k: usize) -> Result<BTreeMap<String, RawScores>, EngineError> {
         let gallery = self.gallery.clone();
-        let queries: Vec<Vec<f32>> = probes.iter().map(|p| p.template.vector.clone()).collect();
-        // Subjects may own several templates: fetch extra hits so that k
-        // distinct subjects usually remain after grouping.
-        let hits_wanted = k.saturating_mul(4).max(k + 32);
-        let hits = tokio::task::spawn_blocking(move || -> Result<Vec<Hit>, EngineError> {
-            let g = gallery.read().map_err(|_| EngineError::Internal("index lock poisoned".into()))?;
-            let mut all = Vec::new();
-            for q in &queries {
-                all.extend(g.search(q, hits_wanted)?);
-            }
-            Ok(all)
-        })
-        .await??;
-        Ok(best_per_subject(&hits, k)
-            .into_iter()
-            .map(|(s, score)| self.candidate(s.to_string(), f64::from(score)))
-            .collect())
-    }
-
-    /// Exact comparison with the templates of the listed subjects only
-    /// (unknown ids are skipped: a restriction, not a lookup).
-    async fn search_subjects(
-        &self,
-        probes: &[Probe],
-        subject_ids: Vec<String>,
-        k: usize,
-    ) -> Result<Vec<Candidate>, EngineError> {
-        let store = self.store.clone();
-        let unique: HashSet<String> = subject_ids.into_iter().collect();
-        let templates = tokio::task::spawn_blocking(move || -> Result<_, EngineError> {
-            let store = lock(&store)?;
-            let mut all = Vec::new();
-            for s in &unique {
-                match store.subject_templates(s) {
-                    Ok(ts) => all.extend(ts),
-                    Err(crate::store::StoreError::SubjectNotFound(_)) => {}
-                    Err(e) => return Err(e.into()),
+        let fingers = self.fingers.clone();
+        let threads = self.finger.search_threads;
+        // Subjects may own several templates and a candidate may be found by
+        // one component only: fetch extra hits per component.
+        let wanted = k.saturating_mul(4).max(k + 32);
+        let (set, mut raw) = tokio::task::spawn_blocking(move || -> Result<_, EngineError> {
+            let mut raw: BTreeMap<String, RawScores> = BTreeMap::new();
+            if !set.faces.is_empty() {
+                let g = gallery.read().map_err(|_| EngineError::Internal("index lock poisoned".into()))?;
+                let mut hits = Vec::new();
+                for q in &set.faces {
+                    hits.extend(g.search(q, wanted)?);
+                }
+                for (s, score) in best_per_subject(&hits, wanted) {
+                    raw.entry(s.to_string()).or_default().insert((Modality::Face, 0), f64::from(score));
                 }
             }
-            Ok(all)
+            let f = fingers.read().map_err(|_| EngineError::Internal("finger lock poisoned".into()))?;
+            for (&position, probes) in &set.fingers {
+                for p in probes {
+                    for h in f.search(position, p, wanted, threads) {
+                        let slot = raw
+                            .entry(h.subject.to_string())
+                            .or_default()
+                            .entry((Modality::Finger, position))
+                            .or_insert(f64::NEG_INFINITY);
+                        *slot = slot.max(f64::from(h.score));
+                    }
+                }
+            }
+            // Finger components a candidate was not found by: exact scores.
+            for (subject, scores) in raw.iter_mut() {
+                for (&position, probes) in &set.fingers {
+                    if scores.contains_key(&(Modality::Finger, position)) {
+                        continue;
+                    }
+                    let best = probes.iter().filter_map(|p| f.score_subject(subject, position, p)).map(|h| h.score);
+                    if let Some(b) = best.reduce(f32::max) {
+                        scores.insert((Modality::Finger, position), f64::from(b));
+                    }
+                }
+            }
+            Ok((set, raw))
         })
         .await??;
-        let model = &self.face_model;
-        let hits: Vec<Hit> = templates
-            .iter()
-            .filter(|t| t.template.modality == Modality::Face && t.template.model_id == model.id)
-            .flat_map(|t| {
-                probes.iter().map(move |p| Hit {
-                    template_id: t.template_id,
-                    subject_id: t.subject_id.as_str().into(),
-                    score: dot(&p.template.vector, &t.template.vector),
-                })
-            })
-            .collect();
-        Ok(best_per_subject(&hits, k)
-            .into_iter()
-            .map(|(s, score)| self.candidate(s.to_string(), f64::from(score)))
-            .collect())
+        // Face components a finger-found candidate lacks: from its stored templates.
+        if !set.faces.is_empty() {
+            let missing: Vec<String> =
+                raw.iter().filter(|(_, r)| !r.contains_key(&(Modality::Face, 0))).map(|(s, _)| s.clone()).collect();
+            if !missing.is_empty() {
+                let faces_only = ProbeSet { faces: set.faces.clone(), ..ProbeSet::default() };
+                for (s, r) in self.score_subjects(faces_only, missing.into_iter().collect()).await? {
+                    raw.entry(s).or_default().extend(r);
+                }
+            }
+        }
+        Ok(raw)
+    }
+
+    /// Exact comparison with the stored templates of the listed subjects
+    /// only (unknown ids are skipped: a restriction, not a lookup).
+    async fn score_subjects(
+        &self,
+        set: ProbeSet,
+        subjects: HashSet<String>,
+    ) -> Result<BTreeMap<String, RawScores>, EngineError> {
+        let store = self.store.clone();
+        let face_model = self.face_model.id.clone();
+        tokio::task::spawn_blocking(move || -> Result<_, EngineError> {
+            let mut all = Vec::new();
+            {
+                let store = lock(&store)?;
+                for s in &subjects {
+                    match store.subject_templates(s) {
+                        Ok(ts) => all.extend(ts),
+                        Err(crate::store::StoreError::SubjectNotFound(_)) => {}
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+            }
+            Ok(score_stored(&set, &all, &face_model))
+        })
+        .await?
     }
 
     /// Records a search in the audit log (who was matched, never biometric
@@ -195,21 +214,4 @@ impl Engine {
         let store = self.store.clone();
         tokio::task::spawn_blocking(move || Ok(lock(&store)?.audit(action, &subject_id, &detail)?)).await?
     }
-
-    fn candidate(&self, subject_id: String, score: f64) -> Candidate {
-        Candidate { subject_id, score, scores: vec![self.face_score(score)] }
-    }
-
-    fn face_score(&self, raw: f64) -> ModalityScore {
-        ModalityScore {
-            modality: Modality::Face,
-            finger_position: 0,
-            model_id: self.face_model.id.clone(),
-            raw_score: raw,
-        }
-    }
-}
-
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    a.iter().zip(b).map(|(x, y)| x * y).sum()
 }

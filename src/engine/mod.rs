@@ -7,33 +7,31 @@ mod matching;
 mod probe;
 mod types;
 
+mod scoring;
+
 use std::{
     collections::HashMap,
-    sync::{Arc, Mutex, RwLock},
+    sync::{
+        Arc, Mutex, RwLock,
+        atomic::{AtomicU64, Ordering},
+    },
 };
 
 use tracing::{error, info, warn};
 
 use crate::{
-    biometric::Modality,
-    config::Config,
-    face::{FaceSettings, FaceWorkers},
+    biometric::{Modality, TemplateData},
+    config::{Config, DecisionConfig, FingerConfig},
+    face::FaceSettings,
+    finger::{FingerSettings, gallery::FingerGallery, template},
     index::VectorIndex,
     inference,
     store::{Store, SubjectRecord},
+    workers::Workers,
 };
 pub use error::EngineError;
+pub use scoring::Calibrations;
 pub use types::*;
-
-/// Decision settings until calibrated decisions exist: one fixed cosine
-/// threshold measured on labelled data.
-#[derive(Debug, Clone)]
-pub struct Thresholds {
-    /// Face cosine threshold.
-    pub face: f64,
-    /// How it was chosen.
-    pub basis: String,
-}
 
 /// Everything the engine needs to know about the face model in use.
 #[derive(Debug, Clone)]
@@ -46,14 +44,37 @@ pub struct FaceModel {
     pub sha256: String,
 }
 
+impl FaceModel {
+    /// The model of a manifest. The id a template records names the exact
+    /// file and the embedding recipe, so a re-converted model or a flip
+    /// change is never mixed in silently with templates made before it.
+    pub fn new(manifest: &inference::Manifest, flip_average: bool) -> Self {
+        let spec = &manifest.face_embedder;
+        let recipe = if flip_average { "+flip" } else { "" };
+        let short = spec.file.sha256.get(..12).unwrap_or(&spec.file.sha256);
+        Self {
+            id: format!("{}@{short}{recipe}", spec.id),
+            dim: spec.output.dimension as usize,
+            sha256: spec.file.sha256.clone(),
+        }
+    }
+}
+
 /// The biometric engine.
 #[derive(Debug)]
 pub struct Engine {
     store: Arc<Mutex<Store>>,
     gallery: Arc<RwLock<VectorIndex>>,
-    faces: FaceWorkers,
+    fingers: Arc<RwLock<FingerGallery>>,
+    workers: Workers,
     face_model: FaceModel,
-    thresholds: Thresholds,
+    /// Id finger templates extracted here record.
+    finger_model_id: String,
+    calibrations: Calibrations,
+    decision: DecisionConfig,
+    finger: FingerConfig,
+    /// Enrolled subjects (the N of a gallery search).
+    subjects: Arc<AtomicU64>,
     max_samples: usize,
     max_candidates: usize,
     max_subject_ids: usize,
@@ -64,31 +85,39 @@ impl Engine {
     /// Blocking: call from a blocking context.
     pub fn start(config: &Config) -> Result<Self, EngineError> {
         let manifest = inference::load_models(&config.models)?;
-        let settings = FaceSettings::from_config(config);
-        let faces = FaceWorkers::start(&manifest, settings, config.inference.workers, config.inference.queue)?;
-        let spec = &manifest.face_embedder;
-        // The id a template records names the exact file and the embedding
-        // recipe, so a re-converted model or a flip change is never mixed in
-        // silently with templates made before it.
-        let recipe = if config.face.flip_average { "+flip" } else { "" };
-        let short = spec.file.sha256.get(..12).unwrap_or(&spec.file.sha256);
-        let face_model = FaceModel {
-            id: format!("{}@{short}{recipe}", spec.id),
-            dim: spec.output.dimension as usize,
-            sha256: spec.file.sha256.clone(),
+        let face = FaceSettings::from_config(config);
+        let finger = FingerSettings {
+            threads: config.inference.threads,
+            limits: face.limits,
+            min_minutiae: config.finger.min_minutiae,
         };
+        let workers = Workers::start(&manifest, face, finger, config.inference.workers, config.inference.queue)?;
+        let face_model = FaceModel::new(&manifest, config.face.flip_average);
+        let finger_model_id = match &manifest.finger_extractor {
+            Some(x) => format!("{}@{}", x.id, x.file.sha256.get(..12).unwrap_or(&x.file.sha256)),
+            None => template::IMPORTED_MODEL_ID.to_owned(),
+        };
+        let calibrations = Calibrations::load(&config.models.calibration_dir, &face_model.id)?;
         let store = Store::open(&config.store.data_dir, &config.store.encryption_key)?;
         let (gallery, foreign_templates) = rebuild(&store, &face_model)?;
         info!(model = %face_model.id, templates = gallery.len(), "face index rebuilt from the store");
         if foreign_templates > 0 {
             warn!(foreign_templates, "face templates of other models are not searchable until re-embedded");
         }
+        let fingers = rebuild_fingers(&store)?;
+        info!(templates = fingers.len(), "finger gallery rebuilt from the store");
+        let subjects = store.stats()?.subjects;
         Ok(Self {
             store: Arc::new(Mutex::new(store)),
             gallery: Arc::new(RwLock::new(gallery)),
-            faces,
+            fingers: Arc::new(RwLock::new(fingers)),
+            workers,
             face_model,
-            thresholds: Thresholds { face: config.face.match_threshold, basis: config.face.threshold_basis.clone() },
+            finger_model_id,
+            calibrations,
+            decision: config.decision.clone(),
+            finger: config.finger.clone(),
+            subjects: Arc::new(AtomicU64::new(subjects)),
             max_samples: config.limits.max_samples,
             max_candidates: config.limits.max_candidates,
             max_subject_ids: config.limits.max_subject_ids,
@@ -106,23 +135,51 @@ impl Engine {
         validate_subject_id(&subject_id)?;
         let probes = self.extract_all(&samples, use_main_face).await?;
         let templates: Vec<_> = probes.iter().map(|p| p.template.clone()).collect();
+        // Matcher templates are built before taking any lock.
+        let finger_templates: Vec<_> = templates
+            .iter()
+            .enumerate()
+            .filter_map(|(i, t)| match &t.data {
+                TemplateData::Minutiae(iso) => Some((i, t.finger_position, template::matcher_template(iso))),
+                TemplateData::Embedding(_) => None,
+            })
+            .map(|(i, p, t)| t.map(|t| (i, p, t)).map_err(|e| EngineError::Internal(format!("own template: {e}"))))
+            .collect::<Result<_, _>>()?;
         let store = self.store.clone();
         let gallery = self.gallery.clone();
+        let fingers = self.fingers.clone();
+        let subjects = self.subjects.clone();
         let sid = subject_id.clone();
         let model = self.face_model.clone();
         let enrolled = tokio::task::spawn_blocking(move || -> Result<_, EngineError> {
-            // Store first, then index, both under the store lock so a
+            // Store first, then the indexes, all under the store lock so a
             // concurrent delete cannot slip between them.
             let mut store = lock(&store)?;
             let enrolled = store.enroll(&sid, add_encounter, &templates)?;
-            let owners: Vec<Arc<str>> = vec![sid.as_str().into(); templates.len()];
-            let vectors: Vec<f32> = templates.iter().flat_map(|t| t.vector.iter().copied()).collect();
+            if !add_encounter {
+                subjects.fetch_add(1, Ordering::Relaxed);
+            }
+            let owner: Arc<str> = sid.as_str().into();
+            let (mut ids, mut owners, mut vectors) = (Vec::new(), Vec::new(), Vec::new());
+            for (t, id) in templates.iter().zip(&enrolled.template_ids) {
+                if let TemplateData::Embedding(v) = &t.data {
+                    ids.push(*id);
+                    owners.push(owner.clone());
+                    vectors.extend_from_slice(v);
+                }
+            }
             let mut g = gallery.write().map_err(|_| EngineError::Internal("index lock poisoned".into()))?;
-            if let Err(e) = g.add(&enrolled.template_ids, &owners, &vectors) {
+            if let Err(e) = g.add(&ids, &owners, &vectors) {
                 // The enroll is durable and acknowledged; bring the derived
                 // index back in line with the store rather than fail.
                 error!(error = %e, "index update failed after commit; rebuilding the index from the store");
                 *g = rebuild(&store, &model)?.0;
+            }
+            let mut f = fingers.write().map_err(|_| EngineError::Internal("finger lock poisoned".into()))?;
+            for (i, position, t) in finger_templates {
+                if let Some(id) = enrolled.template_ids.get(i) {
+                    f.add(*id, owner.clone(), position, t);
+                }
             }
             Ok(enrolled)
         })
@@ -140,11 +197,15 @@ impl Engine {
         validate_subject_id(&subject_id)?;
         let store = self.store.clone();
         let gallery = self.gallery.clone();
+        let fingers = self.fingers.clone();
+        let subjects = self.subjects.clone();
         tokio::task::spawn_blocking(move || -> Result<usize, EngineError> {
             let mut store = lock(&store)?;
             let ids = store.delete_subject(&subject_id)?;
+            subjects.fetch_sub(1, Ordering::Relaxed);
             let mut g = gallery.write().map_err(|_| EngineError::Internal("index lock poisoned".into()))?;
             g.remove(&ids)?;
+            fingers.write().map_err(|_| EngineError::Internal("finger lock poisoned".into()))?.remove(&ids);
             Ok(ids.len())
         })
         .await?
@@ -157,17 +218,38 @@ impl Engine {
         tokio::task::spawn_blocking(move || Ok(lock(&store)?.subject(&subject_id)?)).await?
     }
 
+    /// A subject's finger templates as stored (ISO/IEC 19794-2 records), oldest first.
+    pub async fn export_fingers(&self, subject_id: String) -> Result<Vec<ExportedTemplate>, EngineError> {
+        validate_subject_id(&subject_id)?;
+        let store = self.store.clone();
+        let templates =
+            tokio::task::spawn_blocking(move || Ok::<_, EngineError>(lock(&store)?.subject_templates(&subject_id)?))
+                .await??;
+        Ok(templates
+            .into_iter()
+            .filter_map(|t| match t.template.data {
+                TemplateData::Minutiae(iso) => Some(ExportedTemplate {
+                    encounter_id: t.encounter_id,
+                    finger_position: t.template.finger_position,
+                    model_id: t.template.model_id,
+                    quality: t.template.quality,
+                    iso_19794_2: iso,
+                }),
+                TemplateData::Embedding(_) => None,
+            })
+            .collect())
+    }
+
     /// Gallery counts and models.
     pub async fn stats(&self) -> Result<Stats, EngineError> {
         let store = self.store.clone();
         let s = tokio::task::spawn_blocking(move || Ok::<_, EngineError>(lock(&store)?.stats()?)).await??;
         let m = &self.face_model;
-        Ok(Stats {
-            subjects: s.subjects,
-            encounters: s.encounters,
-            templates: s.templates,
-            models: vec![(m.id.clone(), Modality::Face, m.dim as u32, m.sha256.clone())],
-        })
+        let mut models = vec![(m.id.clone(), Modality::Face, m.dim as u32, m.sha256.clone())];
+        if self.workers.fingers() {
+            models.push((self.finger_model_id.clone(), Modality::Finger, 0, String::new()));
+        }
+        Ok(Stats { subjects: s.subjects, encounters: s.encounters, templates: s.templates, models })
     }
 }
 
@@ -197,14 +279,17 @@ fn rebuild(store: &Store, model: &FaceModel) -> Result<(VectorIndex, u64), Engin
     let mut batch = Batch::default();
     let mut failure = None;
     store.for_each_template(Modality::Face, |t| {
-        if t.template.model_id != model.id || t.template.vector.len() != model.dim {
-            foreign += 1;
-            return Ok(());
-        }
+        let vector = match t.template.data.embedding() {
+            Some(v) if t.template.model_id == model.id && v.len() == model.dim => v,
+            _ => {
+                foreign += 1;
+                return Ok(());
+            }
+        };
         let owner = owners.entry(t.subject_id.clone()).or_insert_with(|| t.subject_id.as_str().into());
         batch.ids.push(t.template_id);
         batch.owners.push(owner.clone());
-        batch.vectors.extend_from_slice(&t.template.vector);
+        batch.vectors.extend_from_slice(vector);
         if batch.ids.len() >= 4096 && failure.is_none() {
             failure = batch.flush_into(&mut index).err();
         }
@@ -215,6 +300,28 @@ fn rebuild(store: &Store, model: &FaceModel) -> Result<(VectorIndex, u64), Engin
     }
     batch.flush_into(&mut index)?;
     Ok((index, foreign))
+}
+
+/// The finger gallery from every stored finger template.
+fn rebuild_fingers(store: &Store) -> Result<FingerGallery, EngineError> {
+    let mut gallery = FingerGallery::new();
+    let mut owners: HashMap<String, Arc<str>> = HashMap::new();
+    let mut unreadable = 0u64;
+    store.for_each_template(Modality::Finger, |t| {
+        let TemplateData::Minutiae(iso) = &t.template.data else { return Ok(()) };
+        match template::matcher_template(iso) {
+            Ok(m) => {
+                let owner = owners.entry(t.subject_id.clone()).or_insert_with(|| t.subject_id.as_str().into());
+                gallery.add(t.template_id, owner.clone(), t.template.finger_position, m);
+            }
+            Err(_) => unreadable += 1,
+        }
+        Ok(())
+    })?;
+    if unreadable > 0 {
+        warn!(unreadable, "stored finger templates that do not parse are not searchable");
+    }
+    Ok(gallery)
 }
 
 /// Templates gathered for one `add` call.

@@ -1,10 +1,12 @@
-//! Turning request samples into templates: validation, face extraction on
-//! the workers, checks on pre-extracted embeddings.
+//! Turning request samples into templates: validation, face and finger
+//! extraction on the workers, checks on pre-extracted embeddings and
+//! imported ISO/IEC 19794-2 templates.
 
 use super::{Engine, EngineError, SampleReport};
 use crate::{
-    biometric::{Modality, NewTemplate, Sample, SampleData},
+    biometric::{Modality, NewTemplate, Sample, SampleData, TemplateData},
     face::{MultipleFaces, StageTimes, embed::normalized},
+    finger::{FingerError, template},
 };
 
 /// A sample turned into a template.
@@ -40,7 +42,7 @@ impl Engine {
     async fn extract_one(&self, i: usize, s: &Sample, multiple: MultipleFaces) -> Result<Probe, EngineError> {
         let field = |name: &str| format!("samples[{i}].{name}");
         if s.modality == Modality::Finger {
-            return Err(EngineError::FingerprintsNotEnabled { field: field("modality") });
+            return self.extract_finger(i, s).await;
         }
         if s.finger_position != 0 {
             return Err(EngineError::invalid(field("finger_position"), "must be 0 for a face sample"));
@@ -49,8 +51,8 @@ impl Engine {
         match &s.data {
             SampleData::Image(bytes) => {
                 let x = self
-                    .faces
-                    .extract(bytes.clone(), multiple)
+                    .workers
+                    .face(bytes.clone(), multiple)
                     .await
                     .map_err(|source| EngineError::Face { field: field("image"), source })?;
                 let report = SampleReport {
@@ -61,6 +63,7 @@ impl Engine {
                     faces_found: x.faces_found,
                     main_face_used: x.main_face_used,
                     bbox: Some(x.bbox),
+                    minutiae: 0,
                 };
                 Ok(Probe { template: face_template(model.id.clone(), x.quality, x.embedding), report, times: x.times })
             }
@@ -101,8 +104,69 @@ impl Engine {
             )),
         }
     }
+
+    async fn extract_finger(&self, i: usize, s: &Sample) -> Result<Probe, EngineError> {
+        let field = |name: &str| format!("samples[{i}].{name}");
+        let position = s.finger_position;
+        if !template::POSITIONS.contains(&position) {
+            return Err(EngineError::invalid(
+                field("finger_position"),
+                format!("{position} is not an ISO finger position (1 right thumb .. 10 left little finger)"),
+            ));
+        }
+        let finger_error = |name: &str, source: FingerError| EngineError::Finger { field: field(name), source };
+        let (data, model_id, quality, minutiae, times) = match &s.data {
+            SampleData::Image(bytes) => {
+                if !self.workers.fingers() {
+                    return Err(EngineError::FingerprintsNotEnabled { field: field("image") });
+                }
+                let x = self
+                    .workers
+                    .finger(bytes.clone(), s.ppi, position)
+                    .await
+                    .map_err(|source| finger_error("image", source))?;
+                let times = StageTimes { decode: x.decode, minutiae: x.extract, ..StageTimes::default() };
+                (x.template, self.finger_model_id.clone(), x.quality, x.minutiae, times)
+            }
+            SampleData::IsoTemplate(bytes) => {
+                let iso = template::import(bytes, position, self.finger.min_minutiae)
+                    .map_err(|e| finger_error("iso_19794_2", FingerError::Template(e)))?;
+                let minutiae = template::matcher_minutiae(&iso).map(|m| m.len()).unwrap_or(0);
+                let quality = crate::finger::iso19794_2::parse(&iso)
+                    .ok()
+                    .and_then(|r| r.views.first().map(|v| f32::from(v.quality) / 100.0))
+                    .unwrap_or(0.0);
+                (iso, template::IMPORTED_MODEL_ID.to_owned(), quality, minutiae, StageTimes::default())
+            }
+            SampleData::FaceEmbedding { .. } => {
+                return Err(EngineError::invalid(field("face_embedding"), "a face embedding is not a finger sample"));
+            }
+        };
+        let report = SampleReport {
+            modality: Some(Modality::Finger),
+            finger_position: position,
+            model_id: model_id.clone(),
+            quality,
+            minutiae,
+            ..SampleReport::default()
+        };
+        let template = NewTemplate {
+            modality: Modality::Finger,
+            finger_position: position,
+            model_id,
+            quality,
+            data: TemplateData::Minutiae(data),
+        };
+        Ok(Probe { template, report, times })
+    }
 }
 
 fn face_template(model_id: String, quality: f32, vector: Vec<f32>) -> NewTemplate {
-    NewTemplate { modality: Modality::Face, finger_position: 0, model_id, quality, vector }
+    NewTemplate {
+        modality: Modality::Face,
+        finger_position: 0,
+        model_id,
+        quality,
+        data: TemplateData::Embedding(vector),
+    }
 }

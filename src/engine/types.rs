@@ -37,6 +37,8 @@ pub struct SampleReport {
     pub main_face_used: bool,
     /// Face box when detected.
     pub bbox: Option<[f32; 4]>,
+    /// Minutiae in the finger template (0 for faces).
+    pub minutiae: usize,
 }
 
 /// Result of an enroll.
@@ -74,8 +76,10 @@ pub struct ModalityScore {
     pub finger_position: u8,
     /// Model.
     pub model_id: String,
-    /// Raw similarity.
+    /// Raw similarity (cosine for faces, MCC in [0, 1] for fingers).
     pub raw_score: f64,
+    /// Calibrated score, -10 log10(FMR).
+    pub calibrated_score: f64,
 }
 
 /// A ranked candidate.
@@ -83,7 +87,7 @@ pub struct ModalityScore {
 pub struct Candidate {
     /// Who.
     pub subject_id: String,
-    /// Score used for ranking and deciding.
+    /// Fused calibrated score used for ranking and deciding, -10 log10(FMR).
     pub score: f64,
     /// Per-modality scores.
     pub scores: Vec<ModalityScore>,
@@ -94,8 +98,10 @@ pub struct Candidate {
 pub struct Decision {
     /// Match or not.
     pub is_match: bool,
-    /// Threshold applied to the score.
+    /// Threshold applied to the fused calibrated score.
     pub threshold: f64,
+    /// The per-comparison false-match rate the threshold stands for.
+    pub threshold_fmr: f64,
     /// Why this threshold.
     pub basis: String,
     /// The matched subject (identify).
@@ -146,6 +152,21 @@ pub struct VerifyOutcome {
     pub scores: Vec<ModalityScore>,
     /// One report per probe.
     pub probes: Vec<SampleReport>,
+}
+
+/// A stored finger template, for export.
+#[derive(Debug, Clone)]
+pub struct ExportedTemplate {
+    /// Encounter it was enrolled in.
+    pub encounter_id: i64,
+    /// ISO finger position.
+    pub finger_position: u8,
+    /// Extractor that made it.
+    pub model_id: String,
+    /// Quality in [0, 1].
+    pub quality: f32,
+    /// The ISO/IEC 19794-2:2005 record.
+    pub iso_19794_2: Vec<u8>,
 }
 
 /// Gallery statistics.

@@ -2,6 +2,7 @@
 //! ../shared/data): verification accuracy of the face pipeline and
 //! identify latency at a given gallery size.
 
+pub mod calibrate;
 mod fingers;
 mod identification;
 mod latency;
@@ -116,7 +117,9 @@ pub fn embed_all(
         |p, img| {
             let bytes = std::fs::read(&img.path).with_context(|| img.path.display().to_string())?;
             Ok(if aligned {
-                crate::face::image::decode_rgb(&bytes, settings.limits).and_then(|rgb| p.embed_aligned(&rgb))
+                crate::imaging::decode_rgb(&bytes, settings.limits)
+                    .map_err(crate::face::FaceError::from)
+                    .and_then(|rgb| p.embed_aligned(&rgb))
             } else {
                 p.extract(&bytes, MultipleFaces::UseMain).map(|x| x.embedding)
             })

@@ -4,16 +4,14 @@
 pub mod align;
 pub mod detect;
 pub mod embed;
-pub mod image;
-pub mod workers;
 
 use std::time::{Duration, Instant};
 
 use ::image::RgbImage;
 
+pub use crate::imaging::ImageLimits;
+use crate::imaging::{self, ImageError};
 use crate::inference::{Manifest, ModelError};
-pub use image::ImageLimits;
-pub use workers::FaceWorkers;
 
 /// Why a face sample could not be turned into a template.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -47,6 +45,17 @@ pub enum FaceError {
     Unavailable(String),
 }
 
+impl From<ImageError> for FaceError {
+    fn from(e: ImageError) -> Self {
+        match e {
+            ImageError::Empty => FaceError::EmptyImage,
+            ImageError::UnsupportedFormat => FaceError::UnsupportedFormat,
+            ImageError::Corrupt(m) => FaceError::Corrupt(m),
+            ImageError::TooLarge(m) => FaceError::ImageTooLarge(m),
+        }
+    }
+}
+
 impl From<ort::Error> for FaceError {
     fn from(e: ort::Error) -> Self {
         FaceError::Inference(e.to_string())
@@ -77,6 +86,8 @@ pub struct StageTimes {
     pub align: Duration,
     /// Embedding (both views when flip-averaging).
     pub embed: Duration,
+    /// Finger minutiae extraction (finger samples).
+    pub minutiae: Duration,
 }
 
 /// A face template with what was learnt on the way.
@@ -151,7 +162,7 @@ impl FacePipeline {
     pub fn extract(&mut self, bytes: &[u8], multiple: MultipleFaces) -> Result<FaceExtraction, FaceError> {
         let mut times = StageTimes::default();
         let t = Instant::now();
-        let img = image::decode_rgb(bytes, self.settings.limits)?;
+        let img = imaging::decode_rgb(bytes, self.settings.limits)?;
         times.decode = t.elapsed();
 
         let t = Instant::now();

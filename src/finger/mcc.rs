@@ -220,6 +220,13 @@ impl Template {
     pub fn is_empty(&self) -> bool {
         self.points.is_empty()
     }
+
+    /// Each kept cylinder as (centre `x`, `y` (up), direction in radians, cell bits, validity mask).
+    ///
+    /// For the 1:N candidate stage (`shortlist`), which hashes cylinders.
+    pub(crate) fn cylinders(&self) -> impl Iterator<Item = (f32, f32, f32, &[u64], &[u64])> + '_ {
+        self.points.iter().zip(self.bits.iter().zip(&self.masks)).map(|(p, (b, m))| (p.x, p.y, p.angle, &b[..], &m[..]))
+    }
 }
 
 /// Precomputed geometry shared by all cylinders.

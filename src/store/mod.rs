@@ -9,7 +9,7 @@ use std::path::Path;
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use crate::biometric::{Modality, NewTemplate, StoredTemplate, vector_from_bytes, vector_to_bytes};
+use crate::biometric::{Modality, NewTemplate, StoredTemplate, TemplateData};
 pub use audit::AuditEntry;
 use crypto::Sealer;
 
@@ -176,7 +176,7 @@ impl Store {
         let mut template_ids = Vec::with_capacity(templates.len());
         for t in templates {
             let aad = aad(subject_id, t);
-            let sealed = self.sealer.seal(&vector_to_bytes(&t.vector), &aad)?;
+            let sealed = self.sealer.seal(&t.data.to_bytes(), &aad)?;
             tx.execute(
                 "INSERT INTO templates (encounter_id, subject_id, modality, finger_position, model_id, quality, sealed)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
@@ -282,11 +282,12 @@ impl Store {
                 finger_position: r.get(4)?,
                 model_id: r.get(5)?,
                 quality: r.get::<_, f64>(6)? as f32,
-                vector: Vec::new(),
+                data: TemplateData::Minutiae(Vec::new()),
             };
             let sealed: Vec<u8> = r.get(7)?;
             let plain = self.sealer.open_sealed(&sealed, &aad(&subject_id, &template))?;
-            template.vector = vector_from_bytes(&plain).ok_or_else(|| StoreError::Corrupt("template length".into()))?;
+            template.data = TemplateData::from_bytes(modality, plain)
+                .ok_or_else(|| StoreError::Corrupt("template length".into()))?;
             let t = StoredTemplate { template_id: r.get(0)?, subject_id, encounter_id: r.get(2)?, template };
             sink(t)?;
         }
@@ -354,7 +355,7 @@ mod tests {
             finger_position: 0,
             model_id: "m".into(),
             quality: 0.9,
-            vector: vec![v; 4],
+            data: TemplateData::Embedding(vec![v; 4]),
         }
     }
 
@@ -369,7 +370,7 @@ mod tests {
         assert!(matches!(s.enroll("carol", true, &[template(3.0)]), Err(StoreError::SubjectNotFound(_))));
         let ts = s.subject_templates("alice").expect("templates");
         assert_eq!(ts.len(), 2);
-        assert_eq!(ts[1].template.vector, vec![3.0; 4]);
+        assert_eq!(ts[1].template.data, TemplateData::Embedding(vec![3.0; 4]));
         assert_eq!(s.subject("alice").expect("subject").encounters.len(), 2);
         assert_eq!(s.delete_subject("alice").expect("delete").len(), 2);
         assert!(matches!(s.subject("alice"), Err(StoreError::SubjectNotFound(_))));

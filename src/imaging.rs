@@ -1,11 +1,27 @@
-//! Image decoding with limits checked before any pixel is decoded, so a
-//! small file claiming huge dimensions cannot exhaust memory.
+//! Image decoding shared by the face and finger pipelines, with limits
+//! checked before any pixel is decoded, so a small file claiming huge
+//! dimensions cannot exhaust memory.
 
 use std::io::Cursor;
 
 use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader, RgbImage, metadata::Orientation};
 
-use super::FaceError;
+/// Why bytes are not a usable image.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ImageError {
+    /// Zero bytes.
+    #[error("the image is empty")]
+    Empty,
+    /// Not one of the supported encodings.
+    #[error("unsupported image format (JPEG, PNG, TIFF, BMP, PGM/PPM are accepted)")]
+    UnsupportedFormat,
+    /// Truncated or corrupt data.
+    #[error("the image could not be decoded: {0}")]
+    Corrupt(String),
+    /// Over a configured limit.
+    #[error("the image is too large: {0}")]
+    TooLarge(String),
+}
 
 /// Size limits for one image.
 #[derive(Debug, Clone, Copy)]
@@ -16,34 +32,42 @@ pub struct ImageLimits {
     pub max_pixels: u64,
 }
 
-/// Decodes JPEG, PNG, TIFF, BMP or PNM bytes, grayscale or colour, into RGB.
-pub fn decode_rgb(bytes: &[u8], limits: ImageLimits) -> Result<RgbImage, FaceError> {
+/// Decodes JPEG, PNG, TIFF, BMP or PNM bytes, grayscale or colour, into RGB
+/// (transparent pixels over white).
+pub fn decode_rgb(bytes: &[u8], limits: ImageLimits) -> Result<RgbImage, ImageError> {
+    let img = decode(bytes, limits)?;
+    Ok(if img.color().has_alpha() { over_white(&img.into_rgba8()) } else { img.into_rgb8() })
+}
+
+/// Decodes JPEG, PNG, TIFF, BMP or PNM bytes as they are, upright (EXIF
+/// orientation applied).
+pub fn decode(bytes: &[u8], limits: ImageLimits) -> Result<DynamicImage, ImageError> {
     if bytes.is_empty() {
-        return Err(FaceError::EmptyImage);
+        return Err(ImageError::Empty);
     }
     if bytes.len() > limits.max_bytes {
-        return Err(FaceError::ImageTooLarge(format!("{} bytes, limit {}", bytes.len(), limits.max_bytes)));
+        return Err(ImageError::TooLarge(format!("{} bytes, limit {}", bytes.len(), limits.max_bytes)));
     }
-    let format = image::guess_format(bytes).map_err(|_| FaceError::UnsupportedFormat)?;
+    let format = image::guess_format(bytes).map_err(|_| ImageError::UnsupportedFormat)?;
     if !matches!(format, ImageFormat::Jpeg | ImageFormat::Png | ImageFormat::Tiff | ImageFormat::Bmp | ImageFormat::Pnm)
     {
-        return Err(FaceError::UnsupportedFormat);
+        return Err(ImageError::UnsupportedFormat);
     }
     if format == ImageFormat::Jpeg && !jpeg_complete(bytes) {
         // The JPEG decoder fills a truncated scan with grey and succeeds;
         // a half-grey face must not become a template.
-        return Err(FaceError::Corrupt("the JPEG is truncated (no end-of-image marker)".into()));
+        return Err(ImageError::Corrupt("the JPEG is truncated (no end-of-image marker)".into()));
     }
-    let corrupt = |e: image::ImageError| FaceError::Corrupt(e.to_string());
+    let corrupt = |e: image::ImageError| ImageError::Corrupt(e.to_string());
     // One decoder: its header gives the size, checked before any pixel is decoded.
     let mut decoder = ImageReader::with_format(Cursor::new(bytes), format).into_decoder().map_err(corrupt)?;
     let (w, h) = decoder.dimensions();
     let pixels = u64::from(w) * u64::from(h);
     if pixels > limits.max_pixels {
-        return Err(FaceError::ImageTooLarge(format!("{w}x{h} pixels, limit {}", limits.max_pixels)));
+        return Err(ImageError::TooLarge(format!("{w}x{h} pixels, limit {}", limits.max_pixels)));
     }
     if w == 0 || h == 0 {
-        return Err(FaceError::Corrupt("zero-sized image".into()));
+        return Err(ImageError::Corrupt("zero-sized image".into()));
     }
     let mut image_limits = image::Limits::default();
     image_limits.max_image_width = Some(w);
@@ -55,16 +79,24 @@ pub fn decode_rgb(bytes: &[u8], limits: ImageLimits) -> Result<RgbImage, FaceErr
     let orientation = decoder.orientation().unwrap_or(Orientation::NoTransforms);
     let mut img = DynamicImage::from_decoder(decoder).map_err(corrupt)?;
     img.apply_orientation(orientation);
-    Ok(if img.color().has_alpha() { over_white(&img.into_rgba8()) } else { img.into_rgb8() })
+    Ok(img)
 }
 
 /// Composites a transparent image over white (dropping alpha would expose
 /// whatever colour the transparent pixels happen to store).
-fn over_white(img: &image::RgbaImage) -> RgbImage {
+pub fn over_white(img: &image::RgbaImage) -> RgbImage {
     RgbImage::from_fn(img.width(), img.height(), |x, y| {
         let [r, g, b, a] = img.get_pixel(x, y).0;
         let blend = |c: u8| ((u16::from(c) * u16::from(a) + 255 * (255 - u16::from(a))) / 255) as u8;
         image::Rgb([blend(r), blend(g), blend(b)])
+    })
+}
+
+/// [`over_white`] for grey images with alpha.
+pub fn over_white_gray(img: &image::GrayAlphaImage) -> image::GrayImage {
+    image::GrayImage::from_fn(img.width(), img.height(), |x, y| {
+        let [v, a] = img.get_pixel(x, y).0;
+        image::Luma([((u16::from(v) * u16::from(a) + 255 * (255 - u16::from(a))) / 255) as u8])
     })
 }
 
@@ -134,20 +166,20 @@ mod tests {
 
     #[test]
     fn typed_errors() {
-        assert!(matches!(decode_rgb(&[], LIMITS), Err(FaceError::EmptyImage)));
-        assert!(matches!(decode_rgb(b"hello, I am text", LIMITS), Err(FaceError::UnsupportedFormat)));
+        assert!(matches!(decode_rgb(&[], LIMITS), Err(ImageError::Empty)));
+        assert!(matches!(decode_rgb(b"hello, I am text", LIMITS), Err(ImageError::UnsupportedFormat)));
         let p = png(10, 7);
-        assert!(matches!(decode_rgb(&p[..p.len() / 2], LIMITS), Err(FaceError::Corrupt(_))));
+        assert!(matches!(decode_rgb(&p[..p.len() / 2], LIMITS), Err(ImageError::Corrupt(_))));
         let small = ImageLimits { max_bytes: 1 << 20, max_pixels: 50 };
-        assert!(matches!(decode_rgb(&p, small), Err(FaceError::ImageTooLarge(_))));
+        assert!(matches!(decode_rgb(&p, small), Err(ImageError::TooLarge(_))));
         let mut jpeg = Vec::new();
         image::RgbImage::new(64, 64).write_to(&mut Cursor::new(&mut jpeg), ImageFormat::Jpeg).expect("encode");
         assert!(decode_rgb(&jpeg, LIMITS).is_ok());
-        assert!(matches!(decode_rgb(&jpeg[..jpeg.len() - 40], LIMITS), Err(FaceError::Corrupt(_))));
+        assert!(matches!(decode_rgb(&jpeg[..jpeg.len() - 40], LIMITS), Err(ImageError::Corrupt(_))));
         let mut trailer = jpeg.clone();
         trailer.extend_from_slice(b"ftypmp42 appended video");
         assert!(decode_rgb(&trailer, LIMITS).is_ok(), "data after the EOI is allowed");
         let tiny = ImageLimits { max_bytes: 10, max_pixels: 1 << 20 };
-        assert!(matches!(decode_rgb(&p, tiny), Err(FaceError::ImageTooLarge(_))));
+        assert!(matches!(decode_rgb(&p, tiny), Err(ImageError::TooLarge(_))));
     }
 }

@@ -1,0 +1,420 @@
+//! One-finger 1:N identification over a large gallery: the shortlist
+//! (`finger::shortlist`) followed by the full MCC matcher, end to end.
+//!
+//! Run: `cargo bench --bench finger_identify -- --gallery 250000 --threads 1,2
+//! --data ../shared/data/fingerprints/fvc2002` (options below).
+//!
+//! # Protocol
+//!
+//! The 40 FVC2002 DB1–DB4 set B fingers (ISO/IEC 19794-2 templates, the
+//! matcher-alone setting) are split into halves A and B by alternating fingers
+//! within each database. With half A enrolled, the gallery holds the original
+//! impression-1 template of each A finger (the mates) plus distractors: copies
+//! of all 8 impressions of every B finger, each copy with a random rotation
+//! (±30° about the image centre), translation (±40 px), minutia dropout (10–30%)
+//! and per-minutia jitter (±2 px, ±5°), until the gallery holds `--gallery`
+//! templates. Probes are impressions 2–8 of the A fingers (140). Then B is
+//! enrolled with A as distractors, and both runs pool into 280 probes
+//! (`--runs 1` keeps the first run only, to save time at 1,000,000).
+//!
+//! The gallery is split into `max(--threads)` shards by key; the shortlist of
+//! `--shortlist` keys is taken as `--shortlist / shards` keys per shard, and the
+//! shortlisted templates are ranked by `mcc::Matcher`. With T threads a query
+//! runs each shard's candidate stage and re-rank on its own thread (T ≥ shards)
+//! or the shards one after another (T = 1), so a query's latency is the
+//! wall time of one identification on T cores.
+//!
+//! Reported: the shortlist's mate recall (mate key among the shortlisted keys)
+//! at the chosen and smaller sizes, the rank-1 accuracy after the re-rank, how
+//! many shortlisted mates the full matcher ranks below a distractor,
+//! per-query latency (median, p99) and throughput (gallery templates per second
+//! per core) for each thread count, and the index memory per template. In the
+//! same process, the exhaustive MCC scan over the first `--exhaustive` gallery
+//! templates of each run gives the baseline rate (templates/s/core, one
+//! thread) and the rank-1 ceiling that no shortlist can beat.
+
+use std::error::Error;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use cotejo::finger::{iso19794_2, mcc, shortlist};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+type Res<T> = Result<T, Box<dyn Error>>;
+
+#[derive(Debug)]
+struct Options {
+    data: PathBuf,
+    gallery: usize,
+    threads: Vec<usize>,
+    shortlist: usize,
+    exhaustive: usize,
+    runs: usize,
+    seed: u64,
+}
+
+impl Options {
+    fn parse() -> Res<Self> {
+        let mut o = Self {
+            data: PathBuf::from("../shared/data/fingerprints/fvc2002"),
+            gallery: 250_000,
+            threads: vec![1, 2],
+            shortlist: 2_000,
+            exhaustive: 1_000,
+            runs: 2,
+            seed: 20_250_101,
+        };
+        let mut args = std::env::args().skip(1);
+        while let Some(flag) = args.next() {
+            if flag == "--bench" {
+                continue;
+            }
+            let value = args.next().ok_or_else(|| format!("{flag} needs a value"))?;
+            match flag.as_str() {
+                "--data" => o.data = PathBuf::from(value),
+                "--gallery" => o.gallery = value.parse()?,
+                "--threads" => o.threads = value.split(',').map(str::parse).collect::<Result<_, _>>()?,
+                "--shortlist" => o.shortlist = value.parse()?,
+                "--exhaustive" => o.exhaustive = value.parse()?,
+                "--seed" => o.seed = value.parse()?,
+                "--runs" => o.runs = value.parse::<usize>()?.clamp(1, 2),
+                _ => return Err(format!("unknown option {flag}").into()),
+            }
+        }
+        o.threads.retain(|&t| t > 0);
+        if o.threads.is_empty() {
+            o.threads.push(1);
+        }
+        Ok(o)
+    }
+}
+
+/// One FVC impression.
+#[derive(Debug)]
+struct Print {
+    finger: usize,
+    impression: u32,
+    minutiae: Vec<mcc::Minutia>,
+    centre: (f32, f32),
+}
+
+fn load(data: &Path) -> Res<(Vec<Print>, usize)> {
+    let labels = std::fs::read_to_string(data.join("LABELS.txt"))?;
+    let mut fingers: Vec<String> = Vec::new();
+    let mut prints = Vec::new();
+    for line in labels.lines().filter(|l| !l.starts_with('#') && !l.trim().is_empty()) {
+        let fields: Vec<&str> = line.split('\t').collect();
+        let [path, label, impression, ..] = fields[..] else {
+            return Err(format!("bad LABELS line {line:?}").into());
+        };
+        let iso = data.join(Path::new(path).with_extension("iso"));
+        let record = iso19794_2::parse(&std::fs::read(&iso)?).map_err(|e| format!("{}: {e}", iso.display()))?;
+        let view = record.views.first().ok_or_else(|| format!("{}: no view", iso.display()))?;
+        let finger = match fingers.iter().position(|f| f == label) {
+            Some(f) => f,
+            None => {
+                fingers.push(label.to_owned());
+                fingers.len() - 1
+            }
+        };
+        prints.push(Print {
+            finger,
+            impression: impression.parse()?,
+            minutiae: view.minutiae.iter().map(mcc::Minutia::from).collect(),
+            centre: (f32::from(record.width) / 2.0, f32::from(record.height) / 2.0),
+        });
+    }
+    Ok((prints, fingers.len()))
+}
+
+/// A distractor copy: rotation about the image centre, translation, dropout, jitter.
+fn perturb(print: &Print, rng: &mut StdRng) -> Vec<mcc::Minutia> {
+    let phi = rng.random_range(-30.0_f32..=30.0).to_radians();
+    let (tx, ty) = (rng.random_range(-40.0_f32..=40.0), rng.random_range(-40.0_f32..=40.0));
+    let dropout = rng.random_range(0.10_f32..=0.30);
+    let (s, c) = phi.sin_cos();
+    let (cx, cy) = print.centre;
+    let kept: Vec<mcc::Minutia> =
+        print.minutiae.iter().copied().filter(|_| !rng.random_bool(f64::from(dropout))).collect();
+    kept.iter()
+        .map(|m| {
+            // Rotate counter-clockwise as viewed: flip y to the right-handed frame and back.
+            let (x, y) = (m.x - cx, -(m.y - cy));
+            let (rx, ry) = (x * c - y * s, x * s + y * c);
+            mcc::Minutia {
+                x: rx + cx + tx + rng.random_range(-2.0_f32..=2.0),
+                y: -ry + cy + ty + rng.random_range(-2.0_f32..=2.0),
+                angle: (m.angle + phi + rng.random_range(-5.0_f32..=5.0).to_radians())
+                    .rem_euclid(std::f32::consts::TAU),
+            }
+        })
+        .collect()
+}
+
+/// One enrolled half: gallery templates (index = key), mate keys and probes.
+#[derive(Debug)]
+struct Run {
+    gallery: Vec<mcc::Template>,
+    /// Probe template and the key of its mate.
+    probes: Vec<(mcc::Template, u64)>,
+}
+
+fn build_run(prints: &[Print], fingers: usize, enrolled_half: usize, n: usize, seed: u64, threads: usize) -> Run {
+    let half = |finger: usize| (finger % 2 == enrolled_half) as usize;
+    let _ = fingers;
+    let mates: Vec<&Print> = prints.iter().filter(|p| half(p.finger) == 1 && p.impression == 1).collect();
+    let distractors: Vec<&Print> = prints.iter().filter(|p| half(p.finger) == 0).collect();
+    let copies = n.saturating_sub(mates.len());
+    let chunk = copies.div_ceil(threads.max(1)).max(1);
+    let mut gallery: Vec<mcc::Template> = mates.iter().map(|p| mcc::Template::new(&p.minutiae)).collect();
+    let built: Vec<Vec<mcc::Template>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..copies)
+            .step_by(chunk)
+            .map(|start| {
+                let distractors = &distractors;
+                scope.spawn(move || {
+                    (start..(start + chunk).min(copies))
+                        .map(|i| {
+                            let mut rng = StdRng::seed_from_u64(seed ^ ((enrolled_half as u64) << 40) ^ i as u64);
+                            let base = distractors[i % distractors.len()];
+                            mcc::Template::new(&perturb(base, &mut rng))
+                        })
+                        .collect()
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap_or_default()).collect()
+    });
+    gallery.extend(built.into_iter().flatten());
+    let probes = prints
+        .iter()
+        .filter(|p| half(p.finger) == 1 && p.impression != 1)
+        .filter_map(|p| {
+            let mate = mates.iter().position(|m| m.finger == p.finger)?;
+            Some((mcc::Template::new(&p.minutiae), mate as u64))
+        })
+        .collect();
+    Run { gallery, probes }
+}
+
+/// The gallery split into shards by key.
+#[derive(Debug)]
+struct Shards {
+    indexes: Vec<shortlist::ShortlistIndex>,
+}
+
+impl Shards {
+    fn build(gallery: &[mcc::Template], shards: usize) -> Self {
+        let indexes = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..shards)
+                .map(|s| {
+                    scope.spawn(move || {
+                        let mut index = shortlist::ShortlistIndex::new();
+                        for (key, t) in gallery.iter().enumerate().skip(s).step_by(shards) {
+                            if index.insert(key as u64, t).is_err() {
+                                break;
+                            }
+                        }
+                        index
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap_or_default()).collect()
+        });
+        Self { indexes }
+    }
+}
+
+/// Outcome of one identification.
+#[derive(Debug, Clone, Copy)]
+struct Outcome {
+    /// Rank of the mate within its shard's shortlist, if shortlisted.
+    shard_rank: Option<usize>,
+    /// Whether the best MCC score of the shortlist is the mate's.
+    rank1: bool,
+    candidate_time: Duration,
+    total_time: Duration,
+}
+
+/// Shortlist then re-rank on one shard; returns (best score, best key, mate rank, candidate time).
+fn search_shard(
+    index: &shortlist::ShortlistIndex,
+    gallery: &[mcc::Template],
+    probe: &mcc::Template,
+    n: usize,
+    mate: u64,
+    matcher: &mut mcc::Matcher,
+) -> (f32, u64, Option<usize>, Duration) {
+    let start = Instant::now();
+    let keys = index.search(probe, n);
+    let candidate_time = start.elapsed();
+    let mut best = (f32::NEG_INFINITY, u64::MAX);
+    for &key in &keys {
+        if let Some(t) = gallery.get(key as usize) {
+            let s = matcher.similarity(probe, t);
+            if s > best.0 {
+                best = (s, key);
+            }
+        }
+    }
+    (best.0, best.1, keys.iter().position(|&k| k == mate), candidate_time)
+}
+
+fn identify(shards: &Shards, run: &Run, probe: &mcc::Template, mate: u64, n: usize, threads: usize) -> Outcome {
+    let start = Instant::now();
+    let per_shard = n.div_ceil(shards.indexes.len());
+    let results: Vec<(f32, u64, Option<usize>, Duration)> = if threads == 1 {
+        let mut matcher = mcc::Matcher::new();
+        shards.indexes.iter().map(|i| search_shard(i, &run.gallery, probe, per_shard, mate, &mut matcher)).collect()
+    } else {
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = shards
+                .indexes
+                .iter()
+                .map(|i| {
+                    scope.spawn(move || search_shard(i, &run.gallery, probe, per_shard, mate, &mut mcc::Matcher::new()))
+                })
+                .collect();
+            handles.into_iter().filter_map(|h| h.join().ok()).collect()
+        })
+    };
+    let total_time = start.elapsed();
+    let best = results.iter().fold((f32::NEG_INFINITY, u64::MAX), |b, r| if r.0 > b.0 { (r.0, r.1) } else { b });
+    Outcome {
+        shard_rank: results.iter().find_map(|r| r.2),
+        rank1: best.1 == mate,
+        candidate_time: results.iter().map(|r| r.3).max().unwrap_or_default(),
+        total_time,
+    }
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() - 1) as f64 * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)].as_secs_f64() * 1e3
+}
+
+fn main() -> Res<()> {
+    let o = Options::parse()?;
+    let (prints, fingers) = load(&o.data)?;
+    let shards = o.threads.iter().copied().max().unwrap_or(1);
+    let build_threads = std::thread::available_parallelism().map_or(1, usize::from).max(shards);
+    println!(
+        "# {} prints, {fingers} fingers; gallery {}, shortlist {}, threads {:?}, shards {shards}",
+        prints.len(),
+        o.gallery,
+        o.shortlist,
+        o.threads
+    );
+    let mut exhaustive_ranks: Vec<usize> = Vec::new();
+    let mut outcomes: Vec<Vec<Outcome>> = vec![Vec::new(); o.threads.len()];
+    let (mut exhaustive_time, mut exhaustive_comparisons, mut ceiling_hits, mut probes_total) =
+        (Duration::ZERO, 0_usize, 0_usize, 0_usize);
+    let (mut index_bytes, mut index_templates, mut template_bytes, mut build_time) = (0_usize, 0_usize, 0_usize, 0.0);
+    for enrolled in 0..o.runs {
+        let start = Instant::now();
+        let run = build_run(&prints, fingers, enrolled, o.gallery, o.seed, build_threads);
+        let templates_time = start.elapsed().as_secs_f64();
+        let start = Instant::now();
+        let sharded = Shards::build(&run.gallery, shards);
+        let index_time = start.elapsed().as_secs_f64();
+        build_time += index_time;
+        index_bytes += sharded.indexes.iter().map(shortlist::ShortlistIndex::memory_bytes).sum::<usize>();
+        index_templates += sharded.indexes.iter().map(shortlist::ShortlistIndex::len).sum::<usize>();
+        template_bytes += run.gallery.iter().map(|t| t.len() * (192 + 32 + 12) + 72).sum::<usize>();
+        println!(
+            "# run {enrolled}: {} gallery templates built in {templates_time:.1} s, indexed in {index_time:.1} s, {} probes",
+            run.gallery.len(),
+            run.probes.len()
+        );
+        // Baseline: exhaustive MCC over a prefix of the same gallery (mates first), one thread.
+        let subset = &run.gallery[..o.exhaustive.min(run.gallery.len())];
+        let mut matcher = mcc::Matcher::new();
+        let mut scores = Vec::new();
+        for (probe, mate) in &run.probes {
+            let start = Instant::now();
+            let mut best = (f32::NEG_INFINITY, u64::MAX);
+            scores.clear();
+            for (key, t) in subset.iter().enumerate() {
+                let s = matcher.similarity(probe, t);
+                scores.push(s);
+                if s > best.0 {
+                    best = (s, key as u64);
+                }
+            }
+            exhaustive_time += start.elapsed();
+            exhaustive_comparisons += subset.len();
+            ceiling_hits += usize::from(best.1 == *mate);
+            let mate_score = scores.get(*mate as usize).copied().unwrap_or(0.0);
+            exhaustive_ranks.push(scores.iter().filter(|&&s| s > mate_score).count());
+        }
+        probes_total += run.probes.len();
+        for (slot, &threads) in o.threads.iter().enumerate() {
+            for (probe, mate) in &run.probes {
+                outcomes[slot].push(identify(&sharded, &run, probe, *mate, o.shortlist, threads));
+            }
+        }
+    }
+    let exhaustive_rate = exhaustive_comparisons as f64 / exhaustive_time.as_secs_f64().max(1e-9);
+    let first = &outcomes[0];
+    let recall_at = |size: usize| {
+        let per_shard = size.div_ceil(shards);
+        first.iter().filter(|x| x.shard_rank.is_some_and(|r| r < per_shard)).count() as f64 / first.len() as f64
+    };
+    let shortlisted = first.iter().filter(|x| x.shard_rank.is_some()).count();
+    let rank1 = first.iter().filter(|x| x.rank1).count();
+    println!("exhaustive MCC baseline: {exhaustive_rate:.0} templates/s/core over {} templates", o.exhaustive);
+    println!(
+        "exhaustive MCC rank-1 (ceiling, gallery {}): {:.4} ({ceiling_hits}/{probes_total})",
+        o.exhaustive,
+        ceiling_hits as f64 / probes_total as f64
+    );
+    for fraction in [0.001, 0.005, 0.01, 0.02, 0.05] {
+        let limit = (fraction * o.exhaustive as f64).ceil() as usize;
+        let hits = exhaustive_ranks.iter().filter(|&&r| r < limit).count();
+        println!(
+            "exhaustive MCC mate recall in the top {:.1}% ({limit} of {}): {:.4}",
+            fraction * 100.0,
+            o.exhaustive,
+            hits as f64 / exhaustive_ranks.len() as f64
+        );
+    }
+    let sizes: Vec<usize> =
+        [o.shortlist / 8, o.shortlist / 4, o.shortlist / 2, o.shortlist].into_iter().filter(|&s| s > 0).collect();
+    for &s in &sizes {
+        println!("shortlist mate recall @{s}: {:.4}", recall_at(s));
+    }
+    println!(
+        "rank-1 after re-rank: {:.4} ({rank1}/{}); shortlisted mates the matcher ranks below a distractor: {}",
+        rank1 as f64 / first.len() as f64,
+        first.len(),
+        shortlisted - rank1
+    );
+    println!(
+        "index memory: {:.0} bytes/template ({:.2} GB total); full MCC templates: {:.0} bytes/template; index build {:.1} s",
+        index_bytes as f64 / index_templates as f64,
+        index_bytes as f64 / 1e9 / o.runs as f64,
+        template_bytes as f64 / index_templates as f64,
+        build_time / o.runs as f64
+    );
+    println!("threads  median_ms  p99_ms  candidate_median_ms  templates/s/core  speed-up vs exhaustive");
+    for (slot, &threads) in o.threads.iter().enumerate() {
+        let mut totals: Vec<Duration> = outcomes[slot].iter().map(|x| x.total_time).collect();
+        let mut candidates: Vec<Duration> = outcomes[slot].iter().map(|x| x.candidate_time).collect();
+        totals.sort_unstable();
+        candidates.sort_unstable();
+        let mean = totals.iter().map(Duration::as_secs_f64).sum::<f64>() / totals.len() as f64;
+        let per_core = o.gallery as f64 / mean / threads as f64;
+        println!(
+            "{threads:>7}  {:>9.1}  {:>6.1}  {:>19.1}  {per_core:>16.0}  {:>6.1}x",
+            percentile(&totals, 0.5),
+            percentile(&totals, 0.99),
+            percentile(&candidates, 0.5),
+            per_core / exhaustive_rate
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,200 @@
+//! From raw comparison scores to calibrated, fused candidate scores and
+//! decisions. A candidate has one score component per face and per finger
+//! position: the best raw score of the probes of that kind against its
+//! templates of that kind. Each component is calibrated to -10 log10(FMR)
+//! and the components are fused as independent evidence (Fisher's method).
+
+use std::{collections::BTreeMap, path::Path};
+
+use super::{Candidate, Decision, Engine, EngineError, ModalityScore, probe::Probe};
+use crate::{
+    biometric::{Modality, StoredTemplate, TemplateData},
+    calibration::{Calibration, fuse_db},
+    finger::{
+        mcc::{Matcher, Template},
+        template,
+    },
+};
+
+/// The calibrations decisions use: one per matcher.
+#[derive(Debug, Clone)]
+pub struct Calibrations {
+    face: Calibration,
+    finger: Calibration,
+}
+
+impl Calibrations {
+    /// Loads the calibrations of the face model and the finger matcher from `dir`.
+    pub fn load(dir: &Path, face_model_id: &str) -> Result<Self, EngineError> {
+        let one = |id: &str| Calibration::load(&dir.join(Calibration::file_name(id)));
+        Ok(Self { face: one(face_model_id)?, finger: one(template::MATCHER_ID)? })
+    }
+
+    fn of(&self, m: Modality) -> &Calibration {
+        match m {
+            Modality::Face => &self.face,
+            Modality::Finger => &self.finger,
+        }
+    }
+}
+
+/// One score component of a candidate: a face, or one finger position.
+pub(super) type Component = (Modality, u8);
+
+/// A candidate's best raw score per component.
+pub(super) type RawScores = BTreeMap<Component, f64>;
+
+/// The probes of a request, ready to compare.
+#[derive(Debug, Default)]
+pub(super) struct ProbeSet {
+    pub(super) faces: Vec<Vec<f32>>,
+    pub(super) fingers: BTreeMap<u8, Vec<Template>>,
+}
+
+impl ProbeSet {
+    pub(super) fn new(probes: &[Probe]) -> Result<Self, EngineError> {
+        let mut set = Self::default();
+        for p in probes {
+            match &p.template.data {
+                TemplateData::Embedding(v) => set.faces.push(v.clone()),
+                TemplateData::Minutiae(iso) => {
+                    let t = template::matcher_template(iso)
+                        .map_err(|e| EngineError::Internal(format!("probe template does not parse: {e}")))?;
+                    set.fingers.entry(p.template.finger_position).or_default().push(t);
+                }
+            }
+        }
+        Ok(set)
+    }
+
+    /// The components this probe set can score.
+    pub(super) fn components(&self) -> Vec<Component> {
+        let face = (!self.faces.is_empty()).then_some((Modality::Face, 0));
+        face.into_iter().chain(self.fingers.keys().map(|p| (Modality::Finger, *p))).collect()
+    }
+}
+
+/// Raw scores of the probes against stored templates, per subject.
+pub(super) fn score_stored(
+    probes: &ProbeSet,
+    templates: &[StoredTemplate],
+    face_model_id: &str,
+) -> BTreeMap<String, RawScores> {
+    let mut out: BTreeMap<String, RawScores> = BTreeMap::new();
+    let mut matcher = Matcher::new();
+    for t in templates {
+        let (component, score) = match &t.template.data {
+            TemplateData::Embedding(v) if t.template.model_id == face_model_id && !probes.faces.is_empty() => {
+                let best = probes.faces.iter().map(|p| dot(p, v)).fold(f32::NEG_INFINITY, f32::max);
+                ((Modality::Face, 0), f64::from(best))
+            }
+            TemplateData::Minutiae(iso) => {
+                let position = t.template.finger_position;
+                let Some(ps) = probes.fingers.get(&position) else { continue };
+                let Ok(stored) = template::matcher_template(iso) else { continue };
+                let best = ps.iter().map(|p| matcher.similarity(p, &stored)).fold(0.0f32, f32::max);
+                ((Modality::Finger, position), f64::from(best))
+            }
+            TemplateData::Embedding(_) => continue,
+        };
+        let slot = out.entry(t.subject_id.clone()).or_default().entry(component).or_insert(f64::NEG_INFINITY);
+        *slot = slot.max(score);
+    }
+    out
+}
+
+pub(super) fn dot(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+
+impl Engine {
+    /// A candidate with calibrated per-component scores and their fusion.
+    pub(super) fn candidate(&self, subject_id: String, raw: &RawScores) -> Candidate {
+        let scores: Vec<ModalityScore> = raw
+            .iter()
+            .map(|(&(modality, finger_position), &raw_score)| ModalityScore {
+                modality,
+                finger_position,
+                model_id: match modality {
+                    Modality::Face => self.face_model.id.clone(),
+                    Modality::Finger => template::MATCHER_ID.to_owned(),
+                },
+                raw_score,
+                calibrated_score: self.calibrations.of(modality).db(raw_score),
+            })
+            .collect();
+        let dbs: Vec<f64> = scores.iter().map(|s| s.calibrated_score).collect();
+        Candidate { subject_id, score: fuse_db(&dbs), scores }
+    }
+
+    /// The target of a request, or the default; must be a rate in (0, 1).
+    pub(super) fn target(field: &str, asked: f64, default: f64) -> Result<f64, EngineError> {
+        if asked == 0.0 {
+            return Ok(default);
+        }
+        if !(asked > 0.0 && asked < 1.0) {
+            return Err(EngineError::invalid(field, "must be a rate in (0, 1), or 0 for the service default"));
+        }
+        Ok(asked)
+    }
+
+    /// The decision on the best candidate of a search over `n` subjects.
+    pub(super) fn decide_identify(&self, best: Option<&Candidate>, target_fpir: f64, n: u64) -> Decision {
+        let n = n.max(1);
+        let fmr = target_fpir / n as f64;
+        let threshold = -10.0 * fmr.log10();
+        let is_match = best.is_some_and(|c| c.score >= threshold);
+        let basis = format!(
+            "target FPIR {target_fpir} over {n} subject(s) searched: per-comparison FMR {fmr:.3e}, threshold {threshold:.2} \
+             on the fused calibrated score -10*log10(FMR){}",
+            self.provenance(best.map(|c| &c.scores[..]).unwrap_or_default())
+        );
+        Decision {
+            is_match,
+            threshold,
+            threshold_fmr: fmr,
+            basis,
+            subject_id: best.filter(|_| is_match).map(|c| c.subject_id.clone()),
+        }
+    }
+
+    /// The decision of a 1:1 comparison.
+    pub(super) fn decide_verify(&self, c: &Candidate, target_fmr: f64) -> Decision {
+        let threshold = -10.0 * target_fmr.log10();
+        let is_match = c.score >= threshold;
+        let basis = format!(
+            "target FMR {target_fmr}: threshold {threshold:.2} on the fused calibrated score -10*log10(FMR){}",
+            self.provenance(&c.scores)
+        );
+        Decision {
+            is_match,
+            threshold,
+            threshold_fmr: target_fmr,
+            basis,
+            subject_id: is_match.then(|| c.subject_id.clone()),
+        }
+    }
+
+    /// Which calibrations the scores rest on, and whether any was extrapolated.
+    fn provenance(&self, scores: &[ModalityScore]) -> String {
+        let mut out = String::new();
+        for m in [Modality::Face, Modality::Finger] {
+            let of_m: Vec<&ModalityScore> = scores.iter().filter(|s| s.modality == m).collect();
+            if of_m.is_empty() {
+                continue;
+            }
+            let c = self.calibrations.of(m);
+            let beyond = of_m.iter().any(|s| c.extrapolated(s.raw_score));
+            out.push_str(&format!(
+                "; {m} calibration: {} impostor comparisons ({}){}",
+                c.impostor_comparisons,
+                c.source,
+                if beyond { ", score beyond the measured range (extrapolated tail)" } else { "" }
+            ));
+        }
+        if scores.len() > 1 {
+            out.push_str("; components fused with Fisher's method");
+        }
+        out
+    }
+}

