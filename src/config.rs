@@ -148,6 +148,23 @@ pub struct FingerConfig {
     pub min_minutiae: usize,
     /// Threads a finger search uses.
     pub search_threads: usize,
+    /// Positions with at least this many templates are searched through the shortlist.
+    pub shortlist_from: usize,
+    /// Fraction of a position's templates the shortlist keeps for the full matcher.
+    pub shortlist_fraction: f64,
+    /// Fewest templates the shortlist keeps.
+    pub shortlist_min: usize,
+}
+
+impl FingerConfig {
+    /// The finger gallery's settings.
+    pub fn gallery(&self) -> crate::finger::gallery::GallerySettings {
+        crate::finger::gallery::GallerySettings {
+            shortlist_from: self.shortlist_from,
+            shortlist_fraction: self.shortlist_fraction,
+            shortlist_min: self.shortlist_min,
+        }
+    }
 }
 
 /// Default decision targets (requests may choose their own).
@@ -201,6 +218,9 @@ impl Config {
         }
         if self.finger.search_threads == 0 {
             return bad("finger.search_threads must be at least 1");
+        }
+        if !(self.finger.shortlist_fraction > 0.0 && self.finger.shortlist_fraction <= 1.0) {
+            return bad("finger.shortlist_fraction must be in (0, 1]");
         }
         let key = &self.store.encryption_key;
         if !key.is_empty() && (key.len() != 64 || hex::decode(key).is_err()) {

@@ -104,7 +104,7 @@ impl Engine {
         if foreign_templates > 0 {
             warn!(foreign_templates, "face templates of other models are not searchable until re-embedded");
         }
-        let fingers = rebuild_fingers(&store)?;
+        let fingers = rebuild_fingers(&store, config.finger.gallery())?;
         info!(templates = fingers.len(), "finger gallery rebuilt from the store");
         let subjects = store.stats()?.subjects;
         Ok(Self {
@@ -303,8 +303,11 @@ fn rebuild(store: &Store, model: &FaceModel) -> Result<(VectorIndex, u64), Engin
 }
 
 /// The finger gallery from every stored finger template.
-fn rebuild_fingers(store: &Store) -> Result<FingerGallery, EngineError> {
-    let mut gallery = FingerGallery::new();
+fn rebuild_fingers(
+    store: &Store,
+    settings: crate::finger::gallery::GallerySettings,
+) -> Result<FingerGallery, EngineError> {
+    let mut gallery = FingerGallery::new(settings);
     let mut owners: HashMap<String, Arc<str>> = HashMap::new();
     let mut unreadable = 0u64;
     store.for_each_template(Modality::Finger, |t| {

@@ -1,11 +1,19 @@
 //! The in-memory finger gallery: every enrolled finger's MCC template, by
 //! finger position, derived from the store (never the only copy). A search
 //! compares a probe with the templates of the same finger position on
-//! several threads and keeps each subject's best score.
+//! several threads and keeps each subject's best score. From
+//! [`GallerySettings::shortlist_from`] templates at a position on, the
+//! candidate stage ([`super::shortlist`]) picks the templates worth that
+//! comparison; below it, every template is compared (exhaustive).
 
 use std::{collections::HashMap, sync::Arc, thread};
 
-use super::mcc::{Matcher, Template};
+use tracing::warn;
+
+use super::{
+    mcc::{Matcher, Template},
+    shortlist::ShortlistIndex,
+};
 
 /// Positions 0..=10 (0 is unused: samples always name their finger).
 const SLOTS: usize = 11;
@@ -30,10 +38,29 @@ pub struct FingerHit {
     pub score: f32,
 }
 
+/// When and how much to shortlist.
+#[derive(Debug, Clone, Copy)]
+pub struct GallerySettings {
+    /// Positions with at least this many templates are searched through the shortlist.
+    pub shortlist_from: usize,
+    /// Fraction of a position's templates the shortlist keeps for the full matcher.
+    pub shortlist_fraction: f64,
+    /// Fewest templates the shortlist keeps.
+    pub shortlist_min: usize,
+}
+
+impl Default for GallerySettings {
+    fn default() -> Self {
+        Self { shortlist_from: 50_000, shortlist_fraction: 0.02, shortlist_min: 1_000 }
+    }
+}
+
 /// Finger templates by position, with removal by template id.
 #[derive(Debug, Default)]
 pub struct FingerGallery {
+    settings: GallerySettings,
     by_position: [Vec<Entry>; SLOTS],
+    shortlists: [ShortlistIndex; SLOTS],
     /// template id -> (position, index in `by_position`).
     slots: HashMap<i64, (usize, usize)>,
     /// subject -> its template ids.
@@ -42,8 +69,8 @@ pub struct FingerGallery {
 
 impl FingerGallery {
     /// An empty gallery.
-    pub fn new() -> Self {
-        Self::default()
+    pub fn new(settings: GallerySettings) -> Self {
+        Self { settings, ..Self::default() }
     }
 
     /// Templates held.
@@ -60,6 +87,10 @@ impl FingerGallery {
     pub fn add(&mut self, template_id: i64, subject: Arc<str>, position: u8, template: Template) {
         self.remove(&[template_id]);
         let p = usize::from(position).min(SLOTS - 1);
+        if let Err(e) = self.shortlists[p].insert(template_id as u64, &template) {
+            // The template stays searchable exhaustively below the shortlist threshold.
+            warn!(error = %e, "finger template not added to the shortlist index");
+        }
         let list = &mut self.by_position[p];
         self.slots.insert(template_id, (p, list.len()));
         self.subjects.entry(subject.clone()).or_default().push(template_id);
@@ -70,6 +101,7 @@ impl FingerGallery {
     pub fn remove(&mut self, ids: &[i64]) {
         for id in ids {
             let Some((p, i)) = self.slots.remove(id) else { continue };
+            self.shortlists[p].remove(*id as u64);
             let list = &mut self.by_position[p];
             let gone = list.swap_remove(i);
             if let Some(moved) = list.get(i) {
@@ -87,16 +119,19 @@ impl FingerGallery {
     /// The `k` best subjects for a probe of the finger at `position`,
     /// comparing with every template of that position on up to `threads` threads.
     pub fn search(&self, position: u8, probe: &Template, k: usize, threads: usize) -> Vec<FingerHit> {
-        let list = self.by_position.get(usize::from(position)).map_or(&[][..], Vec::as_slice);
-        let threads = if list.len() < PARALLEL_FROM { 1 } else { threads.clamp(1, 64) };
-        let chunk = list.len().div_ceil(threads).max(1);
-        let mut hits: Vec<FingerHit> = if threads == 1 {
-            scan(list, probe)
+        let p = usize::from(position).min(SLOTS - 1);
+        let list = self.by_position[p].as_slice();
+        let mut hits = if list.len() >= self.settings.shortlist_from {
+            let n = ((list.len() as f64 * self.settings.shortlist_fraction) as usize).max(self.settings.shortlist_min);
+            let picked: Vec<&Entry> = self.shortlists[p]
+                .search(probe, n)
+                .into_iter()
+                .filter_map(|key| self.slots.get(&(key as i64)))
+                .filter_map(|&(_, i)| list.get(i))
+                .collect();
+            compare_all(&picked, probe, threads)
         } else {
-            thread::scope(|s| {
-                let parts: Vec<_> = list.chunks(chunk).map(|c| s.spawn(move || scan(c, probe))).collect();
-                parts.into_iter().flat_map(|h| h.join().unwrap_or_default()).collect()
-            })
+            compare_all(&list.iter().collect::<Vec<_>>(), probe, threads)
         };
         best_per_subject(&mut hits, k)
     }
@@ -119,7 +154,20 @@ impl FingerGallery {
     }
 }
 
-fn scan(entries: &[Entry], probe: &Template) -> Vec<FingerHit> {
+/// The full matcher over `entries`, on up to `threads` threads.
+fn compare_all(entries: &[&Entry], probe: &Template, threads: usize) -> Vec<FingerHit> {
+    let threads = if entries.len() < PARALLEL_FROM { 1 } else { threads.clamp(1, 64) };
+    if threads == 1 {
+        return scan(entries, probe);
+    }
+    let chunk = entries.len().div_ceil(threads).max(1);
+    thread::scope(|s| {
+        let parts: Vec<_> = entries.chunks(chunk).map(|c| s.spawn(move || scan(c, probe))).collect();
+        parts.into_iter().flat_map(|h| h.join().unwrap_or_default()).collect()
+    })
+}
+
+fn scan(entries: &[&Entry], probe: &Template) -> Vec<FingerHit> {
     let mut matcher = Matcher::new();
     entries
         .iter()
@@ -163,7 +211,7 @@ mod tests {
 
     #[test]
     fn finds_the_same_print_and_forgets_removed_ones() {
-        let mut g = FingerGallery::new();
+        let mut g = FingerGallery::new(GallerySettings::default());
         for i in 0..50 {
             g.add(i, format!("s{}", i / 2).into(), if i % 2 == 0 { 1 } else { 2 }, print(i as u64));
         }
@@ -180,5 +228,49 @@ mod tests {
         g.remove(&[48]);
         assert_eq!(g.score_subject("s24", 1, &print(48)), None);
         assert_eq!(g.len(), 48);
+    }
+}
+
+#[cfg(test)]
+mod shortlist_tests {
+    use super::*;
+    use crate::finger::mcc::Minutia;
+
+    #[test]
+    fn the_shortlist_path_finds_a_rotated_copy_and_not_removed_ones() {
+        let settings = GallerySettings { shortlist_from: 100, shortlist_fraction: 0.05, shortlist_min: 10 };
+        let mut g = FingerGallery::new(settings);
+        let random = |seed: u64| -> Vec<Minutia> {
+            let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+            let mut next = move || {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                (state >> 40) as f32 / (1u64 << 24) as f32
+            };
+            (0..40)
+                .map(|_| Minutia {
+                    x: 30.0 + 240.0 * next(),
+                    y: 30.0 + 340.0 * next(),
+                    angle: std::f32::consts::TAU * next(),
+                })
+                .collect()
+        };
+        for i in 0..300 {
+            g.add(i, format!("s{i}").into(), 4, Template::new(&random(i as u64 + 1)));
+        }
+        // Rotated by 0.3 rad about the centre and shifted.
+        let (sn, cs) = 0.3f32.sin_cos();
+        let probe: Vec<Minutia> = random(78)
+            .iter()
+            .map(|m| {
+                let (x, y) = (m.x - 150.0, -(m.y - 200.0));
+                Minutia { x: x * cs - y * sn + 160.0, y: -(x * sn + y * cs) + 190.0, angle: m.angle + 0.3 }
+            })
+            .collect();
+        let probe = Template::new(&probe);
+        assert_eq!(&*g.search(4, &probe, 1, 2)[0].subject, "s77");
+        g.remove(&[77]);
+        assert!(g.search(4, &probe, 5, 2).iter().all(|h| &*h.subject != "s77"));
     }
 }
