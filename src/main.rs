@@ -76,6 +76,9 @@ enum Command {
         /// With several faces in an image, enroll the largest, most central one.
         #[arg(long)]
         largest_face: bool,
+        /// Named gallery (watchlist) to add the subject to (repeatable).
+        #[arg(long = "gallery")]
+        galleries: Vec<String>,
         #[command(flatten)]
         client: Client,
     },
@@ -89,6 +92,9 @@ enum Command {
         /// False-positive identification rate the decision targets (0: the server's default).
         #[arg(long, default_value_t = 0.0)]
         target_fpir: f64,
+        /// Search only the members of this named gallery.
+        #[arg(long)]
+        gallery: Option<String>,
         #[command(flatten)]
         client: Client,
     },
@@ -257,11 +263,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let listener = tokio::net::TcpListener::bind(config.server.listen).await?;
             server::serve(config, listener, server::shutdown_signal()).await
         }
-        Command::Enroll { subject, samples, add_encounter, largest_face, client } => {
-            cli::enroll(&opts(client), subject, &samples.into(), add_encounter, largest_face).await
+        Command::Enroll { subject, samples, add_encounter, largest_face, galleries, client } => {
+            cli::enroll(&opts(client), subject, &samples.into(), add_encounter, largest_face, galleries).await
         }
-        Command::Identify { samples, top, target_fpir, client } => {
-            cli::identify(&opts(client), &samples.into(), top, target_fpir).await
+        Command::Identify { samples, top, target_fpir, gallery, client } => {
+            cli::identify(&opts(client), &samples.into(), top, target_fpir, gallery).await
         }
         Command::Verify { subject, samples, target_fmr, client } => {
             cli::verify(&opts(client), subject, &samples.into(), target_fmr).await

@@ -115,3 +115,38 @@ async fn every_supported_format_and_grayscale() {
     }
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn named_gallery_restricts_the_search() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = TestServer::start(config(dir.path(), &[])).await;
+    let mut c = server.client.clone();
+    let mut req = enroll_req("obama", vec![face_image(fixture("obama3.jpg"))]);
+    req.galleries = vec!["watch".into()];
+    c.enroll(req).await.expect("enroll");
+    c.enroll(enroll_req("biden", vec![face_image(fixture("biden.jpg"))])).await.expect("enroll");
+    let s = c.get_subject(pb::GetSubjectRequest { subject_id: "obama".into() }).await.expect("get").into_inner();
+    assert_eq!(s.galleries, vec!["watch".to_owned()]);
+
+    let search = |file: &str, gallery: &str| {
+        let mut r = identify_req(vec![face_image(fixture(file))]);
+        r.gallery = gallery.into();
+        r
+    };
+    let r = c.identify(search("obama2.jpg", "watch")).await.expect("identify").into_inner();
+    assert_eq!(r.candidates[0].subject_id, "obama");
+    assert!(r.decision.expect("decision").r#match);
+    // Biden is enrolled but not on the watchlist: never a candidate there.
+    let r = c.identify(search("biden.jpg", "watch")).await.expect("identify").into_inner();
+    assert!(r.candidates.iter().all(|c| c.subject_id != "biden"), "{:?}", r.candidates);
+    let d = r.decision.expect("decision");
+    assert!(!d.r#match);
+    assert!(d.threshold_basis.contains("over 1 subject"), "{}", d.threshold_basis);
+    let e = c.identify(search("biden.jpg", "nobody-here")).await.expect_err("unknown gallery");
+    assert_eq!((e.code(), crate::common::reason(&e).as_str()), (tonic::Code::NotFound, "GALLERY_NOT_FOUND"));
+    // Deleting a member empties the watchlist.
+    c.delete(pb::DeleteRequest { subject_id: "obama".into() }).await.expect("delete");
+    let e = c.identify(search("obama2.jpg", "watch")).await.expect_err("empty gallery");
+    assert_eq!(e.code(), tonic::Code::NotFound);
+    server.stop().await;
+}

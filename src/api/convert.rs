@@ -62,8 +62,8 @@ fn samples_from_pb(samples: Vec<pb::Sample>) -> Result<Vec<Sample>, EngineError>
 impl TryFrom<pb::EnrollRequest> for EnrollRequest {
     type Error = EngineError;
     fn try_from(r: pb::EnrollRequest) -> Result<Self, EngineError> {
-        let pb::EnrollRequest { subject_id, samples, add_encounter, use_main_face } = r;
-        Ok(Self { subject_id, samples: samples_from_pb(samples)?, add_encounter, use_main_face })
+        let pb::EnrollRequest { subject_id, samples, add_encounter, use_main_face, galleries } = r;
+        Ok(Self { subject_id, samples: samples_from_pb(samples)?, add_encounter, use_main_face, galleries })
     }
 }
 
@@ -176,6 +176,7 @@ impl From<SubjectRecord> for pb::Subject {
         Self {
             subject_id: s.subject_id,
             created_unix_ms: s.created_ms,
+            galleries: s.galleries,
             encounters: s
                 .encounters
                 .into_iter()

@@ -90,16 +90,34 @@ pub async fn enroll(
     s: &SampleArgs,
     add_encounter: bool,
     largest_face: bool,
+    galleries: Vec<String>,
 ) -> anyhow::Result<()> {
-    let req =
-        pb::EnrollRequest { subject_id: subject, samples: samples(s)?, add_encounter, use_main_face: largest_face };
+    let req = pb::EnrollRequest {
+        subject_id: subject,
+        samples: samples(s)?,
+        add_encounter,
+        use_main_face: largest_face,
+        galleries,
+    };
     let r = connect(&o.server).await?.enroll(req).await.map_err(|e| status_error(&e))?.into_inner();
     output::enroll(o.json, &r)
 }
 
 /// `cotejo identify`.
-pub async fn identify(o: &ClientOpts, s: &SampleArgs, top: u32, target_fpir: f64) -> anyhow::Result<()> {
-    let req = pb::IdentifyRequest { samples: samples(s)?, max_candidates: top, target_fpir, ..Default::default() };
+pub async fn identify(
+    o: &ClientOpts,
+    s: &SampleArgs,
+    top: u32,
+    target_fpir: f64,
+    gallery: Option<String>,
+) -> anyhow::Result<()> {
+    let req = pb::IdentifyRequest {
+        samples: samples(s)?,
+        max_candidates: top,
+        target_fpir,
+        gallery: gallery.unwrap_or_default(),
+        ..Default::default()
+    };
     let r = connect(&o.server).await?.identify(req).await.map_err(|e| status_error(&e))?.into_inner();
     output::identify(o.json, &r)
 }

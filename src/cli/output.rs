@@ -167,7 +167,10 @@ pub(super) fn stats(as_json: bool, r: &pb::StatsResponse) -> anyhow::Result<()> 
     }
     println!("subjects {}  encounters {}  face templates {face}  finger templates {finger}", r.subjects, r.encounters);
     for m in &r.models {
-        println!("  model {} ({}, {} dims)", m.model_id, modality(m.modality), m.dimension);
+        match m.dimension {
+            0 => println!("  model {} ({} minutiae)", m.model_id, modality(m.modality)),
+            d => println!("  model {} ({}, {d} dims)", m.model_id, modality(m.modality)),
+        }
     }
     Ok(())
 }

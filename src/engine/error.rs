@@ -38,6 +38,9 @@ pub enum EngineError {
     /// No such subject.
     #[error("subject {0:?} not found")]
     SubjectNotFound(String),
+    /// A named gallery nobody was enrolled into.
+    #[error("gallery {0:?} has no members")]
+    GalleryNotFound(String),
     /// The subject has no template the probe can be compared with.
     #[error("subject {subject_id:?} has no {modality} template of model {model_id:?}")]
     NothingToCompare { subject_id: String, modality: String, model_id: String },

@@ -25,7 +25,7 @@ impl Engine {
         let IdentifyRequest { samples, max_candidates, target_fpir, subject_ids, gallery } = req;
         let target_fpir = Self::target("target_fpir", target_fpir, self.decision.target_fpir)?;
         if !gallery.is_empty() {
-            return Err(EngineError::NotSupported { field: "gallery".into(), what: "named galleries".into() });
+            super::validate_name(&gallery).map_err(|reason| EngineError::invalid("gallery", reason))?;
         }
         let k = match max_candidates {
             0 => DEFAULT_CANDIDATES,
@@ -41,15 +41,31 @@ impl Engine {
             validate_subject_id(s)
                 .map_err(|_| EngineError::invalid(format!("subject_ids[{i}]"), "not a valid subject id"))?;
         }
+        // A named gallery restricts the search to its members (and to the
+        // listed subjects among them, when both are given).
+        let restriction: Option<HashSet<String>> = if gallery.is_empty() {
+            (!subject_ids.is_empty()).then(|| subject_ids.into_iter().collect())
+        } else {
+            let store = self.store.clone();
+            let name = gallery.clone();
+            let members =
+                tokio::task::spawn_blocking(move || Ok::<_, EngineError>(lock(&store)?.gallery_members(&name)?))
+                    .await??;
+            if members.is_empty() {
+                return Err(EngineError::GalleryNotFound(gallery));
+            }
+            let listed: HashSet<String> = subject_ids.into_iter().collect();
+            Some(members.into_iter().filter(|m| listed.is_empty() || listed.contains(m)).collect())
+        };
         let probes = self.extract_all(&samples, true).await?;
         let set = ProbeSet::new(&probes)?;
         let t = Instant::now();
-        let (raw, n) = if subject_ids.is_empty() {
-            (self.search_gallery(set, k).await?, self.subjects.load(Ordering::Relaxed))
-        } else {
-            let unique: HashSet<String> = subject_ids.into_iter().collect();
-            let n = unique.len() as u64;
-            (self.score_subjects(set, unique).await?, n)
+        let (raw, n) = match restriction {
+            None => (self.search_gallery(set, k).await?, self.subjects.load(Ordering::Relaxed)),
+            Some(subjects) => {
+                let n = subjects.len() as u64;
+                (self.score_subjects(set, subjects).await?, n)
+            }
         };
         let mut candidates: Vec<Candidate> = raw.iter().map(|(s, r)| self.candidate(s.clone(), r)).collect();
         candidates.sort_by(|a, b| b.score.total_cmp(&a.score).then_with(|| a.subject_id.cmp(&b.subject_id)));

@@ -68,8 +68,9 @@ pub struct Engine {
     fingers: Arc<RwLock<FingerGallery>>,
     workers: Workers,
     face_model: FaceModel,
-    /// Id finger templates extracted here record.
+    /// Id finger templates extracted here record, and the model file's sha256.
     finger_model_id: String,
+    finger_model_sha256: String,
     calibrations: Calibrations,
     decision: DecisionConfig,
     finger: FingerConfig,
@@ -93,9 +94,11 @@ impl Engine {
         };
         let workers = Workers::start(&manifest, face, finger, config.inference.workers, config.inference.queue)?;
         let face_model = FaceModel::new(&manifest, config.face.flip_average);
-        let finger_model_id = match &manifest.finger_extractor {
-            Some(x) => format!("{}@{}", x.id, x.file.sha256.get(..12).unwrap_or(&x.file.sha256)),
-            None => template::IMPORTED_MODEL_ID.to_owned(),
+        let (finger_model_id, finger_model_sha256) = match &manifest.finger_extractor {
+            Some(x) => {
+                (format!("{}@{}", x.id, x.file.sha256.get(..12).unwrap_or(&x.file.sha256)), x.file.sha256.clone())
+            }
+            None => (template::IMPORTED_MODEL_ID.to_owned(), String::new()),
         };
         let calibrations = Calibrations::load(&config.models.calibration_dir, &face_model.id)?;
         let store = Store::open(&config.store.data_dir, &config.store.encryption_key)?;
@@ -114,6 +117,7 @@ impl Engine {
             workers,
             face_model,
             finger_model_id,
+            finger_model_sha256,
             calibrations,
             decision: config.decision.clone(),
             finger: config.finger.clone(),
@@ -131,8 +135,14 @@ impl Engine {
 
     /// Stores a subject's samples; durable when this returns.
     pub async fn enroll(&self, req: EnrollRequest) -> Result<EnrollOutcome, EngineError> {
-        let EnrollRequest { subject_id, samples, add_encounter, use_main_face } = req;
+        let EnrollRequest { subject_id, samples, add_encounter, use_main_face, galleries } = req;
         validate_subject_id(&subject_id)?;
+        if galleries.len() > MAX_GALLERIES {
+            return Err(EngineError::invalid("galleries", format!("at most {MAX_GALLERIES} per request")));
+        }
+        for (i, g) in galleries.iter().enumerate() {
+            validate_name(g).map_err(|reason| EngineError::invalid(format!("galleries[{i}]"), reason))?;
+        }
         let probes = self.extract_all(&samples, use_main_face).await?;
         let templates: Vec<_> = probes.iter().map(|p| p.template.clone()).collect();
         // Matcher templates are built before taking any lock.
@@ -155,7 +165,7 @@ impl Engine {
             // Store first, then the indexes, all under the store lock so a
             // concurrent delete cannot slip between them.
             let mut store = lock(&store)?;
-            let enrolled = store.enroll(&sid, add_encounter, &templates)?;
+            let enrolled = store.enroll(&sid, add_encounter, &templates, &galleries)?;
             if !add_encounter {
                 subjects.fetch_add(1, Ordering::Relaxed);
             }
@@ -247,7 +257,7 @@ impl Engine {
         let m = &self.face_model;
         let mut models = vec![(m.id.clone(), Modality::Face, m.dim as u32, m.sha256.clone())];
         if self.workers.fingers() {
-            models.push((self.finger_model_id.clone(), Modality::Finger, 0, String::new()));
+            models.push((self.finger_model_id.clone(), Modality::Finger, 0, self.finger_model_sha256.clone()));
         }
         Ok(Stats { subjects: s.subjects, encounters: s.encounters, templates: s.templates, models })
     }
@@ -257,16 +267,24 @@ fn lock(store: &Mutex<Store>) -> Result<std::sync::MutexGuard<'_, Store>, Engine
     store.lock().map_err(|_| EngineError::Internal("store lock poisoned".into()))
 }
 
+/// Most named galleries one enroll may name.
+const MAX_GALLERIES: usize = 64;
+
 /// Subject ids are opaque to cotejo but must be printable and bounded.
 fn validate_subject_id(id: &str) -> Result<(), EngineError> {
-    if id.is_empty() {
-        return Err(EngineError::invalid("subject_id", "is required"));
+    validate_name(id).map_err(|reason| EngineError::invalid("subject_id", reason))
+}
+
+/// Subject ids and gallery names: 1..=128 bytes, no control characters.
+pub(crate) fn validate_name(name: &str) -> Result<(), &'static str> {
+    if name.is_empty() {
+        return Err("is required");
     }
-    if id.len() > 128 {
-        return Err(EngineError::invalid("subject_id", "is longer than 128 bytes"));
+    if name.len() > 128 {
+        return Err("is longer than 128 bytes");
     }
-    if id.chars().any(char::is_control) {
-        return Err(EngineError::invalid("subject_id", "contains control characters"));
+    if name.chars().any(char::is_control) {
+        return Err("contains control characters");
     }
     Ok(())
 }

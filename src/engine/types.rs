@@ -18,6 +18,8 @@ pub struct EnrollRequest {
     pub add_encounter: bool,
     /// With several faces, use the main one instead of failing.
     pub use_main_face: bool,
+    /// Named galleries the subject joins.
+    pub galleries: Vec<String>,
 }
 
 /// What the engine made of one sample.

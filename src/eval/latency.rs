@@ -45,6 +45,7 @@ pub async fn latency(config: &Config, data: &Path, gallery: usize, mates: usize)
             samples: vec![image_sample(std::fs::read(first)?)],
             add_encounter: false,
             use_main_face: true,
+            galleries: Vec::new(),
         };
         if engine.enroll(req).await.is_ok() {
             enrolled_mates += 1;
@@ -66,6 +67,7 @@ pub async fn latency(config: &Config, data: &Path, gallery: usize, mates: usize)
             }],
             add_encounter: false,
             use_main_face: false,
+            galleries: Vec::new(),
         };
         engine.enroll(req).await?;
     }

@@ -51,6 +51,8 @@ pub struct SubjectRecord {
     pub created_ms: i64,
     /// Encounters, oldest first.
     pub encounters: Vec<EncounterRecord>,
+    /// Named galleries it belongs to.
+    pub galleries: Vec<String>,
 }
 
 /// One enrollment session of a subject.
@@ -116,6 +118,12 @@ CREATE TABLE IF NOT EXISTS templates (
     sealed BLOB NOT NULL
 ) STRICT;
 CREATE INDEX IF NOT EXISTS templates_subject ON templates(subject_id);
+CREATE TABLE IF NOT EXISTS gallery_members (
+    gallery TEXT NOT NULL,
+    subject_id TEXT NOT NULL REFERENCES subjects(subject_id) ON DELETE CASCADE,
+    PRIMARY KEY (gallery, subject_id)
+) STRICT;
+CREATE INDEX IF NOT EXISTS gallery_members_subject ON gallery_members(subject_id);
 CREATE INDEX IF NOT EXISTS templates_model ON templates(modality, model_id);
 ";
 
@@ -156,6 +164,7 @@ impl Store {
         subject_id: &str,
         add_encounter: bool,
         templates: &[NewTemplate],
+        galleries: &[String],
     ) -> Result<Enrolled, StoreError> {
         let now = now_ms();
         let tx = self.conn.transaction()?;
@@ -184,7 +193,14 @@ impl Store {
             )?;
             template_ids.push(tx.last_insert_rowid());
         }
-        let detail = format!("encounter={encounter_id} templates={}", templates.len());
+        for g in galleries {
+            tx.execute(
+                "INSERT OR IGNORE INTO gallery_members (gallery, subject_id) VALUES (?1, ?2)",
+                params![g, subject_id],
+            )?;
+        }
+        let detail =
+            format!("encounter={encounter_id} templates={} galleries={}", templates.len(), galleries.join(","));
         audit::append(&tx, now, "enroll", subject_id, &detail)?;
         tx.commit()?;
         Ok(Enrolled { encounter_id, template_ids })
@@ -236,7 +252,17 @@ impl Store {
                 }
             }
         }
-        Ok(SubjectRecord { subject_id: subject_id.to_owned(), created_ms, encounters })
+        let mut st = self.conn.prepare("SELECT gallery FROM gallery_members WHERE subject_id = ?1 ORDER BY gallery")?;
+        let galleries = st.query_map([subject_id], |r| r.get(0))?.collect::<Result<Vec<String>, _>>()?;
+        Ok(SubjectRecord { subject_id: subject_id.to_owned(), created_ms, encounters, galleries })
+    }
+
+    /// The members of a named gallery (empty when nobody is in it).
+    pub fn gallery_members(&self, gallery: &str) -> Result<Vec<String>, StoreError> {
+        let mut st =
+            self.conn.prepare("SELECT subject_id FROM gallery_members WHERE gallery = ?1 ORDER BY subject_id")?;
+        let members = st.query_map([gallery], |r| r.get(0))?.collect::<Result<Vec<String>, _>>()?;
+        Ok(members)
     }
 
     /// Every template of one subject, decrypted.
@@ -363,17 +389,20 @@ mod tests {
     fn enroll_read_delete() {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut s = Store::open(dir.path(), "").expect("open");
-        let e = s.enroll("alice", false, &[template(1.0)]).expect("enroll");
+        let e = s.enroll("alice", false, &[template(1.0)], &["watch".to_owned()]).expect("enroll");
         assert_eq!(e.template_ids.len(), 1);
-        assert!(matches!(s.enroll("alice", false, &[template(2.0)]), Err(StoreError::SubjectExists(_))));
-        s.enroll("alice", true, &[template(3.0)]).expect("second encounter");
-        assert!(matches!(s.enroll("carol", true, &[template(3.0)]), Err(StoreError::SubjectNotFound(_))));
+        assert!(matches!(s.enroll("alice", false, &[template(2.0)], &[]), Err(StoreError::SubjectExists(_))));
+        s.enroll("alice", true, &[template(3.0)], &[]).expect("second encounter");
+        assert!(matches!(s.enroll("carol", true, &[template(3.0)], &[]), Err(StoreError::SubjectNotFound(_))));
         let ts = s.subject_templates("alice").expect("templates");
         assert_eq!(ts.len(), 2);
         assert_eq!(ts[1].template.data, TemplateData::Embedding(vec![3.0; 4]));
         assert_eq!(s.subject("alice").expect("subject").encounters.len(), 2);
+        assert_eq!(s.subject("alice").expect("subject").galleries, vec!["watch".to_owned()]);
+        assert_eq!(s.gallery_members("watch").expect("members"), vec!["alice".to_owned()]);
         assert_eq!(s.delete_subject("alice").expect("delete").len(), 2);
         assert!(matches!(s.subject("alice"), Err(StoreError::SubjectNotFound(_))));
+        assert!(s.gallery_members("watch").expect("members").is_empty(), "deletion leaves no membership");
         assert_eq!(s.stats().expect("stats").subjects, 0);
         assert_eq!(s.verify_audit().expect("audit"), 3);
     }
@@ -408,7 +437,7 @@ mod tests {
     fn wrong_key_does_not_decrypt() {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut s = Store::open(dir.path(), &"11".repeat(32)).expect("open");
-        s.enroll("bob", false, &[template(1.0)]).expect("enroll");
+        s.enroll("bob", false, &[template(1.0)], &[]).expect("enroll");
         drop(s);
         let s = Store::open(dir.path(), &"22".repeat(32)).expect("open");
         assert!(matches!(s.subject_templates("bob"), Err(StoreError::Crypto)));

@@ -169,7 +169,13 @@ pub(crate) fn face_embedding(model_id: &str, values: Vec<f32>) -> pb::Sample {
 
 /// An enroll request.
 pub(crate) fn enroll_req(subject: &str, samples: Vec<pb::Sample>) -> pb::EnrollRequest {
-    pb::EnrollRequest { subject_id: subject.into(), samples, add_encounter: false, use_main_face: false }
+    pb::EnrollRequest {
+        subject_id: subject.into(),
+        samples,
+        add_encounter: false,
+        use_main_face: false,
+        galleries: Vec::new(),
+    }
 }
 
 /// An identify request for the top 5.
