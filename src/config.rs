@@ -41,6 +41,8 @@ pub struct Config {
     pub finger: FingerConfig,
     /// Decision defaults.
     pub decision: DecisionConfig,
+    /// Batch jobs.
+    pub jobs: JobsConfig,
 }
 
 /// gRPC server settings.
@@ -167,6 +169,20 @@ impl FingerConfig {
     }
 }
 
+/// Batch jobs.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobsConfig {
+    /// Face rows per block (one matrix product against the later rows).
+    pub face_block_rows: usize,
+    /// Finger templates per block.
+    pub finger_block_rows: usize,
+    /// Pause after each block, in milliseconds (throttle beside online traffic).
+    pub block_pause_ms: u64,
+    /// Default target FMR per pair of a de-duplication job.
+    pub target_fmr: f64,
+}
+
 /// Default decision targets (requests may choose their own).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -213,8 +229,11 @@ impl Config {
             return bad("inference.workers and inference.threads must be at least 1");
         }
         let rate = |r: f64| r > 0.0 && r < 1.0;
-        if !rate(self.decision.target_fpir) || !rate(self.decision.target_fmr) {
+        if !rate(self.decision.target_fpir) || !rate(self.decision.target_fmr) || !rate(self.jobs.target_fmr) {
             return bad("decision.target_fpir and decision.target_fmr must be in (0, 1)");
+        }
+        if self.jobs.face_block_rows == 0 || self.jobs.finger_block_rows == 0 {
+            return bad("jobs.face_block_rows and jobs.finger_block_rows must be at least 1");
         }
         if self.finger.search_threads == 0 {
             return bad("finger.search_threads must be at least 1");

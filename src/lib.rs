@@ -13,6 +13,7 @@ pub mod finger;
 pub mod imaging;
 pub mod index;
 pub mod inference;
+pub mod jobs;
 pub mod server;
 pub mod store;
 pub mod telemetry;

@@ -143,6 +143,44 @@ enum Command {
         #[command(flatten)]
         client: Client,
     },
+    /// Find likely duplicate identities: starts a de-duplication job on the
+    /// server (or, with --offline DIR, compares a folder of face images here).
+    Dedup {
+        /// Only these subjects (comma-separated).
+        #[arg(long, value_delimiter = ',')]
+        subjects: Vec<String>,
+        /// Only subjects enrolled from this time (Unix ms).
+        #[arg(long, default_value_t = 0)]
+        enrolled_from: i64,
+        /// Only subjects enrolled before this time (Unix ms).
+        #[arg(long, default_value_t = 0)]
+        enrolled_to: i64,
+        /// Modalities compared: face, finger (repeatable; default both).
+        #[arg(long = "modality")]
+        modalities: Vec<String>,
+        /// False-match rate per pair (0: the server's default).
+        #[arg(long, default_value_t = 0.0)]
+        target_fmr: f64,
+        /// Wait for the end with a progress bar on stderr, then print the results.
+        #[arg(long)]
+        wait: bool,
+        /// Also write the results to this CSV file.
+        #[arg(long)]
+        csv: Option<PathBuf>,
+        /// No server: every face image in this folder is a subject.
+        #[arg(long)]
+        offline: Option<PathBuf>,
+        /// TOML settings file (offline mode).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[command(flatten)]
+        client: Client,
+    },
+    /// A de-duplication job: status, results or cancel.
+    Job {
+        #[command(subcommand)]
+        what: JobCommand,
+    },
     /// Measure the raw-score -> -10*log10(FMR) map of a matcher from impostor
     /// comparisons on labelled data; writes it to models.calibration_dir.
     Calibrate {
@@ -166,6 +204,34 @@ enum Command {
         /// TOML settings file.
         #[arg(long, global = true)]
         config: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum JobCommand {
+    /// State and progress.
+    Status {
+        /// Job id.
+        id: String,
+        #[command(flatten)]
+        client: Client,
+    },
+    /// Pairs and clusters found so far.
+    Results {
+        /// Job id.
+        id: String,
+        /// Also write the results to this CSV file.
+        #[arg(long)]
+        csv: Option<PathBuf>,
+        #[command(flatten)]
+        client: Client,
+    },
+    /// Stop the job.
+    Cancel {
+        /// Job id.
+        id: String,
+        #[command(flatten)]
+        client: Client,
     },
 }
 
@@ -212,6 +278,15 @@ enum EvalCommand {
         #[arg(long, value_enum, default_value_t = eval::FingerSource::Iso)]
         source: eval::FingerSource,
         /// Extraction threads.
+        #[arg(long, default_value_t = 2)]
+        threads: usize,
+    },
+    /// Precision and recall of face de-duplication pairs (every image its own subject).
+    Dedup {
+        /// Folder with LABELS.txt.
+        #[arg(long)]
+        data: PathBuf,
+        /// Worker threads.
         #[arg(long, default_value_t = 2)]
         threads: usize,
     },
@@ -276,6 +351,42 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Delete { subject, client } => cli::delete(&opts(client), subject).await,
         Command::Get { subject, client } => cli::get(&opts(client), subject).await,
         Command::Stats { client } => cli::stats(&opts(client)).await,
+        Command::Dedup {
+            subjects,
+            enrolled_from,
+            enrolled_to,
+            modalities,
+            target_fmr,
+            wait,
+            csv,
+            offline,
+            config,
+            client,
+        } => {
+            if let Some(dir) = offline {
+                let config = Config::load(config.as_deref())?;
+                let fmr = if target_fmr == 0.0 { config.jobs.target_fmr } else { target_fmr };
+                let json = client.json;
+                let (rows, groups) =
+                    tokio::task::spawn_blocking(move || eval::dedup::offline(&config, &dir, fmr, 2)).await??;
+                return cli::print_results(json, &rows, &groups, csv.as_deref());
+            }
+            let args = cli::DedupArgs {
+                subjects,
+                from_ms: enrolled_from,
+                to_ms: enrolled_to,
+                modalities,
+                target_fmr,
+                wait,
+                csv,
+            };
+            cli::dedup(&opts(client), &args).await
+        }
+        Command::Job { what } => match what {
+            JobCommand::Status { id, client } => cli::job_status(&opts(client), id).await,
+            JobCommand::Results { id, csv, client } => cli::job_results(&opts(client), &id, csv.as_deref()).await,
+            JobCommand::Cancel { id, client } => cli::job_cancel(&opts(client), id).await,
+        },
         Command::Calibrate { modality, data, threads, config } => {
             let config = Config::load(config.as_deref())?;
             let path = tokio::task::spawn_blocking(move || match modality {
@@ -298,6 +409,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 }
                 EvalCommand::Fingers { data, source, threads } => {
                     tokio::task::spawn_blocking(move || eval::fingers(&config, &data, source, threads)).await?
+                }
+                EvalCommand::Dedup { data, threads } => {
+                    tokio::task::spawn_blocking(move || eval::dedup::evaluate(&config, &data, threads)).await?
                 }
                 EvalCommand::Latency { data, gallery, queries } => {
                     eval::latency(&config, &data, gallery, queries).await

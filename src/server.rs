@@ -18,7 +18,7 @@ use tonic_health::ServingStatus;
 use tracing::{error, info};
 
 use crate::{
-    api::{BiometricsApi, pb},
+    api::{BiometricsApi, JobsApi, pb},
     config::Config,
     engine::Engine,
 };
@@ -44,6 +44,7 @@ pub async fn serve(
     let max = config.server.max_message_bytes;
     let biometrics =
         pb::biometrics_server::BiometricsServer::new(api).max_decoding_message_size(max).max_encoding_message_size(max);
+    let jobs = pb::jobs_server::JobsServer::new(JobsApi::new(slot.clone()));
 
     // Models load and the index is rebuilt while the socket already answers
     // health checks (NOT_SERVING). A failed start-up ends `serve` with the
@@ -63,6 +64,7 @@ pub async fn serve(
                 }
                 startup_health.set_service_status("", ServingStatus::Serving).await;
                 startup_health.set_serving::<pb::biometrics_server::BiometricsServer<BiometricsApi>>().await;
+                startup_health.set_serving::<pb::jobs_server::JobsServer<JobsApi>>().await;
                 info!("ready");
             }
             Ok(Err(e)) => {
@@ -86,12 +88,14 @@ pub async fn serve(
         info!("shutting down: draining in-flight calls");
         shutdown_health.set_service_status("", ServingStatus::NotServing).await;
         shutdown_health.set_not_serving::<pb::biometrics_server::BiometricsServer<BiometricsApi>>().await;
+        shutdown_health.set_not_serving::<pb::jobs_server::JobsServer<JobsApi>>().await;
         let _ = drained_tx.send(());
     };
     let server = Server::builder()
         .add_service(health_service)
         .add_service(reflection)
         .add_service(biometrics)
+        .add_service(jobs)
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal);
     tokio::pin!(server);
     tokio::select! {

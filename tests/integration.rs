@@ -9,4 +9,5 @@ mod durability;
 mod face;
 mod finger;
 mod health;
+mod jobs;
 mod model_quality;

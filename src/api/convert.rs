@@ -12,7 +12,7 @@ use crate::{
     store::SubjectRecord,
 };
 
-fn modality_from_pb(raw: i32, field: &str) -> Result<Modality, EngineError> {
+pub(super) fn modality_from_pb(raw: i32, field: &str) -> Result<Modality, EngineError> {
     match pb::Modality::try_from(raw) {
         Ok(pb::Modality::Face) => Ok(Modality::Face),
         Ok(pb::Modality::Finger) => Ok(Modality::Finger),

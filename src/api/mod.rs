@@ -3,9 +3,11 @@
 
 mod biometrics;
 mod convert;
+mod jobs;
 mod status;
 
 pub use biometrics::BiometricsApi;
+pub use jobs::JobsApi;
 
 /// Generated protobuf and gRPC code for `cotejo.v1`.
 #[allow(

@@ -78,6 +78,7 @@ fn classify(e: &EngineError) -> (Code, &'static str, Option<String>) {
         EngineError::NotSupported { field, .. } => (FailedPrecondition, "NOT_SUPPORTED", Some(field.clone())),
         EngineError::SubjectExists(_) => (AlreadyExists, "SUBJECT_EXISTS", Some("subject_id".into())),
         EngineError::SubjectNotFound(_) => (NotFound, "SUBJECT_NOT_FOUND", Some("subject_id".into())),
+        EngineError::JobNotFound(_) => (NotFound, "JOB_NOT_FOUND", Some("job_id".into())),
         EngineError::GalleryNotFound(_) => (NotFound, "GALLERY_NOT_FOUND", Some("gallery".into())),
         EngineError::NothingToCompare { .. } => (FailedPrecondition, "NOTHING_TO_COMPARE", None),
         EngineError::NotReady(_) => (Unavailable, "NOT_READY", None),

@@ -2,7 +2,12 @@
 //! human summary or one JSON object. A failure exits non-zero with the
 //! server's message.
 
+mod jobs;
 mod output;
+
+pub use jobs::{
+    DedupArgs, PairRow, cancel as job_cancel, dedup, print_results, results as job_results, status as job_status,
+};
 
 use std::path::{Path, PathBuf};
 

@@ -38,6 +38,9 @@ pub enum EngineError {
     /// No such subject.
     #[error("subject {0:?} not found")]
     SubjectNotFound(String),
+    /// No such job.
+    #[error("job {0:?} not found")]
+    JobNotFound(String),
     /// A named gallery nobody was enrolled into.
     #[error("gallery {0:?} has no members")]
     GalleryNotFound(String),

@@ -226,7 +226,12 @@ impl Engine {
 
     /// Records a search in the audit log (who was matched, never biometric
     /// data): officers' searches must be accountable too.
-    async fn audit(&self, action: &'static str, subject_id: String, detail: String) -> Result<(), EngineError> {
+    pub(super) async fn audit(
+        &self,
+        action: &'static str,
+        subject_id: String,
+        detail: String,
+    ) -> Result<(), EngineError> {
         let store = self.store.clone();
         tokio::task::spawn_blocking(move || Ok(lock(&store)?.audit(action, &subject_id, &detail)?)).await?
     }

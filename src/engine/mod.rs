@@ -3,6 +3,7 @@
 //! pool and inference on the face workers.
 
 mod error;
+mod jobs;
 mod matching;
 mod probe;
 mod types;
@@ -21,7 +22,7 @@ use tracing::{error, info, warn};
 
 use crate::{
     biometric::{Modality, TemplateData},
-    config::{Config, DecisionConfig, FingerConfig},
+    config::{Config, DecisionConfig, FingerConfig, JobsConfig},
     face::FaceSettings,
     finger::{FingerSettings, gallery::FingerGallery, template},
     index::VectorIndex,
@@ -30,6 +31,7 @@ use crate::{
     workers::Workers,
 };
 pub use error::EngineError;
+pub use jobs::{DedupRequest, DuplicatePair, JobStatus};
 pub use scoring::Calibrations;
 pub use types::*;
 
@@ -76,6 +78,8 @@ pub struct Engine {
     finger: FingerConfig,
     /// Enrolled subjects (the N of a gallery search).
     subjects: Arc<AtomicU64>,
+    jobs: jobs::JobRunner,
+    jobs_settings: JobsConfig,
     max_samples: usize,
     max_candidates: usize,
     max_subject_ids: usize,
@@ -110,10 +114,21 @@ impl Engine {
         let fingers = rebuild_fingers(&store, config.finger.gallery())?;
         info!(templates = fingers.len(), "finger gallery rebuilt from the store");
         let subjects = store.stats()?.subjects;
+        let store = Arc::new(Mutex::new(store));
+        let fingers = Arc::new(RwLock::new(fingers));
+        let jobs = jobs::JobRunner::start(
+            store.clone(),
+            fingers.clone(),
+            calibrations.clone(),
+            face_model.id.clone(),
+            config.jobs.clone(),
+        )?;
         Ok(Self {
-            store: Arc::new(Mutex::new(store)),
+            store,
             gallery: Arc::new(RwLock::new(gallery)),
-            fingers: Arc::new(RwLock::new(fingers)),
+            fingers,
+            jobs,
+            jobs_settings: config.jobs.clone(),
             workers,
             face_model,
             finger_model_id,

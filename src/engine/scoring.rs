@@ -19,8 +19,8 @@ use crate::{
 /// The calibrations decisions use: one per matcher.
 #[derive(Debug, Clone)]
 pub struct Calibrations {
-    face: Calibration,
-    finger: Calibration,
+    pub(super) face: Calibration,
+    pub(super) finger: Calibration,
 }
 
 impl Calibrations {

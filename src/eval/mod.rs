@@ -3,6 +3,7 @@
 //! identify latency at a given gallery size.
 
 pub mod calibrate;
+pub mod dedup;
 mod fingers;
 mod identification;
 mod latency;

@@ -4,6 +4,7 @@
 
 mod audit;
 mod crypto;
+mod jobs;
 
 use std::path::Path;
 
@@ -12,6 +13,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use crate::biometric::{Modality, NewTemplate, StoredTemplate, TemplateData};
 pub use audit::AuditEntry;
 use crypto::Sealer;
+pub use jobs::{JobRecord, PairComponent};
 
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -153,6 +155,7 @@ impl Store {
         conn.pragma_update(None, "foreign_keys", "ON")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         conn.execute_batch(SCHEMA)?;
+        conn.execute_batch(jobs::SCHEMA)?;
         audit::create(&conn)?;
         Ok(Self { conn, sealer, _lock: lock })
     }
@@ -272,6 +275,16 @@ impl Store {
         }
         let mut out = Vec::new();
         self.templates_where("subject_id = ?1", [subject_id], |t| {
+            out.push(t);
+            Ok(())
+        })?;
+        Ok(out)
+    }
+
+    /// Every template of a modality with an id up to `max_id`, decrypted, in id order.
+    pub fn templates_up_to(&self, modality: Modality, max_id: i64) -> Result<Vec<StoredTemplate>, StoreError> {
+        let mut out = Vec::new();
+        self.templates_where("modality = ?1 AND template_id <= ?2", params![modality.code(), max_id], |t| {
             out.push(t);
             Ok(())
         })?;

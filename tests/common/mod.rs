@@ -101,6 +101,11 @@ pub(crate) async fn wait_serving(url: &str, limit: Duration) {
     }
 }
 
+/// A Jobs client for a server.
+pub(crate) async fn jobs_client(url: &str) -> cotejo::api::pb::jobs_client::JobsClient<Channel> {
+    cotejo::api::pb::jobs_client::JobsClient::connect(url.to_owned()).await.expect("connect jobs")
+}
+
 /// The `cotejo` binary as a child process serving on a free port.
 pub(crate) struct ChildServer {
     pub(crate) url: String,
@@ -110,6 +115,11 @@ pub(crate) struct ChildServer {
 impl ChildServer {
     /// Starts `cotejo serve` on `data_dir` and waits until it serves.
     pub(crate) async fn start(data_dir: &Path) -> Self {
+        Self::start_with(data_dir, &[]).await
+    }
+
+    /// Like [`ChildServer::start`] with extra `COTEJO__` settings.
+    pub(crate) async fn start_with(data_dir: &Path, env: &[(&str, &str)]) -> Self {
         // Reserve a free port, release it, hand it to the child.
         let port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
         let child = Command::new(env!("CARGO_BIN_EXE_cotejo"))
@@ -117,6 +127,7 @@ impl ChildServer {
             .arg(data_dir)
             .env("COTEJO__MODELS__DIR", models_dir())
             .env("COTEJO__LOG__FILTER", "warn")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .spawn()
             .expect("spawn cotejo serve");

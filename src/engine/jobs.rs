@@ -1,0 +1,402 @@
+//! De-duplication jobs: started, queried and cancelled through the engine,
+//! run by one background thread at the lowest CPU priority (SCHED_IDLE), so
+//! online Identify traffic keeps the cores. A job is stored; a restarted
+//! server resumes every queued or running job where it stopped.
+
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    sync::{Arc, Mutex, RwLock},
+    time::{Duration, Instant},
+};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use ndarray::Array2;
+use tracing::{error, info, warn};
+
+use super::{Calibrations, Candidate, Engine, EngineError, lock, scoring::RawScores, validate_name};
+use crate::{
+    biometric::{Modality, TemplateData},
+    config::JobsConfig,
+    finger::{gallery::FingerGallery, template},
+    jobs::{Block, DedupParams, Scope, clusters, component_name, face_block, parse_component, plan},
+    store::{JobRecord, PairComponent, Store},
+};
+
+/// Largest subject list a job may name.
+const MAX_SCOPE_SUBJECTS: usize = 1_000_000;
+/// Finger hits kept per searched template.
+const FINGER_HITS: usize = 64;
+
+/// A job's state and progress.
+#[derive(Debug, Clone)]
+pub struct JobStatus {
+    /// The stored record.
+    pub record: JobRecord,
+    /// Blocks per second since this server (re)started it.
+    pub rate: f64,
+    /// Estimated seconds left.
+    pub eta: f64,
+    /// Pairs above the threshold so far.
+    pub pairs: u64,
+    /// The threshold and its basis.
+    pub threshold: f64,
+    /// Why this threshold.
+    pub basis: String,
+    /// Subjects and templates in scope (0 until started).
+    pub subjects: u64,
+    /// Templates in scope.
+    pub templates: u64,
+}
+
+/// A candidate duplicate: two subjects and their fused calibrated score.
+#[derive(Debug, Clone)]
+pub struct DuplicatePair {
+    /// The pair as a candidate (subject id `b`, scores) of `a`.
+    pub a: String,
+    /// The other subject and the scores.
+    pub candidate: Candidate,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct Progress {
+    started: Option<Instant>,
+    blocks_since_start: u64,
+    subjects: u64,
+    templates: u64,
+}
+
+/// The engine's handle on the runner thread; dropping it lets the thread
+/// end once its current job is done.
+#[derive(Debug)]
+pub(super) struct JobRunner {
+    progress: Arc<Mutex<HashMap<i64, Progress>>>,
+    wake: Sender<()>,
+}
+
+/// What the runner thread needs.
+#[derive(Debug, Clone)]
+struct Worker {
+    store: Arc<Mutex<Store>>,
+    fingers: Arc<RwLock<FingerGallery>>,
+    calibrations: Calibrations,
+    face_model_id: String,
+    settings: JobsConfig,
+    progress: Arc<Mutex<HashMap<i64, Progress>>>,
+}
+
+impl JobRunner {
+    /// Starts the runner thread; it first resumes the stored unfinished jobs.
+    pub(super) fn start(
+        store: Arc<Mutex<Store>>,
+        fingers: Arc<RwLock<FingerGallery>>,
+        calibrations: Calibrations,
+        face_model_id: String,
+        settings: JobsConfig,
+    ) -> Result<Self, EngineError> {
+        let (wake, rx) = crossbeam_channel::bounded(16);
+        let progress = Arc::new(Mutex::new(HashMap::new()));
+        let worker = Worker { store, fingers, calibrations, face_model_id, settings, progress: progress.clone() };
+        std::thread::Builder::new()
+            .name("jobs-runner".into())
+            .spawn(move || worker.run(&rx))
+            .map_err(|e| EngineError::Internal(format!("cannot start the job runner: {e}")))?;
+        Ok(Self { progress, wake })
+    }
+}
+
+impl Worker {
+    fn run(&self, rx: &Receiver<()>) {
+        lower_priority();
+        loop {
+            let pending = match lock(&self.store).and_then(|s| Ok(s.unfinished_jobs()?)) {
+                Ok(p) => p,
+                Err(e) => {
+                    error!(error = %e, "cannot list jobs");
+                    Vec::new()
+                }
+            };
+            for id in pending {
+                if let Err(e) = self.run_job(id) {
+                    error!(job = id, error = %e, "job failed");
+                    if let Ok(mut s) = lock(&self.store) {
+                        let _ = s.set_job_state(id, "failed", &e.to_string());
+                    }
+                }
+            }
+            match rx.recv_timeout(Duration::from_secs(5)) {
+                Ok(()) | Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => return,
+            }
+        }
+    }
+
+    fn run_job(&self, id: i64) -> Result<(), EngineError> {
+        let rec = lock(&self.store)?.job(id)?.ok_or_else(|| EngineError::Internal("job vanished".into()))?;
+        let params: DedupParams = serde_json::from_str(&rec.params)
+            .map_err(|e| EngineError::Internal(format!("job {id} parameters: {e}")))?;
+        lock(&self.store)?.set_job_state(id, "running", "")?;
+        let scope = self.scope_subjects(&params.scope)?;
+        let in_scope = |s: &str| scope.as_ref().is_none_or(|set| set.contains(s));
+        // The job's data: templates enrolled before it started, in scope.
+        let (faces, fingers) = {
+            let store = lock(&self.store)?;
+            let faces = if params.faces { store.templates_up_to(Modality::Face, rec.max_template_id)? } else { vec![] };
+            let fingers =
+                if params.fingers { store.templates_up_to(Modality::Finger, rec.max_template_id)? } else { vec![] };
+            (faces, fingers)
+        };
+        let faces: Vec<(String, Vec<f32>)> = faces
+            .into_iter()
+            .filter(|t| t.template.model_id == self.face_model_id && in_scope(&t.subject_id))
+            .filter_map(|t| match t.template.data {
+                TemplateData::Embedding(v) => Some((t.subject_id, v)),
+                TemplateData::Minutiae(_) => None,
+            })
+            .collect();
+        let fingers: Vec<_> = fingers
+            .into_iter()
+            .filter(|t| in_scope(&t.subject_id))
+            .filter_map(|t| match &t.template.data {
+                TemplateData::Minutiae(iso) => template::matcher_template(iso.as_slice())
+                    .ok()
+                    .map(|m| (t.template_id, t.subject_id.clone(), t.template.finger_position, m)),
+                TemplateData::Embedding(_) => None,
+            })
+            .collect();
+        let subjects: HashSet<&str> =
+            faces.iter().map(|f| f.0.as_str()).chain(fingers.iter().map(|f| f.1.as_str())).collect();
+        let blocks = plan(faces.len(), fingers.len(), self.settings.face_block_rows, self.settings.finger_block_rows);
+        lock(&self.store)?.set_job_total(id, blocks.len() as u64)?;
+        let done = lock(&self.store)?.finished_blocks(id)?;
+        if let Ok(mut p) = self.progress.lock() {
+            p.insert(
+                id,
+                Progress {
+                    started: Some(Instant::now()),
+                    blocks_since_start: 0,
+                    subjects: subjects.len() as u64,
+                    templates: (faces.len() + fingers.len()) as u64,
+                },
+            );
+        }
+        info!(job = id, blocks = blocks.len(), already_done = done.len(), "dedup job running");
+        // Pairs are stored from a lower bar than the decision's, so that
+        // fusing modalities can lift a pair whose single scores fall short.
+        let keep_fmr = (params.target_fmr * 10.0).min(0.01);
+        let face_bar = self.calibrations.face.raw_for_fmr(keep_fmr) as f32;
+        let finger_bar = self.calibrations.finger.raw_for_fmr(keep_fmr) as f32;
+        let dim = faces.first().map_or(0, |f| f.1.len());
+        let matrix = Array2::from_shape_vec((faces.len(), dim), faces.iter().flat_map(|f| f.1.clone()).collect())
+            .map_err(|e| EngineError::Internal(format!("face matrix: {e}")))?;
+        for (i, block) in blocks.iter().enumerate() {
+            if done.contains(&(i as u64)) {
+                continue;
+            }
+            if lock(&self.store)?.job(id)?.is_none_or(|j| j.state != "running") {
+                info!(job = id, "job cancelled");
+                return Ok(());
+            }
+            let mut pairs = Vec::new();
+            match *block {
+                Block::Faces { start, end } => {
+                    for (a, b, score) in face_block(matrix.view(), start, end, face_bar) {
+                        push_pair(&mut pairs, &faces[a].0, &faces[b].0, "face".into(), f64::from(score));
+                    }
+                }
+                Block::Fingers { start, end } => {
+                    let gallery = self.fingers.read().map_err(|_| EngineError::Internal("finger lock".into()))?;
+                    for (own_id, subject, position, t) in &fingers[start..end] {
+                        for h in gallery.search(*position, t, FINGER_HITS, 1) {
+                            if h.template_id == *own_id
+                                || h.template_id > rec.max_template_id
+                                || h.score < finger_bar
+                                || !in_scope(&h.subject)
+                            {
+                                continue;
+                            }
+                            let component = component_name(Modality::Finger, *position);
+                            push_pair(&mut pairs, subject, &h.subject, component, f64::from(h.score));
+                        }
+                    }
+                }
+            }
+            lock(&self.store)?.finish_block(id, i as u64, &pairs)?;
+            if let Ok(mut p) = self.progress.lock()
+                && let Some(p) = p.get_mut(&id)
+            {
+                p.blocks_since_start += 1;
+            }
+            if self.settings.block_pause_ms > 0 {
+                std::thread::sleep(Duration::from_millis(self.settings.block_pause_ms));
+            }
+        }
+        lock(&self.store)?.set_job_state(id, "done", "")?;
+        info!(job = id, "dedup job done");
+        Ok(())
+    }
+
+    fn scope_subjects(&self, scope: &Scope) -> Result<Option<HashSet<String>>, EngineError> {
+        Ok(match scope {
+            Scope::All => None,
+            Scope::Subjects(ids) => Some(ids.iter().cloned().collect()),
+            Scope::Enrolled { from_ms, to_ms } => {
+                Some(lock(&self.store)?.subjects_created(*from_ms, *to_ms)?.into_iter().collect())
+            }
+        })
+    }
+}
+
+/// Records a pair once, ordered `a < b`; same-subject pairs are not duplicates.
+fn push_pair(out: &mut Vec<PairComponent>, x: &str, y: &str, component: String, raw: f64) {
+    if x == y {
+        return;
+    }
+    let (a, b) = if x < y { (x, y) } else { (y, x) };
+    out.push(PairComponent { a: a.to_owned(), b: b.to_owned(), component, raw });
+}
+
+/// SCHED_IDLE: the job only gets CPU time nothing else wants.
+fn lower_priority() {
+    use thread_priority::{
+        NormalThreadSchedulePolicy, ThreadPriority, ThreadSchedulePolicy, set_thread_priority_and_policy,
+        thread_native_id,
+    };
+    let idle = ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Idle);
+    let zero = ThreadPriority::Crossplatform(0u8.try_into().unwrap_or_default());
+    if let Err(e) = set_thread_priority_and_policy(thread_native_id(), zero, idle) {
+        warn!(error = ?e, "cannot lower the job runner's priority; jobs run at normal priority");
+    }
+}
+
+/// A job request as the engine takes it.
+#[derive(Debug, Clone)]
+pub struct DedupRequest {
+    /// Subjects covered.
+    pub scope: Scope,
+    /// Modalities compared (empty: all).
+    pub modalities: Vec<Modality>,
+    /// Target FMR (0: default).
+    pub target_fmr: f64,
+}
+
+impl Engine {
+    /// Queues a de-duplication job.
+    pub async fn start_dedup(&self, req: DedupRequest) -> Result<JobStatus, EngineError> {
+        let DedupRequest { scope, modalities, target_fmr } = req;
+        let target_fmr = Self::target("target_fmr", target_fmr, self.jobs_settings.target_fmr)?;
+        if let Scope::Subjects(ids) = &scope {
+            if ids.is_empty() || ids.len() > MAX_SCOPE_SUBJECTS {
+                return Err(EngineError::invalid("subjects.subject_ids", "1 to 1,000,000 subject ids"));
+            }
+            for (i, s) in ids.iter().enumerate() {
+                validate_name(s).map_err(|r| EngineError::invalid(format!("subjects.subject_ids[{i}]"), r))?;
+            }
+        }
+        if let Scope::Enrolled { from_ms, to_ms } = scope
+            && to_ms != 0
+            && to_ms <= from_ms
+        {
+            return Err(EngineError::invalid("enrolled", "to_unix_ms must be after from_unix_ms"));
+        }
+        let all = modalities.is_empty();
+        let params = DedupParams {
+            scope,
+            faces: all || modalities.contains(&Modality::Face),
+            fingers: all || modalities.contains(&Modality::Finger),
+            target_fmr,
+        };
+        let json = serde_json::to_string(&params).map_err(|e| EngineError::Internal(e.to_string()))?;
+        let store = self.store.clone();
+        let rec = tokio::task::spawn_blocking(move || Ok::<_, EngineError>(lock(&store)?.create_job("dedup", &json)?))
+            .await??;
+        self.audit("dedup", String::new(), format!("job={} target_fmr={target_fmr}", rec.job_id)).await?;
+        let _ = self.jobs.wake.try_send(());
+        self.job_status(rec).await
+    }
+
+    /// A job's state.
+    pub async fn job(&self, job_id: String) -> Result<JobStatus, EngineError> {
+        let rec = self.job_record(&job_id).await?;
+        self.job_status(rec).await
+    }
+
+    /// Cancels a queued or running job.
+    pub async fn cancel_job(&self, job_id: String) -> Result<JobStatus, EngineError> {
+        let rec = self.job_record(&job_id).await?;
+        let store = self.store.clone();
+        let id = rec.job_id;
+        tokio::task::spawn_blocking(move || Ok::<_, EngineError>(lock(&store)?.cancel_job(id)?)).await??;
+        self.job(job_id).await
+    }
+
+    /// A job's pairs above its threshold (best first) and the clusters they form.
+    pub async fn job_results(&self, job_id: String) -> Result<(Vec<DuplicatePair>, Vec<Vec<String>>), EngineError> {
+        let rec = self.job_record(&job_id).await?;
+        let (pairs, _) = self.fused_pairs(&rec).await?;
+        let groups = clusters(pairs.iter().map(|p| (p.a.as_str(), p.candidate.subject_id.as_str())));
+        Ok((pairs, groups))
+    }
+
+    async fn job_record(&self, job_id: &str) -> Result<JobRecord, EngineError> {
+        let id: i64 = job_id.parse().map_err(|_| EngineError::invalid("job_id", "not a job id"))?;
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || Ok::<_, EngineError>(lock(&store)?.job(id)?))
+            .await??
+            .ok_or_else(|| EngineError::JobNotFound(job_id.to_owned()))
+    }
+
+    /// The stored pair components fused per pair, kept at or above the threshold.
+    async fn fused_pairs(&self, rec: &JobRecord) -> Result<(Vec<DuplicatePair>, f64), EngineError> {
+        let params: DedupParams =
+            serde_json::from_str(&rec.params).map_err(|e| EngineError::Internal(format!("job parameters: {e}")))?;
+        let threshold = -10.0 * params.target_fmr.log10();
+        let store = self.store.clone();
+        let id = rec.job_id;
+        let components =
+            tokio::task::spawn_blocking(move || Ok::<_, EngineError>(lock(&store)?.job_pairs(id)?)).await??;
+        let mut by_pair: BTreeMap<(String, String), RawScores> = BTreeMap::new();
+        for c in components {
+            if let Some(component) = parse_component(&c.component) {
+                by_pair.entry((c.a, c.b)).or_default().insert(component, c.raw);
+            }
+        }
+        let mut out: Vec<DuplicatePair> = by_pair
+            .into_iter()
+            .map(|((a, b), raw)| DuplicatePair { a, candidate: self.candidate(b, &raw) })
+            .filter(|p| p.candidate.score >= threshold)
+            .collect();
+        out.sort_by(|x, y| {
+            y.candidate
+                .score
+                .total_cmp(&x.candidate.score)
+                .then_with(|| (&x.a, &x.candidate.subject_id).cmp(&(&y.a, &y.candidate.subject_id)))
+        });
+        Ok((out, threshold))
+    }
+
+    async fn job_status(&self, record: JobRecord) -> Result<JobStatus, EngineError> {
+        let (pairs, threshold) = self.fused_pairs(&record).await?;
+        let params: DedupParams =
+            serde_json::from_str(&record.params).map_err(|e| EngineError::Internal(format!("job parameters: {e}")))?;
+        let p = self.jobs.progress.lock().ok().and_then(|p| p.get(&record.job_id).copied()).unwrap_or_default();
+        let secs = p.started.map_or(0.0, |s| s.elapsed().as_secs_f64());
+        let rate = if secs > 0.0 { p.blocks_since_start as f64 / secs } else { 0.0 };
+        let left = record.total.saturating_sub(record.done) as f64;
+        let eta = if rate > 0.0 && record.state == "running" { left / rate } else { 0.0 };
+        let basis = format!(
+            "target FMR {} per pair: threshold {threshold:.2} on the fused calibrated score -10*log10(FMR) \
+             (faces and fingers fused with Fisher's method)",
+            params.target_fmr
+        );
+        Ok(JobStatus {
+            record,
+            rate,
+            eta,
+            pairs: pairs.len() as u64,
+            threshold,
+            basis,
+            subjects: p.subjects,
+            templates: p.templates,
+        })
+    }
+}
