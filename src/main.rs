@@ -301,6 +301,9 @@ enum EvalCommand {
         /// Real identities enrolled and then searched.
         #[arg(long, default_value_t = 200)]
         queries: usize,
+        /// Measure again while a face dedup job runs over the gallery.
+        #[arg(long)]
+        with_dedup_job: bool,
     },
 }
 
@@ -413,8 +416,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 EvalCommand::Dedup { data, threads } => {
                     tokio::task::spawn_blocking(move || eval::dedup::evaluate(&config, &data, threads)).await?
                 }
-                EvalCommand::Latency { data, gallery, queries } => {
-                    eval::latency(&config, &data, gallery, queries).await
+                EvalCommand::Latency { data, gallery, queries, with_dedup_job } => {
+                    eval::latency(&config, &data, gallery, queries, with_dedup_job).await
                 }
             }
         }
