@@ -4,7 +4,7 @@
 //! searches (faiss `IndexFlatIP`, one query at a time, k = 10: what N
 //! Identify calls would cost), measured in the same process.
 //!
-//! Run: `cargo bench --bench dedup -- --n 100000` (all blocks) or
+//! Run: `cargo bench --bench dedup -- --n 100000 --threads 1` (all blocks) or
 //! `cargo bench --bench dedup -- --n 1000000 --sample-blocks 24` (a sample of
 //! evenly spaced blocks; the total is extrapolated from the measured time per
 //! comparison, since a block's cost is its rows times the rows after it).
@@ -24,6 +24,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut block = 512usize;
     let mut sample = 0usize;
     let mut baseline_queries = 300usize;
+    let mut threads = 1usize;
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
         if flag == "--bench" {
@@ -36,6 +37,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "--block" => block = value()?.parse()?,
             "--sample-blocks" => sample = value()?.parse()?,
             "--baseline-queries" => baseline_queries = value()?.parse()?,
+            "--threads" => threads = value()?.parse()?,
             other => return Err(format!("unknown option {other}").into()),
         }
     }
@@ -60,7 +62,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let t = Instant::now();
     let (mut pairs, mut measured) = (0usize, 0.0f64);
     for &start in &chosen {
-        pairs += face_block(matrix.view(), start, (start + block).min(n), 0.6).len();
+        pairs += face_block(matrix.view(), start, (start + block).min(n), 0.6, threads).len();
         measured += comparisons(start);
     }
     let secs = t.elapsed().as_secs_f64();
@@ -85,7 +87,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let baseline_secs = per_query * n as f64;
     println!("n {n}, dim {dim}, block {block} rows, {} of {} blocks measured", chosen.len(), blocks.len());
     println!(
-        "blocks of matrix products (1 thread): {secs:.2} s measured for {measured:.3e} comparisons, {:.3e} comparisons/s",
+        "blocks of matrix products ({threads} thread(s)): {secs:.2} s measured for {measured:.3e} comparisons, {:.3e} comparisons/s",
         measured / secs
     );
     println!(

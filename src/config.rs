@@ -173,6 +173,8 @@ impl FingerConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct JobsConfig {
+    /// Threads a job computes on (all at the lowest CPU priority).
+    pub threads: usize,
     /// Face rows per block (one matrix product against the later rows).
     pub face_block_rows: usize,
     /// Finger templates per block.
@@ -232,7 +234,7 @@ impl Config {
         if !rate(self.decision.target_fpir) || !rate(self.decision.target_fmr) || !rate(self.jobs.target_fmr) {
             return bad("decision.target_fpir and decision.target_fmr must be in (0, 1)");
         }
-        if self.jobs.face_block_rows == 0 || self.jobs.finger_block_rows == 0 {
+        if self.jobs.face_block_rows == 0 || self.jobs.finger_block_rows == 0 || self.jobs.threads == 0 {
             return bad("jobs.face_block_rows and jobs.finger_block_rows must be at least 1");
         }
         if self.finger.search_threads == 0 {

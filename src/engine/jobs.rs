@@ -199,7 +199,7 @@ impl Worker {
             let mut pairs = Vec::new();
             match *block {
                 Block::Faces { start, end } => {
-                    for (a, b, score) in face_block(matrix.view(), start, end, face_bar) {
+                    for (a, b, score) in face_block(matrix.view(), start, end, face_bar, self.settings.threads) {
                         push_pair(&mut pairs, &faces[a].0, &faces[b].0, "face".into(), f64::from(score));
                     }
                 }

@@ -55,7 +55,7 @@ fn find(config: &Config, images: &[LabelledImage], target_fmr: f64, threads: usi
     let mut pairs = Vec::new();
     for b in plan(names.len(), 0, 512, 1) {
         if let Block::Faces { start, end } = b {
-            for (i, j, s) in face_block(matrix.view(), start, end, bar) {
+            for (i, j, s) in face_block(matrix.view(), start, end, bar, threads) {
                 pairs.push((i, j, s, cal.db(f64::from(s))));
             }
         }

@@ -72,21 +72,49 @@ pub fn plan(faces: usize, fingers: usize, face_rows: usize, finger_rows: usize) 
     out
 }
 
+/// Columns per tile of a block's product (keeps the score tile near the cache).
+const TILE: usize = 4096;
+
 /// Pairs `(i, j, cosine)` with `start <= i < end`, `i < j`, cosine >= `threshold`,
-/// from one matrix product of the block's rows with the rows from `start` on.
-pub fn face_block(vectors: ArrayView2<'_, f32>, start: usize, end: usize, threshold: f32) -> Vec<(usize, usize, f32)> {
+/// from matrix products of the block's rows with the rows from `start` on, tile
+/// by tile, on up to `threads` threads; sorted by `(i, j)`.
+pub fn face_block(
+    vectors: ArrayView2<'_, f32>,
+    start: usize,
+    end: usize,
+    threshold: f32,
+    threads: usize,
+) -> Vec<(usize, usize, f32)> {
+    let n = vectors.nrows();
     let rows = vectors.slice(s![start..end, ..]);
-    let cols = vectors.slice(s![start.., ..]);
-    let scores: Array2<f32> = rows.dot(&cols.t());
-    let mut out = Vec::new();
-    for (bi, row) in scores.outer_iter().enumerate() {
-        let i = start + bi;
-        for (cj, &v) in row.iter().enumerate().skip(bi + 1) {
-            if v >= threshold {
-                out.push((i, start + cj, v));
+    let tiles: Vec<usize> = (start..n).step_by(TILE).collect();
+    let work = |k: usize, step: usize| -> Vec<(usize, usize, f32)> {
+        let mut out = Vec::new();
+        for &t in tiles.iter().skip(k).step_by(step) {
+            let cols = vectors.slice(s![t..(t + TILE).min(n), ..]);
+            let scores: Array2<f32> = rows.dot(&cols.t());
+            for (bi, row) in scores.outer_iter().enumerate() {
+                let i = start + bi;
+                for (cj, &v) in row.iter().enumerate() {
+                    let j = t + cj;
+                    if j > i && v >= threshold {
+                        out.push((i, j, v));
+                    }
+                }
             }
         }
-    }
+        out
+    };
+    let threads = threads.clamp(1, tiles.len().max(1));
+    let mut out = if threads == 1 {
+        work(0, 1)
+    } else {
+        std::thread::scope(|s| {
+            let handles: Vec<_> = (0..threads).map(|k| s.spawn(move || work(k, threads))).collect();
+            handles.into_iter().flat_map(|h| h.join().unwrap_or_default()).collect()
+        })
+    };
+    out.sort_by_key(|p| (p.0, p.1));
     out
 }
 
@@ -159,7 +187,7 @@ mod tests {
         let mut all = Vec::new();
         for b in plan(7, 0, 3, 1) {
             let Block::Faces { start, end } = b else { panic!("face block expected") };
-            all.extend(face_block(v.view(), start, end, 0.5));
+            all.extend(face_block(v.view(), start, end, 0.5, 2));
         }
         all.sort_by_key(|p| (p.0, p.1));
         // Rows with the same i % 3 are identical: pairs (0,3), (0,6), (3,6), (1,4), (2,5).
