@@ -64,6 +64,7 @@ async fn planted_duplicates_are_found() {
 
     let mut jobs = jobs_client(&server.url).await;
     let job = jobs.start_dedup(pb::StartDedupRequest::default()).await.expect("start").into_inner();
+    let job_id_all = job.job_id.clone();
     let done = wait_done(&mut jobs, &job.job_id).await;
     assert_eq!(done.state, pb::JobState::Done as i32, "{done:?}");
     assert_eq!(done.done, done.total);
@@ -84,6 +85,10 @@ async fn planted_duplicates_are_found() {
     let job = jobs.start_dedup(req).await.expect("start").into_inner();
     wait_done(&mut jobs, &job.job_id).await;
     assert!(results(&mut jobs, &job.job_id).await.0.is_empty(), "a different person was paired");
+    // Deletion is final: the deleted subject leaves the job's results too.
+    c.delete(pb::DeleteRequest { subject_id: "f-2".into() }).await.expect("delete");
+    let (pairs, _) = results(&mut jobs, &job_id_all).await;
+    assert!(pairs.iter().all(|p| p.a != "f-2" && p.b != "f-2"), "{pairs:?}");
     let e = jobs.get_job(pb::JobRequest { job_id: "999".into() }).await.expect_err("unknown job");
     assert_eq!(e.code(), tonic::Code::NotFound);
     server.stop().await;

@@ -221,6 +221,8 @@ impl Store {
             st.query_map([subject_id], |r| r.get(0))?.collect::<Result<Vec<i64>, _>>()?
         };
         tx.execute("DELETE FROM templates WHERE subject_id = ?1", [subject_id])?;
+        // Deletion is final: no job result names the subject any more either.
+        tx.execute("DELETE FROM job_pairs WHERE a = ?1 OR b = ?1", [subject_id])?;
         tx.execute("DELETE FROM subjects WHERE subject_id = ?1", [subject_id])?;
         audit::append(&tx, now_ms(), "delete", subject_id, &format!("templates={}", ids.len()))?;
         tx.commit()?;
