@@ -290,6 +290,12 @@ enum EvalCommand {
         #[arg(long, default_value_t = 2)]
         threads: usize,
     },
+    /// Time of a face dedup job over synthetic subjects, end to end in process.
+    DedupTime {
+        /// Subjects (one face embedding each).
+        #[arg(long, default_value_t = 100_000)]
+        gallery: usize,
+    },
     /// Identify latency from image files at a gallery size.
     Latency {
         /// Folder with LABELS.txt (identities with two images give the mates).
@@ -416,6 +422,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 EvalCommand::Dedup { data, threads } => {
                     tokio::task::spawn_blocking(move || eval::dedup::evaluate(&config, &data, threads)).await?
                 }
+                EvalCommand::DedupTime { gallery } => eval::dedup_time(&config, gallery).await,
                 EvalCommand::Latency { data, gallery, queries, with_dedup_job } => {
                     eval::latency(&config, &data, gallery, queries, with_dedup_job).await
                 }

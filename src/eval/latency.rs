@@ -170,3 +170,57 @@ async fn measure(engine: &Engine, pairs: &[(&str, &Path, &Path)], job: bool) -> 
     }
     Ok(Measured { total, hits, stage, jobs_run })
 }
+
+/// `cotejo eval dedup-time`: a face dedup job over `gallery` synthetic
+/// subjects, end to end in process (store reads, blocks, commits), timed.
+pub async fn dedup_time(config: &Config, gallery: usize) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut config = config.clone();
+    config.store.data_dir = dir.path().to_owned();
+    let engine = {
+        let c = config.clone();
+        tokio::task::spawn_blocking(move || Engine::start(&c)).await??
+    };
+    let model = engine.face_model().clone();
+    let mut rng = StdRng::seed_from_u64(9);
+    let t = Instant::now();
+    for n in 0..gallery {
+        let v: Vec<f32> = (0..model.dim).map(|_| rng.random::<f32>() - 0.5).collect();
+        let req = EnrollRequest {
+            subject_id: format!("synthetic-{n:07}"),
+            samples: vec![Sample {
+                modality: Modality::Face,
+                finger_position: 0,
+                data: SampleData::FaceEmbedding { model_id: model.id.clone(), values: v },
+                ppi: 0,
+            }],
+            add_encounter: false,
+            use_main_face: false,
+            galleries: Vec::new(),
+        };
+        engine.enroll(req).await?;
+    }
+    let enroll_secs = t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    let req = DedupRequest { scope: Scope::All, modalities: vec![Modality::Face], target_fmr: 0.0 };
+    let id = engine.start_dedup(req).await?.record.job_id.to_string();
+    let status = loop {
+        let s = engine.job(id.clone()).await?;
+        if !matches!(s.record.state.as_str(), "queued" | "running") {
+            break s;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    };
+    let job_secs = t.elapsed().as_secs_f64();
+    let out = json!({
+        "subjects": gallery,
+        "state": status.record.state,
+        "blocks": status.record.total,
+        "pairs": status.pairs,
+        "job_seconds": job_secs,
+        "job_threads": config.jobs.threads,
+        "enroll_seconds": enroll_secs,
+    });
+    println!("{}", serde_json::to_string_pretty(&out)?);
+    Ok(())
+}

@@ -24,7 +24,7 @@ use crate::{
 };
 pub use fingers::{FingerSource, fingers};
 pub use identification::identification;
-pub use latency::latency;
+pub use latency::{dedup_time, latency};
 
 /// One labelled image.
 #[derive(Debug, Clone)]
