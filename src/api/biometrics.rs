@@ -22,10 +22,7 @@ impl BiometricsApi {
     }
 
     fn engine(&self) -> Result<&Engine, Status> {
-        self.engine
-            .get()
-            .map(AsRef::as_ref)
-            .ok_or_else(|| EngineError::NotReady("loading models and rebuilding the index".into()).into())
+        super::ready(&self.engine)
     }
 }
 

@@ -28,10 +28,7 @@ impl JobsApi {
     }
 
     fn engine(&self) -> Result<&Engine, Status> {
-        self.engine
-            .get()
-            .map(AsRef::as_ref)
-            .ok_or_else(|| EngineError::NotReady("loading models and rebuilding the index".into()).into())
+        super::ready(&self.engine)
     }
 }
 

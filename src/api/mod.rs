@@ -9,6 +9,17 @@ mod status;
 pub use biometrics::BiometricsApi;
 pub use jobs::JobsApi;
 
+use std::sync::{Arc, OnceLock};
+
+use crate::engine::{Engine, EngineError};
+
+/// The engine once start-up has finished; UNAVAILABLE (NOT_READY) before.
+fn ready(slot: &Arc<OnceLock<Arc<Engine>>>) -> Result<&Engine, tonic::Status> {
+    slot.get()
+        .map(AsRef::as_ref)
+        .ok_or_else(|| EngineError::NotReady("loading models and rebuilding the index".into()).into())
+}
+
 /// Generated protobuf and gRPC code for `cotejo.v1`.
 #[allow(
     unreachable_pub,

@@ -58,26 +58,9 @@ pub async fn latency(
             enrolled_mates += 1;
         }
     }
-    let model = engine.face_model().clone();
-    let mut rng = StdRng::seed_from_u64(7);
-    for n in enrolled_mates..gallery {
-        // Synthetic identities: random directions on the unit sphere. The
-        // cost of exact search does not depend on the vectors' content.
-        let v: Vec<f32> = (0..model.dim).map(|_| rng.random::<f32>() - 0.5).collect();
-        let req = EnrollRequest {
-            subject_id: format!("synthetic-{n:07}"),
-            samples: vec![Sample {
-                modality: Modality::Face,
-                finger_position: 0,
-                data: SampleData::FaceEmbedding { model_id: model.id.clone(), values: v },
-                ppi: 0,
-            }],
-            add_encounter: false,
-            use_main_face: false,
-            galleries: Vec::new(),
-        };
-        engine.enroll(req).await?;
-    }
+    // Synthetic identities: random directions on the unit sphere. The cost
+    // of exact search does not depend on the vectors' content.
+    enroll_synthetic(&engine, enrolled_mates..gallery, 7).await?;
     let enroll_secs = t.elapsed().as_secs_f64();
 
     let run = measure(&engine, &pairs, false).await?;
@@ -181,25 +164,8 @@ pub async fn dedup_time(config: &Config, gallery: usize) -> anyhow::Result<()> {
         let c = config.clone();
         tokio::task::spawn_blocking(move || Engine::start(&c)).await??
     };
-    let model = engine.face_model().clone();
-    let mut rng = StdRng::seed_from_u64(9);
     let t = Instant::now();
-    for n in 0..gallery {
-        let v: Vec<f32> = (0..model.dim).map(|_| rng.random::<f32>() - 0.5).collect();
-        let req = EnrollRequest {
-            subject_id: format!("synthetic-{n:07}"),
-            samples: vec![Sample {
-                modality: Modality::Face,
-                finger_position: 0,
-                data: SampleData::FaceEmbedding { model_id: model.id.clone(), values: v },
-                ppi: 0,
-            }],
-            add_encounter: false,
-            use_main_face: false,
-            galleries: Vec::new(),
-        };
-        engine.enroll(req).await?;
-    }
+    enroll_synthetic(&engine, 0..gallery, 9).await?;
     let enroll_secs = t.elapsed().as_secs_f64();
     let t = Instant::now();
     let req = DedupRequest { scope: Scope::All, modalities: vec![Modality::Face], target_fmr: 0.0 };
@@ -222,5 +188,29 @@ pub async fn dedup_time(config: &Config, gallery: usize) -> anyhow::Result<()> {
         "enroll_seconds": enroll_secs,
     });
     println!("{}", serde_json::to_string_pretty(&out)?);
+    Ok(())
+}
+
+/// Enrolls subjects `synthetic-<n>` for every n of `range`, each with one
+/// random face embedding (seeded).
+async fn enroll_synthetic(engine: &Engine, range: std::ops::Range<usize>, seed: u64) -> anyhow::Result<()> {
+    let model = engine.face_model().clone();
+    let mut rng = StdRng::seed_from_u64(seed);
+    for n in range {
+        let v: Vec<f32> = (0..model.dim).map(|_| rng.random::<f32>() - 0.5).collect();
+        let req = EnrollRequest {
+            subject_id: format!("synthetic-{n:07}"),
+            samples: vec![Sample {
+                modality: Modality::Face,
+                finger_position: 0,
+                data: SampleData::FaceEmbedding { model_id: model.id.clone(), values: v },
+                ppi: 0,
+            }],
+            add_encounter: false,
+            use_main_face: false,
+            galleries: Vec::new(),
+        };
+        engine.enroll(req).await?;
+    }
     Ok(())
 }
