@@ -158,17 +158,6 @@ pub struct FingerConfig {
     pub shortlist_min: usize,
 }
 
-impl FingerConfig {
-    /// The finger gallery's settings.
-    pub fn gallery(&self) -> crate::finger::gallery::GallerySettings {
-        crate::finger::gallery::GallerySettings {
-            shortlist_from: self.shortlist_from,
-            shortlist_fraction: self.shortlist_fraction,
-            shortlist_min: self.shortlist_min,
-        }
-    }
-}
-
 /// Batch jobs.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -7,7 +7,7 @@ use tonic::{Request, Response, Status};
 use tracing::instrument;
 
 use super::pb::{self, biometrics_server::Biometrics};
-use crate::engine::{Engine, EngineError};
+use crate::engine::Engine;
 
 /// gRPC front of the engine; answers UNAVAILABLE until the engine is ready.
 #[derive(Debug, Clone)]

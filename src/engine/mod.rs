@@ -111,7 +111,7 @@ impl Engine {
         if foreign_templates > 0 {
             warn!(foreign_templates, "face templates of other models are not searchable until re-embedded");
         }
-        let fingers = rebuild_fingers(&store, config.finger.gallery())?;
+        let fingers = rebuild_fingers(&store, gallery_settings(&config.finger))?;
         info!(templates = fingers.len(), "finger gallery rebuilt from the store");
         let subjects = store.stats()?.subjects;
         let store = Arc::new(Mutex::new(store));
@@ -333,6 +333,15 @@ fn rebuild(store: &Store, model: &FaceModel) -> Result<(VectorIndex, u64), Engin
     }
     batch.flush_into(&mut index)?;
     Ok((index, foreign))
+}
+
+/// The finger gallery's settings from the configuration.
+fn gallery_settings(c: &FingerConfig) -> crate::finger::gallery::GallerySettings {
+    crate::finger::gallery::GallerySettings {
+        shortlist_from: c.shortlist_from,
+        shortlist_fraction: c.shortlist_fraction,
+        shortlist_min: c.shortlist_min,
+    }
 }
 
 /// The finger gallery from every stored finger template.
