@@ -114,6 +114,17 @@ async fn faces_and_fingers_together_are_fused() {
     let both = vec![face_image(fixture("obama3.jpg")), image(7, print("p1_1.png"))];
     c.enroll(enroll_req("both", both)).await.expect("enroll");
     c.enroll(enroll_req("biden", vec![face_image(fixture("biden.jpg"))])).await.expect("enroll");
+    // A finger probe against a subject enrolled with a face only: nothing to compare, said so.
+    let e = c
+        .verify(pb::VerifyRequest {
+            subject_id: "biden".into(),
+            samples: vec![image(7, print("p1_2.png"))],
+            target_fmr: 0.0,
+        })
+        .await
+        .expect_err("nothing to compare");
+    assert_eq!((e.code(), reason(&e).as_str()), (Code::FailedPrecondition, "NOTHING_TO_COMPARE"));
+    assert!(e.message().contains("finger position 7"), "{}", e.message());
     // Face and finger probes: one candidate with both components, fused above either alone.
     let probe = vec![face_image(fixture("obama2.jpg")), image(7, print("p1_2.png"))];
     let r = c.identify(identify_req(probe)).await.expect("identify").into_inner();

@@ -45,8 +45,8 @@ pub enum EngineError {
     #[error("gallery {0:?} has no members")]
     GalleryNotFound(String),
     /// The subject has no template the probe can be compared with.
-    #[error("subject {subject_id:?} has no {modality} template of model {model_id:?}")]
-    NothingToCompare { subject_id: String, modality: String, model_id: String },
+    #[error("subject {subject_id:?} has no template to compare with the probe ({what})")]
+    NothingToCompare { subject_id: String, what: String },
     /// Still loading models or rebuilding the index.
     #[error("not ready: {0}")]
     NotReady(String),

@@ -109,13 +109,12 @@ impl Engine {
         let Some(scores) = raw.get(&subject_id).filter(|r| !r.is_empty()) else {
             let kinds: Vec<String> = wanted
                 .iter()
-                .map(|(m, p)| if *m == Modality::Face { "face".to_owned() } else { format!("finger {p}") })
+                .map(|(m, p)| match m {
+                    Modality::Face => format!("a face of model {}", self.face_model.id),
+                    Modality::Finger => format!("finger position {p}"),
+                })
                 .collect();
-            return Err(EngineError::NothingToCompare {
-                subject_id,
-                modality: kinds.join(" or "),
-                model_id: self.face_model.id.clone(),
-            });
+            return Err(EngineError::NothingToCompare { subject_id, what: kinds.join(" or ") });
         };
         let candidate = self.candidate(subject_id.clone(), scores);
         let decision = self.decide_verify(&candidate, target_fmr);
