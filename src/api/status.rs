@@ -39,10 +39,7 @@ fn classify(e: &EngineError) -> (Code, &'static str, Option<String>) {
         EngineError::InvalidArgument { field, .. } => (InvalidArgument, "INVALID_ARGUMENT", Some(field.clone())),
         EngineError::Face { field, source } => {
             let (code, reason) = match source {
-                FaceError::EmptyImage => (InvalidArgument, "EMPTY_IMAGE"),
-                FaceError::UnsupportedFormat => (InvalidArgument, "UNSUPPORTED_FORMAT"),
-                FaceError::Corrupt(_) => (InvalidArgument, "CORRUPT_IMAGE"),
-                FaceError::ImageTooLarge(_) => (InvalidArgument, "IMAGE_TOO_LARGE"),
+                FaceError::Image(i) => (InvalidArgument, image_reason(i)),
                 FaceError::NoFace => (InvalidArgument, "NO_FACE_FOUND"),
                 FaceError::MultipleFaces(_) => (InvalidArgument, "MULTIPLE_FACES"),
                 FaceError::Inference(_) => (Internal, "INFERENCE_FAILED"),
@@ -53,12 +50,7 @@ fn classify(e: &EngineError) -> (Code, &'static str, Option<String>) {
         }
         EngineError::Finger { field, source } => {
             let (code, reason) = match source {
-                FingerError::Image(i) => match i {
-                    ImageError::Empty => (InvalidArgument, "EMPTY_IMAGE"),
-                    ImageError::UnsupportedFormat => (InvalidArgument, "UNSUPPORTED_FORMAT"),
-                    ImageError::Corrupt(_) => (InvalidArgument, "CORRUPT_IMAGE"),
-                    ImageError::TooLarge(_) => (InvalidArgument, "IMAGE_TOO_LARGE"),
-                },
+                FingerError::Image(i) => (InvalidArgument, image_reason(i)),
                 FingerError::NotGrayscale => (InvalidArgument, "NOT_GRAYSCALE"),
                 FingerError::Resolution(_) => (InvalidArgument, "BAD_RESOLUTION"),
                 FingerError::NoFingerprint(_) => (InvalidArgument, "NO_FINGERPRINT_FOUND"),
@@ -87,5 +79,15 @@ fn classify(e: &EngineError) -> (Code, &'static str, Option<String>) {
         EngineError::Model(_) => (Unavailable, "MODELS_UNAVAILABLE", None),
         EngineError::Calibration(_) => (Unavailable, "CALIBRATION_UNAVAILABLE", None),
         EngineError::Internal(_) => (Internal, "INTERNAL", None),
+    }
+}
+
+/// The reason of an undecodable image, the same for faces and fingers.
+fn image_reason(e: &ImageError) -> &'static str {
+    match e {
+        ImageError::Empty => "EMPTY_IMAGE",
+        ImageError::UnsupportedFormat => "UNSUPPORTED_FORMAT",
+        ImageError::Corrupt(_) => "CORRUPT_IMAGE",
+        ImageError::TooLarge(_) => "IMAGE_TOO_LARGE",
     }
 }

@@ -145,14 +145,17 @@ impl Worker {
                 if params.fingers { store.templates_up_to(Modality::Finger, rec.max_template_id)? } else { vec![] };
             (faces, fingers)
         };
-        let faces: Vec<(String, Vec<f32>)> = faces
-            .into_iter()
-            .filter(|t| t.template.model_id == self.face_model_id && in_scope(&t.subject_id))
-            .filter_map(|t| match t.template.data {
-                TemplateData::Embedding(v) => Some((t.subject_id, v)),
-                TemplateData::Minutiae(_) => None,
-            })
-            .collect();
+        // Face owners by row, and the rows themselves, moved into one matrix.
+        let (mut owners, mut rows): (Vec<String>, Vec<f32>) = (Vec::new(), Vec::new());
+        for t in faces {
+            if t.template.model_id != self.face_model_id || !in_scope(&t.subject_id) {
+                continue;
+            }
+            if let TemplateData::Embedding(v) = t.template.data {
+                owners.push(t.subject_id);
+                rows.extend(v);
+            }
+        }
         let fingers: Vec<_> = fingers
             .into_iter()
             .filter(|t| in_scope(&t.subject_id))
@@ -164,8 +167,8 @@ impl Worker {
             })
             .collect();
         let subjects: HashSet<&str> =
-            faces.iter().map(|f| f.0.as_str()).chain(fingers.iter().map(|f| f.1.as_str())).collect();
-        let blocks = plan(faces.len(), fingers.len(), self.settings.face_block_rows, self.settings.finger_block_rows);
+            owners.iter().map(String::as_str).chain(fingers.iter().map(|f| f.1.as_str())).collect();
+        let blocks = plan(owners.len(), fingers.len(), self.settings.face_block_rows, self.settings.finger_block_rows);
         lock(&self.store)?.set_job_total(id, blocks.len() as u64)?;
         let done = lock(&self.store)?.finished_blocks(id)?;
         if let Ok(mut p) = self.progress.lock() {
@@ -175,7 +178,7 @@ impl Worker {
                     started: Some(Instant::now()),
                     blocks_since_start: 0,
                     subjects: subjects.len() as u64,
-                    templates: (faces.len() + fingers.len()) as u64,
+                    templates: (owners.len() + fingers.len()) as u64,
                 },
             );
         }
@@ -185,8 +188,8 @@ impl Worker {
         let keep_fmr = (params.target_fmr * 10.0).min(0.01);
         let face_bar = self.calibrations.face.raw_for_fmr(keep_fmr) as f32;
         let finger_bar = self.calibrations.finger.raw_for_fmr(keep_fmr) as f32;
-        let dim = faces.first().map_or(0, |f| f.1.len());
-        let matrix = Array2::from_shape_vec((faces.len(), dim), faces.iter().flat_map(|f| f.1.clone()).collect())
+        let dim = if owners.is_empty() { 0 } else { rows.len() / owners.len() };
+        let matrix = Array2::from_shape_vec((owners.len(), dim), rows)
             .map_err(|e| EngineError::Internal(format!("face matrix: {e}")))?;
         for (i, block) in blocks.iter().enumerate() {
             if done.contains(&(i as u64)) {
@@ -200,7 +203,7 @@ impl Worker {
             match *block {
                 Block::Faces { start, end } => {
                     for (a, b, score) in face_block(matrix.view(), start, end, face_bar, self.settings.threads) {
-                        push_pair(&mut pairs, &faces[a].0, &faces[b].0, "face".into(), f64::from(score));
+                        push_pair(&mut pairs, &owners[a], &owners[b], "face".into(), f64::from(score));
                     }
                 }
                 Block::Fingers { start, end } => {

@@ -10,6 +10,7 @@ use super::{Candidate, Decision, Engine, EngineError, ModalityScore, probe::Prob
 use crate::{
     biometric::{Modality, StoredTemplate, TemplateData},
     calibration::{Calibration, fuse_db},
+    face::embed::cosine,
     finger::{
         mcc::{Matcher, Template},
         template,
@@ -85,7 +86,7 @@ pub(super) fn score_stored(
     for t in templates {
         let (component, score) = match &t.template.data {
             TemplateData::Embedding(v) if t.template.model_id == face_model_id && !probes.faces.is_empty() => {
-                let best = probes.faces.iter().map(|p| dot(p, v)).fold(f32::NEG_INFINITY, f32::max);
+                let best = probes.faces.iter().map(|p| cosine(p, v)).fold(f32::NEG_INFINITY, f32::max);
                 ((Modality::Face, 0), f64::from(best))
             }
             TemplateData::Minutiae(iso) => {
@@ -101,10 +102,6 @@ pub(super) fn score_stored(
         *slot = slot.max(score);
     }
     out
-}
-
-pub(super) fn dot(a: &[f32], b: &[f32]) -> f32 {
-    a.iter().zip(b).map(|(x, y)| x * y).sum()
 }
 
 impl Engine {

@@ -11,7 +11,7 @@ use super::{embed_all, par_map, pipeline, read_labels};
 use crate::{
     calibration::Calibration,
     engine::FaceModel,
-    face::FaceSettings,
+    face::{FaceSettings, embed::cosine},
     finger::{FingerPipeline, FingerSettings, mcc, template},
     inference,
 };
@@ -31,7 +31,7 @@ pub fn face(config: &crate::config::Config, data: &Path, threads: usize) -> anyh
             if ia == ib {
                 genuine += 1;
             } else {
-                impostor.push(f64::from(va.iter().zip(vb).map(|(x, y)| x * y).sum::<f32>()));
+                impostor.push(f64::from(cosine(va, vb)));
             }
         }
     }

@@ -15,7 +15,7 @@ use std::{collections::HashMap, path::Path};
 use serde_json::{Value, json};
 
 use super::{embed_all, pipeline, read_labels};
-use crate::{calibration::Calibration, config::Config, engine::FaceModel};
+use crate::{calibration::Calibration, config::Config, engine::FaceModel, face::embed::cosine};
 
 type Embedded<'a> = (&'a str, &'a Vec<f32>);
 
@@ -28,10 +28,6 @@ struct OpenSet {
     mated_results: Vec<(f32, bool)>,
     /// Per non-mated probe: its best score, descending.
     non_mated_top: Vec<f32>,
-}
-
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    a.iter().zip(b).map(|(x, y)| x * y).sum()
 }
 
 impl OpenSet {
@@ -55,15 +51,18 @@ impl OpenSet {
         let mated_results = mated
             .iter()
             .map(|(id, p)| {
-                let mate = dot(p, gallery[in_gallery[id]].1);
-                let best_other =
-                    gallery.iter().filter(|(g, _)| g != id).map(|(_, g)| dot(p, g)).fold(f32::NEG_INFINITY, f32::max);
+                let mate = cosine(p, gallery[in_gallery[id]].1);
+                let best_other = gallery
+                    .iter()
+                    .filter(|(g, _)| g != id)
+                    .map(|(_, g)| cosine(p, g))
+                    .fold(f32::NEG_INFINITY, f32::max);
                 (mate, mate > best_other)
             })
             .collect();
         let mut non_mated_top: Vec<f32> = non_mated
             .iter()
-            .map(|p| gallery.iter().map(|(_, g)| dot(p, g)).fold(f32::NEG_INFINITY, f32::max))
+            .map(|p| gallery.iter().map(|(_, g)| cosine(p, g)).fold(f32::NEG_INFINITY, f32::max))
             .collect();
         non_mated_top.sort_by(|a, b| b.total_cmp(a));
         Self { gallery: gallery.len(), mated: mated.len(), non_mated: non_mated.len(), mated_results, non_mated_top }
@@ -154,7 +153,7 @@ fn held_out(kept: &[Embedded<'_>], model_id: &str) -> anyhow::Result<Value> {
     for (i, (ia, va)) in a.iter().enumerate() {
         for (ib, vb) in &a[i + 1..] {
             if ia != ib {
-                impostors.push(f64::from(dot(va, vb)));
+                impostors.push(f64::from(cosine(va, vb)));
             }
         }
     }

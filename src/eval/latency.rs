@@ -27,13 +27,7 @@ pub async fn latency(
     mates: usize,
     with_dedup_job: bool,
 ) -> anyhow::Result<()> {
-    let dir = tempfile::tempdir()?;
-    let mut config = config.clone();
-    config.store.data_dir = dir.path().to_owned();
-    let engine = {
-        let c = config.clone();
-        tokio::task::spawn_blocking(move || Engine::start(&c)).await??
-    };
+    let (_dir, config, engine) = scratch_engine(config).await?;
     let images = read_labels(data)?;
     let mut by_id: HashMap<&str, Vec<&Path>> = HashMap::new();
     for img in &images {
@@ -157,13 +151,7 @@ async fn measure(engine: &Engine, pairs: &[(&str, &Path, &Path)], job: bool) -> 
 /// `cotejo eval dedup-time`: a face dedup job over `gallery` synthetic
 /// subjects, end to end in process (store reads, blocks, commits), timed.
 pub async fn dedup_time(config: &Config, gallery: usize) -> anyhow::Result<()> {
-    let dir = tempfile::tempdir()?;
-    let mut config = config.clone();
-    config.store.data_dir = dir.path().to_owned();
-    let engine = {
-        let c = config.clone();
-        tokio::task::spawn_blocking(move || Engine::start(&c)).await??
-    };
+    let (_dir, config, engine) = scratch_engine(config).await?;
     let t = Instant::now();
     enroll_synthetic(&engine, 0..gallery, 9).await?;
     let enroll_secs = t.elapsed().as_secs_f64();
@@ -213,4 +201,15 @@ async fn enroll_synthetic(engine: &Engine, range: std::ops::Range<usize>, seed: 
         engine.enroll(req).await?;
     }
     Ok(())
+}
+
+/// An engine on a temporary data directory (dropped with the returned guard),
+/// and the configuration it runs with.
+async fn scratch_engine(config: &Config) -> anyhow::Result<(tempfile::TempDir, Config, Engine)> {
+    let dir = tempfile::tempdir()?;
+    let mut config = config.clone();
+    config.store.data_dir = dir.path().to_owned();
+    let c = config.clone();
+    let engine = tokio::task::spawn_blocking(move || Engine::start(&c)).await??;
+    Ok((dir, config, engine))
 }

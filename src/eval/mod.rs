@@ -198,7 +198,7 @@ fn pair_scores(kept: &[(&str, Vec<f32>)], per_identity: usize) -> (Vec<f32>, Vec
     let (mut genuine, mut impostor) = (Vec::new(), Vec::new());
     for a in 0..used.len() {
         for b in a + 1..used.len() {
-            let s: f32 = used[a].1.iter().zip(&used[b].1).map(|(x, y)| x * y).sum();
+            let s = crate::face::embed::cosine(&used[a].1, &used[b].1);
             if used[a].0 == used[b].0 { genuine.push(s) } else { impostor.push(s) }
         }
     }

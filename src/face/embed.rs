@@ -80,6 +80,11 @@ impl Embedder {
     }
 }
 
+/// Cosine similarity of two L2-normalised embeddings (their dot product).
+pub fn cosine(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+
 /// `v / |v|` (zero stays zero).
 pub fn normalized(v: &[f32]) -> Vec<f32> {
     let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();

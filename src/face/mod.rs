@@ -16,18 +16,9 @@ use crate::inference::{Manifest, ModelError};
 /// Why a face sample could not be turned into a template.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum FaceError {
-    /// Zero bytes.
-    #[error("the image is empty")]
-    EmptyImage,
-    /// Not one of the supported encodings.
-    #[error("unsupported image format (JPEG, PNG, TIFF, BMP, PGM/PPM are accepted)")]
-    UnsupportedFormat,
-    /// Truncated or corrupt data.
-    #[error("the image could not be decoded: {0}")]
-    Corrupt(String),
-    /// Over a configured limit.
-    #[error("the image is too large: {0}")]
-    ImageTooLarge(String),
+    /// The bytes are not a usable image.
+    #[error(transparent)]
+    Image(#[from] ImageError),
     /// The detector found nothing.
     #[error("no face was found in the image")]
     NoFace,
@@ -43,17 +34,6 @@ pub enum FaceError {
     /// The workers are stopped.
     #[error("face workers unavailable: {0}")]
     Unavailable(String),
-}
-
-impl From<ImageError> for FaceError {
-    fn from(e: ImageError) -> Self {
-        match e {
-            ImageError::Empty => FaceError::EmptyImage,
-            ImageError::UnsupportedFormat => FaceError::UnsupportedFormat,
-            ImageError::Corrupt(m) => FaceError::Corrupt(m),
-            ImageError::TooLarge(m) => FaceError::ImageTooLarge(m),
-        }
-    }
 }
 
 impl From<ort::Error> for FaceError {
