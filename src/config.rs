@@ -43,6 +43,8 @@ pub struct Config {
     pub decision: DecisionConfig,
     /// Batch jobs.
     pub jobs: JobsConfig,
+    /// Face search index.
+    pub index: IndexConfig,
 }
 
 /// gRPC server settings.
@@ -174,6 +176,28 @@ pub struct JobsConfig {
     pub target_fmr: f64,
 }
 
+/// The face search index.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IndexConfig {
+    /// `flat`, `int8`, `ivf` or `hnsw`.
+    pub kind: String,
+    /// Threads one int8 scan uses.
+    pub threads: usize,
+    /// int8: shortlist re-ranked in float32.
+    pub int8_rerank: usize,
+    /// ivf: cells (0: about 4*sqrt(N)), cells visited, vectors before training.
+    pub ivf_nlist: usize,
+    pub ivf_nprobe: usize,
+    pub ivf_train_from: usize,
+    /// hnsw: links per node, build and search breadth.
+    pub hnsw_m: usize,
+    pub hnsw_ef_construction: usize,
+    pub hnsw_ef_search: usize,
+    /// Changes (templates added or removed) between two snapshots.
+    pub snapshot_every: u64,
+}
+
 /// Default decision targets (requests may choose their own).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -231,6 +255,15 @@ impl Config {
         }
         if !(self.finger.shortlist_fraction > 0.0 && self.finger.shortlist_fraction <= 1.0) {
             return bad("finger.shortlist_fraction must be in (0, 1]");
+        }
+        if !["flat", "int8", "ivf", "hnsw"].contains(&self.index.kind.as_str()) {
+            return bad("index.kind must be flat, int8, ivf or hnsw");
+        }
+        if self.index.threads == 0 || self.index.int8_rerank == 0 || self.index.ivf_nprobe == 0 {
+            return bad("index.threads, index.int8_rerank and index.ivf_nprobe must be at least 1");
+        }
+        if self.index.hnsw_m < 4 || self.index.hnsw_ef_search == 0 || self.index.hnsw_ef_construction == 0 {
+            return bad("index.hnsw_m must be at least 4, the hnsw ef values at least 1");
         }
         let key = &self.store.encryption_key;
         if !key.is_empty() && (key.len() != 64 || hex::decode(key).is_err()) {
@@ -310,6 +343,14 @@ mod tests {
         let env = [("COTEJO__INFERENCE__WORKERS".to_string(), "0".to_string())];
         assert!(Config::load_with_env(None, env).is_err());
         let env = [("COTEJO__NOPE__X".to_string(), "1".to_string())];
+        assert!(Config::load_with_env(None, env).is_err());
+    }
+
+    #[test]
+    fn index_kind_is_checked() {
+        let env = [("COTEJO__INDEX__KIND".to_string(), "hnsw".to_string())];
+        assert_eq!(Config::load_with_env(None, env).expect("config").index.kind, "hnsw");
+        let env = [("COTEJO__INDEX__KIND".to_string(), "annoy".to_string())];
         assert!(Config::load_with_env(None, env).is_err());
     }
 

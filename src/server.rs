@@ -40,6 +40,7 @@ pub async fn serve(
         .build_v1()?;
 
     let slot: Arc<OnceLock<Arc<Engine>>> = Arc::new(OnceLock::new());
+    let engine_at_exit = slot.clone();
     let api = BiometricsApi::new(slot.clone());
     let max = config.server.max_message_bytes;
     let biometrics =
@@ -111,6 +112,14 @@ pub async fn serve(
         }
     }
     startup.abort();
+    // The face index snapshot makes the next start-up fast.
+    if let Some(engine) = engine_at_exit.get().cloned() {
+        match tokio::task::spawn_blocking(move || engine.save_snapshot()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "face index snapshot at shutdown failed"),
+            Err(e) => tracing::warn!(error = %e, "face index snapshot task failed"),
+        }
+    }
     info!("stopped");
     Ok(())
 }

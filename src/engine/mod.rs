@@ -14,20 +14,21 @@ use std::{
     collections::HashMap,
     sync::{
         Arc, Mutex, RwLock,
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
+    time::Instant,
 };
 
 use tracing::{error, info, warn};
 
 use crate::{
     biometric::{Modality, TemplateData},
-    config::{Config, DecisionConfig, FingerConfig, JobsConfig},
+    config::{Config, DecisionConfig, FingerConfig, IndexConfig, JobsConfig},
     face::FaceSettings,
     finger::{FingerSettings, gallery::FingerGallery, template},
-    index::VectorIndex,
+    index::{IndexKind, IndexSettings, VectorIndex},
     inference,
-    store::{Store, SubjectRecord},
+    store::{SealedFile, Store, SubjectRecord},
     workers::Workers,
 };
 pub use error::EngineError;
@@ -67,6 +68,8 @@ impl FaceModel {
 pub struct Engine {
     store: Arc<Mutex<Store>>,
     gallery: Arc<RwLock<VectorIndex>>,
+    index_settings: IndexSettings,
+    snapshots: Snapshots,
     fingers: Arc<RwLock<FingerGallery>>,
     workers: Workers,
     face_model: FaceModel,
@@ -106,8 +109,10 @@ impl Engine {
         };
         let calibrations = Calibrations::load(&config.models.calibration_dir, &face_model.id)?;
         let store = Store::open(&config.store.data_dir, &config.store.encryption_key)?;
-        let (gallery, foreign_templates) = rebuild(&store, &face_model)?;
-        info!(model = %face_model.id, templates = gallery.len(), "face index rebuilt from the store");
+        let index_settings = index_settings(&config.index);
+        let snapshot_file = store.sealed_file(SNAPSHOT_FILE);
+        let (gallery, stale) = load_face_index(&store, &face_model, &index_settings, &snapshot_file)?;
+        let foreign_templates = store.foreign_templates(Modality::Face, &face_model.id)?;
         if foreign_templates > 0 {
             warn!(foreign_templates, "face templates of other models are not searchable until re-embedded");
         }
@@ -123,9 +128,16 @@ impl Engine {
             face_model.id.clone(),
             config.jobs.clone(),
         )?;
-        Ok(Self {
+        let engine = Self {
             store,
             gallery: Arc::new(RwLock::new(gallery)),
+            index_settings,
+            snapshots: Snapshots {
+                file: snapshot_file,
+                every: config.index.snapshot_every.max(1),
+                changes: Arc::new(AtomicU64::new(0)),
+                running: Arc::new(AtomicBool::new(false)),
+            },
             fingers,
             jobs,
             jobs_settings: config.jobs.clone(),
@@ -140,7 +152,45 @@ impl Engine {
             max_samples: config.limits.max_samples,
             max_candidates: config.limits.max_candidates,
             max_subject_ids: config.limits.max_subject_ids,
-        })
+        };
+        if stale {
+            engine.snapshot_in_background();
+        }
+        Ok(engine)
+    }
+
+    /// Writes the face index snapshot now (blocking; at shutdown).
+    pub fn save_snapshot(&self) -> Result<(), EngineError> {
+        write_snapshot(&self.gallery, &self.snapshots.file, &self.face_model.id)
+    }
+
+    /// Counts `n` changes to the face index; past `snapshot_every`, a
+    /// snapshot is written on a background thread (one at a time).
+    fn note_changes(&self, n: u64) {
+        let s = &self.snapshots;
+        if n == 0 || s.changes.fetch_add(n, Ordering::Relaxed) + n < s.every {
+            return;
+        }
+        self.snapshot_in_background();
+    }
+
+    fn snapshot_in_background(&self) {
+        let s = &self.snapshots;
+        if s.running.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        s.changes.store(0, Ordering::Relaxed);
+        let (gallery, file, label, running) =
+            (self.gallery.clone(), s.file.clone(), self.face_model.id.clone(), s.running.clone());
+        let spawned = std::thread::Builder::new().name("index-snapshot".into()).spawn(move || {
+            if let Err(e) = write_snapshot(&gallery, &file, &label) {
+                warn!(error = %e, "face index snapshot failed; the next start-up reads the store instead");
+            }
+            running.store(false, Ordering::Release);
+        });
+        if spawned.is_err() {
+            s.running.store(false, Ordering::Release);
+        }
     }
 
     /// The face model in use.
@@ -176,6 +226,7 @@ impl Engine {
         let subjects = self.subjects.clone();
         let sid = subject_id.clone();
         let model = self.face_model.clone();
+        let settings = self.index_settings.clone();
         let enrolled = tokio::task::spawn_blocking(move || -> Result<_, EngineError> {
             // Store first, then the indexes, all under the store lock so a
             // concurrent delete cannot slip between them.
@@ -198,7 +249,7 @@ impl Engine {
                 // The enroll is durable and acknowledged; bring the derived
                 // index back in line with the store rather than fail.
                 error!(error = %e, "index update failed after commit; rebuilding the index from the store");
-                *g = rebuild(&store, &model)?.0;
+                *g = rebuild(&store, &model, &settings)?;
             }
             let mut f = fingers.write().map_err(|_| EngineError::Internal("finger lock poisoned".into()))?;
             for (i, position, t) in finger_templates {
@@ -206,9 +257,11 @@ impl Engine {
                     f.add(*id, owner.clone(), position, t);
                 }
             }
-            Ok(enrolled)
+            Ok((enrolled, ids.len()))
         })
         .await??;
+        let (enrolled, faces) = enrolled;
+        self.note_changes(faces as u64);
         info!(templates = enrolled.template_ids.len(), encounter = enrolled.encounter_id, "enrolled");
         Ok(EnrollOutcome {
             subject_id,
@@ -224,16 +277,19 @@ impl Engine {
         let gallery = self.gallery.clone();
         let fingers = self.fingers.clone();
         let subjects = self.subjects.clone();
-        tokio::task::spawn_blocking(move || -> Result<usize, EngineError> {
+        let removed = tokio::task::spawn_blocking(move || -> Result<(usize, usize), EngineError> {
             let mut store = lock(&store)?;
             let ids = store.delete_subject(&subject_id)?;
             subjects.fetch_sub(1, Ordering::Relaxed);
             let mut g = gallery.write().map_err(|_| EngineError::Internal("index lock poisoned".into()))?;
-            g.remove(&ids)?;
+            let faces = g.remove(&ids)?;
             fingers.write().map_err(|_| EngineError::Internal("finger lock poisoned".into()))?.remove(&ids);
-            Ok(ids.len())
+            Ok((ids.len(), faces))
         })
-        .await?
+        .await??;
+        let (removed, faces) = removed;
+        self.note_changes(faces as u64);
+        Ok(removed)
     }
 
     /// A subject's encounters.
@@ -304,20 +360,107 @@ pub(crate) fn validate_name(name: &str) -> Result<(), &'static str> {
     Ok(())
 }
 
+/// File name of the face index snapshot in the data directory.
+const SNAPSHOT_FILE: &str = "face-index.snap";
+
+/// When and where the face index is saved.
+#[derive(Debug)]
+struct Snapshots {
+    file: SealedFile,
+    every: u64,
+    changes: Arc<AtomicU64>,
+    running: Arc<AtomicBool>,
+}
+
+/// The index settings from the configuration.
+fn index_settings(c: &IndexConfig) -> IndexSettings {
+    let kind = match c.kind.as_str() {
+        "int8" => IndexKind::Int8 { rerank: c.int8_rerank },
+        "ivf" => IndexKind::Ivf { nlist: c.ivf_nlist, nprobe: c.ivf_nprobe, train_from: c.ivf_train_from },
+        "hnsw" => IndexKind::Hnsw { m: c.hnsw_m, ef_construction: c.hnsw_ef_construction, ef_search: c.hnsw_ef_search },
+        _ => IndexKind::Flat,
+    };
+    IndexSettings { kind, threads: c.threads }
+}
+
+/// Seals the face index into its snapshot file. The index is read-locked
+/// while it is serialized (searches go on, enrollments wait).
+fn write_snapshot(gallery: &RwLock<VectorIndex>, file: &SealedFile, label: &str) -> Result<(), EngineError> {
+    let t = Instant::now();
+    let (bytes, templates) = {
+        let g = gallery.read().map_err(|_| EngineError::Internal("index lock poisoned".into()))?;
+        (g.snapshot(label)?, g.len())
+    };
+    file.write(&bytes)?;
+    info!(templates, bytes = bytes.len(), ms = t.elapsed().as_millis() as u64, "face index snapshot written");
+    Ok(())
+}
+
+/// The face index: from its snapshot plus the store's changes since, or
+/// else rebuilt from every stored face template. True when the snapshot is
+/// missing or behind (a new one should be written).
+fn load_face_index(
+    store: &Store,
+    model: &FaceModel,
+    settings: &IndexSettings,
+    file: &SealedFile,
+) -> Result<(VectorIndex, bool), EngineError> {
+    let t = Instant::now();
+    match file.read() {
+        Ok(Some(bytes)) => {
+            let mut interned: HashMap<String, Arc<str>> = HashMap::new();
+            let live: Vec<(i64, Arc<str>)> = store
+                .template_owners(Modality::Face, &model.id)?
+                .into_iter()
+                .map(|(id, s)| {
+                    let owner = interned.entry(s).or_insert_with_key(|k| k.as_str().into()).clone();
+                    (id, owner)
+                })
+                .collect();
+            match VectorIndex::restore(&bytes, model.dim, settings.clone(), &model.id, &live) {
+                Ok((mut index, missing, dropped)) => {
+                    let mut batch = Batch::default();
+                    for t in store.templates_with_ids(&missing)? {
+                        if let Some(v) = t.template.data.embedding() {
+                            let owner = interned.entry(t.subject_id.clone()).or_insert_with_key(|k| k.as_str().into());
+                            batch.ids.push(t.template_id);
+                            batch.owners.push(owner.clone());
+                            batch.vectors.extend_from_slice(v);
+                        }
+                    }
+                    batch.flush_into(&mut index)?;
+                    info!(
+                        model = %model.id, index = %index.describe(), templates = index.len(),
+                        added = missing.len(), removed = dropped, ms = t.elapsed().as_millis() as u64,
+                        "face index restored from its snapshot and the store's changes since"
+                    );
+                    return Ok((index, !missing.is_empty() || dropped > 0));
+                }
+                Err(e) => warn!(error = %e, "face index snapshot not used; rebuilding from the store"),
+            }
+        }
+        Ok(None) => {}
+        Err(e) => warn!(error = %e, "face index snapshot unreadable; rebuilding from the store"),
+    }
+    let index = rebuild(store, model, settings)?;
+    info!(
+        model = %model.id, index = %index.describe(), templates = index.len(), ms = t.elapsed().as_millis() as u64,
+        "face index rebuilt from the store"
+    );
+    Ok((index, true))
+}
+
 /// The face index of the current model from every stored face template.
-fn rebuild(store: &Store, model: &FaceModel) -> Result<(VectorIndex, u64), EngineError> {
-    let mut index = VectorIndex::new(model.dim)?;
-    let mut foreign = 0u64;
+fn rebuild(store: &Store, model: &FaceModel, settings: &IndexSettings) -> Result<VectorIndex, EngineError> {
+    let mut index = VectorIndex::with_settings(model.dim, settings.clone())?;
+    index.begin_bulk();
     let mut owners: HashMap<String, Arc<str>> = HashMap::new();
     let mut batch = Batch::default();
     let mut failure = None;
     store.for_each_template(Modality::Face, |t| {
         let vector = match t.template.data.embedding() {
             Some(v) if t.template.model_id == model.id && v.len() == model.dim => v,
-            _ => {
-                foreign += 1;
-                return Ok(());
-            }
+            _ => return Ok(()),
         };
         let owner = owners.entry(t.subject_id.clone()).or_insert_with(|| t.subject_id.as_str().into());
         batch.ids.push(t.template_id);
@@ -332,7 +475,8 @@ fn rebuild(store: &Store, model: &FaceModel) -> Result<(VectorIndex, u64), Engin
         return Err(e.into());
     }
     batch.flush_into(&mut index)?;
-    Ok((index, foreign))
+    index.finish_bulk()?;
+    Ok(index)
 }
 
 /// The finger gallery's settings from the configuration.

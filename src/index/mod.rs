@@ -1,9 +1,24 @@
-//! 1:N candidate search: an exact inner-product faiss index per embedding
-//! model, keyed by template id. Derived data: rebuilt from the store.
+//! 1:N candidate search over face embeddings, keyed by template id. Derived
+//! data: rebuilt from the store, or restored from an encrypted snapshot plus
+//! a replay of the changes after it.
+//!
+//! Four kinds, chosen in configuration:
+//! - `flat`: faiss `IndexFlatIP`, exact float32 (the default and the reference);
+//! - `int8`: an int8 scan picks a shortlist that float32 re-ranks exactly;
+//! - `ivf`: faiss IVF-Flat (approximate, trained on the gallery);
+//! - `hnsw`: faiss HNSW-Flat (approximate graph search).
+
+mod ann;
+mod compressed;
+mod faiss_ix;
+pub mod int8;
+mod snapshot;
 
 use std::{collections::HashMap, sync::Arc};
 
-use faiss::{ConcurrentIndex, FlatIndex, IdMap, Idx, Index, index::flat::FlatIndexImpl, selector::IdSelector};
+use ann::{Hnsw, Ivf};
+use compressed::Compressed;
+use faiss_ix::FaissIndex;
 
 /// Why an index operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -11,9 +26,71 @@ pub enum IndexError {
     /// faiss reported an error.
     #[error("faiss: {0}")]
     Faiss(#[from] faiss::error::Error),
+    /// faiss' C API reported an error.
+    #[error("faiss: {0}")]
+    Native(String),
     /// A vector of the wrong length.
     #[error("vector has {got} values, index dimension is {expected}")]
     Dimension { expected: usize, got: usize },
+    /// A snapshot that cannot be used (format, kind or model differ).
+    #[error("index snapshot: {0}")]
+    Snapshot(String),
+}
+
+/// Which index structure serves face searches.
+#[derive(Debug, Clone, PartialEq)]
+pub enum IndexKind {
+    /// Exact float32 (faiss `IndexFlatIP`).
+    Flat,
+    /// Exact float32 re-rank of the `rerank` best by an int8 scan.
+    Int8 { rerank: usize },
+    /// faiss IVF-Flat: `nlist` cells (0: about 4*sqrt(N)), `nprobe` visited,
+    /// trained once `train_from` vectors are held (exact search before).
+    Ivf { nlist: usize, nprobe: usize, train_from: usize },
+    /// faiss HNSW-Flat with `m` links per node.
+    Hnsw { m: usize, ef_construction: usize, ef_search: usize },
+}
+
+impl IndexKind {
+    /// Short name (`flat`, `int8`, `ivf`, `hnsw`).
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Flat => "flat",
+            Self::Int8 { .. } => "int8",
+            Self::Ivf { .. } => "ivf",
+            Self::Hnsw { .. } => "hnsw",
+        }
+    }
+
+    /// Whether a search may miss a better template than those it returns.
+    pub fn approximate(&self) -> bool {
+        !matches!(self, Self::Flat)
+    }
+
+    /// What a snapshot must match to be reused: the structure, not the
+    /// search-time parameters.
+    fn build_key(&self) -> String {
+        match self {
+            Self::Flat | Self::Int8 { .. } => self.name().to_owned(),
+            Self::Ivf { nlist, .. } => format!("ivf nlist={nlist}"),
+            Self::Hnsw { m, ef_construction, .. } => format!("hnsw m={m} efc={ef_construction}"),
+        }
+    }
+}
+
+/// How the face index is built and searched.
+#[derive(Debug, Clone, PartialEq)]
+pub struct IndexSettings {
+    /// The structure.
+    pub kind: IndexKind,
+    /// Threads one int8 scan uses.
+    pub threads: usize,
+}
+
+impl Default for IndexSettings {
+    fn default() -> Self {
+        Self { kind: IndexKind::Flat, threads: 1 }
+    }
 }
 
 /// One search hit.
@@ -27,24 +104,70 @@ pub struct Hit {
     pub score: f32,
 }
 
-/// Exact inner-product search over unit vectors.
+enum Backend {
+    Flat(FaissIndex),
+    Int8(Compressed),
+    Ivf(Ivf),
+    Hnsw(Hnsw),
+}
+
+/// Inner-product search over unit vectors.
 pub struct VectorIndex {
     dim: usize,
-    index: IdMap<FlatIndexImpl>,
+    settings: IndexSettings,
+    backend: Backend,
+    /// Live templates and their owners: a hit without an owner (a tombstone)
+    /// is never returned.
     owners: HashMap<i64, Arc<str>>,
 }
 
 impl std::fmt::Debug for VectorIndex {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("VectorIndex").field("dim", &self.dim).field("len", &self.owners.len()).finish()
+        f.debug_struct("VectorIndex")
+            .field("dim", &self.dim)
+            .field("kind", &self.settings.kind)
+            .field("len", &self.owners.len())
+            .finish()
     }
 }
 
 impl VectorIndex {
-    /// An empty index of dimension `dim`.
+    /// An empty exact (flat) index of dimension `dim`.
     pub fn new(dim: usize) -> Result<Self, IndexError> {
-        let flat = FlatIndex::new_ip(u32::try_from(dim).unwrap_or(u32::MAX))?;
-        Ok(Self { dim, index: IdMap::new(flat)?, owners: HashMap::new() })
+        Self::with_settings(dim, IndexSettings::default())
+    }
+
+    /// An empty index of the configured kind.
+    pub fn with_settings(dim: usize, settings: IndexSettings) -> Result<Self, IndexError> {
+        let backend = match &settings.kind {
+            IndexKind::Flat => Backend::Flat(FaissIndex::new(dim, "IDMap,Flat")?),
+            IndexKind::Int8 { rerank } => Backend::Int8(Compressed::new(dim, *rerank, settings.threads)),
+            IndexKind::Ivf { nlist, nprobe, train_from } => Backend::Ivf(Ivf::new(dim, *nlist, *nprobe, *train_from)),
+            IndexKind::Hnsw { m, ef_construction, ef_search } => {
+                Backend::Hnsw(Hnsw::new(dim, *m, *ef_construction, *ef_search)?)
+            }
+        };
+        Ok(Self { dim, settings, backend, owners: HashMap::new() })
+    }
+
+    /// Starts a bulk load: an IVF index trains once, at [`VectorIndex::finish_bulk`].
+    pub fn begin_bulk(&mut self) {
+        if let Backend::Ivf(ivf) = &mut self.backend {
+            ivf.set_defer(true);
+        }
+    }
+
+    /// Ends a bulk load (trains an IVF index on everything loaded).
+    pub fn finish_bulk(&mut self) -> Result<(), IndexError> {
+        match &mut self.backend {
+            Backend::Ivf(ivf) => ivf.finish(),
+            _ => Ok(()),
+        }
+    }
+
+    /// The settings it was made with.
+    pub fn settings(&self) -> &IndexSettings {
+        &self.settings
     }
 
     /// Dimension of the vectors.
@@ -52,7 +175,7 @@ impl VectorIndex {
         self.dim
     }
 
-    /// Number of vectors.
+    /// Number of live vectors.
     pub fn len(&self) -> usize {
         self.owners.len()
     }
@@ -62,13 +185,36 @@ impl VectorIndex {
         self.owners.is_empty()
     }
 
-    /// Adds vectors (row-major, `ids.len() * dim` values) owned by `owners`.
+    /// What serves searches now, for logs and stats.
+    pub fn describe(&self) -> String {
+        match &self.backend {
+            Backend::Flat(_) => "flat (exact float32)".to_owned(),
+            Backend::Int8(_) => "int8 scan + exact float32 re-rank".to_owned(),
+            Backend::Ivf(ivf) if ivf.trained_on() == 0 => {
+                format!("ivf, not trained yet: exact search of {} staged vectors", ivf.staging().0.len())
+            }
+            Backend::Ivf(ivf) => format!("ivf, trained on {} vectors", ivf.trained_on()),
+            Backend::Hnsw(h) => format!("hnsw, {} tombstones", h.dead()),
+        }
+    }
+
+    /// Adds vectors (row-major, `ids.len() * dim` values) owned by `owners`;
+    /// an id already present is replaced.
     pub fn add(&mut self, ids: &[i64], owners: &[Arc<str>], vectors: &[f32]) -> Result<(), IndexError> {
         if vectors.len() != ids.len() * self.dim || owners.len() != ids.len() {
             return Err(IndexError::Dimension { expected: ids.len() * self.dim, got: vectors.len() });
         }
-        let idx: Vec<Idx> = ids.iter().map(|&i| Idx::new(i as u64)).collect();
-        self.index.add_with_ids(vectors, &idx)?;
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let present: Vec<i64> = ids.iter().copied().filter(|id| self.owners.contains_key(id)).collect();
+        self.remove(&present)?;
+        match &mut self.backend {
+            Backend::Flat(f) => f.add(ids, vectors)?,
+            Backend::Int8(c) => c.add(ids, vectors),
+            Backend::Ivf(ivf) => ivf.add(ids, vectors)?,
+            Backend::Hnsw(h) => h.add(ids, vectors)?,
+        }
         for (id, owner) in ids.iter().zip(owners) {
             self.owners.insert(*id, owner.clone());
         }
@@ -79,12 +225,27 @@ impl VectorIndex {
     pub fn remove(&mut self, ids: &[i64]) -> Result<usize, IndexError> {
         // Owners first: a hit without an owner is never returned, so the
         // removal holds even if faiss fails below.
-        for id in ids {
-            self.owners.remove(id);
+        let present: Vec<i64> = ids.iter().copied().filter(|id| self.owners.remove(id).is_some()).collect();
+        self.drop_held(&present)?;
+        Ok(present.len())
+    }
+
+    /// Drops vectors from the structure (their owners are already gone).
+    fn drop_held(&mut self, ids: &[i64]) -> Result<(), IndexError> {
+        if ids.is_empty() {
+            return Ok(());
         }
-        let idx: Vec<Idx> = ids.iter().map(|&i| Idx::new(i as u64)).collect();
-        let sel = IdSelector::batch(&idx)?;
-        Ok(self.index.remove_ids(&sel)?)
+        match &mut self.backend {
+            Backend::Flat(f) => {
+                f.remove(ids)?;
+            }
+            Backend::Int8(c) => {
+                c.remove(ids);
+            }
+            Backend::Ivf(ivf) => ivf.remove(ids)?,
+            Backend::Hnsw(h) => h.bury(ids.len()),
+        }
+        Ok(())
     }
 
     /// The `k` nearest templates, best first.
@@ -92,21 +253,95 @@ impl VectorIndex {
         if query.len() != self.dim {
             return Err(IndexError::Dimension { expected: self.dim, got: query.len() });
         }
+        Ok(self.search_batch(query, k)?.pop().unwrap_or_default())
+    }
+
+    /// The `k` nearest templates for each query (row-major), best first.
+    pub fn search_batch(&self, queries: &[f32], k: usize) -> Result<Vec<Vec<Hit>>, IndexError> {
+        if queries.len() % self.dim != 0 {
+            return Err(IndexError::Dimension { expected: self.dim, got: queries.len() % self.dim });
+        }
+        let nq = queries.len() / self.dim;
         let k = k.min(self.len());
         if k == 0 {
-            return Ok(Vec::new());
+            return Ok(vec![Vec::new(); nq]);
         }
-        let r = ConcurrentIndex::search(&self.index, query, k)?;
-        Ok(r.labels
-            .iter()
-            .zip(&r.distances)
-            .filter_map(|(label, &score)| {
-                let id = label.get()? as i64;
-                let subject_id = self.owners.get(&id)?.clone();
-                Some(Hit { template_id: id, subject_id, score })
+        let raw = match &self.backend {
+            Backend::Flat(f) => f.search(queries, self.dim, k)?,
+            Backend::Int8(c) => c.search(queries, k),
+            Backend::Ivf(ivf) => ivf.search(queries, k)?,
+            Backend::Hnsw(h) => h.search(queries, k)?,
+        };
+        Ok(raw
+            .into_iter()
+            .map(|hits| {
+                hits.into_iter()
+                    .filter_map(|(id, score)| {
+                        let subject_id = self.owners.get(&id)?.clone();
+                        Some(Hit { template_id: id, subject_id, score })
+                    })
+                    .take(k)
+                    .collect()
             })
             .collect())
     }
+
+    /// The index as bytes (to be sealed by the store): see [`VectorIndex::restore`].
+    /// `label` names what the vectors are (the embedding model).
+    pub fn snapshot(&self, label: &str) -> Result<Vec<u8>, IndexError> {
+        snapshot::encode(self, label)
+    }
+
+    /// An index from a snapshot made with the same kind, dimension and
+    /// label, brought in line with `live` (every template the store holds
+    /// for this label, with its owner): templates deleted after the snapshot
+    /// are dropped (their count is returned), and the ids the store holds
+    /// but the snapshot lacks are returned for the caller to add.
+    pub fn restore(
+        bytes: &[u8],
+        dim: usize,
+        settings: IndexSettings,
+        label: &str,
+        live: &[(i64, Arc<str>)],
+    ) -> Result<(Self, Vec<i64>, usize), IndexError> {
+        let (backend, held) = snapshot::decode(bytes, dim, &settings, label)?;
+        let mut ix = Self { dim, settings, backend, owners: HashMap::with_capacity(live.len()) };
+        let held: std::collections::HashSet<i64> = held.into_iter().collect();
+        let mut missing = Vec::new();
+        for (id, owner) in live {
+            if held.contains(id) {
+                ix.owners.insert(*id, owner.clone());
+            } else {
+                missing.push(*id);
+            }
+        }
+        let gone: Vec<i64> = held.iter().copied().filter(|id| !ix.owners.contains_key(id)).collect();
+        ix.drop_held(&gone)?;
+        if let Backend::Ivf(ivf) = &ix.backend {
+            // Cells trained on a much smaller gallery no longer fit it.
+            if ivf.trained_on() > 0 && ivf.trained_on().saturating_mul(4) < live.len() {
+                return Err(IndexError::Snapshot(format!(
+                    "IVF cells trained on {} vectors, the gallery now has {}: retraining",
+                    ivf.trained_on(),
+                    live.len()
+                )));
+            }
+        }
+        Ok((ix, missing, gone.len()))
+    }
+}
+
+/// Inner product.
+pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+
+/// The `k` best (id, score), best first (ties: lower id first).
+fn merge_top(hits: impl Iterator<Item = (i64, f32)>, k: usize) -> Vec<(i64, f32)> {
+    let mut v: Vec<(i64, f32)> = hits.collect();
+    v.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+    v.truncate(k);
+    v
 }
 
 /// Best score per subject over `hits`, best first, at most `k` subjects.
@@ -123,31 +358,4 @@ pub fn best_per_subject(hits: &[Hit], k: usize) -> Vec<(Arc<str>, f32)> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn unit(v: &[f32]) -> Vec<f32> {
-        let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
-        v.iter().map(|x| x / n).collect()
-    }
-
-    #[test]
-    fn add_search_remove() {
-        let mut ix = VectorIndex::new(3).expect("index");
-        let a: Arc<str> = "a".into();
-        let b: Arc<str> = "b".into();
-        let vs: Vec<f32> = [unit(&[1.0, 0.0, 0.0]), unit(&[0.0, 1.0, 0.0]), unit(&[0.9, 0.1, 0.0])].concat();
-        ix.add(&[10, 20, 30], &[a.clone(), b.clone(), a.clone()], &vs).expect("add");
-        let hits = ix.search(&unit(&[1.0, 0.05, 0.0]), 3).expect("search");
-        assert_eq!(hits[0].subject_id, a);
-        assert_eq!(hits.len(), 3);
-        let per = best_per_subject(&hits, 10);
-        assert_eq!(per.len(), 2);
-        assert_eq!(per[0].0, a);
-        assert_eq!(ix.remove(&[10, 30]).expect("remove"), 2);
-        let hits = ix.search(&unit(&[1.0, 0.0, 0.0]), 3).expect("search");
-        assert_eq!(hits.len(), 1);
-        assert_eq!(hits[0].subject_id, b);
-        assert!(ix.search(&[1.0], 1).is_err());
-    }
-}
+mod tests;

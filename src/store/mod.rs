@@ -5,6 +5,7 @@
 mod audit;
 mod crypto;
 mod jobs;
+mod sealed_file;
 
 use std::path::Path;
 
@@ -13,6 +14,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use crate::biometric::{Modality, NewTemplate, StoredTemplate, TemplateData};
 pub use audit::AuditEntry;
 use crypto::Sealer;
+pub use sealed_file::SealedFile;
 pub use jobs::{JobRecord, PairComponent};
 
 /// Why a store operation failed.
@@ -92,7 +94,8 @@ pub struct Enrolled {
 #[derive(Debug)]
 pub struct Store {
     conn: Connection,
-    sealer: Sealer,
+    sealer: std::sync::Arc<Sealer>,
+    dir: std::path::PathBuf,
     /// Held for the store's lifetime: a second server on the same data
     /// directory would build its own index and miss this one's writes.
     _lock: std::fs::File,
@@ -148,7 +151,7 @@ impl Store {
                 db.display()
             )));
         }
-        let sealer = Sealer::open(hex_key, dir)?;
+        let sealer = std::sync::Arc::new(Sealer::open(hex_key, dir)?);
         let conn = Connection::open(&db)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
@@ -157,7 +160,7 @@ impl Store {
         conn.execute_batch(SCHEMA)?;
         conn.execute_batch(jobs::SCHEMA)?;
         audit::create(&conn)?;
-        Ok(Self { conn, sealer, _lock: lock })
+        Ok(Self { conn, sealer, dir: dir.to_owned(), _lock: lock })
     }
 
     /// Stores a new encounter with `templates`. A new subject unless
@@ -280,6 +283,44 @@ impl Store {
             out.push(t);
             Ok(())
         })?;
+        Ok(out)
+    }
+
+    /// A sealed file of derived data in the data directory (usable without
+    /// holding the store).
+    pub fn sealed_file(&self, name: &str) -> SealedFile {
+        SealedFile::new(self.sealer.clone(), &self.dir, name)
+    }
+
+    /// Every live template of a modality and model: (template id, owner), in id order.
+    pub fn template_owners(&self, modality: Modality, model_id: &str) -> Result<Vec<(i64, String)>, StoreError> {
+        let mut st = self.conn.prepare(
+            "SELECT template_id, subject_id FROM templates WHERE modality = ?1 AND model_id = ?2 ORDER BY template_id",
+        )?;
+        let rows = st.query_map(params![modality.code(), model_id], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Templates of a modality made by another model than `model_id`.
+    pub fn foreign_templates(&self, modality: Modality, model_id: &str) -> Result<u64, StoreError> {
+        let n: i64 = self.conn.query_row(
+            "SELECT COUNT(*) FROM templates WHERE modality = ?1 AND model_id != ?2",
+            params![modality.code(), model_id],
+            |r| r.get(0),
+        )?;
+        Ok(n.max(0) as u64)
+    }
+
+    /// The templates with these ids (those that exist), decrypted, in id order.
+    pub fn templates_with_ids(&self, ids: &[i64]) -> Result<Vec<StoredTemplate>, StoreError> {
+        let mut out = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(512) {
+            let list: Vec<String> = chunk.iter().map(i64::to_string).collect();
+            self.templates_where(&format!("template_id IN ({})", list.join(",")), [], |t| {
+                out.push(t);
+                Ok(())
+            })?;
+        }
         Ok(out)
     }
 

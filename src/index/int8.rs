@@ -1,0 +1,479 @@
+//! Int8-compressed gallery for approximate inner-product search: one i8 code per value and one f32
+//! scale per vector. It finds candidates fast; the exact f32 vectors, kept elsewhere, re-rank them.
+#![cfg_attr(target_arch = "x86_64", expect(unsafe_code, reason = "AVX2 kernel; each unsafe block has a SAFETY note"))]
+
+use std::{cmp::Ordering, fmt, ops::Range, thread};
+
+/// Galleries with at least this many rows are split across threads; below, spawning costs more than it saves.
+const PARALLEL_MIN_ROWS: usize = 65_536;
+
+/// Rows scored per block. A block (dim 192: 48 KiB) stays in cache while every query of a batch is scored
+/// against it, so the gallery streams from memory once per batch rather than once per query.
+const BLOCK_ROWS: usize = 256;
+
+/// Int8 codes of a gallery of vectors, one scale per vector.
+#[derive(Clone)]
+pub struct Int8Codes {
+    dim: usize,
+    /// `len * dim` codes, row-major, each within `[-127, 127]`.
+    codes: Vec<i8>,
+    scales: Vec<f32>,
+}
+
+impl fmt::Debug for Int8Codes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Int8Codes").field("dim", &self.dim).field("len", &self.len()).finish_non_exhaustive()
+    }
+}
+
+impl Int8Codes {
+    /// An empty gallery of `dim`-dimensional vectors.
+    /// Panics if `dim` is zero.
+    pub fn new(dim: usize) -> Self {
+        assert!(dim > 0, "Int8Codes: dimension must be positive");
+        Self { dim, codes: Vec::new(), scales: Vec::new() }
+    }
+
+    /// Values per vector.
+    pub fn dim(&self) -> usize {
+        self.dim
+    }
+
+    /// Number of vectors.
+    pub fn len(&self) -> usize {
+        self.scales.len()
+    }
+
+    /// Whether the gallery holds no vector.
+    pub fn is_empty(&self) -> bool {
+        self.scales.is_empty()
+    }
+
+    /// Appends vectors (row-major, n*dim values).  Quantization: per vector, s = max|x_i| / 127 (s = 1 if
+    /// the vector is all zero), code_i = round(x_i / s) clamped to [-127, 127] (never -128).
+    /// Panics if `vectors.len()` is not a multiple of the dimension.
+    pub fn push(&mut self, vectors: &[f32]) {
+        assert_eq!(vectors.len() % self.dim, 0, "Int8Codes::push: {} values for dimension {}", vectors.len(), self.dim);
+        self.codes.reserve(vectors.len());
+        self.scales.reserve(vectors.len() / self.dim);
+        for v in vectors.chunks_exact(self.dim) {
+            let s = quantize(v, &mut self.codes);
+            self.scales.push(s);
+        }
+    }
+
+    /// Removes position `pos` by moving the last row into it (like `Vec::swap_remove`).
+    /// Panics if `pos >= self.len()`.
+    pub fn swap_remove(&mut self, pos: usize) {
+        let len = self.len();
+        assert!(pos < len, "Int8Codes::swap_remove: position {pos} out of {len}");
+        let last = len - 1;
+        if pos != last {
+            self.codes.copy_within(last * self.dim..len * self.dim, pos * self.dim);
+        }
+        self.codes.truncate(last * self.dim);
+        self.scales.swap_remove(pos);
+    }
+
+    /// Bytes held (codes + scales).
+    pub fn bytes(&self) -> usize {
+        self.codes.len() + self.scales.len() * size_of::<f32>()
+    }
+
+    /// The `r` positions with the highest approximate inner product with `query`, best first, as
+    /// `(position, s_query * s_row * sum(code_q * code_row))`; ties go to the lower position. The query is
+    /// quantized like the gallery. With at least 65 536 rows the scan is split over `threads` threads.
+    /// Panics if `query.len()` is not the dimension.
+    pub fn top(&self, query: &[f32], r: usize, threads: usize) -> Vec<(usize, f32)> {
+        assert_eq!(query.len(), self.dim, "Int8Codes::top: query length is not the dimension");
+        self.search(&Queries::new(query, self.dim), r, threads).pop().unwrap_or_default()
+    }
+
+    /// [`Int8Codes::top`] for a batch of queries (`nq * dim` values, row-major): one list per query. The
+    /// gallery is read once per batch, block by block, each block scored against every query.
+    /// Panics if `queries.len()` is not a multiple of the dimension.
+    pub fn top_batch(&self, queries: &[f32], r: usize, threads: usize) -> Vec<Vec<(usize, f32)>> {
+        assert_eq!(queries.len() % self.dim, 0, "Int8Codes::top_batch: length not a multiple of the dimension");
+        self.search(&Queries::new(queries, self.dim), r, threads)
+    }
+
+    fn search(&self, queries: &Queries, r: usize, threads: usize) -> Vec<Vec<(usize, f32)>> {
+        let (n, nq) = (self.len(), queries.scales.len());
+        if r == 0 || n == 0 {
+            return vec![Vec::new(); nq];
+        }
+        let kernel = Kernel::detect();
+        let threads = if n >= PARALLEL_MIN_ROWS { threads.clamp(1, n) } else { 1 };
+        let chunk = n.div_ceil(threads);
+        let range = |t: usize| (t * chunk).min(n)..((t + 1) * chunk).min(n);
+        let mut parts = thread::scope(|s| {
+            let handles: Vec<_> =
+                (1..threads).map(|t| s.spawn(move || self.scan(queries, range(t), r, kernel))).collect();
+            let mut parts = vec![self.scan(queries, range(0), r, kernel)];
+            // A panicking worker is a bug here; re-raise it on the caller's thread rather than hide it.
+            parts.extend(handles.into_iter().map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e))));
+            parts
+        });
+        (0..nq)
+            .map(|q| {
+                let mut merged: Vec<(usize, f32)> = parts.iter_mut().flat_map(|p| p[q].buf.drain(..)).collect();
+                merged.sort_unstable_by(better);
+                merged.truncate(r);
+                merged
+            })
+            .collect()
+    }
+
+    /// Per query, the best `r` rows of `rows` (not yet sorted or truncated).
+    fn scan(&self, queries: &Queries, rows: Range<usize>, r: usize, kernel: Kernel) -> Vec<TopR> {
+        let dim = self.dim;
+        let mut tops: Vec<TopR> = queries.scales.iter().map(|_| TopR::new(r)).collect();
+        let mut dots = [0i32; BLOCK_ROWS];
+        let mut start = rows.start;
+        while start < rows.end {
+            let end = (start + BLOCK_ROWS).min(rows.end);
+            let block = &self.codes[start * dim..end * dim];
+            let scales = &self.scales[start..end];
+            let dots = &mut dots[..end - start];
+            let per_query = queries.codes.chunks_exact(dim).zip(queries.abs.chunks_exact(dim)).zip(&queries.scales);
+            for (((q, q_abs), &sq), top) in per_query.zip(&mut tops) {
+                kernel.dots(block, q, q_abs, dots);
+                for (i, (&d, &s)) in dots.iter().zip(scales).enumerate() {
+                    top.offer(start + i, sq * s * d as f32);
+                }
+            }
+            start = end;
+        }
+        tops
+    }
+}
+
+/// Quantizes one vector, appending its codes to `out`; returns its scale.
+fn quantize(x: &[f32], out: &mut Vec<i8>) -> f32 {
+    let max = x.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    // An all-zero vector (or one holding an infinity) gets scale 1 so codes stay finite and well defined.
+    let s = if max > 0.0 && max.is_finite() { max / 127.0 } else { 1.0 };
+    // `as` maps NaN to 0; the clamp keeps -128 out, which the AVX2 kernel relies on.
+    out.extend(x.iter().map(|&v| (v / s).round().clamp(-127.0, 127.0) as i8));
+    s
+}
+
+/// Quantized queries with the `|code|` copy the AVX2 kernel wants.
+struct Queries {
+    codes: Vec<i8>,
+    /// `|code|`, at most 127, so it is the same byte read as signed or unsigned.
+    abs: Vec<i8>,
+    scales: Vec<f32>,
+}
+
+impl Queries {
+    fn new(queries: &[f32], dim: usize) -> Self {
+        let mut codes = Vec::with_capacity(queries.len());
+        let scales = queries.chunks_exact(dim).map(|q| quantize(q, &mut codes)).collect();
+        let abs = codes.iter().map(|c: &i8| c.abs()).collect();
+        Self { codes, abs, scales }
+    }
+}
+
+/// Best first; equal scores order by position so every split of the rows gives the same answer.
+fn better(a: &(usize, f32), b: &(usize, f32)) -> Ordering {
+    b.1.total_cmp(&a.1).then(a.0.cmp(&b.0))
+}
+
+/// The best `r` of a stream of (position, score) offered in increasing position order. Candidates go to a
+/// buffer of up to `2r`; when full it is cut back to the best `r`, whose worst becomes the bar to beat.
+struct TopR {
+    r: usize,
+    buf: Vec<(usize, f32)>,
+    /// Scores at or below this cannot enter: `r` better ones (or equal with lower positions) are held.
+    bar: f32,
+}
+
+impl TopR {
+    fn new(r: usize) -> Self {
+        Self { r, buf: Vec::with_capacity(2 * r), bar: f32::NEG_INFINITY }
+    }
+
+    #[inline]
+    fn offer(&mut self, pos: usize, score: f32) {
+        if score > self.bar {
+            self.insert(pos, score);
+        }
+    }
+
+    fn insert(&mut self, pos: usize, score: f32) {
+        if self.buf.len() == 2 * self.r {
+            self.buf.select_nth_unstable_by(self.r - 1, better);
+            self.buf.truncate(self.r);
+            self.bar = self.buf[self.r - 1].1;
+            if score <= self.bar {
+                return;
+            }
+        }
+        self.buf.push((pos, score));
+    }
+}
+
+/// Which i8 dot-product implementation this CPU runs.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Kernel {
+    Scalar,
+    #[cfg(target_arch = "x86_64")]
+    Avx2,
+}
+
+impl Kernel {
+    fn detect() -> Self {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx2") {
+                return Self::Avx2;
+            }
+        }
+        Self::Scalar
+    }
+
+    /// `out[i] = q · rows[i]` for the `out.len()` rows of `rows` (row-major, `q.len()` values each).
+    #[cfg_attr(not(target_arch = "x86_64"), expect(unused_variables, reason = "only the AVX2 kernel reads `q_abs`"))]
+    fn dots(self, rows: &[i8], q: &[i8], q_abs: &[i8], out: &mut [i32]) {
+        debug_assert_eq!(rows.len(), out.len() * q.len());
+        match self {
+            Self::Scalar => {
+                for (row, o) in rows.chunks_exact(q.len()).zip(out) {
+                    *o = dot_scalar(row, q);
+                }
+            }
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: `Avx2` is only chosen after runtime detection of AVX2.
+            Self::Avx2 => unsafe { avx2::dots(rows, q, q_abs, out) },
+        }
+    }
+}
+
+fn dot_scalar(a: &[i8], b: &[i8]) -> i32 {
+    a.iter().zip(b).map(|(&x, &y)| i32::from(x) * i32::from(y)).sum()
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use std::arch::x86_64::{
+        __m256i, _mm_add_epi32, _mm_extract_epi32, _mm256_add_epi32, _mm256_castsi256_si128, _mm256_extracti128_si256,
+        _mm256_hadd_epi32, _mm256_loadu_si256, _mm256_madd_epi16, _mm256_maddubs_epi16, _mm256_set1_epi16,
+        _mm256_setzero_si256, _mm256_sign_epi8,
+    };
+
+    use super::dot_scalar;
+
+    /// Rows scored together, sharing each query load and one horizontal reduction.
+    const ROWS: usize = 4;
+
+    /// `out[i] = q · rows[i]`. Per 32 bytes, `maddubs(|q|, sign(row, q))` gives exact i16 pair sums:
+    /// codes lie within ±127, so a pair is at most 2 * 127 * 127 = 32 258 and never saturates.
+    #[target_feature(enable = "avx2")]
+    pub(super) fn dots(rows: &[i8], q: &[i8], q_abs: &[i8], out: &mut [i32]) {
+        let dim = q.len();
+        let (q_body, q_tail) = q.as_chunks::<32>();
+        let (a_body, _) = q_abs.as_chunks::<32>();
+        let body = q_body.len() * 32;
+        let mut quads = rows.chunks_exact(ROWS * dim);
+        let mut outs = out.chunks_exact_mut(ROWS);
+        for (quad, o) in (&mut quads).zip(&mut outs) {
+            let (r0, rest) = quad.split_at(dim);
+            let (r1, rest) = rest.split_at(dim);
+            let (r2, r3) = rest.split_at(dim);
+            let (c0, c1, c2, c3) = (r0.as_chunks().0, r1.as_chunks().0, r2.as_chunks().0, r3.as_chunks().0);
+            let [mut a0, mut a1, mut a2, mut a3] = [_mm256_setzero_si256(); 4];
+            let body_chunks = q_body.iter().zip(a_body).zip(c0).zip(c1).zip(c2).zip(c3);
+            for (((((qc, ac), x0), x1), x2), x3) in body_chunks {
+                let (qv, av) = (load(qc), load(ac));
+                a0 = step(a0, av, qv, load(x0));
+                a1 = step(a1, av, qv, load(x1));
+                a2 = step(a2, av, qv, load(x2));
+                a3 = step(a3, av, qv, load(x3));
+            }
+            let sums = hsum4([a0, a1, a2, a3]);
+            for ((o, s), r) in o.iter_mut().zip(sums).zip([r0, r1, r2, r3]) {
+                *o = s + dot_scalar(&r[body..], q_tail);
+            }
+        }
+        // At most three rows, at the end of a range: not worth a vector path of their own.
+        for (row, o) in quads.remainder().chunks_exact(dim).zip(outs.into_remainder()) {
+            *o = dot_scalar(row, q);
+        }
+    }
+
+    /// `acc + q · row` over 32 codes, as eight i32 partial sums.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    fn step(acc: __m256i, q_abs: __m256i, q: __m256i, row: __m256i) -> __m256i {
+        let pairs = _mm256_maddubs_epi16(q_abs, _mm256_sign_epi8(row, q));
+        _mm256_add_epi32(acc, _mm256_madd_epi16(pairs, _mm256_set1_epi16(1)))
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    fn load(chunk: &[i8; 32]) -> __m256i {
+        // SAFETY: `chunk` is 32 readable bytes and `loadu` has no alignment requirement.
+        unsafe { _mm256_loadu_si256(chunk.as_ptr().cast()) }
+    }
+
+    /// The horizontal sums of four vectors of eight i32.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    fn hsum4(v: [__m256i; 4]) -> [i32; 4] {
+        let h = _mm256_hadd_epi32(_mm256_hadd_epi32(v[0], v[1]), _mm256_hadd_epi32(v[2], v[3]));
+        let s = _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256::<1>(h));
+        [_mm_extract_epi32::<0>(s), _mm_extract_epi32::<1>(s), _mm_extract_epi32::<2>(s), _mm_extract_epi32::<3>(s)]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// xorshift64*: deterministic test data without a dependency.
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+        }
+        /// Roughly normal: four uniforms on [0, 1), summed and centred.
+        fn normal(&mut self) -> f32 {
+            (0..4).map(|_| (self.next() >> 40) as f32 / (1u64 << 24) as f32).sum::<f32>() - 2.0
+        }
+        fn code(&mut self) -> i8 {
+            ((self.next() % 255) as i16 - 127) as i8
+        }
+    }
+
+    fn normalize(v: &mut [f32]) {
+        let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+        v.iter_mut().for_each(|x| *x /= n);
+    }
+
+    fn unit_vectors(seed: u64, n: usize, dim: usize) -> Vec<f32> {
+        let mut rng = Rng(seed);
+        let mut v: Vec<f32> = (0..n * dim).map(|_| rng.normal()).collect();
+        v.chunks_exact_mut(dim).for_each(normalize);
+        v
+    }
+
+    fn gallery(seed: u64, n: usize, dim: usize) -> (Int8Codes, Vec<f32>) {
+        let vectors = unit_vectors(seed, n, dim);
+        let mut codes = Int8Codes::new(dim);
+        codes.push(&vectors);
+        (codes, vectors)
+    }
+
+    fn dot(a: &[f32], b: &[f32]) -> f32 {
+        a.iter().zip(b).map(|(x, y)| x * y).sum()
+    }
+
+    #[test]
+    fn quantization_round_trips_within_half_a_step() {
+        let (codes, vectors) = gallery(1, 100, 77);
+        for ((row, &s), v) in codes.codes.chunks_exact(77).zip(&codes.scales).zip(vectors.chunks_exact(77)) {
+            assert!(row.iter().all(|&c| c != -128));
+            assert!(row.iter().any(|&c| c.abs() == 127));
+            for (&c, &x) in row.iter().zip(v) {
+                assert!((f32::from(c) * s - x).abs() <= s * 0.5 + 1e-6, "{c} * {s} vs {x}");
+            }
+        }
+        let mut zero = Int8Codes::new(4);
+        zero.push(&[0.0; 4]);
+        assert_eq!((zero.scales[0], &zero.codes[..]), (1.0, &[0i8; 4][..]));
+        assert_eq!(zero.bytes(), 4 + 4);
+    }
+
+    #[test]
+    fn avx2_and_scalar_dots_agree_exactly() {
+        let mut rng = Rng(7);
+        for dim in [192, 77, 32, 31, 1, 200] {
+            for n in [0, 1, 3, 4, 9, 64] {
+                let rows: Vec<i8> = (0..n * dim).map(|_| rng.code()).collect();
+                let mut q: Vec<i8> = (0..dim).map(|_| rng.code()).collect();
+                q[0] = -127;
+                let q_abs: Vec<i8> = q.iter().map(|c| c.abs()).collect();
+                let (mut a, mut b) = (vec![0; n], vec![0; n]);
+                Kernel::Scalar.dots(&rows, &q, &q_abs, &mut a);
+                Kernel::detect().dots(&rows, &q, &q_abs, &mut b);
+                assert_eq!(a, b, "dim {dim}, n {n}");
+            }
+        }
+        // The extreme case: every pair at ±127 * ±127.
+        let rows = [-127i8; 4 * 64];
+        let (q, q_abs) = ([-127i8; 64], [127i8; 64]);
+        let mut out = [0; 4];
+        Kernel::detect().dots(&rows, &q, &q_abs, &mut out);
+        assert_eq!(out, [64 * 127 * 127; 4]);
+    }
+
+    #[test]
+    fn exact_best_is_among_int8_top_32() {
+        let dim = 192;
+        let (codes, vectors) = gallery(3, 20_000, dim);
+        let mut rng = Rng(99);
+        for i in 0..50 {
+            let src = &vectors[(i * 397) * dim..][..dim];
+            let mut q: Vec<f32> = src.iter().map(|&x| x + 0.1 * rng.normal()).collect();
+            normalize(&mut q);
+            let exact =
+                vectors.chunks_exact(dim).map(|row| dot(row, &q)).enumerate().max_by(|a, b| a.1.total_cmp(&b.1));
+            let top = codes.top(&q, 32, 1);
+            assert_eq!(top.len(), 32);
+            assert!(top.windows(2).all(|w| better(&w[0], &w[1]) == Ordering::Less));
+            assert!(top.iter().any(|&(p, _)| Some(p) == exact.map(|e| e.0)), "query {i}");
+            assert!((top[0].1 - dot(&vectors[top[0].0 * dim..][..dim], &q)).abs() < 0.02);
+        }
+    }
+
+    #[test]
+    fn threads_and_batches_agree_with_single_queries() {
+        let dim = 77;
+        let (codes, _) = gallery(5, PARALLEL_MIN_ROWS + 1_001, dim);
+        let queries = unit_vectors(11, 5, dim);
+        let batch = codes.top_batch(&queries, 40, 3);
+        assert_eq!(batch.len(), 5);
+        for (q, from_batch) in queries.chunks_exact(dim).zip(&batch) {
+            let one = codes.top(q, 40, 1);
+            assert_eq!(one, codes.top(q, 40, 2));
+            assert_eq!(&one, from_batch);
+            assert_eq!(one, codes.top_batch(q, 40, 1)[0]);
+        }
+    }
+
+    #[test]
+    fn swap_remove_keeps_the_other_rows() {
+        let dim = 40;
+        let (mut codes, vectors) = gallery(13, 10, dim);
+        codes.swap_remove(3);
+        codes.swap_remove(8);
+        codes.swap_remove(1);
+        assert_eq!((codes.len(), codes.bytes()), (7, 7 * (dim + 4)));
+        // 9 moves into 3, 8 is last when removed, then 7 (last) moves into 1.
+        let expected = [0, 7, 2, 9, 4, 5, 6];
+        let mut fresh = Int8Codes::new(dim);
+        expected.iter().for_each(|&i| fresh.push(&vectors[i * dim..][..dim]));
+        assert_eq!((&codes.codes, &codes.scales), (&fresh.codes, &fresh.scales));
+        let top = codes.top(&vectors[9 * dim..][..dim], 1, 1);
+        assert_eq!(top[0].0, 3);
+    }
+
+    #[test]
+    fn empty_gallery_and_large_r() {
+        let mut codes = Int8Codes::new(8);
+        assert!(codes.is_empty());
+        assert!(codes.top(&[1.0; 8], 5, 2).is_empty());
+        assert_eq!(codes.top_batch(&[1.0; 16], 5, 1), vec![Vec::new(), Vec::new()]);
+        assert!(codes.top_batch(&[], 5, 1).is_empty());
+        codes.push(&[1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]);
+        let top = codes.top(&[1.0, 0.5, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0], 10, 1);
+        assert_eq!(top.iter().map(|t| t.0).collect::<Vec<_>>(), [0, 1]);
+        assert!((top[0].1 - 1.0).abs() < 0.01 && (top[1].1 - 0.5).abs() < 0.01);
+        assert!(codes.top(&[1.0; 8], 0, 1).is_empty());
+    }
+}
