@@ -53,3 +53,62 @@ async fn acknowledged_enrolls_survive_sigkill() {
     assert!(tail.iter().any(|e| e.action == "identify" && e.subject_id == "obama"));
     assert!(tail.iter().any(|e| e.action == "delete" && e.subject_id == "biden"));
 }
+
+/// With every index kind: a snapshot is written, later changes (enrolls and
+/// deletions) are replayed from the store after a SIGKILL, nothing deleted
+/// comes back, and the snapshot on disk is sealed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn index_snapshot_plus_replay_after_sigkill() {
+    for kind in ["flat", "int8", "ivf", "hnsw"] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let env = [("COTEJO__INDEX__KIND", kind), ("COTEJO__INDEX__SNAPSHOT_EVERY", "8"), ("COTEJO__INDEX__IVF_TRAIN_FROM", "8")];
+        let server = ChildServer::start_with(dir.path(), &env).await;
+        let mut c = client(&server.url).await;
+        let stats = c.stats(pb::StatsRequest {}).await.expect("stats").into_inner();
+        let (model, dim) = (stats.models[0].model_id.clone(), stats.models[0].dimension as usize);
+        let vector = |i: usize| {
+            let mut v = vec![0.0f32; dim];
+            v[i % dim] = 1.0;
+            v[(i * 7 + 3) % dim] += 0.5;
+            let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+            v.iter().map(|x| x / n).collect::<Vec<f32>>()
+        };
+        for i in 0..8 {
+            c.enroll(enroll_req(&format!("s{i}"), vec![face_embedding(&model, vector(i))])).await.expect("enroll");
+        }
+        let snap = dir.path().join("face-index.snap");
+        for _ in 0..100 {
+            if snap.exists() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        let sealed = std::fs::read(&snap).expect("snapshot written after 8 changes");
+        assert!(!sealed.windows(8).any(|w| w == b"CTJIDX01"), "{kind}: the snapshot is not sealed");
+        // After the snapshot: three more enrolls, one deletion of each age.
+        for i in 8..11 {
+            c.enroll(enroll_req(&format!("s{i}"), vec![face_embedding(&model, vector(i))])).await.expect("enroll");
+        }
+        for gone in ["s2", "s9"] {
+            c.delete(pb::DeleteRequest { subject_id: gone.into() }).await.expect("delete");
+        }
+        server.kill9();
+
+        let log = dir.path().join("restart.log");
+        let server = ChildServer::start_logged(dir.path(), &env, Some(&log)).await;
+        let mut c = client(&server.url).await;
+        for i in 0..11 {
+            let r = c.identify(identify_req(vec![face_embedding(&model, vector(i))])).await.expect("identify");
+            let r = r.into_inner();
+            let top = r.candidates.first().map(|c| c.subject_id.clone()).unwrap_or_default();
+            if i == 2 || i == 9 {
+                assert!(r.candidates.iter().all(|c| c.subject_id != format!("s{i}")), "{kind}: deleted s{i} returned");
+            } else {
+                assert_eq!(top, format!("s{i}"), "{kind}");
+            }
+        }
+        drop(server);
+        let log = std::fs::read_to_string(&log).expect("log");
+        assert!(log.contains("restored from its snapshot"), "{kind}: the snapshot was not used:\n{log}");
+    }
+}

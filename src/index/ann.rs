@@ -48,6 +48,14 @@ impl Ivf {
         Ok(ivf)
     }
 
+    pub(super) fn set_nprobe(&mut self, nprobe: usize) -> Result<(), IndexError> {
+        self.nprobe = nprobe.max(1);
+        match &self.index {
+            Some(ix) => ix.set("nprobe", self.nprobe as f64),
+            None => Ok(()),
+        }
+    }
+
     pub(super) fn set_defer(&mut self, defer: bool) {
         self.defer = defer;
     }

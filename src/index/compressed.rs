@@ -31,6 +31,10 @@ impl Compressed {
         }
     }
 
+    pub(super) fn set_rerank(&mut self, rerank: usize) {
+        self.rerank = rerank.max(1);
+    }
+
     pub(super) fn ids(&self) -> &[i64] {
         &self.ids
     }

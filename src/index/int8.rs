@@ -102,6 +102,8 @@ impl Int8Codes {
         if r == 0 || n == 0 {
             return vec![Vec::new(); nq];
         }
+        // Buffers are sized from `r`; more than `n` could never be filled.
+        let r = r.min(n);
         let kernel = Kernel::detect();
         let threads = if n >= PARALLEL_MIN_ROWS { threads.clamp(1, n) } else { 1 };
         let chunk = n.div_ceil(threads);
@@ -475,5 +477,6 @@ mod tests {
         assert_eq!(top.iter().map(|t| t.0).collect::<Vec<_>>(), [0, 1]);
         assert!((top[0].1 - 1.0).abs() < 0.01 && (top[1].1 - 0.5).abs() < 0.01);
         assert!(codes.top(&[1.0; 8], 0, 1).is_empty());
+        assert_eq!(codes.top_batch(&[1.0; 8], usize::MAX, 4)[0].len(), 2);
     }
 }

@@ -185,6 +185,28 @@ impl VectorIndex {
         self.owners.is_empty()
     }
 
+    /// Sets the search breadth of an approximate kind (int8: shortlist size,
+    /// ivf: cells visited, hnsw: efSearch); no effect on `flat`.
+    pub fn set_search_breadth(&mut self, breadth: usize) -> Result<(), IndexError> {
+        let breadth = breadth.max(1);
+        match (&mut self.backend, &mut self.settings.kind) {
+            (Backend::Int8(c), IndexKind::Int8 { rerank }) => {
+                *rerank = breadth;
+                c.set_rerank(breadth);
+            }
+            (Backend::Ivf(ivf), IndexKind::Ivf { nprobe, .. }) => {
+                *nprobe = breadth;
+                ivf.set_nprobe(breadth)?;
+            }
+            (Backend::Hnsw(h), IndexKind::Hnsw { ef_search, .. }) => {
+                *ef_search = breadth;
+                h.faiss().set("efSearch", breadth as f64)?;
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
     /// What serves searches now, for logs and stats.
     pub fn describe(&self) -> String {
         match &self.backend {

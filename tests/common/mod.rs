@@ -120,6 +120,11 @@ impl ChildServer {
 
     /// Like [`ChildServer::start`] with extra `COTEJO__` settings.
     pub(crate) async fn start_with(data_dir: &Path, env: &[(&str, &str)]) -> Self {
+        Self::start_logged(data_dir, env, None).await
+    }
+
+    /// Like [`ChildServer::start_with`], its log (JSON lines) written to `log`.
+    pub(crate) async fn start_logged(data_dir: &Path, env: &[(&str, &str)], log: Option<&Path>) -> Self {
         // Reserve a free port, release it, hand it to the child.
         let port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
         let child = Command::new(env!("CARGO_BIN_EXE_cotejo"))
@@ -128,7 +133,12 @@ impl ChildServer {
             .env("COTEJO__MODELS__DIR", models_dir())
             .env("COTEJO__LOG__FILTER", "warn")
             .envs(env.iter().copied())
+            .envs(log.map(|_| [("COTEJO__LOG__FILTER", "info"), ("COTEJO__LOG__FORMAT", "json")]).into_iter().flatten())
             .stdout(Stdio::null())
+            .stderr(match log {
+                Some(path) => Stdio::from(std::fs::File::create(path).expect("log file")),
+                None => Stdio::inherit(),
+            })
             .spawn()
             .expect("spawn cotejo serve");
         let url = format!("http://127.0.0.1:{port}");
