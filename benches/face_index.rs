@@ -36,6 +36,8 @@ use rand::{Rng, SeedableRng, rngs::StdRng};
 type Res<T> = Result<T, Box<dyn std::error::Error>>;
 
 fn main() -> Res<()> {
+    // The same OpenMP setting as the service, for every kind and the baseline.
+    cotejo::openmp::ensure_passive_wait();
     let mut n = 100_000usize;
     let mut kinds = "flat,int8,ivf,hnsw".to_owned();
     let mut queries = 1000usize;

@@ -14,6 +14,7 @@ pub mod imaging;
 pub mod index;
 pub mod inference;
 pub mod jobs;
+pub mod openmp;
 pub mod server;
 pub mod store;
 pub mod telemetry;

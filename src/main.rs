@@ -296,6 +296,16 @@ enum EvalCommand {
         #[arg(long, default_value_t = 100_000)]
         gallery: usize,
     },
+    /// Restart time with a large face gallery: rebuild from the store
+    /// against the index snapshot plus a replay of later changes.
+    Startup {
+        /// Subjects (one synthetic face embedding each).
+        #[arg(long, default_value_t = 100_000)]
+        gallery: usize,
+        /// Enrollments after the snapshot (a tenth as many deletions too).
+        #[arg(long, default_value_t = 1000)]
+        changes: usize,
+    },
     /// Identify latency from image files at a gallery size.
     Latency {
         /// Folder with LABELS.txt (identities with two images give the mates).
@@ -314,6 +324,7 @@ enum EvalCommand {
 }
 
 fn main() -> ExitCode {
+    cotejo::openmp::ensure_passive_wait();
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
@@ -423,6 +434,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     tokio::task::spawn_blocking(move || eval::dedup::evaluate(&config, &data, threads)).await?
                 }
                 EvalCommand::DedupTime { gallery } => eval::dedup_time(&config, gallery).await,
+                EvalCommand::Startup { gallery, changes } => eval::startup(&config, gallery, changes).await,
                 EvalCommand::Latency { data, gallery, queries, with_dedup_job } => {
                     eval::latency(&config, &data, gallery, queries, with_dedup_job).await
                 }

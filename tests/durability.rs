@@ -97,6 +97,9 @@ async fn index_snapshot_plus_replay_after_sigkill() {
         let log = dir.path().join("restart.log");
         let server = ChildServer::start_logged(dir.path(), &env, Some(&log)).await;
         let mut c = client(&server.url).await;
+        let index = c.stats(pb::StatsRequest {}).await.expect("stats").into_inner().face_index.expect("face index");
+        assert_eq!(index.kind, kind);
+        assert_eq!(index.approximate, kind != "flat");
         for i in 0..11 {
             let r = c.identify(identify_req(vec![face_embedding(&model, vector(i))])).await.expect("identify");
             let r = r.into_inner();

@@ -219,6 +219,11 @@ impl From<Stats> for pb::StatsResponse {
                     sha256,
                 })
                 .collect(),
+            face_index: Some(pb::FaceIndex {
+                kind: s.face_index.0,
+                approximate: s.face_index.1,
+                state: s.face_index.2,
+            }),
         }
     }
 }

@@ -162,7 +162,8 @@ pub(super) fn stats(as_json: bool, r: &pb::StatsResponse) -> anyhow::Result<()> 
             .map(|m| json!({"model_id": m.model_id, "modality": modality(m.modality), "dimension": m.dimension, "sha256": m.sha256}))
             .collect();
         return emit(
-            &json!({"subjects": r.subjects, "encounters": r.encounters, "face_templates": face, "finger_templates": finger, "templates": templates, "models": models}),
+            &json!({"subjects": r.subjects, "encounters": r.encounters, "face_templates": face, "finger_templates": finger, "templates": templates, "models": models,
+                "face_index": r.face_index.as_ref().map(|i| json!({"kind": i.kind, "approximate": i.approximate, "state": i.state}))}),
         );
     }
     println!("subjects {}  encounters {}  face templates {face}  finger templates {finger}", r.subjects, r.encounters);
@@ -171,6 +172,9 @@ pub(super) fn stats(as_json: bool, r: &pb::StatsResponse) -> anyhow::Result<()> 
             0 => println!("  model {} ({} minutiae)", m.model_id, modality(m.modality)),
             d => println!("  model {} ({}, {d} dims)", m.model_id, modality(m.modality)),
         }
+    }
+    if let Some(i) = &r.face_index {
+        println!("  face index: {}{}", i.state, if i.approximate { " (approximate)" } else { "" });
     }
     Ok(())
 }

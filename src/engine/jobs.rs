@@ -259,15 +259,17 @@ fn push_pair(out: &mut Vec<PairComponent>, x: &str, y: &str, component: String, 
 }
 
 /// SCHED_IDLE: the job only gets CPU time nothing else wants.
+#[allow(unsafe_code)]
 fn lower_priority() {
-    use thread_priority::{
-        NormalThreadSchedulePolicy, ThreadPriority, ThreadSchedulePolicy, set_thread_priority_and_policy,
-        thread_native_id,
-    };
-    let idle = ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Idle);
-    let zero = ThreadPriority::Crossplatform(0u8.try_into().unwrap_or_default());
-    if let Err(e) = set_thread_priority_and_policy(thread_native_id(), zero, idle) {
-        warn!(error = ?e, "cannot lower the job runner's priority; jobs run at normal priority");
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: sets the calling thread's (pid 0: this thread) policy from a
+    // valid sched_param; no memory is shared.
+    let rc = unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) };
+    if rc != 0 {
+        warn!(
+            error = %std::io::Error::last_os_error(),
+            "cannot lower the job runner's priority; jobs run at normal priority"
+        );
     }
 }
 
@@ -401,5 +403,21 @@ impl Engine {
             subjects: p.subjects,
             templates: p.templates,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    #[allow(unsafe_code)]
+    fn the_runner_thread_gets_the_idle_policy() {
+        let policy = std::thread::spawn(|| {
+            super::lower_priority();
+            // SAFETY: reads the calling thread's policy.
+            unsafe { libc::sched_getscheduler(0) }
+        })
+        .join()
+        .expect("thread");
+        assert_eq!(policy, libc::SCHED_IDLE);
     }
 }

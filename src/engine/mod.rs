@@ -14,7 +14,7 @@ use std::{
     collections::HashMap,
     sync::{
         Arc, Mutex, RwLock,
-        atomic::{AtomicBool, AtomicU64, Ordering},
+        atomic::{AtomicU64, Ordering},
     },
     time::Instant,
 };
@@ -136,7 +136,7 @@ impl Engine {
                 file: snapshot_file,
                 every: config.index.snapshot_every.max(1),
                 changes: Arc::new(AtomicU64::new(0)),
-                running: Arc::new(AtomicBool::new(false)),
+                writing: Arc::new(Mutex::new(())),
             },
             fingers,
             jobs,
@@ -161,6 +161,7 @@ impl Engine {
 
     /// Writes the face index snapshot now (blocking; at shutdown).
     pub fn save_snapshot(&self) -> Result<(), EngineError> {
+        let _one_writer = self.snapshots.writing.lock().map_err(|_| EngineError::Internal("snapshot lock".into()))?;
         write_snapshot(&self.gallery, &self.snapshots.file, &self.face_model.id)
     }
 
@@ -176,20 +177,18 @@ impl Engine {
 
     fn snapshot_in_background(&self) {
         let s = &self.snapshots;
-        if s.running.swap(true, Ordering::AcqRel) {
-            return;
-        }
         s.changes.store(0, Ordering::Relaxed);
-        let (gallery, file, label, running) =
-            (self.gallery.clone(), s.file.clone(), self.face_model.id.clone(), s.running.clone());
+        let (gallery, file, label, writing) =
+            (self.gallery.clone(), s.file.clone(), self.face_model.id.clone(), s.writing.clone());
         let spawned = std::thread::Builder::new().name("index-snapshot".into()).spawn(move || {
+            // One writer at a time; a snapshot already being written will do.
+            let Ok(_one_writer) = writing.try_lock() else { return };
             if let Err(e) = write_snapshot(&gallery, &file, &label) {
                 warn!(error = %e, "face index snapshot failed; the next start-up reads the store instead");
             }
-            running.store(false, Ordering::Release);
         });
-        if spawned.is_err() {
-            s.running.store(false, Ordering::Release);
+        if let Err(e) = spawned {
+            warn!(error = %e, "cannot start the snapshot thread");
         }
     }
 
@@ -330,7 +329,12 @@ impl Engine {
         if self.workers.fingers() {
             models.push((self.finger_model_id.clone(), Modality::Finger, 0, self.finger_model_sha256.clone()));
         }
-        Ok(Stats { subjects: s.subjects, encounters: s.encounters, templates: s.templates, models })
+        let face_index = {
+            let g = self.gallery.read().map_err(|_| EngineError::Internal("index lock poisoned".into()))?;
+            let kind = &g.settings().kind;
+            (kind.name().to_owned(), kind.approximate(), g.describe())
+        };
+        Ok(Stats { subjects: s.subjects, encounters: s.encounters, templates: s.templates, models, face_index })
     }
 }
 
@@ -369,7 +373,7 @@ struct Snapshots {
     file: SealedFile,
     every: u64,
     changes: Arc<AtomicU64>,
-    running: Arc<AtomicBool>,
+    writing: Arc<Mutex<()>>,
 }
 
 /// The index settings from the configuration.

@@ -182,4 +182,6 @@ pub struct Stats {
     pub templates: Vec<(Modality, String, u64)>,
     /// Models loaded: (id, modality, dimension, sha256).
     pub models: Vec<(String, Modality, u32, String)>,
+    /// Face index: (kind, approximate, state).
+    pub face_index: (String, bool, String),
 }

@@ -181,7 +181,7 @@ pub async fn dedup_time(config: &Config, gallery: usize) -> anyhow::Result<()> {
 
 /// Enrolls subjects `synthetic-<n>` for every n of `range`, each with one
 /// random face embedding (seeded).
-async fn enroll_synthetic(engine: &Engine, range: std::ops::Range<usize>, seed: u64) -> anyhow::Result<()> {
+pub(super) async fn enroll_synthetic(engine: &Engine, range: std::ops::Range<usize>, seed: u64) -> anyhow::Result<()> {
     let model = engine.face_model().clone();
     let mut rng = StdRng::seed_from_u64(seed);
     for n in range {
@@ -205,7 +205,7 @@ async fn enroll_synthetic(engine: &Engine, range: std::ops::Range<usize>, seed: 
 
 /// An engine on a temporary data directory (dropped with the returned guard),
 /// and the configuration it runs with.
-async fn scratch_engine(config: &Config) -> anyhow::Result<(tempfile::TempDir, Config, Engine)> {
+pub(super) async fn scratch_engine(config: &Config) -> anyhow::Result<(tempfile::TempDir, Config, Engine)> {
     let dir = tempfile::tempdir()?;
     let mut config = config.clone();
     config.store.data_dir = dir.path().to_owned();

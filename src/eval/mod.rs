@@ -7,6 +7,7 @@ pub mod dedup;
 mod fingers;
 mod identification;
 mod latency;
+mod startup;
 pub mod metrics;
 
 use std::{
@@ -25,6 +26,7 @@ use crate::{
 pub use fingers::{FingerSource, fingers};
 pub use identification::identification;
 pub use latency::{dedup_time, latency};
+pub use startup::startup;
 
 /// One labelled image.
 #[derive(Debug, Clone)]

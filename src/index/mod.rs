@@ -339,15 +339,20 @@ impl VectorIndex {
         }
         let gone: Vec<i64> = held.iter().copied().filter(|id| !ix.owners.contains_key(id)).collect();
         ix.drop_held(&gone)?;
-        if let Backend::Ivf(ivf) = &ix.backend {
+        match &ix.backend {
             // Cells trained on a much smaller gallery no longer fit it.
-            if ivf.trained_on() > 0 && ivf.trained_on().saturating_mul(4) < live.len() {
+            Backend::Ivf(ivf) if ivf.trained_on() > 0 && ivf.trained_on().saturating_mul(4) < live.len() => {
                 return Err(IndexError::Snapshot(format!(
                     "IVF cells trained on {} vectors, the gallery now has {}: retraining",
                     ivf.trained_on(),
                     live.len()
                 )));
             }
+            // Many tombstones slow searches down: rebuild without them.
+            Backend::Hnsw(h) if h.dead() > 1000 + live.len() / 10 => {
+                return Err(IndexError::Snapshot(format!("HNSW holds {} deleted vectors: rebuilding", h.dead())));
+            }
+            _ => {}
         }
         Ok((ix, missing, gone.len()))
     }
