@@ -96,7 +96,17 @@ fn main() -> Res<()> {
     println!("N = {n}, dim {dim}, {nq} queries; exact rank-1 on the planted mate: {:.3}", mate_hit as f64 / nq as f64);
     println!(
         "{:<18} {:>8} {:>9} {:>10} {:>9} {:>9} {:>11} {:>9} {:>8} {:>9} {:>7}",
-        "index", "build s", "B/templ", "single q/s", "p50 ms", "p99 ms", "batch32 q/s", "b32 p99", "x base", "recall@1", "@10"
+        "index",
+        "build s",
+        "B/templ",
+        "single q/s",
+        "p50 ms",
+        "p99 ms",
+        "batch32 q/s",
+        "b32 p99",
+        "x base",
+        "recall@1",
+        "@10"
     );
     for r in std::iter::once(&base).chain(&rows) {
         let (r1, r10) = recall(&r.top10, &truth);
@@ -330,7 +340,11 @@ fn unit(v: &[f32]) -> Vec<f32> {
 }
 
 /// Mean (or the given one) and covariance of rows, in f64.
-fn covariance<'a>(rows: impl Iterator<Item = &'a [f32]> + Clone, d: usize, mean: Option<Vec<f64>>) -> (Vec<f32>, Vec<f64>) {
+fn covariance<'a>(
+    rows: impl Iterator<Item = &'a [f32]> + Clone,
+    d: usize,
+    mean: Option<Vec<f64>>,
+) -> (Vec<f32>, Vec<f64>) {
     let count = rows.clone().count().max(2) as f64;
     let mean = mean.unwrap_or_else(|| {
         let mut m = vec![0.0f64; d];

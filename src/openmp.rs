@@ -14,9 +14,7 @@ pub fn ensure_passive_wait() {
         return;
     }
     let Ok(exe) = std::env::current_exe() else { return };
-    let err = std::process::Command::new(exe)
-        .args(std::env::args_os().skip(1))
-        .env("OMP_WAIT_POLICY", "PASSIVE")
-        .exec();
+    let err =
+        std::process::Command::new(exe).args(std::env::args_os().skip(1)).env("OMP_WAIT_POLICY", "PASSIVE").exec();
     eprintln!("warning: cannot re-execute with OMP_WAIT_POLICY=PASSIVE ({err}); going on without it");
 }

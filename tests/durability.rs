@@ -61,7 +61,11 @@ async fn acknowledged_enrolls_survive_sigkill() {
 async fn index_snapshot_plus_replay_after_sigkill() {
     for kind in ["flat", "int8", "ivf", "hnsw"] {
         let dir = tempfile::tempdir().expect("tempdir");
-        let env = [("COTEJO__INDEX__KIND", kind), ("COTEJO__INDEX__SNAPSHOT_EVERY", "8"), ("COTEJO__INDEX__IVF_TRAIN_FROM", "8")];
+        let env = [
+            ("COTEJO__INDEX__KIND", kind),
+            ("COTEJO__INDEX__SNAPSHOT_EVERY", "8"),
+            ("COTEJO__INDEX__IVF_TRAIN_FROM", "8"),
+        ];
         let server = ChildServer::start_with(dir.path(), &env).await;
         let mut c = client(&server.url).await;
         let stats = c.stats(pb::StatsRequest {}).await.expect("stats").into_inner();

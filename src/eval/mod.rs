@@ -7,8 +7,8 @@ pub mod dedup;
 mod fingers;
 mod identification;
 mod latency;
-mod startup;
 pub mod metrics;
+mod startup;
 
 use std::{
     path::{Path, PathBuf},

@@ -36,16 +36,22 @@ impl Ivf {
         }
     }
 
-    pub(super) fn restored(dim: usize, nlist: usize, nprobe: usize, train_from: usize, index: Option<FaissIndex>, trained_on: usize, staging_ids: Vec<i64>, staging: Vec<f32>) -> Result<Self, IndexError> {
-        let mut ivf = Self::new(dim, nlist, nprobe, train_from);
+    /// Puts back the state a snapshot held.
+    pub(super) fn restore_state(
+        &mut self,
+        index: Option<FaissIndex>,
+        trained_on: usize,
+        staging_ids: Vec<i64>,
+        staging: Vec<f32>,
+    ) -> Result<(), IndexError> {
         if let Some(ix) = &index {
-            ix.set("nprobe", ivf.nprobe as f64)?;
+            ix.set("nprobe", self.nprobe as f64)?;
         }
-        ivf.index = index;
-        ivf.trained_on = trained_on;
-        ivf.staging_ids = staging_ids;
-        ivf.staging = staging;
-        Ok(ivf)
+        self.index = index;
+        self.trained_on = trained_on;
+        self.staging_ids = staging_ids;
+        self.staging = staging;
+        Ok(())
     }
 
     pub(super) fn set_nprobe(&mut self, nprobe: usize) -> Result<(), IndexError> {

@@ -98,7 +98,8 @@ impl FaissIndex {
             }
             let rc = sys::faiss_write_index(self.inner.inner_ptr(), f.cast());
             libc::fclose(f);
-            let out = if buf.is_null() { Vec::new() } else { std::slice::from_raw_parts(buf.cast::<u8>(), size).to_vec() };
+            let out =
+                if buf.is_null() { Vec::new() } else { std::slice::from_raw_parts(buf.cast::<u8>(), size).to_vec() };
             libc::free(buf.cast());
             check(rc)?;
             Ok(out)
@@ -137,7 +138,11 @@ fn check(rc: libc::c_int) -> Result<(), IndexError> {
     // SAFETY: faiss returns a thread-local C string or null.
     let msg = unsafe {
         let p = sys::faiss_get_last_error();
-        if p.is_null() { format!("faiss error {rc}") } else { std::ffi::CStr::from_ptr(p).to_string_lossy().into_owned() }
+        if p.is_null() {
+            format!("faiss error {rc}")
+        } else {
+            std::ffi::CStr::from_ptr(p).to_string_lossy().into_owned()
+        }
     };
     Err(IndexError::Native(msg))
 }

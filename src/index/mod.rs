@@ -280,7 +280,7 @@ impl VectorIndex {
 
     /// The `k` nearest templates for each query (row-major), best first.
     pub fn search_batch(&self, queries: &[f32], k: usize) -> Result<Vec<Vec<Hit>>, IndexError> {
-        if queries.len() % self.dim != 0 {
+        if !queries.len().is_multiple_of(self.dim) {
             return Err(IndexError::Dimension { expected: self.dim, got: queries.len() % self.dim });
         }
         let nq = queries.len() / self.dim;

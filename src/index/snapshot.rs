@@ -72,7 +72,12 @@ pub(super) fn decode(
         return Err(bad(&format!("made for {}, not {label}", header.label)));
     }
     if header.build != settings.kind.build_key() || header.dim != dim {
-        return Err(bad(&format!("holds {} of dimension {}, configured {}", header.build, header.dim, settings.kind.build_key())));
+        return Err(bad(&format!(
+            "holds {} of dimension {}, configured {}",
+            header.build,
+            header.dim,
+            settings.kind.build_key()
+        )));
     }
     let held = read_ids(r.section()?)?;
     let backend = match &settings.kind {
@@ -94,7 +99,9 @@ pub(super) fn decode(
             if sv.len() != sids.len() * dim {
                 return Err(bad("ivf staging length"));
             }
-            Backend::Ivf(ann::Ivf::restored(dim, *nlist, *nprobe, *train_from, faiss, header.trained_on, sids, sv)?)
+            let mut ivf = ann::Ivf::new(dim, *nlist, *nprobe, *train_from);
+            ivf.restore_state(faiss, header.trained_on, sids, sv)?;
+            Backend::Ivf(ivf)
         }
         IndexKind::Hnsw { ef_search, .. } => {
             let faiss = FaissIndex::from_bytes(r.section()?)?;
@@ -142,14 +149,14 @@ fn floats_bytes(v: &[f32]) -> Vec<u8> {
 }
 
 fn read_ids(b: &[u8]) -> Result<Vec<i64>, IndexError> {
-    if b.len() % 8 != 0 {
+    if !b.len().is_multiple_of(8) {
         return Err(bad("id section length"));
     }
     Ok(b.chunks_exact(8).map(|c| i64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]])).collect())
 }
 
 fn read_floats(b: &[u8]) -> Result<Vec<f32>, IndexError> {
-    if b.len() % 4 != 0 {
+    if !b.len().is_multiple_of(4) {
         return Err(bad("vector section length"));
     }
     Ok(b.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())

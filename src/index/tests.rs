@@ -137,7 +137,9 @@ fn snapshot_restores_and_replays_deletions_and_additions() {
         // A snapshot of another model or kind is refused.
         assert!(VectorIndex::restore(&bytes, dim, settings.clone(), "model-b", &live).is_err());
         let other = if kind == IndexKind::Flat { IndexKind::Int8 { rerank: 8 } } else { IndexKind::Flat };
-        assert!(VectorIndex::restore(&bytes, dim, IndexSettings { kind: other, threads: 1 }, "model-a", &live).is_err());
+        assert!(
+            VectorIndex::restore(&bytes, dim, IndexSettings { kind: other, threads: 1 }, "model-a", &live).is_err()
+        );
         assert!(VectorIndex::restore(&bytes[..bytes.len() / 2], dim, settings, "model-a", &live).is_err());
     }
 }

@@ -14,8 +14,8 @@ use rusqlite::{Connection, OptionalExtension, params};
 use crate::biometric::{Modality, NewTemplate, StoredTemplate, TemplateData};
 pub use audit::AuditEntry;
 use crypto::Sealer;
-pub use sealed_file::SealedFile;
 pub use jobs::{JobRecord, PairComponent};
+pub use sealed_file::SealedFile;
 
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]
