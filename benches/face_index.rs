@@ -14,7 +14,8 @@
 //! synthetic, drawn from Gaussians fitted to the real embeddings: identities
 //! from the mean and covariance of the real gallery vectors, and a mated
 //! probe of a synthetic identity by adding a within-identity deviation drawn
-//! from the covariance of the real images around their identity's mean. Half
+//! from the covariance of the real images around their identity's mean,
+//! scaled so that synthetic mated pairs have the real pairs' mean cosine. Half
 //! of the queries are real mated probes (other lfw-dev images of gallery
 //! identities), half synthetic mated probes. The bench prints the cosine
 //! statistics of both, so the synthetic data can be checked against the real.
@@ -306,13 +307,21 @@ fn dataset(real: &Real, n: usize, queries: usize, seed: u64) -> (Vec<f32>, Vec<f
         }
     }
     let real_q = mates.len();
+    let cos = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| x * y).sum::<f32>();
+    // A real mated pair is two deviations from the identity's centre; a
+    // synthetic probe is one deviation from a gallery vector. Scale the
+    // deviation so that synthetic mated pairs have the real mean cosine c:
+    // cos(g, g + s*w) = 1 / sqrt(1 + s^2 |w|^2) with |w|^2 about trace(within).
+    let c = (0..real_q).map(|q| cos(&probes[q * d..(q + 1) * d], &gallery[mates[q] as usize * d..][..d])).sum::<f32>()
+        / real_q.max(1) as f32;
+    let trace: f64 = (0..d).map(|i| within[i * d + i]).sum();
+    let s = ((1.0 / f64::from(c * c) - 1.0) / trace).sqrt() as f32;
     while mates.len() < queries {
         let g = rng.random_range(real.identities.len().min(n - 1)..n);
         let w = gaussian(&lw, d, &mut rng);
-        probes.extend(unit(&gallery[g * d..(g + 1) * d].iter().zip(&w).map(|(a, b)| a + b).collect::<Vec<_>>()));
+        probes.extend(unit(&gallery[g * d..(g + 1) * d].iter().zip(&w).map(|(a, b)| a + s * b).collect::<Vec<_>>()));
         mates.push(g as i64);
     }
-    let cos = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| x * y).sum::<f32>();
     let mated = |range: std::ops::Range<usize>| {
         let v: Vec<f32> =
             range.map(|q| cos(&probes[q * d..(q + 1) * d], &gallery[mates[q] as usize * d..][..d])).collect();
