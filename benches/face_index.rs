@@ -3,7 +3,7 @@
 //! and searched in the same process on the same data.
 //!
 //! Run: `cargo bench --bench face_index -- --n 1000000 --kinds int8,ivf:32,hnsw:128`
-//! (a kind is `flat`, `int8[:rerank]`, `ivf[:nprobe]` or `hnsw[:efSearch]`;
+//! (a kind is `flat`, `int8[:rerank]`, `int4[:rerank]`, `ivf[:nprobe]` or `hnsw[:efSearch]`;
 //! several breadths of one kind: `ivf:16/32/64`). Options: `--queries Q`
 //! (default 1000), `--threads T` (int8 scan threads, default 1),
 //! `--data DIR` (default ../shared/data/faces/lfw-dev).
@@ -96,32 +96,36 @@ fn main() -> Res<()> {
     let mate_hit = base.top10.iter().zip(&mates).filter(|(t, m)| t.first() == Some(m)).count();
     println!("N = {n}, dim {dim}, {nq} queries; exact rank-1 on the planted mate: {:.3}", mate_hit as f64 / nq as f64);
     println!(
-        "{:<18} {:>8} {:>9} {:>10} {:>9} {:>9} {:>11} {:>9} {:>8} {:>9} {:>7}",
+        "{:<18} {:>8} {:>9} {:>10} {:>9} {:>9} {:>8} {:>10} {:>8} {:>11} {:>9} {:>9} {:>7}",
         "index",
         "build s",
         "B/templ",
         "single q/s",
         "p50 ms",
         "p99 ms",
+        "x base",
+        "2 clients",
+        "x base",
         "batch32 q/s",
         "b32 p99",
-        "x base",
         "recall@1",
         "@10"
     );
     for r in std::iter::once(&base).chain(&rows) {
         let (r1, r10) = recall(&r.top10, &truth);
         println!(
-            "{:<18} {:>8.1} {:>9.0} {:>10.1} {:>9.2} {:>9.2} {:>11.1} {:>9.1} {:>8.2} {:>9.4} {:>7.4}",
+            "{:<18} {:>8.1} {:>9.0} {:>10.1} {:>9.2} {:>9.2} {:>8.2} {:>10.1} {:>8.2} {:>11.1} {:>9.1} {:>9.4} {:>7.4}",
             r.label,
             r.build_s,
             r.mem,
             r.single_qps,
             r.p50,
             r.p99,
+            r.single_qps / base.single_qps,
+            r.two_clients_qps,
+            r.two_clients_qps / base.two_clients_qps,
             r.batch_qps,
             r.batch_p99,
-            r.single_qps / base.single_qps,
             r1,
             r10
         );
@@ -134,6 +138,7 @@ struct Row {
     build_s: f64,
     mem: f64,
     single_qps: f64,
+    two_clients_qps: f64,
     p50: f64,
     p99: f64,
     batch_qps: f64,
@@ -170,6 +175,18 @@ fn measure(label: &str, ix: &VectorIndex, probes: &[f32], dim: usize, build_s: f
         top10.push(hits.iter().map(|h| h.template_id).collect::<Vec<_>>());
     }
     let single_qps = lat.len() as f64 / t.elapsed().as_secs_f64();
+    // Two clients at once, each one query per call (both cores busy).
+    let t = Instant::now();
+    std::thread::scope(|s| {
+        for c in 0..2 {
+            s.spawn(move || {
+                for q in probes.chunks_exact(dim).skip(c).step_by(2) {
+                    std::hint::black_box(ix.search(q, 10).ok());
+                }
+            });
+        }
+    });
+    let two_clients_qps = (probes.len() / dim) as f64 / t.elapsed().as_secs_f64();
     let mut blat = Vec::new();
     let t = Instant::now();
     for b in probes.chunks(32 * dim) {
@@ -184,6 +201,7 @@ fn measure(label: &str, ix: &VectorIndex, probes: &[f32], dim: usize, build_s: f
         build_s,
         mem,
         single_qps,
+        two_clients_qps,
         p50: quantile(&mut lat.clone(), 0.5),
         p99: quantile(&mut lat, 0.99),
         batch_qps,
@@ -217,6 +235,7 @@ fn parse_kind(spec: &str) -> Res<(IndexKind, Vec<Option<usize>>)> {
     };
     let kind = match name {
         "int8" => IndexKind::Int8 { rerank: 128 },
+        "int4" => IndexKind::Int4 { rerank: 1024 },
         "ivf" => IndexKind::Ivf { nlist: 0, nprobe: 32, train_from: 1 },
         "hnsw" => IndexKind::Hnsw { m: 32, ef_construction: 80, ef_search: 128 },
         other => return Err(format!("unknown kind {other}").into()),

@@ -1,10 +1,12 @@
-//! Exact 1:N face search (k = 10) over N random unit vectors of the face
-//! model's dimension: the faiss flat index behind Identify, against a plain
-//! scalar scan measured in the same run as the baseline.
+//! The face search kernels (k = 10) over N random unit vectors of the face
+//! model's dimension: the faiss flat index (`kind = "flat"`) and the int8
+//! scan with float32 re-rank (`kind = "int8"`, one thread), against a plain
+//! scalar scan measured in the same run as the baseline. The approximate
+//! kinds and large N are measured by the `face_index` bench.
 
 use std::{hint::black_box, sync::Arc};
 
-use cotejo::index::VectorIndex;
+use cotejo::index::{IndexKind, IndexSettings, VectorIndex};
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use rand::{Rng, SeedableRng, rngs::StdRng};
 
@@ -43,11 +45,20 @@ fn search(c: &mut Criterion) {
         let ids: Vec<i64> = (0..n as i64).collect();
         let owners: Vec<Arc<str>> = (0..n).map(|i| Arc::from(format!("s{i}"))).collect();
         index.add(&ids, &owners, &gallery).expect("add");
+        let int8 = IndexSettings { kind: IndexKind::Int8 { rerank: 128 }, threads: 1 };
+        let mut compressed = VectorIndex::with_settings(DIM, int8).expect("index");
+        compressed.add(&ids, &owners, &gallery).expect("add");
         let mut qi = 0;
         group.bench_with_input(BenchmarkId::new("faiss_flat_ip", n), &n, |b, _| {
             b.iter(|| {
                 qi = (qi + 1) % 64;
                 black_box(index.search(&queries[qi * DIM..(qi + 1) * DIM], 10).expect("search"))
+            });
+        });
+        group.bench_with_input(BenchmarkId::new("int8_rerank128", n), &n, |b, _| {
+            b.iter(|| {
+                qi = (qi + 1) % 64;
+                black_box(compressed.search(&queries[qi * DIM..(qi + 1) * DIM], 10).expect("search"))
             });
         });
         group.bench_with_input(BenchmarkId::new("scalar_scan_baseline", n), &n, |b, _| {

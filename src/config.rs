@@ -184,8 +184,9 @@ pub struct IndexConfig {
     pub kind: String,
     /// Threads one int8 scan uses.
     pub threads: usize,
-    /// int8: shortlist re-ranked in float32.
+    /// int8 / int4: shortlist re-ranked in float32.
     pub int8_rerank: usize,
+    pub int4_rerank: usize,
     /// ivf: cells (0: about 4*sqrt(N)), cells visited, vectors before training.
     pub ivf_nlist: usize,
     pub ivf_nprobe: usize,
@@ -256,11 +257,12 @@ impl Config {
         if !(self.finger.shortlist_fraction > 0.0 && self.finger.shortlist_fraction <= 1.0) {
             return bad("finger.shortlist_fraction must be in (0, 1]");
         }
-        if !["flat", "int8", "ivf", "hnsw"].contains(&self.index.kind.as_str()) {
-            return bad("index.kind must be flat, int8, ivf or hnsw");
+        if !["flat", "int8", "int4", "ivf", "hnsw"].contains(&self.index.kind.as_str()) {
+            return bad("index.kind must be flat, int8, int4, ivf or hnsw");
         }
-        if self.index.threads == 0 || self.index.int8_rerank == 0 || self.index.ivf_nprobe == 0 {
-            return bad("index.threads, index.int8_rerank and index.ivf_nprobe must be at least 1");
+        let ones = [self.index.threads, self.index.int8_rerank, self.index.int4_rerank, self.index.ivf_nprobe];
+        if ones.contains(&0) {
+            return bad("index.threads, index.int8_rerank, index.int4_rerank and index.ivf_nprobe must be at least 1");
         }
         if self.index.hnsw_m < 4 || self.index.hnsw_ef_search == 0 || self.index.hnsw_ef_construction == 0 {
             return bad("index.hnsw_m must be at least 4, the hnsw ef values at least 1");

@@ -59,7 +59,7 @@ async fn acknowledged_enrolls_survive_sigkill() {
 /// comes back, and the snapshot on disk is sealed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn index_snapshot_plus_replay_after_sigkill() {
-    for kind in ["flat", "int8", "ivf", "hnsw"] {
+    for kind in ["flat", "int8", "int4", "ivf", "hnsw"] {
         let dir = tempfile::tempdir().expect("tempdir");
         let env = [
             ("COTEJO__INDEX__KIND", kind),

@@ -380,6 +380,7 @@ struct Snapshots {
 fn index_settings(c: &IndexConfig) -> IndexSettings {
     let kind = match c.kind.as_str() {
         "int8" => IndexKind::Int8 { rerank: c.int8_rerank },
+        "int4" => IndexKind::Int4 { rerank: c.int4_rerank },
         "ivf" => IndexKind::Ivf { nlist: c.ivf_nlist, nprobe: c.ivf_nprobe, train_from: c.ivf_train_from },
         "hnsw" => IndexKind::Hnsw { m: c.hnsw_m, ef_construction: c.hnsw_ef_construction, ef_search: c.hnsw_ef_search },
         _ => IndexKind::Flat,
@@ -412,6 +413,7 @@ fn load_face_index(
     let t = Instant::now();
     match file.read() {
         Ok(Some(bytes)) => {
+            let read_ms = t.elapsed().as_millis() as u64;
             let mut interned: HashMap<String, Arc<str>> = HashMap::new();
             let live: Vec<(i64, Arc<str>)> = store
                 .template_owners(Modality::Face, &model.id)?
@@ -421,8 +423,10 @@ fn load_face_index(
                     (id, owner)
                 })
                 .collect();
+            let listed_ms = t.elapsed().as_millis() as u64;
             match VectorIndex::restore(&bytes, model.dim, settings.clone(), &model.id, &live) {
                 Ok((mut index, missing, dropped)) => {
+                    let restored_ms = t.elapsed().as_millis() as u64;
                     let mut batch = Batch::default();
                     for t in store.templates_with_ids(&missing)? {
                         if let Some(v) = t.template.data.embedding() {
@@ -435,7 +439,8 @@ fn load_face_index(
                     batch.flush_into(&mut index)?;
                     info!(
                         model = %model.id, index = %index.describe(), templates = index.len(),
-                        added = missing.len(), removed = dropped, ms = t.elapsed().as_millis() as u64,
+                        added = missing.len(), removed = dropped, read_ms, listed_ms, restored_ms,
+                        ms = t.elapsed().as_millis() as u64,
                         "face index restored from its snapshot and the store's changes since"
                     );
                     return Ok((index, !missing.is_empty() || dropped > 0));

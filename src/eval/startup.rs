@@ -21,6 +21,8 @@ pub async fn startup(config: &Config, gallery: usize, changes: usize) -> anyhow:
     enroll_synthetic(&engine, 0..gallery, 11).await?;
     let enroll_secs = t.elapsed().as_secs_f64();
     drop(engine);
+    // From here the engine's log (stderr) breaks each start down by phase.
+    crate::telemetry::init(&config.log);
     let snapshot = dir.path().join("face-index.snap");
     // The snapshot written when the empty store started is useless now.
     std::fs::remove_file(&snapshot).ok();

@@ -1,10 +1,47 @@
-//! Exact search over compressed vectors: an int8 scan picks a shortlist and
-//! the float32 vectors re-rank it, so the answer is the exact one whenever
-//! the true best are inside the shortlist (recall measured in BENCHMARKS.md).
+//! Exact search over compressed vectors: an int8 or 4-bit scan picks a
+//! shortlist and the float32 vectors re-rank it, so the answer is the exact
+//! one whenever the true best are inside the shortlist (recall measured in
+//! BENCHMARKS.md).
 
 use std::collections::HashMap;
 
-use super::int8::Int8Codes;
+use super::{int4::Int4Codes, int8::Int8Codes};
+
+/// The compressed codes scanned first.
+pub(super) enum Codes {
+    Int8(Int8Codes),
+    Int4(Int4Codes),
+}
+
+impl Codes {
+    fn push(&mut self, v: &[f32]) {
+        match self {
+            Self::Int8(c) => c.push(v),
+            Self::Int4(c) => c.push(v),
+        }
+    }
+
+    fn swap_remove(&mut self, p: usize) {
+        match self {
+            Self::Int8(c) => c.swap_remove(p),
+            Self::Int4(c) => c.swap_remove(p),
+        }
+    }
+
+    fn top(&self, q: &[f32], r: usize, threads: usize) -> Vec<(usize, f32)> {
+        match self {
+            Self::Int8(c) => c.top(q, r, threads),
+            Self::Int4(c) => c.top(q, r, threads),
+        }
+    }
+
+    fn top_batch(&self, q: &[f32], r: usize, threads: usize) -> Vec<Vec<(usize, f32)>> {
+        match self {
+            Self::Int8(c) => c.top_batch(q, r, threads),
+            Self::Int4(c) => c.top_batch(q, r, threads),
+        }
+    }
+}
 
 /// Float32 vectors by position with their int8 codes.
 pub(super) struct Compressed {
@@ -12,20 +49,21 @@ pub(super) struct Compressed {
     ids: Vec<i64>,
     positions: HashMap<i64, usize>,
     vectors: Vec<f32>,
-    codes: Int8Codes,
+    codes: Codes,
     /// Shortlist size re-ranked in float32 (at least k).
     rerank: usize,
     threads: usize,
 }
 
 impl Compressed {
-    pub(super) fn new(dim: usize, rerank: usize, threads: usize) -> Self {
+    /// `four_bit`: 4-bit codes instead of int8 (half the bytes scanned).
+    pub(super) fn new(dim: usize, four_bit: bool, rerank: usize, threads: usize) -> Self {
         Self {
             dim,
             ids: Vec::new(),
             positions: HashMap::new(),
             vectors: Vec::new(),
-            codes: Int8Codes::new(dim),
+            codes: if four_bit { Codes::Int4(Int4Codes::new(dim)) } else { Codes::Int8(Int8Codes::new(dim)) },
             rerank: rerank.max(1),
             threads: threads.max(1),
         }

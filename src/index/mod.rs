@@ -5,12 +5,14 @@
 //! Four kinds, chosen in configuration:
 //! - `flat`: faiss `IndexFlatIP`, exact float32 (the default and the reference);
 //! - `int8`: an int8 scan picks a shortlist that float32 re-ranks exactly;
+//! - `int4`: the same with 4-bit codes (half the memory read per query);
 //! - `ivf`: faiss IVF-Flat (approximate, trained on the gallery);
 //! - `hnsw`: faiss HNSW-Flat (approximate graph search).
 
 mod ann;
 mod compressed;
 mod faiss_ix;
+pub mod int4;
 pub mod int8;
 mod snapshot;
 
@@ -44,6 +46,8 @@ pub enum IndexKind {
     Flat,
     /// Exact float32 re-rank of the `rerank` best by an int8 scan.
     Int8 { rerank: usize },
+    /// Exact float32 re-rank of the `rerank` best by a 4-bit scan.
+    Int4 { rerank: usize },
     /// faiss IVF-Flat: `nlist` cells (0: about 4*sqrt(N)), `nprobe` visited,
     /// trained once `train_from` vectors are held (exact search before).
     Ivf { nlist: usize, nprobe: usize, train_from: usize },
@@ -57,6 +61,7 @@ impl IndexKind {
         match self {
             Self::Flat => "flat",
             Self::Int8 { .. } => "int8",
+            Self::Int4 { .. } => "int4",
             Self::Ivf { .. } => "ivf",
             Self::Hnsw { .. } => "hnsw",
         }
@@ -71,7 +76,7 @@ impl IndexKind {
     /// search-time parameters.
     fn build_key(&self) -> String {
         match self {
-            Self::Flat | Self::Int8 { .. } => self.name().to_owned(),
+            Self::Flat | Self::Int8 { .. } | Self::Int4 { .. } => self.name().to_owned(),
             Self::Ivf { nlist, .. } => format!("ivf nlist={nlist}"),
             Self::Hnsw { m, ef_construction, .. } => format!("hnsw m={m} efc={ef_construction}"),
         }
@@ -141,7 +146,8 @@ impl VectorIndex {
     pub fn with_settings(dim: usize, settings: IndexSettings) -> Result<Self, IndexError> {
         let backend = match &settings.kind {
             IndexKind::Flat => Backend::Flat(FaissIndex::new(dim, "IDMap,Flat")?),
-            IndexKind::Int8 { rerank } => Backend::Int8(Compressed::new(dim, *rerank, settings.threads)),
+            IndexKind::Int8 { rerank } => Backend::Int8(Compressed::new(dim, false, *rerank, settings.threads)),
+            IndexKind::Int4 { rerank } => Backend::Int8(Compressed::new(dim, true, *rerank, settings.threads)),
             IndexKind::Ivf { nlist, nprobe, train_from } => Backend::Ivf(Ivf::new(dim, *nlist, *nprobe, *train_from)),
             IndexKind::Hnsw { m, ef_construction, ef_search } => {
                 Backend::Hnsw(Hnsw::new(dim, *m, *ef_construction, *ef_search)?)
@@ -190,7 +196,7 @@ impl VectorIndex {
     pub fn set_search_breadth(&mut self, breadth: usize) -> Result<(), IndexError> {
         let breadth = breadth.max(1);
         match (&mut self.backend, &mut self.settings.kind) {
-            (Backend::Int8(c), IndexKind::Int8 { rerank }) => {
+            (Backend::Int8(c), IndexKind::Int8 { rerank } | IndexKind::Int4 { rerank }) => {
                 *rerank = breadth;
                 c.set_rerank(breadth);
             }
@@ -211,7 +217,7 @@ impl VectorIndex {
     pub fn describe(&self) -> String {
         match &self.backend {
             Backend::Flat(_) => "flat (exact float32)".to_owned(),
-            Backend::Int8(_) => "int8 scan + exact float32 re-rank".to_owned(),
+            Backend::Int8(_) => format!("{} scan + exact float32 re-rank", self.settings.kind.name()),
             Backend::Ivf(ivf) if ivf.trained_on() == 0 => {
                 format!("ivf, not trained yet: exact search of {} staged vectors", ivf.staging().0.len())
             }

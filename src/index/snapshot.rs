@@ -82,12 +82,13 @@ pub(super) fn decode(
     let held = read_ids(r.section()?)?;
     let backend = match &settings.kind {
         IndexKind::Flat => Backend::Flat(FaissIndex::from_bytes(r.section()?)?),
-        IndexKind::Int8 { rerank } => {
+        IndexKind::Int8 { rerank } | IndexKind::Int4 { rerank } => {
             let vectors = read_floats(r.section()?)?;
             if vectors.len() != held.len() * dim {
                 return Err(bad("int8 section length"));
             }
-            let mut c = Compressed::new(dim, *rerank, settings.threads);
+            let four_bit = matches!(settings.kind, IndexKind::Int4 { .. });
+            let mut c = Compressed::new(dim, four_bit, *rerank, settings.threads);
             c.add(&held, &vectors);
             Backend::Int8(c)
         }

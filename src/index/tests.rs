@@ -27,6 +27,7 @@ fn kinds() -> Vec<IndexKind> {
     vec![
         IndexKind::Flat,
         IndexKind::Int8 { rerank: 16 },
+        IndexKind::Int4 { rerank: 64 },
         IndexKind::Ivf { nlist: 8, nprobe: 8, train_from: 400 },
         IndexKind::Hnsw { m: 16, ef_construction: 40, ef_search: 64 },
     ]

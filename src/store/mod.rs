@@ -130,6 +130,9 @@ CREATE TABLE IF NOT EXISTS gallery_members (
 ) STRICT;
 CREATE INDEX IF NOT EXISTS gallery_members_subject ON gallery_members(subject_id);
 CREATE INDEX IF NOT EXISTS templates_model ON templates(modality, model_id);
+-- Covers the start-up listing of (template id, owner) per model, so that it
+-- does not read the sealed rows (1.4 GB at 1,000,000 faces).
+CREATE INDEX IF NOT EXISTS templates_owner ON templates(modality, model_id, subject_id);
 ";
 
 impl Store {
@@ -295,10 +298,12 @@ impl Store {
     /// Every live template of a modality and model: (template id, owner), in id order.
     pub fn template_owners(&self, modality: Modality, model_id: &str) -> Result<Vec<(i64, String)>, StoreError> {
         let mut st = self.conn.prepare(
-            "SELECT template_id, subject_id FROM templates WHERE modality = ?1 AND model_id = ?2 ORDER BY template_id",
+            "SELECT template_id, subject_id FROM templates INDEXED BY templates_owner WHERE modality = ?1 AND model_id = ?2",
         )?;
         let rows = st.query_map(params![modality.code(), model_id], |r| Ok((r.get(0)?, r.get(1)?)))?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        let mut out: Vec<(i64, String)> = rows.collect::<Result<_, _>>()?;
+        out.sort_unstable_by_key(|r| r.0);
+        Ok(out)
     }
 
     /// Templates of a modality made by another model than `model_id`.
