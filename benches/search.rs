@@ -1,6 +1,7 @@
 //! The face search kernels (k = 10) over N random unit vectors of the face
 //! model's dimension: the faiss flat index (`kind = "flat"`) and the int8
-//! scan with float32 re-rank (`kind = "int8"`, one thread), against a plain
+//! and int4 scans with float32 re-rank (`kind = "int8"` / `"int4"`, one
+//! thread), against a plain
 //! scalar scan measured in the same run as the baseline. The approximate
 //! kinds and large N are measured by the `face_index` bench.
 
@@ -48,6 +49,9 @@ fn search(c: &mut Criterion) {
         let int8 = IndexSettings { kind: IndexKind::Int8 { rerank: 128 }, threads: 1 };
         let mut compressed = VectorIndex::with_settings(DIM, int8).expect("index");
         compressed.add(&ids, &owners, &gallery).expect("add");
+        let int4 = IndexSettings { kind: IndexKind::Int4 { rerank: 1024 }, threads: 1 };
+        let mut four_bit = VectorIndex::with_settings(DIM, int4).expect("index");
+        four_bit.add(&ids, &owners, &gallery).expect("add");
         let mut qi = 0;
         group.bench_with_input(BenchmarkId::new("faiss_flat_ip", n), &n, |b, _| {
             b.iter(|| {
@@ -59,6 +63,12 @@ fn search(c: &mut Criterion) {
             b.iter(|| {
                 qi = (qi + 1) % 64;
                 black_box(compressed.search(&queries[qi * DIM..(qi + 1) * DIM], 10).expect("search"))
+            });
+        });
+        group.bench_with_input(BenchmarkId::new("int4_rerank1024", n), &n, |b, _| {
+            b.iter(|| {
+                qi = (qi + 1) % 64;
+                black_box(four_bit.search(&queries[qi * DIM..(qi + 1) * DIM], 10).expect("search"))
             });
         });
         group.bench_with_input(BenchmarkId::new("scalar_scan_baseline", n), &n, |b, _| {

@@ -3,6 +3,7 @@
 //! pool and inference on the face workers.
 
 mod error;
+mod face_index;
 mod jobs;
 mod matching;
 mod probe;
@@ -16,22 +17,22 @@ use std::{
         Arc, Mutex, RwLock,
         atomic::{AtomicU64, Ordering},
     },
-    time::Instant,
 };
 
 use tracing::{error, info, warn};
 
 use crate::{
     biometric::{Modality, TemplateData},
-    config::{Config, DecisionConfig, FingerConfig, IndexConfig, JobsConfig},
+    config::{Config, DecisionConfig, FingerConfig, JobsConfig},
     face::FaceSettings,
     finger::{FingerSettings, gallery::FingerGallery, template},
-    index::{IndexKind, IndexSettings, VectorIndex},
+    index::{IndexSettings, VectorIndex},
     inference,
-    store::{SealedFile, Store, SubjectRecord},
+    store::{Store, SubjectRecord},
     workers::Workers,
 };
 pub use error::EngineError;
+use face_index::{SNAPSHOT_FILE, Snapshots, index_settings, load_face_index, rebuild, write_snapshot};
 pub use jobs::{DedupRequest, DuplicatePair, JobStatus};
 pub use scoring::Calibrations;
 pub use types::*;
@@ -364,130 +365,6 @@ pub(crate) fn validate_name(name: &str) -> Result<(), &'static str> {
     Ok(())
 }
 
-/// File name of the face index snapshot in the data directory.
-const SNAPSHOT_FILE: &str = "face-index.snap";
-
-/// When and where the face index is saved.
-#[derive(Debug)]
-struct Snapshots {
-    file: SealedFile,
-    every: u64,
-    changes: Arc<AtomicU64>,
-    writing: Arc<Mutex<()>>,
-}
-
-/// The index settings from the configuration.
-fn index_settings(c: &IndexConfig) -> IndexSettings {
-    let kind = match c.kind.as_str() {
-        "int8" => IndexKind::Int8 { rerank: c.int8_rerank },
-        "int4" => IndexKind::Int4 { rerank: c.int4_rerank },
-        "ivf" => IndexKind::Ivf { nlist: c.ivf_nlist, nprobe: c.ivf_nprobe, train_from: c.ivf_train_from },
-        "hnsw" => IndexKind::Hnsw { m: c.hnsw_m, ef_construction: c.hnsw_ef_construction, ef_search: c.hnsw_ef_search },
-        _ => IndexKind::Flat,
-    };
-    IndexSettings { kind, threads: c.threads }
-}
-
-/// Seals the face index into its snapshot file. The index is read-locked
-/// while it is serialized (searches go on, enrollments wait).
-fn write_snapshot(gallery: &RwLock<VectorIndex>, file: &SealedFile, label: &str) -> Result<(), EngineError> {
-    let t = Instant::now();
-    let (bytes, templates) = {
-        let g = gallery.read().map_err(|_| EngineError::Internal("index lock poisoned".into()))?;
-        (g.snapshot(label)?, g.len())
-    };
-    file.write(&bytes)?;
-    info!(templates, bytes = bytes.len(), ms = t.elapsed().as_millis() as u64, "face index snapshot written");
-    Ok(())
-}
-
-/// The face index: from its snapshot plus the store's changes since, or
-/// else rebuilt from every stored face template. True when the snapshot is
-/// missing or behind (a new one should be written).
-fn load_face_index(
-    store: &Store,
-    model: &FaceModel,
-    settings: &IndexSettings,
-    file: &SealedFile,
-) -> Result<(VectorIndex, bool), EngineError> {
-    let t = Instant::now();
-    match file.read() {
-        Ok(Some(bytes)) => {
-            let read_ms = t.elapsed().as_millis() as u64;
-            let mut interned: HashMap<String, Arc<str>> = HashMap::new();
-            let live: Vec<(i64, Arc<str>)> = store
-                .template_owners(Modality::Face, &model.id)?
-                .into_iter()
-                .map(|(id, s)| {
-                    let owner = interned.entry(s).or_insert_with_key(|k| k.as_str().into()).clone();
-                    (id, owner)
-                })
-                .collect();
-            let listed_ms = t.elapsed().as_millis() as u64;
-            match VectorIndex::restore(&bytes, model.dim, settings.clone(), &model.id, &live) {
-                Ok((mut index, missing, dropped)) => {
-                    let restored_ms = t.elapsed().as_millis() as u64;
-                    let mut batch = Batch::default();
-                    for t in store.templates_with_ids(&missing)? {
-                        if let Some(v) = t.template.data.embedding() {
-                            let owner = interned.entry(t.subject_id.clone()).or_insert_with_key(|k| k.as_str().into());
-                            batch.ids.push(t.template_id);
-                            batch.owners.push(owner.clone());
-                            batch.vectors.extend_from_slice(v);
-                        }
-                    }
-                    batch.flush_into(&mut index)?;
-                    info!(
-                        model = %model.id, index = %index.describe(), templates = index.len(),
-                        added = missing.len(), removed = dropped, read_ms, listed_ms, restored_ms,
-                        ms = t.elapsed().as_millis() as u64,
-                        "face index restored from its snapshot and the store's changes since"
-                    );
-                    return Ok((index, !missing.is_empty() || dropped > 0));
-                }
-                Err(e) => warn!(error = %e, "face index snapshot not used; rebuilding from the store"),
-            }
-        }
-        Ok(None) => {}
-        Err(e) => warn!(error = %e, "face index snapshot unreadable; rebuilding from the store"),
-    }
-    let index = rebuild(store, model, settings)?;
-    info!(
-        model = %model.id, index = %index.describe(), templates = index.len(), ms = t.elapsed().as_millis() as u64,
-        "face index rebuilt from the store"
-    );
-    Ok((index, true))
-}
-
-/// The face index of the current model from every stored face template.
-fn rebuild(store: &Store, model: &FaceModel, settings: &IndexSettings) -> Result<VectorIndex, EngineError> {
-    let mut index = VectorIndex::with_settings(model.dim, settings.clone())?;
-    index.begin_bulk();
-    let mut owners: HashMap<String, Arc<str>> = HashMap::new();
-    let mut batch = Batch::default();
-    let mut failure = None;
-    store.for_each_template(Modality::Face, |t| {
-        let vector = match t.template.data.embedding() {
-            Some(v) if t.template.model_id == model.id && v.len() == model.dim => v,
-            _ => return Ok(()),
-        };
-        let owner = owners.entry(t.subject_id.clone()).or_insert_with(|| t.subject_id.as_str().into());
-        batch.ids.push(t.template_id);
-        batch.owners.push(owner.clone());
-        batch.vectors.extend_from_slice(vector);
-        if batch.ids.len() >= 4096 && failure.is_none() {
-            failure = batch.flush_into(&mut index).err();
-        }
-        Ok(())
-    })?;
-    if let Some(e) = failure {
-        return Err(e.into());
-    }
-    batch.flush_into(&mut index)?;
-    index.finish_bulk()?;
-    Ok(index)
-}
-
 /// The finger gallery's settings from the configuration.
 fn gallery_settings(c: &FingerConfig) -> crate::finger::gallery::GallerySettings {
     crate::finger::gallery::GallerySettings {
@@ -520,22 +397,4 @@ fn rebuild_fingers(
         warn!(unreadable, "stored finger templates that do not parse are not searchable");
     }
     Ok(gallery)
-}
-
-/// Templates gathered for one `add` call.
-#[derive(Debug, Default)]
-struct Batch {
-    ids: Vec<i64>,
-    owners: Vec<Arc<str>>,
-    vectors: Vec<f32>,
-}
-
-impl Batch {
-    fn flush_into(&mut self, index: &mut VectorIndex) -> Result<(), crate::index::IndexError> {
-        let r = index.add(&self.ids, &self.owners, &self.vectors);
-        self.ids.clear();
-        self.owners.clear();
-        self.vectors.clear();
-        r
-    }
 }
