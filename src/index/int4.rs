@@ -3,10 +3,9 @@
 //! much; it is coarser, so callers take more candidates and re-rank them with the exact f32 vectors.
 #![cfg_attr(target_arch = "x86_64", expect(unsafe_code, reason = "AVX2 kernel; each unsafe block has a SAFETY note"))]
 
-use std::{cmp::Ordering, fmt, ops::Range, thread};
+use std::{fmt, ops::Range};
 
-/// Galleries with at least this many rows are split across threads; below, spawning costs more than it saves.
-const PARALLEL_MIN_ROWS: usize = 65_536;
+use super::topr::{TopR, split_search};
 
 /// Rows scored per block. A block (dim 192: 48 KiB) stays in cache while every query of a batch is scored
 /// against it, so the gallery streams from memory once per batch rather than once per query.
@@ -119,32 +118,8 @@ impl Int4Codes {
     }
 
     fn search(&self, queries: &Queries, r: usize, threads: usize) -> Vec<Vec<(usize, f32)>> {
-        let (n, nq) = (self.len(), queries.scales.len());
-        if r == 0 || n == 0 {
-            return vec![Vec::new(); nq];
-        }
-        // Buffers are sized from `r`; more than `n` could never be filled.
-        let r = r.min(n);
         let kernel = Kernel::detect();
-        let threads = if n >= PARALLEL_MIN_ROWS { threads.clamp(1, n) } else { 1 };
-        let chunk = n.div_ceil(threads);
-        let range = |t: usize| (t * chunk).min(n)..((t + 1) * chunk).min(n);
-        let mut parts = thread::scope(|s| {
-            let handles: Vec<_> =
-                (1..threads).map(|t| s.spawn(move || self.scan(queries, range(t), r, kernel))).collect();
-            let mut parts = vec![self.scan(queries, range(0), r, kernel)];
-            // A panicking worker is a bug here; re-raise it on the caller's thread rather than hide it.
-            parts.extend(handles.into_iter().map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e))));
-            parts
-        });
-        (0..nq)
-            .map(|q| {
-                let mut merged: Vec<(usize, f32)> = parts.iter_mut().flat_map(|p| p[q].buf.drain(..)).collect();
-                merged.sort_unstable_by(better);
-                merged.truncate(r);
-                merged
-            })
-            .collect()
+        split_search(self.len(), queries.scales.len(), r, threads, |rows, r| self.scan(queries, rows, r, kernel))
     }
 
     /// Per query, the best `r` rows of `rows` (not yet sorted or truncated).
@@ -197,45 +172,6 @@ impl Queries {
             scales.push(s);
         }
         Self { codes, bias, scales }
-    }
-}
-
-/// Best first; equal scores order by position so every split of the rows gives the same answer.
-fn better(a: &(usize, f32), b: &(usize, f32)) -> Ordering {
-    b.1.total_cmp(&a.1).then(a.0.cmp(&b.0))
-}
-
-/// The best `r` of a stream of (position, score) offered in increasing position order. Candidates go to a
-/// buffer of up to `2r`; when full it is cut back to the best `r`, whose worst becomes the bar to beat.
-struct TopR {
-    r: usize,
-    buf: Vec<(usize, f32)>,
-    /// Scores at or below this cannot enter: `r` better ones (or equal with lower positions) are held.
-    bar: f32,
-}
-
-impl TopR {
-    fn new(r: usize) -> Self {
-        Self { r, buf: Vec::with_capacity(2 * r), bar: f32::NEG_INFINITY }
-    }
-
-    #[inline]
-    fn offer(&mut self, pos: usize, score: f32) {
-        if score > self.bar {
-            self.insert(pos, score);
-        }
-    }
-
-    fn insert(&mut self, pos: usize, score: f32) {
-        if self.buf.len() == 2 * self.r {
-            self.buf.select_nth_unstable_by(self.r - 1, better);
-            self.buf.truncate(self.r);
-            self.bar = self.buf[self.r - 1].1;
-            if score <= self.bar {
-                return;
-            }
-        }
-        self.buf.push((pos, score));
     }
 }
 
@@ -369,7 +305,10 @@ mod avx2 {
 
 #[cfg(test)]
 mod tests {
+    use std::cmp::Ordering;
+
     use super::*;
+    use crate::index::topr::{PARALLEL_MIN_ROWS, better};
 
     /// xorshift64*: deterministic test data without a dependency.
     struct Rng(u64);

@@ -15,6 +15,7 @@ mod faiss_ix;
 pub mod int4;
 pub mod int8;
 mod snapshot;
+mod topr;
 
 use std::{collections::HashMap, sync::Arc};
 
