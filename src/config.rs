@@ -180,9 +180,9 @@ pub struct JobsConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct IndexConfig {
-    /// `flat`, `int8`, `ivf` or `hnsw`.
+    /// `flat`, `int8`, `int4`, `ivf` or `hnsw`.
     pub kind: String,
-    /// Threads one int8 scan uses.
+    /// Threads one int8 or int4 scan uses.
     pub threads: usize,
     /// int8 / int4: shortlist re-ranked in float32.
     pub int8_rerank: usize,

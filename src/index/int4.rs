@@ -5,7 +5,7 @@
 
 use std::{fmt, ops::Range};
 
-use super::topr::{TopR, split_search};
+use super::scan::{TopR, quantize_i8, scale, split_search};
 
 /// Rows scored per block. A block (dim 192: 48 KiB) stays in cache while every query of a batch is scored
 /// against it, so the gallery streams from memory once per batch rather than once per query.
@@ -146,12 +146,6 @@ impl Int4Codes {
     }
 }
 
-/// `max|x_i| / levels`, or 1 if that is zero or not finite (so codes stay finite and well defined).
-fn scale(x: &[f32], levels: f32) -> f32 {
-    let max = x.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-    if max > 0.0 && max.is_finite() { max / levels } else { 1.0 }
-}
-
 /// Int8-quantized queries, each padded with zeros to `2 * stride` codes so it covers a whole row.
 struct Queries {
     codes: Vec<i8>,
@@ -163,13 +157,13 @@ struct Queries {
 impl Queries {
     fn new(queries: &[f32], dim: usize, stride: usize) -> Self {
         let nq = queries.len() / dim;
-        let (mut codes, mut bias, mut scales) = (vec![0i8; nq * 2 * stride], Vec::with_capacity(nq), Vec::new());
-        for (q, out) in queries.chunks_exact(dim).zip(codes.chunks_exact_mut(2 * stride)) {
-            let s = scale(q, 127.0);
-            // `as` maps NaN to 0; the clamp keeps -128 out, as in `Int8Codes`.
-            out.iter_mut().zip(q).for_each(|(c, &v)| *c = (v / s).round().clamp(-127.0, 127.0) as i8);
-            bias.push(8 * out.iter().map(|&c| i32::from(c)).sum::<i32>());
-            scales.push(s);
+        let (mut codes, mut bias, mut scales) =
+            (Vec::with_capacity(nq * 2 * stride), Vec::with_capacity(nq), Vec::new());
+        for q in queries.chunks_exact(dim) {
+            let start = codes.len();
+            scales.push(quantize_i8(q, &mut codes));
+            codes.resize(start + 2 * stride, 0);
+            bias.push(8 * codes[start..].iter().map(|&c| i32::from(c)).sum::<i32>());
         }
         Self { codes, bias, scales }
     }
@@ -308,45 +302,16 @@ mod tests {
     use std::cmp::Ordering;
 
     use super::*;
-    use crate::index::topr::{PARALLEL_MIN_ROWS, better};
-
-    /// xorshift64*: deterministic test data without a dependency.
-    struct Rng(u64);
-
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 >> 12;
-            self.0 ^= self.0 << 25;
-            self.0 ^= self.0 >> 27;
-            self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-        }
-        /// Roughly normal: four uniforms on [0, 1), summed and centred.
-        fn normal(&mut self) -> f32 {
-            (0..4).map(|_| (self.next() >> 40) as f32 / (1u64 << 24) as f32).sum::<f32>() - 2.0
-        }
-    }
-
-    fn normalize(v: &mut [f32]) {
-        let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
-        v.iter_mut().for_each(|x| *x /= n);
-    }
-
-    fn unit_vectors(seed: u64, n: usize, dim: usize) -> Vec<f32> {
-        let mut rng = Rng(seed);
-        let mut v: Vec<f32> = (0..n * dim).map(|_| rng.normal()).collect();
-        v.chunks_exact_mut(dim).for_each(normalize);
-        v
-    }
+    use crate::index::{
+        dot,
+        scan::{PARALLEL_MIN_ROWS, better, test_data::*},
+    };
 
     fn gallery(seed: u64, n: usize, dim: usize) -> (Int4Codes, Vec<f32>) {
         let vectors = unit_vectors(seed, n, dim);
         let mut codes = Int4Codes::new(dim);
         codes.push(&vectors);
         (codes, vectors)
-    }
-
-    fn dot(a: &[f32], b: &[f32]) -> f32 {
-        a.iter().zip(b).map(|(x, y)| x * y).sum()
     }
 
     /// The nibble of dimension `i` of a packed row, read independently of the kernels.

@@ -4,7 +4,7 @@
 
 use std::{fmt, ops::Range};
 
-use super::topr::{TopR, split_search};
+use super::scan::{TopR, quantize_i8, split_search};
 
 /// Rows scored per block. A block (dim 192: 48 KiB) stays in cache while every query of a batch is scored
 /// against it, so the gallery streams from memory once per batch rather than once per query.
@@ -56,7 +56,7 @@ impl Int8Codes {
         self.codes.reserve(vectors.len());
         self.scales.reserve(vectors.len() / self.dim);
         for v in vectors.chunks_exact(self.dim) {
-            let s = quantize(v, &mut self.codes);
+            let s = quantize_i8(v, &mut self.codes);
             self.scales.push(s);
         }
     }
@@ -125,16 +125,6 @@ impl Int8Codes {
     }
 }
 
-/// Quantizes one vector, appending its codes to `out`; returns its scale.
-fn quantize(x: &[f32], out: &mut Vec<i8>) -> f32 {
-    let max = x.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-    // An all-zero vector (or one holding an infinity) gets scale 1 so codes stay finite and well defined.
-    let s = if max > 0.0 && max.is_finite() { max / 127.0 } else { 1.0 };
-    // `as` maps NaN to 0; the clamp keeps -128 out, which the AVX2 kernel relies on.
-    out.extend(x.iter().map(|&v| (v / s).round().clamp(-127.0, 127.0) as i8));
-    s
-}
-
 /// Quantized queries with the `|code|` copy the AVX2 kernel wants.
 struct Queries {
     codes: Vec<i8>,
@@ -146,7 +136,7 @@ struct Queries {
 impl Queries {
     fn new(queries: &[f32], dim: usize) -> Self {
         let mut codes = Vec::with_capacity(queries.len());
-        let scales = queries.chunks_exact(dim).map(|q| quantize(q, &mut codes)).collect();
+        let scales = queries.chunks_exact(dim).map(|q| quantize_i8(q, &mut codes)).collect();
         let abs = codes.iter().map(|c: &i8| c.abs()).collect();
         Self { codes, abs, scales }
     }
@@ -270,48 +260,16 @@ mod tests {
     use std::cmp::Ordering;
 
     use super::*;
-    use crate::index::topr::{PARALLEL_MIN_ROWS, better};
-
-    /// xorshift64*: deterministic test data without a dependency.
-    struct Rng(u64);
-
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 >> 12;
-            self.0 ^= self.0 << 25;
-            self.0 ^= self.0 >> 27;
-            self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-        }
-        /// Roughly normal: four uniforms on [0, 1), summed and centred.
-        fn normal(&mut self) -> f32 {
-            (0..4).map(|_| (self.next() >> 40) as f32 / (1u64 << 24) as f32).sum::<f32>() - 2.0
-        }
-        fn code(&mut self) -> i8 {
-            ((self.next() % 255) as i16 - 127) as i8
-        }
-    }
-
-    fn normalize(v: &mut [f32]) {
-        let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
-        v.iter_mut().for_each(|x| *x /= n);
-    }
-
-    fn unit_vectors(seed: u64, n: usize, dim: usize) -> Vec<f32> {
-        let mut rng = Rng(seed);
-        let mut v: Vec<f32> = (0..n * dim).map(|_| rng.normal()).collect();
-        v.chunks_exact_mut(dim).for_each(normalize);
-        v
-    }
+    use crate::index::{
+        dot,
+        scan::{PARALLEL_MIN_ROWS, better, test_data::*},
+    };
 
     fn gallery(seed: u64, n: usize, dim: usize) -> (Int8Codes, Vec<f32>) {
         let vectors = unit_vectors(seed, n, dim);
         let mut codes = Int8Codes::new(dim);
         codes.push(&vectors);
         (codes, vectors)
-    }
-
-    fn dot(a: &[f32], b: &[f32]) -> f32 {
-        a.iter().zip(b).map(|(x, y)| x * y).sum()
     }
 
     #[test]

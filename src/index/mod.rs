@@ -14,8 +14,8 @@ mod compressed;
 mod faiss_ix;
 pub mod int4;
 pub mod int8;
+mod scan;
 mod snapshot;
-mod topr;
 
 use std::{collections::HashMap, sync::Arc};
 
@@ -57,7 +57,7 @@ pub enum IndexKind {
 }
 
 impl IndexKind {
-    /// Short name (`flat`, `int8`, `ivf`, `hnsw`).
+    /// Short name (`flat`, `int8`, `int4`, `ivf`, `hnsw`).
     pub fn name(&self) -> &'static str {
         match self {
             Self::Flat => "flat",
@@ -89,7 +89,7 @@ impl IndexKind {
 pub struct IndexSettings {
     /// The structure.
     pub kind: IndexKind,
-    /// Threads one int8 scan uses.
+    /// Threads one int8 or int4 scan uses.
     pub threads: usize,
 }
 
@@ -112,7 +112,7 @@ pub struct Hit {
 
 enum Backend {
     Flat(FaissIndex),
-    Int8(Compressed),
+    Compressed(Compressed),
     Ivf(Ivf),
     Hnsw(Hnsw),
 }
@@ -147,8 +147,8 @@ impl VectorIndex {
     pub fn with_settings(dim: usize, settings: IndexSettings) -> Result<Self, IndexError> {
         let backend = match &settings.kind {
             IndexKind::Flat => Backend::Flat(FaissIndex::new(dim, "IDMap,Flat")?),
-            IndexKind::Int8 { rerank } => Backend::Int8(Compressed::new(dim, false, *rerank, settings.threads)),
-            IndexKind::Int4 { rerank } => Backend::Int8(Compressed::new(dim, true, *rerank, settings.threads)),
+            IndexKind::Int8 { rerank } => Backend::Compressed(Compressed::new(dim, false, *rerank, settings.threads)),
+            IndexKind::Int4 { rerank } => Backend::Compressed(Compressed::new(dim, true, *rerank, settings.threads)),
             IndexKind::Ivf { nlist, nprobe, train_from } => Backend::Ivf(Ivf::new(dim, *nlist, *nprobe, *train_from)),
             IndexKind::Hnsw { m, ef_construction, ef_search } => {
                 Backend::Hnsw(Hnsw::new(dim, *m, *ef_construction, *ef_search)?)
@@ -192,12 +192,12 @@ impl VectorIndex {
         self.owners.is_empty()
     }
 
-    /// Sets the search breadth of an approximate kind (int8: shortlist size,
+    /// Sets the search breadth of an approximate kind (int8, int4: shortlist size,
     /// ivf: cells visited, hnsw: efSearch); no effect on `flat`.
     pub fn set_search_breadth(&mut self, breadth: usize) -> Result<(), IndexError> {
         let breadth = breadth.max(1);
         match (&mut self.backend, &mut self.settings.kind) {
-            (Backend::Int8(c), IndexKind::Int8 { rerank } | IndexKind::Int4 { rerank }) => {
+            (Backend::Compressed(c), IndexKind::Int8 { rerank } | IndexKind::Int4 { rerank }) => {
                 *rerank = breadth;
                 c.set_rerank(breadth);
             }
@@ -218,7 +218,7 @@ impl VectorIndex {
     pub fn describe(&self) -> String {
         match &self.backend {
             Backend::Flat(_) => "flat (exact float32)".to_owned(),
-            Backend::Int8(_) => format!("{} scan + exact float32 re-rank", self.settings.kind.name()),
+            Backend::Compressed(_) => format!("{} scan + exact float32 re-rank", self.settings.kind.name()),
             Backend::Ivf(ivf) if ivf.trained_on() == 0 => {
                 format!("ivf, not trained yet: exact search of {} staged vectors", ivf.staging().0.len())
             }
@@ -240,7 +240,7 @@ impl VectorIndex {
         self.remove(&present)?;
         match &mut self.backend {
             Backend::Flat(f) => f.add(ids, vectors)?,
-            Backend::Int8(c) => c.add(ids, vectors),
+            Backend::Compressed(c) => c.add(ids, vectors),
             Backend::Ivf(ivf) => ivf.add(ids, vectors)?,
             Backend::Hnsw(h) => h.add(ids, vectors)?,
         }
@@ -268,7 +268,7 @@ impl VectorIndex {
             Backend::Flat(f) => {
                 f.remove(ids)?;
             }
-            Backend::Int8(c) => {
+            Backend::Compressed(c) => {
                 c.remove(ids);
             }
             Backend::Ivf(ivf) => ivf.remove(ids)?,
@@ -297,7 +297,7 @@ impl VectorIndex {
         }
         let raw = match &self.backend {
             Backend::Flat(f) => f.search(queries, self.dim, k)?,
-            Backend::Int8(c) => c.search(queries, k),
+            Backend::Compressed(c) => c.search(queries, k),
             Backend::Ivf(ivf) => ivf.search(queries, k)?,
             Backend::Hnsw(h) => h.search(queries, k)?,
         };

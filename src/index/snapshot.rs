@@ -24,7 +24,7 @@ pub(super) fn encode(ix: &VectorIndex, label: &str) -> Result<Vec<u8>, IndexErro
     let mut trained_on = 0;
     let sections: Vec<Vec<u8>> = match &ix.backend {
         Backend::Flat(f) => vec![ids_bytes(&held), f.to_bytes()?],
-        Backend::Int8(c) => vec![ids_bytes(c.ids()), floats_bytes(c.vectors())],
+        Backend::Compressed(c) => vec![ids_bytes(c.ids()), floats_bytes(c.vectors())],
         Backend::Ivf(ivf) => {
             trained_on = ivf.trained_on();
             let (sids, sv) = ivf.staging();
@@ -90,7 +90,7 @@ pub(super) fn decode(
             let four_bit = matches!(settings.kind, IndexKind::Int4 { .. });
             let mut c = Compressed::new(dim, four_bit, *rerank, settings.threads);
             c.add(&held, &vectors);
-            Backend::Int8(c)
+            Backend::Compressed(c)
         }
         IndexKind::Ivf { nlist, nprobe, train_from } => {
             let faiss = r.section()?;

@@ -22,11 +22,6 @@ impl SealedFile {
         Self { sealer, path: dir.join(name) }
     }
 
-    /// Where it lives.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
     fn aad(&self) -> Vec<u8> {
         let name = self.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         format!("cotejo sealed file {name}").into_bytes()

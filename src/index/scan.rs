@@ -1,11 +1,27 @@
-//! What the int8 and int4 scans share: the running top-r of a stream of
-//! scores, and the split of a gallery's rows over threads with the merge of
-//! their answers.
+//! What the int8 and int4 scans share: the per-vector scale and the int8
+//! quantization (of gallery rows and of queries), the running top-r of a
+//! stream of scores, and the split of a gallery's rows over threads with the
+//! merge of their answers.
 
 use std::{cmp::Ordering, ops::Range, thread};
 
 /// Galleries with at least this many rows are split across threads; below, spawning costs more than it saves.
 pub(super) const PARALLEL_MIN_ROWS: usize = 65_536;
+
+/// The scale mapping `x` onto integer codes in `[-levels, levels]`: `max|x_i| / levels`. An all-zero
+/// vector (or one holding an infinity) gets scale 1 so codes stay finite and well defined.
+pub(super) fn scale(x: &[f32], levels: f32) -> f32 {
+    let max = x.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    if max > 0.0 && max.is_finite() { max / levels } else { 1.0 }
+}
+
+/// Quantizes one vector to int8, appending its codes to `out`; returns its scale.
+pub(super) fn quantize_i8(x: &[f32], out: &mut Vec<i8>) -> f32 {
+    let s = scale(x, 127.0);
+    // `as` maps NaN to 0; the clamp keeps -128 out, which the AVX2 kernels rely on.
+    out.extend(x.iter().map(|&v| (v / s).round().clamp(-127.0, 127.0) as i8));
+    s
+}
 
 /// Best first; equal scores order by position so every split of the rows gives the same answer.
 pub(super) fn better(a: &(usize, f32), b: &(usize, f32)) -> Ordering {
@@ -77,4 +93,43 @@ where
             merged
         })
         .collect()
+}
+
+/// Deterministic test data for the int8 and int4 tests.
+#[cfg(test)]
+pub(super) mod test_data {
+    /// xorshift64*: deterministic test data without a dependency.
+    pub(in crate::index) struct Rng(pub(in crate::index) u64);
+
+    impl Rng {
+        pub(in crate::index) fn next(&mut self) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+        }
+
+        /// Roughly normal: four uniforms on [0, 1), summed and centred.
+        pub(in crate::index) fn normal(&mut self) -> f32 {
+            (0..4).map(|_| (self.next() >> 40) as f32 / (1u64 << 24) as f32).sum::<f32>() - 2.0
+        }
+
+        /// A uniform int8 code in [-127, 127].
+        pub(in crate::index) fn code(&mut self) -> i8 {
+            ((self.next() % 255) as i16 - 127) as i8
+        }
+    }
+
+    pub(in crate::index) fn normalize(v: &mut [f32]) {
+        let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+        v.iter_mut().for_each(|x| *x /= n);
+    }
+
+    /// `n` unit vectors of dimension `dim`, row-major.
+    pub(in crate::index) fn unit_vectors(seed: u64, n: usize, dim: usize) -> Vec<f32> {
+        let mut rng = Rng(seed);
+        let mut v: Vec<f32> = (0..n * dim).map(|_| rng.normal()).collect();
+        v.chunks_exact_mut(dim).for_each(normalize);
+        v
+    }
 }
