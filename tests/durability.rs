@@ -80,14 +80,18 @@ async fn index_snapshot_plus_replay_after_sigkill() {
         for i in 0..8 {
             c.enroll(enroll_req(&format!("s{i}"), vec![face_embedding(&model, vector(i))])).await.expect("enroll");
         }
+        // The empty store's start-up wrote a snapshot of nothing; wait for
+        // the one written after 8 changes (it holds 8 float vectors).
         let snap = dir.path().join("face-index.snap");
-        for _ in 0..100 {
-            if snap.exists() {
+        let holds_eight = |len: u64| len as usize >= 8 * dim * 4;
+        for _ in 0..200 {
+            if std::fs::metadata(&snap).is_ok_and(|m| holds_eight(m.len())) {
                 break;
             }
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         }
-        let sealed = std::fs::read(&snap).expect("snapshot written after 8 changes");
+        let sealed = std::fs::read(&snap).expect("snapshot");
+        assert!(holds_eight(sealed.len() as u64), "{kind}: no snapshot after 8 changes");
         assert!(!sealed.windows(8).any(|w| w == b"CTJIDX01"), "{kind}: the snapshot is not sealed");
         // After the snapshot: three more enrolls, one deletion of each age.
         for i in 8..11 {

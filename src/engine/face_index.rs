@@ -72,10 +72,7 @@ pub(super) fn load_face_index(
             let live: Vec<(i64, Arc<str>)> = store
                 .template_owners(Modality::Face, &model.id)?
                 .into_iter()
-                .map(|(id, s)| {
-                    let owner = interned.entry(s).or_insert_with_key(|k| k.as_str().into()).clone();
-                    (id, owner)
-                })
+                .map(|(id, s)| (id, intern(&mut interned, &s)))
                 .collect();
             let listed_ms = t.elapsed().as_millis() as u64;
             match VectorIndex::restore(&bytes, model.dim, settings.clone(), &model.id, &live) {
@@ -84,10 +81,7 @@ pub(super) fn load_face_index(
                     let mut batch = Batch::default();
                     for t in store.templates_with_ids(&missing)? {
                         if let Some(v) = t.template.data.embedding() {
-                            let owner = interned.entry(t.subject_id.clone()).or_insert_with_key(|k| k.as_str().into());
-                            batch.ids.push(t.template_id);
-                            batch.owners.push(owner.clone());
-                            batch.vectors.extend_from_slice(v);
+                            batch.push(t.template_id, intern(&mut interned, &t.subject_id), v);
                         }
                     }
                     batch.flush_into(&mut index)?;
@@ -125,10 +119,7 @@ pub(super) fn rebuild(store: &Store, model: &FaceModel, settings: &IndexSettings
             Some(v) if t.template.model_id == model.id && v.len() == model.dim => v,
             _ => return Ok(()),
         };
-        let owner = owners.entry(t.subject_id.clone()).or_insert_with(|| t.subject_id.as_str().into());
-        batch.ids.push(t.template_id);
-        batch.owners.push(owner.clone());
-        batch.vectors.extend_from_slice(vector);
+        batch.push(t.template_id, intern(&mut owners, &t.subject_id), vector);
         if batch.ids.len() >= 4096 && failure.is_none() {
             failure = batch.flush_into(&mut index).err();
         }
@@ -151,6 +142,12 @@ struct Batch {
 }
 
 impl Batch {
+    fn push(&mut self, id: i64, owner: Arc<str>, vector: &[f32]) {
+        self.ids.push(id);
+        self.owners.push(owner);
+        self.vectors.extend_from_slice(vector);
+    }
+
     fn flush_into(&mut self, index: &mut VectorIndex) -> Result<(), crate::index::IndexError> {
         let r = index.add(&self.ids, &self.owners, &self.vectors);
         self.ids.clear();
@@ -158,4 +155,14 @@ impl Batch {
         self.vectors.clear();
         r
     }
+}
+
+/// One shared `Arc<str>` per subject id (a subject's templates share their owner).
+pub(super) fn intern(seen: &mut HashMap<String, Arc<str>>, subject_id: &str) -> Arc<str> {
+    if let Some(owner) = seen.get(subject_id) {
+        return owner.clone();
+    }
+    let owner: Arc<str> = subject_id.into();
+    seen.insert(subject_id.to_owned(), owner.clone());
+    owner
 }

@@ -26,13 +26,13 @@ use crate::{
     config::{Config, DecisionConfig, FingerConfig, JobsConfig},
     face::FaceSettings,
     finger::{FingerSettings, gallery::FingerGallery, template},
-    index::{IndexSettings, VectorIndex},
+    index::VectorIndex,
     inference,
     store::{Store, SubjectRecord},
     workers::Workers,
 };
 pub use error::EngineError;
-use face_index::{SNAPSHOT_FILE, Snapshots, index_settings, load_face_index, rebuild, write_snapshot};
+use face_index::{SNAPSHOT_FILE, Snapshots, index_settings, intern, load_face_index, rebuild, write_snapshot};
 pub use jobs::{DedupRequest, DuplicatePair, JobStatus};
 pub use scoring::Calibrations;
 pub use types::*;
@@ -69,7 +69,6 @@ impl FaceModel {
 pub struct Engine {
     store: Arc<Mutex<Store>>,
     gallery: Arc<RwLock<VectorIndex>>,
-    index_settings: IndexSettings,
     snapshots: Snapshots,
     fingers: Arc<RwLock<FingerGallery>>,
     workers: Workers,
@@ -110,16 +109,21 @@ impl Engine {
         };
         let calibrations = Calibrations::load(&config.models.calibration_dir, &face_model.id)?;
         let store = Store::open(&config.store.data_dir, &config.store.encryption_key)?;
-        let index_settings = index_settings(&config.index);
         let snapshot_file = store.sealed_file(SNAPSHOT_FILE);
-        let (gallery, stale) = load_face_index(&store, &face_model, &index_settings, &snapshot_file)?;
-        let foreign_templates = store.foreign_templates(Modality::Face, &face_model.id)?;
+        let (gallery, stale) = load_face_index(&store, &face_model, &index_settings(&config.index), &snapshot_file)?;
+        let stored = store.stats()?;
+        let foreign_templates: u64 = stored
+            .templates
+            .iter()
+            .filter(|(m, model, _)| *m == Modality::Face && *model != face_model.id)
+            .map(|t| t.2)
+            .sum();
         if foreign_templates > 0 {
             warn!(foreign_templates, "face templates of other models are not searchable until re-embedded");
         }
         let fingers = rebuild_fingers(&store, gallery_settings(&config.finger))?;
         info!(templates = fingers.len(), "finger gallery rebuilt from the store");
-        let subjects = store.stats()?.subjects;
+        let subjects = stored.subjects;
         let store = Arc::new(Mutex::new(store));
         let fingers = Arc::new(RwLock::new(fingers));
         let jobs = jobs::JobRunner::start(
@@ -132,7 +136,6 @@ impl Engine {
         let engine = Self {
             store,
             gallery: Arc::new(RwLock::new(gallery)),
-            index_settings,
             snapshots: Snapshots {
                 file: snapshot_file,
                 every: config.index.snapshot_every.max(1),
@@ -226,7 +229,6 @@ impl Engine {
         let subjects = self.subjects.clone();
         let sid = subject_id.clone();
         let model = self.face_model.clone();
-        let settings = self.index_settings.clone();
         let enrolled = tokio::task::spawn_blocking(move || -> Result<_, EngineError> {
             // Store first, then the indexes, all under the store lock so a
             // concurrent delete cannot slip between them.
@@ -249,6 +251,7 @@ impl Engine {
                 // The enroll is durable and acknowledged; bring the derived
                 // index back in line with the store rather than fail.
                 error!(error = %e, "index update failed after commit; rebuilding the index from the store");
+                let settings = g.settings().clone();
                 *g = rebuild(&store, &model, &settings)?;
             }
             let mut f = fingers.write().map_err(|_| EngineError::Internal("finger lock poisoned".into()))?;
@@ -386,8 +389,7 @@ fn rebuild_fingers(
         let TemplateData::Minutiae(iso) = &t.template.data else { return Ok(()) };
         match template::matcher_template(iso) {
             Ok(m) => {
-                let owner = owners.entry(t.subject_id.clone()).or_insert_with(|| t.subject_id.as_str().into());
-                gallery.add(t.template_id, owner.clone(), t.template.finger_position, m);
+                gallery.add(t.template_id, intern(&mut owners, &t.subject_id), t.template.finger_position, m);
             }
             Err(_) => unreadable += 1,
         }

@@ -306,16 +306,6 @@ impl Store {
         Ok(out)
     }
 
-    /// Templates of a modality made by another model than `model_id`.
-    pub fn foreign_templates(&self, modality: Modality, model_id: &str) -> Result<u64, StoreError> {
-        let n: i64 = self.conn.query_row(
-            "SELECT COUNT(*) FROM templates WHERE modality = ?1 AND model_id != ?2",
-            params![modality.code(), model_id],
-            |r| r.get(0),
-        )?;
-        Ok(n.max(0) as u64)
-    }
-
     /// The templates with these ids (those that exist), decrypted, in id order.
     pub fn templates_with_ids(&self, ids: &[i64]) -> Result<Vec<StoredTemplate>, StoreError> {
         let mut out = Vec::with_capacity(ids.len());
