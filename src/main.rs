@@ -274,7 +274,7 @@ enum EvalCommand {
         /// FVC-style folder with LABELS.txt.
         #[arg(long)]
         data: PathBuf,
-        /// Minutiae from the `.iso` templates or from the images (LEADER).
+        /// Minutiae from the `.iso` templates (as declared, or rescaled to the image beside them) or from the images (LEADER).
         #[arg(long, value_enum, default_value_t = eval::FingerSource::Iso)]
         source: eval::FingerSource,
         /// Extraction threads.

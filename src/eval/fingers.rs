@@ -19,6 +19,10 @@ use crate::{
 pub enum FingerSource {
     /// The `.iso` templates beside the images (the matcher alone).
     Iso,
+    /// The `.iso` templates, each rescaled from the frame its header declares
+    /// to the pixel size of the image beside it (a diagnostic: FVC2002's
+    /// templates all declare 300×400 whatever the image size).
+    IsoImageFrame,
     /// The images, through the LEADER extractor.
     Images,
 }
@@ -35,13 +39,9 @@ pub fn fingers(config: &Config, data: &Path, source: FingerSource, threads: usiz
     let labels = read_labels(data)?;
     let started = Instant::now();
     let minutiae = match source {
-        FingerSource::Iso => labels
+        FingerSource::Iso | FingerSource::IsoImageFrame => labels
             .iter()
-            .map(|l| {
-                let bytes = std::fs::read(l.path.with_extension("iso"))?;
-                let rec = iso19794_2::parse(&bytes).with_context(|| l.path.display().to_string())?;
-                Ok(rec.views.first().map(|v| v.minutiae.iter().map(mcc::Minutia::from).collect()).unwrap_or_default())
-            })
+            .map(|l| iso_minutiae(&l.path, source == FingerSource::IsoImageFrame))
             .collect::<anyhow::Result<Vec<Vec<mcc::Minutia>>>>()?,
         FingerSource::Images => extract_all(config, &labels, threads)?,
     };
@@ -100,6 +100,27 @@ pub fn fingers(config: &Config, data: &Path, source: FingerSource, threads: usiz
     });
     println!("{}", serde_json::to_string_pretty(&out)?);
     Ok(())
+}
+
+/// The minutiae of the `.iso` template beside `image`, in the template's own
+/// frame or (`image_frame`) scaled per axis to the image's pixel size.
+///
+/// Scaling both axes maps a direction `(cos θ, sin θ)` to `(sx cos θ, sy sin θ)`.
+fn iso_minutiae(image: &Path, image_frame: bool) -> anyhow::Result<Vec<mcc::Minutia>> {
+    let bytes = std::fs::read(image.with_extension("iso"))?;
+    let rec = iso19794_2::parse(&bytes).with_context(|| image.display().to_string())?;
+    let (sx, sy) = if image_frame {
+        let (w, h) = image::image_dimensions(image).with_context(|| image.display().to_string())?;
+        (w as f32 / f32::from(rec.width.max(1)), h as f32 / f32::from(rec.height.max(1)))
+    } else {
+        (1.0, 1.0)
+    };
+    let scale = |m: &iso19794_2::IsoMinutia| {
+        let m = mcc::Minutia::from(m);
+        let (sin, cos) = m.angle.sin_cos();
+        mcc::Minutia { x: m.x * sx, y: m.y * sy, angle: (sin * sy).atan2(cos * sx) }
+    };
+    Ok(rec.views.first().map(|v| v.minutiae.iter().map(scale).collect()).unwrap_or_default())
 }
 
 /// LEADER minutiae of every image, `threads` extractors in parallel.
