@@ -17,12 +17,14 @@
 //! enrolled with A as distractors, and both runs pool into 280 probes
 //! (`--runs 1` keeps the first run only, to save time at 1,000,000).
 //!
-//! The gallery is split into `max(--threads)` shards by key; the shortlist of
-//! `--shortlist` keys is taken as `--shortlist / shards` keys per shard, and the
-//! shortlisted templates are ranked by `mcc::Matcher`. With T threads a query
-//! runs each shard's candidate stage and re-rank on its own thread (T ≥ shards)
-//! or the shards one after another (T = 1), so a query's latency is the
-//! wall time of one identification on T cores.
+//! By default the gallery is one index, as in the service (`FingerGallery`):
+//! with T threads a query splits the index's slots into T ranges for the
+//! candidate stage (`ShortlistIndex::search_descriptor`), then the
+//! `--shortlist` shortlisted templates into T parts for the re-rank by
+//! `mcc::Matcher`. With `--shards S` the gallery is instead split into S
+//! indexes by key, each giving `--shortlist / S` keys, searched and re-ranked
+//! on its own thread (T ≥ S) or one after another (T = 1). Either way a
+//! query's latency is the wall time of one identification on T cores.
 //!
 //! Reported: the shortlist's mate recall (mate key among the shortlisted keys)
 //! at the chosen and smaller sizes, the rank-1 accuracy after the re-rank, how
@@ -52,6 +54,8 @@ struct Options {
     exhaustive: usize,
     runs: usize,
     seed: u64,
+    shards: usize,
+    one_pass_probes: usize,
 }
 
 impl Options {
@@ -64,6 +68,8 @@ impl Options {
             exhaustive: 1_000,
             runs: 2,
             seed: 20_250_101,
+            shards: 1,
+            one_pass_probes: 40,
         };
         let mut args = std::env::args().skip(1);
         while let Some(flag) = args.next() {
@@ -79,6 +85,8 @@ impl Options {
                 "--exhaustive" => o.exhaustive = value.parse()?,
                 "--seed" => o.seed = value.parse()?,
                 "--runs" => o.runs = value.parse::<usize>()?.clamp(1, 2),
+                "--shards" => o.shards = value.parse::<usize>()?.max(1),
+                "--one-pass-probes" => o.one_pass_probes = value.parse()?,
                 _ => return Err(format!("unknown option {flag}").into()),
             }
         }
@@ -261,7 +269,47 @@ fn search_shard(
     (best.0, best.1, keys.iter().position(|&k| k == mate), candidate_time)
 }
 
+/// One index searched and re-ranked on `threads` threads (the service's layout).
+fn identify_one_index(
+    index: &shortlist::ShortlistIndex,
+    run: &Run,
+    probe: &mcc::Template,
+    mate: u64,
+    n: usize,
+    threads: usize,
+) -> Outcome {
+    let start = Instant::now();
+    let keys = index.search_descriptor(&shortlist::Descriptor::new(probe), n, threads);
+    let candidate_time = start.elapsed();
+    let rerank = |part: &[u64]| {
+        let mut matcher = mcc::Matcher::new();
+        part.iter().fold((f32::NEG_INFINITY, u64::MAX), |best, &key| {
+            let s = run.gallery.get(key as usize).map_or(f32::NEG_INFINITY, |t| matcher.similarity(probe, t));
+            if s > best.0 { (s, key) } else { best }
+        })
+    };
+    let chunk = keys.len().div_ceil(threads.max(1)).max(1);
+    let parts: Vec<(f32, u64)> = if threads <= 1 {
+        vec![rerank(&keys)]
+    } else {
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = keys.chunks(chunk).map(|c| scope.spawn(move || rerank(c))).collect();
+            handles.into_iter().filter_map(|h| h.join().ok()).collect()
+        })
+    };
+    let best = parts.iter().fold((f32::NEG_INFINITY, u64::MAX), |b, r| if r.0 > b.0 { *r } else { b });
+    Outcome {
+        shard_rank: keys.iter().position(|&k| k == mate),
+        rank1: best.1 == mate,
+        candidate_time,
+        total_time: start.elapsed(),
+    }
+}
+
 fn identify(shards: &Shards, run: &Run, probe: &mcc::Template, mate: u64, n: usize, threads: usize) -> Outcome {
+    if let [index] = shards.indexes.as_slice() {
+        return identify_one_index(index, run, probe, mate, n, threads);
+    }
     let start = Instant::now();
     let per_shard = n.div_ceil(shards.indexes.len());
     let results: Vec<(f32, u64, Option<usize>, Duration)> = if threads == 1 {
@@ -300,7 +348,7 @@ fn percentile(sorted: &[Duration], p: f64) -> f64 {
 fn main() -> Res<()> {
     let o = Options::parse()?;
     let (prints, fingers) = load(&o.data)?;
-    let shards = o.threads.iter().copied().max().unwrap_or(1);
+    let shards = o.shards;
     let build_threads = std::thread::available_parallelism().map_or(1, usize::from).max(shards);
     println!(
         "# {} prints, {fingers} fingers; gallery {}, shortlist {}, threads {:?}, shards {shards}",
@@ -310,6 +358,7 @@ fn main() -> Res<()> {
         o.threads
     );
     let mut exhaustive_ranks: Vec<usize> = Vec::new();
+    let (mut one_pass, mut blocked): (Vec<Duration>, Vec<Duration>) = (Vec::new(), Vec::new());
     let mut outcomes: Vec<Vec<Outcome>> = vec![Vec::new(); o.threads.len()];
     let (mut exhaustive_time, mut exhaustive_comparisons, mut ceiling_hits, mut probes_total) =
         (Duration::ZERO, 0_usize, 0_usize, 0_usize);
@@ -352,6 +401,21 @@ fn main() -> Res<()> {
             exhaustive_ranks.push(scores.iter().filter(|&&s| s > mate_score).count());
         }
         probes_total += run.probes.len();
+        // Baseline of the candidate stage: the same index counted in one pass
+        // over a vote array for all slots (the method before blocking), one thread,
+        // interleaved with the blocked search on the same probes.
+        if let [index] = sharded.indexes.as_slice() {
+            for (probe, _) in run.probes.iter().take(o.one_pass_probes) {
+                let d = shortlist::Descriptor::new(probe);
+                let start = Instant::now();
+                let a = index.search_one_pass(&d, o.shortlist);
+                one_pass.push(start.elapsed());
+                let start = Instant::now();
+                let b = index.search_descriptor(&d, o.shortlist, 1);
+                blocked.push(start.elapsed());
+                assert_eq!(a, b, "the blocked search disagrees with the one-pass search");
+            }
+        }
         for (slot, &threads) in o.threads.iter().enumerate() {
             for (probe, mate) in &run.probes {
                 outcomes[slot].push(identify(&sharded, &run, probe, *mate, o.shortlist, threads));
@@ -400,6 +464,16 @@ fn main() -> Res<()> {
         template_bytes as f64 / index_templates as f64,
         build_time / o.runs as f64
     );
+    if !one_pass.is_empty() {
+        one_pass.sort_unstable();
+        blocked.sort_unstable();
+        let (a, b) = (percentile(&one_pass, 0.5), percentile(&blocked, 0.5));
+        println!(
+            "candidate stage, 1 thread, {} probes: one pass over all slots {a:.1} ms median, blocked {b:.1} ms ({:.2}x)",
+            one_pass.len(),
+            a / b.max(1e-9)
+        );
+    }
     println!("threads  median_ms  p99_ms  candidate_median_ms  templates/s/core  speed-up vs exhaustive");
     for (slot, &threads) in o.threads.iter().enumerate() {
         let mut totals: Vec<Duration> = outcomes[slot].iter().map(|x| x.total_time).collect();

@@ -158,6 +158,8 @@ pub struct FingerConfig {
     pub shortlist_fraction: f64,
     /// Fewest templates the shortlist keeps.
     pub shortlist_min: usize,
+    /// Most templates the shortlist keeps.
+    pub shortlist_max: usize,
 }
 
 /// Batch jobs.
@@ -256,6 +258,9 @@ impl Config {
         }
         if !(self.finger.shortlist_fraction > 0.0 && self.finger.shortlist_fraction <= 1.0) {
             return bad("finger.shortlist_fraction must be in (0, 1]");
+        }
+        if self.finger.shortlist_max < self.finger.shortlist_min {
+            return bad("finger.shortlist_max must be at least finger.shortlist_min");
         }
         if !["flat", "int8", "int4", "ivf", "hnsw"].contains(&self.index.kind.as_str()) {
             return bad("index.kind must be flat, int8, int4, ivf or hnsw");

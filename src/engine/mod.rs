@@ -374,6 +374,7 @@ fn gallery_settings(c: &FingerConfig) -> crate::finger::gallery::GallerySettings
         shortlist_from: c.shortlist_from,
         shortlist_fraction: c.shortlist_fraction,
         shortlist_min: c.shortlist_min,
+        shortlist_max: c.shortlist_max,
     }
 }
 

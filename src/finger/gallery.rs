@@ -12,7 +12,7 @@ use tracing::warn;
 
 use super::{
     mcc::{Matcher, Template},
-    shortlist::ShortlistIndex,
+    shortlist::{Descriptor, ShortlistIndex},
 };
 
 /// Positions 0..=10 (0 is unused: samples always name their finger).
@@ -47,11 +47,13 @@ pub struct GallerySettings {
     pub shortlist_fraction: f64,
     /// Fewest templates the shortlist keeps.
     pub shortlist_min: usize,
+    /// Most templates the shortlist keeps (unless `shortlist_min` is larger).
+    pub shortlist_max: usize,
 }
 
 impl Default for GallerySettings {
     fn default() -> Self {
-        Self { shortlist_from: 50_000, shortlist_fraction: 0.02, shortlist_min: 1_000 }
+        Self { shortlist_from: 50_000, shortlist_fraction: 0.02, shortlist_min: 1_000, shortlist_max: 10_000 }
     }
 }
 
@@ -122,9 +124,10 @@ impl FingerGallery {
         let p = usize::from(position).min(SLOTS - 1);
         let list = self.by_position[p].as_slice();
         let mut hits = if list.len() >= self.settings.shortlist_from {
-            let n = ((list.len() as f64 * self.settings.shortlist_fraction) as usize).max(self.settings.shortlist_min);
+            let wanted = (list.len() as f64 * self.settings.shortlist_fraction) as usize;
+            let n = wanted.min(self.settings.shortlist_max).max(self.settings.shortlist_min);
             let picked: Vec<&Entry> = self.shortlists[p]
-                .search(probe, n)
+                .search_descriptor(&Descriptor::new(probe), n, threads)
                 .into_iter()
                 .filter_map(|key| self.slots.get(&(key as i64)))
                 .filter_map(|&(_, i)| list.get(i))
@@ -238,7 +241,8 @@ mod shortlist_tests {
 
     #[test]
     fn the_shortlist_path_finds_a_rotated_copy_and_not_removed_ones() {
-        let settings = GallerySettings { shortlist_from: 100, shortlist_fraction: 0.05, shortlist_min: 10 };
+        let settings =
+            GallerySettings { shortlist_from: 100, shortlist_fraction: 0.05, shortlist_min: 10, shortlist_max: 1_000 };
         let mut g = FingerGallery::new(settings);
         let random = |seed: u64| -> Vec<Minutia> {
             let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;

@@ -81,11 +81,51 @@ fn removed_keys_never_come_back() {
         }
         assert!(found.iter().all(|k| k % 3 != 0), "a removed key came back: {found:?}");
     }
-    // Slots are reused, and a re-enrolled key is found again.
+    // The purge renumbered the live slots in order; a re-enrolled key takes the next slot and is found again.
+    assert!(index.slot_keys.len() < 60, "no purge ran");
+    assert_slot_order(&index);
     let before = index.slot_keys.len();
     assert_eq!(index.insert(0, &mcc::Template::new(minutiae.first().map_or(&[][..], Vec::as_slice))), Ok(()));
-    assert_eq!(index.slot_keys.len(), before);
+    assert_eq!(index.slot_keys.len(), before + 1);
+    assert_slot_order(&index);
     assert_eq!(index.search(&mcc::Template::new(minutiae.first().map_or(&[][..], Vec::as_slice)), 1), vec![0]);
+}
+
+/// Every bucket lists its postings in increasing slot order (what the blocked search relies on).
+fn assert_slot_order(index: &ShortlistIndex) {
+    for list in &index.buckets {
+        assert!(
+            list.windows(2).all(|w| w.first().map(|p| p >> 8) <= w.get(1).map(|p| p >> 8)),
+            "bucket out of slot order"
+        );
+    }
+    for (slot, key) in index.slot_keys.iter().enumerate() {
+        if let Some(key) = key {
+            assert_eq!(index.slots.get(key).map(|&s| s as usize), Some(slot));
+        }
+    }
+}
+
+#[test]
+fn blocked_and_parallel_searches_agree_with_one_pass() {
+    let (mut index, minutiae) = gallery(300);
+    for key in (0..300).step_by(7) {
+        assert!(index.remove(key));
+    }
+    assert_slot_order(&index);
+    for (key, ms) in (0_u64..).zip(&minutiae).step_by(23) {
+        let probe = Descriptor::new(&mcc::Template::new(&distort(ms, key, 0.3, (10.0, -5.0), 5)));
+        let one_pass = index.search_in_blocks(&probe, 25, 1, usize::MAX);
+        assert!(!one_pass.is_empty());
+        for (threads, block) in [(1, 16), (3, 16), (2, 50), (4, 7)] {
+            assert_eq!(
+                index.search_in_blocks(&probe, 25, threads, block),
+                one_pass,
+                "{threads} threads, block {block}"
+            );
+        }
+        assert_eq!(index.search_descriptor(&probe, 25, 2), one_pass);
+    }
 }
 
 #[test]
@@ -135,4 +175,14 @@ fn sampler_picks_distinct_central_bits_per_table() {
     assert_eq!(turn_units(0.0), 0);
     assert_eq!(turn_units(TAU / 4.0), 64);
     assert_eq!(turn_units(-TAU / 4.0), 192);
+}
+
+#[test]
+fn rare_buckets_weigh_more() {
+    assert_eq!(vote_weight(100, 100.0), 4);
+    assert_eq!(vote_weight(1, 100.0), 8);
+    assert_eq!(vote_weight(100_000, 100.0), 1);
+    let weights: Vec<u8> = [1, 10, 50, 100, 200, 400, 800, 5_000].iter().map(|&l| vote_weight(l, 100.0)).collect();
+    assert!(weights.windows(2).all(|w| w.first() >= w.get(1)), "{weights:?}");
+    assert!(weights.iter().all(|w| (1..=MAX_VOTE_WEIGHT).contains(w)));
 }
