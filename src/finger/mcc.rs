@@ -382,6 +382,20 @@ mod tests {
     }
 
     #[test]
+    fn popcnt_and_portable_matchers_agree() {
+        let (mut fast, mut portable) = (Matcher::new(), Matcher::portable());
+        for seed in 0..8 {
+            let ms = random_minutiae(300 + seed, 30 + 2 * seed as usize);
+            let a = Template::new(&ms);
+            let b = Template::new(&transform(&ms, 0.3, 10.0, -12.0));
+            let c = Template::new(&random_minutiae(400 + seed, 35));
+            for (x, y) in [(&a, &b), (&a, &c), (&b, &c)] {
+                assert_eq!(fast.similarity(x, y).to_bits(), portable.similarity(x, y).to_bits(), "seed {seed}");
+            }
+        }
+    }
+
+    #[test]
     fn empty_and_tiny_inputs_score_zero() {
         let full = Template::new(&random_minutiae(3, 30));
         let empty = Template::new(&[]);

@@ -1,5 +1,7 @@
 //! Cylinder comparison (MCC-16b local similarity) and the LSS-R global score.
 
+#![cfg_attr(target_arch = "x86_64", expect(unsafe_code, reason = "popcnt dispatch; the unsafe call has a SAFETY note"))]
+
 use std::f32::consts::PI;
 
 use super::{IN_RADIUS_CELLS, MASK_WORDS, MAX_ANGLE_DIFF, MIN_MATCHABLE_CELLS, Point, Template, WORDS, angle_diff};
@@ -53,8 +55,10 @@ struct Pair {
 }
 
 /// Reusable scratch space for comparing templates (one per thread).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Matcher {
+    /// Whether the CPU counts bits in one instruction (`popcnt`); see [`Matcher::local_similarities`].
+    popcnt: bool,
     pairs: Vec<Pair>,
     lambda: Vec<f32>,
     next: Vec<f32>,
@@ -67,10 +71,42 @@ pub struct Matcher {
     sqrt: Vec<f32>,
 }
 
+impl Default for Matcher {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl Matcher {
     /// A matcher with empty buffers (they grow to the largest templates compared).
     pub fn new() -> Self {
-        Self::default()
+        #[cfg(target_arch = "x86_64")]
+        let popcnt = std::arch::is_x86_feature_detected!("popcnt");
+        #[cfg(not(target_arch = "x86_64"))]
+        let popcnt = false;
+        Self::with_popcnt(popcnt)
+    }
+
+    /// A matcher that counts bits without the `popcnt` instruction, whatever the
+    /// CPU: the baseline of `benches/finger_match.rs`. Same scores.
+    #[doc(hidden)]
+    pub fn portable() -> Self {
+        Self::with_popcnt(false)
+    }
+
+    fn with_popcnt(popcnt: bool) -> Self {
+        Self {
+            popcnt,
+            pairs: Vec::new(),
+            lambda: Vec::new(),
+            next: Vec::new(),
+            rho: Vec::new(),
+            ranked: Vec::new(),
+            used_a: Vec::new(),
+            used_b: Vec::new(),
+            keys: Vec::new(),
+            sqrt: Vec::new(),
+        }
     }
 
     /// Similarity of two templates in `[0, 1]` (MCC-16b local similarities, LSS-R).
@@ -133,22 +169,23 @@ impl Matcher {
     }
 
     /// Fills `pairs` with every cylinder pair of positive local similarity.
+    ///
+    /// Most of a comparison's time goes to counting bits (76 population counts
+    /// per cylinder pair). The default x86-64 target has no `popcnt`
+    /// instruction, so without it each count is a dozen shifts and masks; with
+    /// it (checked at run time) the same loop is compiled to use it.
     fn local_similarities(&mut self, a: &Template, b: &Template) {
         if self.sqrt.len() != CYLINDER_BITS + 1 {
             self.sqrt = (0..=CYLINDER_BITS).map(|n| f32::from(u16::try_from(n).unwrap_or(u16::MAX)).sqrt()).collect();
         }
         self.pairs.clear();
-        for (ia, (pa, (bits_a, mask_a))) in a.points.iter().zip(a.bits.iter().zip(&a.masks)).enumerate() {
-            for (ib, (pb, (bits_b, mask_b))) in b.points.iter().zip(b.bits.iter().zip(&b.masks)).enumerate() {
-                if angle_diff(pa.angle, pb.angle).abs() > MAX_ANGLE_DIFF {
-                    continue;
-                }
-                let score = cylinder_similarity(bits_a, mask_a, bits_b, mask_b, &self.sqrt);
-                if score > 0.0 {
-                    self.pairs.push(Pair { score, a: ia, b: ib });
-                }
-            }
+        #[cfg(target_arch = "x86_64")]
+        if self.popcnt {
+            // SAFETY: `popcnt` is only set when the CPU reported the feature.
+            unsafe { local_similarities_popcnt(a, b, &self.sqrt, &mut self.pairs) };
+            return;
         }
+        collect_local_similarities(a, b, &self.sqrt, &mut self.pairs);
     }
 
     /// Runs the relaxation over `pairs`, leaving the final similarities in `lambda`.
@@ -184,6 +221,32 @@ impl Matcher {
     }
 }
 
+/// [`collect_local_similarities`] compiled with the `popcnt` instruction.
+///
+/// # Safety
+/// The CPU must support `popcnt`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "popcnt")]
+unsafe fn local_similarities_popcnt(a: &Template, b: &Template, sqrt: &[f32], pairs: &mut Vec<Pair>) {
+    collect_local_similarities(a, b, sqrt, pairs);
+}
+
+/// Appends to `pairs` every cylinder pair of `a` and `b` with positive local similarity.
+#[inline(always)]
+fn collect_local_similarities(a: &Template, b: &Template, sqrt: &[f32], pairs: &mut Vec<Pair>) {
+    for (ia, (pa, (bits_a, mask_a))) in a.points.iter().zip(a.bits.iter().zip(&a.masks)).enumerate() {
+        for (ib, (pb, (bits_b, mask_b))) in b.points.iter().zip(b.bits.iter().zip(&b.masks)).enumerate() {
+            if angle_diff(pa.angle, pb.angle).abs() > MAX_ANGLE_DIFF {
+                continue;
+            }
+            let score = cylinder_similarity(bits_a, mask_a, bits_b, mask_b, sqrt);
+            if score > 0.0 {
+                pairs.push(Pair { score, a: ia, b: ib });
+            }
+        }
+    }
+}
+
 /// Appends to `pairs`, in key order, the pairs whose minutiae are both still unused, up to `limit` pairs.
 fn greedy_one_to_one(keys: &[u64], used_a: &mut [bool], used_b: &mut [bool], pairs: &mut Vec<Pair>, limit: usize) {
     for &key in keys {
@@ -206,6 +269,7 @@ fn greedy_one_to_one(keys: &[u64], used_a: &mut [bool], used_b: &mut [bool], pai
 }
 
 /// MCC-16b local similarity of two cylinders: `1 - ‖a⊕b‖ / (‖a‖ + ‖b‖)` over the cells valid in both.
+#[inline(always)]
 fn cylinder_similarity(
     bits_a: &[u64; WORDS],
     mask_a: &[u64; MASK_WORDS],
