@@ -135,6 +135,14 @@ CREATE INDEX IF NOT EXISTS templates_model ON templates(modality, model_id);
 CREATE INDEX IF NOT EXISTS templates_owner ON templates(modality, model_id, subject_id);
 ";
 
+/// The query reading templates that match `clause`, ordered by `order`.
+fn templates_sql(clause: &str, order: &str) -> String {
+    format!(
+        "SELECT template_id, subject_id, encounter_id, modality, finger_position, model_id, quality, sealed
+         FROM templates WHERE {clause} ORDER BY {order}"
+    )
+}
+
 impl Store {
     /// Opens (creating if needed) the store in `dir`.
     pub fn open(dir: &Path, hex_key: &str) -> Result<Self, StoreError> {
@@ -356,11 +364,7 @@ impl Store {
         p: P,
         mut sink: impl FnMut(StoredTemplate) -> Result<(), StoreError>,
     ) -> Result<(), StoreError> {
-        let sql = format!(
-            "SELECT template_id, subject_id, encounter_id, modality, finger_position, model_id, quality, sealed
-             FROM templates WHERE {clause} ORDER BY {order}"
-        );
-        let mut st = self.conn.prepare(&sql)?;
+        let mut st = self.conn.prepare(&templates_sql(clause, order))?;
         let mut rows = st.query(p)?;
         while let Some(r) = rows.next()? {
             let code: i64 = r.get(3)?;
@@ -468,6 +472,18 @@ mod tests {
         assert!(s.gallery_members("watch").expect("members").is_empty(), "deletion leaves no membership");
         assert_eq!(s.stats().expect("stats").subjects, 0);
         assert_eq!(s.verify_audit().expect("audit"), 3);
+    }
+
+    #[test]
+    fn listing_a_modality_reads_the_index_without_sorting() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = Store::open(dir.path(), "").expect("open");
+        let sql = format!("EXPLAIN QUERY PLAN {}", templates_sql("modality = ?1", "modality, model_id, template_id"));
+        let mut st = s.conn.prepare(&sql).expect("plan");
+        let plan: Vec<String> =
+            st.query_map([1], |r| r.get::<_, String>(3)).expect("plan").collect::<Result<_, _>>().expect("rows");
+        assert!(plan.iter().any(|p| p.contains("templates_model")), "{plan:?}");
+        assert!(!plan.iter().any(|p| p.contains("TEMP B-TREE")), "the listing sorts every row: {plan:?}");
     }
 
     #[test]
