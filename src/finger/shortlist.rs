@@ -351,16 +351,15 @@ impl ShortlistIndex {
         if n == 0 || self.slots.is_empty() {
             return Vec::new();
         }
-        let lists: Vec<(&[u32], u8)> = probe
-            .cylinders()
-            .flat_map(|(buckets, angle)| {
-                buckets.iter().filter_map(move |&b| self.buckets.get(b as usize)).map(move |l| (l.as_slice(), angle))
-            })
-            .filter(|(l, _)| !l.is_empty())
-            .collect();
         #[allow(clippy::cast_precision_loss)] // an average
         let mean = self.postings as f64 / self.nonempty_buckets.max(1) as f64;
-        let lists: Vec<(&[u32], u8, u8)> = lists.into_iter().map(|(l, a)| (l, a, vote_weight(l.len(), mean))).collect();
+        // Each probe bucket's postings with the probe minutia's direction and the bucket's vote weight.
+        let lists: Vec<(&[u32], u8, u8)> = probe
+            .cylinders()
+            .flat_map(|(buckets, angle)| buckets.iter().map(move |&b| (b, angle)))
+            .filter_map(|(b, angle)| self.buckets.get(b as usize).filter(|l| !l.is_empty()).map(|l| (l, angle)))
+            .map(|(l, angle)| (l.as_slice(), angle, vote_weight(l.len(), mean)))
+            .collect();
         let total = self.slot_keys.len();
         // Below a few blocks per thread a split costs more than it saves.
         let block = block.max(1);
