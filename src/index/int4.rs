@@ -299,20 +299,10 @@ mod avx2 {
 
 #[cfg(test)]
 mod tests {
-    use std::cmp::Ordering;
-
     use super::*;
-    use crate::index::{
-        dot,
-        scan::{PARALLEL_MIN_ROWS, better, test_data::*},
-    };
+    use crate::index::scan::test_data::{self, *};
 
-    fn gallery(seed: u64, n: usize, dim: usize) -> (Int4Codes, Vec<f32>) {
-        let vectors = unit_vectors(seed, n, dim);
-        let mut codes = Int4Codes::new(dim);
-        codes.push(&vectors);
-        (codes, vectors)
-    }
+    scan_codes!(Int4Codes, |c| (c.codes.clone(), c.scales.clone()));
 
     /// The nibble of dimension `i` of a packed row, read independently of the kernels.
     fn nibble(row: &[u8], i: usize) -> u8 {
@@ -322,7 +312,7 @@ mod tests {
 
     #[test]
     fn quantization_round_trips_within_half_a_step() {
-        let (codes, vectors) = gallery(1, 100, 77);
+        let (codes, vectors) = gallery::<Int4Codes>(1, 100, 77);
         assert_eq!((codes.stride, codes.bytes()), (64, 100 * (64 + 4)));
         for ((row, &s), v) in codes.codes.chunks_exact(64).zip(&codes.scales).zip(vectors.chunks_exact(77)) {
             let nibbles: Vec<u8> = (0..128).map(|i| nibble(row, i)).collect();
@@ -372,67 +362,21 @@ mod tests {
 
     #[test]
     fn exact_best_is_among_int4_top_256() {
-        let dim = 192;
-        let (codes, vectors) = gallery(3, 20_000, dim);
-        let mut rng = Rng(99);
-        for i in 0..50 {
-            let src = &vectors[(i * 397) * dim..][..dim];
-            let mut q: Vec<f32> = src.iter().map(|&x| x + 0.1 * rng.normal()).collect();
-            normalize(&mut q);
-            let exact =
-                vectors.chunks_exact(dim).map(|row| dot(row, &q)).enumerate().max_by(|a, b| a.1.total_cmp(&b.1));
-            let top = codes.top(&q, 256, 1);
-            assert_eq!(top.len(), 256);
-            assert!(top.windows(2).all(|w| better(&w[0], &w[1]) == Ordering::Less));
-            assert!(top.iter().any(|&(p, _)| Some(p) == exact.map(|e| e.0)), "query {i}");
-            assert!((top[0].1 - dot(&vectors[top[0].0 * dim..][..dim], &q)).abs() < 0.1);
-        }
+        exact_best_is_among_top::<Int4Codes>(256, 0.1);
     }
 
     #[test]
     fn threads_and_batches_agree_with_single_queries() {
-        let dim = 77;
-        let (codes, _) = gallery(5, PARALLEL_MIN_ROWS + 1_001, dim);
-        let queries = unit_vectors(11, 5, dim);
-        let batch = codes.top_batch(&queries, 40, 3);
-        assert_eq!(batch.len(), 5);
-        for (q, from_batch) in queries.chunks_exact(dim).zip(&batch) {
-            let one = codes.top(q, 40, 1);
-            assert_eq!(one, codes.top(q, 40, 2));
-            assert_eq!(&one, from_batch);
-            assert_eq!(one, codes.top_batch(q, 40, 1)[0]);
-        }
+        test_data::threads_and_batches_agree_with_single_queries::<Int4Codes>();
     }
 
     #[test]
     fn swap_remove_keeps_the_other_rows() {
-        let dim = 40;
-        let (mut codes, vectors) = gallery(13, 10, dim);
-        codes.swap_remove(3);
-        codes.swap_remove(8);
-        codes.swap_remove(1);
-        assert_eq!((codes.len(), codes.bytes()), (7, 7 * (32 + 4)));
-        // 9 moves into 3, 8 is last when removed, then 7 (last) moves into 1.
-        let expected = [0, 7, 2, 9, 4, 5, 6];
-        let mut fresh = Int4Codes::new(dim);
-        expected.iter().for_each(|&i| fresh.push(&vectors[i * dim..][..dim]));
-        assert_eq!((&codes.codes, &codes.scales), (&fresh.codes, &fresh.scales));
-        let top = codes.top(&vectors[9 * dim..][..dim], 1, 1);
-        assert_eq!(top[0].0, 3);
+        test_data::swap_remove_keeps_the_other_rows::<Int4Codes>(32 + 4);
     }
 
     #[test]
     fn empty_gallery_and_large_r() {
-        let mut codes = Int4Codes::new(8);
-        assert!(codes.is_empty());
-        assert!(codes.top(&[1.0; 8], 5, 2).is_empty());
-        assert_eq!(codes.top_batch(&[1.0; 16], 5, 1), vec![Vec::new(), Vec::new()]);
-        assert!(codes.top_batch(&[], 5, 1).is_empty());
-        codes.push(&[1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]);
-        let top = codes.top(&[1.0, 0.5, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0], 10, 1);
-        assert_eq!(top.iter().map(|t| t.0).collect::<Vec<_>>(), [0, 1]);
-        assert!((top[0].1 - 1.0).abs() < 0.01 && (top[1].1 - 0.5).abs() < 0.01);
-        assert!(codes.top(&[1.0; 8], 0, 1).is_empty());
-        assert_eq!(codes.top_batch(&[1.0; 8], usize::MAX, 4)[0].len(), 2);
+        test_data::empty_gallery_and_large_r::<Int4Codes>();
     }
 }
