@@ -46,7 +46,7 @@ mod matcher;
 
 use std::f32::consts::{PI, TAU};
 
-pub use matcher::{Matcher, similarity};
+pub use matcher::{Kernel, Matcher, similarity};
 
 use hull::convex_hull;
 
@@ -382,15 +382,24 @@ mod tests {
     }
 
     #[test]
-    fn popcnt_and_portable_matchers_agree() {
-        let (mut fast, mut portable) = (Matcher::new(), Matcher::portable());
+    fn every_kernel_gives_the_same_scores() {
+        let mut portable = Matcher::portable();
+        let mut others: Vec<Matcher> = [Kernel::Popcnt, Kernel::Avx512]
+            .into_iter()
+            .filter(|k| k.is_supported())
+            .map(Matcher::with_kernel)
+            .collect();
+        assert_eq!(Matcher::new().kernel(), Kernel::best());
         for seed in 0..8 {
             let ms = random_minutiae(300 + seed, 30 + 2 * seed as usize);
             let a = Template::new(&ms);
             let b = Template::new(&transform(&ms, 0.3, 10.0, -12.0));
             let c = Template::new(&random_minutiae(400 + seed, 35));
-            for (x, y) in [(&a, &b), (&a, &c), (&b, &c)] {
-                assert_eq!(fast.similarity(x, y).to_bits(), portable.similarity(x, y).to_bits(), "seed {seed}");
+            for (x, y) in [(&a, &b), (&a, &c), (&b, &c), (&a, &a)] {
+                let want = portable.similarity(x, y).to_bits();
+                for m in &mut others {
+                    assert_eq!(m.similarity(x, y).to_bits(), want, "seed {seed}, {:?}", m.kernel());
+                }
             }
         }
     }

@@ -1,6 +1,9 @@
 //! Cylinder comparison (MCC-16b local similarity) and the LSS-R global score.
 
-#![cfg_attr(target_arch = "x86_64", expect(unsafe_code, reason = "popcnt dispatch; the unsafe call has a SAFETY note"))]
+#![cfg_attr(
+    target_arch = "x86_64",
+    expect(unsafe_code, reason = "popcnt / AVX-512 dispatch and vector loads; each unsafe block has a SAFETY note")
+)]
 
 use std::f32::consts::PI;
 
@@ -54,11 +57,49 @@ struct Pair {
     b: usize,
 }
 
+/// How the cylinder comparisons count bits (chosen at run time from what the CPU has).
+///
+/// Every kernel gives the same integer counts, so the same scores to the bit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kernel {
+    /// Shifts and masks (the default x86-64 target has no `popcnt` instruction).
+    Portable,
+    /// One `popcnt` instruction per 64-bit word: 76 counts per cylinder pair.
+    Popcnt,
+    /// AVX-512 `vpopcntq` over 512 bits at a time: 9 vector counts per cylinder pair.
+    Avx512,
+}
+
+impl Kernel {
+    /// The fastest kernel this CPU runs.
+    pub fn best() -> Self {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("avx512vpopcntdq")
+            {
+                return Self::Avx512;
+            }
+            if std::arch::is_x86_feature_detected!("popcnt") {
+                return Self::Popcnt;
+            }
+        }
+        Self::Portable
+    }
+
+    /// Whether this CPU can run the kernel.
+    pub fn is_supported(self) -> bool {
+        match (self, Self::best()) {
+            (Self::Portable, _) | (Self::Popcnt, Self::Popcnt | Self::Avx512) | (Self::Avx512, Self::Avx512) => true,
+            (Self::Popcnt | Self::Avx512, _) => false,
+        }
+    }
+}
+
 /// Reusable scratch space for comparing templates (one per thread).
 #[derive(Debug)]
 pub struct Matcher {
-    /// Whether the CPU counts bits in one instruction (`popcnt`); see [`Matcher::local_similarities`].
-    popcnt: bool,
+    /// How bits are counted; see [`Matcher::local_similarities`].
+    kernel: Kernel,
     pairs: Vec<Pair>,
     lambda: Vec<f32>,
     next: Vec<f32>,
@@ -80,23 +121,22 @@ impl Default for Matcher {
 impl Matcher {
     /// A matcher with empty buffers (they grow to the largest templates compared).
     pub fn new() -> Self {
-        #[cfg(target_arch = "x86_64")]
-        let popcnt = std::arch::is_x86_feature_detected!("popcnt");
-        #[cfg(not(target_arch = "x86_64"))]
-        let popcnt = false;
-        Self::with_popcnt(popcnt)
+        Self::with_kernel(Kernel::best())
     }
 
     /// A matcher that counts bits without the `popcnt` instruction, whatever the
-    /// CPU: the baseline of `benches/finger_match.rs`. Same scores.
+    /// CPU. Same scores.
     #[doc(hidden)]
     pub fn portable() -> Self {
-        Self::with_popcnt(false)
+        Self::with_kernel(Kernel::Portable)
     }
 
-    fn with_popcnt(popcnt: bool) -> Self {
+    /// A matcher with the given kernel, or the best one this CPU runs if it
+    /// cannot run that one (the baselines of `benches/finger_match.rs`).
+    pub fn with_kernel(kernel: Kernel) -> Self {
+        let kernel = if kernel.is_supported() { kernel } else { Kernel::best() };
         Self {
-            popcnt,
+            kernel,
             pairs: Vec::new(),
             lambda: Vec::new(),
             next: Vec::new(),
@@ -168,23 +208,33 @@ impl Matcher {
         if score.is_finite() { score.clamp(0.0, 1.0) } else { 0.0 }
     }
 
+    /// The kernel this matcher counts bits with.
+    pub fn kernel(&self) -> Kernel {
+        self.kernel
+    }
+
     /// Fills `pairs` with every cylinder pair of positive local similarity.
     ///
-    /// Each cylinder pair takes 76 population counts. The default x86-64
-    /// target has no `popcnt` instruction, so without it each count is a
-    /// dozen shifts and masks; with it (checked at run time) the same loop is
-    /// compiled to use it: 1.2-1.4x per comparison (BENCHMARKS.md).
+    /// Each cylinder pair takes 76 population counts of 64-bit words. The
+    /// default x86-64 target has no `popcnt` instruction, so without it each
+    /// count is a dozen shifts and masks; with it (checked at run time) the
+    /// same loop is compiled to use it: 1.2-1.4x per comparison. With AVX-512
+    /// VPOPCNTDQ the 1,536 cell bits are counted 512 at a time
+    /// (BENCHMARKS.md).
     fn local_similarities(&mut self, a: &Template, b: &Template) {
         if self.sqrt.len() != CYLINDER_BITS + 1 {
             self.sqrt = (0..=CYLINDER_BITS).map(|n| f32::from(u16::try_from(n).unwrap_or(u16::MAX)).sqrt()).collect();
         }
         self.pairs.clear();
         #[cfg(target_arch = "x86_64")]
-        if self.popcnt {
-            // SAFETY: `popcnt` is only set when the CPU reported the feature.
-            unsafe { local_similarities_popcnt(a, b, &self.sqrt, &mut self.pairs) };
-            return;
+        match self.kernel {
+            // SAFETY: the kernel is only chosen when the CPU reported its features (`Kernel::is_supported`).
+            Kernel::Avx512 => unsafe { avx512::local_similarities(a, b, &self.sqrt, &mut self.pairs) },
+            // SAFETY: as above.
+            Kernel::Popcnt => unsafe { local_similarities_popcnt(a, b, &self.sqrt, &mut self.pairs) },
+            Kernel::Portable => collect_local_similarities(a, b, &self.sqrt, &mut self.pairs),
         }
+        #[cfg(not(target_arch = "x86_64"))]
         collect_local_similarities(a, b, &self.sqrt, &mut self.pairs);
     }
 
@@ -291,11 +341,95 @@ fn cylinder_similarity(
             nab += (wa & wb).count_ones();
         }
     }
+    similarity_from_counts(na, nb, nab, sqrt)
+}
+
+/// `1 - √‖a⊕b‖ / (√‖a‖ + √‖b‖)` from the counts over the common cells.
+#[inline(always)]
+fn similarity_from_counts(na: u32, nb: u32, nab: u32, sqrt: &[f32]) -> f32 {
     let nx = na + nb - 2 * nab;
     let root = |n: u32| usize::try_from(n).ok().and_then(|n| sqrt.get(n)).copied().unwrap_or(0.0);
     let (na, nb, nx) = (root(na), root(nb), root(nx));
     let denominator = na + nb;
     if denominator > 0.0 { 1.0 - nx / denominator } else { 0.0 }
+}
+
+/// The local similarities with AVX-512: a cylinder's 1,536 cell bits are three
+/// 512-bit vectors (two direction layers each), and its 256-bit validity mask
+/// is broadcast to both halves of a vector.
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use std::arch::x86_64::{
+        __m256i, __m512i, _mm256_loadu_si256, _mm512_add_epi64, _mm512_and_si512, _mm512_broadcast_i64x4,
+        _mm512_loadu_epi64, _mm512_popcnt_epi64, _mm512_reduce_add_epi64, _mm512_setzero_si512, _mm512_slli_epi64,
+    };
+
+    use super::super::{MASK_WORDS, WORDS};
+    use super::{MAX_ANGLE_DIFF, MIN_MATCHABLE, Pair, Template, angle_diff, similarity_from_counts};
+
+    const _: () = assert!(WORDS == 3 * 8 && MASK_WORDS == 4, "a cylinder is three 512-bit vectors");
+
+    /// The three vectors of a cylinder's bits.
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    fn load_bits(bits: &[u64; WORDS]) -> [__m512i; 3] {
+        let p = bits.as_ptr().cast::<i64>();
+        // SAFETY: `bits` holds 24 words, so offsets 0, 8 and 16 each start 8
+        // readable words; the loads are unaligned.
+        unsafe { [_mm512_loadu_epi64(p), _mm512_loadu_epi64(p.add(8)), _mm512_loadu_epi64(p.add(16))] }
+    }
+
+    /// A validity mask in both 256-bit halves of a vector.
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    fn load_mask(mask: &[u64; MASK_WORDS]) -> __m512i {
+        // SAFETY: `mask` holds 4 words (32 bytes), one unaligned 256-bit load.
+        unsafe { _mm512_broadcast_i64x4(_mm256_loadu_si256(mask.as_ptr().cast::<__m256i>())) }
+    }
+
+    /// Same pairs and scores as `collect_local_similarities`.
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512F and AVX-512 VPOPCNTDQ.
+    #[target_feature(enable = "avx512f,avx512vpopcntdq,popcnt")]
+    pub(super) unsafe fn local_similarities(a: &Template, b: &Template, sqrt: &[f32], pairs: &mut Vec<Pair>) {
+        for (ia, (pa, (bits_a, mask_a))) in a.points.iter().zip(a.bits.iter().zip(&a.masks)).enumerate() {
+            let va = load_bits(bits_a);
+            let ma = load_mask(mask_a);
+            for (ib, (pb, (bits_b, mask_b))) in b.points.iter().zip(b.bits.iter().zip(&b.masks)).enumerate() {
+                if angle_diff(pa.angle, pb.angle).abs() > MAX_ANGLE_DIFF {
+                    continue;
+                }
+                let matchable: u32 = mask_a.iter().zip(mask_b).map(|(x, y)| (x & y).count_ones()).sum();
+                if matchable < MIN_MATCHABLE {
+                    continue;
+                }
+                let vb = load_bits(bits_b);
+                let mb = load_mask(mask_b);
+                // Per 64-bit lane, ‖a ∧ mask_b‖ + ‖b ∧ mask_a‖·2¹⁶ + ‖a ∧ b‖·2³²: each
+                // total is at most 1,536, so one sum over the lanes holds all three.
+                let (mut acc, mut acc_b, mut acc_ab) =
+                    (_mm512_setzero_si512(), _mm512_setzero_si512(), _mm512_setzero_si512());
+                for (&xa, &xb) in va.iter().zip(&vb) {
+                    acc = _mm512_add_epi64(acc, _mm512_popcnt_epi64(_mm512_and_si512(xa, mb)));
+                    acc_b = _mm512_add_epi64(acc_b, _mm512_popcnt_epi64(_mm512_and_si512(xb, ma)));
+                    acc_ab = _mm512_add_epi64(acc_ab, _mm512_popcnt_epi64(_mm512_and_si512(xa, xb)));
+                }
+                let packed = _mm512_add_epi64(
+                    acc,
+                    _mm512_add_epi64(_mm512_slli_epi64::<16>(acc_b), _mm512_slli_epi64::<32>(acc_ab)),
+                );
+                #[allow(clippy::cast_sign_loss, clippy::cast_possible_truncation)] // the packed fields are 16 bits
+                let total = _mm512_reduce_add_epi64(packed) as u64;
+                #[allow(clippy::cast_possible_truncation)]
+                let (na, nb, nab) = ((total & 0xFFFF) as u32, ((total >> 16) & 0xFFFF) as u32, (total >> 32) as u32);
+                let score = similarity_from_counts(na, nb, nab, sqrt);
+                if score > 0.0 {
+                    pairs.push(Pair { score, a: ia, b: ib });
+                }
+            }
+        }
+    }
 }
 
 /// How well two minutia pairs agree geometrically (ρ in the paper), in `[0, 1]`.
@@ -313,7 +447,11 @@ fn compatibility(a: &Template, b: &Template, t: &Pair, k: &Pair) -> f32 {
     if d2 > D2_CUTOFF {
         return 0.0;
     }
-    let d3 = angle_diff(radial_angle(at, ak), radial_angle(bt, bk)).abs();
+    // d_R(t, k) in A minus d_R(t, k) in B, with one atan2: the difference of
+    // the two segments' directions is the angle between them.
+    let (ax, ay, bx, by) = (at.x - ak.x, at.y - ak.y, bt.x - bk.x, bt.y - bk.y);
+    let between = (bx * ay - by * ax).atan2(bx * ax + by * ay);
+    let d3 = angle_diff(angle_diff(at.angle, bt.angle), between).abs();
     if d3 > D3_CUTOFF {
         return 0.0;
     }
@@ -323,11 +461,6 @@ fn compatibility(a: &Template, b: &Template, t: &Pair, k: &Pair) -> f32 {
 fn distance(p: &Point, q: &Point) -> f32 {
     let (dx, dy) = (p.x - q.x, p.y - q.y);
     (dx * dx + dy * dy).sqrt()
-}
-
-/// Angle between the direction of `p` and the segment from `q` to `p` (d_R in the paper).
-fn radial_angle(p: &Point, q: &Point) -> f32 {
-    angle_diff(p.angle, (p.y - q.y).atan2(p.x - q.x))
 }
 
 /// `Z(v, μ, τ) = 1 / (1 + e^{-τ(v-μ)})`.
