@@ -280,6 +280,9 @@ enum EvalCommand {
         /// Extraction threads.
         #[arg(long, default_value_t = 2)]
         threads: usize,
+        /// Also write every comparison (db, finger and impression of both, score) to this TSV file.
+        #[arg(long)]
+        scores: Option<PathBuf>,
     },
     /// Precision and recall of face de-duplication pairs (every image its own subject).
     Dedup {
@@ -305,6 +308,14 @@ enum EvalCommand {
         /// Enrollments after the snapshot (a tenth as many deletions too).
         #[arg(long, default_value_t = 1000)]
         changes: usize,
+        /// Instead of faces: this many synthetic one-finger subjects (ISO
+        /// records), with restarts that rebuild the finger gallery on one
+        /// thread and on every core.
+        #[arg(long, default_value_t = 0)]
+        fingers: usize,
+        /// Restarts of each kind (with --fingers).
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
     },
     /// Identify latency from image files at a gallery size.
     Latency {
@@ -427,14 +438,20 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 EvalCommand::Identification { data, threads } => {
                     tokio::task::spawn_blocking(move || eval::identification(&config, &data, threads)).await?
                 }
-                EvalCommand::Fingers { data, source, threads } => {
-                    tokio::task::spawn_blocking(move || eval::fingers(&config, &data, source, threads)).await?
+                EvalCommand::Fingers { data, source, threads, scores } => {
+                    tokio::task::spawn_blocking(move || {
+                        eval::fingers(&config, &data, source, threads, scores.as_deref())
+                    })
+                    .await?
                 }
                 EvalCommand::Dedup { data, threads } => {
                     tokio::task::spawn_blocking(move || eval::dedup::evaluate(&config, &data, threads)).await?
                 }
                 EvalCommand::DedupTime { gallery } => eval::dedup_time(&config, gallery).await,
-                EvalCommand::Startup { gallery, changes } => eval::startup(&config, gallery, changes).await,
+                EvalCommand::Startup { fingers: 0, gallery, changes, .. } => {
+                    eval::startup(&config, gallery, changes).await
+                }
+                EvalCommand::Startup { fingers, rounds, .. } => eval::startup_fingers(&config, fingers, rounds).await,
                 EvalCommand::Latency { data, gallery, queries, with_dedup_job } => {
                     eval::latency(&config, &data, gallery, queries, with_dedup_job).await
                 }

@@ -25,7 +25,11 @@ use crate::{
     biometric::{Modality, TemplateData},
     config::{Config, DecisionConfig, FingerConfig, JobsConfig},
     face::FaceSettings,
-    finger::{FingerSettings, gallery::FingerGallery, template},
+    finger::{
+        FingerSettings,
+        gallery::{FingerGallery, Prepared, parallel_map},
+        template,
+    },
     index::VectorIndex,
     inference,
     store::{Store, SubjectRecord},
@@ -121,8 +125,9 @@ impl Engine {
         if foreign_templates > 0 {
             warn!(foreign_templates, "face templates of other models are not searchable until re-embedded");
         }
-        let fingers = rebuild_fingers(&store, gallery_settings(&config.finger))?;
-        info!(templates = fingers.len(), "finger gallery rebuilt from the store");
+        let t = std::time::Instant::now();
+        let fingers = rebuild_fingers(&store, gallery_settings(&config.finger), config.finger.rebuild_threads)?;
+        info!(templates = fingers.len(), ms = t.elapsed().as_millis(), "finger gallery rebuilt from the store");
         let subjects = stored.subjects;
         let store = Arc::new(Mutex::new(store));
         let fingers = Arc::new(RwLock::new(fingers));
@@ -379,23 +384,40 @@ fn gallery_settings(c: &FingerConfig) -> crate::finger::gallery::GallerySettings
 }
 
 /// The finger gallery from every stored finger template.
+///
+/// The store is read in batches of `REBUILD_BATCH` templates; each batch's
+/// MCC templates and shortlist keys are built on `threads` threads (0: every
+/// core; [`Prepared::new`]), then added in store order.
 fn rebuild_fingers(
     store: &Store,
     settings: crate::finger::gallery::GallerySettings,
+    threads: usize,
 ) -> Result<FingerGallery, EngineError> {
+    const REBUILD_BATCH: usize = 8_192;
+    let threads = if threads == 0 { std::thread::available_parallelism().map_or(1, usize::from) } else { threads };
     let mut gallery = FingerGallery::new(settings);
     let mut owners: HashMap<String, Arc<str>> = HashMap::new();
     let mut unreadable = 0u64;
-    store.for_each_template(Modality::Finger, |t| {
-        let TemplateData::Minutiae(iso) = &t.template.data else { return Ok(()) };
-        match template::matcher_template(iso) {
-            Ok(m) => {
-                gallery.add(t.template_id, intern(&mut owners, &t.subject_id), t.template.finger_position, m);
+    let mut batch: Vec<(i64, String, u8, Vec<u8>)> = Vec::with_capacity(REBUILD_BATCH);
+    let mut flush = |batch: &mut Vec<(i64, String, u8, Vec<u8>)>, gallery: &mut FingerGallery| {
+        let prepared =
+            parallel_map(batch, threads, |(_, _, _, iso)| template::matcher_template(iso).map(Prepared::new).ok());
+        for ((template_id, subject, position, _), p) in batch.drain(..).zip(prepared) {
+            match p {
+                Some(p) => gallery.add_prepared(template_id, intern(&mut owners, &subject), position, p),
+                None => unreadable += 1,
             }
-            Err(_) => unreadable += 1,
+        }
+    };
+    store.for_each_template(Modality::Finger, |t| {
+        let TemplateData::Minutiae(iso) = t.template.data else { return Ok(()) };
+        batch.push((t.template_id, t.subject_id, t.template.finger_position, iso));
+        if batch.len() >= REBUILD_BATCH {
+            flush(&mut batch, &mut gallery);
         }
         Ok(())
     })?;
+    flush(&mut batch, &mut gallery);
     if unreadable > 0 {
         warn!(unreadable, "stored finger templates that do not parse are not searchable");
     }

@@ -35,7 +35,13 @@ struct Print {
 }
 
 /// Runs the evaluation and prints one JSON object.
-pub fn fingers(config: &Config, data: &Path, source: FingerSource, threads: usize) -> anyhow::Result<()> {
+pub fn fingers(
+    config: &Config,
+    data: &Path,
+    source: FingerSource,
+    threads: usize,
+    scores_tsv: Option<&Path>,
+) -> anyhow::Result<()> {
     let labels = read_labels(data)?;
     let started = Instant::now();
     let minutiae = match source {
@@ -62,12 +68,19 @@ pub fn fingers(config: &Config, data: &Path, source: FingerSource, threads: usiz
     let mut comparisons = 0usize;
     let t = Instant::now();
     let mut dbs = Vec::new();
+    let mut tsv = String::from("db\tfinger_a\timpression_a\tfinger_b\timpression_b\tscore\n");
     for (db, ps) in &by_db {
         let (mut genuine, mut fvc_impostor, mut all_impostor) = (Vec::new(), Vec::new(), Vec::new());
         for (i, a) in ps.iter().enumerate() {
             for b in &ps[i + 1..] {
                 let s = matcher.similarity(&a.template, &b.template);
                 comparisons += 1;
+                if scores_tsv.is_some() {
+                    tsv.push_str(&format!(
+                        "{db}\t{}\t{}\t{}\t{}\t{s}\n",
+                        a.finger, a.impression, b.finger, b.impression
+                    ));
+                }
                 if a.finger == b.finger {
                     genuine.push(s);
                 } else {
@@ -88,6 +101,9 @@ pub fn fingers(config: &Config, data: &Path, source: FingerSource, threads: usiz
                         "fvc_protocol": row(&fvc_impostor), "all_pairs_impostor": row(&all_impostor)}));
     }
     let match_secs = t.elapsed().as_secs_f64();
+    if let Some(path) = scores_tsv {
+        std::fs::write(path, tsv).with_context(|| path.display().to_string())?;
+    }
     let out = json!({
         "data": data.display().to_string(),
         "source": format!("{source:?}").to_lowercase(),

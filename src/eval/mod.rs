@@ -26,7 +26,7 @@ use crate::{
 pub use fingers::{FingerSource, fingers};
 pub use identification::identification;
 pub use latency::{dedup_time, latency};
-pub use startup::startup;
+pub use startup::{startup, startup_fingers};
 
 /// One labelled image.
 #[derive(Debug, Clone)]

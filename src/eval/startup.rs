@@ -5,10 +5,16 @@
 
 use std::time::Instant;
 
+use rand::{Rng, SeedableRng, rngs::StdRng};
 use serde_json::json;
 
 use super::latency::{enroll_synthetic, scratch_engine};
-use crate::{config::Config, engine::Engine};
+use crate::{
+    biometric::{Modality, Sample, SampleData},
+    config::Config,
+    engine::{Engine, EnrollRequest},
+    finger::iso19794_2::{self, FingerView, IsoMinutia, IsoRecord, MinutiaKind},
+};
 
 /// Enrolls `gallery` synthetic subjects, restarts without a snapshot, writes
 /// one, makes `changes` enrollments and `changes / 10` deletions, restarts
@@ -68,6 +74,94 @@ pub async fn startup(config: &Config, gallery: usize, changes: usize) -> anyhow:
     });
     println!("{}", serde_json::to_string_pretty(&out)?);
     Ok(())
+}
+
+/// `cotejo eval startup --fingers N`: enrolls `fingers` synthetic one-finger
+/// subjects (ISO records of 30-45 random minutiae in a 300x400 frame, like
+/// FVC2002's), then times restarts that rebuild the finger gallery on one
+/// thread and on every core, alternately, `rounds` times each. Prints one JSON
+/// object.
+pub async fn startup_fingers(config: &Config, fingers: usize, rounds: usize) -> anyhow::Result<()> {
+    let (dir, config, engine) = scratch_engine(config).await?;
+    let t = Instant::now();
+    let mut rng = StdRng::seed_from_u64(13);
+    for n in 0..fingers {
+        let req = EnrollRequest {
+            subject_id: format!("synthetic-finger-{n:07}"),
+            samples: vec![Sample {
+                modality: Modality::Finger,
+                finger_position: 1,
+                data: SampleData::IsoTemplate(random_record(&mut rng)?),
+                ppi: 0,
+            }],
+            add_encounter: false,
+            use_main_face: false,
+            galleries: Vec::new(),
+        };
+        engine.enroll(req).await?;
+    }
+    let enroll_secs = t.elapsed().as_secs_f64();
+    drop(engine);
+    crate::telemetry::init(&config.log);
+    let (mut one, mut all, mut empty) = (Vec::new(), Vec::new(), Vec::new());
+    let bare_dir = tempfile::tempdir()?;
+    for _ in 0..rounds.max(1) {
+        let mut bare = config.clone();
+        bare.store.data_dir = bare_dir.path().to_owned();
+        empty.push(start(&bare).await?.1);
+        for (threads, times) in [(1, &mut one), (0, &mut all)] {
+            let mut c = config.clone();
+            c.finger.rebuild_threads = threads;
+            let (engine, secs) = start(&c).await?;
+            let stats = engine.stats().await?;
+            let held: u64 = stats.templates.iter().filter(|t| t.0 == Modality::Finger).map(|t| t.2).sum();
+            anyhow::ensure!(held == fingers as u64, "store holds {held} finger templates");
+            times.push(secs);
+        }
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v.get(v.len() / 2).copied().unwrap_or(0.0)
+    };
+    let (one_median, all_median, empty_median) = (median(&mut one), median(&mut all), median(&mut empty));
+    let out = json!({
+        "finger_templates": fingers,
+        "data_dir_removed_after": dir.path().display().to_string(),
+        "enroll_seconds": enroll_secs,
+        "start_rebuild_one_thread_seconds": one,
+        "start_rebuild_every_core_seconds": all,
+        "cores": std::thread::available_parallelism().map_or(1, usize::from),
+        "start_empty_store_seconds": empty,
+        "rebuild_speed_up_median": (one_median - empty_median) / (all_median - empty_median).max(1e-9),
+        "note": "each start includes the fixed cost of an empty store's start (models); the speed-up is of the starts less that median fixed cost",
+    });
+    println!("{}", serde_json::to_string_pretty(&out)?);
+    Ok(())
+}
+
+/// An ISO/IEC 19794-2 record of 30-45 random minutiae in a 300x400 frame.
+fn random_record(rng: &mut StdRng) -> anyhow::Result<Vec<u8>> {
+    let n = rng.random_range(30..=45);
+    let minutiae = (0..n)
+        .map(|_| IsoMinutia {
+            kind: if rng.random::<bool>() { MinutiaKind::RidgeEnding } else { MinutiaKind::Bifurcation },
+            x: rng.random_range(20..280),
+            y: rng.random_range(20..380),
+            angle: rng.random(),
+            quality: rng.random_range(40..=100),
+        })
+        .collect();
+    let view =
+        FingerView { position: 1, view_number: 0, impression_type: 0, quality: 80, minutiae, extended: Vec::new() };
+    let record = IsoRecord {
+        width: 300,
+        height: 400,
+        resolution_x: 197,
+        resolution_y: 197,
+        capture_equipment: 0,
+        views: vec![view],
+    };
+    Ok(iso19794_2::write(&record)?)
 }
 
 /// Starts an engine (waiting for the previous one's job thread to let go of

@@ -27,6 +27,41 @@ struct Entry {
     template: Arc<Template>,
 }
 
+/// A template with its shortlist keys, ready to join a [`FingerGallery`].
+///
+/// Building both is most of the cost of adding a template, and needs no
+/// access to the gallery, so a start-up prepares its templates on every core
+/// and adds them one after another.
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    template: Template,
+    descriptor: Descriptor,
+}
+
+impl Prepared {
+    /// Hashes the template's cylinders for the shortlist.
+    pub fn new(template: Template) -> Self {
+        let descriptor = Descriptor::new(&template);
+        Self { template, descriptor }
+    }
+}
+
+/// Maps `items` through `work` on up to `threads` threads (contiguous chunks), in order.
+pub fn parallel_map<I: Sync, T: Send>(items: &[I], threads: usize, work: impl Fn(&I) -> T + Sync) -> Vec<T> {
+    let threads = threads.clamp(1, items.len().max(1));
+    if threads == 1 {
+        return items.iter().map(work).collect();
+    }
+    let chunk = items.len().div_ceil(threads);
+    let work = &work;
+    thread::scope(|scope| {
+        let handles: Vec<_> =
+            items.chunks(chunk).map(|part| scope.spawn(move || part.iter().map(work).collect::<Vec<T>>())).collect();
+        // A panic in `work` is re-raised here, as it would be without threads.
+        handles.into_iter().flat_map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e))).collect()
+    })
+}
+
 /// A subject's score for one probe finger.
 #[derive(Debug, Clone, PartialEq)]
 pub struct FingerHit {
@@ -87,9 +122,17 @@ impl FingerGallery {
 
     /// Adds a template; an id already present is replaced.
     pub fn add(&mut self, template_id: i64, subject: Arc<str>, position: u8, template: Template) {
+        self.add_prepared(template_id, subject, position, Prepared::new(template));
+    }
+
+    /// Adds a template whose shortlist keys were computed beforehand
+    /// ([`Prepared::new`], which may run on other threads); an id already
+    /// present is replaced.
+    pub fn add_prepared(&mut self, template_id: i64, subject: Arc<str>, position: u8, prepared: Prepared) {
+        let Prepared { template, descriptor } = prepared;
         self.remove(&[template_id]);
         let p = usize::from(position).min(SLOTS - 1);
-        if let Err(e) = self.shortlists[p].insert(template_id as u64, &template) {
+        if let Err(e) = self.shortlists[p].insert_descriptor(template_id as u64, &descriptor) {
             // The template stays searchable exhaustively below the shortlist threshold.
             warn!(error = %e, "finger template not added to the shortlist index");
         }
@@ -231,6 +274,35 @@ mod tests {
         g.remove(&[48]);
         assert_eq!(g.score_subject("s24", 1, &print(48)), None);
         assert_eq!(g.len(), 48);
+    }
+
+    #[test]
+    fn parallel_map_keeps_the_order_whatever_the_threads() {
+        let items: Vec<u64> = (0..1_001).collect();
+        let want: Vec<u64> = items.iter().map(|x| x * x).collect();
+        for threads in [0, 1, 2, 3, 7, 5_000] {
+            assert_eq!(parallel_map(&items, threads, |x| x * x), want, "{threads} threads");
+        }
+        assert!(parallel_map(&[] as &[u64], 4, |x| *x).is_empty());
+    }
+
+    #[test]
+    fn templates_prepared_on_threads_search_as_added_ones() {
+        // Through the shortlist (from 10 templates on), whose keys were also prepared.
+        let settings =
+            GallerySettings { shortlist_from: 10, shortlist_fraction: 0.25, shortlist_min: 5, shortlist_max: 100 };
+        let (mut one, mut other) = (FingerGallery::new(settings), FingerGallery::new(settings));
+        let seeds: Vec<u64> = (0..40).collect();
+        for &i in &seeds {
+            one.add(i as i64, format!("s{i}").into(), 1, print(i));
+        }
+        let prepared = parallel_map(&seeds, 3, |&i| Prepared::new(print(i)));
+        for (&i, p) in seeds.iter().zip(prepared) {
+            other.add_prepared(i as i64, format!("s{i}").into(), 1, p);
+        }
+        for probe in [3, 17, 39] {
+            assert_eq!(one.search(1, &print(probe), 5, 1), other.search(1, &print(probe), 5, 1));
+        }
     }
 }
 

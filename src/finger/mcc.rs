@@ -146,9 +146,11 @@ impl Template {
             .map(|m| Point { x: m.x, y: -m.y, angle: m.angle.rem_euclid(TAU) })
             .collect();
         let hull = convex_hull(&points);
-        let layout = CellLayout::new();
+        let layout = &*LAYOUT;
         let mut template = Self::default();
         let mut neighbours: Vec<(f32, f32, [f32; ND])> = Vec::new();
+        // Per cell, the direction sums of the neighbours' contributions.
+        let mut sums = vec![[0.0_f32; ND]; CELLS_XY];
         for (index, m) in points.iter().enumerate() {
             let (sin, cos) = m.angle.sin_cos();
             neighbours.clear();
@@ -170,31 +172,44 @@ impl Template {
             if neighbours.len() < MIN_NEIGHBOURS {
                 continue;
             }
+            // Each neighbour reaches the cells within 3σ_S of it: visit those
+            // (a box of cells around it) instead of testing every cell against
+            // every neighbour. Each cell still sums its neighbours in order.
+            sums.fill([0.0; ND]);
+            for (lx, ly, contributions) in &neighbours {
+                let (i_range, j_range) = (cells_near(*lx), cells_near(*ly));
+                for i in i_range {
+                    for j in j_range.clone() {
+                        let cell = i * NS + j;
+                        let (Some(&(u, v)), Some(row)) = (layout.centres.get(cell), sums.get_mut(cell)) else {
+                            continue;
+                        };
+                        let d2 = (lx - u) * (lx - u) + (ly - v) * (ly - v);
+                        if d2 > 9.0 * SIGMA_S * SIGMA_S {
+                            continue;
+                        }
+                        let spatial = gaussian(d2.sqrt(), SIGMA_S);
+                        for (s, c) in row.iter_mut().zip(contributions) {
+                            *s += spatial * c;
+                        }
+                    }
+                }
+            }
             let mut bits = [0_u64; WORDS];
             let mut mask = [0_u64; MASK_WORDS];
             let mut valid_cells = 0_usize;
-            for (cell, &(u, v)) in layout.centres.iter().enumerate() {
-                if u.hypot(v) > RADIUS {
-                    continue;
-                }
-                let world = (m.x + u * cos - v * sin, m.y + u * sin + v * cos);
-                if !hull.contains_with_offset(world, OMEGA) {
-                    continue;
+            for &(cell, near) in &layout.in_radius_cells {
+                let Some(&(u, v)) = layout.centres.get(cell) else { continue };
+                // A cell within ω of m (itself inside the hull) is valid without a test.
+                if !near {
+                    let world = (m.x + u * cos - v * sin, m.y + u * sin + v * cos);
+                    if !hull.contains_with_offset(world, OMEGA) {
+                        continue;
+                    }
                 }
                 valid_cells += 1;
                 set_bit(&mut mask, cell);
-                let mut sums = [0.0_f32; ND];
-                for (lx, ly, contributions) in &neighbours {
-                    let d2 = (lx - u) * (lx - u) + (ly - v) * (ly - v);
-                    if d2 > 9.0 * SIGMA_S * SIGMA_S {
-                        continue;
-                    }
-                    let spatial = gaussian(d2.sqrt(), SIGMA_S);
-                    for (s, c) in sums.iter_mut().zip(contributions) {
-                        *s += spatial * c;
-                    }
-                }
-                for (k, s) in sums.iter().enumerate() {
+                for (k, s) in sums.get(cell).into_iter().flatten().enumerate() {
                     if *s >= MU_PSI {
                         set_bit(&mut bits, k * CELLS_XY + cell);
                     }
@@ -236,17 +251,32 @@ struct CellLayout {
     centres: Vec<(f32, f32)>,
     /// Number of cells whose centre lies within the radius.
     in_radius: usize,
+    /// The cells whose centre lies within the radius, each with whether it
+    /// lies within ω of the centre (such a cell is always valid: the centre
+    /// minutia is inside the hull).
+    in_radius_cells: Vec<(usize, bool)>,
     /// Central angle of each direction bin.
     bin_angles: [f32; ND],
 }
+
+static LAYOUT: std::sync::LazyLock<CellLayout> = std::sync::LazyLock::new(CellLayout::new);
 
 impl CellLayout {
     fn new() -> Self {
         let half = (NS as f32 - 1.0) / 2.0;
         let mut centres = Vec::with_capacity(CELLS_XY);
+        let mut in_radius_cells = Vec::new();
         for i in 0..NS {
             for j in 0..NS {
                 centres.push(((i as f32 - half) * DELTA_S, (j as f32 - half) * DELTA_S));
+                // In half-cell units (exact integers): the centre is at
+                // ((2i - 15), (2j - 15)) Δ_S / 2, the radius is 16 of them.
+                #[allow(clippy::cast_possible_wrap)] // NS is 16
+                let (di, dj) = (2 * i as i64 - (NS as i64 - 1), 2 * j as i64 - (NS as i64 - 1));
+                let d2 = di * di + dj * dj;
+                if d2 <= (NS * NS) as i64 {
+                    in_radius_cells.push((i * NS + j, d2 <= NEAR_HALF_CELLS2));
+                }
             }
         }
         let in_radius = centres.iter().filter(|(u, v)| u.hypot(*v) <= RADIUS).count();
@@ -254,8 +284,24 @@ impl CellLayout {
         for (k, a) in bin_angles.iter_mut().enumerate() {
             *a = -PI + (k as f32 + 0.5) * DELTA_D;
         }
-        Self { centres, in_radius, bin_angles }
+        Self { centres, in_radius, in_radius_cells, bin_angles }
     }
+}
+
+/// Cells whose centre is within ω of the cylinder centre, as the largest
+/// squared distance in half-cell units: `130 (Δ_S/2)² = 49.9² px²` (the next
+/// value a cell reaches, 146, is 52.9 px, beyond ω = 50).
+const NEAR_HALF_CELLS2: i64 = 130;
+const _: () = assert!(OMEGA == 50.0 && DELTA_S == 8.75, "NEAR_HALF_CELLS2 is derived from ω = 50 and Δ_S = 8.75");
+
+/// The cell indices along one axis whose centres may lie within 3σ_S of `t` (a superset).
+fn cells_near(t: f32) -> std::ops::Range<usize> {
+    let half = (NS as f32 - 1.0) / 2.0;
+    let reach = 3.0 * SIGMA_S;
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)] // clamped to 0..=NS first
+    let index = |x: f32| (x / DELTA_S + half).clamp(0.0, NS as f32) as usize;
+    let (lo, hi) = (index(t - reach).saturating_sub(1), (index(t + reach) + 2).min(NS));
+    if t.is_finite() { lo..hi.max(lo) } else { 0..0 }
 }
 
 /// Number of cells whose centre lies within the radius (the reference for min_VC and min_ME).
@@ -435,7 +481,14 @@ mod tests {
 
     #[test]
     fn layout_counts_match() {
-        assert_eq!(CellLayout::new().in_radius, IN_RADIUS_CELLS);
+        let layout = CellLayout::new();
+        assert_eq!(layout.in_radius, IN_RADIUS_CELLS);
+        assert_eq!(layout.in_radius_cells.len(), IN_RADIUS_CELLS);
+        for &(cell, near) in &layout.in_radius_cells {
+            let (u, v) = layout.centres.get(cell).copied().unwrap_or((f32::NAN, f32::NAN));
+            assert!(u.hypot(v) <= RADIUS);
+            assert_eq!(near, u.hypot(v) <= OMEGA, "cell {cell}");
+        }
         assert!((erf(0.5) - 0.520_499_9).abs() < 1e-5);
         assert!(
             (directional_contribution(0.0) - 0.5 * (erf(DELTA_D / 2.0 / (SIGMA_D * std::f32::consts::SQRT_2)) * 2.0))

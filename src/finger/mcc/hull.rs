@@ -54,23 +54,22 @@ impl Hull {
         if n == 0 {
             return false;
         }
-        let mut inside = n >= 3;
+        let edges = || {
+            self.vertices.iter().zip(self.vertices.iter().cycle().skip(1)).map(|(&a, &b)| (a, (b.0 - a.0, b.1 - a.1)))
+        };
+        // Inside (most cells of a cylinder are): every edge has p on its left.
+        if n >= 3 && edges().all(|(a, (ex, ey))| ex * (p.1 - a.1) - ey * (p.0 - a.0) >= 0.0) {
+            return true;
+        }
         let mut min_d2 = f32::INFINITY;
-        for i in 0..n {
-            let (Some(&a), Some(&b)) = (self.vertices.get(i), self.vertices.get((i + 1) % n)) else {
-                continue;
-            };
-            let (ex, ey) = (b.0 - a.0, b.1 - a.1);
+        for (a, (ex, ey)) in edges() {
             let (px, py) = (p.0 - a.0, p.1 - a.1);
-            if ex * py - ey * px < 0.0 {
-                inside = false;
-            }
             let len2 = ex * ex + ey * ey;
             let t = if len2 > 0.0 { ((px * ex + py * ey) / len2).clamp(0.0, 1.0) } else { 0.0 };
             let (dx, dy) = (px - t * ex, py - t * ey);
             min_d2 = min_d2.min(dx * dx + dy * dy);
         }
-        inside || min_d2 <= offset * offset
+        min_d2 <= offset * offset
     }
 }
 

@@ -1,0 +1,36 @@
+//! Cost of building one MCC template (cylinders) and its shortlist keys from
+//! minutiae, on one core: what enrolment pays per finger and what a start-up
+//! pays per stored finger template (`cargo bench --bench finger_template`).
+
+use std::hint::black_box;
+
+use cotejo::finger::{
+    mcc::{Minutia, Template},
+    shortlist::Descriptor,
+};
+use criterion::{Criterion, criterion_group, criterion_main};
+use rand::{Rng, SeedableRng, rngs::StdRng};
+
+/// About 35 minutiae over a 300x400 print, as in the FVC2002 templates.
+fn print(rng: &mut StdRng, n: usize) -> Vec<Minutia> {
+    (0..n)
+        .map(|_| Minutia {
+            x: rng.random_range(30.0..270.0),
+            y: rng.random_range(30.0..370.0),
+            angle: rng.random_range(0.0..std::f32::consts::TAU),
+        })
+        .collect()
+}
+
+fn build(c: &mut Criterion) {
+    let mut rng = StdRng::seed_from_u64(5);
+    let minutiae = print(&mut rng, 35);
+    let template = Template::new(&minutiae);
+    let mut g = c.benchmark_group("finger_template");
+    g.bench_function("mcc_template_35", |b| b.iter(|| black_box(Template::new(black_box(&minutiae)))));
+    g.bench_function("shortlist_descriptor_35", |b| b.iter(|| black_box(Descriptor::new(black_box(&template)))));
+    g.finish();
+}
+
+criterion_group!(benches, build);
+criterion_main!(benches);
