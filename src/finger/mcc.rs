@@ -43,6 +43,8 @@
 
 mod hull;
 mod matcher;
+#[doc(hidden)]
+pub mod reference;
 
 use std::f32::consts::{PI, TAU};
 
@@ -123,7 +125,7 @@ struct Point {
 /// Only valid cylinders are kept (enough valid cells and contributing
 /// neighbours); a template with fewer than two usable minutiae has none and
 /// scores 0 against anything.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Template {
     /// Centre minutia of each kept cylinder, internal frame.
     points: Vec<Point>,
@@ -477,6 +479,21 @@ mod tests {
         let far = [Minutia { x: 1e30, y: -1e30, angle: 1e30 }, Minutia { x: 0.0, y: 0.0, angle: 0.0 }];
         let f = Template::new(&far);
         assert!((0.0..=1.0).contains(&similarity(&f, &t)));
+    }
+
+    #[test]
+    fn cylinders_are_those_of_the_cell_by_cell_construction() {
+        let mut cases: Vec<Vec<Minutia>> = (0..40).map(|seed| random_minutiae(500 + seed, 5 + seed as usize)).collect();
+        // Dense, sparse, collinear and clustered sets, and minutiae near the frame's edges.
+        cases.push(random_minutiae(9, 120));
+        cases.push((0..12).map(|i| Minutia { x: 20.0 * i as f32, y: 100.0, angle: 0.3 * i as f32 }).collect());
+        cases.push(
+            (0..30).map(|i| Minutia { x: 150.0 + (i % 5) as f32, y: 200.0 + (i / 5) as f32, angle: 1.0 }).collect(),
+        );
+        cases.push(transform(&random_minutiae(11, 40), 2.5, -140.0, 190.0));
+        for (n, ms) in cases.iter().enumerate() {
+            assert_eq!(Template::new(ms), reference::template(ms), "case {n}");
+        }
     }
 
     #[test]

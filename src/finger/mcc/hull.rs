@@ -48,6 +48,11 @@ fn cross(o: (f32, f32), a: (f32, f32), b: (f32, f32)) -> f32 {
 }
 
 impl Hull {
+    /// The vertices, counter-clockwise.
+    pub(super) fn vertices(&self) -> &[(f32, f32)] {
+        &self.vertices
+    }
+
     /// Whether `p` lies inside the hull or within `offset` of its boundary.
     pub(super) fn contains_with_offset(&self, p: (f32, f32), offset: f32) -> bool {
         let n = self.vertices.len();
