@@ -71,8 +71,23 @@ pub enum Kernel {
 }
 
 impl Kernel {
-    /// The fastest kernel this CPU runs.
+    /// The kernel [`Matcher::new`] uses: the fastest this CPU runs, unless the
+    /// environment variable `COTEJO_MCC_KERNEL` names a slower one
+    /// (`popcnt`, `portable`), to measure or rule out a kernel. Read once.
     pub fn best() -> Self {
+        static CHOSEN: std::sync::OnceLock<Kernel> = std::sync::OnceLock::new();
+        *CHOSEN.get_or_init(|| {
+            let asked = match std::env::var("COTEJO_MCC_KERNEL").ok().as_deref() {
+                Some("portable") => Some(Self::Portable),
+                Some("popcnt") => Some(Self::Popcnt),
+                _ => None,
+            };
+            asked.filter(|k| k.is_supported()).unwrap_or_else(Self::fastest)
+        })
+    }
+
+    /// The fastest kernel this CPU runs.
+    fn fastest() -> Self {
         #[cfg(target_arch = "x86_64")]
         {
             if std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("avx512vpopcntdq")
@@ -88,7 +103,7 @@ impl Kernel {
 
     /// Whether this CPU can run the kernel.
     pub fn is_supported(self) -> bool {
-        match (self, Self::best()) {
+        match (self, Self::fastest()) {
             (Self::Portable, _) | (Self::Popcnt, Self::Popcnt | Self::Avx512) | (Self::Avx512, Self::Avx512) => true,
             (Self::Popcnt | Self::Avx512, _) => false,
         }
@@ -134,7 +149,7 @@ impl Matcher {
     /// A matcher with the given kernel, or the best one this CPU runs if it
     /// cannot run that one (the baselines of `benches/finger_match.rs`).
     pub fn with_kernel(kernel: Kernel) -> Self {
-        let kernel = if kernel.is_supported() { kernel } else { Kernel::best() };
+        let kernel = if kernel.is_supported() { kernel } else { Kernel::fastest() };
         Self {
             kernel,
             pairs: Vec::new(),
