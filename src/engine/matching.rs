@@ -12,7 +12,7 @@ use std::{
 use super::{
     Candidate, Engine, EngineError, IdentifyOutcome, IdentifyRequest, IdentifyTimes, VerifyOutcome, VerifyRequest,
     lock,
-    scoring::{ProbeSet, RawScores, score_stored},
+    scoring::{ProbeSet, RawScores, gallery_templates, score_stored},
     validate_subject_id,
 };
 use crate::{biometric::Modality, index::best_per_subject};
@@ -105,7 +105,12 @@ impl Engine {
         let set = ProbeSet::new(&probes)?;
         let wanted = set.components();
         let face_model = self.face_model.id.clone();
-        let raw = tokio::task::spawn_blocking(move || score_stored(&set, &templates, &face_model)).await?;
+        let fingers = self.fingers.clone();
+        let raw = tokio::task::spawn_blocking(move || -> Result<_, EngineError> {
+            let cached = gallery_templates(&fingers, &set, &templates)?;
+            Ok(score_stored(&set, &templates, &face_model, &cached))
+        })
+        .await??;
         let Some(scores) = raw.get(&subject_id).filter(|r| !r.is_empty()) else {
             let kinds: Vec<String> = wanted
                 .iter()
@@ -206,6 +211,7 @@ impl Engine {
     ) -> Result<BTreeMap<String, RawScores>, EngineError> {
         let store = self.store.clone();
         let face_model = self.face_model.id.clone();
+        let fingers = self.fingers.clone();
         tokio::task::spawn_blocking(move || -> Result<_, EngineError> {
             let mut all = Vec::new();
             {
@@ -218,7 +224,8 @@ impl Engine {
                     }
                 }
             }
-            Ok(score_stored(&set, &all, &face_model))
+            let cached = gallery_templates(&fingers, &set, &all)?;
+            Ok(score_stored(&set, &all, &face_model, &cached))
         })
         .await?
     }

@@ -4,7 +4,11 @@
 //! templates of that kind. Each component is calibrated to -10 log10(FMR)
 //! and the components are fused as independent evidence (Fisher's method).
 
-use std::{collections::BTreeMap, path::Path};
+use std::{
+    collections::{BTreeMap, HashMap},
+    path::Path,
+    sync::{Arc, RwLock},
+};
 
 use super::{Candidate, Decision, Engine, EngineError, ModalityScore, probe::Probe};
 use crate::{
@@ -12,6 +16,7 @@ use crate::{
     calibration::{Calibration, fuse_db},
     face::embed::cosine,
     finger::{
+        gallery::FingerGallery,
         mcc::{Matcher, Template},
         template,
     },
@@ -75,11 +80,40 @@ impl ProbeSet {
     }
 }
 
+/// The finger gallery's MCC templates for those of `templates` that the
+/// probes can be compared with (same finger position), by template id.
+///
+/// Taken under the gallery's read lock, which is released before any
+/// comparison; a template the gallery does not hold (one enrolled or deleted
+/// meanwhile) is simply absent and [`score_stored`] builds it from its record.
+pub(super) fn gallery_templates(
+    fingers: &RwLock<FingerGallery>,
+    probes: &ProbeSet,
+    templates: &[StoredTemplate],
+) -> Result<HashMap<i64, Arc<Template>>, EngineError> {
+    if probes.fingers.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let f = fingers.read().map_err(|_| EngineError::Internal("finger lock poisoned".into()))?;
+    Ok(templates
+        .iter()
+        .filter(|t| {
+            matches!(t.template.data, TemplateData::Minutiae(_))
+                && probes.fingers.contains_key(&t.template.finger_position)
+        })
+        .filter_map(|t| f.template(t.template_id).map(|m| (t.template_id, m)))
+        .collect())
+}
+
 /// Raw scores of the probes against stored templates, per subject.
+///
+/// Finger templates are taken from `cached` (the gallery's, by template id:
+/// see [`gallery_templates`]) and otherwise built from their ISO record.
 pub(super) fn score_stored(
     probes: &ProbeSet,
     templates: &[StoredTemplate],
     face_model_id: &str,
+    cached: &HashMap<i64, Arc<Template>>,
 ) -> BTreeMap<String, RawScores> {
     let mut out: BTreeMap<String, RawScores> = BTreeMap::new();
     let mut matcher = Matcher::new();
@@ -92,7 +126,13 @@ pub(super) fn score_stored(
             TemplateData::Minutiae(iso) => {
                 let position = t.template.finger_position;
                 let Some(ps) = probes.fingers.get(&position) else { continue };
-                let Ok(stored) = template::matcher_template(iso) else { continue };
+                let stored = match cached.get(&t.template_id) {
+                    Some(m) => m.clone(),
+                    None => match template::matcher_template(iso) {
+                        Ok(m) => Arc::new(m),
+                        Err(_) => continue,
+                    },
+                };
                 let best = ps.iter().map(|p| matcher.similarity(p, &stored)).fold(0.0f32, f32::max);
                 ((Modality::Finger, position), f64::from(best))
             }

@@ -142,6 +142,12 @@ impl FingerGallery {
         list.push(Entry { template_id, subject, template: Arc::new(template) });
     }
 
+    /// The MCC template held under a template id.
+    pub fn template(&self, template_id: i64) -> Option<Arc<Template>> {
+        let &(p, i) = self.slots.get(&template_id)?;
+        self.by_position.get(p)?.get(i).map(|e| e.template.clone())
+    }
+
     /// Removes templates by id (unknown ids are ignored).
     pub fn remove(&mut self, ids: &[i64]) {
         for id in ids {
@@ -266,7 +272,9 @@ mod tests {
         assert!(hits[0].score > 0.9 && hits[1].score < 0.3, "{hits:?}");
         assert!(g.search(2, &print(10), 3, 1)[0].score < 0.3, "another position is not searched");
         assert_eq!(g.score_subject("s5", 1, &print(10)).map(|h| h.template_id), Some(10));
+        assert_eq!(g.template(10).as_deref(), Some(&print(10)));
         g.remove(&[10, 999]);
+        assert!(g.template(10).is_none());
         assert_ne!(&*g.search(1, &print(10), 3, 1)[0].subject, "s5");
         assert_eq!(g.len(), 49);
         assert!(g.score_subject("s5", 1, &print(10)).is_none());
