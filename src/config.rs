@@ -154,6 +154,8 @@ pub struct FingerConfig {
     pub search_threads: usize,
     /// Threads that build the finger gallery at start-up (0: every core).
     pub rebuild_threads: usize,
+    /// ONNX Runtime intra-op threads of the minutiae extractor (0: `inference.threads`).
+    pub extract_threads: usize,
     /// Positions with at least this many templates are searched through the shortlist.
     pub shortlist_from: usize,
     /// Fraction of a position's templates the shortlist keeps for the full matcher.

@@ -99,7 +99,10 @@ impl Engine {
         let manifest = inference::load_models(&config.models)?;
         let face = FaceSettings::from_config(config);
         let finger = FingerSettings {
-            threads: config.inference.threads,
+            threads: match config.finger.extract_threads {
+                0 => config.inference.threads,
+                n => n,
+            },
             limits: face.limits,
             min_minutiae: config.finger.min_minutiae,
         };
