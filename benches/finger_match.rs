@@ -5,22 +5,15 @@
 //! uses where the CPU has it) and, as the baselines in the same run, scalar
 //! `popcnt` and the portable shifts and masks.
 
+#[path = "support/prints.rs"]
+mod prints;
+
 use std::hint::black_box;
 
 use cotejo::finger::mcc::{Kernel, Matcher, Minutia, Template};
 use criterion::{Criterion, criterion_group, criterion_main};
+use prints::print;
 use rand::{Rng, SeedableRng, rngs::StdRng};
-
-/// About 35 minutiae over a 300x400 print, as in the FVC2002 templates.
-fn print(rng: &mut StdRng, n: usize) -> Vec<Minutia> {
-    (0..n)
-        .map(|_| Minutia {
-            x: rng.random_range(30.0..270.0),
-            y: rng.random_range(30.0..370.0),
-            angle: rng.random_range(0.0..std::f32::consts::TAU),
-        })
-        .collect()
-}
 
 /// Another impression: rotated by 0.2 rad, shifted, 20% of minutiae lost.
 fn impression(rng: &mut StdRng, m: &[Minutia]) -> Vec<Minutia> {

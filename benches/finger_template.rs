@@ -4,25 +4,18 @@
 //! The baseline in the same run is `mcc::reference::template`, the cell-by-cell
 //! construction `Template::new` replaced (same cylinders, asserted here).
 
+#[path = "support/prints.rs"]
+mod prints;
+
 use std::hint::black_box;
 
 use cotejo::finger::{
-    mcc::{Minutia, Template, reference},
+    mcc::{Template, reference},
     shortlist::Descriptor,
 };
 use criterion::{Criterion, criterion_group, criterion_main};
-use rand::{Rng, SeedableRng, rngs::StdRng};
-
-/// About 35 minutiae over a 300x400 print, as in the FVC2002 templates.
-fn print(rng: &mut StdRng, n: usize) -> Vec<Minutia> {
-    (0..n)
-        .map(|_| Minutia {
-            x: rng.random_range(30.0..270.0),
-            y: rng.random_range(30.0..370.0),
-            angle: rng.random_range(0.0..std::f32::consts::TAU),
-        })
-        .collect()
-}
+use prints::print;
+use rand::{SeedableRng, rngs::StdRng};
 
 fn build(c: &mut Criterion) {
     let mut rng = StdRng::seed_from_u64(5);

@@ -141,36 +141,16 @@ impl Template {
     /// Non-finite minutiae are ignored, and so is everything after the first
     /// [`MAX_MINUTIAE`] (ISO/IEC 19794-2 records hold at most 255 per view).
     pub fn new(minutiae: &[Minutia]) -> Self {
-        let points: Vec<Point> = minutiae
-            .iter()
-            .take(MAX_MINUTIAE)
-            .filter(|m| m.x.is_finite() && m.y.is_finite() && m.angle.is_finite())
-            .map(|m| Point { x: m.x, y: -m.y, angle: m.angle.rem_euclid(TAU) })
-            .collect();
+        let points = internal_points(minutiae);
         let hull = convex_hull(&points);
         let layout = &*LAYOUT;
         let mut template = Self::default();
-        let mut neighbours: Vec<(f32, f32, [f32; ND])> = Vec::new();
+        let mut neighbours: Vec<Neighbour> = Vec::new();
         // Per cell, the direction sums of the neighbours' contributions.
         let mut sums = vec![[0.0_f32; ND]; CELLS_XY];
         for (index, m) in points.iter().enumerate() {
             let (sin, cos) = m.angle.sin_cos();
-            neighbours.clear();
-            for (other, t) in points.iter().enumerate() {
-                let (dx, dy) = (t.x - m.x, t.y - m.y);
-                if other == index || dx.hypot(dy) > RADIUS + 3.0 * SIGMA_S {
-                    continue;
-                }
-                // Neighbour position in the frame of m, and its direction contributions.
-                let (lx, ly) = (dx * cos + dy * sin, -dx * sin + dy * cos);
-                let dtheta = angle_diff(m.angle, t.angle);
-                let mut contributions = [0.0; ND];
-                for (k, c) in contributions.iter_mut().enumerate() {
-                    let alpha = angle_diff(layout.bin_angles.get(k).copied().unwrap_or(0.0), dtheta);
-                    *c = directional_contribution(alpha);
-                }
-                neighbours.push((lx, ly, contributions));
-            }
+            neighbours_of(&points, index, (sin, cos), layout, &mut neighbours);
             if neighbours.len() < MIN_NEIGHBOURS {
                 continue;
             }
@@ -217,15 +197,20 @@ impl Template {
                     }
                 }
             }
-            #[allow(clippy::cast_precision_loss)] // cell counts are at most 256
-            let enough = valid_cells as f32 >= MIN_VALID_CELLS * layout.in_radius as f32;
-            if enough {
-                template.points.push(*m);
-                template.bits.push(bits);
-                template.masks.push(mask);
-            }
+            template.keep_if_valid(*m, bits, mask, valid_cells);
         }
         template
+    }
+
+    /// Keeps a cylinder whose valid cells reach min_VC of those in the radius.
+    fn keep_if_valid(&mut self, centre: Point, bits: [u64; WORDS], mask: [u64; MASK_WORDS], valid_cells: usize) {
+        #[allow(clippy::cast_precision_loss)] // cell counts are at most 256
+        let enough = valid_cells as f32 >= MIN_VALID_CELLS * IN_RADIUS_CELLS as f32;
+        if enough {
+            self.points.push(centre);
+            self.bits.push(bits);
+            self.masks.push(mask);
+        }
     }
 
     /// Number of valid cylinders (minutiae that take part in matching).
@@ -246,13 +231,52 @@ impl Template {
     }
 }
 
+/// The first [`MAX_MINUTIAE`] finite minutiae in the internal frame (y up, angle in `[0, 2π)`).
+fn internal_points(minutiae: &[Minutia]) -> Vec<Point> {
+    minutiae
+        .iter()
+        .take(MAX_MINUTIAE)
+        .filter(|m| m.x.is_finite() && m.y.is_finite() && m.angle.is_finite())
+        .map(|m| Point { x: m.x, y: -m.y, angle: m.angle.rem_euclid(TAU) })
+        .collect()
+}
+
+/// A neighbour of a cylinder's centre minutia: its position in the centre's
+/// frame and its contribution to each direction bin.
+type Neighbour = (f32, f32, [f32; ND]);
+
+/// Fills `out` with the minutiae within `RADIUS + 3σ_S` of `points[index]`
+/// (whose direction has sine and cosine `sin_cos`), in their order.
+fn neighbours_of(
+    points: &[Point],
+    index: usize,
+    (sin, cos): (f32, f32),
+    layout: &CellLayout,
+    out: &mut Vec<Neighbour>,
+) {
+    out.clear();
+    let Some(m) = points.get(index) else { return };
+    for (other, t) in points.iter().enumerate() {
+        let (dx, dy) = (t.x - m.x, t.y - m.y);
+        if other == index || dx.hypot(dy) > RADIUS + 3.0 * SIGMA_S {
+            continue;
+        }
+        let (lx, ly) = (dx * cos + dy * sin, -dx * sin + dy * cos);
+        let dtheta = angle_diff(m.angle, t.angle);
+        let mut contributions = [0.0; ND];
+        for (k, c) in contributions.iter_mut().enumerate() {
+            let alpha = angle_diff(layout.bin_angles.get(k).copied().unwrap_or(0.0), dtheta);
+            *c = directional_contribution(alpha);
+        }
+        out.push((lx, ly, contributions));
+    }
+}
+
 /// Precomputed geometry shared by all cylinders.
 #[derive(Debug)]
 struct CellLayout {
     /// Cell centres in the minutia's frame, index `i * NS + j`.
     centres: Vec<(f32, f32)>,
-    /// Number of cells whose centre lies within the radius.
-    in_radius: usize,
     /// The cells whose centre lies within the radius, each with whether it
     /// lies within ω of the centre (such a cell is always valid: the centre
     /// minutia is inside the hull).
@@ -281,12 +305,11 @@ impl CellLayout {
                 }
             }
         }
-        let in_radius = centres.iter().filter(|(u, v)| u.hypot(*v) <= RADIUS).count();
         let mut bin_angles = [0.0; ND];
         for (k, a) in bin_angles.iter_mut().enumerate() {
             *a = -PI + (k as f32 + 0.5) * DELTA_D;
         }
-        Self { centres, in_radius, in_radius_cells, bin_angles }
+        Self { centres, in_radius_cells, bin_angles }
     }
 }
 
@@ -499,7 +522,7 @@ mod tests {
     #[test]
     fn layout_counts_match() {
         let layout = CellLayout::new();
-        assert_eq!(layout.in_radius, IN_RADIUS_CELLS);
+        assert_eq!(layout.centres.iter().filter(|(u, v)| u.hypot(*v) <= RADIUS).count(), IN_RADIUS_CELLS);
         assert_eq!(layout.in_radius_cells.len(), IN_RADIUS_CELLS);
         for &(cell, near) in &layout.in_radius_cells {
             let (u, v) = layout.centres.get(cell).copied().unwrap_or((f32::NAN, f32::NAN));

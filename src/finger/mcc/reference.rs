@@ -5,44 +5,21 @@
 
 #![allow(clippy::indexing_slicing)] // kept as it was written, for reference
 
-use std::f32::consts::TAU;
-
 use super::{
-    CELLS_XY, CellLayout, MASK_WORDS, MAX_MINUTIAE, MIN_NEIGHBOURS, MIN_VALID_CELLS, MU_PSI, Minutia, ND, OMEGA, Point,
-    RADIUS, SIGMA_S, Template, WORDS, angle_diff, directional_contribution, gaussian, hull::Hull, hull::convex_hull,
-    set_bit,
+    CELLS_XY, CellLayout, MASK_WORDS, MIN_NEIGHBOURS, MU_PSI, Minutia, ND, OMEGA, RADIUS, SIGMA_S, Template, WORDS,
+    gaussian, hull::Hull, hull::convex_hull, internal_points, neighbours_of, set_bit,
 };
 
 /// The cylinders of `minutiae`, built cell by cell (same result as [`Template::new`]).
 pub fn template(minutiae: &[Minutia]) -> Template {
-    let points: Vec<Point> = minutiae
-        .iter()
-        .take(MAX_MINUTIAE)
-        .filter(|m| m.x.is_finite() && m.y.is_finite() && m.angle.is_finite())
-        .map(|m| Point { x: m.x, y: -m.y, angle: m.angle.rem_euclid(TAU) })
-        .collect();
+    let points = internal_points(minutiae);
     let hull = convex_hull(&points);
     let layout = CellLayout::new();
     let mut template = Template::default();
-    let mut neighbours: Vec<(f32, f32, [f32; ND])> = Vec::new();
+    let mut neighbours = Vec::new();
     for (index, m) in points.iter().enumerate() {
         let (sin, cos) = m.angle.sin_cos();
-        neighbours.clear();
-        for (other, t) in points.iter().enumerate() {
-            let (dx, dy) = (t.x - m.x, t.y - m.y);
-            if other == index || dx.hypot(dy) > RADIUS + 3.0 * SIGMA_S {
-                continue;
-            }
-            // Neighbour position in the frame of m, and its direction contributions.
-            let (lx, ly) = (dx * cos + dy * sin, -dx * sin + dy * cos);
-            let dtheta = angle_diff(m.angle, t.angle);
-            let mut contributions = [0.0; ND];
-            for (k, c) in contributions.iter_mut().enumerate() {
-                let alpha = angle_diff(layout.bin_angles.get(k).copied().unwrap_or(0.0), dtheta);
-                *c = directional_contribution(alpha);
-            }
-            neighbours.push((lx, ly, contributions));
-        }
+        neighbours_of(&points, index, (sin, cos), &layout, &mut neighbours);
         if neighbours.len() < MIN_NEIGHBOURS {
             continue;
         }
@@ -76,13 +53,7 @@ pub fn template(minutiae: &[Minutia]) -> Template {
                 }
             }
         }
-        #[allow(clippy::cast_precision_loss)] // cell counts are at most 256
-        let enough = valid_cells as f32 >= MIN_VALID_CELLS * layout.in_radius as f32;
-        if enough {
-            template.points.push(*m);
-            template.bits.push(bits);
-            template.masks.push(mask);
-        }
+        template.keep_if_valid(*m, bits, mask, valid_cells);
     }
     template
 }
