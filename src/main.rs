@@ -283,6 +283,10 @@ enum EvalCommand {
         /// Also write every comparison (db, finger and impression of both, score) to this TSV file.
         #[arg(long)]
         scores: Option<PathBuf>,
+        /// Diagnostic: also compare each pair with both templates' y axis scaled by each of
+        /// these factors (comma-separated, e.g. 0.75,1.33) and keep the best score.
+        #[arg(long, value_delimiter = ',')]
+        aspects: Vec<f32>,
     },
     /// Precision and recall of face de-duplication pairs (every image its own subject).
     Dedup {
@@ -438,9 +442,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 EvalCommand::Identification { data, threads } => {
                     tokio::task::spawn_blocking(move || eval::identification(&config, &data, threads)).await?
                 }
-                EvalCommand::Fingers { data, source, threads, scores } => {
+                EvalCommand::Fingers { data, source, threads, scores, aspects } => {
                     tokio::task::spawn_blocking(move || {
-                        eval::fingers(&config, &data, source, threads, scores.as_deref())
+                        eval::fingers(&config, &data, source, threads, scores.as_deref(), &aspects)
                     })
                     .await?
                 }

@@ -32,15 +32,22 @@ struct Print {
     finger: String,
     impression: u32,
     template: mcc::Template,
+    /// The template with y scaled by each `--aspects` factor (directions with it).
+    variants: Vec<mcc::Template>,
 }
 
 /// Runs the evaluation and prints one JSON object.
+///
+/// With `aspects`, each pair is also compared with both templates' y axis
+/// scaled by each factor (the same for both) and keeps its best score: a
+/// diagnostic of an aspect-tolerant matcher, which the service does not run.
 pub fn fingers(
     config: &Config,
     data: &Path,
     source: FingerSource,
     threads: usize,
     scores_tsv: Option<&Path>,
+    aspects: &[f32],
 ) -> anyhow::Result<()> {
     let labels = read_labels(data)?;
     let started = Instant::now();
@@ -58,7 +65,8 @@ pub fn fingers(
         let db = rel.components().next().map(|c| c.as_os_str().to_string_lossy().into_owned()).unwrap_or_default();
         let stem = l.path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
         let impression = stem.rsplit('_').next().and_then(|s| s.parse().ok()).unwrap_or(0);
-        prints.push(Print { db, finger: l.identity.clone(), impression, template: mcc::Template::new(m) });
+        let variants = aspects.iter().map(|&sy| mcc::Template::new(&scale_axes(m, 1.0, sy))).collect();
+        prints.push(Print { db, finger: l.identity.clone(), impression, template: mcc::Template::new(m), variants });
     }
     let mut by_db: BTreeMap<&str, Vec<&Print>> = BTreeMap::new();
     for p in &prints {
@@ -73,8 +81,11 @@ pub fn fingers(
         let (mut genuine, mut fvc_impostor, mut all_impostor) = (Vec::new(), Vec::new(), Vec::new());
         for (i, a) in ps.iter().enumerate() {
             for b in &ps[i + 1..] {
-                let s = matcher.similarity(&a.template, &b.template);
-                comparisons += 1;
+                let mut s = matcher.similarity(&a.template, &b.template);
+                for (va, vb) in a.variants.iter().zip(&b.variants) {
+                    s = s.max(matcher.similarity(va, vb));
+                }
+                comparisons += 1 + a.variants.len();
                 if scores_tsv.is_some() {
                     tsv.push_str(&format!(
                         "{db}\t{}\t{}\t{}\t{}\t{s}\n",
@@ -108,6 +119,7 @@ pub fn fingers(
         "data": data.display().to_string(),
         "source": format!("{source:?}").to_lowercase(),
         "matcher": "MCC-16b, LSS-R with one-to-one pairing",
+        "aspects": aspects,
         "databases": dbs,
         "extraction_seconds": extract_secs,
         "comparisons": comparisons,
@@ -131,12 +143,21 @@ fn iso_minutiae(image: &Path, image_frame: bool) -> anyhow::Result<Vec<mcc::Minu
     } else {
         (1.0, 1.0)
     };
-    let scale = |m: &iso19794_2::IsoMinutia| {
-        let m = mcc::Minutia::from(m);
-        let (sin, cos) = m.angle.sin_cos();
-        mcc::Minutia { x: m.x * sx, y: m.y * sy, angle: (sin * sy).atan2(cos * sx) }
-    };
-    Ok(rec.views.first().map(|v| v.minutiae.iter().map(scale).collect()).unwrap_or_default())
+    let minutiae: Vec<mcc::Minutia> =
+        rec.views.first().map(|v| v.minutiae.iter().map(mcc::Minutia::from).collect()).unwrap_or_default();
+    Ok(scale_axes(&minutiae, sx, sy))
+}
+
+/// Minutiae with x scaled by `sx` and y by `sy`: a direction `(cos θ, sin θ)`
+/// becomes `(sx cos θ, sy sin θ)`.
+fn scale_axes(minutiae: &[mcc::Minutia], sx: f32, sy: f32) -> Vec<mcc::Minutia> {
+    minutiae
+        .iter()
+        .map(|m| {
+            let (sin, cos) = m.angle.sin_cos();
+            mcc::Minutia { x: m.x * sx, y: m.y * sy, angle: (sin * sy).atan2(cos * sx) }
+        })
+        .collect()
 }
 
 /// LEADER minutiae of every image, `threads` extractors in parallel.
