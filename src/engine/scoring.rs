@@ -235,3 +235,89 @@ impl Engine {
         out
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        biometric::NewTemplate,
+        finger::{
+            gallery::GallerySettings,
+            iso19794_2::{self, FingerView, IsoMinutia, IsoRecord, MinutiaKind},
+        },
+    };
+
+    /// A stored one-view finger record of 36 pseudo-random minutiae.
+    fn stored(template_id: i64, subject: &str, position: u8, seed: u64) -> StoredTemplate {
+        let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        let mut next = |m: u64| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            u16::try_from(state % m).unwrap_or(0)
+        };
+        let minutiae = (0..36)
+            .map(|_| IsoMinutia {
+                kind: MinutiaKind::RidgeEnding,
+                x: 20 + next(260),
+                y: 20 + next(360),
+                angle: u8::try_from(next(256)).unwrap_or(0),
+                quality: 60,
+            })
+            .collect();
+        let view = FingerView { position, view_number: 0, impression_type: 0, quality: 80, minutiae, extended: vec![] };
+        let record = IsoRecord {
+            width: 300,
+            height: 400,
+            resolution_x: 197,
+            resolution_y: 197,
+            capture_equipment: 0,
+            views: vec![view],
+        };
+        let bytes = iso19794_2::write(&record).unwrap_or_default();
+        StoredTemplate {
+            template_id,
+            subject_id: subject.to_owned(),
+            encounter_id: 1,
+            template: NewTemplate {
+                modality: Modality::Finger,
+                finger_position: position,
+                model_id: "test".to_owned(),
+                quality: 0.8,
+                data: TemplateData::Minutiae(bytes),
+            },
+        }
+    }
+
+    fn minutiae_of(t: &StoredTemplate) -> &[u8] {
+        match &t.template.data {
+            TemplateData::Minutiae(b) => b,
+            TemplateData::Embedding(_) => &[],
+        }
+    }
+
+    #[test]
+    fn gallery_templates_score_as_the_stored_records_do() {
+        let templates = vec![stored(1, "a", 2, 1), stored(2, "b", 2, 2), stored(3, "b", 7, 3)];
+        let probe = template::matcher_template(minutiae_of(&templates[0])).unwrap_or_default();
+        assert!(!probe.is_empty());
+        let probes = ProbeSet { faces: vec![], fingers: BTreeMap::from([(2, vec![probe])]) };
+        let mut gallery = FingerGallery::new(GallerySettings::default());
+        for t in &templates[..2] {
+            let m = template::matcher_template(minutiae_of(t)).unwrap_or_default();
+            gallery.add(t.template_id, t.subject_id.as_str().into(), t.template.finger_position, m);
+        }
+        let gallery = RwLock::new(gallery);
+        let cached = gallery_templates(&gallery, &probes, &templates).unwrap_or_default();
+        // Position 7 has no probe: not looked up.
+        assert_eq!(cached.keys().copied().collect::<std::collections::BTreeSet<_>>(), [1, 2].into());
+        let from_records = score_stored(&probes, &templates, "face", &HashMap::new());
+        assert_eq!(score_stored(&probes, &templates, "face", &cached), from_records);
+        // A template the gallery lacks is built from its record.
+        let partial: HashMap<i64, Arc<Template>> = cached.into_iter().filter(|(id, _)| *id == 1).collect();
+        assert_eq!(score_stored(&probes, &templates, "face", &partial), from_records);
+        let a = from_records.get("a").and_then(|r| r.get(&(Modality::Finger, 2))).copied().unwrap_or(0.0);
+        let b = from_records.get("b").and_then(|r| r.get(&(Modality::Finger, 2))).copied().unwrap_or(1.0);
+        assert!(a > 0.5 && b < 0.3, "same record {a}, other record {b}");
+    }
+}
