@@ -243,7 +243,7 @@ mod tests {
         biometric::NewTemplate,
         finger::{
             gallery::GallerySettings,
-            iso19794_2::{self, FingerView, IsoMinutia, IsoRecord, MinutiaKind},
+            iso19794_2::{self, IsoMinutia, MinutiaKind},
         },
     };
 
@@ -265,16 +265,7 @@ mod tests {
                 quality: 60,
             })
             .collect();
-        let view = FingerView { position, view_number: 0, impression_type: 0, quality: 80, minutiae, extended: vec![] };
-        let record = IsoRecord {
-            width: 300,
-            height: 400,
-            resolution_x: 197,
-            resolution_y: 197,
-            capture_equipment: 0,
-            views: vec![view],
-        };
-        let bytes = iso19794_2::write(&record).unwrap_or_default();
+        let bytes = iso19794_2::write(&template::one_view_record(position, 300, 400, 80, minutiae)).unwrap_or_default();
         StoredTemplate {
             template_id,
             subject_id: subject.to_owned(),

@@ -13,7 +13,10 @@ use crate::{
     biometric::{Modality, Sample, SampleData},
     config::Config,
     engine::{Engine, EnrollRequest},
-    finger::iso19794_2::{self, FingerView, IsoMinutia, IsoRecord, MinutiaKind},
+    finger::{
+        iso19794_2::{self, IsoMinutia, MinutiaKind},
+        template,
+    },
 };
 
 /// Enrolls `gallery` synthetic subjects, restarts without a snapshot, writes
@@ -151,17 +154,7 @@ fn random_record(rng: &mut StdRng) -> anyhow::Result<Vec<u8>> {
             quality: rng.random_range(40..=100),
         })
         .collect();
-    let view =
-        FingerView { position: 1, view_number: 0, impression_type: 0, quality: 80, minutiae, extended: Vec::new() };
-    let record = IsoRecord {
-        width: 300,
-        height: 400,
-        resolution_x: 197,
-        resolution_y: 197,
-        capture_equipment: 0,
-        views: vec![view],
-    };
-    Ok(iso19794_2::write(&record)?)
+    Ok(iso19794_2::write(&template::one_view_record(1, 300, 400, 80, minutiae))?)
 }
 
 /// Starts an engine (waiting for the previous one's job thread to let go of

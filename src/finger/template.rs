@@ -65,7 +65,7 @@ pub fn from_extraction(
             quality: (m.quality * 100.0).round().clamp(0.0, 100.0) as u8,
         })
         .collect();
-    iso19794_2::write(&record(position, side(width), side(height), (quality * 100.0).round() as u8, minutiae))
+    iso19794_2::write(&one_view_record(position, side(width), side(height), (quality * 100.0).round() as u8, minutiae))
 }
 
 /// Normalises an imported record for the finger at `position`: picks its
@@ -94,7 +94,7 @@ pub fn import(bytes: &[u8], position: u8, min_minutiae: usize) -> Result<Vec<u8>
     if minutiae.len() < min_minutiae {
         return Err(TemplateError::TooFewMinutiae { found: minutiae.len(), min: min_minutiae });
     }
-    Ok(iso19794_2::write(&record(position, width, height, view.quality, minutiae))?)
+    Ok(iso19794_2::write(&one_view_record(position, width, height, view.quality, minutiae))?)
 }
 
 /// The minutiae of a stored template, for the matcher.
@@ -122,7 +122,8 @@ fn choose_view(rec: &IsoRecord, position: u8) -> Result<&FingerView, TemplateErr
         .ok_or(TemplateError::NoViewForPosition { views: rec.views.len(), expected: position })
 }
 
-fn record(position: u8, width: u16, height: u16, quality: u8, minutiae: Vec<IsoMinutia>) -> IsoRecord {
+/// A one-view record at 500 ppi (the stored form) of a `width` x `height` image.
+pub fn one_view_record(position: u8, width: u16, height: u16, quality: u8, minutiae: Vec<IsoMinutia>) -> IsoRecord {
     IsoRecord {
         width,
         height,
