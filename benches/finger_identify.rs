@@ -101,6 +101,8 @@ impl Options {
 /// One FVC impression.
 #[derive(Debug)]
 struct Print {
+    /// Finger label and impression, e.g. `fvc2002_DB3_B_105_4`.
+    name: String,
     finger: usize,
     impression: u32,
     minutiae: Vec<mcc::Minutia>,
@@ -127,6 +129,7 @@ fn load(data: &Path) -> Res<(Vec<Print>, usize)> {
             }
         };
         prints.push(Print {
+            name: format!("{label}_{impression}"),
             finger,
             impression: impression.parse()?,
             minutiae: view.minutiae.iter().map(mcc::Minutia::from).collect(),
@@ -166,6 +169,8 @@ struct Run {
     gallery: Vec<mcc::Template>,
     /// Probe template and the key of its mate.
     probes: Vec<(mcc::Template, u64)>,
+    /// Each probe's print name.
+    probe_names: Vec<String>,
 }
 
 fn build_run(prints: &[Print], fingers: usize, enrolled_half: usize, n: usize, seed: u64, threads: usize) -> Run {
@@ -195,15 +200,15 @@ fn build_run(prints: &[Print], fingers: usize, enrolled_half: usize, n: usize, s
         handles.into_iter().map(|h| h.join().unwrap_or_default()).collect()
     });
     gallery.extend(built.into_iter().flatten());
-    let probes = prints
+    let (probes, probe_names) = prints
         .iter()
         .filter(|p| half(p.finger) == 1 && p.impression != 1)
         .filter_map(|p| {
             let mate = mates.iter().position(|m| m.finger == p.finger)?;
-            Some((mcc::Template::new(&p.minutiae), mate as u64))
+            Some(((mcc::Template::new(&p.minutiae), mate as u64), p.name.clone()))
         })
-        .collect();
-    Run { gallery, probes }
+        .unzip();
+    Run { gallery, probes, probe_names }
 }
 
 /// The gallery split into shards by key.
@@ -363,6 +368,7 @@ fn main() -> Res<()> {
     let (mut exhaustive_time, mut exhaustive_comparisons, mut ceiling_hits, mut probes_total) =
         (Duration::ZERO, 0_usize, 0_usize, 0_usize);
     let mut scalar_time = Duration::ZERO;
+    let mut missed: Vec<String> = Vec::new();
     let (mut index_bytes, mut index_templates, mut template_bytes, mut build_time) = (0_usize, 0_usize, 0_usize, 0.0);
     for enrolled in 0..o.runs {
         let start = Instant::now();
@@ -427,8 +433,13 @@ fn main() -> Res<()> {
             }
         }
         for (slot, &threads) in o.threads.iter().enumerate() {
-            for (probe, mate) in &run.probes {
-                outcomes[slot].push(identify(&sharded, &run, probe, *mate, o.shortlist, threads));
+            for ((probe, mate), name) in run.probes.iter().zip(&run.probe_names) {
+                let outcome = identify(&sharded, &run, probe, *mate, o.shortlist, threads);
+                if slot == 0 && outcome.shard_rank.is_none() {
+                    let mate_cylinders = run.gallery.get(*mate as usize).map_or(0, mcc::Template::len);
+                    missed.push(format!("{name} ({} cylinders; mate {mate_cylinders})", probe.len()));
+                }
+                outcomes[slot].push(outcome);
             }
         }
     }
@@ -470,6 +481,10 @@ fn main() -> Res<()> {
     for &s in &sizes {
         println!("shortlist mate recall @{s}: {:.4}", recall_at(s));
     }
+    println!(
+        "probes whose mate the shortlist missed: {}",
+        if missed.is_empty() { "none".to_owned() } else { missed.join(", ") }
+    );
     println!(
         "rank-1 after re-rank: {:.4} ({rank1}/{}); shortlisted mates the matcher ranks below a distractor: {}",
         rank1 as f64 / first.len() as f64,
