@@ -49,6 +49,9 @@ pub fn fingers(
     scores_tsv: Option<&Path>,
     aspects: &[f32],
 ) -> anyhow::Result<()> {
+    if let Some(bad) = aspects.iter().find(|a| !(a.is_finite() && **a > 0.0)) {
+        anyhow::bail!("--aspects: {bad} is not a positive scale factor");
+    }
     let labels = read_labels(data)?;
     let started = Instant::now();
     let minutiae = match source {

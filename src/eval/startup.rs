@@ -8,7 +8,10 @@ use std::time::Instant;
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use serde_json::json;
 
-use super::latency::{enroll_synthetic, scratch_engine};
+use super::{
+    latency::{enroll_synthetic, scratch_engine},
+    metrics::median_p99,
+};
 use crate::{
     biometric::{Modality, Sample, SampleData},
     config::Config,
@@ -122,10 +125,7 @@ pub async fn startup_fingers(config: &Config, fingers: usize, rounds: usize) -> 
             times.push(secs);
         }
     }
-    let median = |v: &mut Vec<f64>| {
-        v.sort_by(f64::total_cmp);
-        v.get(v.len() / 2).copied().unwrap_or(0.0)
-    };
+    let median = |v: &mut Vec<f64>| median_p99(v).0;
     let (one_median, all_median, empty_median) = (median(&mut one), median(&mut all), median(&mut empty));
     let out = json!({
         "finger_templates": fingers,

@@ -295,11 +295,7 @@ impl CellLayout {
         for i in 0..NS {
             for j in 0..NS {
                 centres.push(((i as f32 - half) * DELTA_S, (j as f32 - half) * DELTA_S));
-                // In half-cell units (exact integers): the centre is at
-                // ((2i - 15), (2j - 15)) Δ_S / 2, the radius is 16 of them.
-                #[allow(clippy::cast_possible_wrap)] // NS is 16
-                let (di, dj) = (2 * i as i64 - (NS as i64 - 1), 2 * j as i64 - (NS as i64 - 1));
-                let d2 = di * di + dj * dj;
+                let d2 = half_cells_from_centre2(i * NS + j);
                 if d2 <= (NS * NS) as i64 {
                     in_radius_cells.push((i * NS + j, d2 <= NEAR_HALF_CELLS2));
                 }
@@ -337,15 +333,22 @@ const IN_RADIUS_CELLS: usize = {
     let mut count = 0;
     let mut c = 0;
     while c < CELLS_XY {
-        #[allow(clippy::cast_possible_wrap)] // NS is 16
-        let (di, dj) = (2 * (c / NS) as i64 - (NS as i64 - 1), 2 * (c % NS) as i64 - (NS as i64 - 1));
-        if di * di + dj * dj <= (NS * NS) as i64 {
+        if half_cells_from_centre2(c) <= (NS * NS) as i64 {
             count += 1;
         }
         c += 1;
     }
     count
 };
+
+/// Squared distance of a cell's centre from the cylinder's centre, in
+/// half-cell units (exact): the centre of cell `i * NS + j` lies at
+/// `((2i - 15), (2j - 15)) Δ_S / 2`, and the radius is 16 of those units.
+const fn half_cells_from_centre2(cell: usize) -> i64 {
+    #[allow(clippy::cast_possible_wrap)] // NS is 16
+    let (di, dj) = (2 * (cell / NS) as i64 - (NS as i64 - 1), 2 * (cell % NS) as i64 - (NS as i64 - 1));
+    di * di + dj * dj
+}
 
 fn set_bit<const N: usize>(words: &mut [u64; N], bit: usize) {
     if let Some(w) = words.get_mut(bit / 64) {
