@@ -283,10 +283,13 @@ enum EvalCommand {
         /// Also write every comparison (db, finger and impression of both, score) to this TSV file.
         #[arg(long)]
         scores: Option<PathBuf>,
-        /// Diagnostic: also compare each pair with both templates' y axis scaled by each of
-        /// these factors (comma-separated, e.g. 0.75,1.33) and keep the best score.
+        /// Diagnostic: other y scale factors for the aspect hypotheses than the
+        /// service's (comma-separated, e.g. 0.8,1.25).
         #[arg(long, value_delimiter = ',')]
         aspects: Vec<f32>,
+        /// Compare in the templates' declared frame only (no aspect hypotheses).
+        #[arg(long)]
+        declared_only: bool,
     },
     /// Precision and recall of face de-duplication pairs (every image its own subject).
     Dedup {
@@ -442,9 +445,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 EvalCommand::Identification { data, threads } => {
                     tokio::task::spawn_blocking(move || eval::identification(&config, &data, threads)).await?
                 }
-                EvalCommand::Fingers { data, source, threads, scores, aspects } => {
+                EvalCommand::Fingers { data, source, threads, scores, aspects, declared_only } => {
                     tokio::task::spawn_blocking(move || {
-                        eval::fingers(&config, &data, source, threads, scores.as_deref(), &aspects)
+                        eval::fingers(&config, &data, source, threads, scores.as_deref(), &aspects, declared_only)
                     })
                     .await?
                 }

@@ -163,7 +163,7 @@ impl Engine {
             let f = fingers.read().map_err(|_| EngineError::Internal("finger lock poisoned".into()))?;
             for (&position, probes) in &set.fingers {
                 for p in probes {
-                    for h in f.search(position, p, wanted, threads) {
+                    for h in f.search(position, &p.declared, wanted, threads) {
                         let slot = raw
                             .entry(h.subject.to_string())
                             .or_default()
@@ -173,27 +173,30 @@ impl Engine {
                     }
                 }
             }
-            // Finger components a candidate was not found by: exact scores.
-            for (subject, scores) in raw.iter_mut() {
-                for (&position, probes) in &set.fingers {
-                    if scores.contains_key(&(Modality::Finger, position)) {
-                        continue;
-                    }
-                    let best = probes.iter().filter_map(|p| f.score_subject(subject, position, p)).map(|h| h.score);
-                    if let Some(b) = best.reduce(f32::max) {
-                        scores.insert((Modality::Finger, position), f64::from(b));
-                    }
-                }
-            }
             Ok((set, raw))
         })
         .await??;
+        let ProbeSet { faces, fingers } = set;
+        // Every candidate's finger components, exactly from its stored
+        // templates: the positions it was not found by, and the matcher's
+        // aspect hypotheses, which the gallery search leaves out (see `scoring`).
+        if !fingers.is_empty() && !raw.is_empty() {
+            let candidates = raw.keys().cloned().collect();
+            let fingers_only = ProbeSet { fingers, faces: Vec::new() };
+            for (s, r) in self.score_subjects(fingers_only, candidates).await? {
+                let entry = raw.entry(s).or_default();
+                for (component, score) in r {
+                    let slot = entry.entry(component).or_insert(score);
+                    *slot = slot.max(score);
+                }
+            }
+        }
         // Face components a finger-found candidate lacks: from its stored templates.
-        if !set.faces.is_empty() {
+        if !faces.is_empty() {
             let missing: Vec<String> =
                 raw.iter().filter(|(_, r)| !r.contains_key(&(Modality::Face, 0))).map(|(s, _)| s.clone()).collect();
             if !missing.is_empty() {
-                let faces_only = ProbeSet { faces: set.faces.clone(), ..ProbeSet::default() };
+                let faces_only = ProbeSet { faces, ..ProbeSet::default() };
                 for (s, r) in self.score_subjects(faces_only, missing.into_iter().collect()).await? {
                     raw.entry(s).or_default().extend(r);
                 }

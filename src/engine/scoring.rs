@@ -16,6 +16,7 @@ use crate::{
     calibration::{Calibration, fuse_db},
     face::embed::cosine,
     finger::{
+        aspect::Hypotheses,
         gallery::FingerGallery,
         mcc::{Matcher, Template},
         template,
@@ -54,7 +55,7 @@ pub(super) type RawScores = BTreeMap<Component, f64>;
 #[derive(Debug, Default)]
 pub(super) struct ProbeSet {
     pub(super) faces: Vec<Vec<f32>>,
-    pub(super) fingers: BTreeMap<u8, Vec<Template>>,
+    pub(super) fingers: BTreeMap<u8, Vec<Hypotheses>>,
 }
 
 impl ProbeSet {
@@ -64,7 +65,7 @@ impl ProbeSet {
             match &p.template.data {
                 TemplateData::Embedding(v) => set.faces.push(v.clone()),
                 TemplateData::Minutiae(iso) => {
-                    let t = template::matcher_template(iso)
+                    let t = template::matcher_hypotheses(iso)
                         .map_err(|e| EngineError::Internal(format!("probe template does not parse: {e}")))?;
                     set.fingers.entry(p.template.finger_position).or_default().push(t);
                 }
@@ -105,10 +106,19 @@ pub(super) fn gallery_templates(
         .collect())
 }
 
+/// Stored finger templates per probe position that are also compared under
+/// the aspect hypotheses: the best by their declared-frame score. A verify or
+/// a gallery search's candidates (see `matching`) stay well within it; a
+/// search restricted to thousands of subjects does not rebuild thousands of
+/// stretched templates.
+pub(super) const HYPOTHESIS_TEMPLATES: usize = 128;
+
 /// Raw scores of the probes against stored templates, per subject.
 ///
 /// Finger templates are taken from `cached` (the gallery's, by template id:
-/// see [`gallery_templates`]) and otherwise built from their ISO record.
+/// see [`gallery_templates`]) and otherwise built from their ISO record. The
+/// [`HYPOTHESIS_TEMPLATES`] best of each position then get the matcher's
+/// aspect hypotheses (`finger::aspect`), built from their records.
 pub(super) fn score_stored(
     probes: &ProbeSet,
     templates: &[StoredTemplate],
@@ -116,16 +126,21 @@ pub(super) fn score_stored(
     cached: &HashMap<i64, Arc<Template>>,
 ) -> BTreeMap<String, RawScores> {
     let mut out: BTreeMap<String, RawScores> = BTreeMap::new();
+    let mut keep = |subject: &str, component: Component, score: f64| {
+        let slot = out.entry(subject.to_owned()).or_default().entry(component).or_insert(f64::NEG_INFINITY);
+        *slot = slot.max(score);
+    };
     let mut matcher = Matcher::new();
+    // Finger templates with their best declared-frame score against the probes.
+    let mut fingers: Vec<(&StoredTemplate, &[u8], &[Hypotheses], f32)> = Vec::new();
     for t in templates {
-        let (component, score) = match &t.template.data {
+        match &t.template.data {
             TemplateData::Embedding(v) if t.template.model_id == face_model_id && !probes.faces.is_empty() => {
                 let best = probes.faces.iter().map(|p| cosine(p, v)).fold(f32::NEG_INFINITY, f32::max);
-                ((Modality::Face, 0), f64::from(best))
+                keep(&t.subject_id, (Modality::Face, 0), f64::from(best));
             }
             TemplateData::Minutiae(iso) => {
-                let position = t.template.finger_position;
-                let Some(ps) = probes.fingers.get(&position) else { continue };
+                let Some(ps) = probes.fingers.get(&t.template.finger_position) else { continue };
                 let stored = match cached.get(&t.template_id) {
                     Some(m) => m.clone(),
                     None => match template::matcher_template(iso) {
@@ -133,13 +148,25 @@ pub(super) fn score_stored(
                         Err(_) => continue,
                     },
                 };
-                let best = ps.iter().map(|p| matcher.similarity(p, &stored)).fold(0.0f32, f32::max);
-                ((Modality::Finger, position), f64::from(best))
+                let best = ps.iter().map(|p| matcher.similarity(&p.declared, &stored)).fold(0.0f32, f32::max);
+                fingers.push((t, iso, ps, best));
             }
-            TemplateData::Embedding(_) => continue,
-        };
-        let slot = out.entry(t.subject_id.clone()).or_default().entry(component).or_insert(f64::NEG_INFINITY);
-        *slot = slot.max(score);
+            TemplateData::Embedding(_) => {}
+        }
+    }
+    fingers.sort_by(|a, b| b.3.total_cmp(&a.3).then(a.0.template_id.cmp(&b.0.template_id)));
+    let mut hypothesised: BTreeMap<u8, usize> = BTreeMap::new();
+    for (t, iso, ps, declared) in fingers {
+        let position = t.template.finger_position;
+        let n = hypothesised.entry(position).or_default();
+        let mut score = declared;
+        if *n < HYPOTHESIS_TEMPLATES {
+            *n += 1;
+            if let Ok(stretched) = template::matcher_stretched(iso) {
+                score = ps.iter().map(|p| p.stretched.best(&stretched, &mut matcher)).fold(score, f32::max);
+            }
+        }
+        keep(&t.subject_id, (Modality::Finger, position), f64::from(score));
     }
     out
 }
@@ -290,8 +317,8 @@ mod tests {
     #[test]
     fn gallery_templates_score_as_the_stored_records_do() {
         let templates = vec![stored(1, "a", 2, 1), stored(2, "b", 2, 2), stored(3, "b", 7, 3)];
-        let probe = template::matcher_template(minutiae_of(&templates[0])).unwrap_or_default();
-        assert!(!probe.is_empty());
+        let probe = template::matcher_hypotheses(minutiae_of(&templates[0])).unwrap_or_default();
+        assert!(!probe.declared.is_empty());
         let probes = ProbeSet { faces: vec![], fingers: BTreeMap::from([(2, vec![probe])]) };
         let mut gallery = FingerGallery::new(GallerySettings::default());
         for t in &templates[..2] {
@@ -310,5 +337,31 @@ mod tests {
         let a = from_records.get("a").and_then(|r| r.get(&(Modality::Finger, 2))).copied().unwrap_or(0.0);
         let b = from_records.get("b").and_then(|r| r.get(&(Modality::Finger, 2))).copied().unwrap_or(1.0);
         assert!(a > 0.5 && b < 0.3, "same record {a}, other record {b}");
+    }
+
+    #[test]
+    fn the_best_stored_templates_get_the_aspect_hypotheses() {
+        let templates: Vec<StoredTemplate> =
+            (0..HYPOTHESIS_TEMPLATES as i64 + 20).map(|i| stored(i, &format!("s{i}"), 4, i as u64 + 100)).collect();
+        let probe = template::matcher_hypotheses(minutiae_of(&templates[3])).unwrap_or_default();
+        let probes = ProbeSet { faces: vec![], fingers: BTreeMap::from([(4, vec![probe.clone()])]) };
+        let scores = score_stored(&probes, &templates, "face", &HashMap::new());
+        let mut matcher = Matcher::new();
+        let mut expected: Vec<(f32, i64, f32)> = templates
+            .iter()
+            .map(|t| {
+                let h = template::matcher_hypotheses(minutiae_of(t)).unwrap_or_default();
+                (matcher.similarity(&probe.declared, &h.declared), t.template_id, probe.similarity(&h, &mut matcher))
+            })
+            .collect();
+        expected.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+        let mut raised = 0;
+        for (rank, (declared, id, best)) in expected.into_iter().enumerate() {
+            let got = scores.get(&format!("s{id}")).and_then(|r| r.get(&(Modality::Finger, 4))).copied();
+            let want = if rank < HYPOTHESIS_TEMPLATES { best } else { declared };
+            assert_eq!(got, Some(f64::from(want)), "template {id} at rank {rank}");
+            raised += usize::from(rank < HYPOTHESIS_TEMPLATES && best > declared);
+        }
+        assert!(raised > 0, "no hypothesis scored above the declared frame");
     }
 }

@@ -12,7 +12,7 @@ use crate::{
     calibration::Calibration,
     engine::FaceModel,
     face::{FaceSettings, embed::cosine},
-    finger::{FingerPipeline, FingerSettings, mcc, template},
+    finger::{FingerPipeline, FingerSettings, aspect::Hypotheses, mcc, template},
     inference,
 };
 
@@ -65,29 +65,29 @@ pub fn finger(config: &crate::config::Config, data: &Path, threads: usize) -> an
         |p, l| {
             let bytes = std::fs::read(&l.path).with_context(|| l.path.display().to_string())?;
             Ok(match p.extract(&bytes, 0, 1) {
-                Ok(x) => template::matcher_template(&x.template).map_err(|e| e.to_string()),
+                Ok(x) => template::matcher_hypotheses(&x.template).map_err(|e| e.to_string()),
                 Err(e) => Err(e.to_string()),
             })
         },
     )?;
-    let extracted: Vec<Option<mcc::Template>> = labels
+    let extracted: Vec<Option<Hypotheses>> = labels
         .iter()
         .zip(extracted)
         .map(|(l, r)| r.map_err(|e| eprintln!("  refused {}: {e}", l.path.display())).ok())
         .collect();
-    let imported: Vec<Option<mcc::Template>> = labels
+    let imported: Vec<Option<Hypotheses>> = labels
         .iter()
         .map(|l| {
             let bytes = std::fs::read(l.path.with_extension("iso")).ok()?;
             let iso = template::import(&bytes, 1, config.finger.min_minutiae).ok()?;
-            template::matcher_template(&iso).ok()
+            template::matcher_hypotheses(&iso).ok()
         })
         .collect();
     let mut matcher = mcc::Matcher::new();
     let (mut genuine, mut impostor) = (0usize, Vec::new());
     let mut used = Vec::new();
     for set in [&extracted, &imported] {
-        let prints: Vec<(&str, &mcc::Template)> =
+        let prints: Vec<(&str, &Hypotheses)> =
             labels.iter().zip(set.iter()).filter_map(|(l, t)| t.as_ref().map(|t| (l.identity.as_str(), t))).collect();
         used.push(prints.len());
         for (a, (ia, ta)) in prints.iter().enumerate() {
@@ -95,7 +95,7 @@ pub fn finger(config: &crate::config::Config, data: &Path, threads: usize) -> an
                 if ia == ib {
                     genuine += 1;
                 } else {
-                    impostor.push(f64::from(matcher.similarity(ta, tb)));
+                    impostor.push(f64::from(ta.similarity(tb, &mut matcher)));
                 }
             }
         }
@@ -111,7 +111,7 @@ pub fn finger(config: &crate::config::Config, data: &Path, threads: usize) -> an
     let c = Calibration::from_scores(
         template::MATCHER_ID,
         "finger",
-        "MCC-16b LSS-R similarity",
+        "MCC-16b LSS-R similarity, best of the declared frame and the aspect hypotheses",
         &source,
         &impostor,
         genuine,

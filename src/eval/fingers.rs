@@ -10,7 +10,11 @@ use serde_json::json;
 use super::{metrics, par_map, read_labels};
 use crate::{
     config::Config,
-    finger::{iso19794_2, mcc, minutiae::Extractor},
+    finger::{
+        aspect::{self, Stretched},
+        iso19794_2, mcc,
+        minutiae::Extractor,
+    },
     inference,
 };
 
@@ -32,15 +36,17 @@ struct Print {
     finger: String,
     impression: u32,
     template: mcc::Template,
-    /// The template with y scaled by each `--aspects` factor (directions with it).
-    variants: Vec<mcc::Template>,
+    /// The template with y scaled by each aspect factor (directions with it).
+    stretched: Stretched,
 }
 
 /// Runs the evaluation and prints one JSON object.
 ///
-/// With `aspects`, each pair is also compared with both templates' y axis
-/// scaled by each factor (the same for both) and keeps its best score: a
-/// diagnostic of an aspect-tolerant matcher, which the service does not run.
+/// Each pair is scored as the service scores it: the best over the declared
+/// frame and both templates' y axis scaled by each of the matcher's aspect
+/// factors ([`aspect::FACTORS`]). `aspects` replaces those factors (a
+/// diagnostic); `declared_only` compares in the declared frame alone (the
+/// matcher without hypotheses).
 pub fn fingers(
     config: &Config,
     data: &Path,
@@ -48,10 +54,17 @@ pub fn fingers(
     threads: usize,
     scores_tsv: Option<&Path>,
     aspects: &[f32],
+    declared_only: bool,
 ) -> anyhow::Result<()> {
     if let Some(bad) = aspects.iter().find(|a| !(a.is_finite() && **a > 0.0)) {
         anyhow::bail!("--aspects: {bad} is not a positive scale factor");
     }
+    let aspects: &[f32] = match (declared_only, aspects.is_empty()) {
+        (true, true) => &[],
+        (true, false) => anyhow::bail!("--aspects and --declared-only exclude each other"),
+        (false, true) => &aspect::FACTORS,
+        (false, false) => aspects,
+    };
     let labels = read_labels(data)?;
     let started = Instant::now();
     let minutiae = match source {
@@ -68,8 +81,8 @@ pub fn fingers(
         let db = rel.components().next().map(|c| c.as_os_str().to_string_lossy().into_owned()).unwrap_or_default();
         let stem = l.path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
         let impression = stem.rsplit('_').next().and_then(|s| s.parse().ok()).unwrap_or(0);
-        let variants = aspects.iter().map(|&sy| mcc::Template::new(&scale_axes(m, 1.0, sy))).collect();
-        prints.push(Print { db, finger: l.identity.clone(), impression, template: mcc::Template::new(m), variants });
+        let stretched = Stretched::with_factors(m, aspects);
+        prints.push(Print { db, finger: l.identity.clone(), impression, template: mcc::Template::new(m), stretched });
     }
     let mut by_db: BTreeMap<&str, Vec<&Print>> = BTreeMap::new();
     for p in &prints {
@@ -84,11 +97,8 @@ pub fn fingers(
         let (mut genuine, mut fvc_impostor, mut all_impostor) = (Vec::new(), Vec::new(), Vec::new());
         for (i, a) in ps.iter().enumerate() {
             for b in &ps[i + 1..] {
-                let mut s = matcher.similarity(&a.template, &b.template);
-                for (va, vb) in a.variants.iter().zip(&b.variants) {
-                    s = s.max(matcher.similarity(va, vb));
-                }
-                comparisons += 1 + a.variants.len();
+                let s = matcher.similarity(&a.template, &b.template).max(a.stretched.best(&b.stretched, &mut matcher));
+                comparisons += 1 + a.stretched.len();
                 if scores_tsv.is_some() {
                     tsv.push_str(&format!(
                         "{db}\t{}\t{}\t{}\t{}\t{s}\n",
@@ -121,7 +131,11 @@ pub fn fingers(
     let out = json!({
         "data": data.display().to_string(),
         "source": format!("{source:?}").to_lowercase(),
-        "matcher": "MCC-16b, LSS-R with one-to-one pairing",
+        "matcher": if aspects.is_empty() {
+            "MCC-16b, LSS-R with one-to-one pairing, declared frame only".to_owned()
+        } else {
+            format!("MCC-16b, LSS-R with one-to-one pairing, best of the declared frame and y scaled by {aspects:?}")
+        },
         "aspects": aspects,
         "databases": dbs,
         "extraction_seconds": extract_secs,
@@ -148,19 +162,7 @@ fn iso_minutiae(image: &Path, image_frame: bool) -> anyhow::Result<Vec<mcc::Minu
     };
     let minutiae: Vec<mcc::Minutia> =
         rec.views.first().map(|v| v.minutiae.iter().map(mcc::Minutia::from).collect()).unwrap_or_default();
-    Ok(scale_axes(&minutiae, sx, sy))
-}
-
-/// Minutiae with x scaled by `sx` and y by `sy`: a direction `(cos θ, sin θ)`
-/// becomes `(sx cos θ, sy sin θ)`.
-fn scale_axes(minutiae: &[mcc::Minutia], sx: f32, sy: f32) -> Vec<mcc::Minutia> {
-    minutiae
-        .iter()
-        .map(|m| {
-            let (sin, cos) = m.angle.sin_cos();
-            mcc::Minutia { x: m.x * sx, y: m.y * sy, angle: (sin * sy).atan2(cos * sx) }
-        })
-        .collect()
+    Ok(aspect::scale_axes(&minutiae, sx, sy))
 }
 
 /// LEADER minutiae of every image, `threads` extractors in parallel.

@@ -100,8 +100,6 @@ pub struct FingerGallery {
     shortlists: [ShortlistIndex; SLOTS],
     /// template id -> (position, index in `by_position`).
     slots: HashMap<i64, (usize, usize)>,
-    /// subject -> its template ids.
-    subjects: HashMap<Arc<str>, Vec<i64>>,
 }
 
 impl FingerGallery {
@@ -138,7 +136,6 @@ impl FingerGallery {
         }
         let list = &mut self.by_position[p];
         self.slots.insert(template_id, (p, list.len()));
-        self.subjects.entry(subject.clone()).or_default().push(template_id);
         list.push(Entry { template_id, subject, template: Arc::new(template) });
     }
 
@@ -154,15 +151,9 @@ impl FingerGallery {
             let Some((p, i)) = self.slots.remove(id) else { continue };
             self.shortlists[p].remove(*id as u64);
             let list = &mut self.by_position[p];
-            let gone = list.swap_remove(i);
+            list.swap_remove(i);
             if let Some(moved) = list.get(i) {
                 self.slots.insert(moved.template_id, (p, i));
-            }
-            if let Some(ids) = self.subjects.get_mut(&gone.subject) {
-                ids.retain(|t| t != id);
-                if ids.is_empty() {
-                    self.subjects.remove(&gone.subject);
-                }
             }
         }
     }
@@ -186,23 +177,6 @@ impl FingerGallery {
             compare_all(&list.iter().collect::<Vec<_>>(), probe, threads)
         };
         best_per_subject(&mut hits, k)
-    }
-
-    /// The best score of `subject`'s templates at `position` against the
-    /// probe, if it has any there.
-    pub fn score_subject(&self, subject: &str, position: u8, probe: &Template) -> Option<FingerHit> {
-        let ids = self.subjects.get(subject)?;
-        let mut matcher = Matcher::new();
-        ids.iter()
-            .filter_map(|id| self.slots.get(id))
-            .filter(|(p, _)| *p == usize::from(position))
-            .filter_map(|&(p, i)| self.by_position.get(p).and_then(|l| l.get(i)))
-            .map(|e| FingerHit {
-                subject: e.subject.clone(),
-                template_id: e.template_id,
-                score: matcher.similarity(probe, &e.template),
-            })
-            .max_by(|a, b| a.score.total_cmp(&b.score))
     }
 }
 
@@ -271,16 +245,17 @@ mod tests {
         assert_eq!(&*hits[0].subject, "s5");
         assert!(hits[0].score > 0.9 && hits[1].score < 0.3, "{hits:?}");
         assert!(g.search(2, &print(10), 3, 1)[0].score < 0.3, "another position is not searched");
-        assert_eq!(g.score_subject("s5", 1, &print(10)).map(|h| h.template_id), Some(10));
+        assert_eq!(hits[0].template_id, 10);
         assert_eq!(g.template(10).as_deref(), Some(&print(10)));
         g.remove(&[10, 999]);
         assert!(g.template(10).is_none());
         assert_ne!(&*g.search(1, &print(10), 3, 1)[0].subject, "s5");
         assert_eq!(g.len(), 49);
-        assert!(g.score_subject("s5", 1, &print(10)).is_none());
         // The entry moved into the removed slot is still found by id.
+        assert_eq!(g.template(48).as_deref(), Some(&print(48)));
         g.remove(&[48]);
-        assert_eq!(g.score_subject("s24", 1, &print(48)), None);
+        assert!(g.template(48).is_none());
+        assert_eq!(g.template(46).as_deref(), Some(&print(46)));
         assert_eq!(g.len(), 48);
     }
 

@@ -2,6 +2,7 @@
 //! in the ISO/IEC 19794-2:2005 interchange format, MCC matching and the
 //! in-memory finger gallery.
 
+pub mod aspect;
 pub mod gallery;
 pub mod iso19794_2;
 pub mod mcc;

@@ -5,6 +5,7 @@
 //! rescaled) so that every stored template compares alike.
 
 use super::{
+    aspect,
     iso19794_2::{self, FingerView, IsoError, IsoMinutia, IsoRecord, MinutiaKind},
     mcc, minutiae,
 };
@@ -15,8 +16,9 @@ pub const RESOLUTION_PPCM: u16 = 197;
 /// the caller's extractor, not ours).
 pub const IMPORTED_MODEL_ID: &str = "iso19794-2-import";
 /// Id of the matcher every finger template is compared with; calibrations of
-/// finger scores are made for it.
-pub const MATCHER_ID: &str = "mcc16b-lssr-1";
+/// finger scores are made for it. MCC-16b with LSS-R, the best score over the
+/// declared frame and the [`aspect::FACTORS`] hypotheses.
+pub const MATCHER_ID: &str = "mcc16b-lssr-aspects-2";
 
 /// ISO finger positions cotejo accepts: 1 (right thumb) to 10 (left little finger).
 pub const POSITIONS: std::ops::RangeInclusive<u8> = 1..=10;
@@ -106,6 +108,16 @@ pub fn matcher_minutiae(stored: &[u8]) -> Result<Vec<mcc::Minutia>, IsoError> {
 /// The MCC template of a stored template.
 pub fn matcher_template(stored: &[u8]) -> Result<mcc::Template, IsoError> {
     Ok(mcc::Template::new(&matcher_minutiae(stored)?))
+}
+
+/// The stretched MCC templates of a stored template (see [`aspect`]).
+pub fn matcher_stretched(stored: &[u8]) -> Result<aspect::Stretched, IsoError> {
+    Ok(aspect::Stretched::new(&matcher_minutiae(stored)?))
+}
+
+/// All the MCC templates of a stored template: declared and stretched.
+pub fn matcher_hypotheses(stored: &[u8]) -> Result<aspect::Hypotheses, IsoError> {
+    Ok(aspect::Hypotheses::new(&matcher_minutiae(stored)?))
 }
 
 fn choose_view(rec: &IsoRecord, position: u8) -> Result<&FingerView, TemplateError> {
