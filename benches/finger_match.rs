@@ -4,13 +4,21 @@
 //! bit-counting kernel this CPU runs: AVX-512 VPOPCNTDQ (what `Matcher::new`
 //! uses where the CPU has it) and, as the baselines in the same run, scalar
 //! `popcnt` and the portable shifts and masks.
+//!
+//! Group `aspect_rescore`: what the service's re-rank adds per candidate
+//! template for the aspect hypotheses (`finger::aspect`): building the stored
+//! template's two stretched templates from its minutiae and comparing them
+//! with the probe's, against the declared-frame comparison alone.
 
 #[path = "support/prints.rs"]
 mod prints;
 
 use std::hint::black_box;
 
-use cotejo::finger::mcc::{Kernel, Matcher, Minutia, Template};
+use cotejo::finger::{
+    aspect::{Hypotheses, Stretched},
+    mcc::{Kernel, Matcher, Minutia, Template},
+};
 use criterion::{Criterion, criterion_group, criterion_main};
 use prints::print;
 use rand::{Rng, SeedableRng, rngs::StdRng};
@@ -55,5 +63,23 @@ fn compare(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, compare);
+fn aspect_rescore(c: &mut Criterion) {
+    let mut rng = StdRng::seed_from_u64(3);
+    let a = print(&mut rng, 35);
+    let stored = impression(&mut rng, &a);
+    let probe = Hypotheses::new(&a);
+    let declared = Template::new(&stored);
+    let mut m = Matcher::new();
+    let mut g = c.benchmark_group("aspect_rescore");
+    g.bench_function("declared_only", |b| b.iter(|| black_box(m.similarity(&probe.declared, &declared))));
+    g.bench_function("declared_and_hypotheses", |b| {
+        b.iter(|| {
+            let s = m.similarity(&probe.declared, &declared);
+            black_box(s.max(probe.stretched.best(&Stretched::new(black_box(&stored)), &mut m)))
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, compare, aspect_rescore);
 criterion_main!(benches);

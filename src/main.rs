@@ -323,6 +323,9 @@ enum EvalCommand {
         /// Restarts of each kind (with --fingers).
         #[arg(long, default_value_t = 3)]
         rounds: usize,
+        /// One-finger Identify calls timed after the last restart (with --fingers).
+        #[arg(long, default_value_t = 50)]
+        identifies: usize,
     },
     /// Identify latency from image files at a gallery size.
     Latency {
@@ -458,7 +461,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 EvalCommand::Startup { fingers: 0, gallery, changes, .. } => {
                     eval::startup(&config, gallery, changes).await
                 }
-                EvalCommand::Startup { fingers, rounds, .. } => eval::startup_fingers(&config, fingers, rounds).await,
+                EvalCommand::Startup { fingers, rounds, identifies, .. } => {
+                    eval::startup_fingers(&config, fingers, rounds, identifies).await
+                }
                 EvalCommand::Latency { data, gallery, queries, with_dedup_job } => {
                     eval::latency(&config, &data, gallery, queries, with_dedup_job).await
                 }

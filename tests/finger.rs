@@ -254,3 +254,73 @@ async fn bad_finger_input_is_typed_and_stores_nothing() {
     assert_eq!(e.code(), Code::NotFound);
     server.stop().await;
 }
+
+/// Two ISO records of one finger seen by a 300x300 sensor and written into a
+/// 300x400 frame (y stretched by 4/3, as FVC2002 DB3's templates are), the
+/// second impression turned by 35 degrees: the stretch then shears it.
+fn stretched_impressions() -> (Vec<u8>, Vec<u8>) {
+    use cotejo::finger::{
+        iso19794_2::{self, IsoMinutia, MinutiaKind},
+        template,
+    };
+    let mut state = 0x2545_f491_4f6c_dd1d_u64;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state >> 40) as f32 / (1u64 << 24) as f32
+    };
+    let finger: Vec<(f32, f32, f32)> =
+        (0..40).map(|_| (60.0 + 180.0 * next(), 60.0 + 180.0 * next(), std::f32::consts::TAU * next())).collect();
+    let record = |turn: f32| {
+        let (s, c) = turn.sin_cos();
+        let stretch = 4.0 / 3.0;
+        let minutiae = finger
+            .iter()
+            .map(|&(x, y, a)| {
+                // Counter-clockwise as viewed (y grows downwards), about the sensor's centre.
+                let (dx, dy) = (x - 150.0, y - 150.0);
+                let (x, y, a) = (150.0 + c * dx + s * dy, 150.0 - s * dx + c * dy, a + turn);
+                let (sin, cos) = a.sin_cos();
+                IsoMinutia {
+                    kind: MinutiaKind::RidgeEnding,
+                    x: x.round() as u16,
+                    y: (y * stretch).round() as u16,
+                    angle: iso19794_2::angle_from_radians((sin * stretch).atan2(cos)),
+                    quality: 60,
+                }
+            })
+            .collect();
+        iso19794_2::write(&template::one_view_record(4, 300, 400, 70, minutiae)).expect("write")
+    };
+    (record(0.0), record(35f32.to_radians()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn templates_stretched_by_their_scanner_still_match() {
+    use cotejo::finger::{mcc, template};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = TestServer::start(config(dir.path(), &[])).await;
+    let mut c = server.client.clone();
+    let (enrolled, probe) = stretched_impressions();
+    c.enroll(enroll_req("stretched", vec![iso(4, enrolled.clone())])).await.expect("enroll");
+    c.enroll(enroll_req("other", vec![image(4, print("p2_1.png"))])).await.expect("enroll other");
+    // In the declared frame the two impressions hardly match.
+    let declared = mcc::similarity(
+        &template::matcher_template(&enrolled).expect("template"),
+        &template::matcher_template(&probe).expect("template"),
+    );
+    let r = c.identify(identify_req(vec![iso(4, probe.clone())])).await.expect("identify").into_inner();
+    let d = r.decision.expect("decision");
+    assert_eq!(r.candidates[0].subject_id, "stretched", "{:?}", r.candidates);
+    assert!(d.r#match, "score {} threshold {} ({})", r.candidates[0].score, d.threshold, d.threshold_basis);
+    let raw = r.candidates[0].scores[0].raw_score;
+    assert!(raw > 2.0 * f64::from(declared), "raw {raw}, declared frame {declared}");
+    let v = c
+        .verify(pb::VerifyRequest { subject_id: "stretched".into(), samples: vec![iso(4, probe)], target_fmr: 0.0 })
+        .await
+        .expect("verify")
+        .into_inner();
+    assert!(v.decision.expect("decision").r#match, "score {}", v.score);
+    assert_eq!(v.scores[0].raw_score, raw, "verify and identify score the pair alike");
+}

@@ -60,18 +60,21 @@ impl Engine {
         let probes = self.extract_all(&samples, true).await?;
         let set = ProbeSet::new(&probes)?;
         let t = Instant::now();
-        let (raw, n) = match restriction {
-            None => (self.search_gallery(set, k).await?, self.subjects.load(Ordering::Relaxed)),
+        let (raw, n, rescore) = match restriction {
+            None => {
+                let (raw, rescore) = self.search_gallery(set, k).await?;
+                (raw, self.subjects.load(Ordering::Relaxed), rescore)
+            }
             Some(subjects) => {
                 let n = subjects.len() as u64;
-                (self.score_subjects(set, subjects).await?, n)
+                (self.score_subjects(set, subjects).await?, n, std::time::Duration::ZERO)
             }
         };
         let mut candidates: Vec<Candidate> = raw.iter().map(|(s, r)| self.candidate(s.clone(), r)).collect();
         candidates.sort_by(|a, b| b.score.total_cmp(&a.score).then_with(|| a.subject_id.cmp(&b.subject_id)));
         candidates.truncate(k);
         let search = t.elapsed();
-        let mut times = IdentifyTimes { search, ..IdentifyTimes::default() };
+        let mut times = IdentifyTimes { search, rescore, ..IdentifyTimes::default() };
         for p in &probes {
             times.extract.decode += p.times.decode;
             times.extract.detect += p.times.detect;
@@ -106,9 +109,10 @@ impl Engine {
         let wanted = set.components();
         let face_model = self.face_model.id.clone();
         let fingers = self.fingers.clone();
+        let threads = self.finger.search_threads;
         let raw = tokio::task::spawn_blocking(move || -> Result<_, EngineError> {
             let cached = gallery_templates(&fingers, &set, &templates)?;
-            Ok(score_stored(&set, &templates, &face_model, &cached))
+            Ok(score_stored(&set, &templates, &face_model, &cached, threads))
         })
         .await??;
         let Some(scores) = raw.get(&subject_id).filter(|r| !r.is_empty()) else {
@@ -140,8 +144,13 @@ impl Engine {
     }
 
     /// Candidates from the face index and the finger gallery, each then
-    /// scored on every component of the probe set.
-    async fn search_gallery(&self, set: ProbeSet, k: usize) -> Result<BTreeMap<String, RawScores>, EngineError> {
+    /// scored on every component of the probe set; with the time the finger
+    /// rescoring took.
+    async fn search_gallery(
+        &self,
+        set: ProbeSet,
+        k: usize,
+    ) -> Result<(BTreeMap<String, RawScores>, std::time::Duration), EngineError> {
         let gallery = self.gallery.clone();
         let fingers = self.fingers.clone();
         let threads = self.finger.search_threads;
@@ -177,6 +186,7 @@ impl Engine {
         })
         .await??;
         let ProbeSet { faces, fingers } = set;
+        let t = Instant::now();
         // Every candidate's finger components, exactly from its stored
         // templates: the positions it was not found by, and the matcher's
         // aspect hypotheses, which the gallery search leaves out (see `scoring`).
@@ -191,6 +201,7 @@ impl Engine {
                 }
             }
         }
+        let rescore = t.elapsed();
         // Face components a finger-found candidate lacks: from its stored templates.
         if !faces.is_empty() {
             let missing: Vec<String> =
@@ -202,7 +213,7 @@ impl Engine {
                 }
             }
         }
-        Ok(raw)
+        Ok((raw, rescore))
     }
 
     /// Exact comparison with the stored templates of the listed subjects
@@ -215,6 +226,7 @@ impl Engine {
         let store = self.store.clone();
         let face_model = self.face_model.id.clone();
         let fingers = self.fingers.clone();
+        let threads = self.finger.search_threads;
         tokio::task::spawn_blocking(move || -> Result<_, EngineError> {
             let mut all = Vec::new();
             {
@@ -228,7 +240,7 @@ impl Engine {
                 }
             }
             let cached = gallery_templates(&fingers, &set, &all)?;
-            Ok(score_stored(&set, &all, &face_model, &cached))
+            Ok(score_stored(&set, &all, &face_model, &cached, threads))
         })
         .await?
     }

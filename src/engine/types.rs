@@ -117,6 +117,9 @@ pub struct IdentifyTimes {
     pub extract: StageTimes,
     /// Index search and ranking.
     pub search: Duration,
+    /// The part of `search` spent rescoring the candidates' finger
+    /// components from their stored templates (with the aspect hypotheses).
+    pub rescore: Duration,
 }
 
 /// Result of an identify.

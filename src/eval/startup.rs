@@ -15,7 +15,7 @@ use super::{
 use crate::{
     biometric::{Modality, Sample, SampleData},
     config::Config,
-    engine::{Engine, EnrollRequest},
+    engine::{Engine, EnrollRequest, IdentifyRequest},
     finger::{
         iso19794_2::{self, IsoMinutia, MinutiaKind},
         template,
@@ -85,19 +85,27 @@ pub async fn startup(config: &Config, gallery: usize, changes: usize) -> anyhow:
 /// `cotejo eval startup --fingers N`: enrolls `fingers` synthetic one-finger
 /// subjects (ISO records of 30-45 random minutiae in a 300x400 frame, like
 /// FVC2002's), then times restarts that rebuild the finger gallery on one
-/// thread and on every core, alternately, `rounds` times each. Prints one JSON
-/// object.
-pub async fn startup_fingers(config: &Config, fingers: usize, rounds: usize) -> anyhow::Result<()> {
+/// thread and on every core, alternately, `rounds` times each. On the last
+/// start it times `identifies` one-finger Identify calls (ISO probes: shifted
+/// copies of enrolled records missing a tenth of their minutiae), in
+/// process, with the share spent rescoring the candidates from the store.
+/// Prints one JSON object.
+pub async fn startup_fingers(config: &Config, fingers: usize, rounds: usize, identifies: usize) -> anyhow::Result<()> {
     let (dir, config, engine) = scratch_engine(config).await?;
     let t = Instant::now();
     let mut rng = StdRng::seed_from_u64(13);
+    let mut probes = Vec::new();
     for n in 0..fingers {
+        let record = random_record(&mut rng)?;
+        if probes.len() < identifies {
+            probes.push((format!("synthetic-finger-{n:07}"), another_impression(&record)?));
+        }
         let req = EnrollRequest {
             subject_id: format!("synthetic-finger-{n:07}"),
             samples: vec![Sample {
                 modality: Modality::Finger,
                 finger_position: 1,
-                data: SampleData::IsoTemplate(random_record(&mut rng)?),
+                data: SampleData::IsoTemplate(record),
                 ppi: 0,
             }],
             add_encounter: false,
@@ -111,6 +119,7 @@ pub async fn startup_fingers(config: &Config, fingers: usize, rounds: usize) -> 
     crate::telemetry::init(&config.log);
     let (mut one, mut all, mut empty) = (Vec::new(), Vec::new(), Vec::new());
     let bare_dir = tempfile::tempdir()?;
+    let mut last = None;
     for _ in 0..rounds.max(1) {
         let mut bare = config.clone();
         bare.store.data_dir = bare_dir.path().to_owned();
@@ -118,13 +127,40 @@ pub async fn startup_fingers(config: &Config, fingers: usize, rounds: usize) -> 
         for (threads, times) in [(1, &mut one), (0, &mut all)] {
             let mut c = config.clone();
             c.finger.rebuild_threads = threads;
+            // The previous start's engine lets go of the store first.
+            drop(last.take());
             let (engine, secs) = start(&c).await?;
             let stats = engine.stats().await?;
             let held: u64 = stats.templates.iter().filter(|t| t.0 == Modality::Finger).map(|t| t.2).sum();
             anyhow::ensure!(held == fingers as u64, "store holds {held} finger templates");
             times.push(secs);
+            last = Some(engine);
         }
     }
+    let (mut search, mut rescore, mut rank1) = (Vec::new(), Vec::new(), 0);
+    if let Some(engine) = last {
+        for (mate, probe) in probes {
+            let out = engine
+                .identify(IdentifyRequest {
+                    samples: vec![Sample {
+                        modality: Modality::Finger,
+                        finger_position: 1,
+                        data: SampleData::IsoTemplate(probe),
+                        ppi: 0,
+                    }],
+                    max_candidates: 10,
+                    target_fpir: 0.0,
+                    subject_ids: Vec::new(),
+                    gallery: String::new(),
+                })
+                .await?;
+            rank1 += usize::from(out.candidates.first().is_some_and(|c| c.subject_id == mate));
+            search.push(out.times.search.as_secs_f64() * 1e3);
+            rescore.push(out.times.rescore.as_secs_f64() * 1e3);
+        }
+    }
+    let (search_median, search_p99) = median_p99(&mut search);
+    let (rescore_median, rescore_p99) = median_p99(&mut rescore);
     let median = |v: &mut Vec<f64>| median_p99(v).0;
     let (one_median, all_median, empty_median) = (median(&mut one), median(&mut all), median(&mut empty));
     let out = json!({
@@ -137,9 +173,31 @@ pub async fn startup_fingers(config: &Config, fingers: usize, rounds: usize) -> 
         "start_empty_store_seconds": empty,
         "rebuild_speed_up_median": (one_median - empty_median) / (all_median - empty_median).max(1e-9),
         "note": "each start includes the fixed cost of an empty store's start (models); the speed-up is of the starts less that median fixed cost",
+        "identify": {
+            "calls": search.len(),
+            "rank1_mates": rank1,
+            "search_ms_median": search_median, "search_ms_p99": search_p99,
+            "of_which_rescore_ms_median": rescore_median, "of_which_rescore_ms_p99": rescore_p99,
+            "note": "search = gallery search plus the candidates' rescoring from the store (aspect hypotheses); no extraction (ISO probes)",
+        },
     });
     println!("{}", serde_json::to_string_pretty(&out)?);
     Ok(())
+}
+
+/// The record shifted by (6, -4) px with every tenth minutia left out.
+fn another_impression(record: &[u8]) -> anyhow::Result<Vec<u8>> {
+    let mut rec = iso19794_2::parse(record)?;
+    for view in &mut rec.views {
+        view.minutiae = view
+            .minutiae
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| i % 10 != 9)
+            .map(|(_, m)| IsoMinutia { x: m.x + 6, y: m.y.saturating_sub(4), ..*m })
+            .collect();
+    }
+    Ok(iso19794_2::write(&rec)?)
 }
 
 /// An ISO/IEC 19794-2 record of 30-45 random minutiae in a 300x400 frame.
