@@ -584,23 +584,27 @@ fn main() -> Res<()> {
         );
     }
     println!(
-        "threads  median_ms  p99_ms  candidate_median_ms  rescore_median_ms  templates/s/core  speed-up vs exhaustive"
+        "threads  median_ms  p99_ms  candidate_median_ms  rescore_median_ms  without_rescore_median/p99_ms  templates/s/core  speed-up vs exhaustive"
     );
     for (slot, &threads) in o.threads.iter().enumerate() {
         let mut totals: Vec<Duration> = outcomes[slot].iter().map(|x| x.total_time).collect();
         let mut candidates: Vec<Duration> = outcomes[slot].iter().map(|x| x.candidate_time).collect();
         let mut rescores: Vec<Duration> = outcomes[slot].iter().map(|x| x.rescore_time).collect();
+        let mut without: Vec<Duration> = outcomes[slot].iter().map(|x| x.total_time - x.rescore_time).collect();
+        without.sort_unstable();
         totals.sort_unstable();
         candidates.sort_unstable();
         rescores.sort_unstable();
         let mean = totals.iter().map(Duration::as_secs_f64).sum::<f64>() / totals.len() as f64;
         let per_core = o.gallery as f64 / mean / threads as f64;
         println!(
-            "{threads:>7}  {:>9.1}  {:>6.1}  {:>19.1}  {:>17.1}  {per_core:>16.0}  {:>6.1}x",
+            "{threads:>7}  {:>9.1}  {:>6.1}  {:>19.1}  {:>17.1}  {:>22.1} / {:>6.1}  {per_core:>16.0}  {:>6.1}x",
             percentile(&totals, 0.5),
             percentile(&totals, 0.99),
             percentile(&candidates, 0.5),
             percentile(&rescores, 0.5),
+            percentile(&without, 0.5),
+            percentile(&without, 0.99),
             per_core / exhaustive_rate
         );
     }
