@@ -92,24 +92,7 @@ impl Hypotheses {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// A synthetic print: `n` minutiae spread over a 300×400 frame.
-    fn print(seed: u64, n: usize) -> Vec<Minutia> {
-        let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-        let mut next = || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            (state >> 40) as f32 / (1u64 << 24) as f32
-        };
-        (0..n)
-            .map(|_| Minutia {
-                x: 40.0 + 220.0 * next(),
-                y: 40.0 + 320.0 * next(),
-                angle: std::f32::consts::TAU * next(),
-            })
-            .collect()
-    }
+    use crate::finger::mcc::random_minutiae as print;
 
     /// The same finger rotated by `angle` about (150, 200), then squeezed along y by `sy`.
     fn rotated_then_squeezed(ms: &[Minutia], angle: f32, sy: f32) -> Vec<Minutia> {

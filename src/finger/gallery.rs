@@ -215,24 +215,9 @@ fn best_per_subject(hits: &mut [FingerHit], k: usize) -> Vec<FingerHit> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::finger::mcc::Minutia;
 
     fn print(seed: u64) -> Template {
-        let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-        let mut next = || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            (state >> 40) as f32 / (1u64 << 24) as f32
-        };
-        let ms: Vec<Minutia> = (0..35)
-            .map(|_| Minutia {
-                x: 30.0 + 240.0 * next(),
-                y: 30.0 + 340.0 * next(),
-                angle: std::f32::consts::TAU * next(),
-            })
-            .collect();
-        Template::new(&ms)
+        Template::new(&crate::finger::mcc::random_minutiae(seed, 35))
     }
 
     #[test]
@@ -299,22 +284,7 @@ mod shortlist_tests {
         let settings =
             GallerySettings { shortlist_from: 100, shortlist_fraction: 0.05, shortlist_min: 10, shortlist_max: 1_000 };
         let mut g = FingerGallery::new(settings);
-        let random = |seed: u64| -> Vec<Minutia> {
-            let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-            let mut next = move || {
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
-                (state >> 40) as f32 / (1u64 << 24) as f32
-            };
-            (0..40)
-                .map(|_| Minutia {
-                    x: 30.0 + 240.0 * next(),
-                    y: 30.0 + 340.0 * next(),
-                    angle: std::f32::consts::TAU * next(),
-                })
-                .collect()
-        };
+        let random = |seed: u64| crate::finger::mcc::random_minutiae(seed, 40);
         for i in 0..300 {
             g.add(i, format!("s{i}").into(), 4, Template::new(&random(i as u64 + 1)));
         }

@@ -393,21 +393,22 @@ fn erf(x: f32) -> f32 {
     sign * y
 }
 
+/// Deterministic pseudo-random minutiae in a 300×400 frame (for the finger modules' tests).
+#[cfg(test)]
+pub(crate) fn random_minutiae(seed: u64, n: usize) -> Vec<Minutia> {
+    let mut state = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+    let mut next = || {
+        state = state.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+        #[allow(clippy::cast_precision_loss)]
+        let v = (state >> 40) as f32 / (1_u64 << 24) as f32;
+        v
+    };
+    (0..n).map(|_| Minutia { x: 40.0 + 220.0 * next(), y: 40.0 + 320.0 * next(), angle: TAU * next() }).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// Deterministic pseudo-random minutiae in a 300×400 frame.
-    fn random_minutiae(seed: u64, n: usize) -> Vec<Minutia> {
-        let mut state = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
-        let mut next = || {
-            state = state.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
-            #[allow(clippy::cast_precision_loss)]
-            let v = (state >> 40) as f32 / (1_u64 << 24) as f32;
-            v
-        };
-        (0..n).map(|_| Minutia { x: 40.0 + 220.0 * next(), y: 40.0 + 320.0 * next(), angle: TAU * next() }).collect()
-    }
 
     /// Rotates by `phi` (counter-clockwise as viewed) about (150, 200), then translates.
     fn transform(ms: &[Minutia], phi: f32, tx: f32, ty: f32) -> Vec<Minutia> {
