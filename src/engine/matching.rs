@@ -144,8 +144,8 @@ impl Engine {
     }
 
     /// Candidates from the face index and the finger gallery, each then
-    /// scored on every component of the probe set; with the time the finger
-    /// rescoring took.
+    /// scored on every component of the probe set; with the time the
+    /// rescoring from the stored templates took.
     async fn search_gallery(
         &self,
         set: ProbeSet,
@@ -185,34 +185,31 @@ impl Engine {
             Ok((set, raw))
         })
         .await??;
-        let ProbeSet { faces, fingers } = set;
+        // One read of the candidates' stored templates for two things: every
+        // candidate's finger components, exactly (the positions it was not
+        // found by, and the matcher's aspect hypotheses, which the gallery
+        // search leaves out: see `scoring`), and the face component of a
+        // finger-found candidate that lacks one (where the face index gave a
+        // score, that score stays).
         let t = Instant::now();
-        // Every candidate's finger components, exactly from its stored
-        // templates: the positions it was not found by, and the matcher's
-        // aspect hypotheses, which the gallery search leaves out (see `scoring`).
-        if !fingers.is_empty() && !raw.is_empty() {
-            let candidates = raw.keys().cloned().collect();
-            let fingers_only = ProbeSet { fingers, faces: Vec::new() };
-            for (s, r) in self.score_subjects(fingers_only, candidates).await? {
+        let lacks_face = |r: &RawScores| !set.faces.is_empty() && !r.contains_key(&(Modality::Face, 0));
+        let rescored: HashSet<String> = if set.fingers.is_empty() {
+            raw.iter().filter(|(_, r)| lacks_face(r)).map(|(s, _)| s.clone()).collect()
+        } else {
+            raw.keys().cloned().collect()
+        };
+        if !rescored.is_empty() {
+            for (s, r) in self.score_subjects(set, rescored).await? {
                 let entry = raw.entry(s).or_default();
                 for (component, score) in r {
                     let slot = entry.entry(component).or_insert(score);
-                    *slot = slot.max(score);
+                    if component.0 == Modality::Finger {
+                        *slot = slot.max(score);
+                    }
                 }
             }
         }
         let rescore = t.elapsed();
-        // Face components a finger-found candidate lacks: from its stored templates.
-        if !faces.is_empty() {
-            let missing: Vec<String> =
-                raw.iter().filter(|(_, r)| !r.contains_key(&(Modality::Face, 0))).map(|(s, _)| s.clone()).collect();
-            if !missing.is_empty() {
-                let faces_only = ProbeSet { faces, ..ProbeSet::default() };
-                for (s, r) in self.score_subjects(faces_only, missing.into_iter().collect()).await? {
-                    raw.entry(s).or_default().extend(r);
-                }
-            }
-        }
         Ok((raw, rescore))
     }
 

@@ -117,8 +117,9 @@ pub struct IdentifyTimes {
     pub extract: StageTimes,
     /// Index search and ranking.
     pub search: Duration,
-    /// The part of `search` spent rescoring the candidates' finger
-    /// components from their stored templates (with the aspect hypotheses).
+    /// The part of `search` spent rescoring the candidates from their stored
+    /// templates (finger components with the aspect hypotheses, and the face
+    /// of a candidate that only a finger found).
     pub rescore: Duration,
 }
 

@@ -11,7 +11,7 @@ use super::{metrics, par_map, read_labels};
 use crate::{
     config::Config,
     finger::{
-        aspect::{self, Stretched},
+        aspect::{self, Hypotheses, Stretched},
         iso19794_2, mcc,
         minutiae::Extractor,
     },
@@ -35,9 +35,8 @@ struct Print {
     db: String,
     finger: String,
     impression: u32,
-    template: mcc::Template,
-    /// The template with y scaled by each aspect factor (directions with it).
-    stretched: Stretched,
+    /// The template as declared and with y scaled by each aspect factor (directions with it).
+    hypotheses: Hypotheses,
 }
 
 /// Runs the evaluation and prints one JSON object.
@@ -81,8 +80,8 @@ pub fn fingers(
         let db = rel.components().next().map(|c| c.as_os_str().to_string_lossy().into_owned()).unwrap_or_default();
         let stem = l.path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
         let impression = stem.rsplit('_').next().and_then(|s| s.parse().ok()).unwrap_or(0);
-        let stretched = Stretched::with_factors(m, aspects);
-        prints.push(Print { db, finger: l.identity.clone(), impression, template: mcc::Template::new(m), stretched });
+        let hypotheses = Hypotheses { declared: mcc::Template::new(m), stretched: Stretched::with_factors(m, aspects) };
+        prints.push(Print { db, finger: l.identity.clone(), impression, hypotheses });
     }
     let mut by_db: BTreeMap<&str, Vec<&Print>> = BTreeMap::new();
     for p in &prints {
@@ -97,8 +96,8 @@ pub fn fingers(
         let (mut genuine, mut fvc_impostor, mut all_impostor) = (Vec::new(), Vec::new(), Vec::new());
         for (i, a) in ps.iter().enumerate() {
             for b in &ps[i + 1..] {
-                let s = matcher.similarity(&a.template, &b.template).max(a.stretched.best(&b.stretched, &mut matcher));
-                comparisons += 1 + a.stretched.len();
+                let s = a.hypotheses.similarity(&b.hypotheses, &mut matcher);
+                comparisons += 1 + a.hypotheses.stretched.len();
                 if scores_tsv.is_some() {
                     tsv.push_str(&format!(
                         "{db}\t{}\t{}\t{}\t{}\t{s}\n",
@@ -120,7 +119,8 @@ pub fn fingers(
             json!({"genuine": v.genuine, "impostor": v.impostor, "eer": v.eer,
                    "fmr100": v.at_fmr[0].2, "fmr1000": v.at_fmr[1].2, "threshold_fmr1000": v.at_fmr[1].1})
         };
-        let minutiae_mean = ps.iter().map(|p| p.template.len()).sum::<usize>() as f64 / ps.len().max(1) as f64;
+        let minutiae_mean =
+            ps.iter().map(|p| p.hypotheses.declared.len()).sum::<usize>() as f64 / ps.len().max(1) as f64;
         dbs.push(json!({"db": db, "prints": ps.len(), "mean_valid_cylinders": minutiae_mean,
                         "fvc_protocol": row(&fvc_impostor), "all_pairs_impostor": row(&all_impostor)}));
     }
