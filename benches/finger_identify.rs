@@ -56,6 +56,7 @@ struct Options {
     seed: u64,
     shards: usize,
     one_pass_probes: usize,
+    sketch: Option<(u32, usize)>,
     rescore: usize,
 }
 
@@ -71,6 +72,7 @@ impl Options {
             seed: 20_250_101,
             shards: 1,
             one_pass_probes: 40,
+            sketch: None,
             rescore: 42,
         };
         let mut args = std::env::args().skip(1);
@@ -89,6 +91,10 @@ impl Options {
                 "--runs" => o.runs = value.parse::<usize>()?.clamp(1, 2),
                 "--shards" => o.shards = value.parse::<usize>()?.max(1),
                 "--one-pass-probes" => o.one_pass_probes = value.parse()?,
+                "--sketch" => {
+                    let (t, k) = value.split_once(',').ok_or("--sketch wants THRESHOLD,TOP")?;
+                    o.sketch = Some((t.parse()?, k.parse()?));
+                }
                 "--rescore" => o.rescore = value.parse()?,
                 _ => return Err(format!("unknown option {flag}").into()),
             }
@@ -479,12 +485,51 @@ fn main() -> Res<()> {
             }
             exhaustive_time += start.elapsed();
             exhaustive_comparisons += subset.len();
-            assert_eq!(check.to_bits(), scores.iter().sum::<f32>().to_bits(), "the kernels score differently");
+            // Same sums to the bit (started from 0.0 as `check` is: an empty `sum` is -0.0).
+            let sum = scores.iter().fold(0.0_f32, |a, &s| a + s);
+            assert_eq!(check.to_bits(), sum.to_bits(), "the kernels score differently");
             ceiling_hits += usize::from(best.1 == *mate);
             let mate_score = scores.get(*mate as usize).copied().unwrap_or(0.0);
             exhaustive_ranks.push(scores.iter().filter(|&&s| s > mate_score).count());
         }
         probes_total += run.probes.len();
+        if let Some((threshold, top)) = o.sketch {
+            let start = Instant::now();
+            let sketches: Vec<Sketch> = run.gallery.iter().map(|t| sketch_of(t, threshold)).collect();
+            println!(
+                "# sketches built in {:.1} s, mean bits {:.1}",
+                start.elapsed().as_secs_f64(),
+                sketches.iter().flat_map(|s| s.bits.iter().map(|b| b.count_ones() as f64)).sum::<f64>()
+                    / sketches.iter().map(|s| s.bits.len() as f64).sum::<f64>()
+            );
+            let mut best = Vec::new();
+            let mut ranks = Vec::new();
+            let start = Instant::now();
+            for (probe, mate) in &run.probes {
+                let ps = sketch_of(probe, threshold);
+                let scores: Vec<f32> = sketches.iter().map(|g| sketch_score(&ps, g, top, &mut best)).collect();
+                let ms = scores[*mate as usize];
+                ranks.push(scores.iter().filter(|&&s| s > ms).count());
+            }
+            let el = start.elapsed().as_secs_f64();
+            let n = run.gallery.len() as f64;
+            let line: Vec<String> = [0.005, 0.01, 0.02, 0.04, 0.08]
+                .iter()
+                .map(|f| {
+                    let lim = (f * n).ceil() as usize;
+                    format!(
+                        "{:.1}%: {:.4}",
+                        f * 100.0,
+                        ranks.iter().filter(|&&r| r < lim).count() as f64 / ranks.len() as f64
+                    )
+                })
+                .collect();
+            println!(
+                "# sketch T={threshold} top={top}: {:.0} templates/s; recall {}",
+                n * run.probes.len() as f64 / el,
+                line.join(", ")
+            );
+        }
         // Baseline of the candidate stage: the same index counted in one pass
         // over a vote array for all slots (the method before blocking), one thread,
         // interleaved with the blocked search on the same probes.
@@ -505,7 +550,17 @@ fn main() -> Res<()> {
                 let outcome = identify(&sharded, &run, p, o.shortlist, threads, o.rescore);
                 if slot == 0 && outcome.shard_rank.is_none() {
                     let mate_cylinders = run.gallery.get(*mate as usize).map_or(0, mcc::Template::len);
-                    missed.push(format!("{name} ({} cylinders; mate {mate_cylinders})", probe.len()));
+                    let exhaustive = exhaustive_ranks.get(probes_total - run.probes.len() + p).copied();
+                    // Where the candidate stage ranks the mate among all voted templates.
+                    if let [index] = sharded.indexes.as_slice() {
+                        let all = index.search_descriptor(&shortlist::Descriptor::new(probe), run.gallery.len(), 1);
+                        let rank = all.iter().position(|k| k == mate);
+                        println!("# missed {name}: the mate's vote rank {rank:?} of {} voted templates", all.len());
+                    }
+                    missed.push(format!(
+                        "{name} ({} cylinders; mate {mate_cylinders}; exhaustive rank {exhaustive:?})",
+                        probe.len()
+                    ));
                 }
                 outcomes[slot].push(outcome);
             }
@@ -609,4 +664,64 @@ fn main() -> Res<()> {
         );
     }
     Ok(())
+}
+
+/// Experiment: a pooled 96-bit sketch per cylinder (4x4 blocks of cells x 6 layers).
+#[derive(Debug, Clone, Default)]
+struct Sketch {
+    bits: Vec<u128>,
+    angles: Vec<u8>,
+    norms: Vec<f32>,
+}
+
+fn sketch_of(t: &mcc::Template, threshold: u32) -> Sketch {
+    let mut s = Sketch::default();
+    for (_, _, angle, bits, _) in t.cylinders() {
+        let mut out = 0_u128;
+        for k in 0..6 {
+            for bi in 0..4 {
+                for bj in 0..4 {
+                    let mut n = 0;
+                    for i in bi * 4..bi * 4 + 4 {
+                        for j in bj * 4..bj * 4 + 4 {
+                            let b = k * 256 + i * 16 + j;
+                            n += (bits[b / 64] >> (b % 64)) as u32 & 1;
+                        }
+                    }
+                    if n >= threshold {
+                        out |= 1 << (k * 16 + bi * 4 + bj);
+                    }
+                }
+            }
+        }
+        s.bits.push(out);
+        s.angles.push(((angle / std::f32::consts::TAU * 256.0).round() as i64).rem_euclid(256) as u8);
+        s.norms.push((out.count_ones() as f32).sqrt());
+    }
+    s
+}
+
+fn sketch_score(p: &Sketch, g: &Sketch, top: usize, best: &mut Vec<f32>) -> f32 {
+    best.clear();
+    for ((&pb, &pa), &pn) in p.bits.iter().zip(&p.angles).zip(&p.norms) {
+        let mut m = 0.0_f32;
+        for ((&gb, &ga), &gn) in g.bits.iter().zip(&g.angles).zip(&g.norms) {
+            let d = ga.wrapping_sub(pa);
+            if d > 64 && d < 192 {
+                continue;
+            }
+            let den = pn + gn;
+            if den > 0.0 {
+                let s = 1.0 - ((pb ^ gb).count_ones() as f32).sqrt() / den;
+                m = m.max(s);
+            }
+        }
+        best.push(m);
+    }
+    let k = top.min(best.len()).min(g.bits.len());
+    if k == 0 {
+        return 0.0;
+    }
+    best.select_nth_unstable_by(k - 1, |a, b| b.total_cmp(a));
+    best[..k].iter().sum::<f32>() / k as f32
 }

@@ -225,8 +225,10 @@ impl Template {
 
     /// Each kept cylinder as (centre `x`, `y` (up), direction in radians, cell bits, validity mask).
     ///
-    /// For the 1:N candidate stage (`shortlist`), which hashes cylinders.
-    pub(crate) fn cylinders(&self) -> impl Iterator<Item = (f32, f32, f32, &[u64], &[u64])> + '_ {
+    /// For the 1:N candidate stage (`shortlist`), which hashes cylinders, and
+    /// the candidate-stage experiments of `benches/finger_identify.rs`.
+    #[doc(hidden)]
+    pub fn cylinders(&self) -> impl Iterator<Item = (f32, f32, f32, &[u64], &[u64])> + '_ {
         self.points.iter().zip(self.bits.iter().zip(&self.masks)).map(|(p, (b, m))| (p.x, p.y, p.angle, &b[..], &m[..]))
     }
 }
