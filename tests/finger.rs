@@ -258,7 +258,7 @@ async fn bad_finger_input_is_typed_and_stores_nothing() {
 /// Two ISO records of one finger seen by a 300x300 sensor and written into a
 /// 300x400 frame (y stretched by 4/3, as FVC2002 DB3's templates are), the
 /// second impression turned by 35 degrees: the stretch then shears it.
-fn stretched_impressions() -> (Vec<u8>, Vec<u8>) {
+pub(crate) fn stretched_impressions() -> (Vec<u8>, Vec<u8>) {
     use cotejo::finger::{
         iso19794_2::{self, IsoMinutia, MinutiaKind},
         template,

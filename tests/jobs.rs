@@ -94,6 +94,35 @@ async fn planted_duplicates_are_found() {
     server.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_pairs_templates_stretched_by_their_scanner() {
+    // Two ISO records of one finger, the second stretched by 4/3 along y (see
+    // `finger::stretched_impressions`): in the declared frame alone they hardly match.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = TestServer::start(config(dir.path(), &[])).await;
+    let mut c = server.client.clone();
+    let (enrolled, stretched) = crate::finger::stretched_impressions();
+    let iso = |bytes: Vec<u8>| pb::Sample {
+        modality: pb::Modality::Finger as i32,
+        finger_position: 4,
+        data: Some(pb::sample::Data::Iso197942(bytes)),
+        ppi: 0,
+    };
+    c.enroll(enroll_req("s-a", vec![iso(enrolled)])).await.expect("enroll");
+    c.enroll(enroll_req("s-b", vec![iso(stretched)])).await.expect("enroll");
+    c.enroll(enroll_req("other", vec![finger(4, "p2_1.png")])).await.expect("enroll");
+    let mut jobs = jobs_client(&server.url).await;
+    let req = pb::StartDedupRequest { scope: None, modalities: vec![pb::Modality::Finger as i32], target_fmr: 0.0 };
+    let job = jobs.start_dedup(req).await.expect("start").into_inner();
+    let done = wait_done(&mut jobs, &job.job_id).await;
+    assert_eq!(done.state, pb::JobState::Done as i32, "{done:?}");
+    let (pairs, _) = results(&mut jobs, &job.job_id).await;
+    let found: Vec<(&str, &str)> = pairs.iter().map(|p| (p.a.as_str(), p.b.as_str())).collect();
+    assert_eq!(found, [("s-a", "s-b")], "{pairs:?}");
+    assert!(pairs[0].score >= done.threshold, "{pairs:?}");
+    server.stop().await;
+}
+
 /// 600 synthetic subjects with 5 planted near-duplicates.
 async fn enroll_synthetic(url: &str) {
     let mut c = client(url).await;

@@ -17,7 +17,12 @@ use super::{Calibrations, Candidate, Engine, EngineError, lock, scoring::RawScor
 use crate::{
     biometric::{Modality, TemplateData},
     config::JobsConfig,
-    finger::{gallery::FingerGallery, template},
+    finger::{
+        aspect::Stretched,
+        gallery::{FingerGallery, parallel_map},
+        mcc::{Matcher, Template},
+        template,
+    },
     jobs::{Block, DedupParams, Scope, clusters, component_name, face_block, parse_component, plan},
     store::{JobRecord, PairComponent, Store},
 };
@@ -26,6 +31,10 @@ use crate::{
 const MAX_SCOPE_SUBJECTS: usize = 1_000_000;
 /// Finger hits kept per searched template.
 const FINGER_HITS: usize = 64;
+/// Best hits per searched template (by their declared-frame score) that are
+/// rescored under the aspect hypotheses, as an Identify's candidates are: the
+/// finger calibration is that of the matcher with its hypotheses.
+const FINGER_RESCORED: usize = 32;
 
 /// A job's state and progress.
 #[derive(Debug, Clone)]
@@ -160,14 +169,19 @@ impl Worker {
             .into_iter()
             .filter(|t| in_scope(&t.subject_id))
             .filter_map(|t| match &t.template.data {
-                TemplateData::Minutiae(iso) => template::matcher_template(iso.as_slice())
-                    .ok()
-                    .map(|m| (t.template_id, t.subject_id.clone(), t.template.finger_position, m)),
+                TemplateData::Minutiae(iso) => template::matcher_template(iso.as_slice()).ok().map(|m| JobFinger {
+                    id: t.template_id,
+                    subject: t.subject_id.clone(),
+                    position: t.template.finger_position,
+                    template: m,
+                    iso: iso.clone(),
+                }),
                 TemplateData::Embedding(_) => None,
             })
             .collect();
         let subjects: HashSet<&str> =
-            owners.iter().map(String::as_str).chain(fingers.iter().map(|f| f.1.as_str())).collect();
+            owners.iter().map(String::as_str).chain(fingers.iter().map(|f| f.subject.as_str())).collect();
+        let by_id: HashMap<i64, usize> = fingers.iter().enumerate().map(|(i, f)| (f.id, i)).collect();
         let blocks = plan(owners.len(), fingers.len(), self.settings.face_block_rows, self.settings.finger_block_rows);
         lock(&self.store)?.set_job_total(id, blocks.len() as u64)?;
         let done = lock(&self.store)?.finished_blocks(id)?;
@@ -207,19 +221,32 @@ impl Worker {
                     }
                 }
                 Block::Fingers { start, end } => {
-                    let gallery = self.fingers.read().map_err(|_| EngineError::Internal("finger lock".into()))?;
-                    for (own_id, subject, position, t) in &fingers[start..end] {
-                        for h in gallery.search(*position, t, FINGER_HITS, 1) {
-                            if h.template_id == *own_id
-                                || h.template_id > rec.max_template_id
-                                || h.score < finger_bar
-                                || !in_scope(&h.subject)
-                            {
-                                continue;
-                            }
-                            let component = component_name(Modality::Finger, *position);
-                            push_pair(&mut pairs, subject, &h.subject, component, f64::from(h.score));
+                    let block = fingers.get(start..end).unwrap_or(&[]);
+                    // Hits: (searched, hit) indexes into `fingers`, declared-frame score.
+                    let mut hits: Vec<(usize, usize, f32)> = Vec::new();
+                    {
+                        let gallery = self.fingers.read().map_err(|_| EngineError::Internal("finger lock".into()))?;
+                        for (i, f) in block.iter().enumerate() {
+                            let found = gallery.search(f.position, &f.template, FINGER_HITS, 1);
+                            hits.extend(
+                                found
+                                    .iter()
+                                    .filter(|h| {
+                                        h.template_id != f.id
+                                            && h.template_id <= rec.max_template_id
+                                            && in_scope(&h.subject)
+                                    })
+                                    .filter_map(|h| by_id.get(&h.template_id).map(|&j| (start + i, j, h.score))),
+                            );
                         }
+                    }
+                    for (i, j, score) in rescore_hits(&fingers, hits, self.settings.threads) {
+                        if score < finger_bar {
+                            continue;
+                        }
+                        let (f, h) = (&fingers[i], &fingers[j]);
+                        let component = component_name(Modality::Finger, f.position);
+                        push_pair(&mut pairs, &f.subject, &h.subject, component, f64::from(score));
                     }
                 }
             }
@@ -247,6 +274,48 @@ impl Worker {
             }
         })
     }
+}
+
+/// One finger template of a job: its stored record and declared-frame template.
+struct JobFinger {
+    id: i64,
+    subject: String,
+    position: u8,
+    template: Template,
+    iso: Vec<u8>,
+}
+
+/// Each hit's score under the matcher's aspect hypotheses (the best of the
+/// declared and the stretched frames) for the [`FINGER_RESCORED`] best hits
+/// of each searched template; the others keep their declared-frame score.
+/// The stretched templates of a block are built once each, on `threads` threads.
+fn rescore_hits(fingers: &[JobFinger], mut hits: Vec<(usize, usize, f32)>, threads: usize) -> Vec<(usize, usize, f32)> {
+    hits.sort_by(|a, b| a.0.cmp(&b.0).then(b.2.total_cmp(&a.2)).then(a.1.cmp(&b.1)));
+    let mut chosen = vec![false; hits.len()];
+    let (mut searched, mut rank) = (usize::MAX, 0);
+    for (c, h) in chosen.iter_mut().zip(&hits) {
+        if h.0 != searched {
+            (searched, rank) = (h.0, 0);
+        }
+        rank += 1;
+        *c = rank <= FINGER_RESCORED;
+    }
+    let mut needed: Vec<usize> = hits.iter().zip(&chosen).filter(|(_, c)| **c).flat_map(|(h, _)| [h.0, h.1]).collect();
+    needed.sort_unstable();
+    needed.dedup();
+    let built = parallel_map(&needed, threads, |&i| {
+        fingers.get(i).and_then(|f| template::matcher_stretched(&f.iso).ok()).unwrap_or_default()
+    });
+    let stretched: HashMap<usize, &Stretched> = needed.iter().copied().zip(built.iter()).collect();
+    let pairs: Vec<(usize, usize, f32, bool)> =
+        hits.into_iter().zip(chosen).map(|((i, j, s), c)| (i, j, s, c)).collect();
+    parallel_map(&pairs, threads, |&(i, j, declared, chosen)| {
+        let score = match (chosen, stretched.get(&i), stretched.get(&j)) {
+            (true, Some(a), Some(b)) => a.best(b, &mut Matcher::new()).max(declared),
+            _ => declared,
+        };
+        (i, j, score)
+    })
 }
 
 /// Records a pair once, ordered `a < b`; same-subject pairs are not duplicates.
