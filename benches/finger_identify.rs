@@ -34,6 +34,12 @@
 //! same process, the exhaustive MCC scan over the first `--exhaustive` gallery
 //! templates of each run gives the baseline rate (templates/s/core, one
 //! thread) and the rank-1 ceiling that no shortlist can beat.
+//!
+//! `--sketch T,K` (an experiment, not the service's method) also scans every
+//! gallery template with pooled 96-bit cylinder sketches (a 4x4-cell block's
+//! bit set when at least T of its cells are, per direction layer; a template
+//! scores the mean of its K best per-probe-cylinder maxima) and reports that
+//! scan's mate recall, alone and sharing the shortlist with the votes.
 
 use std::error::Error;
 use std::path::{Path, PathBuf};
@@ -437,6 +443,8 @@ fn main() -> Res<()> {
         o.threads
     );
     let mut exhaustive_ranks: Vec<usize> = Vec::new();
+    // With `--sketch`: each probe's mate rank under the sketch score, all runs.
+    let mut sketch_ranks: Vec<usize> = Vec::new();
     let (mut one_pass, mut blocked): (Vec<Duration>, Vec<Duration>) = (Vec::new(), Vec::new());
     let mut outcomes: Vec<Vec<Outcome>> = vec![Vec::new(); o.threads.len()];
     let (mut exhaustive_time, mut exhaustive_comparisons, mut ceiling_hits, mut probes_total) =
@@ -503,7 +511,8 @@ fn main() -> Res<()> {
                     / sketches.iter().map(|s| s.bits.len() as f64).sum::<f64>()
             );
             let mut best = Vec::new();
-            let mut ranks = Vec::new();
+            let ranks = &mut sketch_ranks;
+            let first_probe = ranks.len();
             let start = Instant::now();
             for (probe, mate) in &run.probes {
                 let ps = sketch_of(probe, threshold);
@@ -520,7 +529,8 @@ fn main() -> Res<()> {
                     format!(
                         "{:.1}%: {:.4}",
                         f * 100.0,
-                        ranks.iter().filter(|&&r| r < lim).count() as f64 / ranks.len() as f64
+                        ranks[first_probe..].iter().filter(|&&r| r < lim).count() as f64
+                            / (ranks.len() - first_probe) as f64
                     )
                 })
                 .collect();
@@ -604,6 +614,22 @@ fn main() -> Res<()> {
         [o.shortlist / 8, o.shortlist / 4, o.shortlist / 2, o.shortlist].into_iter().filter(|&s| s > 0).collect();
     for &s in &sizes {
         println!("shortlist mate recall @{s}: {:.4}", recall_at(s));
+    }
+    if sketch_ranks.len() == first.len() {
+        // Half the shortlist from the votes, half from the sketch scan.
+        for &s in &sizes {
+            let sketch = sketch_ranks.iter().filter(|&&r| r < s).count() as f64 / first.len() as f64;
+            let union = first
+                .iter()
+                .zip(&sketch_ranks)
+                .filter(|(x, r)| x.shard_rank.is_some_and(|k| k < s / 2) || **r < s / 2)
+                .count() as f64
+                / first.len() as f64;
+            println!(
+                "sketch mate recall @{s}: {sketch:.4}; votes' best {h} + sketch's best {h}: {union:.4}",
+                h = s / 2
+            );
+        }
     }
     println!(
         "probes whose mate the shortlist missed: {}",
