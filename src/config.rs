@@ -176,6 +176,8 @@ pub struct JobsConfig {
     pub face_block_rows: usize,
     /// Finger templates per block.
     pub finger_block_rows: usize,
+    /// Best hits of each finger template rescored under the aspect hypotheses (0: none).
+    pub finger_rescored: usize,
     /// Pause after each block, in milliseconds (throttle beside online traffic).
     pub block_pause_ms: u64,
     /// Default target FMR per pair of a de-duplication job.

@@ -300,11 +300,15 @@ enum EvalCommand {
         #[arg(long, default_value_t = 2)]
         threads: usize,
     },
-    /// Time of a face dedup job over synthetic subjects, end to end in process.
+    /// Time of a face dedup job over synthetic subjects, end to end in process;
+    /// with --fingers N, of finger dedup jobs with and without the aspect rescoring.
     DedupTime {
         /// Subjects (one face embedding each).
         #[arg(long, default_value_t = 100_000)]
         gallery: usize,
+        /// Instead: this many synthetic one-finger subjects, a tenth of them with a planted duplicate.
+        #[arg(long, default_value_t = 0)]
+        fingers: usize,
     },
     /// Restart time with a large face gallery: rebuild from the store
     /// against the index snapshot plus a replay of later changes.
@@ -457,7 +461,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 EvalCommand::Dedup { data, threads } => {
                     tokio::task::spawn_blocking(move || eval::dedup::evaluate(&config, &data, threads)).await?
                 }
-                EvalCommand::DedupTime { gallery } => eval::dedup_time(&config, gallery).await,
+                EvalCommand::DedupTime { fingers, .. } if fingers > 0 => {
+                    eval::dedup_time_fingers(&config, fingers).await
+                }
+                EvalCommand::DedupTime { gallery, .. } => eval::dedup_time(&config, gallery).await,
                 EvalCommand::Startup { fingers: 0, gallery, changes, .. } => {
                     eval::startup(&config, gallery, changes).await
                 }

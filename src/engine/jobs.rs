@@ -31,10 +31,6 @@ use crate::{
 const MAX_SCOPE_SUBJECTS: usize = 1_000_000;
 /// Finger hits kept per searched template.
 const FINGER_HITS: usize = 64;
-/// Best hits per searched template (by their declared-frame score) that are
-/// rescored under the aspect hypotheses, as an Identify's candidates are: the
-/// finger calibration is that of the matcher with its hypotheses.
-const FINGER_RESCORED: usize = 32;
 
 /// A job's state and progress.
 #[derive(Debug, Clone)]
@@ -240,7 +236,9 @@ impl Worker {
                             );
                         }
                     }
-                    for (i, j, score) in rescore_hits(&fingers, hits, self.settings.threads) {
+                    for (i, j, score) in
+                        rescore_hits(&fingers, hits, self.settings.finger_rescored, self.settings.threads)
+                    {
                         if score < finger_bar {
                             continue;
                         }
@@ -286,10 +284,17 @@ struct JobFinger {
 }
 
 /// Each hit's score under the matcher's aspect hypotheses (the best of the
-/// declared and the stretched frames) for the [`FINGER_RESCORED`] best hits
-/// of each searched template; the others keep their declared-frame score.
-/// The stretched templates of a block are built once each, on `threads` threads.
-fn rescore_hits(fingers: &[JobFinger], mut hits: Vec<(usize, usize, f32)>, threads: usize) -> Vec<(usize, usize, f32)> {
+/// declared and the stretched frames) for the `rescored` best hits of each
+/// searched template (`jobs.finger_rescored`: the finger calibration is that
+/// of the matcher with its hypotheses); the others keep their declared-frame
+/// score. The stretched templates of a block are built once each, on
+/// `threads` threads.
+fn rescore_hits(
+    fingers: &[JobFinger],
+    mut hits: Vec<(usize, usize, f32)>,
+    rescored: usize,
+    threads: usize,
+) -> Vec<(usize, usize, f32)> {
     hits.sort_by(|a, b| a.0.cmp(&b.0).then(b.2.total_cmp(&a.2)).then(a.1.cmp(&b.1)));
     let mut chosen = vec![false; hits.len()];
     let (mut searched, mut rank) = (usize::MAX, 0);
@@ -298,7 +303,7 @@ fn rescore_hits(fingers: &[JobFinger], mut hits: Vec<(usize, usize, f32)>, threa
             (searched, rank) = (h.0, 0);
         }
         rank += 1;
-        *c = rank <= FINGER_RESCORED;
+        *c = rank <= rescored;
     }
     let mut needed: Vec<usize> = hits.iter().zip(&chosen).filter(|(_, c)| **c).flat_map(|(h, _)| [h.0, h.1]).collect();
     needed.sort_unstable();
@@ -477,6 +482,64 @@ impl Engine {
 
 #[cfg(test)]
 mod tests {
+    use super::{JobFinger, rescore_hits};
+    use crate::finger::{
+        iso19794_2::{self, IsoMinutia, MinutiaKind},
+        mcc::Matcher,
+        template,
+    };
+
+    fn job_finger(id: i64, seed: u64) -> JobFinger {
+        let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        let mut next = move |n: u64| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state % n
+        };
+        let minutiae = (0..35)
+            .map(|_| IsoMinutia {
+                kind: MinutiaKind::RidgeEnding,
+                x: 20 + next(260) as u16,
+                y: 20 + next(360) as u16,
+                angle: next(256) as u8,
+                quality: 60,
+            })
+            .collect();
+        let iso = iso19794_2::write(&template::one_view_record(1, 300, 400, 80, minutiae)).expect("record");
+        let template = template::matcher_template(&iso).expect("template");
+        JobFinger { id, subject: format!("s{id}"), position: 1, template, iso }
+    }
+
+    #[test]
+    fn only_the_best_hits_of_each_template_are_rescored() {
+        let fingers: Vec<JobFinger> = (0..4).map(|i| job_finger(i, 7 + i as u64)).collect();
+        // Declared scores below what the hypotheses give these unrelated prints, so that
+        // rescoring a hit shows (checked below).
+        let hits = vec![(0, 1, 0.003), (0, 2, 0.002), (0, 3, 0.001), (1, 0, 0.0025), (1, 3, 0.0005)];
+        let out = rescore_hits(&fingers, hits.clone(), 1, 2);
+        let hypotheses = |i: usize, j: usize, declared: f32| {
+            let a = template::matcher_stretched(&fingers[i].iso).expect("stretched");
+            let b = template::matcher_stretched(&fingers[j].iso).expect("stretched");
+            a.best(&b, &mut Matcher::new()).max(declared)
+        };
+        assert!(
+            hits.iter()
+                .filter(|h| (h.0, h.1) != (0, 1) && (h.0, h.1) != (1, 0))
+                .any(|&(i, j, d)| hypotheses(i, j, d) > d),
+            "the test needs a hit that rescoring would change"
+        );
+        for (i, j, declared) in hits {
+            let (.., score) = *out.iter().find(|h| h.0 == i && h.1 == j).expect("every hit comes back");
+            // The best hit of each searched template (0 -> 1, 1 -> 0) gets the hypotheses.
+            let expected = if (i, j) == (0, 1) || (i, j) == (1, 0) { hypotheses(i, j, declared) } else { declared };
+            assert_eq!(score.to_bits(), expected.to_bits(), "hit {i} -> {j}");
+        }
+        let none = rescore_hits(&fingers, vec![(0, 1, 0.003)], 0, 1);
+        assert_eq!(none, vec![(0, 1, 0.003)], "rescored = 0 keeps the declared scores");
+        assert!(hypotheses(0, 1, 0.003) > 0.003);
+    }
+
     #[test]
     #[allow(unsafe_code)]
     fn the_runner_thread_gets_the_idle_policy() {

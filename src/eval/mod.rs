@@ -4,6 +4,7 @@
 
 pub mod calibrate;
 pub mod dedup;
+mod dedup_fingers;
 mod fingers;
 mod identification;
 mod latency;
@@ -23,6 +24,7 @@ use crate::{
     face::{FaceError, FacePipeline, FaceSettings, MultipleFaces},
     inference::{self, Manifest},
 };
+pub use dedup_fingers::dedup_time_fingers;
 pub use fingers::{FingerSource, fingers};
 pub use identification::identification;
 pub use latency::{dedup_time, latency};

@@ -186,7 +186,7 @@ pub async fn startup_fingers(config: &Config, fingers: usize, rounds: usize, ide
 }
 
 /// The record shifted by (6, -4) px with every tenth minutia left out.
-fn another_impression(record: &[u8]) -> anyhow::Result<Vec<u8>> {
+pub(super) fn another_impression(record: &[u8]) -> anyhow::Result<Vec<u8>> {
     let mut rec = iso19794_2::parse(record)?;
     for view in &mut rec.views {
         view.minutiae = view
@@ -201,7 +201,7 @@ fn another_impression(record: &[u8]) -> anyhow::Result<Vec<u8>> {
 }
 
 /// An ISO/IEC 19794-2 record of 30-45 random minutiae in a 300x400 frame.
-fn random_record(rng: &mut StdRng) -> anyhow::Result<Vec<u8>> {
+pub(super) fn random_record(rng: &mut StdRng) -> anyhow::Result<Vec<u8>> {
     let n = rng.random_range(30..=45);
     let minutiae = (0..n)
         .map(|_| IsoMinutia {
@@ -217,7 +217,7 @@ fn random_record(rng: &mut StdRng) -> anyhow::Result<Vec<u8>> {
 
 /// Starts an engine (waiting for the previous one's job thread to let go of
 /// the store) and times `Engine::start`.
-async fn start(config: &Config) -> anyhow::Result<(std::sync::Arc<Engine>, f64)> {
+pub(super) async fn start(config: &Config) -> anyhow::Result<(std::sync::Arc<Engine>, f64)> {
     for _ in 0..100 {
         let c = config.clone();
         let t = Instant::now();
