@@ -178,6 +178,7 @@ impl Worker {
         let subjects: HashSet<&str> =
             owners.iter().map(String::as_str).chain(fingers.iter().map(|f| f.subject.as_str())).collect();
         let by_id: HashMap<i64, usize> = fingers.iter().enumerate().map(|(i, f)| (f.id, i)).collect();
+        let mut stretched_cache: HashMap<usize, Stretched> = HashMap::new();
         let blocks = plan(owners.len(), fingers.len(), self.settings.face_block_rows, self.settings.finger_block_rows);
         lock(&self.store)?.set_job_total(id, blocks.len() as u64)?;
         let done = lock(&self.store)?.finished_blocks(id)?;
@@ -236,9 +237,13 @@ impl Worker {
                             );
                         }
                     }
-                    for (i, j, score) in
-                        rescore_hits(&fingers, hits, self.settings.finger_rescored, self.settings.threads)
-                    {
+                    for (i, j, score) in rescore_hits(
+                        &fingers,
+                        hits,
+                        self.settings.finger_rescored,
+                        self.settings.threads,
+                        &mut stretched_cache,
+                    ) {
                         if score < finger_bar {
                             continue;
                         }
@@ -274,6 +279,10 @@ impl Worker {
     }
 }
 
+/// Stretched templates a finger job keeps between blocks (about 12 KB each):
+/// a gallery up to this size builds each template's once.
+const STRETCHED_CACHE: usize = 8_192;
+
 /// One finger template of a job: its stored record and declared-frame template.
 struct JobFinger {
     id: i64,
@@ -294,6 +303,7 @@ fn rescore_hits(
     mut hits: Vec<(usize, usize, f32)>,
     rescored: usize,
     threads: usize,
+    cache: &mut HashMap<usize, Stretched>,
 ) -> Vec<(usize, usize, f32)> {
     hits.sort_by(|a, b| a.0.cmp(&b.0).then(b.2.total_cmp(&a.2)).then(a.1.cmp(&b.1)));
     let mut chosen = vec![false; hits.len()];
@@ -308,10 +318,15 @@ fn rescore_hits(
     let mut needed: Vec<usize> = hits.iter().zip(&chosen).filter(|(_, c)| **c).flat_map(|(h, _)| [h.0, h.1]).collect();
     needed.sort_unstable();
     needed.dedup();
-    let built = parallel_map(&needed, threads, |&i| {
+    let missing: Vec<usize> = needed.iter().copied().filter(|i| !cache.contains_key(i)).collect();
+    if cache.len() + missing.len() > STRETCHED_CACHE {
+        cache.retain(|i, _| needed.binary_search(i).is_ok());
+    }
+    let built = parallel_map(&missing, threads, |&i| {
         fingers.get(i).and_then(|f| template::matcher_stretched(&f.iso).ok()).unwrap_or_default()
     });
-    let stretched: HashMap<usize, &Stretched> = needed.iter().copied().zip(built.iter()).collect();
+    cache.extend(missing.into_iter().zip(built));
+    let stretched = &*cache;
     let pairs: Vec<(usize, usize, f32, bool)> =
         hits.into_iter().zip(chosen).map(|((i, j, s), c)| (i, j, s, c)).collect();
     parallel_map(&pairs, threads, |&(i, j, declared, chosen)| {
@@ -482,6 +497,8 @@ impl Engine {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashMap;
+
     use super::{JobFinger, rescore_hits};
     use crate::finger::{
         iso19794_2::{self, IsoMinutia, MinutiaKind},
@@ -517,7 +534,7 @@ mod tests {
         // Declared scores below what the hypotheses give these unrelated prints, so that
         // rescoring a hit shows (checked below).
         let hits = vec![(0, 1, 0.003), (0, 2, 0.002), (0, 3, 0.001), (1, 0, 0.0025), (1, 3, 0.0005)];
-        let out = rescore_hits(&fingers, hits.clone(), 1, 2);
+        let out = rescore_hits(&fingers, hits.clone(), 1, 2, &mut HashMap::new());
         let hypotheses = |i: usize, j: usize, declared: f32| {
             let a = template::matcher_stretched(&fingers[i].iso).expect("stretched");
             let b = template::matcher_stretched(&fingers[j].iso).expect("stretched");
@@ -529,13 +546,19 @@ mod tests {
                 .any(|&(i, j, d)| hypotheses(i, j, d) > d),
             "the test needs a hit that rescoring would change"
         );
-        for (i, j, declared) in hits {
+        for &(i, j, declared) in &hits {
             let (.., score) = *out.iter().find(|h| h.0 == i && h.1 == j).expect("every hit comes back");
             // The best hit of each searched template (0 -> 1, 1 -> 0) gets the hypotheses.
             let expected = if (i, j) == (0, 1) || (i, j) == (1, 0) { hypotheses(i, j, declared) } else { declared };
             assert_eq!(score.to_bits(), expected.to_bits(), "hit {i} -> {j}");
         }
-        let none = rescore_hits(&fingers, vec![(0, 1, 0.003)], 0, 1);
+        // Stretched templates kept from an earlier block give the same scores.
+        let mut cache = HashMap::new();
+        let first = rescore_hits(&fingers, hits.clone(), 1, 1, &mut cache);
+        assert!(!cache.is_empty());
+        assert_eq!(rescore_hits(&fingers, hits.clone(), 1, 2, &mut cache), first);
+        assert_eq!(first, out);
+        let none = rescore_hits(&fingers, vec![(0, 1, 0.003)], 0, 1, &mut HashMap::new());
         assert_eq!(none, vec![(0, 1, 0.003)], "rescored = 0 keeps the declared scores");
         assert!(hypotheses(0, 1, 0.003) > 0.003);
     }
