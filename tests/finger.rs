@@ -21,7 +21,7 @@ fn image(position: u32, bytes: Vec<u8>) -> pb::Sample {
     finger(position, pb::sample::Data::Image(bytes))
 }
 
-fn iso(position: u32, bytes: Vec<u8>) -> pb::Sample {
+pub(crate) fn iso(position: u32, bytes: Vec<u8>) -> pb::Sample {
     finger(position, pb::sample::Data::Iso197942(bytes))
 }
 

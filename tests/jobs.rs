@@ -102,14 +102,8 @@ async fn a_job_pairs_templates_stretched_by_their_scanner() {
     let server = TestServer::start(config(dir.path(), &[])).await;
     let mut c = server.client.clone();
     let (enrolled, stretched) = crate::finger::stretched_impressions();
-    let iso = |bytes: Vec<u8>| pb::Sample {
-        modality: pb::Modality::Finger as i32,
-        finger_position: 4,
-        data: Some(pb::sample::Data::Iso197942(bytes)),
-        ppi: 0,
-    };
-    c.enroll(enroll_req("s-a", vec![iso(enrolled)])).await.expect("enroll");
-    c.enroll(enroll_req("s-b", vec![iso(stretched)])).await.expect("enroll");
+    c.enroll(enroll_req("s-a", vec![crate::finger::iso(4, enrolled)])).await.expect("enroll");
+    c.enroll(enroll_req("s-b", vec![crate::finger::iso(4, stretched)])).await.expect("enroll");
     c.enroll(enroll_req("other", vec![finger(4, "p2_1.png")])).await.expect("enroll");
     let mut jobs = jobs_client(&server.url).await;
     let req = pb::StartDedupRequest { scope: None, modalities: vec![pb::Modality::Finger as i32], target_fmr: 0.0 };

@@ -8,15 +8,10 @@ use rand::{SeedableRng, rngs::StdRng};
 use serde_json::json;
 
 use super::{
-    latency::scratch_engine,
-    startup::{another_impression, random_record, start},
+    latency::{run_dedup, scratch_engine},
+    startup::{another_impression, enroll_finger, random_record, start},
 };
-use crate::{
-    biometric::{Modality, Sample, SampleData},
-    config::Config,
-    engine::{DedupRequest, Engine, EnrollRequest},
-    jobs::Scope,
-};
+use crate::{biometric::Modality, config::Config};
 
 /// Enrolls `fingers` synthetic one-finger subjects (random ISO records) and,
 /// for every tenth, a second subject holding another impression of it
@@ -33,10 +28,10 @@ pub async fn dedup_time_fingers(config: &Config, fingers: usize) -> anyhow::Resu
     for n in 0..fingers {
         let record = random_record(&mut rng)?;
         if n % 10 == 0 {
-            enroll(&engine, format!("f-{n:07}-b"), another_impression(&record)?).await?;
+            enroll_finger(&engine, format!("f-{n:07}-b"), another_impression(&record)?).await?;
             planted += 1;
         }
-        enroll(&engine, format!("f-{n:07}"), record).await?;
+        enroll_finger(&engine, format!("f-{n:07}"), record).await?;
     }
     let enroll_secs = t.elapsed().as_secs_f64();
     drop(engine);
@@ -46,15 +41,7 @@ pub async fn dedup_time_fingers(config: &Config, fingers: usize) -> anyhow::Resu
         c.jobs.finger_rescored = rescored;
         let (engine, _) = start(&c).await?;
         let t = Instant::now();
-        let req = DedupRequest { scope: Scope::All, modalities: vec![Modality::Finger], target_fmr: 0.0 };
-        let id = engine.start_dedup(req).await?.record.job_id.to_string();
-        let status = loop {
-            let s = engine.job(id.clone()).await?;
-            if !matches!(s.record.state.as_str(), "queued" | "running") {
-                break s;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        };
+        let (id, status) = run_dedup(&engine, Modality::Finger, 100).await?;
         let secs = t.elapsed().as_secs_f64();
         let (pairs, _) = engine.job_results(id).await?;
         // Pairs are ordered by subject id, so a planted pair is `f-N`, `f-N-b`.
@@ -78,22 +65,5 @@ pub async fn dedup_time_fingers(config: &Config, fingers: usize) -> anyhow::Resu
         "time_ratio_rescored_over_declared": seconds(1) / seconds(0).max(1e-9),
     });
     println!("{}", serde_json::to_string_pretty(&out)?);
-    Ok(())
-}
-
-async fn enroll(engine: &Engine, subject: String, record: Vec<u8>) -> anyhow::Result<()> {
-    let req = EnrollRequest {
-        subject_id: subject,
-        samples: vec![Sample {
-            modality: Modality::Finger,
-            finger_position: 1,
-            data: SampleData::IsoTemplate(record),
-            ppi: 0,
-        }],
-        add_encounter: false,
-        use_main_face: false,
-        galleries: Vec::new(),
-    };
-    engine.enroll(req).await?;
     Ok(())
 }

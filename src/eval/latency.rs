@@ -156,15 +156,7 @@ pub async fn dedup_time(config: &Config, gallery: usize) -> anyhow::Result<()> {
     enroll_synthetic(&engine, 0..gallery, 9).await?;
     let enroll_secs = t.elapsed().as_secs_f64();
     let t = Instant::now();
-    let req = DedupRequest { scope: Scope::All, modalities: vec![Modality::Face], target_fmr: 0.0 };
-    let id = engine.start_dedup(req).await?.record.job_id.to_string();
-    let status = loop {
-        let s = engine.job(id.clone()).await?;
-        if !matches!(s.record.state.as_str(), "queued" | "running") {
-            break s;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    };
+    let (_, status) = run_dedup(&engine, Modality::Face, 200).await?;
     let job_secs = t.elapsed().as_secs_f64();
     let out = json!({
         "subjects": gallery,
@@ -179,6 +171,24 @@ pub async fn dedup_time(config: &Config, gallery: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Starts a dedup job of the whole gallery for one modality and polls it
+/// every `poll_ms` until it ends; its id and final status.
+pub(super) async fn run_dedup(
+    engine: &Engine,
+    modality: Modality,
+    poll_ms: u64,
+) -> anyhow::Result<(String, crate::engine::JobStatus)> {
+    let req = DedupRequest { scope: Scope::All, modalities: vec![modality], target_fmr: 0.0 };
+    let id = engine.start_dedup(req).await?.record.job_id.to_string();
+    loop {
+        let s = engine.job(id.clone()).await?;
+        if !matches!(s.record.state.as_str(), "queued" | "running") {
+            return Ok((id, s));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(poll_ms)).await;
+    }
+}
+
 /// Enrolls subjects `synthetic-<n>` for every n of `range`, each with one
 /// random face embedding (seeded).
 pub(super) async fn enroll_synthetic(engine: &Engine, range: std::ops::Range<usize>, seed: u64) -> anyhow::Result<()> {
@@ -186,20 +196,27 @@ pub(super) async fn enroll_synthetic(engine: &Engine, range: std::ops::Range<usi
     let mut rng = StdRng::seed_from_u64(seed);
     for n in range {
         let v: Vec<f32> = (0..model.dim).map(|_| rng.random::<f32>() - 0.5).collect();
-        let req = EnrollRequest {
-            subject_id: format!("synthetic-{n:07}"),
-            samples: vec![Sample {
-                modality: Modality::Face,
-                finger_position: 0,
-                data: SampleData::FaceEmbedding { model_id: model.id.clone(), values: v },
-                ppi: 0,
-            }],
-            add_encounter: false,
-            use_main_face: false,
-            galleries: Vec::new(),
+        let sample = Sample {
+            modality: Modality::Face,
+            finger_position: 0,
+            data: SampleData::FaceEmbedding { model_id: model.id.clone(), values: v },
+            ppi: 0,
         };
-        engine.enroll(req).await?;
+        enroll_one(engine, format!("synthetic-{n:07}"), sample).await?;
     }
+    Ok(())
+}
+
+/// Enrolls a new subject with one sample.
+pub(super) async fn enroll_one(engine: &Engine, subject: String, sample: Sample) -> anyhow::Result<()> {
+    let req = EnrollRequest {
+        subject_id: subject,
+        samples: vec![sample],
+        add_encounter: false,
+        use_main_face: false,
+        galleries: Vec::new(),
+    };
+    engine.enroll(req).await?;
     Ok(())
 }
 

@@ -9,13 +9,13 @@ use rand::{Rng, SeedableRng, rngs::StdRng};
 use serde_json::json;
 
 use super::{
-    latency::{enroll_synthetic, scratch_engine},
+    latency::{enroll_one, enroll_synthetic, scratch_engine},
     metrics::median_p99,
 };
 use crate::{
     biometric::{Modality, Sample, SampleData},
     config::Config,
-    engine::{Engine, EnrollRequest, IdentifyRequest},
+    engine::{Engine, IdentifyRequest},
     finger::{
         iso19794_2::{self, IsoMinutia, MinutiaKind},
         template,
@@ -100,19 +100,7 @@ pub async fn startup_fingers(config: &Config, fingers: usize, rounds: usize, ide
         if probes.len() < identifies {
             probes.push((format!("synthetic-finger-{n:07}"), another_impression(&record)?));
         }
-        let req = EnrollRequest {
-            subject_id: format!("synthetic-finger-{n:07}"),
-            samples: vec![Sample {
-                modality: Modality::Finger,
-                finger_position: 1,
-                data: SampleData::IsoTemplate(record),
-                ppi: 0,
-            }],
-            add_encounter: false,
-            use_main_face: false,
-            galleries: Vec::new(),
-        };
-        engine.enroll(req).await?;
+        enroll_finger(&engine, format!("synthetic-finger-{n:07}"), record).await?;
     }
     let enroll_secs = t.elapsed().as_secs_f64();
     drop(engine);
@@ -183,6 +171,13 @@ pub async fn startup_fingers(config: &Config, fingers: usize, rounds: usize, ide
     });
     println!("{}", serde_json::to_string_pretty(&out)?);
     Ok(())
+}
+
+/// Enrolls a new subject with one ISO record at finger position 1.
+pub(super) async fn enroll_finger(engine: &Engine, subject: String, record: Vec<u8>) -> anyhow::Result<()> {
+    let sample =
+        Sample { modality: Modality::Finger, finger_position: 1, data: SampleData::IsoTemplate(record), ppi: 0 };
+    enroll_one(engine, subject, sample).await
 }
 
 /// The record shifted by (6, -4) px with every tenth minutia left out.
