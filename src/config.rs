@@ -164,6 +164,8 @@ pub struct FingerConfig {
     pub shortlist_min: usize,
     /// Most templates the shortlist keeps.
     pub shortlist_max: usize,
+    /// Finger templates added or removed between two snapshots of the gallery (0: no snapshot).
+    pub snapshot_every: u64,
 }
 
 /// Batch jobs.

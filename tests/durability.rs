@@ -123,3 +123,101 @@ async fn index_snapshot_plus_replay_after_sigkill() {
         assert!(log.contains("restored from its snapshot"), "{kind}: the snapshot was not used:\n{log}");
     }
 }
+
+/// A synthetic ISO/IEC 19794-2 record of finger `seed` at position 2, its
+/// minutiae shifted by `shift` px (another impression of the same finger).
+fn synthetic_finger(seed: u64, shift: u16) -> pb::Sample {
+    use cotejo::finger::{
+        iso19794_2::{self, IsoMinutia, MinutiaKind},
+        template,
+    };
+    let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state >> 40) as f32 / (1u64 << 24) as f32
+    };
+    let minutiae = (0..40)
+        .map(|_| IsoMinutia {
+            kind: MinutiaKind::RidgeEnding,
+            x: (40.0 + 200.0 * next()) as u16 + shift,
+            y: (40.0 + 300.0 * next()) as u16 + shift,
+            angle: iso19794_2::angle_from_radians(std::f32::consts::TAU * next()),
+            quality: 60,
+        })
+        .collect();
+    let record = iso19794_2::write(&template::one_view_record(2, 300, 400, 70, minutiae)).expect("write");
+    crate::finger::iso(2, record)
+}
+
+/// The finger gallery's snapshot: written after `snapshot_every` changes,
+/// sealed, used by the next start-up together with the enrolls and deletions
+/// made after it (replayed from the store after a SIGKILL), and a damaged
+/// snapshot is not used: the gallery is rebuilt from the store instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finger_snapshot_plus_replay_after_sigkill() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let env = [("COTEJO__FINGER__SNAPSHOT_EVERY", "6")];
+    let server = ChildServer::start_with(dir.path(), &env).await;
+    let mut c = client(&server.url).await;
+    for i in 0..6 {
+        c.enroll(enroll_req(&format!("f{i}"), vec![synthetic_finger(i, 0)])).await.expect("enroll");
+    }
+    let snap = dir.path().join("finger-gallery.snap");
+    for _ in 0..200 {
+        if snap.exists() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let sealed = std::fs::read(&snap).expect("no finger snapshot after 6 changes");
+    assert!(!sealed.windows(8).any(|w| w == b"CTJFNG01"), "the finger snapshot is not sealed");
+    // After the snapshot: two more enrolls, one deletion of each age.
+    for i in 6..8 {
+        c.enroll(enroll_req(&format!("f{i}"), vec![synthetic_finger(i, 0)])).await.expect("enroll");
+    }
+    for gone in ["f1", "f7"] {
+        c.delete(pb::DeleteRequest { subject_id: gone.into() }).await.expect("delete");
+    }
+    server.kill9();
+
+    let check = |log: &std::path::Path, wants: &[&str]| {
+        let log = std::fs::read_to_string(log).expect("log");
+        for want in wants {
+            assert!(log.contains(want), "not in the log: {want}\n{log}");
+        }
+    };
+    // The snapshot holds f0-f5; f1 was deleted after it, f6 enrolled (f7 both).
+    let replayed = [
+        "finger gallery snapshot read, with the store's changes since",
+        r#""kept":5"#,
+        r#""added":1"#,
+        r#""removed":1"#,
+    ];
+    for (round, damage, wants) in
+        [(0, false, &replayed[..]), (1, true, &["finger gallery snapshot not used; rebuilding from the store"][..])]
+    {
+        if damage {
+            let mut bytes = std::fs::read(&snap).expect("snapshot");
+            let middle = bytes.len() / 2;
+            bytes[middle] ^= 0x40;
+            std::fs::write(&snap, bytes).expect("damage the snapshot");
+        }
+        let log = dir.path().join(format!("restart-{round}.log"));
+        let server = ChildServer::start_logged(dir.path(), &env, Some(&log)).await;
+        let mut c = client(&server.url).await;
+        for i in 0..8 {
+            let r = c.identify(identify_req(vec![synthetic_finger(i, 7)])).await.expect("identify").into_inner();
+            let found = r.candidates.first().map(|c| c.subject_id.clone()).unwrap_or_default();
+            if i == 1 || i == 7 {
+                assert!(r.candidates.iter().all(|c| c.subject_id != format!("f{i}")), "deleted f{i} returned");
+            } else {
+                assert_eq!(found, format!("f{i}"), "round {round}");
+                assert!(r.decision.expect("decision").r#match, "round {round}: f{i}");
+            }
+        }
+        drop(server);
+        check(&log, wants);
+    }
+}

@@ -4,6 +4,7 @@
 
 mod error;
 mod face_index;
+mod finger_index;
 mod jobs;
 mod matching;
 mod probe;
@@ -11,12 +12,9 @@ mod types;
 
 mod scoring;
 
-use std::{
-    collections::HashMap,
-    sync::{
-        Arc, Mutex, RwLock,
-        atomic::{AtomicU64, Ordering},
-    },
+use std::sync::{
+    Arc, Mutex, RwLock,
+    atomic::{AtomicU64, Ordering},
 };
 
 use tracing::{error, info, warn};
@@ -25,18 +23,15 @@ use crate::{
     biometric::{Modality, TemplateData},
     config::{Config, DecisionConfig, FingerConfig, JobsConfig},
     face::FaceSettings,
-    finger::{
-        FingerSettings,
-        gallery::{FingerGallery, Prepared, parallel_map},
-        template,
-    },
+    finger::{FingerSettings, gallery::FingerGallery, template},
     index::VectorIndex,
     inference,
     store::{Store, SubjectRecord},
     workers::Workers,
 };
 pub use error::EngineError;
-use face_index::{SNAPSHOT_FILE, Snapshots, index_settings, intern, load_face_index, rebuild, write_snapshot};
+use face_index::{SNAPSHOT_FILE, Snapshots, index_settings, load_face_index, rebuild, write_snapshot};
+use finger_index::{FINGER_SNAPSHOT_FILE, gallery_settings, load_fingers, write_finger_snapshot};
 pub use jobs::{DedupRequest, DuplicatePair, JobStatus};
 pub use scoring::Calibrations;
 pub use types::*;
@@ -68,12 +63,21 @@ impl FaceModel {
     }
 }
 
+/// A derived structure the engine snapshots.
+#[derive(Debug, Clone, Copy)]
+enum Derived {
+    Faces,
+    Fingers,
+}
+
 /// The biometric engine.
 #[derive(Debug)]
 pub struct Engine {
     store: Arc<Mutex<Store>>,
     gallery: Arc<RwLock<VectorIndex>>,
     snapshots: Snapshots,
+    /// The finger gallery's snapshots (`None`: `finger.snapshot_every = 0`).
+    finger_snapshots: Option<Snapshots>,
     fingers: Arc<RwLock<FingerGallery>>,
     workers: Workers,
     face_model: FaceModel,
@@ -128,9 +132,18 @@ impl Engine {
         if foreign_templates > 0 {
             warn!(foreign_templates, "face templates of other models are not searchable until re-embedded");
         }
-        let t = std::time::Instant::now();
-        let fingers = rebuild_fingers(&store, gallery_settings(&config.finger), config.finger.rebuild_threads)?;
-        info!(templates = fingers.len(), ms = t.elapsed().as_millis(), "finger gallery rebuilt from the store");
+        let finger_file = store.sealed_file(FINGER_SNAPSHOT_FILE);
+        let finger_snapshots = config.finger.snapshot_every > 0;
+        if !finger_snapshots {
+            // A snapshot left from an earlier configuration would go stale unseen.
+            finger_file.remove()?;
+        }
+        let (fingers, fingers_stale) = load_fingers(
+            &store,
+            gallery_settings(&config.finger),
+            config.finger.rebuild_threads,
+            finger_snapshots.then_some(&finger_file),
+        )?;
         let subjects = stored.subjects;
         let store = Arc::new(Mutex::new(store));
         let fingers = Arc::new(RwLock::new(fingers));
@@ -150,6 +163,12 @@ impl Engine {
                 changes: Arc::new(AtomicU64::new(0)),
                 writing: Arc::new(Mutex::new(())),
             },
+            finger_snapshots: finger_snapshots.then(|| Snapshots {
+                file: finger_file,
+                every: config.finger.snapshot_every,
+                changes: Arc::new(AtomicU64::new(0)),
+                writing: Arc::new(Mutex::new(())),
+            }),
             fingers,
             jobs,
             jobs_settings: config.jobs.clone(),
@@ -166,37 +185,68 @@ impl Engine {
             max_subject_ids: config.limits.max_subject_ids,
         };
         if stale {
-            engine.snapshot_in_background();
+            engine.snapshot_in_background(Derived::Faces);
+        }
+        if fingers_stale {
+            engine.snapshot_in_background(Derived::Fingers);
         }
         Ok(engine)
     }
 
-    /// Writes the face index snapshot now (blocking; at shutdown).
+    /// Writes the snapshots now (blocking; at shutdown): the face index's,
+    /// and the finger gallery's when it changed since the last one.
     pub fn save_snapshot(&self) -> Result<(), EngineError> {
-        let _one_writer = self.snapshots.writing.lock().map_err(|_| EngineError::Internal("snapshot lock".into()))?;
-        write_snapshot(&self.gallery, &self.snapshots.file, &self.face_model.id)
+        {
+            let _one_writer =
+                self.snapshots.writing.lock().map_err(|_| EngineError::Internal("snapshot lock".into()))?;
+            write_snapshot(&self.gallery, &self.snapshots.file, &self.face_model.id)?;
+        }
+        if let Some(s) = &self.finger_snapshots {
+            let _one_writer = s.writing.lock().map_err(|_| EngineError::Internal("snapshot lock".into()))?;
+            if s.changes.swap(0, Ordering::Relaxed) > 0 {
+                write_finger_snapshot(&self.fingers, &s.file)?;
+            }
+        }
+        Ok(())
     }
 
-    /// Counts `n` changes to the face index; past `snapshot_every`, a
-    /// snapshot is written on a background thread (one at a time).
-    fn note_changes(&self, n: u64) {
-        let s = &self.snapshots;
+    fn snapshots(&self, which: Derived) -> Option<&Snapshots> {
+        match which {
+            Derived::Faces => Some(&self.snapshots),
+            Derived::Fingers => self.finger_snapshots.as_ref(),
+        }
+    }
+
+    /// Counts `n` changes to the face index or the finger gallery; past
+    /// their `snapshot_every`, a snapshot is written on a background thread
+    /// (one at a time for each).
+    fn note_changes(&self, which: Derived, n: u64) {
+        let Some(s) = self.snapshots(which) else { return };
         if n == 0 || s.changes.fetch_add(n, Ordering::Relaxed) + n < s.every {
             return;
         }
-        self.snapshot_in_background();
+        self.snapshot_in_background(which);
     }
 
-    fn snapshot_in_background(&self) {
-        let s = &self.snapshots;
+    fn snapshot_in_background(&self, which: Derived) {
+        let Some(s) = self.snapshots(which) else { return };
         s.changes.store(0, Ordering::Relaxed);
-        let (gallery, file, label, writing) =
-            (self.gallery.clone(), s.file.clone(), self.face_model.id.clone(), s.writing.clone());
-        let spawned = std::thread::Builder::new().name("index-snapshot".into()).spawn(move || {
+        let (file, writing) = (s.file.clone(), s.writing.clone());
+        let write: Box<dyn FnOnce() -> Result<(), EngineError> + Send> = match which {
+            Derived::Faces => {
+                let (gallery, label) = (self.gallery.clone(), self.face_model.id.clone());
+                Box::new(move || write_snapshot(&gallery, &file, &label))
+            }
+            Derived::Fingers => {
+                let fingers = self.fingers.clone();
+                Box::new(move || write_finger_snapshot(&fingers, &file))
+            }
+        };
+        let spawned = std::thread::Builder::new().name(format!("{which:?}-snapshot").to_lowercase()).spawn(move || {
             // One writer at a time; a snapshot already being written will do.
             let Ok(_one_writer) = writing.try_lock() else { return };
-            if let Err(e) = write_snapshot(&gallery, &file, &label) {
-                warn!(error = %e, "face index snapshot failed; the next start-up reads the store instead");
+            if let Err(e) = write() {
+                warn!(error = %e, ?which, "snapshot failed; the next start-up reads the store instead");
             }
         });
         if let Err(e) = spawned {
@@ -263,16 +313,18 @@ impl Engine {
                 *g = rebuild(&store, &model, &settings)?;
             }
             let mut f = fingers.write().map_err(|_| EngineError::Internal("finger lock poisoned".into()))?;
+            let finger_count = finger_templates.len();
             for (i, position, t) in finger_templates {
                 if let Some(id) = enrolled.template_ids.get(i) {
                     f.add(*id, owner.clone(), position, t);
                 }
             }
-            Ok((enrolled, ids.len()))
+            Ok((enrolled, ids.len(), finger_count))
         })
         .await??;
-        let (enrolled, faces) = enrolled;
-        self.note_changes(faces as u64);
+        let (enrolled, faces, finger_count) = enrolled;
+        self.note_changes(Derived::Faces, faces as u64);
+        self.note_changes(Derived::Fingers, finger_count as u64);
         info!(templates = enrolled.template_ids.len(), encounter = enrolled.encounter_id, "enrolled");
         Ok(EnrollOutcome {
             subject_id,
@@ -288,18 +340,20 @@ impl Engine {
         let gallery = self.gallery.clone();
         let fingers = self.fingers.clone();
         let subjects = self.subjects.clone();
-        let removed = tokio::task::spawn_blocking(move || -> Result<(usize, usize), EngineError> {
+        let removed = tokio::task::spawn_blocking(move || -> Result<(usize, usize, usize), EngineError> {
             let mut store = lock(&store)?;
             let ids = store.delete_subject(&subject_id)?;
             subjects.fetch_sub(1, Ordering::Relaxed);
             let mut g = gallery.write().map_err(|_| EngineError::Internal("index lock poisoned".into()))?;
             let faces = g.remove(&ids)?;
-            fingers.write().map_err(|_| EngineError::Internal("finger lock poisoned".into()))?.remove(&ids);
-            Ok((ids.len(), faces))
+            let finger_count =
+                fingers.write().map_err(|_| EngineError::Internal("finger lock poisoned".into()))?.remove(&ids);
+            Ok((ids.len(), faces, finger_count))
         })
         .await??;
-        let (removed, faces) = removed;
-        self.note_changes(faces as u64);
+        let (removed, faces, finger_count) = removed;
+        self.note_changes(Derived::Faces, faces as u64);
+        self.note_changes(Derived::Fingers, finger_count as u64);
         Ok(removed)
     }
 
@@ -374,55 +428,4 @@ pub(crate) fn validate_name(name: &str) -> Result<(), &'static str> {
         return Err("contains control characters");
     }
     Ok(())
-}
-
-/// The finger gallery's settings from the configuration.
-fn gallery_settings(c: &FingerConfig) -> crate::finger::gallery::GallerySettings {
-    crate::finger::gallery::GallerySettings {
-        shortlist_from: c.shortlist_from,
-        shortlist_fraction: c.shortlist_fraction,
-        shortlist_min: c.shortlist_min,
-        shortlist_max: c.shortlist_max,
-    }
-}
-
-/// The finger gallery from every stored finger template.
-///
-/// The store is read in batches of `REBUILD_BATCH` templates; each batch's
-/// MCC templates and shortlist keys are built on `threads` threads (0: every
-/// core; [`Prepared::new`]), then added in store order.
-fn rebuild_fingers(
-    store: &Store,
-    settings: crate::finger::gallery::GallerySettings,
-    threads: usize,
-) -> Result<FingerGallery, EngineError> {
-    const REBUILD_BATCH: usize = 8_192;
-    let threads = if threads == 0 { std::thread::available_parallelism().map_or(1, usize::from) } else { threads };
-    let mut gallery = FingerGallery::new(settings);
-    let mut owners: HashMap<String, Arc<str>> = HashMap::new();
-    let mut unreadable = 0u64;
-    let mut batch: Vec<(i64, String, u8, Vec<u8>)> = Vec::with_capacity(REBUILD_BATCH);
-    let mut flush = |batch: &mut Vec<(i64, String, u8, Vec<u8>)>, gallery: &mut FingerGallery| {
-        let prepared =
-            parallel_map(batch, threads, |(_, _, _, iso)| template::matcher_template(iso).map(Prepared::new).ok());
-        for ((template_id, subject, position, _), p) in batch.drain(..).zip(prepared) {
-            match p {
-                Some(p) => gallery.add_prepared(template_id, intern(&mut owners, &subject), position, p),
-                None => unreadable += 1,
-            }
-        }
-    };
-    store.for_each_template(Modality::Finger, |t| {
-        let TemplateData::Minutiae(iso) = t.template.data else { return Ok(()) };
-        batch.push((t.template_id, t.subject_id, t.template.finger_position, iso));
-        if batch.len() >= REBUILD_BATCH {
-            flush(&mut batch, &mut gallery);
-        }
-        Ok(())
-    })?;
-    flush(&mut batch, &mut gallery);
-    if unreadable > 0 {
-        warn!(unreadable, "stored finger templates that do not parse are not searchable");
-    }
-    Ok(gallery)
 }

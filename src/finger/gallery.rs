@@ -44,6 +44,12 @@ impl Prepared {
         let descriptor = Descriptor::new(&template);
         Self { template, descriptor }
     }
+
+    /// Prepares built templates, hashing them on up to `threads` threads (in order).
+    pub fn all(templates: Vec<Template>, threads: usize) -> Vec<Self> {
+        let descriptors = parallel_map(&templates, threads, Descriptor::new);
+        templates.into_iter().zip(descriptors).map(|(template, descriptor)| Self { template, descriptor }).collect()
+    }
 }
 
 /// Maps `items` through `work` on up to `threads` threads (contiguous chunks), in order.
@@ -145,8 +151,20 @@ impl FingerGallery {
         self.by_position.get(p)?.get(i).map(|e| e.template.clone())
     }
 
-    /// Removes templates by id (unknown ids are ignored).
-    pub fn remove(&mut self, ids: &[i64]) {
+    /// Every template held, with its position, in template id order (what a snapshot saves).
+    pub fn entries(&self) -> Vec<(i64, u8, Arc<Template>)> {
+        let mut all: Vec<(i64, u8, Arc<Template>)> = Vec::with_capacity(self.len());
+        for (p, list) in self.by_position.iter().enumerate() {
+            let position = u8::try_from(p).unwrap_or(0);
+            all.extend(list.iter().map(|e| (e.template_id, position, e.template.clone())));
+        }
+        all.sort_unstable_by_key(|e| e.0);
+        all
+    }
+
+    /// Removes templates by id (unknown ids are ignored); returns how many were held.
+    pub fn remove(&mut self, ids: &[i64]) -> usize {
+        let before = self.slots.len();
         for id in ids {
             let Some((p, i)) = self.slots.remove(id) else { continue };
             self.shortlists[p].remove(*id as u64);
@@ -156,6 +174,7 @@ impl FingerGallery {
                 self.slots.insert(moved.template_id, (p, i));
             }
         }
+        before - self.slots.len()
     }
 
     /// The `k` best subjects for a probe of the finger at `position`,

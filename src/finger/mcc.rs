@@ -41,6 +41,7 @@
 
 #![deny(clippy::indexing_slicing, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod bytes;
 mod hull;
 mod matcher;
 #[doc(hidden)]
@@ -48,6 +49,7 @@ pub mod reference;
 
 use std::f32::consts::{PI, TAU};
 
+pub use bytes::layout_digest;
 pub use matcher::{Kernel, Matcher, similarity};
 
 use hull::convex_hull;

@@ -15,7 +15,7 @@ use crate::biometric::{Modality, NewTemplate, StoredTemplate, TemplateData};
 pub use audit::AuditEntry;
 use crypto::Sealer;
 pub use jobs::{JobRecord, PairComponent};
-pub use sealed_file::SealedFile;
+pub use sealed_file::{SealedFile, SealedReader, SealedWriter};
 
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -133,6 +133,9 @@ CREATE INDEX IF NOT EXISTS templates_model ON templates(modality, model_id);
 -- Covers the start-up listing of (template id, owner) per model, so that it
 -- does not read the sealed rows (1.4 GB at 1,000,000 faces).
 CREATE INDEX IF NOT EXISTS templates_owner ON templates(modality, model_id, subject_id);
+-- Covers the start-up listing of the finger templates (id, owner, position),
+-- checked against the finger gallery's snapshot.
+CREATE INDEX IF NOT EXISTS templates_finger ON templates(modality, finger_position, subject_id);
 ";
 
 /// The query reading templates that match `clause`, ordered by `order`.
@@ -310,6 +313,17 @@ impl Store {
         )?;
         let rows = st.query_map(params![modality.code(), model_id], |r| Ok((r.get(0)?, r.get(1)?)))?;
         let mut out: Vec<(i64, String)> = rows.collect::<Result<_, _>>()?;
+        out.sort_unstable_by_key(|r| r.0);
+        Ok(out)
+    }
+
+    /// Every live template of a modality, whatever its model: (template id, owner, finger position), in id order.
+    pub fn template_positions(&self, modality: Modality) -> Result<Vec<(i64, String, u8)>, StoreError> {
+        let mut st = self.conn.prepare(
+            "SELECT template_id, subject_id, finger_position FROM templates INDEXED BY templates_finger WHERE modality = ?1",
+        )?;
+        let rows = st.query_map(params![modality.code()], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+        let mut out: Vec<(i64, String, u8)> = rows.collect::<Result<_, _>>()?;
         out.sort_unstable_by_key(|r| r.0);
         Ok(out)
     }

@@ -1,0 +1,185 @@
+//! The finger gallery as the engine keeps it: loaded from its sealed
+//! snapshot plus the store's changes since (or rebuilt from every stored
+//! finger template), and saved again.
+
+use std::{
+    collections::{HashMap, HashSet},
+    sync::{Arc, RwLock},
+    time::Instant,
+};
+
+use tracing::{info, warn};
+
+use super::{EngineError, face_index::intern};
+use crate::{
+    biometric::{Modality, TemplateData},
+    config::FingerConfig,
+    finger::{
+        gallery::{FingerGallery, GallerySettings, Prepared, parallel_map},
+        mcc::Template,
+        snapshot, template,
+    },
+    store::{SealedFile, Store},
+};
+
+/// File name of the finger gallery snapshot in the data directory.
+pub(super) const FINGER_SNAPSHOT_FILE: &str = "finger-gallery.snap";
+/// Templates prepared on the threads at a time (bounds the transient memory).
+const BATCH: usize = 8_192;
+
+/// The finger gallery's settings from the configuration.
+pub(super) fn gallery_settings(c: &FingerConfig) -> GallerySettings {
+    GallerySettings {
+        shortlist_from: c.shortlist_from,
+        shortlist_fraction: c.shortlist_fraction,
+        shortlist_min: c.shortlist_min,
+        shortlist_max: c.shortlist_max,
+    }
+}
+
+/// Threads for a start-up's work (0: every core).
+fn threads_or_all(threads: usize) -> usize {
+    if threads == 0 { std::thread::available_parallelism().map_or(1, usize::from) } else { threads }
+}
+
+/// The finger gallery: from its snapshot plus the store's changes since, or
+/// else rebuilt from every stored finger template. True when the snapshot is
+/// missing or behind (a new one should be written).
+pub(super) fn load_fingers(
+    store: &Store,
+    settings: GallerySettings,
+    threads: usize,
+    file: Option<&SealedFile>,
+) -> Result<(FingerGallery, bool), EngineError> {
+    let t = Instant::now();
+    let threads = threads_or_all(threads);
+    if let Some(file) = file {
+        match restore(store, settings, threads, file) {
+            Ok(Some((gallery, stale))) => {
+                info!(templates = gallery.len(), ms = t.elapsed().as_millis() as u64, "finger gallery restored");
+                return Ok((gallery, stale));
+            }
+            Ok(None) => {}
+            Err(e) => warn!(error = %e, "finger gallery snapshot not used; rebuilding from the store"),
+        }
+    }
+    let gallery = rebuild_fingers(store, settings, threads)?;
+    info!(templates = gallery.len(), ms = t.elapsed().as_millis() as u64, "finger gallery rebuilt from the store");
+    Ok((gallery, true))
+}
+
+/// The gallery from the snapshot and the store's changes since; `None` when there is no snapshot.
+fn restore(
+    store: &Store,
+    settings: GallerySettings,
+    threads: usize,
+    file: &SealedFile,
+) -> Result<Option<(FingerGallery, bool)>, EngineError> {
+    let t = Instant::now();
+    let Some(mut reader) = file.reader()? else { return Ok(None) };
+    let mut owners: HashMap<String, Arc<str>> = HashMap::new();
+    let live: HashMap<i64, (Arc<str>, u8)> = store
+        .template_positions(Modality::Finger)?
+        .into_iter()
+        .map(|(id, subject, position)| (id, (intern(&mut owners, &subject), position)))
+        .collect();
+    let listed_ms = t.elapsed().as_millis() as u64;
+    let restored = snapshot::read(&mut reader, |id, position| live.get(&id).is_some_and(|l| l.1 == position))
+        .map_err(|e| EngineError::Internal(format!("finger gallery snapshot: {e}")))?;
+    let read_ms = t.elapsed().as_millis() as u64;
+    let held: HashSet<i64> = restored.kept.iter().map(|k| k.0).collect();
+    let mut missing: Vec<i64> = live.keys().copied().filter(|id| !held.contains(id)).collect();
+    missing.sort_unstable();
+    let stored = store.templates_with_ids(&missing)?;
+    let built = parallel_map(&stored, threads, |t| match &t.template.data {
+        TemplateData::Minutiae(iso) => template::matcher_template(iso).ok(),
+        TemplateData::Embedding(_) => None,
+    });
+    let mut all: Vec<(i64, u8, Template)> = restored.kept;
+    let mut added = 0usize;
+    for (t, built) in stored.iter().zip(built) {
+        if let Some(template) = built {
+            all.push((t.template_id, t.template.finger_position, template));
+            added += 1;
+        }
+    }
+    if added < missing.len() {
+        warn!(unreadable = missing.len() - added, "stored finger templates that do not parse are not searchable");
+    }
+    all.sort_unstable_by_key(|e| e.0);
+    let mut gallery = FingerGallery::new(settings);
+    let mut rest = all.into_iter().peekable();
+    while rest.peek().is_some() {
+        let batch: Vec<(i64, u8, Template)> = rest.by_ref().take(BATCH).collect();
+        let (keys, templates): (Vec<(i64, u8)>, Vec<Template>) = batch.into_iter().map(|(i, p, t)| ((i, p), t)).unzip();
+        for ((id, position), prepared) in keys.into_iter().zip(Prepared::all(templates, threads)) {
+            if let Some((owner, _)) = live.get(&id) {
+                gallery.add_prepared(id, owner.clone(), position, prepared);
+            }
+        }
+    }
+    info!(
+        kept = held.len(),
+        added,
+        removed = restored.dropped,
+        listed_ms,
+        read_ms,
+        "finger gallery snapshot read, with the store's changes since"
+    );
+    Ok(Some((gallery, added > 0 || restored.dropped > 0)))
+}
+
+/// The finger gallery from every stored finger template.
+///
+/// The store is read in batches of [`BATCH`] templates; each batch's MCC
+/// templates and shortlist keys are built on `threads` threads
+/// ([`Prepared::new`]), then added in store order.
+pub(super) fn rebuild_fingers(
+    store: &Store,
+    settings: GallerySettings,
+    threads: usize,
+) -> Result<FingerGallery, EngineError> {
+    let threads = threads_or_all(threads);
+    let mut gallery = FingerGallery::new(settings);
+    let mut owners: HashMap<String, Arc<str>> = HashMap::new();
+    let mut unreadable = 0u64;
+    let mut batch: Vec<(i64, String, u8, Vec<u8>)> = Vec::with_capacity(BATCH);
+    let mut flush = |batch: &mut Vec<(i64, String, u8, Vec<u8>)>, gallery: &mut FingerGallery| {
+        let prepared =
+            parallel_map(batch, threads, |(_, _, _, iso)| template::matcher_template(iso).map(Prepared::new).ok());
+        for ((template_id, subject, position, _), p) in batch.drain(..).zip(prepared) {
+            match p {
+                Some(p) => gallery.add_prepared(template_id, intern(&mut owners, &subject), position, p),
+                None => unreadable += 1,
+            }
+        }
+    };
+    store.for_each_template(Modality::Finger, |t| {
+        let TemplateData::Minutiae(iso) = t.template.data else { return Ok(()) };
+        batch.push((t.template_id, t.subject_id, t.template.finger_position, iso));
+        if batch.len() >= BATCH {
+            flush(&mut batch, &mut gallery);
+        }
+        Ok(())
+    })?;
+    flush(&mut batch, &mut gallery);
+    if unreadable > 0 {
+        warn!(unreadable, "stored finger templates that do not parse are not searchable");
+    }
+    Ok(gallery)
+}
+
+/// Seals the finger gallery into its snapshot file. The gallery is
+/// read-locked only while its templates are listed (shared, not copied); they
+/// are written chunk by chunk after the lock is released.
+pub(super) fn write_finger_snapshot(fingers: &RwLock<FingerGallery>, file: &SealedFile) -> Result<(), EngineError> {
+    let t = Instant::now();
+    let entries = fingers.read().map_err(|_| EngineError::Internal("finger lock poisoned".into()))?.entries();
+    let mut out = file.writer()?;
+    let io = |e: std::io::Error| EngineError::Internal(format!("finger gallery snapshot: {e}"));
+    // The writer seals 4 MiB at a time: it is its own buffer.
+    snapshot::write(&entries, &mut out).map_err(io)?;
+    out.finish()?;
+    info!(templates = entries.len(), ms = t.elapsed().as_millis() as u64, "finger gallery snapshot written");
+    Ok(())
+}
