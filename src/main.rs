@@ -320,8 +320,8 @@ enum EvalCommand {
         #[arg(long, default_value_t = 1000)]
         changes: usize,
         /// Instead of faces: this many synthetic one-finger subjects (ISO
-        /// records), with restarts that rebuild the finger gallery on one
-        /// thread and on every core.
+        /// records), with restarts that rebuild the finger gallery from the
+        /// store and restarts from its snapshot plus the changes since.
         #[arg(long, default_value_t = 0)]
         fingers: usize,
         /// Restarts of each kind (with --fingers).
@@ -468,8 +468,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 EvalCommand::Startup { fingers: 0, gallery, changes, .. } => {
                     eval::startup(&config, gallery, changes).await
                 }
-                EvalCommand::Startup { fingers, rounds, identifies, .. } => {
-                    eval::startup_fingers(&config, fingers, rounds, identifies).await
+                EvalCommand::Startup { fingers, changes, rounds, identifies, .. } => {
+                    eval::startup_fingers(&config, fingers, changes, rounds, identifies).await
                 }
                 EvalCommand::Latency { data, gallery, queries, with_dedup_job } => {
                     eval::latency(&config, &data, gallery, queries, with_dedup_job).await

@@ -164,14 +164,19 @@ async fn finger_snapshot_plus_replay_after_sigkill() {
     for i in 0..6 {
         c.enroll(enroll_req(&format!("f{i}"), vec![synthetic_finger(i, 0)])).await.expect("enroll");
     }
+    // The empty store's start-up wrote a snapshot of nothing; wait for the
+    // one written after 6 changes (6 templates of about 40 cylinders, 236
+    // bytes each, and their shortlist keys).
     let snap = dir.path().join("finger-gallery.snap");
+    let holds_six = |len: u64| len > 6 * 30 * 236;
     for _ in 0..200 {
-        if snap.exists() {
+        if std::fs::metadata(&snap).is_ok_and(|m| holds_six(m.len())) {
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
-    let sealed = std::fs::read(&snap).expect("no finger snapshot after 6 changes");
+    let sealed = std::fs::read(&snap).expect("snapshot");
+    assert!(holds_six(sealed.len() as u64), "no finger snapshot after 6 changes");
     assert!(!sealed.windows(8).any(|w| w == b"CTJFNG01"), "the finger snapshot is not sealed");
     // After the snapshot: two more enrolls, one deletion of each age.
     for i in 6..8 {

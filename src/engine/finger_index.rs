@@ -3,7 +3,7 @@
 //! finger template), and saved again.
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::HashMap,
     sync::{Arc, RwLock},
     time::Instant,
 };
@@ -15,9 +15,8 @@ use crate::{
     biometric::{Modality, TemplateData},
     config::FingerConfig,
     finger::{
-        gallery::{FingerGallery, GallerySettings, Prepared, parallel_map},
-        mcc::Template,
-        snapshot, template,
+        gallery::{FingerGallery, GallerySettings, Prepared, parallel_map, snapshot},
+        template,
     },
     store::{SealedFile, Store},
 };
@@ -84,46 +83,37 @@ fn restore(
         .map(|(id, subject, position)| (id, (intern(&mut owners, &subject), position)))
         .collect();
     let listed_ms = t.elapsed().as_millis() as u64;
-    let restored = snapshot::read(&mut reader, |id, position| live.get(&id).is_some_and(|l| l.1 == position))
-        .map_err(|e| EngineError::Internal(format!("finger gallery snapshot: {e}")))?;
+    let restored = snapshot::read(&mut reader, settings, |id, position| {
+        live.get(&id).filter(|l| l.1 == position).map(|l| l.0.clone())
+    })
+    .map_err(|e| EngineError::Internal(format!("finger gallery snapshot: {e}")))?;
     let read_ms = t.elapsed().as_millis() as u64;
-    let held: HashSet<i64> = restored.kept.iter().map(|k| k.0).collect();
-    let mut missing: Vec<i64> = live.keys().copied().filter(|id| !held.contains(id)).collect();
+    let mut gallery = restored.gallery;
+    let kept = gallery.len();
+    let mut missing: Vec<i64> = live.keys().copied().filter(|&id| gallery.template(id).is_none()).collect();
     missing.sort_unstable();
     let stored = store.templates_with_ids(&missing)?;
-    let built = parallel_map(&stored, threads, |t| match &t.template.data {
-        TemplateData::Minutiae(iso) => template::matcher_template(iso).ok(),
+    let prepared = parallel_map(&stored, threads, |t| match &t.template.data {
+        TemplateData::Minutiae(iso) => template::matcher_template(iso).map(Prepared::new).ok(),
         TemplateData::Embedding(_) => None,
     });
-    let mut all: Vec<(i64, u8, Template)> = restored.kept;
     let mut added = 0usize;
-    for (t, built) in stored.iter().zip(built) {
-        if let Some(template) = built {
-            all.push((t.template_id, t.template.finger_position, template));
+    for (t, p) in stored.iter().zip(prepared) {
+        if let (Some(p), Some((owner, _))) = (p, live.get(&t.template_id)) {
+            gallery.add_prepared(t.template_id, owner.clone(), t.template.finger_position, p);
             added += 1;
         }
     }
     if added < missing.len() {
         warn!(unreadable = missing.len() - added, "stored finger templates that do not parse are not searchable");
     }
-    all.sort_unstable_by_key(|e| e.0);
-    let mut gallery = FingerGallery::new(settings);
-    let mut rest = all.into_iter().peekable();
-    while rest.peek().is_some() {
-        let batch: Vec<(i64, u8, Template)> = rest.by_ref().take(BATCH).collect();
-        let (keys, templates): (Vec<(i64, u8)>, Vec<Template>) = batch.into_iter().map(|(i, p, t)| ((i, p), t)).unzip();
-        for ((id, position), prepared) in keys.into_iter().zip(Prepared::all(templates, threads)) {
-            if let Some((owner, _)) = live.get(&id) {
-                gallery.add_prepared(id, owner.clone(), position, prepared);
-            }
-        }
-    }
     info!(
-        kept = held.len(),
+        kept,
         added,
         removed = restored.dropped,
         listed_ms,
         read_ms,
+        ms = t.elapsed().as_millis() as u64,
         "finger gallery snapshot read, with the store's changes since"
     );
     Ok(Some((gallery, added > 0 || restored.dropped > 0)))
@@ -170,16 +160,18 @@ pub(super) fn rebuild_fingers(
 }
 
 /// Seals the finger gallery into its snapshot file. The gallery is
-/// read-locked only while its templates are listed (shared, not copied); they
-/// are written chunk by chunk after the lock is released.
+/// read-locked only while its state is taken (templates shared, shortlist
+/// indexes copied: searches go on, enrollments wait); it is written chunk by
+/// chunk after the lock is released.
 pub(super) fn write_finger_snapshot(fingers: &RwLock<FingerGallery>, file: &SealedFile) -> Result<(), EngineError> {
     let t = Instant::now();
-    let entries = fingers.read().map_err(|_| EngineError::Internal("finger lock poisoned".into()))?.entries();
+    let frozen = fingers.read().map_err(|_| EngineError::Internal("finger lock poisoned".into()))?.freeze();
+    let locked_ms = t.elapsed().as_millis() as u64;
     let mut out = file.writer()?;
     let io = |e: std::io::Error| EngineError::Internal(format!("finger gallery snapshot: {e}"));
     // The writer seals 4 MiB at a time: it is its own buffer.
-    snapshot::write(&entries, &mut out).map_err(io)?;
+    snapshot::write(&frozen, &mut out).map_err(io)?;
     out.finish()?;
-    info!(templates = entries.len(), ms = t.elapsed().as_millis() as u64, "finger gallery snapshot written");
+    info!(templates = frozen.len(), locked_ms, ms = t.elapsed().as_millis() as u64, "finger gallery snapshot written");
     Ok(())
 }

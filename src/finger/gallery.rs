@@ -10,6 +10,8 @@ use std::{collections::HashMap, sync::Arc, thread};
 
 use tracing::warn;
 
+pub mod snapshot;
+
 use super::{
     mcc::{Matcher, Template},
     shortlist::{Descriptor, ShortlistIndex},
@@ -149,17 +151,6 @@ impl FingerGallery {
     pub fn template(&self, template_id: i64) -> Option<Arc<Template>> {
         let &(p, i) = self.slots.get(&template_id)?;
         self.by_position.get(p)?.get(i).map(|e| e.template.clone())
-    }
-
-    /// Every template held, with its position, in template id order (what a snapshot saves).
-    pub fn entries(&self) -> Vec<(i64, u8, Arc<Template>)> {
-        let mut all: Vec<(i64, u8, Arc<Template>)> = Vec::with_capacity(self.len());
-        for (p, list) in self.by_position.iter().enumerate() {
-            let position = u8::try_from(p).unwrap_or(0);
-            all.extend(list.iter().map(|e| (e.template_id, position, e.template.clone())));
-        }
-        all.sort_unstable_by_key(|e| e.0);
-        all
     }
 
     /// Removes templates by id (unknown ids are ignored); returns how many were held.

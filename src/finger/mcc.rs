@@ -49,7 +49,6 @@ pub mod reference;
 
 use std::f32::consts::{PI, TAU};
 
-pub use bytes::layout_digest;
 pub use matcher::{Kernel, Matcher, similarity};
 
 use hull::convex_hull;

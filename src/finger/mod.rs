@@ -10,7 +10,6 @@ pub mod minutiae;
 pub mod pipeline;
 pub mod ridges;
 pub mod shortlist;
-pub mod snapshot;
 pub mod template;
 
 pub use pipeline::{FingerError, FingerExtraction, FingerPipeline, FingerSettings};

@@ -38,6 +38,8 @@ use std::sync::LazyLock;
 
 use super::mcc;
 
+mod bytes;
+
 /// Number of hash functions (tables) per cylinder.
 pub const TABLES: usize = 32;
 /// Cell bits each hash function samples.
@@ -171,7 +173,7 @@ impl Sampler {
 ///
 /// `search` takes `&self` and allocates its own counters, so any number of
 /// threads may search at once; `insert` and `remove` need `&mut self`.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct ShortlistIndex {
     /// Postings of each bucket: `slot << 8 | minutia direction` (1/256 turns), in slot order.
     buckets: Vec<Vec<u32>>,
@@ -205,7 +207,8 @@ impl ShortlistIndex {
     /// An empty index.
     pub fn new() -> Self {
         Self {
-            buckets: vec![Vec::new(); TABLES << BUCKET_BITS],
+            // Allocated at the first insertion (an unused finger position costs nothing).
+            buckets: Vec::new(),
             slot_keys: Vec::new(),
             slot_cylinders: Vec::new(),
             slots: HashMap::new(),
@@ -255,6 +258,7 @@ impl ShortlistIndex {
         let Some(slot) = u32::try_from(self.slot_keys.len()).ok().filter(|&s| (s as usize) < MAX_TEMPLATES) else {
             return Err(ShortlistError::Full);
         };
+        self.allocate_buckets();
         self.slot_keys.push(Some(key));
         self.slot_cylinders.push(u16::try_from(descriptor.len()).unwrap_or(u16::MAX));
         for (buckets, angle) in descriptor.cylinders() {
@@ -268,6 +272,13 @@ impl ShortlistIndex {
         }
         self.slots.insert(key, slot);
         Ok(())
+    }
+
+    /// Makes the [`TABLES`] x 2^[`BUCKET_BITS`] buckets (50 MB of empty lists) on first use.
+    fn allocate_buckets(&mut self) {
+        if self.buckets.is_empty() {
+            self.buckets = vec![Vec::new(); TABLES << BUCKET_BITS];
+        }
     }
 
     /// Removes the template under `key`; false when there was none.
