@@ -112,12 +112,12 @@ pub async fn serve(
         }
     }
     startup.abort();
-    // The face index snapshot makes the next start-up fast.
+    // The snapshots (face index, finger gallery) make the next start-up fast.
     if let Some(engine) = engine_at_exit.get().cloned() {
         match tokio::task::spawn_blocking(move || engine.save_snapshot()).await {
             Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::warn!(error = %e, "face index snapshot at shutdown failed"),
-            Err(e) => tracing::warn!(error = %e, "face index snapshot task failed"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "snapshot at shutdown failed"),
+            Err(e) => tracing::warn!(error = %e, "snapshot task failed"),
         }
     }
     info!("stopped");

@@ -13,3 +13,15 @@ pub mod shortlist;
 pub mod template;
 
 pub use pipeline::{FingerError, FingerExtraction, FingerPipeline, FingerSettings};
+
+/// Reads exactly `N` bytes (the snapshots' byte forms).
+pub(crate) fn read_array<const N: usize>(input: &mut impl std::io::Read) -> std::io::Result<[u8; N]> {
+    let mut a = [0u8; N];
+    input.read_exact(&mut a)?;
+    Ok(a)
+}
+
+/// Reads a little-endian u64.
+pub(crate) fn read_u64(input: &mut impl std::io::Read) -> std::io::Result<u64> {
+    read_array(input).map(u64::from_le_bytes)
+}

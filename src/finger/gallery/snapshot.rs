@@ -6,6 +6,7 @@
 //! enrolled ones are missing (the caller adds them). The store seals it chunk
 //! by chunk ([`crate::store::SealedWriter`]).
 
+use crate::finger::{read_array, read_u64};
 use std::{
     io::{self, Read, Write},
     sync::Arc,
@@ -191,16 +192,6 @@ pub fn read(
     }
     let dropped = gallery.remove(&gone);
     Ok(Restored { gallery, dropped })
-}
-
-fn read_u64(input: &mut impl Read) -> io::Result<u64> {
-    read_array(input).map(u64::from_le_bytes)
-}
-
-fn read_array<const N: usize>(input: &mut impl Read) -> io::Result<[u8; N]> {
-    let mut a = [0u8; N];
-    input.read_exact(&mut a)?;
-    Ok(a)
 }
 
 #[cfg(test)]

@@ -3,6 +3,7 @@
 //! instead of building every template again (the snapshot's layout digest
 //! tells a build that makes other cylinders).
 
+use crate::finger::read_array;
 use std::io::{self, Read, Write};
 
 use super::{MASK_WORDS, MAX_MINUTIAE, Point, Template, WORDS};
@@ -61,12 +62,6 @@ impl Template {
         }
         Ok(t)
     }
-}
-
-fn read_array<const N: usize>(input: &mut impl Read) -> io::Result<[u8; N]> {
-    let mut a = [0u8; N];
-    input.read_exact(&mut a)?;
-    Ok(a)
 }
 
 #[cfg(test)]

@@ -5,6 +5,7 @@
 //! Counters are recomputed on reading, and every posting is checked (a slot
 //! that exists, slot order within its bucket).
 
+use crate::finger::{read_array, read_u64};
 use std::io::{self, Read, Write};
 
 use super::{Descriptor, ShortlistIndex, TABLES, mcc};
@@ -109,16 +110,6 @@ impl Descriptor {
     pub(crate) fn key_bytes(&self) -> Vec<u8> {
         self.buckets.iter().flat_map(|b| b.to_le_bytes()).chain(self.angles.iter().copied()).collect()
     }
-}
-
-fn read_u64(input: &mut impl Read) -> io::Result<u64> {
-    read_array(input).map(u64::from_le_bytes)
-}
-
-fn read_array<const N: usize>(input: &mut impl Read) -> io::Result<[u8; N]> {
-    let mut a = [0u8; N];
-    input.read_exact(&mut a)?;
-    Ok(a)
 }
 
 #[cfg(test)]
