@@ -119,6 +119,7 @@ pub async fn startup_fingers(
     let snapshot = dir.path().join("finger-gallery.snap");
     let (mut empty, mut rebuilt, mut written, mut restored, mut bytes) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new(), 0);
+    let mut deletes = Vec::new();
     let bare_dir = tempfile::tempdir()?;
     let (mut held_now, mut next, mut oldest) = (fingers, fingers, 0);
     let mut last = None;
@@ -143,7 +144,9 @@ pub async fn startup_fingers(
         // The oldest enrolled subjects go, except those the probes look for.
         let deleted = changes / 10;
         for _ in 0..deleted {
+            let t = Instant::now();
             engine.delete(format!("synthetic-finger-{:07}", fingers - 1 - oldest)).await?;
+            deletes.push(t.elapsed().as_secs_f64() * 1e3);
             oldest += 1;
         }
         held_now += changes - deleted;
@@ -185,6 +188,7 @@ pub async fn startup_fingers(
     }
     let (search_median, search_p99) = median_p99(&mut search);
     let (rescore_median, rescore_p99) = median_p99(&mut rescore);
+    let (delete_median, delete_p99) = median_p99(&mut deletes);
     let median = |v: &[f64]| median_p99(&mut v.to_vec()).0;
     let fixed = median(&empty);
     let out = json!({
@@ -197,6 +201,7 @@ pub async fn startup_fingers(
         "snapshot_write_wait_seconds": written,
         "snapshot_bytes": bytes,
         "changes_after_snapshot": { "enrolled": changes, "deleted": changes / 10 },
+        "delete_ms_median": delete_median, "delete_ms_p99": delete_p99,
         "start_from_snapshot_plus_replay_seconds": restored,
         "speed_up_median": (median(&rebuilt) - fixed) / (median(&restored) - fixed).max(1e-9),
         "note": "each start includes the fixed cost of an empty store's start (models); the speed-up is of the starts less that median fixed cost",

@@ -36,6 +36,9 @@ CREATE TABLE IF NOT EXISTS job_pairs (
     raw REAL NOT NULL,
     PRIMARY KEY (job_id, a, b, component)
 ) STRICT;
+-- A subject's deletion removes the pairs that name it, on either side.
+CREATE INDEX IF NOT EXISTS job_pairs_a ON job_pairs(a);
+CREATE INDEX IF NOT EXISTS job_pairs_b ON job_pairs(b);
 ";
 
 /// A job as stored.

@@ -136,6 +136,10 @@ CREATE INDEX IF NOT EXISTS templates_owner ON templates(modality, model_id, subj
 -- Covers the start-up listing of the finger templates (id, owner, position),
 -- checked against the finger gallery's snapshot.
 CREATE INDEX IF NOT EXISTS templates_finger ON templates(modality, finger_position, subject_id);
+-- The child key of templates -> encounters: without it, deleting a subject's
+-- encounters (ON DELETE CASCADE) and listing a subject's encounters scan the
+-- whole templates table (sealed rows included: 0.29 s per deletion at 505,000).
+CREATE INDEX IF NOT EXISTS templates_encounter ON templates(encounter_id);
 ";
 
 /// The query reading templates that match `clause`, ordered by `order`.
