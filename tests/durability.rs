@@ -225,4 +225,16 @@ async fn finger_snapshot_plus_replay_after_sigkill() {
         drop(server);
         check(&log, wants);
     }
+    // A clean shutdown saves the changed gallery: the next start adds nothing from the store.
+    let server = ChildServer::start_with(dir.path(), &env).await;
+    let mut c = client(&server.url).await;
+    c.enroll(enroll_req("f8", vec![synthetic_finger(8, 0)])).await.expect("enroll");
+    assert!(server.terminate().success());
+    let log = dir.path().join("after-shutdown.log");
+    let server = ChildServer::start_logged(dir.path(), &env, Some(&log)).await;
+    let mut c = client(&server.url).await;
+    let r = c.identify(identify_req(vec![synthetic_finger(8, 7)])).await.expect("identify").into_inner();
+    assert_eq!(r.candidates.first().map(|c| c.subject_id.as_str()), Some("f8"));
+    drop(server);
+    check(&log, &[r#""kept":7"#, r#""added":0"#, r#""removed":0"#]);
 }

@@ -196,18 +196,19 @@ impl Engine {
     /// Writes the snapshots now (blocking; at shutdown): the face index's,
     /// and the finger gallery's when it changed since the last one.
     pub fn save_snapshot(&self) -> Result<(), EngineError> {
-        {
+        let faces = {
             let _one_writer =
                 self.snapshots.writing.lock().map_err(|_| EngineError::Internal("snapshot lock".into()))?;
-            write_snapshot(&self.gallery, &self.snapshots.file, &self.face_model.id)?;
-        }
+            write_snapshot(&self.gallery, &self.snapshots.file, &self.face_model.id)
+        };
+        // The finger gallery's is written even when the face index's failed.
         if let Some(s) = &self.finger_snapshots {
             let _one_writer = s.writing.lock().map_err(|_| EngineError::Internal("snapshot lock".into()))?;
             if s.changes.swap(0, Ordering::Relaxed) > 0 {
                 write_finger_snapshot(&self.fingers, &s.file)?;
             }
         }
-        Ok(())
+        faces
     }
 
     fn snapshots(&self, which: Derived) -> Option<&Snapshots> {
