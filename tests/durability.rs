@@ -82,15 +82,8 @@ async fn index_snapshot_plus_replay_after_sigkill() {
         }
         // The empty store's start-up wrote a snapshot of nothing; wait for
         // the one written after 8 changes (it holds 8 float vectors).
-        let snap = dir.path().join("face-index.snap");
         let holds_eight = |len: u64| len as usize >= 8 * dim * 4;
-        for _ in 0..200 {
-            if std::fs::metadata(&snap).is_ok_and(|m| holds_eight(m.len())) {
-                break;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        }
-        let sealed = std::fs::read(&snap).expect("snapshot");
+        let sealed = snapshot_once(&dir.path().join("face-index.snap"), holds_eight).await;
         assert!(holds_eight(sealed.len() as u64), "{kind}: no snapshot after 8 changes");
         assert!(!sealed.windows(8).any(|w| w == b"CTJIDX01"), "{kind}: the snapshot is not sealed");
         // After the snapshot: three more enrolls, one deletion of each age.
@@ -122,6 +115,18 @@ async fn index_snapshot_plus_replay_after_sigkill() {
         let log = std::fs::read_to_string(&log).expect("log");
         assert!(log.contains("restored from its snapshot"), "{kind}: the snapshot was not used:\n{log}");
     }
+}
+
+/// The snapshot file's bytes once `holds(its length)` (written in the
+/// background), or whatever is there after 10 s.
+async fn snapshot_once(path: &std::path::Path, holds: impl Fn(u64) -> bool) -> Vec<u8> {
+    for _ in 0..200 {
+        if std::fs::metadata(path).is_ok_and(|m| holds(m.len())) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    std::fs::read(path).expect("snapshot")
 }
 
 /// A synthetic ISO/IEC 19794-2 record of finger `seed` at position 2, its
@@ -169,15 +174,10 @@ async fn finger_snapshot_plus_replay_after_sigkill() {
     // bytes each, and their shortlist keys).
     let snap = dir.path().join("finger-gallery.snap");
     let holds_six = |len: u64| len > 6 * 30 * 236;
-    for _ in 0..200 {
-        if std::fs::metadata(&snap).is_ok_and(|m| holds_six(m.len())) {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-    let sealed = std::fs::read(&snap).expect("snapshot");
+    let sealed = snapshot_once(&snap, holds_six).await;
     assert!(holds_six(sealed.len() as u64), "no finger snapshot after 6 changes");
-    assert!(!sealed.windows(8).any(|w| w == b"CTJFNG01"), "the finger snapshot is not sealed");
+    // The format's magic (src/finger/gallery/snapshot.rs) must not be readable on disk.
+    assert!(!sealed.windows(8).any(|w| w == b"CTJFNG02"), "the finger snapshot is not sealed");
     // After the snapshot: two more enrolls, one deletion of each age.
     for i in 6..8 {
         c.enroll(enroll_req(&format!("f{i}"), vec![synthetic_finger(i, 0)])).await.expect("enroll");

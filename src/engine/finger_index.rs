@@ -92,20 +92,20 @@ fn restore(
     let kept = gallery.len();
     let mut missing: Vec<i64> = live.keys().copied().filter(|&id| gallery.template(id).is_none()).collect();
     missing.sort_unstable();
-    let stored = store.templates_with_ids(&missing)?;
-    let prepared = parallel_map(&stored, threads, |t| match &t.template.data {
-        TemplateData::Minutiae(iso) => template::matcher_template(iso).map(Prepared::new).ok(),
-        TemplateData::Embedding(_) => None,
-    });
-    let mut added = 0usize;
-    for (t, p) in stored.iter().zip(prepared) {
-        if let (Some(p), Some((owner, _))) = (p, live.get(&t.template_id)) {
-            gallery.add_prepared(t.template_id, owner.clone(), t.template.finger_position, p);
-            added += 1;
-        }
-    }
-    if added < missing.len() {
-        warn!(unreadable = missing.len() - added, "stored finger templates that do not parse are not searchable");
+    let mut records: Vec<Record> = store
+        .templates_with_ids(&missing)?
+        .into_iter()
+        .filter_map(|t| match (t.template.data, live.get(&t.template_id)) {
+            (TemplateData::Minutiae(iso), Some((owner, _))) => {
+                Some((t.template_id, owner.clone(), t.template.finger_position, iso))
+            }
+            _ => None,
+        })
+        .collect();
+    let unreadable = add_records(&mut gallery, &mut records, threads);
+    let added = gallery.len() - kept;
+    if unreadable > 0 {
+        warn!(unreadable, "stored finger templates that do not parse are not searchable");
     }
     info!(
         kept,
@@ -119,40 +119,42 @@ fn restore(
     Ok(Some((gallery, added > 0 || restored.dropped > 0)))
 }
 
-/// The finger gallery from every stored finger template.
-///
-/// The store is read in batches of [`BATCH`] templates; each batch's MCC
-/// templates and shortlist keys are built on `threads` threads
-/// ([`Prepared::new`]), then added in store order.
-pub(super) fn rebuild_fingers(
-    store: &Store,
-    settings: GallerySettings,
-    threads: usize,
-) -> Result<FingerGallery, EngineError> {
-    let threads = threads_or_all(threads);
+/// A stored finger template: id, owner, finger position, ISO/IEC 19794-2 record.
+type Record = (i64, Arc<str>, u8, Vec<u8>);
+
+/// Builds the MCC templates and shortlist keys of `records` on `threads`
+/// threads ([`Prepared::new`]) and adds them in order, emptying `records`.
+/// Returns how many did not parse (they are left out).
+fn add_records(gallery: &mut FingerGallery, records: &mut Vec<Record>, threads: usize) -> usize {
+    let prepared =
+        parallel_map(records, threads, |(_, _, _, iso)| template::matcher_template(iso).map(Prepared::new).ok());
+    let mut unreadable = 0;
+    for ((template_id, owner, position, _), p) in records.drain(..).zip(prepared) {
+        match p {
+            Some(p) => gallery.add_prepared(template_id, owner, position, p),
+            None => unreadable += 1,
+        }
+    }
+    unreadable
+}
+
+/// The finger gallery from every stored finger template, read in batches of
+/// [`BATCH`] templates, each built on `threads` threads ([`add_records`]),
+/// added in store order.
+fn rebuild_fingers(store: &Store, settings: GallerySettings, threads: usize) -> Result<FingerGallery, EngineError> {
     let mut gallery = FingerGallery::new(settings);
     let mut owners: HashMap<String, Arc<str>> = HashMap::new();
-    let mut unreadable = 0u64;
-    let mut batch: Vec<(i64, String, u8, Vec<u8>)> = Vec::with_capacity(BATCH);
-    let mut flush = |batch: &mut Vec<(i64, String, u8, Vec<u8>)>, gallery: &mut FingerGallery| {
-        let prepared =
-            parallel_map(batch, threads, |(_, _, _, iso)| template::matcher_template(iso).map(Prepared::new).ok());
-        for ((template_id, subject, position, _), p) in batch.drain(..).zip(prepared) {
-            match p {
-                Some(p) => gallery.add_prepared(template_id, intern(&mut owners, &subject), position, p),
-                None => unreadable += 1,
-            }
-        }
-    };
+    let mut unreadable = 0;
+    let mut batch: Vec<Record> = Vec::with_capacity(BATCH);
     store.for_each_template(Modality::Finger, |t| {
         let TemplateData::Minutiae(iso) = t.template.data else { return Ok(()) };
-        batch.push((t.template_id, t.subject_id, t.template.finger_position, iso));
+        batch.push((t.template_id, intern(&mut owners, &t.subject_id), t.template.finger_position, iso));
         if batch.len() >= BATCH {
-            flush(&mut batch, &mut gallery);
+            unreadable += add_records(&mut gallery, &mut batch, threads);
         }
         Ok(())
     })?;
-    flush(&mut batch, &mut gallery);
+    unreadable += add_records(&mut gallery, &mut batch, threads);
     if unreadable > 0 {
         warn!(unreadable, "stored finger templates that do not parse are not searchable");
     }

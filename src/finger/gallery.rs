@@ -46,12 +46,6 @@ impl Prepared {
         let descriptor = Descriptor::new(&template);
         Self { template, descriptor }
     }
-
-    /// Prepares built templates, hashing them on up to `threads` threads (in order).
-    pub fn all(templates: Vec<Template>, threads: usize) -> Vec<Self> {
-        let descriptors = parallel_map(&templates, threads, Descriptor::new);
-        templates.into_iter().zip(descriptors).map(|(template, descriptor)| Self { template, descriptor }).collect()
-    }
 }
 
 /// Maps `items` through `work` on up to `threads` threads (contiguous chunks), in order.

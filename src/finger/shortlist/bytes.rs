@@ -22,7 +22,7 @@ impl ShortlistIndex {
             out.write_all(&cylinders.to_le_bytes())?;
         }
         // Only the buckets that hold postings: (bucket, length, postings).
-        out.write_all(&(self.nonempty_buckets_now() as u64).to_le_bytes())?;
+        out.write_all(&(self.nonempty_buckets as u64).to_le_bytes())?;
         let mut bytes = Vec::new();
         for (bucket, list) in self.buckets.iter().enumerate().filter(|(_, l)| !l.is_empty()) {
             bytes.clear();
@@ -34,10 +34,6 @@ impl ShortlistIndex {
             out.write_all(&bytes)?;
         }
         Ok(())
-    }
-
-    fn nonempty_buckets_now(&self) -> usize {
-        self.buckets.iter().filter(|l| !l.is_empty()).count()
     }
 
     /// Reads what [`ShortlistIndex::write_to`] wrote; anything inconsistent is `InvalidData`.
