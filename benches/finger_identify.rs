@@ -35,6 +35,15 @@
 //! templates of each run gives the baseline rate (templates/s/core, one
 //! thread) and the rank-1 ceiling that no shortlist can beat.
 //!
+//! `--templates DIR` reads the templates from `DIR` (same relative paths as
+//! the images, `.iso`) instead of beside the images: e.g. our own extractor's,
+//! written by `cotejo eval fingers --source images --export-iso DIR`.
+//!
+//! `--min-minutiae N` leaves out the prints with fewer than `N` minutiae, as
+//! the service refuses them (`finger.min_minutiae`, default 12): they are
+//! neither enrolled, copied nor searched, and a finger whose first impression
+//! is left out is enrolled from its first kept one.
+//!
 //! `--sketch T,K` (an experiment, not the service's method) also scans every
 //! gallery template with pooled 96-bit cylinder sketches (a 4x4-cell block's
 //! bit set when at least T of its cells are, per direction layer; a template
@@ -54,6 +63,8 @@ type Res<T> = Result<T, Box<dyn Error>>;
 #[derive(Debug)]
 struct Options {
     data: PathBuf,
+    /// Where the `.iso` templates are (default: beside the images in `data`).
+    templates: Option<PathBuf>,
     gallery: usize,
     threads: Vec<usize>,
     shortlist: usize,
@@ -64,12 +75,14 @@ struct Options {
     one_pass_probes: usize,
     sketch: Option<(u32, usize)>,
     rescore: usize,
+    min_minutiae: usize,
 }
 
 impl Options {
     fn parse() -> Res<Self> {
         let mut o = Self {
             data: PathBuf::from("../shared/data/fingerprints/fvc2002"),
+            templates: None,
             gallery: 250_000,
             threads: vec![1, 2],
             shortlist: 2_000,
@@ -80,6 +93,7 @@ impl Options {
             one_pass_probes: 40,
             sketch: None,
             rescore: 42,
+            min_minutiae: 0,
         };
         let mut args = std::env::args().skip(1);
         while let Some(flag) = args.next() {
@@ -89,6 +103,7 @@ impl Options {
             let value = args.next().ok_or_else(|| format!("{flag} needs a value"))?;
             match flag.as_str() {
                 "--data" => o.data = PathBuf::from(value),
+                "--templates" => o.templates = Some(PathBuf::from(value)),
                 "--gallery" => o.gallery = value.parse()?,
                 "--threads" => o.threads = value.split(',').map(str::parse).collect::<Result<_, _>>()?,
                 "--shortlist" => o.shortlist = value.parse()?,
@@ -102,6 +117,7 @@ impl Options {
                     o.sketch = Some((t.parse()?, k.parse()?));
                 }
                 "--rescore" => o.rescore = value.parse()?,
+                "--min-minutiae" => o.min_minutiae = value.parse()?,
                 _ => return Err(format!("unknown option {flag}").into()),
             }
         }
@@ -124,7 +140,7 @@ struct Print {
     centre: (f32, f32),
 }
 
-fn load(data: &Path) -> Res<(Vec<Print>, usize)> {
+fn load(data: &Path, templates: &Path) -> Res<(Vec<Print>, usize)> {
     let labels = std::fs::read_to_string(data.join("LABELS.txt"))?;
     let mut fingers: Vec<String> = Vec::new();
     let mut prints = Vec::new();
@@ -133,7 +149,7 @@ fn load(data: &Path) -> Res<(Vec<Print>, usize)> {
         let [path, label, impression, ..] = fields[..] else {
             return Err(format!("bad LABELS line {line:?}").into());
         };
-        let iso = data.join(Path::new(path).with_extension("iso"));
+        let iso = templates.join(Path::new(path).with_extension("iso"));
         let record = iso19794_2::parse(&std::fs::read(&iso)?).map_err(|e| format!("{}: {e}", iso.display()))?;
         let view = record.views.first().ok_or_else(|| format!("{}: no view", iso.display()))?;
         let finger = match fingers.iter().position(|f| f == label) {
@@ -210,11 +226,15 @@ impl Run {
 fn build_run(prints: &[Print], fingers: usize, enrolled_half: usize, n: usize, seed: u64, threads: usize) -> Run {
     let half = |finger: usize| (finger % 2 == enrolled_half) as usize;
     let _ = fingers;
-    let mates: Vec<Print> = prints.iter().filter(|p| half(p.finger) == 1 && p.impression == 1).cloned().collect();
+    // A finger's first impression is its mate (its first kept one when `--min-minutiae` left some out).
+    let first = |p: &Print| {
+        prints.iter().filter(|q| q.finger == p.finger).map(|q| q.impression).min() == Some(p.impression)
+    };
+    let mates: Vec<Print> = prints.iter().filter(|p| half(p.finger) == 1 && first(p)).cloned().collect();
     let distractors: Vec<Print> = prints.iter().filter(|p| half(p.finger) == 0).cloned().collect();
     let (probes, (probe_stretched, probe_names)): (Vec<_>, (Vec<_>, Vec<_>)) = prints
         .iter()
-        .filter(|p| half(p.finger) == 1 && p.impression != 1)
+        .filter(|p| half(p.finger) == 1 && !first(p))
         .filter_map(|p| {
             let mate = mates.iter().position(|m| m.finger == p.finger)?;
             Some(((mcc::Template::new(&p.minutiae), mate as u64), (Stretched::new(&p.minutiae), p.name.clone())))
@@ -432,12 +452,24 @@ fn percentile(sorted: &[Duration], p: f64) -> f64 {
 
 fn main() -> Res<()> {
     let o = Options::parse()?;
-    let (prints, fingers) = load(&o.data)?;
+    let templates = o.templates.clone().unwrap_or_else(|| o.data.clone());
+    let (mut prints, fingers) = load(&o.data, &templates)?;
+    // Prints the service refuses (`finger.min_minutiae`) are neither enrolled nor searched.
+    let refused: Vec<String> = prints
+        .iter()
+        .filter(|p| p.minutiae.len() < o.min_minutiae)
+        .map(|p| format!("{} ({})", p.name, p.minutiae.len()))
+        .collect();
+    prints.retain(|p| p.minutiae.len() >= o.min_minutiae);
+    if o.min_minutiae > 0 {
+        println!("# {} prints with fewer than {} minutiae left out: {}", refused.len(), o.min_minutiae, refused.join(", "));
+    }
     let shards = o.shards;
     let build_threads = std::thread::available_parallelism().map_or(1, usize::from).max(shards);
     println!(
-        "# {} prints, {fingers} fingers; gallery {}, shortlist {}, threads {:?}, shards {shards}",
+        "# {} prints, {fingers} fingers, templates from {}; gallery {}, shortlist {}, threads {:?}, shards {shards}",
         prints.len(),
+        templates.display(),
         o.gallery,
         o.shortlist,
         o.threads

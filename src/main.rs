@@ -290,6 +290,10 @@ enum EvalCommand {
         /// Compare in the templates' declared frame only (no aspect hypotheses).
         #[arg(long)]
         declared_only: bool,
+        /// With `--source images`: also write each print's minutiae as an ISO
+        /// template under this folder (same relative paths, `.iso`).
+        #[arg(long)]
+        export_iso: Option<PathBuf>,
     },
     /// Precision and recall of face de-duplication pairs (every image its own subject).
     Dedup {
@@ -452,9 +456,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 EvalCommand::Identification { data, threads } => {
                     tokio::task::spawn_blocking(move || eval::identification(&config, &data, threads)).await?
                 }
-                EvalCommand::Fingers { data, source, threads, scores, aspects, declared_only } => {
+                EvalCommand::Fingers { data, source, threads, scores, aspects, declared_only, export_iso } => {
                     tokio::task::spawn_blocking(move || {
-                        eval::fingers(&config, &data, source, threads, scores.as_deref(), &aspects, declared_only)
+                        let run = eval::FingerEval {
+                            data: &data,
+                            source,
+                            threads,
+                            scores_tsv: scores.as_deref(),
+                            aspects: &aspects,
+                            declared_only,
+                            export_iso: export_iso.as_deref(),
+                        };
+                        eval::fingers(&config, &run)
                     })
                     .await?
                 }

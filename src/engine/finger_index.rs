@@ -162,9 +162,10 @@ fn rebuild_fingers(store: &Store, settings: GallerySettings, threads: usize) -> 
 }
 
 /// Seals the finger gallery into its snapshot file. The gallery is
-/// read-locked only while its state is taken (templates shared, shortlist
-/// indexes copied: searches go on, enrollments wait); it is written chunk by
-/// chunk after the lock is released.
+/// read-locked only while its state is taken (templates and the shortlist
+/// indexes' buckets shared, the buckets copy-on-write: searches go on,
+/// enrollments wait for that moment only); it is written chunk by chunk after
+/// the lock is released.
 pub(super) fn write_finger_snapshot(fingers: &RwLock<FingerGallery>, file: &SealedFile) -> Result<(), EngineError> {
     let t = Instant::now();
     let frozen = fingers.read().map_err(|_| EngineError::Internal("finger lock poisoned".into()))?.freeze();

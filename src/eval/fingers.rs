@@ -14,6 +14,7 @@ use crate::{
         aspect::{self, Hypotheses, Stretched},
         iso19794_2, mcc,
         minutiae::Extractor,
+        template,
     },
     inference,
 };
@@ -39,6 +40,27 @@ struct Print {
     hypotheses: Hypotheses,
 }
 
+/// What `cotejo eval fingers` runs.
+#[derive(Debug, Clone)]
+pub struct FingerEval<'a> {
+    /// FVC-style folder with LABELS.txt.
+    pub data: &'a Path,
+    pub source: FingerSource,
+    /// Extraction threads.
+    pub threads: usize,
+    /// Also write every comparison to this TSV file.
+    pub scores_tsv: Option<&'a Path>,
+    /// Other aspect factors than the service's (a diagnostic; empty: the service's).
+    pub aspects: &'a [f32],
+    /// Compare in the declared frame alone (the matcher without hypotheses).
+    pub declared_only: bool,
+    /// With [`FingerSource::Images`]: also write each print's LEADER minutiae
+    /// as an ISO/IEC 19794-2 template under this folder, at the image's path
+    /// relative to `data` with the extension `.iso` (as the service stores
+    /// them; `benches/finger_identify.rs --templates` reads such a folder).
+    pub export_iso: Option<&'a Path>,
+}
+
 /// Runs the evaluation and prints one JSON object.
 ///
 /// Each pair is scored as the service scores it: the best over the declared
@@ -46,15 +68,11 @@ struct Print {
 /// factors ([`aspect::FACTORS`]). `aspects` replaces those factors (a
 /// diagnostic); `declared_only` compares in the declared frame alone (the
 /// matcher without hypotheses).
-pub fn fingers(
-    config: &Config,
-    data: &Path,
-    source: FingerSource,
-    threads: usize,
-    scores_tsv: Option<&Path>,
-    aspects: &[f32],
-    declared_only: bool,
-) -> anyhow::Result<()> {
+pub fn fingers(config: &Config, run: &FingerEval<'_>) -> anyhow::Result<()> {
+    let FingerEval { data, source, threads, scores_tsv, aspects, declared_only, export_iso } = *run;
+    if export_iso.is_some() && source != FingerSource::Images {
+        anyhow::bail!("--export-iso needs --source images (it writes the extractor's minutiae)");
+    }
     if let Some(bad) = aspects.iter().find(|a| !(a.is_finite() && **a > 0.0)) {
         anyhow::bail!("--aspects: {bad} is not a positive scale factor");
     }
@@ -71,7 +89,7 @@ pub fn fingers(
             .iter()
             .map(|l| iso_minutiae(&l.path, source == FingerSource::IsoImageFrame))
             .collect::<anyhow::Result<Vec<Vec<mcc::Minutia>>>>()?,
-        FingerSource::Images => extract_all(config, &labels, threads)?,
+        FingerSource::Images => extract_all(config, data, &labels, threads, export_iso)?,
     };
     let extract_secs = started.elapsed().as_secs_f64();
     let mut prints = Vec::new();
@@ -165,11 +183,14 @@ fn iso_minutiae(image: &Path, image_frame: bool) -> anyhow::Result<Vec<mcc::Minu
     Ok(aspect::scale_axes(&minutiae, sx, sy))
 }
 
-/// LEADER minutiae of every image, `threads` extractors in parallel.
+/// LEADER minutiae of every image, `threads` extractors in parallel; each
+/// also written as a stored-form ISO template under `export` when given.
 fn extract_all(
     config: &Config,
+    data: &Path,
     labels: &[super::LabelledImage],
     threads: usize,
+    export: Option<&Path>,
 ) -> anyhow::Result<Vec<Vec<mcc::Minutia>>> {
     let manifest = inference::load_models(&config.models)?;
     let spec =
@@ -183,7 +204,18 @@ fn extract_all(
         || Ok(Extractor::load(env, &model, 1)?),
         |x, l| {
             let img = image::open(&l.path).with_context(|| l.path.display().to_string())?.into_luma8();
-            Ok(x.extract(&img)?.iter().map(|m| mcc::Minutia { x: m.x, y: m.y, angle: m.angle }).collect())
+            let found = x.extract(&img)?;
+            if let Some(dir) = export {
+                let rel = l.path.strip_prefix(data).unwrap_or(&l.path).with_extension("iso");
+                let out = dir.join(rel);
+                // The view quality is the pipeline's (ridge energy); not assessed here.
+                let iso = template::from_extraction(0, img.width(), img.height(), &found, 0.0)?;
+                if let Some(parent) = out.parent() {
+                    std::fs::create_dir_all(parent).with_context(|| parent.display().to_string())?;
+                }
+                std::fs::write(&out, iso).with_context(|| out.display().to_string())?;
+            }
+            Ok(found.iter().map(|m| mcc::Minutia { x: m.x, y: m.y, angle: m.angle }).collect())
         },
     )
 }

@@ -25,7 +25,7 @@ use crate::{
     inference::{self, Manifest},
 };
 pub use dedup_fingers::dedup_time_fingers;
-pub use fingers::{FingerSource, fingers};
+pub use fingers::{FingerEval, FingerSource, fingers};
 pub use identification::identification;
 pub use latency::{dedup_time, latency};
 pub use startup::{startup, startup_fingers};

@@ -34,7 +34,7 @@
 
 use std::collections::HashMap;
 use std::f32::consts::TAU;
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock};
 
 use super::mcc;
 
@@ -173,10 +173,15 @@ impl Sampler {
 ///
 /// `search` takes `&self` and allocates its own counters, so any number of
 /// threads may search at once; `insert` and `remove` need `&mut self`.
+///
+/// Buckets are shared on `clone` and copied when next written (copy on
+/// write), so a clone (the gallery snapshot's) costs one reference count per
+/// bucket, and while it is kept an insertion copies only the buckets it
+/// touches.
 #[derive(Debug, Clone)]
 pub struct ShortlistIndex {
     /// Postings of each bucket: `slot << 8 | minutia direction` (1/256 turns), in slot order.
-    buckets: Vec<Vec<u32>>,
+    buckets: Vec<Bucket>,
     /// Key of each slot, `None` once removed.
     slot_keys: Vec<Option<u64>>,
     /// Cylinder count of each slot (for the score normalisation).
@@ -189,6 +194,9 @@ pub struct ShortlistIndex {
     /// Buckets holding at least one posting.
     nonempty_buckets: usize,
 }
+
+/// One bucket's postings, shared between clones until written.
+type Bucket = Arc<Vec<u32>>;
 
 /// Weight of a collision in a bucket of average length (see [`vote_weight`]).
 const IDF_OFFSET: f64 = 4.0;
@@ -233,11 +241,14 @@ impl ShortlistIndex {
         self.slots.contains_key(&key)
     }
 
-    /// Heap bytes held by the index (capacities, not lengths).
+    /// Heap bytes held by the index (capacities, not lengths; a bucket shared with a clone counts in full).
     pub fn memory_bytes(&self) -> usize {
-        let postings: usize = self.buckets.iter().map(Vec::capacity).sum();
+        let postings: usize = self.buckets.iter().map(|b| b.capacity()).sum();
+        // A non-empty bucket's shared allocation: two reference counts and the list.
+        let shared = self.nonempty_buckets * (2 * size_of::<usize>() + size_of::<Vec<u32>>());
         postings * size_of::<u32>()
-            + self.buckets.capacity() * size_of::<Vec<u32>>()
+            + shared
+            + self.buckets.capacity() * size_of::<Bucket>()
             + self.slot_keys.capacity() * size_of::<Option<u64>>()
             + self.slot_cylinders.capacity() * size_of::<u16>()
             + self.slots.capacity() * (size_of::<(u64, u32)>() + 1)
@@ -265,7 +276,8 @@ impl ShortlistIndex {
             for &bucket in buckets {
                 if let Some(list) = self.buckets.get_mut(bucket as usize) {
                     self.nonempty_buckets += usize::from(list.is_empty());
-                    list.push((slot << 8) | u32::from(angle));
+                    // Copies the bucket if a clone still shares it.
+                    Arc::make_mut(list).push((slot << 8) | u32::from(angle));
                     self.postings += 1;
                 }
             }
@@ -274,10 +286,11 @@ impl ShortlistIndex {
         Ok(())
     }
 
-    /// Makes the [`TABLES`] x 2^[`BUCKET_BITS`] buckets (50 MB of empty lists) on first use.
+    /// Makes the [`TABLES`] x 2^[`BUCKET_BITS`] buckets on first use: 16 MB of
+    /// pointers to one shared empty list (a bucket gets its own at its first posting).
     fn allocate_buckets(&mut self) {
         if self.buckets.is_empty() {
-            self.buckets = vec![Vec::new(); TABLES << BUCKET_BITS];
+            self.buckets = vec![Bucket::default(); TABLES << BUCKET_BITS];
         }
     }
 
@@ -311,8 +324,9 @@ impl ShortlistIndex {
         }
         let mut kept = 0;
         self.nonempty_buckets = 0;
-        for list in &mut self.buckets {
-            list.retain_mut(|p| match renumbered.get((*p >> 8) as usize) {
+        // Empty buckets are skipped: writing one would give it its own allocation.
+        for list in self.buckets.iter_mut().filter(|l| !l.is_empty()) {
+            Arc::make_mut(list).retain_mut(|p| match renumbered.get((*p >> 8) as usize) {
                 Some(&new) if new != u32::MAX => {
                     *p = (new << 8) | (*p & 0xFF);
                     true
@@ -320,7 +334,12 @@ impl ShortlistIndex {
                 _ => false,
             });
             kept += list.len();
-            self.nonempty_buckets += usize::from(!list.is_empty());
+            if list.is_empty() {
+                // Frees the emptied list's capacity.
+                *list = Bucket::default();
+            } else {
+                self.nonempty_buckets += 1;
+            }
         }
         let live = |(i, _): &(usize, _)| renumbered.get(*i).is_some_and(|&n| n != u32::MAX);
         self.slot_cylinders = self.slot_cylinders.iter().copied().enumerate().filter(live).map(|(_, c)| c).collect();

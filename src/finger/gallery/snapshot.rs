@@ -60,7 +60,9 @@ impl Frozen {
 }
 
 impl FingerGallery {
-    /// The gallery's state for a snapshot (a copy of the shortlist indexes: keep the lock short).
+    /// The gallery's state for a snapshot: templates and shortlist buckets shared, not copied
+    /// (the buckets are copied on write, so an insertion while the snapshot is written copies
+    /// only the buckets it touches).
     pub fn freeze(&self) -> Frozen {
         let positions = self
             .by_position

@@ -28,7 +28,7 @@ impl ShortlistIndex {
             bytes.clear();
             bytes.extend_from_slice(&u32::try_from(bucket).map_err(io::Error::other)?.to_le_bytes());
             bytes.extend_from_slice(&u32::try_from(list.len()).map_err(io::Error::other)?.to_le_bytes());
-            for p in list {
+            for p in list.iter() {
                 bytes.extend_from_slice(&p.to_le_bytes());
             }
             out.write_all(&bytes)?;
@@ -80,10 +80,10 @@ impl ShortlistIndex {
                 return Err(bad("bucket out of place or of impossible length"));
             }
             next_bucket = bucket + 1;
-            let list = index.buckets.get_mut(bucket).ok_or_else(|| bad("no such bucket"))?;
+            let entry = index.buckets.get_mut(bucket).ok_or_else(|| bad("no such bucket"))?;
             bytes.resize(len * 4, 0);
             input.read_exact(&mut bytes)?;
-            list.reserve_exact(len);
+            let mut list = Vec::with_capacity(len);
             let mut previous = 0;
             for p in bytes.chunks_exact(4) {
                 let p = u32::from_le_bytes(p.try_into().map_err(|_| bad("posting"))?);
@@ -94,6 +94,7 @@ impl ShortlistIndex {
                 previous = slot;
                 list.push(p);
             }
+            *entry = list.into();
             index.postings += len;
             index.nonempty_buckets += 1;
         }

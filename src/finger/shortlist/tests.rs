@@ -139,7 +139,7 @@ fn insert_replaces_what_the_key_held() {
     // Only `b`'s postings remain (replacing removed `a`, whose postings were purged).
     let kept = Descriptor::new(&mcc::Template::new(&b)).buckets.iter().filter(|&&bucket| bucket != EMPTY).count();
     assert_eq!(index.postings, kept);
-    assert_eq!(index.buckets.iter().map(Vec::len).sum::<usize>(), kept);
+    assert_eq!(index.buckets.iter().map(|b| b.len()).sum::<usize>(), kept);
 }
 
 #[test]
@@ -185,4 +185,41 @@ fn rare_buckets_weigh_more() {
     let weights: Vec<u8> = [1, 10, 50, 100, 200, 400, 800, 5_000].iter().map(|&l| vote_weight(l, 100.0)).collect();
     assert!(weights.windows(2).all(|w| w.first() >= w.get(1)), "{weights:?}");
     assert!(weights.iter().all(|w| (1..=MAX_VOTE_WEIGHT).contains(w)));
+}
+
+#[test]
+fn a_clone_keeps_its_buckets_while_the_original_changes() {
+    let templates: Vec<mcc::Template> = (0..40).map(|i| mcc::Template::new(&random_minutiae(100 + i, 35))).collect();
+    let mut index = ShortlistIndex::new();
+    for (i, t) in templates.iter().take(30).enumerate() {
+        assert_eq!(index.insert(i as u64, t), Ok(()));
+    }
+    let frozen = index.clone();
+    let shared = |a: &ShortlistIndex, b: &ShortlistIndex| {
+        a.buckets.iter().zip(&b.buckets).filter(|(x, y)| !x.is_empty() && Arc::ptr_eq(x, y)).count()
+    };
+    assert_eq!(shared(&index, &frozen), index.nonempty_buckets, "a clone copies no bucket");
+    let probes: Vec<Descriptor> = templates.iter().map(Descriptor::new).collect();
+    let before: Vec<Vec<u64>> = probes.iter().map(|d| frozen.search_descriptor(d, 5, 1)).collect();
+    for (i, t) in templates.iter().enumerate().skip(30) {
+        assert_eq!(index.insert(i as u64, t), Ok(()));
+    }
+    for key in 0..12 {
+        assert!(index.remove(key));
+    }
+    // The clone answers as when it was taken; the original with its changes.
+    let after: Vec<Vec<u64>> = probes.iter().map(|d| frozen.search_descriptor(d, 5, 1)).collect();
+    assert_eq!(after, before);
+    assert_eq!(frozen.len(), 30);
+    assert_eq!(index.len(), 28);
+    for (key, d) in probes.iter().enumerate() {
+        let found = index.search_descriptor(d, 5, 1);
+        assert!(found.iter().all(|&k| k >= 12), "a removed key came back");
+        if key >= 12 {
+            assert_eq!(found.first(), Some(&(key as u64)));
+        }
+    }
+    assert!(shared(&index, &frozen) < frozen.nonempty_buckets, "written buckets were copied");
+    assert_slot_order(&index);
+    assert_slot_order(&frozen);
 }
