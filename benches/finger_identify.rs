@@ -44,6 +44,10 @@
 //! neither enrolled, copied nor searched, and a finger whose first impression
 //! is left out is enrolled from its first kept one.
 //!
+//! `--insert-baseline 1` also times inserting the gallery's shortlist keys
+//! one template at a time (the baseline of the batched insertion the index is
+//! built with, as the service's start-up builds it).
+//!
 //! `--sketch T,K` (an experiment, not the service's method) also scans every
 //! gallery template with pooled 96-bit cylinder sketches (a 4x4-cell block's
 //! bit set when at least T of its cells are, per direction layer; a template
@@ -76,6 +80,7 @@ struct Options {
     sketch: Option<(u32, usize)>,
     rescore: usize,
     min_minutiae: usize,
+    insert_baseline: bool,
 }
 
 impl Options {
@@ -94,6 +99,7 @@ impl Options {
             sketch: None,
             rescore: 42,
             min_minutiae: 0,
+            insert_baseline: false,
         };
         let mut args = std::env::args().skip(1);
         while let Some(flag) = args.next() {
@@ -118,6 +124,7 @@ impl Options {
                 }
                 "--rescore" => o.rescore = value.parse()?,
                 "--min-minutiae" => o.min_minutiae = value.parse()?,
+                "--insert-baseline" => o.insert_baseline = value.parse::<u8>()? != 0,
                 _ => return Err(format!("unknown option {flag}").into()),
             }
         }
@@ -227,9 +234,8 @@ fn build_run(prints: &[Print], fingers: usize, enrolled_half: usize, n: usize, s
     let half = |finger: usize| (finger % 2 == enrolled_half) as usize;
     let _ = fingers;
     // A finger's first impression is its mate (its first kept one when `--min-minutiae` left some out).
-    let first = |p: &Print| {
-        prints.iter().filter(|q| q.finger == p.finger).map(|q| q.impression).min() == Some(p.impression)
-    };
+    let first =
+        |p: &Print| prints.iter().filter(|q| q.finger == p.finger).map(|q| q.impression).min() == Some(p.impression);
     let mates: Vec<Print> = prints.iter().filter(|p| half(p.finger) == 1 && first(p)).cloned().collect();
     let distractors: Vec<Print> = prints.iter().filter(|p| half(p.finger) == 0).cloned().collect();
     let (probes, (probe_stretched, probe_names)): (Vec<_>, (Vec<_>, Vec<_>)) = prints
@@ -273,25 +279,63 @@ struct Shards {
     indexes: Vec<shortlist::ShortlistIndex>,
 }
 
+/// Seconds one shard's index took to build: hashing, then inserting in
+/// batches, and (with `--insert-baseline 1`) inserting the same descriptors
+/// one by one into a second index, the baseline.
+#[derive(Debug, Clone, Copy, Default)]
+struct IndexTimes {
+    hashing: f64,
+    batched: f64,
+    one_by_one: Option<f64>,
+}
+
+/// Templates per insertion batch, as the service's start-up adds them.
+const INSERT_BATCH: usize = 8_192;
+
 impl Shards {
-    fn build(gallery: &[mcc::Template], shards: usize) -> Self {
-        let indexes = std::thread::scope(|scope| {
+    fn build(gallery: &[mcc::Template], shards: usize, baseline: bool) -> (Self, Vec<IndexTimes>) {
+        let built: Vec<(shortlist::ShortlistIndex, IndexTimes)> = std::thread::scope(|scope| {
             let handles: Vec<_> = (0..shards)
                 .map(|s| {
                     scope.spawn(move || {
+                        let start = Instant::now();
+                        let descriptors: Vec<(u64, shortlist::Descriptor)> = gallery
+                            .iter()
+                            .enumerate()
+                            .skip(s)
+                            .step_by(shards)
+                            .map(|(key, t)| (key as u64, shortlist::Descriptor::new(t)))
+                            .collect();
+                        let mut times = IndexTimes { hashing: start.elapsed().as_secs_f64(), ..IndexTimes::default() };
+                        if baseline {
+                            let start = Instant::now();
+                            let mut one = shortlist::ShortlistIndex::new();
+                            for (key, d) in &descriptors {
+                                if one.insert_descriptor(*key, d).is_err() {
+                                    break;
+                                }
+                            }
+                            times.one_by_one = Some(start.elapsed().as_secs_f64());
+                            drop(one);
+                        }
+                        let start = Instant::now();
                         let mut index = shortlist::ShortlistIndex::new();
-                        for (key, t) in gallery.iter().enumerate().skip(s).step_by(shards) {
-                            if index.insert(key as u64, t).is_err() {
+                        for chunk in descriptors.chunks(INSERT_BATCH) {
+                            let items: Vec<(u64, &shortlist::Descriptor)> =
+                                chunk.iter().map(|(k, d)| (*k, d)).collect();
+                            if index.insert_batch(&items).is_err() {
                                 break;
                             }
                         }
-                        index
+                        times.batched = start.elapsed().as_secs_f64();
+                        (index, times)
                     })
                 })
                 .collect();
             handles.into_iter().map(|h| h.join().unwrap_or_default()).collect()
         });
-        Self { indexes }
+        let (indexes, times) = built.into_iter().unzip();
+        (Self { indexes }, times)
     }
 }
 
@@ -462,7 +506,12 @@ fn main() -> Res<()> {
         .collect();
     prints.retain(|p| p.minutiae.len() >= o.min_minutiae);
     if o.min_minutiae > 0 {
-        println!("# {} prints with fewer than {} minutiae left out: {}", refused.len(), o.min_minutiae, refused.join(", "));
+        println!(
+            "# {} prints with fewer than {} minutiae left out: {}",
+            refused.len(),
+            o.min_minutiae,
+            refused.join(", ")
+        );
     }
     let shards = o.shards;
     let build_threads = std::thread::available_parallelism().map_or(1, usize::from).max(shards);
@@ -489,8 +538,17 @@ fn main() -> Res<()> {
         let run = build_run(&prints, fingers, enrolled, o.gallery, o.seed, build_threads);
         let templates_time = start.elapsed().as_secs_f64();
         let start = Instant::now();
-        let sharded = Shards::build(&run.gallery, shards);
+        let (sharded, times) = Shards::build(&run.gallery, shards, o.insert_baseline);
         let index_time = start.elapsed().as_secs_f64();
+        for (s, t) in times.iter().enumerate() {
+            let baseline = t.one_by_one.map_or(String::new(), |o| {
+                format!("; the same descriptors one by one {o:.2} s ({:.2}x)", o / t.batched.max(1e-9))
+            });
+            println!(
+                "# run {enrolled}, shard {s}: hashing {:.2} s, inserting in batches {:.2} s{baseline}",
+                t.hashing, t.batched
+            );
+        }
         build_time += index_time;
         index_bytes += sharded.indexes.iter().map(shortlist::ShortlistIndex::memory_bytes).sum::<usize>();
         index_templates += sharded.indexes.iter().map(shortlist::ShortlistIndex::len).sum::<usize>();

@@ -123,18 +123,20 @@ fn restore(
 type Record = (i64, Arc<str>, u8, Vec<u8>);
 
 /// Builds the MCC templates and shortlist keys of `records` on `threads`
-/// threads ([`Prepared::new`]) and adds them in order, emptying `records`.
+/// threads ([`Prepared::new`]) and adds them in order, in one batch, emptying `records`.
 /// Returns how many did not parse (they are left out).
 fn add_records(gallery: &mut FingerGallery, records: &mut Vec<Record>, threads: usize) -> usize {
     let prepared =
         parallel_map(records, threads, |(_, _, _, iso)| template::matcher_template(iso).map(Prepared::new).ok());
     let mut unreadable = 0;
+    let mut batch = Vec::with_capacity(records.len());
     for ((template_id, owner, position, _), p) in records.drain(..).zip(prepared) {
         match p {
-            Some(p) => gallery.add_prepared(template_id, owner, position, p),
+            Some(p) => batch.push((template_id, owner, position, p)),
             None => unreadable += 1,
         }
     }
+    gallery.add_prepared_batch(batch);
     unreadable
 }
 

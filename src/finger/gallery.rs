@@ -90,7 +90,7 @@ pub struct GallerySettings {
 
 impl Default for GallerySettings {
     fn default() -> Self {
-        Self { shortlist_from: 50_000, shortlist_fraction: 0.02, shortlist_min: 1_000, shortlist_max: 10_000 }
+        Self { shortlist_from: 50_000, shortlist_fraction: 0.04, shortlist_min: 1_000, shortlist_max: 10_000 }
     }
 }
 
@@ -139,6 +139,39 @@ impl FingerGallery {
         let list = &mut self.by_position[p];
         self.slots.insert(template_id, (p, list.len()));
         list.push(Entry { template_id, subject, template: Arc::new(template) });
+    }
+
+    /// Adds many prepared templates, as [`FingerGallery::add_prepared`] one
+    /// after another would (an id given twice: its last template stands), with
+    /// each position's shortlist keys inserted in one batch
+    /// ([`ShortlistIndex::insert_batch`], what makes a start-up's rebuild fast).
+    pub fn add_prepared_batch(&mut self, items: Vec<(i64, Arc<str>, u8, Prepared)>) {
+        let mut last: HashMap<i64, usize> = HashMap::with_capacity(items.len());
+        for (i, (id, ..)) in items.iter().enumerate() {
+            last.insert(*id, i);
+        }
+        let items: Vec<_> =
+            items.into_iter().enumerate().filter(|(i, (id, ..))| last.get(id) == Some(i)).map(|(_, it)| it).collect();
+        let ids: Vec<i64> = items.iter().map(|(id, ..)| *id).collect();
+        self.remove(&ids);
+        let slot_of = |position: u8| usize::from(position).min(SLOTS - 1);
+        for (p, index) in self.shortlists.iter_mut().enumerate() {
+            let batch: Vec<(u64, &Descriptor)> = items
+                .iter()
+                .filter(|(_, _, position, _)| slot_of(*position) == p)
+                .map(|(id, _, _, prepared)| (*id as u64, &prepared.descriptor))
+                .collect();
+            if let Err(e) = index.insert_batch(&batch) {
+                // The templates stay searchable exhaustively below the shortlist threshold.
+                warn!(error = %e, "finger templates not added to the shortlist index");
+            }
+        }
+        for (template_id, subject, position, Prepared { template, .. }) in items {
+            let p = slot_of(position);
+            let list = &mut self.by_position[p];
+            self.slots.insert(template_id, (p, list.len()));
+            list.push(Entry { template_id, subject, template: Arc::new(template) });
+        }
     }
 
     /// The MCC template held under a template id.
@@ -269,12 +302,23 @@ mod tests {
             one.add(i as i64, format!("s{i}").into(), 1, print(i));
         }
         let prepared = parallel_map(&seeds, 3, |&i| Prepared::new(print(i)));
-        for (&i, p) in seeds.iter().zip(prepared) {
+        for (&i, p) in seeds.iter().zip(prepared.clone()) {
             other.add_prepared(i as i64, format!("s{i}").into(), 1, p);
         }
-        for probe in [3, 17, 39] {
+        // In batches (two positions, an id given twice: the later stands), as a start-up adds them.
+        let mut batched = FingerGallery::new(settings);
+        let mut items: Vec<_> =
+            seeds.iter().zip(prepared).map(|(&i, p)| (i as i64, Arc::<str>::from(format!("s{i}")), 1, p)).collect();
+        items.insert(5, (7, "x".into(), 2, Prepared::new(print(99))));
+        let rest = items.split_off(20);
+        batched.add_prepared_batch(items);
+        batched.add_prepared_batch(rest);
+        assert_eq!(batched.len(), 40);
+        for probe in [3, 7, 17, 39] {
             assert_eq!(one.search(1, &print(probe), 5, 1), other.search(1, &print(probe), 5, 1));
+            assert_eq!(one.search(1, &print(probe), 5, 1), batched.search(1, &print(probe), 5, 1));
         }
+        assert!(batched.search(2, &print(99), 1, 1).is_empty(), "the replaced template is gone");
     }
 }
 

@@ -1,3 +1,6 @@
+// Tests index their own fixtures: a panic is a failed test.
+#![allow(clippy::indexing_slicing)]
+
 use std::f32::consts::TAU;
 
 use super::*;
@@ -222,4 +225,41 @@ fn a_clone_keeps_its_buckets_while_the_original_changes() {
     assert!(shared(&index, &frozen) < frozen.nonempty_buckets, "written buckets were copied");
     assert_slot_order(&index);
     assert_slot_order(&frozen);
+}
+
+#[test]
+fn a_batch_builds_the_index_one_insertion_at_a_time_would() {
+    let templates: Vec<mcc::Template> = (0..50).map(|i| mcc::Template::new(&random_minutiae(200 + i, 30))).collect();
+    let descriptors: Vec<Descriptor> = templates.iter().map(Descriptor::new).collect();
+    // Keys 0..50, then 5 and 17 again with other templates (replacements), then removals.
+    let mut order: Vec<(u64, usize)> = (0..50).map(|i| (i as u64, i)).collect();
+    order.extend([(5, 40), (17, 41)]);
+    let mut one = ShortlistIndex::new();
+    for &(key, t) in &order {
+        assert_eq!(one.insert_descriptor(key, &descriptors[t]), Ok(()));
+    }
+    let mut batched = ShortlistIndex::new();
+    let items: Vec<(u64, &Descriptor)> = order.iter().map(|&(key, t)| (key, &descriptors[t])).collect();
+    let (first, second) = items.split_at(20);
+    assert_eq!(batched.insert_batch(first), Ok(()));
+    let _ = batched.clone(); // a clone taken between batches changes nothing
+    assert_eq!(batched.insert_batch(second), Ok(()));
+    for index in [&mut one, &mut batched] {
+        for key in [3, 5, 30] {
+            assert!(index.remove(key));
+        }
+    }
+    assert_eq!(batched.len(), one.len());
+    assert_eq!((batched.postings, batched.nonempty_buckets), (one.postings, one.nonempty_buckets));
+    assert_eq!(batched.slot_keys, one.slot_keys);
+    assert!(batched.buckets.iter().zip(&one.buckets).all(|(a, b)| a.as_slice() == b.as_slice()), "same postings");
+    assert_slot_order(&batched);
+    // A key twice in one batch: the later descriptor stands, in one slot.
+    let mut twice = ShortlistIndex::new();
+    assert_eq!(twice.insert_batch(&[(1, &descriptors[0]), (2, &descriptors[1]), (1, &descriptors[2])]), Ok(()));
+    assert_eq!(twice.len(), 2);
+    assert_eq!(twice.slot_keys.len(), 2);
+    assert_eq!(twice.search_descriptor(&descriptors[2], 1, 1), vec![1]);
+    assert_eq!(twice.search_descriptor(&descriptors[1], 1, 1), vec![2]);
+    assert_eq!(ShortlistIndex::new().insert_batch(&[]), Ok(()));
 }
