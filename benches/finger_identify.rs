@@ -48,6 +48,10 @@
 //! one template at a time (the baseline of the batched insertion the index is
 //! built with, as the service's start-up builds it).
 //!
+//! `--blocks B1,B2,...` times the candidate stage of the first
+//! `--one-pass-probes` probes with each vote-counting block size (slots per
+//! block; the service's is 16,384), one thread, interleaved.
+//!
 //! `--sketch T,K` (an experiment, not the service's method) also scans every
 //! gallery template with pooled 96-bit cylinder sketches (a 4x4-cell block's
 //! bit set when at least T of its cells are, per direction layer; a template
@@ -81,6 +85,7 @@ struct Options {
     rescore: usize,
     min_minutiae: usize,
     insert_baseline: bool,
+    blocks: Vec<usize>,
 }
 
 impl Options {
@@ -100,6 +105,7 @@ impl Options {
             rescore: 42,
             min_minutiae: 0,
             insert_baseline: false,
+            blocks: Vec::new(),
         };
         let mut args = std::env::args().skip(1);
         while let Some(flag) = args.next() {
@@ -125,6 +131,7 @@ impl Options {
                 "--rescore" => o.rescore = value.parse()?,
                 "--min-minutiae" => o.min_minutiae = value.parse()?,
                 "--insert-baseline" => o.insert_baseline = value.parse::<u8>()? != 0,
+                "--blocks" => o.blocks = value.split(',').map(str::parse).collect::<Result<_, _>>()?,
                 _ => return Err(format!("unknown option {flag}").into()),
             }
         }
@@ -643,6 +650,28 @@ fn main() -> Res<()> {
                 let b = index.search_descriptor(&d, o.shortlist, 1);
                 blocked.push(start.elapsed());
                 assert_eq!(a, b, "the blocked search disagrees with the one-pass search");
+            }
+        }
+        if let ([index], false) = (sharded.indexes.as_slice(), o.blocks.is_empty()) {
+            // Candidate stage with each block size, one thread, the same probes, interleaved.
+            let mut times: Vec<Vec<Duration>> = vec![Vec::new(); o.blocks.len()];
+            for (probe, _) in run.probes.iter().take(o.one_pass_probes.max(1)) {
+                let d = shortlist::Descriptor::new(probe);
+                let mut first: Option<Vec<u64>> = None;
+                for (b, &block) in o.blocks.iter().enumerate() {
+                    let start = Instant::now();
+                    let keys = index.search_with_block(&d, o.shortlist, 1, block);
+                    times[b].push(start.elapsed());
+                    assert_eq!(first.get_or_insert_with(|| keys.clone()), &keys, "block size changed the result");
+                }
+            }
+            for (block, t) in o.blocks.iter().zip(&mut times) {
+                t.sort();
+                println!(
+                    "candidate stage, 1 thread, blocks of {block} slots: median {:.1} ms over {} probes",
+                    percentile(t, 0.5),
+                    t.len()
+                );
             }
         }
         for (slot, &threads) in o.threads.iter().enumerate() {

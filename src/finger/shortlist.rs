@@ -432,6 +432,13 @@ impl ShortlistIndex {
         self.search_in_blocks(probe, n, 1, usize::MAX)
     }
 
+    /// The search with another block size than [`BLOCK_SLOTS`] (same result;
+    /// for the block-size comparison of `benches/finger_identify.rs`).
+    #[doc(hidden)]
+    pub fn search_with_block(&self, probe: &Descriptor, n: usize, threads: usize, block: usize) -> Vec<u64> {
+        self.search_in_blocks(probe, n, threads, block)
+    }
+
     /// The search, counting votes `block` slots at a time.
     fn search_in_blocks(&self, probe: &Descriptor, n: usize, threads: usize, block: usize) -> Vec<u64> {
         if n == 0 || self.slots.is_empty() {
