@@ -52,6 +52,12 @@
 //! `--one-pass-probes` probes with each vote-counting block size (slots per
 //! block; the service's is 16,384), one thread, interleaved.
 //!
+//! `--probe-cap K` hashes at most `K` cylinders of each probe for the
+//! candidate stage, those nearest its minutiae's centroid (default: the
+//! service's `shortlist::PROBE_CYLINDERS`, 48; a large `K` hashes them all).
+//! With `--one-pass-probes N` the first `N` probes' candidate stage is also
+//! timed with every cylinder and with the cap, interleaved.
+//!
 //! `--sketch T,K` (an experiment, not the service's method) also scans every
 //! gallery template with pooled 96-bit cylinder sketches (a 4x4-cell block's
 //! bit set when at least T of its cells are, per direction layer; a template
@@ -131,6 +137,7 @@ impl Options {
                 "--rescore" => o.rescore = value.parse()?,
                 "--min-minutiae" => o.min_minutiae = value.parse()?,
                 "--insert-baseline" => o.insert_baseline = value.parse::<u8>()? != 0,
+                "--probe-cap" => PROBE_CAP.store(value.parse()?, std::sync::atomic::Ordering::Relaxed),
                 "--blocks" => o.blocks = value.split(',').map(str::parse).collect::<Result<_, _>>()?,
                 _ => return Err(format!("unknown option {flag}").into()),
             }
@@ -403,6 +410,14 @@ fn best_of(scored: &[(f32, u64)]) -> (f32, u64) {
     scored.iter().fold((f32::NEG_INFINITY, u64::MAX), |b, r| if r.0 > b.0 { *r } else { b })
 }
 
+/// Most cylinders of a probe the candidate stage hashes (`--probe-cap`; default the service's).
+static PROBE_CAP: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(shortlist::PROBE_CYLINDERS);
+
+/// A probe's shortlist keys, capped by [`PROBE_CAP`].
+fn probe_descriptor(probe: &mcc::Template) -> shortlist::Descriptor {
+    shortlist::Descriptor::new_capped(probe, PROBE_CAP.load(std::sync::atomic::Ordering::Relaxed))
+}
+
 /// One index searched and re-ranked on `threads` threads (the service's
 /// layout), then the best `rescore` candidates rescored with the aspect
 /// hypotheses, their stretched templates built from their minutiae as the
@@ -420,7 +435,7 @@ fn identify_one_index(
     rescore: usize,
 ) -> Outcome {
     let start = Instant::now();
-    let keys = index.search_descriptor(&shortlist::Descriptor::new(probe), n, threads);
+    let keys = index.search_descriptor(&probe_descriptor(probe), n, threads);
     let candidate_time = start.elapsed();
     let mut scored = on_threads(&keys, threads, |part| {
         let mut matcher = mcc::Matcher::new();
@@ -674,6 +689,31 @@ fn main() -> Res<()> {
                 );
             }
         }
+        let cap = PROBE_CAP.load(std::sync::atomic::Ordering::Relaxed);
+        if let ([index], true) = (sharded.indexes.as_slice(), o.one_pass_probes > 0) {
+            // The candidate stage with every probe cylinder and with the cap, on the largest
+            // thread count, the same probes, interleaved (hashing included).
+            let threads = o.threads.iter().copied().max().unwrap_or(1);
+            let (mut full, mut capped) = (Vec::new(), Vec::new());
+            for (probe, _) in run.probes.iter().take(o.one_pass_probes) {
+                let start = Instant::now();
+                let _ = index.search_descriptor(&shortlist::Descriptor::new(probe), o.shortlist, threads);
+                full.push(start.elapsed());
+                let start = Instant::now();
+                let _ = index.search_descriptor(&probe_descriptor(probe), o.shortlist, threads);
+                capped.push(start.elapsed());
+            }
+            full.sort();
+            capped.sort();
+            println!(
+                "candidate stage, {threads} threads, {} probes: every cylinder median {:.1} ms, p99 {:.1} ms; at most {cap} cylinders median {:.1} ms, p99 {:.1} ms",
+                full.len(),
+                percentile(&full, 0.5),
+                percentile(&full, 0.99),
+                percentile(&capped, 0.5),
+                percentile(&capped, 0.99)
+            );
+        }
         for (slot, &threads) in o.threads.iter().enumerate() {
             for (p, ((probe, mate), name)) in run.probes.iter().zip(&run.probe_names).enumerate() {
                 let outcome = identify(&sharded, &run, p, o.shortlist, threads, o.rescore);
@@ -682,7 +722,7 @@ fn main() -> Res<()> {
                     let exhaustive = exhaustive_ranks.get(probes_total - run.probes.len() + p).copied();
                     // Where the candidate stage ranks the mate among all voted templates.
                     if let [index] = sharded.indexes.as_slice() {
-                        let all = index.search_descriptor(&shortlist::Descriptor::new(probe), run.gallery.len(), 1);
+                        let all = index.search_descriptor(&probe_descriptor(probe), run.gallery.len(), 1);
                         let rank = all.iter().position(|k| k == mate);
                         println!("# missed {name}: the mate's vote rank {rank:?} of {} voted templates", all.len());
                     }

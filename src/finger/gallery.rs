@@ -204,7 +204,7 @@ impl FingerGallery {
             let wanted = (list.len() as f64 * self.settings.shortlist_fraction) as usize;
             let n = wanted.min(self.settings.shortlist_max).max(self.settings.shortlist_min);
             let picked: Vec<&Entry> = self.shortlists[p]
-                .search_descriptor(&Descriptor::new(probe), n, threads)
+                .search_descriptor(&Descriptor::for_probe(probe), n, threads)
                 .into_iter()
                 .filter_map(|key| self.slots.get(&(key as i64)))
                 .filter_map(|&(_, i)| list.get(i))

@@ -46,6 +46,11 @@ pub const TABLES: usize = 32;
 pub const KEY_BITS: usize = 24;
 /// Rotation bins of the per-template vote accumulator (a full turn).
 pub const ROTATION_BINS: usize = 32;
+/// Most cylinders of a probe a search hashes ([`Descriptor::for_probe`]). On
+/// the 1:N bench (250,000 and 1,000,000 copies of LEADER's FVC2002 templates)
+/// 48 kept the mate recall to the probe and cut the candidate stage's tail,
+/// which the largest probes make (BENCHMARKS.md); enrolled templates keep all.
+pub const PROBE_CYLINDERS: usize = 48;
 /// Most templates one index holds (a posting packs the slot into 24 bits).
 pub const MAX_TEMPLATES: usize = 1 << 24;
 /// Buckets per table, as a power of two (sampled values are folded into them).
@@ -93,6 +98,39 @@ impl Descriptor {
             }
         }
         Self { buckets, angles }
+    }
+
+    /// The keys a search probes with: at most [`PROBE_CYLINDERS`] cylinders
+    /// of the probe, those nearest the centroid of its minutiae.
+    pub fn for_probe(template: &mcc::Template) -> Self {
+        Self::new_capped(template, PROBE_CYLINDERS)
+    }
+
+    /// At most `max` cylinders of a template: those nearest the centroid of
+    /// its minutiae (a probe's candidate-stage time grows with its cylinders,
+    /// and its central ones are the likeliest to overlap the mate's print).
+    pub fn new_capped(template: &mcc::Template, max: usize) -> Self {
+        let full = Self::new(template);
+        if full.len() <= max {
+            return full;
+        }
+        let points: Vec<(f32, f32)> = template.cylinders().map(|(x, y, ..)| (x, y)).collect();
+        #[allow(clippy::cast_precision_loss)] // a few hundred points
+        let n = points.len().max(1) as f32;
+        let (cx, cy) = points.iter().fold((0.0, 0.0), |(a, b), (x, y)| (a + x / n, b + y / n));
+        let mut order: Vec<usize> = (0..points.len()).collect();
+        let distance = |i: &usize| points.get(*i).map_or(f32::INFINITY, |(x, y)| (x - cx).hypot(y - cy));
+        order.sort_by(|a, b| distance(a).total_cmp(&distance(b)));
+        order.truncate(max);
+        order.sort_unstable();
+        let mut capped = Self { buckets: Vec::with_capacity(max * TABLES), angles: Vec::with_capacity(max) };
+        for i in order {
+            if let (Some(b), Some(&a)) = (full.buckets.get(i * TABLES..(i + 1) * TABLES), full.angles.get(i)) {
+                capped.buckets.extend_from_slice(b);
+                capped.angles.push(a);
+            }
+        }
+        capped
     }
 
     /// Number of cylinders described.
@@ -414,7 +452,7 @@ impl ShortlistIndex {
     /// Templates without a single vote are never returned, so fewer than `n`
     /// keys may come back.
     pub fn search(&self, probe: &mcc::Template, n: usize) -> Vec<u64> {
-        self.search_descriptor(&Descriptor::new(probe), n, 1)
+        self.search_descriptor(&Descriptor::for_probe(probe), n, 1)
     }
 
     /// As [`ShortlistIndex::search`], for a precomputed probe descriptor, with

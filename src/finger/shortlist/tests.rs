@@ -263,3 +263,34 @@ fn a_batch_builds_the_index_one_insertion_at_a_time_would() {
     assert_eq!(twice.search_descriptor(&descriptors[1], 1, 1), vec![2]);
     assert_eq!(ShortlistIndex::new().insert_batch(&[]), Ok(()));
 }
+
+#[test]
+fn a_probe_hashes_its_central_cylinders_only() {
+    // 120 minutiae spread over the frame: more valid cylinders than the cap.
+    let minutiae = random_minutiae(300, 120);
+    let template = mcc::Template::new(&minutiae);
+    assert!(template.len() > PROBE_CYLINDERS, "{} cylinders", template.len());
+    let full = Descriptor::new(&template);
+    let probe = Descriptor::for_probe(&template);
+    assert_eq!(probe.len(), PROBE_CYLINDERS);
+    assert_eq!(probe.buckets.len(), PROBE_CYLINDERS * TABLES);
+    // The kept cylinders are the full descriptor's, in order, and the most central ones.
+    let points: Vec<(f32, f32)> = template.cylinders().map(|(x, y, ..)| (x, y)).collect();
+    let n = points.len() as f32;
+    let (cx, cy) = points.iter().fold((0.0, 0.0), |(a, b), (x, y)| (a + x / n, b + y / n));
+    let kept: Vec<usize> = (0..full.len())
+        .filter(|&i| probe.buckets.chunks_exact(TABLES).any(|c| c == &full.buckets[i * TABLES..(i + 1) * TABLES]))
+        .collect();
+    assert!(kept.len() >= PROBE_CYLINDERS);
+    let distance = |i: usize| (points[i].0 - cx).hypot(points[i].1 - cy);
+    let farthest_kept = kept.iter().map(|&i| distance(i)).fold(0.0_f32, f32::max);
+    let dropped_nearest = (0..full.len()).filter(|i| !kept.contains(i)).map(distance).fold(f32::INFINITY, f32::min);
+    assert!(farthest_kept <= dropped_nearest, "{farthest_kept} > {dropped_nearest}");
+    // A small template is hashed whole, and a capped probe still finds its own template.
+    let small = mcc::Template::new(&random_minutiae(301, 30));
+    assert_eq!(Descriptor::for_probe(&small), Descriptor::new(&small));
+    let mut index = ShortlistIndex::new();
+    assert_eq!(index.insert(7, &template), Ok(()));
+    assert_eq!(index.insert(8, &small), Ok(()));
+    assert_eq!(index.search(&template, 1), vec![7]);
+}
