@@ -129,22 +129,13 @@ impl FingerGallery {
     /// ([`Prepared::new`], which may run on other threads); an id already
     /// present is replaced.
     pub fn add_prepared(&mut self, template_id: i64, subject: Arc<str>, position: u8, prepared: Prepared) {
-        let Prepared { template, descriptor } = prepared;
-        self.remove(&[template_id]);
-        let p = usize::from(position).min(SLOTS - 1);
-        if let Err(e) = self.shortlists[p].insert_descriptor(template_id as u64, &descriptor) {
-            // The template stays searchable exhaustively below the shortlist threshold.
-            warn!(error = %e, "finger template not added to the shortlist index");
-        }
-        let list = &mut self.by_position[p];
-        self.slots.insert(template_id, (p, list.len()));
-        list.push(Entry { template_id, subject, template: Arc::new(template) });
+        self.add_prepared_batch(vec![(template_id, subject, position, prepared)]);
     }
 
-    /// Adds many prepared templates, as [`FingerGallery::add_prepared`] one
-    /// after another would (an id given twice: its last template stands), with
-    /// each position's shortlist keys inserted in one batch
-    /// ([`ShortlistIndex::insert_batch`], what makes a start-up's rebuild fast).
+    /// Adds many prepared templates in order, each id replacing what it held
+    /// (an id given twice: its last template stands), with each position's
+    /// shortlist keys inserted in one batch ([`ShortlistIndex::insert_batch`],
+    /// what makes a start-up's rebuild fast).
     pub fn add_prepared_batch(&mut self, items: Vec<(i64, Arc<str>, u8, Prepared)>) {
         let mut last: HashMap<i64, usize> = HashMap::with_capacity(items.len());
         for (i, (id, ..)) in items.iter().enumerate() {
@@ -161,6 +152,9 @@ impl FingerGallery {
                 .filter(|(_, _, position, _)| slot_of(*position) == p)
                 .map(|(id, _, _, prepared)| (*id as u64, &prepared.descriptor))
                 .collect();
+            if batch.is_empty() {
+                continue;
+            }
             if let Err(e) = index.insert_batch(&batch) {
                 // The templates stay searchable exhaustively below the shortlist threshold.
                 warn!(error = %e, "finger templates not added to the shortlist index");

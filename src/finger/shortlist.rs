@@ -177,13 +177,9 @@ impl ShortlistIndex {
         if self.slot_keys.len() >= MAX_TEMPLATES && self.dead_postings > 0 {
             self.purge();
         }
-        // Always the next slot, so that every bucket stays in slot order.
-        let Some(slot) = u32::try_from(self.slot_keys.len()).ok().filter(|&s| (s as usize) < MAX_TEMPLATES) else {
+        let Some(slot) = self.take_slot(key, descriptor) else {
             return Err(ShortlistError::Full);
         };
-        self.allocate_buckets();
-        self.slot_keys.push(Some(key));
-        self.slot_cylinders.push(u16::try_from(descriptor.len()).unwrap_or(u16::MAX));
         for (buckets, angle) in descriptor.cylinders() {
             for &bucket in buckets {
                 if let Some(list) = self.buckets.get_mut(bucket as usize) {
@@ -194,8 +190,19 @@ impl ShortlistIndex {
                 }
             }
         }
-        self.slots.insert(key, slot);
         Ok(())
+    }
+
+    /// Gives `key` the next slot (always the next, so that every bucket stays
+    /// in slot order) with its descriptor's cylinder count; `None` when the
+    /// index is full. The caller then appends the slot's postings.
+    fn take_slot(&mut self, key: u64, descriptor: &Descriptor) -> Option<u32> {
+        let slot = u32::try_from(self.slot_keys.len()).ok().filter(|&s| (s as usize) < MAX_TEMPLATES)?;
+        self.allocate_buckets();
+        self.slot_keys.push(Some(key));
+        self.slot_cylinders.push(u16::try_from(descriptor.len()).unwrap_or(u16::MAX));
+        self.slots.insert(key, slot);
+        Some(slot)
     }
 
     /// Enrolls many descriptors at once, each key replacing what it held (a
@@ -225,14 +232,10 @@ impl ShortlistIndex {
             if last.get(key) != Some(&i) {
                 continue;
             }
-            let Some(slot) = u32::try_from(self.slot_keys.len()).ok().filter(|&s| (s as usize) < MAX_TEMPLATES) else {
+            let Some(slot) = self.take_slot(*key, descriptor) else {
                 full = true;
                 break;
             };
-            self.allocate_buckets();
-            self.slot_keys.push(Some(*key));
-            self.slot_cylinders.push(u16::try_from(descriptor.len()).unwrap_or(u16::MAX));
-            self.slots.insert(*key, slot);
             let buckets = self.buckets.len();
             for (cylinder, angle) in descriptor.cylinders() {
                 let posting = u64::from((slot << 8) | u32::from(angle));
