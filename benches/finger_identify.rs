@@ -58,6 +58,18 @@
 //! With `--one-pass-probes N` the first `N` probes' candidate stage is also
 //! timed with every cylinder and with the cap, interleaved.
 //!
+//! `--rerank CAP:KEEP,...` re-ranks the shortlist with each of these settings
+//! (`finger::rerank`: probes with more than `CAP` cylinders are compared first
+//! with their `CAP` most central ones, then the best `KEEP` again in full;
+//! `0:0` is one pass; default the service's, 48:500), every probe and thread
+//! count under each in turn; the recall and rank-1 lines then come per
+//! setting, and the first setting is the reference of the others.
+//!
+//! `--long-lists R1,R2,...` (an experiment) runs the candidate stage of every
+//! probe also without the probe's buckets longer than each `R` times the mean
+//! bucket, interleaved with the search over every bucket, and reports the
+//! share of postings read, the times and the mate recall.
+//!
 //! `--sketch T,K` (an experiment, not the service's method) also scans every
 //! gallery template with pooled 96-bit cylinder sketches (a 4x4-cell block's
 //! bit set when at least T of its cells are, per direction layer; a template
@@ -65,13 +77,15 @@
 //! scan's mate recall, alone and sharing the shortlist with the votes.
 
 use std::error::Error;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use cotejo::finger::{aspect::Stretched, iso19794_2, mcc, shortlist};
-use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
-
+use cotejo::finger::{
+    aspect::Stretched,
+    mcc,
+    rerank::{self, RerankSettings},
+    shortlist,
+};
 type Res<T> = Result<T, Box<dyn Error>>;
 
 #[derive(Debug)]
@@ -92,6 +106,10 @@ struct Options {
     min_minutiae: usize,
     insert_baseline: bool,
     blocks: Vec<usize>,
+    /// With `--long-lists`: probe buckets longer than each ratio times the mean are skipped (experiment).
+    long_lists: Vec<f64>,
+    /// Re-rank settings, each run on every probe and thread count, interleaved.
+    rerank: Vec<RerankSettings>,
 }
 
 impl Options {
@@ -112,6 +130,8 @@ impl Options {
             min_minutiae: 0,
             insert_baseline: false,
             blocks: Vec::new(),
+            rerank: vec![RerankSettings::default()],
+            long_lists: Vec::new(),
         };
         let mut args = std::env::args().skip(1);
         while let Some(flag) = args.next() {
@@ -139,6 +159,16 @@ impl Options {
                 "--insert-baseline" => o.insert_baseline = value.parse::<u8>()? != 0,
                 "--probe-cap" => PROBE_CAP.store(value.parse()?, std::sync::atomic::Ordering::Relaxed),
                 "--blocks" => o.blocks = value.split(',').map(str::parse).collect::<Result<_, _>>()?,
+                "--long-lists" => o.long_lists = value.split(',').map(str::parse).collect::<Result<_, _>>()?,
+                "--rerank" => {
+                    o.rerank = value
+                        .split(',')
+                        .map(|pair| {
+                            let (cap, keep) = pair.split_once(':').ok_or("--rerank wants CAP:KEEP,...")?;
+                            Ok(RerankSettings { probe_cap: cap.parse()?, keep: keep.parse()? })
+                        })
+                        .collect::<Res<_>>()?;
+                }
                 _ => return Err(format!("unknown option {flag}").into()),
             }
         }
@@ -150,207 +180,20 @@ impl Options {
     }
 }
 
-/// One FVC impression.
-#[derive(Debug, Clone)]
-struct Print {
-    /// Finger label and impression, e.g. `fvc2002_DB3_B_105_4`.
-    name: String,
-    finger: usize,
-    impression: u32,
-    minutiae: Vec<mcc::Minutia>,
-    centre: (f32, f32),
-}
+#[path = "finger_identify/gallery.rs"]
+mod gallery;
+#[path = "finger_identify/sketch.rs"]
+mod sketch;
 
-fn load(data: &Path, templates: &Path) -> Res<(Vec<Print>, usize)> {
-    let labels = std::fs::read_to_string(data.join("LABELS.txt"))?;
-    let mut fingers: Vec<String> = Vec::new();
-    let mut prints = Vec::new();
-    for line in labels.lines().filter(|l| !l.starts_with('#') && !l.trim().is_empty()) {
-        let fields: Vec<&str> = line.split('\t').collect();
-        let [path, label, impression, ..] = fields[..] else {
-            return Err(format!("bad LABELS line {line:?}").into());
-        };
-        let iso = templates.join(Path::new(path).with_extension("iso"));
-        let record = iso19794_2::parse(&std::fs::read(&iso)?).map_err(|e| format!("{}: {e}", iso.display()))?;
-        let view = record.views.first().ok_or_else(|| format!("{}: no view", iso.display()))?;
-        let finger = match fingers.iter().position(|f| f == label) {
-            Some(f) => f,
-            None => {
-                fingers.push(label.to_owned());
-                fingers.len() - 1
-            }
-        };
-        prints.push(Print {
-            name: format!("{label}_{impression}"),
-            finger,
-            impression: impression.parse()?,
-            minutiae: view.minutiae.iter().map(mcc::Minutia::from).collect(),
-            centre: (f32::from(record.width) / 2.0, f32::from(record.height) / 2.0),
-        });
-    }
-    Ok((prints, fingers.len()))
-}
+use gallery::{Run, Shards, build_run, load};
+use sketch::{Sketch, sketch_of, sketch_score};
 
-/// A distractor copy: rotation about the image centre, translation, dropout, jitter.
-fn perturb(print: &Print, rng: &mut StdRng) -> Vec<mcc::Minutia> {
-    let phi = rng.random_range(-30.0_f32..=30.0).to_radians();
-    let (tx, ty) = (rng.random_range(-40.0_f32..=40.0), rng.random_range(-40.0_f32..=40.0));
-    let dropout = rng.random_range(0.10_f32..=0.30);
-    let (s, c) = phi.sin_cos();
-    let (cx, cy) = print.centre;
-    let kept: Vec<mcc::Minutia> =
-        print.minutiae.iter().copied().filter(|_| !rng.random_bool(f64::from(dropout))).collect();
-    kept.iter()
-        .map(|m| {
-            // Rotate counter-clockwise as viewed: flip y to the right-handed frame and back.
-            let (x, y) = (m.x - cx, -(m.y - cy));
-            let (rx, ry) = (x * c - y * s, x * s + y * c);
-            mcc::Minutia {
-                x: rx + cx + tx + rng.random_range(-2.0_f32..=2.0),
-                y: -ry + cy + ty + rng.random_range(-2.0_f32..=2.0),
-                angle: (m.angle + phi + rng.random_range(-5.0_f32..=5.0).to_radians())
-                    .rem_euclid(std::f32::consts::TAU),
-            }
-        })
-        .collect()
-}
-
-/// One enrolled half: gallery templates (index = key), mate keys and probes.
-#[derive(Debug)]
-struct Run {
-    gallery: Vec<mcc::Template>,
-    /// Probe template and the key of its mate.
-    probes: Vec<(mcc::Template, u64)>,
-    /// Each probe's stretched templates (the service's aspect hypotheses).
-    probe_stretched: Vec<Stretched>,
-    /// Each probe's print name.
-    probe_names: Vec<String>,
-    /// What the gallery was made of, to rebuild a key's minutiae (see [`Run::minutiae`]).
-    mates: Vec<Print>,
-    distractors: Vec<Print>,
-    copy_seed: u64,
-}
-
-impl Run {
-    /// The minutiae of gallery key `key`: a mate, or distractor copy `key - mates`.
-    fn minutiae(&self, key: usize) -> Vec<mcc::Minutia> {
-        match key.checked_sub(self.mates.len()) {
-            None => self.mates[key].minutiae.clone(),
-            Some(i) => {
-                let mut rng = StdRng::seed_from_u64(self.copy_seed ^ i as u64);
-                perturb(&self.distractors[i % self.distractors.len()], &mut rng)
-            }
-        }
-    }
-}
-
-fn build_run(prints: &[Print], fingers: usize, enrolled_half: usize, n: usize, seed: u64, threads: usize) -> Run {
-    let half = |finger: usize| (finger % 2 == enrolled_half) as usize;
-    let _ = fingers;
-    // A finger's first impression is its mate (its first kept one when `--min-minutiae` left some out).
-    let first =
-        |p: &Print| prints.iter().filter(|q| q.finger == p.finger).map(|q| q.impression).min() == Some(p.impression);
-    let mates: Vec<Print> = prints.iter().filter(|p| half(p.finger) == 1 && first(p)).cloned().collect();
-    let distractors: Vec<Print> = prints.iter().filter(|p| half(p.finger) == 0).cloned().collect();
-    let (probes, (probe_stretched, probe_names)): (Vec<_>, (Vec<_>, Vec<_>)) = prints
-        .iter()
-        .filter(|p| half(p.finger) == 1 && !first(p))
-        .filter_map(|p| {
-            let mate = mates.iter().position(|m| m.finger == p.finger)?;
-            Some(((mcc::Template::new(&p.minutiae), mate as u64), (Stretched::new(&p.minutiae), p.name.clone())))
-        })
-        .unzip();
-    let mut run = Run {
-        gallery: Vec::new(),
-        probes,
-        probe_stretched,
-        probe_names,
-        mates,
-        distractors,
-        copy_seed: seed ^ ((enrolled_half as u64) << 40),
-    };
-    let total = n.max(run.mates.len());
-    let chunk = total.div_ceil(threads.max(1)).max(1);
-    let built: Vec<Vec<mcc::Template>> = std::thread::scope(|scope| {
-        let run = &run;
-        let handles: Vec<_> = (0..total)
-            .step_by(chunk)
-            .map(|start| {
-                scope.spawn(move || {
-                    (start..(start + chunk).min(total)).map(|key| mcc::Template::new(&run.minutiae(key))).collect()
-                })
-            })
-            .collect();
-        handles.into_iter().map(|h| h.join().unwrap_or_default()).collect()
-    });
-    run.gallery = built.into_iter().flatten().collect();
-    run
-}
-
-/// The gallery split into shards by key.
-#[derive(Debug)]
-struct Shards {
-    indexes: Vec<shortlist::ShortlistIndex>,
-}
-
-/// Seconds one shard's index took to build: hashing, then inserting in
-/// batches, and (with `--insert-baseline 1`) inserting the same descriptors
-/// one by one into a second index, the baseline.
-#[derive(Debug, Clone, Copy, Default)]
-struct IndexTimes {
-    hashing: f64,
-    batched: f64,
-    one_by_one: Option<f64>,
-}
-
-/// Templates per insertion batch, as the service's start-up adds them.
-const INSERT_BATCH: usize = 8_192;
-
-impl Shards {
-    fn build(gallery: &[mcc::Template], shards: usize, baseline: bool) -> (Self, Vec<IndexTimes>) {
-        let built: Vec<(shortlist::ShortlistIndex, IndexTimes)> = std::thread::scope(|scope| {
-            let handles: Vec<_> = (0..shards)
-                .map(|s| {
-                    scope.spawn(move || {
-                        let start = Instant::now();
-                        let descriptors: Vec<(u64, shortlist::Descriptor)> = gallery
-                            .iter()
-                            .enumerate()
-                            .skip(s)
-                            .step_by(shards)
-                            .map(|(key, t)| (key as u64, shortlist::Descriptor::new(t)))
-                            .collect();
-                        let mut times = IndexTimes { hashing: start.elapsed().as_secs_f64(), ..IndexTimes::default() };
-                        if baseline {
-                            let start = Instant::now();
-                            let mut one = shortlist::ShortlistIndex::new();
-                            for (key, d) in &descriptors {
-                                if one.insert_descriptor(*key, d).is_err() {
-                                    break;
-                                }
-                            }
-                            times.one_by_one = Some(start.elapsed().as_secs_f64());
-                            drop(one);
-                        }
-                        let start = Instant::now();
-                        let mut index = shortlist::ShortlistIndex::new();
-                        for chunk in descriptors.chunks(INSERT_BATCH) {
-                            let items: Vec<(u64, &shortlist::Descriptor)> =
-                                chunk.iter().map(|(k, d)| (*k, d)).collect();
-                            if index.insert_batch(&items).is_err() {
-                                break;
-                            }
-                        }
-                        times.batched = start.elapsed().as_secs_f64();
-                        (index, times)
-                    })
-                })
-                .collect();
-            handles.into_iter().map(|h| h.join().unwrap_or_default()).collect()
-        });
-        let (indexes, times) = built.into_iter().unzip();
-        (Self { indexes }, times)
-    }
+/// Threads and re-rank of one measured configuration.
+#[derive(Debug, Clone, Copy)]
+struct Config {
+    threads: usize,
+    /// The re-rank (one index only; shards re-rank their shortlists in one pass).
+    rerank: RerankSettings,
 }
 
 /// Outcome of one identification.
@@ -366,6 +209,10 @@ struct Outcome {
     /// Time of the aspect rescoring (part of `total_time`).
     rescore_time: Duration,
     total_time: Duration,
+    /// Valid cylinders of the probe (the re-rank's cost grows with them).
+    probe_cylinders: usize,
+    /// Whether the mate got the full matcher's score (shortlisted, and kept by a first re-rank pass).
+    mate_scored: bool,
 }
 
 /// Shortlist then re-rank on one shard; returns (best score, best key, mate rank, candidate time).
@@ -433,18 +280,16 @@ fn identify_one_index(
     n: usize,
     threads: usize,
     rescore: usize,
+    settings: RerankSettings,
 ) -> Outcome {
     let start = Instant::now();
     let keys = index.search_descriptor(&probe_descriptor(probe), n, threads);
     let candidate_time = start.elapsed();
-    let mut scored = on_threads(&keys, threads, |part| {
-        let mut matcher = mcc::Matcher::new();
-        part.iter()
-            .map(|&key| {
-                (run.gallery.get(key as usize).map_or(f32::NEG_INFINITY, |t| matcher.similarity(probe, t)), key)
-            })
-            .collect()
-    });
+    let templates: Vec<&mcc::Template> = keys.iter().filter_map(|&key| run.gallery.get(key as usize)).collect();
+    let mut scored: Vec<(f32, u64)> = rerank::rerank(probe, &templates, settings, rescore.max(1), threads)
+        .into_iter()
+        .filter_map(|(i, s)| Some((s, *keys.get(i)?)))
+        .collect();
     let best = best_of(&scored);
     let rescore_start = Instant::now();
     let mut rescored_best = best;
@@ -470,14 +315,17 @@ fn identify_one_index(
         candidate_time,
         rescore_time,
         total_time: start.elapsed(),
+        probe_cylinders: probe.len(),
+        mate_scored: scored.iter().any(|&(_, k)| k == mate),
     }
 }
 
 /// One identification of probe `p` of the run; the aspect rescoring only with one index.
-fn identify(shards: &Shards, run: &Run, p: usize, n: usize, threads: usize, rescore: usize) -> Outcome {
+fn identify(shards: &Shards, run: &Run, p: usize, n: usize, config: Config, rescore: usize) -> Outcome {
     let (probe, mate) = (&run.probes[p].0, run.probes[p].1);
+    let Config { threads, rerank } = config;
     if let [index] = shards.indexes.as_slice() {
-        return identify_one_index(index, run, probe, &run.probe_stretched[p], mate, n, threads, rescore);
+        return identify_one_index(index, run, probe, &run.probe_stretched[p], mate, n, threads, rescore, rerank);
     }
     let start = Instant::now();
     let per_shard = n.div_ceil(shards.indexes.len());
@@ -505,6 +353,43 @@ fn identify(shards: &Shards, run: &Run, p: usize, n: usize, threads: usize, resc
         candidate_time: results.iter().map(|r| r.3).max().unwrap_or_default(),
         rescore_time: Duration::ZERO,
         total_time,
+        probe_cylinders: probe.len(),
+        mate_scored: results.iter().any(|r| r.2.is_some()),
+    }
+}
+
+/// Experiment (`--long-lists R,...`): the candidate stage of every probe of the
+/// run without the probe buckets longer than `R` times the mean, against the
+/// search with every bucket, interleaved, on the largest thread count: the
+/// share of postings left out, the times and the shortlist's mate recall.
+fn long_lists(index: &shortlist::ShortlistIndex, run: &Run, o: &Options) {
+    let threads = o.threads.iter().copied().max().unwrap_or(1);
+    let ratios: Vec<f64> = std::iter::once(f64::INFINITY).chain(o.long_lists.iter().copied()).collect();
+    let mut times: Vec<Vec<Duration>> = vec![Vec::new(); ratios.len()];
+    let mut found = vec![0_usize; ratios.len()];
+    let mut read = vec![0_usize; ratios.len()];
+    for (probe, mate) in &run.probes {
+        let d = probe_descriptor(probe);
+        let (mean, lengths) = index.probe_list_lengths(&d);
+        for (r, &ratio) in ratios.iter().enumerate() {
+            read[r] += lengths.iter().filter(|&&l| l as f64 <= ratio * mean).sum::<usize>();
+            let start = Instant::now();
+            let keys = index.search_without_long_lists(&d, o.shortlist, threads, ratio);
+            times[r].push(start.elapsed());
+            found[r] += usize::from(keys.contains(mate));
+        }
+    }
+    for (r, ratio) in ratios.iter().enumerate() {
+        times[r].sort_unstable();
+        println!(
+            "# long lists over {ratio} x mean left out: {:.1}% of the postings read, candidate stage ({threads} threads) median {:.1} ms, p99 {:.1} ms, mate recall @{} {:.4} ({} probes)",
+            100.0 * read[r] as f64 / read[0].max(1) as f64,
+            percentile(&times[r], 0.5),
+            percentile(&times[r], 0.99),
+            o.shortlist,
+            found[r] as f64 / run.probes.len() as f64,
+            run.probes.len()
+        );
     }
 }
 
@@ -549,7 +434,10 @@ fn main() -> Res<()> {
     // With `--sketch`: each probe's mate rank under the sketch score, all runs.
     let mut sketch_ranks: Vec<usize> = Vec::new();
     let (mut one_pass, mut blocked): (Vec<Duration>, Vec<Duration>) = (Vec::new(), Vec::new());
-    let mut outcomes: Vec<Vec<Outcome>> = vec![Vec::new(); o.threads.len()];
+    // Every thread count with every re-rank; the first is the reference of the recall figures.
+    let configs: Vec<Config> =
+        o.threads.iter().flat_map(|&threads| o.rerank.iter().map(move |&rerank| Config { threads, rerank })).collect();
+    let mut outcomes: Vec<Vec<Outcome>> = vec![Vec::new(); configs.len()];
     let (mut exhaustive_time, mut exhaustive_comparisons, mut ceiling_hits, mut probes_total) =
         (Duration::ZERO, 0_usize, 0_usize, 0_usize);
     let mut scalar_time = Duration::ZERO;
@@ -689,6 +577,9 @@ fn main() -> Res<()> {
                 );
             }
         }
+        if let ([index], false) = (sharded.indexes.as_slice(), o.long_lists.is_empty()) {
+            long_lists(index, &run, &o);
+        }
         let cap = PROBE_CAP.load(std::sync::atomic::Ordering::Relaxed);
         if let ([index], true) = (sharded.indexes.as_slice(), o.one_pass_probes > 0) {
             // The candidate stage with every probe cylinder and with the cap, on the largest
@@ -714,9 +605,11 @@ fn main() -> Res<()> {
                 percentile(&capped, 0.99)
             );
         }
-        for (slot, &threads) in o.threads.iter().enumerate() {
-            for (p, ((probe, mate), name)) in run.probes.iter().zip(&run.probe_names).enumerate() {
-                let outcome = identify(&sharded, &run, p, o.shortlist, threads, o.rescore);
+        // Each probe under every configuration in turn (interleaved, so that the
+        // machine's drift falls on all of them alike).
+        for (p, ((probe, mate), name)) in run.probes.iter().zip(&run.probe_names).enumerate() {
+            for (slot, &config) in configs.iter().enumerate() {
+                let outcome = identify(&sharded, &run, p, o.shortlist, config, o.rescore);
                 if slot == 0 && outcome.shard_rank.is_none() {
                     let mate_cylinders = run.gallery.get(*mate as usize).map_or(0, mcc::Template::len);
                     let exhaustive = exhaustive_ranks.get(probes_total - run.probes.len() + p).copied();
@@ -823,10 +716,23 @@ fn main() -> Res<()> {
             a / b.max(1e-9)
         );
     }
+    for (config, outcomes) in configs.iter().zip(&outcomes).filter(|(c, _)| c.threads == configs[0].threads) {
+        let RerankSettings { probe_cap, keep } = config.rerank;
+        let large = outcomes.iter().filter(|x| probe_cap > 0 && x.probe_cylinders > probe_cap).count();
+        println!(
+            "re-rank cap {probe_cap}, keep {keep} ({large} probes over the cap): mate fully scored {}/{}, rank-1 {:.4}, after the aspect rescoring {:.4}",
+            outcomes.iter().filter(|x| x.mate_scored).count(),
+            outcomes.len(),
+            outcomes.iter().filter(|x| x.rank1).count() as f64 / outcomes.len() as f64,
+            outcomes.iter().filter(|x| x.rank1_rescored).count() as f64 / outcomes.len() as f64
+        );
+    }
     println!(
-        "threads  median_ms  p99_ms  candidate_median_ms  rescore_median_ms  without_rescore_median/p99_ms  templates/s/core  speed-up vs exhaustive"
+        "threads  re-rank (cap:keep)  median_ms  p99_ms  candidate_median_ms  rescore_median_ms  without_rescore_median/p99_ms  templates/s/core  speed-up vs exhaustive"
     );
-    for (slot, &threads) in o.threads.iter().enumerate() {
+    for (slot, config) in configs.iter().enumerate() {
+        let threads = config.threads;
+        let rerank = format!("{}:{}", config.rerank.probe_cap, config.rerank.keep);
         let mut totals: Vec<Duration> = outcomes[slot].iter().map(|x| x.total_time).collect();
         let mut candidates: Vec<Duration> = outcomes[slot].iter().map(|x| x.candidate_time).collect();
         let mut rescores: Vec<Duration> = outcomes[slot].iter().map(|x| x.rescore_time).collect();
@@ -838,7 +744,7 @@ fn main() -> Res<()> {
         let mean = totals.iter().map(Duration::as_secs_f64).sum::<f64>() / totals.len() as f64;
         let per_core = o.gallery as f64 / mean / threads as f64;
         println!(
-            "{threads:>7}  {:>9.1}  {:>6.1}  {:>19.1}  {:>17.1}  {:>22.1} / {:>6.1}  {per_core:>16.0}  {:>6.1}x",
+            "{threads:>7}  {rerank:>18}  {:>9.1}  {:>6.1}  {:>19.1}  {:>17.1}  {:>22.1} / {:>6.1}  {per_core:>16.0}  {:>6.1}x",
             percentile(&totals, 0.5),
             percentile(&totals, 0.99),
             percentile(&candidates, 0.5),
@@ -847,66 +753,32 @@ fn main() -> Res<()> {
             percentile(&without, 0.99),
             per_core / exhaustive_rate
         );
+        // Where the tail comes from: each stage's p99, and the slowest probes.
+        let mut reranks: Vec<Duration> =
+            outcomes[slot].iter().map(|x| x.total_time.saturating_sub(x.candidate_time + x.rescore_time)).collect();
+        reranks.sort_unstable();
+        let mut slowest: Vec<&Outcome> = outcomes[slot].iter().collect();
+        slowest.sort_by_key(|x| std::cmp::Reverse(x.total_time));
+        let slow: Vec<String> = slowest
+            .iter()
+            .take(4)
+            .map(|x| {
+                format!(
+                    "{:.0} ms ({} cylinders: candidates {:.0}, re-rank {:.0})",
+                    x.total_time.as_secs_f64() * 1e3,
+                    x.probe_cylinders,
+                    x.candidate_time.as_secs_f64() * 1e3,
+                    x.total_time.saturating_sub(x.candidate_time + x.rescore_time).as_secs_f64() * 1e3
+                )
+            })
+            .collect();
+        println!(
+            "# {threads} threads, re-rank {rerank}: candidate stage p99 {:.1} ms; re-rank median {:.1} ms, p99 {:.1} ms; slowest: {}",
+            percentile(&candidates, 0.99),
+            percentile(&reranks, 0.5),
+            percentile(&reranks, 0.99),
+            slow.join(", ")
+        );
     }
     Ok(())
-}
-
-/// Experiment: a pooled 96-bit sketch per cylinder (4x4 blocks of cells x 6 layers).
-#[derive(Debug, Clone, Default)]
-struct Sketch {
-    bits: Vec<u128>,
-    angles: Vec<u8>,
-    norms: Vec<f32>,
-}
-
-fn sketch_of(t: &mcc::Template, threshold: u32) -> Sketch {
-    let mut s = Sketch::default();
-    for (_, _, angle, bits, _) in t.cylinders() {
-        let mut out = 0_u128;
-        for k in 0..6 {
-            for bi in 0..4 {
-                for bj in 0..4 {
-                    let mut n = 0;
-                    for i in bi * 4..bi * 4 + 4 {
-                        for j in bj * 4..bj * 4 + 4 {
-                            let b = k * 256 + i * 16 + j;
-                            n += (bits[b / 64] >> (b % 64)) as u32 & 1;
-                        }
-                    }
-                    if n >= threshold {
-                        out |= 1 << (k * 16 + bi * 4 + bj);
-                    }
-                }
-            }
-        }
-        s.bits.push(out);
-        s.angles.push(((angle / std::f32::consts::TAU * 256.0).round() as i64).rem_euclid(256) as u8);
-        s.norms.push((out.count_ones() as f32).sqrt());
-    }
-    s
-}
-
-fn sketch_score(p: &Sketch, g: &Sketch, top: usize, best: &mut Vec<f32>) -> f32 {
-    best.clear();
-    for ((&pb, &pa), &pn) in p.bits.iter().zip(&p.angles).zip(&p.norms) {
-        let mut m = 0.0_f32;
-        for ((&gb, &ga), &gn) in g.bits.iter().zip(&g.angles).zip(&g.norms) {
-            let d = ga.wrapping_sub(pa);
-            if d > 64 && d < 192 {
-                continue;
-            }
-            let den = pn + gn;
-            if den > 0.0 {
-                let s = 1.0 - ((pb ^ gb).count_ones() as f32).sqrt() / den;
-                m = m.max(s);
-            }
-        }
-        best.push(m);
-    }
-    let k = top.min(best.len()).min(g.bits.len());
-    if k == 0 {
-        return 0.0;
-    }
-    best.select_nth_unstable_by(k - 1, |a, b| b.total_cmp(a));
-    best[..k].iter().sum::<f32>() / k as f32
 }

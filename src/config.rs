@@ -164,6 +164,10 @@ pub struct FingerConfig {
     pub shortlist_min: usize,
     /// Most templates the shortlist keeps.
     pub shortlist_max: usize,
+    /// Probes with more valid cylinders are re-ranked in two passes, the first with this many (0: never).
+    pub rerank_probe_cap: usize,
+    /// Candidates the first of two re-rank passes keeps for the whole probe.
+    pub rerank_keep: usize,
     /// Finger templates added or removed between two snapshots of the gallery (0: no snapshot).
     pub snapshot_every: u64,
 }
@@ -269,6 +273,9 @@ impl Config {
         }
         if self.finger.shortlist_max < self.finger.shortlist_min {
             return bad("finger.shortlist_max must be at least finger.shortlist_min");
+        }
+        if self.finger.rerank_probe_cap > 0 && self.finger.rerank_keep == 0 {
+            return bad("finger.rerank_keep must be at least 1 when finger.rerank_probe_cap is set");
         }
         if !["flat", "int8", "int4", "ivf", "hnsw"].contains(&self.index.kind.as_str()) {
             return bad("index.kind must be flat, int8, int4, ivf or hnsw");

@@ -16,6 +16,7 @@ use crate::{
     config::FingerConfig,
     finger::{
         gallery::{FingerGallery, GallerySettings, Prepared, parallel_map, snapshot},
+        rerank::RerankSettings,
         template,
     },
     store::{SealedFile, Store},
@@ -33,6 +34,7 @@ pub(super) fn gallery_settings(c: &FingerConfig) -> GallerySettings {
         shortlist_fraction: c.shortlist_fraction,
         shortlist_min: c.shortlist_min,
         shortlist_max: c.shortlist_max,
+        rerank: RerankSettings { probe_cap: c.rerank_probe_cap, keep: c.rerank_keep },
     }
 }
 

@@ -13,14 +13,13 @@ use tracing::warn;
 pub mod snapshot;
 
 use super::{
-    mcc::{Matcher, Template},
+    mcc::Template,
+    rerank::{RerankSettings, rerank},
     shortlist::{Descriptor, ShortlistIndex},
 };
 
 /// Positions 0..=10 (0 is unused: samples always name their finger).
 const SLOTS: usize = 11;
-/// Below this many templates a search runs on the calling thread only.
-const PARALLEL_FROM: usize = 2_000;
 
 #[derive(Debug, Clone)]
 struct Entry {
@@ -86,11 +85,19 @@ pub struct GallerySettings {
     pub shortlist_min: usize,
     /// Most templates the shortlist keeps (unless `shortlist_min` is larger).
     pub shortlist_max: usize,
+    /// How the full matcher re-ranks what is compared (one pass, or two for large probes).
+    pub rerank: RerankSettings,
 }
 
 impl Default for GallerySettings {
     fn default() -> Self {
-        Self { shortlist_from: 50_000, shortlist_fraction: 0.04, shortlist_min: 1_000, shortlist_max: 10_000 }
+        Self {
+            shortlist_from: 50_000,
+            shortlist_fraction: 0.04,
+            shortlist_min: 1_000,
+            shortlist_max: 10_000,
+            rerank: RerankSettings::default(),
+        }
     }
 }
 
@@ -189,51 +196,35 @@ impl FingerGallery {
         before - self.slots.len()
     }
 
-    /// The `k` best subjects for a probe of the finger at `position`,
-    /// comparing with every template of that position on up to `threads` threads.
+    /// The `k` best subjects for a probe of the finger at `position`: the
+    /// templates of that position (or the shortlist's pick of them, from
+    /// [`GallerySettings::shortlist_from`] on) re-ranked by the full matcher
+    /// ([`rerank`]) on up to `threads` threads.
     pub fn search(&self, position: u8, probe: &Template, k: usize, threads: usize) -> Vec<FingerHit> {
         let p = usize::from(position).min(SLOTS - 1);
         let list = self.by_position[p].as_slice();
-        let mut hits = if list.len() >= self.settings.shortlist_from {
+        let picked: Vec<&Entry> = if list.len() >= self.settings.shortlist_from {
             let wanted = (list.len() as f64 * self.settings.shortlist_fraction) as usize;
             let n = wanted.min(self.settings.shortlist_max).max(self.settings.shortlist_min);
-            let picked: Vec<&Entry> = self.shortlists[p]
+            self.shortlists[p]
                 .search_descriptor(&Descriptor::for_probe(probe), n, threads)
                 .into_iter()
                 .filter_map(|key| self.slots.get(&(key as i64)))
                 .filter_map(|&(_, i)| list.get(i))
-                .collect();
-            compare_all(&picked, probe, threads)
+                .collect()
         } else {
-            compare_all(&list.iter().collect::<Vec<_>>(), probe, threads)
+            list.iter().collect()
         };
+        let templates: Vec<&Template> = picked.iter().map(|e| &*e.template).collect();
+        let mut hits: Vec<FingerHit> = rerank(probe, &templates, self.settings.rerank, k, threads)
+            .into_iter()
+            .filter_map(|(i, score)| {
+                let e = picked.get(i)?;
+                Some(FingerHit { subject: e.subject.clone(), template_id: e.template_id, score })
+            })
+            .collect();
         best_per_subject(&mut hits, k)
     }
-}
-
-/// The full matcher over `entries`, on up to `threads` threads.
-fn compare_all(entries: &[&Entry], probe: &Template, threads: usize) -> Vec<FingerHit> {
-    let threads = if entries.len() < PARALLEL_FROM { 1 } else { threads.clamp(1, 64) };
-    if threads == 1 {
-        return scan(entries, probe);
-    }
-    let chunk = entries.len().div_ceil(threads).max(1);
-    thread::scope(|s| {
-        let parts: Vec<_> = entries.chunks(chunk).map(|c| s.spawn(move || scan(c, probe))).collect();
-        parts.into_iter().flat_map(|h| h.join().unwrap_or_default()).collect()
-    })
-}
-
-fn scan(entries: &[&Entry], probe: &Template) -> Vec<FingerHit> {
-    let mut matcher = Matcher::new();
-    entries
-        .iter()
-        .map(|e| FingerHit {
-            subject: e.subject.clone(),
-            template_id: e.template_id,
-            score: matcher.similarity(probe, &e.template),
-        })
-        .collect()
 }
 
 /// Each subject's best hit, best first, at most `k`.
@@ -288,8 +279,13 @@ mod tests {
     #[test]
     fn templates_prepared_on_threads_search_as_added_ones() {
         // Through the shortlist (from 10 templates on), whose keys were also prepared.
-        let settings =
-            GallerySettings { shortlist_from: 10, shortlist_fraction: 0.25, shortlist_min: 5, shortlist_max: 100 };
+        let settings = GallerySettings {
+            shortlist_from: 10,
+            shortlist_fraction: 0.25,
+            shortlist_min: 5,
+            shortlist_max: 100,
+            ..GallerySettings::default()
+        };
         let (mut one, mut other) = (FingerGallery::new(settings), FingerGallery::new(settings));
         let seeds: Vec<u64> = (0..40).collect();
         for &i in &seeds {
@@ -323,8 +319,13 @@ mod shortlist_tests {
 
     #[test]
     fn the_shortlist_path_finds_a_rotated_copy_and_not_removed_ones() {
-        let settings =
-            GallerySettings { shortlist_from: 100, shortlist_fraction: 0.05, shortlist_min: 10, shortlist_max: 1_000 };
+        let settings = GallerySettings {
+            shortlist_from: 100,
+            shortlist_fraction: 0.05,
+            shortlist_min: 10,
+            shortlist_max: 1_000,
+            ..GallerySettings::default()
+        };
         let mut g = FingerGallery::new(settings);
         let random = |seed: u64| crate::finger::mcc::random_minutiae(seed, 40);
         for i in 0..300 {

@@ -224,6 +224,47 @@ impl Template {
         self.points.is_empty()
     }
 
+    /// Indices of the (at most) `max` cylinders whose centres lie nearest the
+    /// centroid of all the centres, in increasing order; every index when the
+    /// template has at most `max` cylinders.
+    ///
+    /// A probe's central cylinders are the likeliest to overlap its mate's
+    /// print: the candidate stage hashes only those ([`super::shortlist`]), and
+    /// the first pass of the re-rank compares only those ([`super::rerank`]).
+    pub fn central_indices(&self, max: usize) -> Vec<usize> {
+        if self.len() <= max {
+            return (0..self.len()).collect();
+        }
+        #[allow(clippy::cast_precision_loss)] // at most MAX_MINUTIAE points
+        let n = self.len() as f32;
+        let (cx, cy) = self.points.iter().fold((0.0, 0.0), |(a, b), p| (a + p.x / n, b + p.y / n));
+        let mut order: Vec<usize> = (0..self.len()).collect();
+        let distance = |i: &usize| self.points.get(*i).map_or(f32::INFINITY, |p| (p.x - cx).hypot(p.y - cy));
+        order.sort_by(|a, b| distance(a).total_cmp(&distance(b)));
+        order.truncate(max);
+        order.sort_unstable();
+        order
+    }
+
+    /// The template restricted to its [`Template::central_indices`] cylinders
+    /// (a copy of the whole when it has at most `max`).
+    pub fn central(&self, max: usize) -> Self {
+        let keep = self.central_indices(max);
+        let mut out = Self {
+            points: Vec::with_capacity(keep.len()),
+            bits: Vec::with_capacity(keep.len()),
+            masks: Vec::with_capacity(keep.len()),
+        };
+        for i in keep {
+            if let (Some(p), Some(b), Some(m)) = (self.points.get(i), self.bits.get(i), self.masks.get(i)) {
+                out.points.push(*p);
+                out.bits.push(*b);
+                out.masks.push(*m);
+            }
+        }
+        out
+    }
+
     /// Each kept cylinder as (centre `x`, `y` (up), direction in radians, cell bits, validity mask).
     ///
     /// For the 1:N candidate stage (`shortlist`), which hashes cylinders, and

@@ -8,6 +8,7 @@ pub mod iso19794_2;
 pub mod mcc;
 pub mod minutiae;
 pub mod pipeline;
+pub mod rerank;
 pub mod ridges;
 pub mod shortlist;
 pub mod template;

@@ -335,7 +335,28 @@ impl ShortlistIndex {
     /// As [`ShortlistIndex::search`], for a precomputed probe descriptor, with
     /// the slots split into `threads` contiguous ranges searched in parallel.
     pub fn search_descriptor(&self, probe: &Descriptor, n: usize, threads: usize) -> Vec<u64> {
-        self.search_in_blocks(probe, n, threads, BLOCK_SLOTS)
+        self.search_in_blocks(probe, n, threads, BLOCK_SLOTS, f64::INFINITY)
+    }
+
+    /// The search without the probe buckets holding more than `max_ratio`
+    /// times the mean postings (for the experiment of `benches/finger_identify.rs`).
+    #[doc(hidden)]
+    pub fn search_without_long_lists(&self, probe: &Descriptor, n: usize, threads: usize, max_ratio: f64) -> Vec<u64> {
+        self.search_in_blocks(probe, n, threads, BLOCK_SLOTS, max_ratio)
+    }
+
+    /// The length of every non-empty bucket a probe reads, with the mean
+    /// length of the non-empty buckets (for `benches/finger_identify.rs`).
+    #[doc(hidden)]
+    pub fn probe_list_lengths(&self, probe: &Descriptor) -> (f64, Vec<usize>) {
+        #[allow(clippy::cast_precision_loss)] // an average
+        let mean = self.postings as f64 / self.nonempty_buckets.max(1) as f64;
+        let lengths = probe
+            .cylinders()
+            .flat_map(|(buckets, _)| buckets.iter())
+            .filter_map(|&b| self.buckets.get(b as usize).map(|l| l.len()).filter(|&l| l > 0))
+            .collect();
+        (mean, lengths)
     }
 
     /// The same search counted as before blocking: in one pass over a vote
@@ -344,18 +365,18 @@ impl ShortlistIndex {
     /// `benches/finger_identify.rs`.
     #[doc(hidden)]
     pub fn search_one_pass(&self, probe: &Descriptor, n: usize) -> Vec<u64> {
-        self.search_in_blocks(probe, n, 1, usize::MAX)
+        self.search_in_blocks(probe, n, 1, usize::MAX, f64::INFINITY)
     }
 
     /// The search with another block size than [`BLOCK_SLOTS`] (same result;
     /// for the block-size comparison of `benches/finger_identify.rs`).
     #[doc(hidden)]
     pub fn search_with_block(&self, probe: &Descriptor, n: usize, threads: usize, block: usize) -> Vec<u64> {
-        self.search_in_blocks(probe, n, threads, block)
+        self.search_in_blocks(probe, n, threads, block, f64::INFINITY)
     }
 
     /// The search, counting votes `block` slots at a time.
-    fn search_in_blocks(&self, probe: &Descriptor, n: usize, threads: usize, block: usize) -> Vec<u64> {
+    fn search_in_blocks(&self, probe: &Descriptor, n: usize, threads: usize, block: usize, max_ratio: f64) -> Vec<u64> {
         if n == 0 || self.slots.is_empty() {
             return Vec::new();
         }
@@ -366,6 +387,7 @@ impl ShortlistIndex {
             .cylinders()
             .flat_map(|(buckets, angle)| buckets.iter().map(move |&b| (b, angle)))
             .filter_map(|(b, angle)| self.buckets.get(b as usize).filter(|l| !l.is_empty()).map(|l| (l, angle)))
+            .filter(|(l, _)| l.len() as f64 <= max_ratio * mean)
             .map(|(l, angle)| (l.as_slice(), angle, vote_weight(l.len(), mean)))
             .collect();
         let total = self.slot_keys.len();
@@ -413,6 +435,7 @@ impl ShortlistIndex {
         let mut votes = vec![0_u8; block_slots.min(end.saturating_sub(start)) * ROTATION_BINS];
         let mut scored: Vec<u64> = Vec::new();
         let mut floor = 0_u64;
+        let norms = &*NORMS;
         let mut block = start;
         while block < end {
             let block_end = (block + block_slots).min(end);
@@ -444,14 +467,13 @@ impl ShortlistIndex {
                     .iter()
                     .zip(self.slot_cylinders.get(block..block_end).unwrap_or(&[])),
             ) {
-                let best =
-                    bins.iter().zip(bins.iter().cycle().skip(1)).map(|(&a, &b)| u32::from(a) + u32::from(b)).max();
-                bins.fill(0);
-                if key.is_none() {
+                let best = best_adjacent(bins);
+                if best == 0 {
                     continue;
                 }
-                if let Some(v) = best.filter(|&v| v > 0) {
-                    let s = (u64::from(score(v, cylinders)) << 32) | slot as u64;
+                bins.fill(0);
+                if key.is_some() {
+                    let s = (u64::from(score(best, cylinders, norms)) << 32) | slot as u64;
                     if s > floor {
                         scored.push(s);
                     }
@@ -492,12 +514,33 @@ fn keep_best(scored: &mut Vec<u64>, n: usize) {
     }
 }
 
+/// The largest sum of two adjacent rotation bins (the last and the first are
+/// adjacent); 0 when no bin has a vote. Written over whole arrays so that it
+/// compiles to a few vector instructions: it runs for every slot of every search.
+fn best_adjacent(bins: &[u8]) -> u32 {
+    let Ok(bins) = <&[u8; ROTATION_BINS]>::try_from(bins) else { return 0 };
+    let mut next = *bins;
+    next.rotate_left(1);
+    let best = bins.iter().zip(&next).fold(0_u16, |m, (&a, &b)| m.max(u16::from(a) + u16::from(b)));
+    u32::from(best)
+}
+
+/// `max(c, 8)^(1/4)` for every cylinder count a template can have (see [`score`]).
+static NORMS: std::sync::LazyLock<Vec<f64>> =
+    std::sync::LazyLock::new(|| (0..=u16::try_from(mcc::MAX_MINUTIAE).unwrap_or(u16::MAX)).map(norm).collect());
+
+/// The divisor of a template's votes: the fourth root of its cylinder count (at least 8).
+fn norm(cylinders: u16) -> f64 {
+    f64::from(cylinders.max(8)).powf(0.25)
+}
+
 /// Rotation-consistent votes over the fourth root of the template's cylinder count, as a sortable integer.
 ///
 /// Larger templates collect more chance votes; the fourth root measured better
-/// than no normalisation or the square root.
-fn score(votes: u32, cylinders: u16) -> u32 {
-    let norm = f64::from(cylinders.max(8)).powf(0.25);
+/// than no normalisation or the square root. `norms` is [`NORMS`] (looked up
+/// once per search, not per slot).
+fn score(votes: u32, cylinders: u16, norms: &[f64]) -> u32 {
+    let norm = norms.get(usize::from(cylinders)).copied().unwrap_or_else(|| norm(cylinders));
     #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)] // positive, below 2^32
     let s = (f64::from(votes) / norm * 1024.0) as u32;
     s

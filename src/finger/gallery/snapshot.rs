@@ -223,8 +223,13 @@ mod tests {
     #[test]
     fn reads_back_a_gallery_that_searches_as_the_saved_one() {
         // The shortlist path from 5 templates on, so that the restored index is searched.
-        let settings =
-            GallerySettings { shortlist_from: 5, shortlist_fraction: 0.5, shortlist_min: 3, shortlist_max: 100 };
+        let settings = GallerySettings {
+            shortlist_from: 5,
+            shortlist_fraction: 0.5,
+            shortlist_min: 3,
+            shortlist_max: 100,
+            ..GallerySettings::default()
+        };
         let mut saved = gallery(settings);
         let mut bytes = Vec::new();
         write(&saved.freeze(), &mut bytes).unwrap();

@@ -40,31 +40,12 @@ impl Descriptor {
         Self::new_capped(template, PROBE_CYLINDERS)
     }
 
-    /// At most `max` cylinders of a template: those nearest the centroid of
-    /// its minutiae (a probe's candidate-stage time grows with its cylinders,
-    /// and its central ones are the likeliest to overlap the mate's print).
+    /// At most `max` cylinders of a template: its
+    /// [`mcc::Template::central_indices`] (a probe's candidate-stage time
+    /// grows with its cylinders, and its central ones are the likeliest to
+    /// overlap the mate's print).
     pub fn new_capped(template: &mcc::Template, max: usize) -> Self {
-        let full = Self::new(template);
-        if full.len() <= max {
-            return full;
-        }
-        let points: Vec<(f32, f32)> = template.cylinders().map(|(x, y, ..)| (x, y)).collect();
-        #[allow(clippy::cast_precision_loss)] // a few hundred points
-        let n = points.len().max(1) as f32;
-        let (cx, cy) = points.iter().fold((0.0, 0.0), |(a, b), (x, y)| (a + x / n, b + y / n));
-        let mut order: Vec<usize> = (0..points.len()).collect();
-        let distance = |i: &usize| points.get(*i).map_or(f32::INFINITY, |(x, y)| (x - cx).hypot(y - cy));
-        order.sort_by(|a, b| distance(a).total_cmp(&distance(b)));
-        order.truncate(max);
-        order.sort_unstable();
-        let mut capped = Self { buckets: Vec::with_capacity(max * TABLES), angles: Vec::with_capacity(max) };
-        for i in order {
-            if let (Some(b), Some(&a)) = (full.buckets.get(i * TABLES..(i + 1) * TABLES), full.angles.get(i)) {
-                capped.buckets.extend_from_slice(b);
-                capped.angles.push(a);
-            }
-        }
-        capped
+        if template.len() <= max { Self::new(template) } else { Self::new(&template.central(max)) }
     }
 
     /// Number of cylinders described.

@@ -118,11 +118,11 @@ fn blocked_and_parallel_searches_agree_with_one_pass() {
     assert_slot_order(&index);
     for (key, ms) in (0_u64..).zip(&minutiae).step_by(23) {
         let probe = Descriptor::new(&mcc::Template::new(&distort(ms, key, 0.3, (10.0, -5.0), 5)));
-        let one_pass = index.search_in_blocks(&probe, 25, 1, usize::MAX);
+        let one_pass = index.search_in_blocks(&probe, 25, 1, usize::MAX, f64::INFINITY);
         assert!(!one_pass.is_empty());
         for (threads, block) in [(1, 16), (3, 16), (2, 50), (4, 7)] {
             assert_eq!(
-                index.search_in_blocks(&probe, 25, threads, block),
+                index.search_in_blocks(&probe, 25, threads, block, f64::INFINITY),
                 one_pass,
                 "{threads} threads, block {block}"
             );
@@ -293,4 +293,33 @@ fn a_probe_hashes_its_central_cylinders_only() {
     assert_eq!(index.insert(7, &template), Ok(()));
     assert_eq!(index.insert(8, &small), Ok(()));
     assert_eq!(index.search(&template, 1), vec![7]);
+}
+
+#[test]
+fn the_vote_reductions_are_the_plain_formulas() {
+    let mut next = sequence(77);
+    for case in 0..2_000 {
+        let mut bins = [0_u8; ROTATION_BINS];
+        // Mostly sparse bins, some saturated, some all zero.
+        for b in &mut bins {
+            let r = next();
+            *b = if case % 7 == 0 {
+                0
+            } else if r < 0.7 {
+                0
+            } else {
+                (next() * 256.0) as u8
+            };
+        }
+        if case % 11 == 0 {
+            bins = [255; ROTATION_BINS];
+        }
+        let plain = bins.iter().zip(bins.iter().cycle().skip(1)).map(|(&a, &b)| u32::from(a) + u32::from(b)).max();
+        assert_eq!(best_adjacent(&bins), plain.unwrap_or(0), "case {case}: {bins:?}");
+    }
+    assert_eq!(best_adjacent(&[1, 2, 3]), 0, "a slice of another length has no bins");
+    for c in [0_u16, 1, 7, 8, 9, 35, 100, 1_024, 1_025, 60_000] {
+        let direct = (f64::from(50_u32) / f64::from(c.max(8)).powf(0.25) * 1024.0) as u32;
+        assert_eq!(score(50, c, &NORMS), direct, "{c} cylinders");
+    }
 }
