@@ -303,13 +303,7 @@ fn the_vote_reductions_are_the_plain_formulas() {
         // Mostly sparse bins, some saturated, some all zero.
         for b in &mut bins {
             let r = next();
-            *b = if case % 7 == 0 {
-                0
-            } else if r < 0.7 {
-                0
-            } else {
-                (next() * 256.0) as u8
-            };
+            *b = if case % 7 == 0 || r < 0.7 { 0 } else { (next() * 256.0) as u8 };
         }
         if case % 11 == 0 {
             bins = [255; ROTATION_BINS];
