@@ -61,7 +61,7 @@
 //! `--rerank CAP:KEEP,...` re-ranks the shortlist with each of these settings
 //! (`finger::rerank`: probes with more than `CAP` cylinders are compared first
 //! with their `CAP` most central ones, then the best `KEEP` again in full;
-//! `0:0` is one pass; default the service's, 48:500), every probe and thread
+//! `0:0` is one pass; default the service's, 24:500), every probe and thread
 //! count under each in turn; the recall and rank-1 lines then come per
 //! setting, and the first setting is the reference of the others.
 //!
