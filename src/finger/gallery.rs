@@ -310,6 +310,34 @@ mod tests {
         }
         assert!(batched.search(2, &print(99), 1, 1).is_empty(), "the replaced template is gone");
     }
+    #[test]
+    fn a_large_probe_is_searched_in_two_passes_with_full_scores() {
+        let settings =
+            GallerySettings { rerank: RerankSettings { probe_cap: 24, keep: 20 }, ..GallerySettings::default() };
+        let (mut two, mut one) = (
+            FingerGallery::new(settings),
+            FingerGallery::new(GallerySettings { rerank: RerankSettings::SINGLE_PASS, ..settings }),
+        );
+        let large = |seed: u64| Template::new(&crate::finger::mcc::random_minutiae(seed, 90));
+        for i in 0..200 {
+            for g in [&mut two, &mut one] {
+                g.add(i, format!("s{i}").into(), 3, if i % 2 == 0 { large(i as u64) } else { print(i as u64) });
+            }
+        }
+        // Another impression of 42: a quarter of its minutiae lost.
+        let lost: Vec<_> = crate::finger::mcc::random_minutiae(42, 90)
+            .into_iter()
+            .enumerate()
+            .filter(|(i, _)| i % 4 != 0)
+            .map(|(_, m)| m)
+            .collect();
+        let probe = Template::new(&lost);
+        assert!(probe.len() > 24, "{} cylinders", probe.len());
+        let (hits, all) = (two.search(3, &probe, 5, 2), one.search(3, &probe, 5, 2));
+        assert_eq!(&*hits[0].subject, "s42");
+        assert_eq!(hits[0].score.to_bits(), crate::finger::mcc::similarity(&probe, &large(42)).to_bits());
+        assert_eq!(hits[0], all[0], "the best hit and its score are the single pass's");
+    }
 }
 
 #[cfg(test)]
