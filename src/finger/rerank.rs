@@ -48,7 +48,8 @@ impl RerankSettings {
     /// `wanted` must come back, gets two passes.
     fn two_pass(&self, probe: &Template, candidates: usize, wanted: usize) -> bool {
         let keep = self.keep.max(wanted);
-        self.probe_cap > 0 && probe.len() > self.probe_cap && candidates > keep
+        // Keeping none would return nothing: such settings get the single pass.
+        self.probe_cap > 0 && keep > 0 && probe.len() > self.probe_cap && candidates > keep
     }
 }
 
@@ -143,5 +144,8 @@ mod tests {
             assert_eq!(rerank(&probe, &refs, settings, 50, threads).len(), 50);
         }
         assert!(rerank(&probe, &[], settings, 10, 2).is_empty());
+        // Keeping none (and wanting none) is a single pass, not an empty answer.
+        let none = RerankSettings { probe_cap: 24, keep: 0 };
+        assert_eq!(rerank(&probe, &refs, none, 0, 2), rerank(&probe, &refs, RerankSettings::SINGLE_PASS, 0, 2));
     }
 }
