@@ -82,7 +82,7 @@ use std::time::{Duration, Instant};
 
 use cotejo::finger::{
     aspect::Stretched,
-    mcc,
+    mcc, parallel_chunks,
     rerank::{self, RerankSettings},
     shortlist,
 };
@@ -215,6 +215,13 @@ struct Outcome {
     mate_scored: bool,
 }
 
+impl Outcome {
+    /// Time of the full matcher's re-rank: what neither the candidate stage nor the rescoring took.
+    fn rerank_time(&self) -> Duration {
+        self.total_time.saturating_sub(self.candidate_time + self.rescore_time)
+    }
+}
+
 /// Shortlist then re-rank on one shard; returns (best score, best key, mate rank, candidate time).
 fn search_shard(
     index: &shortlist::ShortlistIndex,
@@ -237,19 +244,6 @@ fn search_shard(
         }
     }
     (best.0, best.1, keys.iter().position(|&k| k == mate), candidate_time)
-}
-
-/// Runs `work` over `items` split into `threads` contiguous parts, results in order.
-fn on_threads<I: Sync, T: Send>(items: &[I], threads: usize, work: impl Fn(&[I]) -> Vec<T> + Sync) -> Vec<T> {
-    if threads <= 1 || items.len() < 2 {
-        return work(items);
-    }
-    let chunk = items.len().div_ceil(threads).max(1);
-    std::thread::scope(|scope| {
-        let work = &work;
-        let handles: Vec<_> = items.chunks(chunk).map(|c| scope.spawn(move || work(c))).collect();
-        handles.into_iter().flat_map(|h| h.join().unwrap_or_default()).collect()
-    })
 }
 
 /// The best of `(score, key)` pairs.
@@ -296,7 +290,7 @@ fn identify_one_index(
     if rescore > 0 && !scored.is_empty() {
         let top = rescore.min(scored.len());
         scored.select_nth_unstable_by(top - 1, |a, b| b.0.total_cmp(&a.0));
-        let rescored = on_threads(&scored[..top], threads, |part| {
+        let rescored = parallel_chunks(&scored[..top], threads, |part| {
             let mut matcher = mcc::Matcher::new();
             part.iter()
                 .map(|&(declared, key)| {
@@ -754,8 +748,7 @@ fn main() -> Res<()> {
             per_core / exhaustive_rate
         );
         // Where the tail comes from: each stage's p99, and the slowest probes.
-        let mut reranks: Vec<Duration> =
-            outcomes[slot].iter().map(|x| x.total_time.saturating_sub(x.candidate_time + x.rescore_time)).collect();
+        let mut reranks: Vec<Duration> = outcomes[slot].iter().map(Outcome::rerank_time).collect();
         reranks.sort_unstable();
         let mut slowest: Vec<&Outcome> = outcomes[slot].iter().collect();
         slowest.sort_by_key(|x| std::cmp::Reverse(x.total_time));
@@ -768,7 +761,7 @@ fn main() -> Res<()> {
                     x.total_time.as_secs_f64() * 1e3,
                     x.probe_cylinders,
                     x.candidate_time.as_secs_f64() * 1e3,
-                    x.total_time.saturating_sub(x.candidate_time + x.rescore_time).as_secs_f64() * 1e3
+                    x.rerank_time().as_secs_f64() * 1e3
                 )
             })
             .collect();

@@ -6,7 +6,7 @@
 //! candidate stage ([`super::shortlist`]) picks the templates worth that
 //! comparison; below it, every template is compared (exhaustive).
 
-use std::{collections::HashMap, sync::Arc, thread};
+use std::{collections::HashMap, sync::Arc};
 
 use tracing::warn;
 
@@ -49,18 +49,7 @@ impl Prepared {
 
 /// Maps `items` through `work` on up to `threads` threads (contiguous chunks), in order.
 pub fn parallel_map<I: Sync, T: Send>(items: &[I], threads: usize, work: impl Fn(&I) -> T + Sync) -> Vec<T> {
-    let threads = threads.clamp(1, items.len().max(1));
-    if threads == 1 {
-        return items.iter().map(work).collect();
-    }
-    let chunk = items.len().div_ceil(threads);
-    let work = &work;
-    thread::scope(|scope| {
-        let handles: Vec<_> =
-            items.chunks(chunk).map(|part| scope.spawn(move || part.iter().map(work).collect::<Vec<T>>())).collect();
-        // A panic in `work` is re-raised here, as it would be without threads.
-        handles.into_iter().flat_map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e))).collect()
-    })
+    super::parallel_chunks(items, threads, |part| part.iter().map(&work).collect())
 }
 
 /// A subject's score for one probe finger.

@@ -15,6 +15,23 @@ pub mod template;
 
 pub use pipeline::{FingerError, FingerExtraction, FingerPipeline, FingerSettings};
 
+/// Runs `work` over `items` split into up to `threads` contiguous parts, each
+/// on its own thread (one part: the calling thread), and concatenates the
+/// results in order. `work` sees a whole part, so it can set up per-thread
+/// state once (a matcher's scratch buffers). A panic in `work` is re-raised.
+pub fn parallel_chunks<I: Sync, T: Send>(items: &[I], threads: usize, work: impl Fn(&[I]) -> Vec<T> + Sync) -> Vec<T> {
+    let threads = threads.clamp(1, items.len().max(1));
+    if threads == 1 {
+        return work(items);
+    }
+    let chunk = items.len().div_ceil(threads);
+    let work = &work;
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = items.chunks(chunk).map(|part| scope.spawn(move || work(part))).collect();
+        handles.into_iter().flat_map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e))).collect()
+    })
+}
+
 /// Reads exactly `N` bytes (the snapshots' byte forms).
 pub(crate) fn read_array<const N: usize>(input: &mut impl std::io::Read) -> std::io::Result<[u8; N]> {
     let mut a = [0u8; N];

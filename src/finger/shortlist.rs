@@ -349,14 +349,19 @@ impl ShortlistIndex {
     /// length of the non-empty buckets (for `benches/finger_identify.rs`).
     #[doc(hidden)]
     pub fn probe_list_lengths(&self, probe: &Descriptor) -> (f64, Vec<usize>) {
-        #[allow(clippy::cast_precision_loss)] // an average
-        let mean = self.postings as f64 / self.nonempty_buckets.max(1) as f64;
         let lengths = probe
             .cylinders()
             .flat_map(|(buckets, _)| buckets.iter())
             .filter_map(|&b| self.buckets.get(b as usize).map(|l| l.len()).filter(|&l| l > 0))
             .collect();
-        (mean, lengths)
+        (self.mean_bucket_len(), lengths)
+    }
+
+    /// Mean postings of the non-empty buckets (what [`vote_weight`] compares a bucket with).
+    fn mean_bucket_len(&self) -> f64 {
+        #[allow(clippy::cast_precision_loss)] // an average
+        let mean = self.postings as f64 / self.nonempty_buckets.max(1) as f64;
+        mean
     }
 
     /// The same search counted as before blocking: in one pass over a vote
@@ -380,8 +385,7 @@ impl ShortlistIndex {
         if n == 0 || self.slots.is_empty() {
             return Vec::new();
         }
-        #[allow(clippy::cast_precision_loss)] // an average
-        let mean = self.postings as f64 / self.nonempty_buckets.max(1) as f64;
+        let mean = self.mean_bucket_len();
         // Each probe bucket's postings with the probe minutia's direction and the bucket's vote weight.
         let lists: Vec<(&[u32], u8, u8)> = probe
             .cylinders()
