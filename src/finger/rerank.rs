@@ -6,7 +6,7 @@
 //! valid cylinders makes the re-rank of a 10,000-template shortlist several
 //! times slower than a typical one, and such probes make the tail of a
 //! search's latency. With [`RerankSettings::probe_cap`] set, a probe with more
-//! cylinders is first compared with its most central ones only
+//! cylinders, against more than 4 times [`RerankSettings::keep`] candidates, is first compared with its most central ones only
 //! ([`Template::central`]), and the [`RerankSettings::keep`] best candidates
 //! of that pass are compared again with the whole probe: those scores (and
 //! only those candidates) come back, so a score is always the full matcher's.
@@ -17,10 +17,16 @@
 //! was lost that the single pass scored (136 probes from LEADER's templates,
 //! 280 from the `.iso` ones), and the re-rank's p99 fell by a quarter to a half.
 
-use std::thread;
+use super::{
+    mcc::{Matcher, Template},
+    parallel_chunks,
+};
 
-use super::mcc::{Matcher, Template};
-
+/// Two passes only for more than this many times `keep` candidates: below,
+/// the first pass plus the `keep` full comparisons cost about as much as
+/// one pass (20,000 LEADER templates, shortlist 800, keep 500: median 60 ms
+/// with two passes against 52 ms with one, `benches/finger_identify.rs`).
+const TWO_PASS_FROM: usize = 4;
 /// Below this many comparisons a pass runs on the calling thread only.
 const PARALLEL_FROM: usize = 128;
 
@@ -45,11 +51,11 @@ impl RerankSettings {
     pub const SINGLE_PASS: Self = Self { probe_cap: 0, keep: 0 };
 
     /// Whether `probe` against `candidates` candidates, of which at least
-    /// `wanted` must come back, gets two passes.
+    /// `wanted` must come back, gets two passes (only where they save time).
     fn two_pass(&self, probe: &Template, candidates: usize, wanted: usize) -> bool {
         let keep = self.keep.max(wanted);
         // Keeping none would return nothing: such settings get the single pass.
-        self.probe_cap > 0 && keep > 0 && probe.len() > self.probe_cap && candidates > keep
+        self.probe_cap > 0 && keep > 0 && probe.len() > self.probe_cap && candidates > TWO_PASS_FROM * keep
     }
 }
 
@@ -86,15 +92,7 @@ fn score(probe: &Template, templates: &[(usize, &Template)], threads: usize) -> 
         part.iter().map(|&(i, t)| (i, matcher.similarity(probe, t))).collect::<Vec<_>>()
     };
     let threads = if templates.len() < PARALLEL_FROM { 1 } else { threads.clamp(1, 64) };
-    if threads == 1 {
-        return run(templates);
-    }
-    let chunk = templates.len().div_ceil(threads).max(1);
-    thread::scope(|s| {
-        let parts: Vec<_> = templates.chunks(chunk).map(|c| s.spawn(move || run(c))).collect();
-        // A panic in the matcher is re-raised here, as it would be without threads.
-        parts.into_iter().flat_map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e))).collect()
-    })
+    parallel_chunks(templates, threads, run)
 }
 
 #[cfg(test)]
