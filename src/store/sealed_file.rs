@@ -106,7 +106,7 @@ impl SealedFile {
         if &magic != STREAM_MAGIC {
             return Err(StoreError::Crypto);
         }
-        Ok(Some(SealedReader { file: self.clone(), input, plain: Vec::new(), at: 0, chunks: 0, done: false }))
+        SealedReader::new(self.clone(), input).map(Some).map_err(|source| self.io_error(source))
     }
 
     /// Removes the file (nothing to do when there is none).
@@ -197,23 +197,58 @@ impl Drop for SealedWriter {
 }
 
 /// Opens a file sealed in chunks as it is read ([`SealedFile::reader`]).
+///
+/// A thread of its own reads and opens the chunks, at most [`READ_AHEAD`]
+/// ahead of the consumer, so that the file's reads and the decryption run
+/// beside the parsing of what came before (a start-up reads several GB of
+/// finger gallery snapshot this way). A chunk that fails ends the stream with
+/// its error; dropping the reader stops the thread at its next chunk.
 #[derive(Debug)]
 pub struct SealedReader {
-    file: SealedFile,
-    input: std::io::BufReader<std::fs::File>,
+    /// Each chunk's plaintext in order, then `None` after the last one, or the error that ends the stream.
+    chunks: std::sync::mpsc::Receiver<std::io::Result<Option<Vec<u8>>>>,
     plain: Vec<u8>,
     at: usize,
+    /// Set after the last chunk (reads return 0) or an error (reads fail).
+    ended: Option<Result<(), std::io::ErrorKind>>,
+}
+
+/// Opened chunks a [`SealedReader`]'s thread keeps ready (4 MiB each).
+const READ_AHEAD: usize = 2;
+
+impl SealedReader {
+    fn new(file: SealedFile, input: std::io::BufReader<std::fs::File>) -> std::io::Result<Self> {
+        let (tx, rx) = std::sync::mpsc::sync_channel(READ_AHEAD);
+        let mut source = ChunkSource { file, input, chunks: 0, done: false };
+        std::thread::Builder::new().name("sealed-read".into()).spawn(move || {
+            loop {
+                let next = source.next_chunk();
+                let end = !matches!(next, Ok(Some(_)));
+                // A failed send means the reader was dropped: stop reading.
+                if tx.send(next).is_err() || end {
+                    break;
+                }
+            }
+        })?;
+        Ok(Self { chunks: rx, plain: Vec::new(), at: 0, ended: None })
+    }
+}
+
+/// The chunks of a sealed file, read and opened in order ([`SealedReader`]'s thread).
+struct ChunkSource {
+    file: SealedFile,
+    input: std::io::BufReader<std::fs::File>,
     chunks: u64,
     done: bool,
 }
 
-impl SealedReader {
-    /// Reads and opens the next chunk; false after the last one.
-    fn next_chunk(&mut self) -> std::io::Result<bool> {
+impl ChunkSource {
+    /// Reads and opens the next chunk; `None` after the last one.
+    fn next_chunk(&mut self) -> std::io::Result<Option<Vec<u8>>> {
         use std::io::Read;
         let bad = |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, format!("sealed file: {what}"));
         if self.done {
-            return Ok(false);
+            return Ok(None);
         }
         let mut head = [0u8; 5];
         self.input.read_exact(&mut head).map_err(|_| bad("truncated (no last chunk)"))?;
@@ -229,12 +264,11 @@ impl SealedReader {
         }
         let mut sealed = vec![0u8; len];
         self.input.read_exact(&mut sealed).map_err(|_| bad("truncated chunk"))?;
-        self.plain = self
+        let plain = self
             .file
             .sealer
             .open_sealed(&sealed, &self.file.chunk_aad(self.chunks, last))
             .map_err(|_| bad("a chunk does not open with this key (tampered, reordered or another key)"))?;
-        self.at = 0;
         self.chunks += 1;
         if last {
             self.done = true;
@@ -243,15 +277,32 @@ impl SealedReader {
                 return Err(bad("bytes after the last chunk"));
             }
         }
-        Ok(true)
+        Ok(Some(plain))
     }
 }
 
 impl std::io::Read for SealedReader {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         while self.at == self.plain.len() {
-            if !self.next_chunk()? {
-                return Ok(0);
+            match self.ended {
+                Some(Ok(())) => return Ok(0),
+                Some(Err(kind)) => return Err(std::io::Error::new(kind, "sealed file: the read already failed")),
+                None => {}
+            }
+            let next = self
+                .chunks
+                .recv()
+                .unwrap_or_else(|_| Err(std::io::Error::other("sealed file: the reading thread stopped")));
+            match next {
+                Ok(Some(plain)) => {
+                    self.plain = plain;
+                    self.at = 0;
+                }
+                Ok(None) => self.ended = Some(Ok(())),
+                Err(e) => {
+                    self.ended = Some(Err(e.kind()));
+                    return Err(e);
+                }
             }
         }
         let available = self.plain.get(self.at..).unwrap_or_default();
@@ -324,7 +375,19 @@ mod tests {
             std::fs::write(&f.path, bytes).unwrap();
             let e = read_all(&f).unwrap_err();
             assert_eq!(e.kind(), std::io::ErrorKind::InvalidData, "{what}: {e}");
+            // A reader that failed keeps failing (it never looks like a clean end).
+            let mut r = f.reader().unwrap().unwrap();
+            assert!(r.read_to_end(&mut Vec::new()).is_err(), "{what}");
+            assert!(r.read(&mut [0u8; 16]).is_err(), "{what}: read after the failure");
         }
+        // A reader dropped after its first bytes stops its thread (nothing hangs), and the file reads again.
+        std::fs::write(&f.path, &sealed).unwrap();
+        let mut r = f.reader().unwrap().unwrap();
+        let mut first = [0u8; 10];
+        r.read_exact(&mut first).unwrap();
+        assert_eq!(first, plain[..10]);
+        drop(r);
+        assert_eq!(read_all(&f).unwrap(), plain);
         // Another key opens nothing.
         std::fs::write(&f.path, &sealed).unwrap();
         let other = tempfile::tempdir().unwrap();
