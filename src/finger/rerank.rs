@@ -6,10 +6,11 @@
 //! valid cylinders makes the re-rank of a 10,000-template shortlist several
 //! times slower than a typical one, and such probes make the tail of a
 //! search's latency. With [`RerankSettings::probe_cap`] set, a probe with more
-//! cylinders, against more than 4 times [`RerankSettings::keep`] candidates, is first compared with its most central ones only
-//! ([`Template::central`]), and the [`RerankSettings::keep`] best candidates
-//! of that pass are compared again with the whole probe: those scores (and
-//! only those candidates) come back, so a score is always the full matcher's.
+//! cylinders, against more than 4 times [`RerankSettings::keep`] candidates,
+//! is first compared with its most central ones only ([`Template::central`]),
+//! and the [`RerankSettings::keep`] best candidates of that pass are compared
+//! again with the whole probe: those scores (and only those candidates)
+//! come back, so a score is always the full matcher's.
 //! Probes within the cap get the single pass. What the first pass costs in
 //! accuracy (a mate it ranks below `keep`) is measured by
 //! `benches/finger_identify.rs` (BENCHMARKS.md): with the default 24:500, on

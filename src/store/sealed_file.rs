@@ -380,7 +380,8 @@ mod tests {
             assert!(r.read_to_end(&mut Vec::new()).is_err(), "{what}");
             assert!(r.read(&mut [0u8; 16]).is_err(), "{what}: read after the failure");
         }
-        // A reader dropped after its first bytes stops its thread (nothing hangs), and the file reads again.
+        // A reader dropped after its first bytes, its thread waiting on a full channel: the drop
+        // does not hang, and the file reads whole again.
         std::fs::write(&f.path, &sealed).unwrap();
         let mut r = f.reader().unwrap().unwrap();
         let mut first = [0u8; 10];
