@@ -35,6 +35,11 @@
 //! templates of each run gives the baseline rate (templates/s/core, one
 //! thread) and the rank-1 ceiling that no shortlist can beat.
 //!
+//! `--candidates sketch` measures the other candidate stage of the service
+//! (`finger::sketch`: every template's pooled sketches scanned, the
+//! `--shortlist` best kept) in place of the hash votes; the index is still
+//! built for the baselines and the missed mates' vote ranks.
+//!
 //! `--templates DIR` reads the templates from `DIR` (same relative paths as
 //! the images, `.iso`) instead of beside the images: e.g. our own extractor's,
 //! written by `cotejo eval fingers --source images --export-iso DIR`.
@@ -70,9 +75,10 @@
 //! bucket, interleaved with the search over every bucket, and reports the
 //! share of postings read, the times and the mate recall.
 //!
-//! `--sketch T,K` (an experiment, not the service's method) also scans every
-//! gallery template with pooled 96-bit cylinder sketches (a 4x4-cell block's
-//! bit set when at least T of its cells are, per direction layer; a template
+//! `--sketch T,K[,B]` (an experiment, not the service's method) also scans
+//! every gallery template with pooled cylinder sketches (a BxB-cell block's
+//! bit set when at least T of its cells are, per direction layer; B is 4 by
+//! default, 96 bits a cylinder, and 2 or 8 otherwise; a template
 //! scores the mean of its K best per-probe-cylinder maxima) and reports that
 //! scan's mate recall, alone and sharing the shortlist with the votes.
 
@@ -84,7 +90,7 @@ use cotejo::finger::{
     aspect::Stretched,
     mcc, parallel_chunks,
     rerank::{self, RerankSettings},
-    shortlist,
+    shortlist, sketch as scan,
 };
 type Res<T> = Result<T, Box<dyn Error>>;
 
@@ -101,7 +107,10 @@ struct Options {
     seed: u64,
     shards: usize,
     one_pass_probes: usize,
-    sketch: Option<(u32, usize)>,
+    sketch: Option<(u32, usize, usize)>,
+    /// The candidate stages measured, each with its shortlist size: the hash
+    /// votes (the default, `--shortlist`) and/or the sketch scan.
+    candidates: Vec<Stage>,
     rescore: usize,
     min_minutiae: usize,
     insert_baseline: bool,
@@ -126,6 +135,7 @@ impl Options {
             shards: 1,
             one_pass_probes: 40,
             sketch: None,
+            candidates: Vec::new(),
             rescore: 42,
             min_minutiae: 0,
             insert_baseline: false,
@@ -145,14 +155,36 @@ impl Options {
                 "--gallery" => o.gallery = value.parse()?,
                 "--threads" => o.threads = value.split(',').map(str::parse).collect::<Result<_, _>>()?,
                 "--shortlist" => o.shortlist = value.parse()?,
+                "--candidates" => {
+                    for item in value.split(',') {
+                        let (name, size) = item.split_once(':').unwrap_or((item, ""));
+                        let n = if size.is_empty() { None } else { Some(size.parse()?) };
+                        o.candidates.push(match name {
+                            "votes" => Stage { scan: false, n },
+                            "sketch" => Stage { scan: true, n },
+                            _ => return Err("--candidates wants votes[:N] and/or sketch[:N]".into()),
+                        });
+                    }
+                }
                 "--exhaustive" => o.exhaustive = value.parse()?,
                 "--seed" => o.seed = value.parse()?,
                 "--runs" => o.runs = value.parse::<usize>()?.clamp(1, 2),
                 "--shards" => o.shards = value.parse::<usize>()?.max(1),
                 "--one-pass-probes" => o.one_pass_probes = value.parse()?,
                 "--sketch" => {
-                    let (t, k) = value.split_once(',').ok_or("--sketch wants THRESHOLD,TOP")?;
-                    o.sketch = Some((t.parse()?, k.parse()?));
+                    let parts: Vec<&str> = value.split(',').collect();
+                    let [t, k, rest @ ..] = parts.as_slice() else {
+                        return Err("--sketch wants THRESHOLD,TOP[,BLOCK]".into());
+                    };
+                    let block = match rest {
+                        [] => 4,
+                        [b] => b.parse()?,
+                        _ => return Err("--sketch wants THRESHOLD,TOP[,BLOCK]".into()),
+                    };
+                    if ![2, 4, 8].contains(&block) {
+                        return Err("--sketch BLOCK is 2, 4 or 8".into());
+                    }
+                    o.sketch = Some((t.parse()?, k.parse()?, block));
                 }
                 "--rescore" => o.rescore = value.parse()?,
                 "--min-minutiae" => o.min_minutiae = value.parse()?,
@@ -182,16 +214,27 @@ impl Options {
 
 #[path = "finger_identify/gallery.rs"]
 mod gallery;
-#[path = "finger_identify/sketch.rs"]
-mod sketch;
+#[path = "finger_identify/pooling.rs"]
+mod pooling;
 
 use gallery::{Run, Shards, build_run, load};
-use sketch::{Sketch, sketch_of, sketch_score};
+use pooling::{Sketch, sketch_of, sketch_score};
 
-/// Threads and re-rank of one measured configuration.
+/// A candidate stage and its shortlist size (`None`: `--shortlist`).
+#[derive(Debug, Clone, Copy)]
+struct Stage {
+    /// The sketch scan (`finger::sketch`) rather than the hash votes.
+    scan: bool,
+    n: Option<usize>,
+}
+
+/// Threads, candidate stage and re-rank of one measured configuration.
 #[derive(Debug, Clone, Copy)]
 struct Config {
     threads: usize,
+    /// The sketch scan rather than the votes, and the shortlist size.
+    scan: bool,
+    n: usize,
     /// The re-rank (one index only; shards re-rank their shortlists in one pass).
     rerank: RerankSettings,
 }
@@ -205,6 +248,8 @@ struct Outcome {
     rank1: bool,
     /// Whether the mate is still best after the aspect rescoring of the top candidates.
     rank1_rescored: bool,
+    /// Whether the mate is among the 10 best after the rescoring (an Identify's default k).
+    top10_rescored: bool,
     candidate_time: Duration,
     /// Time of the aspect rescoring (part of `total_time`).
     rescore_time: Duration,
@@ -271,13 +316,17 @@ fn identify_one_index(
     probe: &mcc::Template,
     stretched: &Stretched,
     mate: u64,
-    n: usize,
+    (scan, n): (bool, usize),
     threads: usize,
     rescore: usize,
     settings: RerankSettings,
 ) -> Outcome {
     let start = Instant::now();
-    let keys = index.search_descriptor(&probe_descriptor(probe), n, threads);
+    let keys: Vec<u64> = if !scan {
+        index.search_descriptor(&probe_descriptor(probe), n, threads)
+    } else {
+        scan::shortlist(probe, &run.sketches, |s| s, n, threads).into_iter().map(|i| i as u64).collect()
+    };
     let candidate_time = start.elapsed();
     let templates: Vec<&mcc::Template> = keys.iter().filter_map(|&key| run.gallery.get(key as usize)).collect();
     let mut scored: Vec<(f32, u64)> = rerank::rerank(probe, &templates, settings, rescore.max(1), threads)
@@ -287,6 +336,7 @@ fn identify_one_index(
     let best = best_of(&scored);
     let rescore_start = Instant::now();
     let mut rescored_best = best;
+    let mut finalists = scored.clone();
     if rescore > 0 && !scored.is_empty() {
         let top = rescore.min(scored.len());
         scored.select_nth_unstable_by(top - 1, |a, b| b.0.total_cmp(&a.0));
@@ -300,12 +350,15 @@ fn identify_one_index(
                 .collect()
         });
         rescored_best = best_of(&rescored);
+        finalists = rescored;
     }
+    finalists.sort_unstable_by(|a, b| b.0.total_cmp(&a.0));
     let rescore_time = rescore_start.elapsed();
     Outcome {
         shard_rank: keys.iter().position(|&k| k == mate),
         rank1: best.1 == mate,
         rank1_rescored: rescored_best.1 == mate,
+        top10_rescored: finalists.iter().take(10).any(|&(_, k)| k == mate),
         candidate_time,
         rescore_time,
         total_time: start.elapsed(),
@@ -315,11 +368,12 @@ fn identify_one_index(
 }
 
 /// One identification of probe `p` of the run; the aspect rescoring only with one index.
-fn identify(shards: &Shards, run: &Run, p: usize, n: usize, config: Config, rescore: usize) -> Outcome {
+fn identify(shards: &Shards, run: &Run, p: usize, config: Config, rescore: usize) -> Outcome {
     let (probe, mate) = (&run.probes[p].0, run.probes[p].1);
-    let Config { threads, rerank } = config;
+    let Config { threads, scan, n, rerank } = config;
     if let [index] = shards.indexes.as_slice() {
-        return identify_one_index(index, run, probe, &run.probe_stretched[p], mate, n, threads, rescore, rerank);
+        let stage = (scan, n);
+        return identify_one_index(index, run, probe, &run.probe_stretched[p], mate, stage, threads, rescore, rerank);
     }
     let start = Instant::now();
     let per_shard = n.div_ceil(shards.indexes.len());
@@ -344,6 +398,7 @@ fn identify(shards: &Shards, run: &Run, p: usize, n: usize, config: Config, resc
         shard_rank: results.iter().find_map(|r| r.2),
         rank1: best.1 == mate,
         rank1_rescored: best.1 == mate,
+        top10_rescored: false,
         candidate_time: results.iter().map(|r| r.3).max().unwrap_or_default(),
         rescore_time: Duration::ZERO,
         total_time,
@@ -385,6 +440,10 @@ fn long_lists(index: &shortlist::ShortlistIndex, run: &Run, o: &Options) {
             run.probes.len()
         );
     }
+}
+
+fn stage_name(scan: bool) -> &'static str {
+    if scan { "sketch" } else { "votes" }
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> f64 {
@@ -429,8 +488,13 @@ fn main() -> Res<()> {
     let mut sketch_ranks: Vec<usize> = Vec::new();
     let (mut one_pass, mut blocked): (Vec<Duration>, Vec<Duration>) = (Vec::new(), Vec::new());
     // Every thread count with every re-rank; the first is the reference of the recall figures.
-    let configs: Vec<Config> =
-        o.threads.iter().flat_map(|&threads| o.rerank.iter().map(move |&rerank| Config { threads, rerank })).collect();
+    let stages = if o.candidates.is_empty() { vec![Stage { scan: false, n: None }] } else { o.candidates.clone() };
+    let configs: Vec<Config> = o
+        .threads
+        .iter()
+        .flat_map(|&threads| stages.iter().map(move |s| (threads, s.scan, s.n.unwrap_or(o.shortlist))))
+        .flat_map(|(threads, scan, n)| o.rerank.iter().map(move |&rerank| Config { threads, scan, n, rerank }))
+        .collect();
     let mut outcomes: Vec<Vec<Outcome>> = vec![Vec::new(); configs.len()];
     let (mut exhaustive_time, mut exhaustive_comparisons, mut ceiling_hits, mut probes_total) =
         (Duration::ZERO, 0_usize, 0_usize, 0_usize);
@@ -439,8 +503,18 @@ fn main() -> Res<()> {
     let (mut index_bytes, mut index_templates, mut template_bytes, mut build_time) = (0_usize, 0_usize, 0_usize, 0.0);
     for enrolled in 0..o.runs {
         let start = Instant::now();
-        let run = build_run(&prints, fingers, enrolled, o.gallery, o.seed, build_threads);
+        let mut run = build_run(&prints, fingers, enrolled, o.gallery, o.seed, build_threads);
         let templates_time = start.elapsed().as_secs_f64();
+        if configs.iter().any(|c| c.scan) {
+            let start = Instant::now();
+            run.sketches = cotejo::finger::gallery::parallel_map(&run.gallery, build_threads, scan::Sketch::new);
+            println!(
+                "# run {enrolled}: sketches built in {:.1} s, {:.0} bytes per template",
+                start.elapsed().as_secs_f64(),
+                run.sketches.iter().map(|s| s.heap_bytes() + std::mem::size_of::<scan::Sketch>()).sum::<usize>() as f64
+                    / run.sketches.len().max(1) as f64
+            );
+        }
         let start = Instant::now();
         let (sharded, times) = Shards::build(&run.gallery, shards, o.insert_baseline);
         let index_time = start.elapsed().as_secs_f64();
@@ -495,13 +569,16 @@ fn main() -> Res<()> {
             exhaustive_ranks.push(scores.iter().filter(|&&s| s > mate_score).count());
         }
         probes_total += run.probes.len();
-        if let Some((threshold, top)) = o.sketch {
+        if let Some((threshold, top, block)) = o.sketch {
             let start = Instant::now();
-            let sketches: Vec<Sketch> = run.gallery.iter().map(|t| sketch_of(t, threshold)).collect();
+            let sketches: Vec<Sketch> = run.gallery.iter().map(|t| sketch_of(t, threshold, block)).collect();
             println!(
                 "# sketches built in {:.1} s, mean bits {:.1}",
                 start.elapsed().as_secs_f64(),
-                sketches.iter().flat_map(|s| s.bits.iter().map(|b| b.count_ones() as f64)).sum::<f64>()
+                sketches
+                    .iter()
+                    .flat_map(|s| s.bits.iter().map(|b| b.iter().map(|w| w.count_ones()).sum::<u32>() as f64))
+                    .sum::<f64>()
                     / sketches.iter().map(|s| s.bits.len() as f64).sum::<f64>()
             );
             let mut best = Vec::new();
@@ -509,7 +586,7 @@ fn main() -> Res<()> {
             let first_probe = ranks.len();
             let start = Instant::now();
             for (probe, mate) in &run.probes {
-                let ps = sketch_of(probe, threshold);
+                let ps = sketch_of(probe, threshold, block);
                 let scores: Vec<f32> = sketches.iter().map(|g| sketch_score(&ps, g, top, &mut best)).collect();
                 let ms = scores[*mate as usize];
                 ranks.push(scores.iter().filter(|&&s| s > ms).count());
@@ -529,7 +606,7 @@ fn main() -> Res<()> {
                 })
                 .collect();
             println!(
-                "# sketch T={threshold} top={top}: {:.0} templates/s; recall {}",
+                "# sketch T={threshold} top={top} block={block}: {:.0} templates/s; recall {}",
                 n * run.probes.len() as f64 / el,
                 line.join(", ")
             );
@@ -603,7 +680,7 @@ fn main() -> Res<()> {
         // machine's drift falls on all of them alike).
         for (p, ((probe, mate), name)) in run.probes.iter().zip(&run.probe_names).enumerate() {
             for (slot, &config) in configs.iter().enumerate() {
-                let outcome = identify(&sharded, &run, p, o.shortlist, config, o.rescore);
+                let outcome = identify(&sharded, &run, p, config, o.rescore);
                 if slot == 0 && outcome.shard_rank.is_none() {
                     let mate_cylinders = run.gallery.get(*mate as usize).map_or(0, mcc::Template::len);
                     let exhaustive = exhaustive_ranks.get(probes_total - run.probes.len() + p).copied();
@@ -713,20 +790,26 @@ fn main() -> Res<()> {
     for (config, outcomes) in configs.iter().zip(&outcomes).filter(|(c, _)| c.threads == configs[0].threads) {
         let RerankSettings { probe_cap, keep } = config.rerank;
         let large = outcomes.iter().filter(|x| probe_cap > 0 && x.probe_cylinders > probe_cap).count();
+        let share = |f: fn(&Outcome) -> bool| outcomes.iter().filter(|x| f(x)).count() as f64 / outcomes.len() as f64;
         println!(
-            "re-rank cap {probe_cap}, keep {keep} ({large} probes over the cap): mate fully scored {}/{}, rank-1 {:.4}, after the aspect rescoring {:.4}",
+            "{} {}, re-rank cap {probe_cap}, keep {keep} ({large} probes over the cap): mate shortlisted {:.4}, fully scored {}/{}, rank-1 {:.4}, after the aspect rescoring {:.4}, among its 10 best {:.4}",
+            stage_name(config.scan),
+            config.n,
+            share(|x| x.shard_rank.is_some()),
             outcomes.iter().filter(|x| x.mate_scored).count(),
             outcomes.len(),
-            outcomes.iter().filter(|x| x.rank1).count() as f64 / outcomes.len() as f64,
-            outcomes.iter().filter(|x| x.rank1_rescored).count() as f64 / outcomes.len() as f64
+            share(|x| x.rank1),
+            share(|x| x.rank1_rescored),
+            share(|x| x.top10_rescored)
         );
     }
     println!(
-        "threads  re-rank (cap:keep)  median_ms  p99_ms  candidate_median_ms  rescore_median_ms  without_rescore_median/p99_ms  templates/s/core  speed-up vs exhaustive"
+        "threads  candidates  re-rank (cap:keep)  median_ms  p99_ms  candidate_median_ms  rescore_median_ms  without_rescore_median/p99_ms  templates/s/core  speed-up vs exhaustive"
     );
     for (slot, config) in configs.iter().enumerate() {
         let threads = config.threads;
         let rerank = format!("{}:{}", config.rerank.probe_cap, config.rerank.keep);
+        let stage = format!("{}:{}", stage_name(config.scan), config.n);
         let mut totals: Vec<Duration> = outcomes[slot].iter().map(|x| x.total_time).collect();
         let mut candidates: Vec<Duration> = outcomes[slot].iter().map(|x| x.candidate_time).collect();
         let mut rescores: Vec<Duration> = outcomes[slot].iter().map(|x| x.rescore_time).collect();
@@ -738,7 +821,7 @@ fn main() -> Res<()> {
         let mean = totals.iter().map(Duration::as_secs_f64).sum::<f64>() / totals.len() as f64;
         let per_core = o.gallery as f64 / mean / threads as f64;
         println!(
-            "{threads:>7}  {rerank:>18}  {:>9.1}  {:>6.1}  {:>19.1}  {:>17.1}  {:>22.1} / {:>6.1}  {per_core:>16.0}  {:>6.1}x",
+            "{threads:>7}  {stage:>10}  {rerank:>18}  {:>9.1}  {:>6.1}  {:>19.1}  {:>17.1}  {:>22.1} / {:>6.1}  {per_core:>16.0}  {:>6.1}x",
             percentile(&totals, 0.5),
             percentile(&totals, 0.99),
             percentile(&candidates, 0.5),
@@ -766,7 +849,7 @@ fn main() -> Res<()> {
             })
             .collect();
         println!(
-            "# {threads} threads, re-rank {rerank}: candidate stage p99 {:.1} ms; re-rank median {:.1} ms, p99 {:.1} ms; slowest: {}",
+            "# {threads} threads, {stage}, re-rank {rerank}: candidate stage p99 {:.1} ms; re-rank median {:.1} ms, p99 {:.1} ms; slowest: {}",
             percentile(&candidates, 0.99),
             percentile(&reranks, 0.5),
             percentile(&reranks, 0.99),

@@ -158,7 +158,11 @@ pub struct FingerConfig {
     pub extract_threads: usize,
     /// Positions with at least this many templates are searched through the shortlist.
     pub shortlist_from: usize,
-    /// Fraction of a position's templates the shortlist keeps for the full matcher.
+    /// Positions with fewer templates are shortlisted by the sketch scan, larger ones by the hash votes.
+    pub sketch_below: usize,
+    /// Fraction of a position's templates the sketch scan keeps for the full matcher.
+    pub sketch_fraction: f64,
+    /// Fraction of a position's templates the hash votes keep for the full matcher.
     pub shortlist_fraction: f64,
     /// Fewest templates the shortlist keeps.
     pub shortlist_min: usize,
@@ -270,6 +274,9 @@ impl Config {
         }
         if !(self.finger.shortlist_fraction > 0.0 && self.finger.shortlist_fraction <= 1.0) {
             return bad("finger.shortlist_fraction must be in (0, 1]");
+        }
+        if !(self.finger.sketch_fraction > 0.0 && self.finger.sketch_fraction <= 1.0) {
+            return bad("finger.sketch_fraction must be in (0, 1]");
         }
         if self.finger.shortlist_max < self.finger.shortlist_min {
             return bad("finger.shortlist_max must be at least finger.shortlist_min");

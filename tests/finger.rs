@@ -324,3 +324,66 @@ async fn templates_stretched_by_their_scanner_still_match() {
     assert!(v.decision.expect("decision").r#match, "score {}", v.score);
     assert_eq!(v.scores[0].raw_score, raw, "verify and identify score the pair alike");
 }
+
+/// An ISO record of a synthetic finger (`seed`) turned by `turn` radians
+/// about the centre of a 300x400 frame.
+fn synthetic_record(seed: u64, turn: f32) -> Vec<u8> {
+    use cotejo::finger::{
+        iso19794_2::{self, IsoMinutia, MinutiaKind},
+        template,
+    };
+    let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state >> 40) as f32 / (1u64 << 24) as f32
+    };
+    let (s, c) = turn.sin_cos();
+    let minutiae = (0..38)
+        .map(|_| {
+            let (x, y, a) = (60.0 + 180.0 * next(), 60.0 + 280.0 * next(), std::f32::consts::TAU * next());
+            let (dx, dy) = (x - 150.0, y - 200.0);
+            IsoMinutia {
+                kind: MinutiaKind::RidgeEnding,
+                x: (150.0 + c * dx + s * dy).round() as u16,
+                y: (200.0 - s * dx + c * dy).round() as u16,
+                angle: iso19794_2::angle_from_radians(a + turn),
+                quality: 60,
+            }
+        })
+        .collect();
+    iso19794_2::write(&template::one_view_record(5, 300, 400, 70, minutiae)).expect("write")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sketch_scan_shortlists_the_mate_before_and_after_a_restart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // The sketch scan from 3 templates at a position on, keeping half of them.
+    let overrides = [
+        ("COTEJO__FINGER__SHORTLIST_FROM", "3"),
+        ("COTEJO__FINGER__SKETCH_BELOW", "1000"),
+        ("COTEJO__FINGER__SKETCH_FRACTION", "0.5"),
+        ("COTEJO__FINGER__SHORTLIST_MIN", "1"),
+    ];
+    let server = TestServer::start(config(dir.path(), &overrides)).await;
+    let mut c = server.client.clone();
+    for seed in 1..=11 {
+        c.enroll(enroll_req(&format!("s{seed}"), vec![iso(5, synthetic_record(seed, 0.0))])).await.expect("enroll");
+    }
+    let probe = || identify_req(vec![iso(5, synthetic_record(7, 25f32.to_radians()))]);
+    let r = c.identify(probe()).await.expect("identify").into_inner();
+    assert_eq!(r.candidates[0].subject_id, "s7", "{:?}", r.candidates);
+    assert!(r.decision.expect("decision").r#match);
+    // Only the shortlist reached the full matcher: half of the 11.
+    assert!(r.candidates.len() <= 5, "{} candidates", r.candidates.len());
+    server.stop().await;
+
+    // After a restart (from the gallery snapshot written at shutdown: sketches pooled again).
+    let server = TestServer::start(config(dir.path(), &overrides)).await;
+    let mut c = server.client.clone();
+    let r = c.identify(probe()).await.expect("identify").into_inner();
+    assert_eq!(r.candidates[0].subject_id, "s7", "{:?}", r.candidates);
+    assert!(r.decision.expect("decision").r#match);
+    server.stop().await;
+}

@@ -2,9 +2,11 @@
 //! finger position, derived from the store (never the only copy). A search
 //! compares a probe with the templates of the same finger position on
 //! several threads and keeps each subject's best score. From
-//! [`GallerySettings::shortlist_from`] templates at a position on, the
-//! candidate stage ([`super::shortlist`]) picks the templates worth that
-//! comparison; below it, every template is compared (exhaustive).
+//! [`GallerySettings::shortlist_from`] templates at a position on, a
+//! candidate stage picks the templates worth that comparison: the hash votes
+//! ([`super::shortlist`]), or, if configured, the sketch scan
+//! ([`super::sketch`]) below [`GallerySettings::sketch_below`] templates;
+//! below `shortlist_from`, every template is compared (exhaustive).
 
 use std::{collections::HashMap, sync::Arc};
 
@@ -16,6 +18,7 @@ use super::{
     mcc::Template,
     rerank::{RerankSettings, rerank},
     shortlist::{Descriptor, ShortlistIndex},
+    sketch::{self, Sketch},
 };
 
 /// Positions 0..=10 (0 is unused: samples always name their finger).
@@ -26,24 +29,29 @@ struct Entry {
     template_id: i64,
     subject: Arc<str>,
     template: Arc<Template>,
+    /// Empty unless the gallery scans sketches ([`GallerySettings::scans_sketches`]).
+    sketch: Sketch,
 }
 
-/// A template with its shortlist keys, ready to join a [`FingerGallery`].
+/// A template with its shortlist keys and sketch, ready to join a [`FingerGallery`].
 ///
-/// Building both is most of the cost of adding a template, and needs no
+/// Building them is most of the cost of adding a template, and needs no
 /// access to the gallery, so a start-up prepares its templates on every core
 /// and adds them one after another.
 #[derive(Debug, Clone)]
 pub struct Prepared {
     template: Template,
     descriptor: Descriptor,
+    sketch: Option<Sketch>,
 }
 
 impl Prepared {
-    /// Hashes the template's cylinders for the shortlist.
-    pub fn new(template: Template) -> Self {
+    /// Hashes the template's cylinders for the shortlist, and pools them for
+    /// the sketch scan if a gallery with `settings` scans sketches.
+    pub fn new(template: Template, settings: &GallerySettings) -> Self {
         let descriptor = Descriptor::new(&template);
-        Self { template, descriptor }
+        let sketch = settings.scans_sketches().then(|| Sketch::new(&template));
+        Self { template, descriptor, sketch }
     }
 }
 
@@ -68,7 +76,14 @@ pub struct FingerHit {
 pub struct GallerySettings {
     /// Positions with at least this many templates are searched through the shortlist.
     pub shortlist_from: usize,
-    /// Fraction of a position's templates the shortlist keeps for the full matcher.
+    /// Positions with fewer templates (and at least `shortlist_from`) are
+    /// shortlisted by the sketch scan, larger ones by the hash votes; at most
+    /// `shortlist_from` (the default, 0) turns the scan off.
+    pub sketch_below: usize,
+    /// Fraction of a position's templates the sketch scan keeps (at least
+    /// `shortlist_min`; no cap: `sketch_below` bounds it).
+    pub sketch_fraction: f64,
+    /// Fraction of a position's templates the hash votes keep for the full matcher.
     pub shortlist_fraction: f64,
     /// Fewest templates the shortlist keeps.
     pub shortlist_min: usize,
@@ -82,11 +97,21 @@ impl Default for GallerySettings {
     fn default() -> Self {
         Self {
             shortlist_from: 50_000,
+            sketch_below: 0,
+            sketch_fraction: 0.08,
             shortlist_fraction: 0.04,
             shortlist_min: 1_000,
             shortlist_max: 10_000,
             rerank: RerankSettings::default(),
         }
+    }
+}
+
+impl GallerySettings {
+    /// Whether some position size is shortlisted by the sketch scan (so that
+    /// the gallery keeps every template's sketch: about 1.6 KB each).
+    pub fn scans_sketches(&self) -> bool {
+        self.sketch_below > self.shortlist_from
     }
 }
 
@@ -106,6 +131,11 @@ impl FingerGallery {
         Self { settings, ..Self::default() }
     }
 
+    /// The settings it was made with.
+    pub fn settings(&self) -> &GallerySettings {
+        &self.settings
+    }
+
     /// Templates held.
     pub fn len(&self) -> usize {
         self.slots.len()
@@ -118,7 +148,8 @@ impl FingerGallery {
 
     /// Adds a template; an id already present is replaced.
     pub fn add(&mut self, template_id: i64, subject: Arc<str>, position: u8, template: Template) {
-        self.add_prepared(template_id, subject, position, Prepared::new(template));
+        let prepared = Prepared::new(template, &self.settings);
+        self.add_prepared(template_id, subject, position, prepared);
     }
 
     /// Adds a template whose shortlist keys were computed beforehand
@@ -156,11 +187,14 @@ impl FingerGallery {
                 warn!(error = %e, "finger templates not added to the shortlist index");
             }
         }
-        for (template_id, subject, position, Prepared { template, .. }) in items {
+        let scans = self.settings.scans_sketches();
+        for (template_id, subject, position, Prepared { template, sketch, .. }) in items {
+            // Prepared for another gallery's settings: pooled here, or dropped.
+            let sketch = if scans { sketch.unwrap_or_else(|| Sketch::new(&template)) } else { Sketch::default() };
             let p = slot_of(position);
             let list = &mut self.by_position[p];
             self.slots.insert(template_id, (p, list.len()));
-            list.push(Entry { template_id, subject, template: Arc::new(template) });
+            list.push(Entry { template_id, subject, template: Arc::new(template), sketch });
         }
     }
 
@@ -186,23 +220,27 @@ impl FingerGallery {
     }
 
     /// The `k` best subjects for a probe of the finger at `position`: the
-    /// templates of that position (or the shortlist's pick of them, from
+    /// templates of that position (or a candidate stage's pick of them, from
     /// [`GallerySettings::shortlist_from`] on) re-ranked by the full matcher
     /// ([`rerank`]) on up to `threads` threads.
     pub fn search(&self, position: u8, probe: &Template, k: usize, threads: usize) -> Vec<FingerHit> {
         let p = usize::from(position).min(SLOTS - 1);
         let list = self.by_position[p].as_slice();
-        let picked: Vec<&Entry> = if list.len() >= self.settings.shortlist_from {
-            let wanted = (list.len() as f64 * self.settings.shortlist_fraction) as usize;
-            let n = wanted.min(self.settings.shortlist_max).max(self.settings.shortlist_min);
+        let settings = &self.settings;
+        let share = |fraction: f64| (list.len() as f64 * fraction) as usize;
+        let picked: Vec<&Entry> = if list.len() < settings.shortlist_from {
+            list.iter().collect()
+        } else if settings.scans_sketches() && list.len() < settings.sketch_below {
+            let n = share(settings.sketch_fraction).max(settings.shortlist_min);
+            sketch::shortlist(probe, list, |e| &e.sketch, n, threads).into_iter().filter_map(|i| list.get(i)).collect()
+        } else {
+            let n = share(settings.shortlist_fraction).min(settings.shortlist_max).max(settings.shortlist_min);
             self.shortlists[p]
                 .search_descriptor(&Descriptor::for_probe(probe), n, threads)
                 .into_iter()
                 .filter_map(|key| self.slots.get(&(key as i64)))
                 .filter_map(|&(_, i)| list.get(i))
                 .collect()
-        } else {
-            list.iter().collect()
         };
         let templates: Vec<&Template> = picked.iter().map(|e| &*e.template).collect();
         let mut hits: Vec<FingerHit> = rerank(probe, &templates, self.settings.rerank, k, threads)
@@ -280,7 +318,7 @@ mod tests {
         for &i in &seeds {
             one.add(i as i64, format!("s{i}").into(), 1, print(i));
         }
-        let prepared = parallel_map(&seeds, 3, |&i| Prepared::new(print(i)));
+        let prepared = parallel_map(&seeds, 3, |&i| Prepared::new(print(i), &settings));
         for (&i, p) in seeds.iter().zip(prepared.clone()) {
             other.add_prepared(i as i64, format!("s{i}").into(), 1, p);
         }
@@ -288,7 +326,7 @@ mod tests {
         let mut batched = FingerGallery::new(settings);
         let mut items: Vec<_> =
             seeds.iter().zip(prepared).map(|(&i, p)| (i as i64, Arc::<str>::from(format!("s{i}")), 1, p)).collect();
-        items.insert(5, (7, "x".into(), 2, Prepared::new(print(99))));
+        items.insert(5, (7, "x".into(), 2, Prepared::new(print(99), &settings)));
         let rest = items.split_off(20);
         batched.add_prepared_batch(items);
         batched.add_prepared_batch(rest);
@@ -335,31 +373,48 @@ mod shortlist_tests {
     use crate::finger::mcc::Minutia;
 
     #[test]
-    fn the_shortlist_path_finds_a_rotated_copy_and_not_removed_ones() {
-        let settings = GallerySettings {
-            shortlist_from: 100,
-            shortlist_fraction: 0.05,
-            shortlist_min: 10,
-            shortlist_max: 1_000,
-            ..GallerySettings::default()
-        };
-        let mut g = FingerGallery::new(settings);
-        let random = |seed: u64| crate::finger::mcc::random_minutiae(seed, 40);
-        for i in 0..300 {
-            g.add(i, format!("s{i}").into(), 4, Template::new(&random(i as u64 + 1)));
+    fn both_candidate_stages_find_a_rotated_copy_and_not_removed_ones() {
+        // The sketch scan below `sketch_below`, the hash votes from there on.
+        for (sketch_below, stage) in [(usize::MAX, "sketch scan"), (0, "hash votes")] {
+            let settings = GallerySettings {
+                shortlist_from: 100,
+                sketch_below,
+                sketch_fraction: 0.05,
+                shortlist_fraction: 0.05,
+                shortlist_min: 10,
+                shortlist_max: 1_000,
+                ..GallerySettings::default()
+            };
+            let mut g = FingerGallery::new(settings);
+            let random = |seed: u64| crate::finger::mcc::random_minutiae(seed, 40);
+            for i in 0..300 {
+                let template = Template::new(&random(i as u64 + 1));
+                if i == 77 {
+                    // Prepared without a sketch (another gallery's settings): pooled on adding.
+                    let prepared = Prepared::new(template, &GallerySettings::default());
+                    g.add_prepared(i, format!("s{i}").into(), 4, prepared);
+                } else {
+                    g.add(i, format!("s{i}").into(), 4, template);
+                }
+            }
+            // Sketches are held only where they are scanned.
+            assert!(g.by_position[4].iter().all(|e| e.sketch.is_empty() != (sketch_below > 0)), "{stage}");
+            // Rotated by 0.3 rad about the centre and shifted.
+            let (sn, cs) = 0.3f32.sin_cos();
+            let probe: Vec<Minutia> = random(78)
+                .iter()
+                .map(|m| {
+                    let (x, y) = (m.x - 150.0, -(m.y - 200.0));
+                    Minutia { x: x * cs - y * sn + 160.0, y: -(x * sn + y * cs) + 190.0, angle: m.angle + 0.3 }
+                })
+                .collect();
+            let probe = Template::new(&probe);
+            let hits = g.search(4, &probe, 20, 2);
+            assert_eq!(&*hits[0].subject, "s77", "{stage}");
+            // The full matcher scored only the shortlist (15 templates, the 5% of 300, at least 10).
+            assert_eq!(hits.len(), 15, "{stage}");
+            g.remove(&[77]);
+            assert!(g.search(4, &probe, 5, 2).iter().all(|h| &*h.subject != "s77"), "{stage}");
         }
-        // Rotated by 0.3 rad about the centre and shifted.
-        let (sn, cs) = 0.3f32.sin_cos();
-        let probe: Vec<Minutia> = random(78)
-            .iter()
-            .map(|m| {
-                let (x, y) = (m.x - 150.0, -(m.y - 200.0));
-                Minutia { x: x * cs - y * sn + 160.0, y: -(x * sn + y * cs) + 190.0, angle: m.angle + 0.3 }
-            })
-            .collect();
-        let probe = Template::new(&probe);
-        assert_eq!(&*g.search(4, &probe, 1, 2)[0].subject, "s77");
-        g.remove(&[77]);
-        assert!(g.search(4, &probe, 5, 2).iter().all(|h| &*h.subject != "s77"));
     }
 }

@@ -11,6 +11,7 @@ pub mod pipeline;
 pub mod rerank;
 pub mod ridges;
 pub mod shortlist;
+pub mod sketch;
 pub mod template;
 
 pub use pipeline::{FingerError, FingerExtraction, FingerPipeline, FingerSettings};
