@@ -132,28 +132,7 @@ async fn snapshot_once(path: &std::path::Path, holds: impl Fn(u64) -> bool) -> V
 /// A synthetic ISO/IEC 19794-2 record of finger `seed` at position 2, its
 /// minutiae shifted by `shift` px (another impression of the same finger).
 fn synthetic_finger(seed: u64, shift: u16) -> pb::Sample {
-    use cotejo::finger::{
-        iso19794_2::{self, IsoMinutia, MinutiaKind},
-        template,
-    };
-    let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    let mut next = move || {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        (state >> 40) as f32 / (1u64 << 24) as f32
-    };
-    let minutiae = (0..40)
-        .map(|_| IsoMinutia {
-            kind: MinutiaKind::RidgeEnding,
-            x: (40.0 + 200.0 * next()) as u16 + shift,
-            y: (40.0 + 300.0 * next()) as u16 + shift,
-            angle: iso19794_2::angle_from_radians(std::f32::consts::TAU * next()),
-            quality: 60,
-        })
-        .collect();
-    let record = iso19794_2::write(&template::one_view_record(2, 300, 400, 70, minutiae)).expect("write");
-    crate::finger::iso(2, record)
+    crate::finger::iso(2, crate::finger::synthetic_record(seed, 2, 0.0, f32::from(shift)))
 }
 
 /// The finger gallery's snapshot: written after `snapshot_every` changes,

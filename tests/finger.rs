@@ -325,9 +325,10 @@ async fn templates_stretched_by_their_scanner_still_match() {
     assert_eq!(v.scores[0].raw_score, raw, "verify and identify score the pair alike");
 }
 
-/// An ISO record of a synthetic finger (`seed`) turned by `turn` radians
-/// about the centre of a 300x400 frame.
-fn synthetic_record(seed: u64, turn: f32) -> Vec<u8> {
+/// An ISO/IEC 19794-2 record of synthetic finger `seed` (40 minutiae in a
+/// 300x400 frame) at `position`, turned by `turn` radians about the frame's
+/// centre and shifted by `shift` px: another impression of the same finger.
+pub(crate) fn synthetic_record(seed: u64, position: u8, turn: f32, shift: f32) -> Vec<u8> {
     use cotejo::finger::{
         iso19794_2::{self, IsoMinutia, MinutiaKind},
         template,
@@ -340,20 +341,20 @@ fn synthetic_record(seed: u64, turn: f32) -> Vec<u8> {
         (state >> 40) as f32 / (1u64 << 24) as f32
     };
     let (s, c) = turn.sin_cos();
-    let minutiae = (0..38)
+    let minutiae = (0..40)
         .map(|_| {
-            let (x, y, a) = (60.0 + 180.0 * next(), 60.0 + 280.0 * next(), std::f32::consts::TAU * next());
+            let (x, y, a) = (40.0 + 200.0 * next(), 40.0 + 300.0 * next(), std::f32::consts::TAU * next());
             let (dx, dy) = (x - 150.0, y - 200.0);
             IsoMinutia {
                 kind: MinutiaKind::RidgeEnding,
-                x: (150.0 + c * dx + s * dy).round() as u16,
-                y: (200.0 - s * dx + c * dy).round() as u16,
+                x: (150.0 + c * dx + s * dy + shift).round().clamp(0.0, 299.0) as u16,
+                y: (200.0 - s * dx + c * dy + shift).round().clamp(0.0, 399.0) as u16,
                 angle: iso19794_2::angle_from_radians(a + turn),
                 quality: 60,
             }
         })
         .collect();
-    iso19794_2::write(&template::one_view_record(5, 300, 400, 70, minutiae)).expect("write")
+    iso19794_2::write(&template::one_view_record(position, 300, 400, 70, minutiae)).expect("write")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -369,9 +370,11 @@ async fn the_sketch_scan_shortlists_the_mate_before_and_after_a_restart() {
     let server = TestServer::start(config(dir.path(), &overrides)).await;
     let mut c = server.client.clone();
     for seed in 1..=11 {
-        c.enroll(enroll_req(&format!("s{seed}"), vec![iso(5, synthetic_record(seed, 0.0))])).await.expect("enroll");
+        c.enroll(enroll_req(&format!("s{seed}"), vec![iso(5, synthetic_record(seed, 5, 0.0, 0.0))]))
+            .await
+            .expect("enroll");
     }
-    let probe = || identify_req(vec![iso(5, synthetic_record(7, 25f32.to_radians()))]);
+    let probe = || identify_req(vec![iso(5, synthetic_record(7, 5, 25f32.to_radians(), 0.0))]);
     let r = c.identify(probe()).await.expect("identify").into_inner();
     assert_eq!(r.candidates[0].subject_id, "s7", "{:?}", r.candidates);
     assert!(r.decision.expect("decision").r#match);
