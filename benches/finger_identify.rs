@@ -250,6 +250,9 @@ struct Outcome {
     rank1_rescored: bool,
     /// Whether the mate is among the 10 best after the rescoring (an Identify's default k).
     top10_rescored: bool,
+    /// The same, counting each distractor print once however many of its copies score
+    /// (as if the gallery held each print once, one subject with many impressions).
+    top10_distinct: bool,
     candidate_time: Duration,
     /// Time of the aspect rescoring (part of `total_time`).
     rescore_time: Duration,
@@ -359,6 +362,10 @@ fn identify_one_index(
         rank1: best.1 == mate,
         rank1_rescored: rescored_best.1 == mate,
         top10_rescored: finalists.iter().take(10).any(|&(_, k)| k == mate),
+        top10_distinct: {
+            let mut seen = std::collections::HashSet::new();
+            finalists.iter().filter(|&&(_, k)| seen.insert(run.source(k as usize))).take(10).any(|&(_, k)| k == mate)
+        },
         candidate_time,
         rescore_time,
         total_time: start.elapsed(),
@@ -399,6 +406,7 @@ fn identify(shards: &Shards, run: &Run, p: usize, config: Config, rescore: usize
         rank1: best.1 == mate,
         rank1_rescored: best.1 == mate,
         top10_rescored: false,
+        top10_distinct: false,
         candidate_time: results.iter().map(|r| r.3).max().unwrap_or_default(),
         rescore_time: Duration::ZERO,
         total_time,
@@ -792,7 +800,7 @@ fn main() -> Res<()> {
         let large = outcomes.iter().filter(|x| probe_cap > 0 && x.probe_cylinders > probe_cap).count();
         let share = |f: fn(&Outcome) -> bool| outcomes.iter().filter(|x| f(x)).count() as f64 / outcomes.len() as f64;
         println!(
-            "{} {}, re-rank cap {probe_cap}, keep {keep} ({large} probes over the cap): mate shortlisted {:.4}, fully scored {}/{}, rank-1 {:.4}, after the aspect rescoring {:.4}, among its 10 best {:.4}",
+            "{} {}, re-rank cap {probe_cap}, keep {keep} ({large} probes over the cap): mate shortlisted {:.4}, fully scored {}/{}, rank-1 {:.4}, after the aspect rescoring {:.4}, among its 10 best {:.4} (each print's copies once: {:.4})",
             stage_name(config.scan),
             config.n,
             share(|x| x.shard_rank.is_some()),
@@ -800,7 +808,8 @@ fn main() -> Res<()> {
             outcomes.len(),
             share(|x| x.rank1),
             share(|x| x.rank1_rescored),
-            share(|x| x.top10_rescored)
+            share(|x| x.top10_rescored),
+            share(|x| x.top10_distinct)
         );
     }
     println!(

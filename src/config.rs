@@ -158,7 +158,8 @@ pub struct FingerConfig {
     pub extract_threads: usize,
     /// Positions with at least this many templates are searched through the shortlist.
     pub shortlist_from: usize,
-    /// Positions with fewer templates are shortlisted by the sketch scan, larger ones by the hash votes.
+    /// Positions with fewer templates are shortlisted by the sketch scan, larger ones by the hash votes
+    /// (at most `shortlist_from`, as the default 0: the scan is off).
     pub sketch_below: usize,
     /// Fraction of a position's templates the sketch scan keeps for the full matcher.
     pub sketch_fraction: f64,

@@ -95,6 +95,15 @@ pub(crate) struct Run {
 }
 
 impl Run {
+    /// The print gallery key `key` was made from: a mate is its own, a
+    /// distractor copy shares it with every other copy of the same print.
+    pub(crate) fn source(&self, key: usize) -> usize {
+        match key.checked_sub(self.mates.len()) {
+            None => key,
+            Some(i) => self.mates.len() + i % self.distractors.len().max(1),
+        }
+    }
+
     /// The minutiae of gallery key `key`: a mate, or distractor copy `key - mates`.
     pub(crate) fn minutiae(&self, key: usize) -> Vec<mcc::Minutia> {
         match key.checked_sub(self.mates.len()) {
