@@ -83,7 +83,6 @@
 //! scan's mate recall, alone and sharing the shortlist with the votes.
 
 use std::error::Error;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use cotejo::finger::{
@@ -94,139 +93,15 @@ use cotejo::finger::{
 };
 type Res<T> = Result<T, Box<dyn Error>>;
 
-#[derive(Debug)]
-struct Options {
-    data: PathBuf,
-    /// Where the `.iso` templates are (default: beside the images in `data`).
-    templates: Option<PathBuf>,
-    gallery: usize,
-    threads: Vec<usize>,
-    shortlist: usize,
-    exhaustive: usize,
-    runs: usize,
-    seed: u64,
-    shards: usize,
-    one_pass_probes: usize,
-    sketch: Option<(u32, usize, usize)>,
-    /// The candidate stages measured, each with its shortlist size: the hash
-    /// votes (the default, `--shortlist`) and/or the sketch scan.
-    candidates: Vec<Stage>,
-    rescore: usize,
-    min_minutiae: usize,
-    insert_baseline: bool,
-    blocks: Vec<usize>,
-    /// With `--long-lists`: probe buckets longer than each ratio times the mean are skipped (experiment).
-    long_lists: Vec<f64>,
-    /// Re-rank settings, each run on every probe and thread count, interleaved.
-    rerank: Vec<RerankSettings>,
-}
-
-impl Options {
-    fn parse() -> Res<Self> {
-        let mut o = Self {
-            data: PathBuf::from("../shared/data/fingerprints/fvc2002"),
-            templates: None,
-            gallery: 250_000,
-            threads: vec![1, 2],
-            shortlist: 2_000,
-            exhaustive: 1_000,
-            runs: 2,
-            seed: 20_250_101,
-            shards: 1,
-            one_pass_probes: 40,
-            sketch: None,
-            candidates: Vec::new(),
-            rescore: 42,
-            min_minutiae: 0,
-            insert_baseline: false,
-            blocks: Vec::new(),
-            rerank: vec![RerankSettings::default()],
-            long_lists: Vec::new(),
-        };
-        let mut args = std::env::args().skip(1);
-        while let Some(flag) = args.next() {
-            if flag == "--bench" {
-                continue;
-            }
-            let value = args.next().ok_or_else(|| format!("{flag} needs a value"))?;
-            match flag.as_str() {
-                "--data" => o.data = PathBuf::from(value),
-                "--templates" => o.templates = Some(PathBuf::from(value)),
-                "--gallery" => o.gallery = value.parse()?,
-                "--threads" => o.threads = value.split(',').map(str::parse).collect::<Result<_, _>>()?,
-                "--shortlist" => o.shortlist = value.parse()?,
-                "--candidates" => {
-                    for item in value.split(',') {
-                        let (name, size) = item.split_once(':').unwrap_or((item, ""));
-                        let n = if size.is_empty() { None } else { Some(size.parse()?) };
-                        o.candidates.push(match name {
-                            "votes" => Stage { scan: false, n },
-                            "sketch" => Stage { scan: true, n },
-                            _ => return Err("--candidates wants votes[:N] and/or sketch[:N]".into()),
-                        });
-                    }
-                }
-                "--exhaustive" => o.exhaustive = value.parse()?,
-                "--seed" => o.seed = value.parse()?,
-                "--runs" => o.runs = value.parse::<usize>()?.clamp(1, 2),
-                "--shards" => o.shards = value.parse::<usize>()?.max(1),
-                "--one-pass-probes" => o.one_pass_probes = value.parse()?,
-                "--sketch" => {
-                    let parts: Vec<&str> = value.split(',').collect();
-                    let [t, k, rest @ ..] = parts.as_slice() else {
-                        return Err("--sketch wants THRESHOLD,TOP[,BLOCK]".into());
-                    };
-                    let block = match rest {
-                        [] => 4,
-                        [b] => b.parse()?,
-                        _ => return Err("--sketch wants THRESHOLD,TOP[,BLOCK]".into()),
-                    };
-                    if ![2, 4, 8].contains(&block) {
-                        return Err("--sketch BLOCK is 2, 4 or 8".into());
-                    }
-                    o.sketch = Some((t.parse()?, k.parse()?, block));
-                }
-                "--rescore" => o.rescore = value.parse()?,
-                "--min-minutiae" => o.min_minutiae = value.parse()?,
-                "--insert-baseline" => o.insert_baseline = value.parse::<u8>()? != 0,
-                "--probe-cap" => PROBE_CAP.store(value.parse()?, std::sync::atomic::Ordering::Relaxed),
-                "--blocks" => o.blocks = value.split(',').map(str::parse).collect::<Result<_, _>>()?,
-                "--long-lists" => o.long_lists = value.split(',').map(str::parse).collect::<Result<_, _>>()?,
-                "--rerank" => {
-                    o.rerank = value
-                        .split(',')
-                        .map(|pair| {
-                            let (cap, keep) = pair.split_once(':').ok_or("--rerank wants CAP:KEEP,...")?;
-                            Ok(RerankSettings { probe_cap: cap.parse()?, keep: keep.parse()? })
-                        })
-                        .collect::<Res<_>>()?;
-                }
-                _ => return Err(format!("unknown option {flag}").into()),
-            }
-        }
-        o.threads.retain(|&t| t > 0);
-        if o.threads.is_empty() {
-            o.threads.push(1);
-        }
-        Ok(o)
-    }
-}
-
 #[path = "finger_identify/gallery.rs"]
 mod gallery;
+#[path = "finger_identify/options.rs"]
+mod options;
 #[path = "finger_identify/pooling.rs"]
 mod pooling;
 
 use gallery::{Run, Shards, build_run, load};
-use pooling::{Sketch, sketch_of, sketch_score};
-
-/// A candidate stage and its shortlist size (`None`: `--shortlist`).
-#[derive(Debug, Clone, Copy)]
-struct Stage {
-    /// The sketch scan (`finger::sketch`) rather than the hash votes.
-    scan: bool,
-    n: Option<usize>,
-}
+use options::{Options, Stage};
 
 /// Threads, candidate stage and re-rank of one measured configuration.
 #[derive(Debug, Clone, Copy)]
@@ -577,47 +452,8 @@ fn main() -> Res<()> {
             exhaustive_ranks.push(scores.iter().filter(|&&s| s > mate_score).count());
         }
         probes_total += run.probes.len();
-        if let Some((threshold, top, block)) = o.sketch {
-            let start = Instant::now();
-            let sketches: Vec<Sketch> = run.gallery.iter().map(|t| sketch_of(t, threshold, block)).collect();
-            println!(
-                "# sketches built in {:.1} s, mean bits {:.1}",
-                start.elapsed().as_secs_f64(),
-                sketches
-                    .iter()
-                    .flat_map(|s| s.bits.iter().map(|b| b.iter().map(|w| w.count_ones()).sum::<u32>() as f64))
-                    .sum::<f64>()
-                    / sketches.iter().map(|s| s.bits.len() as f64).sum::<f64>()
-            );
-            let mut best = Vec::new();
-            let ranks = &mut sketch_ranks;
-            let first_probe = ranks.len();
-            let start = Instant::now();
-            for (probe, mate) in &run.probes {
-                let ps = sketch_of(probe, threshold, block);
-                let scores: Vec<f32> = sketches.iter().map(|g| sketch_score(&ps, g, top, &mut best)).collect();
-                let ms = scores[*mate as usize];
-                ranks.push(scores.iter().filter(|&&s| s > ms).count());
-            }
-            let el = start.elapsed().as_secs_f64();
-            let n = run.gallery.len() as f64;
-            let line: Vec<String> = [0.005, 0.01, 0.02, 0.04, 0.08]
-                .iter()
-                .map(|f| {
-                    let lim = (f * n).ceil() as usize;
-                    format!(
-                        "{:.1}%: {:.4}",
-                        f * 100.0,
-                        ranks[first_probe..].iter().filter(|&&r| r < lim).count() as f64
-                            / (ranks.len() - first_probe) as f64
-                    )
-                })
-                .collect();
-            println!(
-                "# sketch T={threshold} top={top} block={block}: {:.0} templates/s; recall {}",
-                n * run.probes.len() as f64 / el,
-                line.join(", ")
-            );
+        if let Some(settings) = o.sketch {
+            pooling::experiment(&run, settings, &mut sketch_ranks);
         }
         // Baseline of the candidate stage: the same index counted in one pass
         // over a vote array for all slots (the method before blocking), one thread,

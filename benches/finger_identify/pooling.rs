@@ -3,7 +3,11 @@
 //! scanned over the whole gallery, plainly (the service's scan,
 //! `finger::sketch`, is the 2 x 2 / T = 2 / K = 16 case, word-sliced).
 
+use std::time::Instant;
+
 use cotejo::finger::mcc;
+
+use super::gallery::Run;
 
 /// Experiment: a pooled sketch per cylinder (B x B blocks of cells x 6 layers).
 #[derive(Debug, Clone, Default)]
@@ -71,4 +75,48 @@ pub(crate) fn sketch_score(p: &Sketch, g: &Sketch, top: usize, best: &mut Vec<f3
     }
     best.select_nth_unstable_by(k - 1, |a, b| b.total_cmp(a));
     best[..k].iter().sum::<f32>() / k as f32
+}
+
+/// `--sketch T,K,B`: every probe of `run` scored against every gallery
+/// template's sketches; pushes each mate's rank onto `ranks` and prints the
+/// scan's rate and its mate recall at 0.5-8% of the gallery.
+pub(crate) fn experiment(run: &Run, (threshold, top, block): (u32, usize, usize), ranks: &mut Vec<usize>) {
+    let start = Instant::now();
+    let sketches: Vec<Sketch> = run.gallery.iter().map(|t| sketch_of(t, threshold, block)).collect();
+    println!(
+        "# sketches built in {:.1} s, mean bits {:.1}",
+        start.elapsed().as_secs_f64(),
+        sketches
+            .iter()
+            .flat_map(|s| s.bits.iter().map(|b| b.iter().map(|w| w.count_ones()).sum::<u32>() as f64))
+            .sum::<f64>()
+            / sketches.iter().map(|s| s.bits.len() as f64).sum::<f64>()
+    );
+    let mut best = Vec::new();
+    let first_probe = ranks.len();
+    let start = Instant::now();
+    for (probe, mate) in &run.probes {
+        let ps = sketch_of(probe, threshold, block);
+        let scores: Vec<f32> = sketches.iter().map(|g| sketch_score(&ps, g, top, &mut best)).collect();
+        let ms = scores[*mate as usize];
+        ranks.push(scores.iter().filter(|&&s| s > ms).count());
+    }
+    let el = start.elapsed().as_secs_f64();
+    let n = run.gallery.len() as f64;
+    let line: Vec<String> = [0.005, 0.01, 0.02, 0.04, 0.08]
+        .iter()
+        .map(|f| {
+            let lim = (f * n).ceil() as usize;
+            format!(
+                "{:.1}%: {:.4}",
+                f * 100.0,
+                ranks[first_probe..].iter().filter(|&&r| r < lim).count() as f64 / (ranks.len() - first_probe) as f64
+            )
+        })
+        .collect();
+    println!(
+        "# sketch T={threshold} top={top} block={block}: {:.0} templates/s; recall {}",
+        n * run.probes.len() as f64 / el,
+        line.join(", ")
+    );
 }
