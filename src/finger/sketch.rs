@@ -171,8 +171,9 @@ impl Scanner {
         Self::with_kernel(Kernel::best())
     }
 
-    /// With a given kernel (one the CPU lacks falls back to a slower one).
+    /// With a given kernel, or [`Kernel::best`] if this CPU cannot run that one.
     pub fn with_kernel(kernel: Kernel) -> Self {
+        let kernel = if kernel.is_supported() { kernel } else { Kernel::best() };
         Self { kernel, best: Vec::new() }
     }
 
@@ -183,13 +184,13 @@ impl Scanner {
         match self.kernel {
             #[cfg(target_arch = "x86_64")]
             Kernel::Avx512 if avx512_extras() => {
-                // SAFETY: `Kernel::Avx512` is only chosen where AVX-512F and
-                // VPOPCNTDQ run, and `avx512_extras` checked VL and DQ.
+                // SAFETY: `with_kernel` keeps `Kernel::Avx512` only where AVX-512F
+                // and VPOPCNTDQ run, and `avx512_extras` checked VL and DQ.
                 unsafe { avx512::maxima(probe, enrolled, &mut self.best) }
             }
             #[cfg(target_arch = "x86_64")]
             Kernel::Avx512 | Kernel::Popcnt => {
-                // SAFETY: both kernels are only chosen where `popcnt` runs.
+                // SAFETY: `with_kernel` keeps either kernel only where `popcnt` runs.
                 unsafe { maxima_popcnt(probe, enrolled, &mut self.best) }
             }
             _ => maxima(probe, enrolled, &mut self.best),
@@ -304,6 +305,9 @@ pub fn shortlist<T: Sync>(
     n: usize,
     threads: usize,
 ) -> Vec<usize> {
+    if n == 0 {
+        return Vec::new();
+    }
     let probe = ProbeSketch::new(probe);
     let scores: Vec<f32> = super::parallel_chunks(items, threads, |part| {
         let mut scanner = Scanner::new();
@@ -311,9 +315,6 @@ pub fn shortlist<T: Sync>(
     });
     let mut ranked: Vec<(f32, usize)> = scores.into_iter().zip(0..).collect();
     let by_score = |a: &(f32, usize), b: &(f32, usize)| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1));
-    if n == 0 {
-        return Vec::new();
-    }
     if n < ranked.len() {
         ranked.select_nth_unstable_by(n - 1, by_score);
         ranked.truncate(n);

@@ -95,3 +95,14 @@ fn the_shortlist_holds_the_mate_whatever_the_threads() {
     assert_eq!(shortlist(&probe, &gallery, |s| s, 1_000, 2).len(), gallery.len());
     assert!(shortlist(&probe, &gallery, |s| s, 0, 2).is_empty());
 }
+
+#[test]
+fn a_kernel_the_cpu_lacks_is_never_run() {
+    for kernel in [Kernel::Portable, Kernel::Popcnt, Kernel::Avx512] {
+        let chosen = Scanner::with_kernel(kernel).kernel;
+        assert!(chosen.is_supported(), "{kernel:?} -> {chosen:?}");
+        if kernel.is_supported() {
+            assert_eq!(chosen, kernel);
+        }
+    }
+}
