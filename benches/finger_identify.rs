@@ -40,6 +40,13 @@
 //! `--shortlist` best kept) in place of the hash votes; the index is still
 //! built for the baselines and the missed mates' vote ranks.
 //!
+//! `--dump FILE` (experiment) writes one tab-separated line per rescored
+//! finalist of every probe and configuration (and the mate's, if scored but
+//! not among them): run, probe, stage, shortlist size, threads, key, mate?,
+//! source print, finalist?, declared and rescored MCC score, vote score,
+//! sketch score (NaN without sketches), the candidate's and the probe's
+//! valid cylinders.
+//!
 //! `--templates DIR` reads the templates from `DIR` (same relative paths as
 //! the images, `.iso`) instead of beside the images: e.g. our own extractor's,
 //! written by `cotejo eval fingers --source images --export-iso DIR`.
@@ -47,7 +54,9 @@
 //! `--min-minutiae N` leaves out the prints with fewer than `N` minutiae, as
 //! the service refuses them (`finger.min_minutiae`, default 12): they are
 //! neither enrolled, copied nor searched, and a finger whose first impression
-//! is left out is enrolled from its first kept one.
+//! is left out is enrolled from its first kept one. A distractor copy left
+//! with fewer after its dropout is drawn again (up to 16 times), as the
+//! service would refuse it too.
 //!
 //! `--insert-baseline 1` also times inserting the gallery's shortlist keys
 //! one template at a time (the baseline of the batched insertion the index is
@@ -93,6 +102,8 @@ use cotejo::finger::{
 };
 type Res<T> = Result<T, Box<dyn Error>>;
 
+#[path = "finger_identify/dump.rs"]
+mod dump;
 #[path = "finger_identify/gallery.rs"]
 mod gallery;
 #[path = "finger_identify/options.rs"]
@@ -191,6 +202,7 @@ fn probe_descriptor(probe: &mcc::Template) -> shortlist::Descriptor {
 fn identify_one_index(
     index: &shortlist::ShortlistIndex,
     run: &Run,
+    p: usize,
     probe: &mcc::Template,
     stretched: &Stretched,
     mate: u64,
@@ -232,6 +244,9 @@ fn identify_one_index(
     }
     finalists.sort_unstable_by(|a, b| b.0.total_cmp(&a.0));
     let rescore_time = rescore_start.elapsed();
+    if let Some(out) = dump::DUMP.get() {
+        dump::finalists(out, index, run, p, mate, (scan, n, threads), &scored, &finalists);
+    }
     Outcome {
         shard_rank: keys.iter().position(|&k| k == mate),
         rank1: best.1 == mate,
@@ -255,7 +270,18 @@ fn identify(shards: &Shards, run: &Run, p: usize, config: Config, rescore: usize
     let Config { threads, scan, n, rerank } = config;
     if let [index] = shards.indexes.as_slice() {
         let stage = (scan, n);
-        return identify_one_index(index, run, probe, &run.probe_stretched[p], mate, stage, threads, rescore, rerank);
+        return identify_one_index(
+            index,
+            run,
+            p,
+            probe,
+            &run.probe_stretched[p],
+            mate,
+            stage,
+            threads,
+            rescore,
+            rerank,
+        );
     }
     let start = Instant::now();
     let per_shard = n.div_ceil(shards.indexes.len());
@@ -339,6 +365,10 @@ fn percentile(sorted: &[Duration], p: f64) -> f64 {
 
 fn main() -> Res<()> {
     let o = Options::parse()?;
+    if let Some(path) = &o.dump {
+        let file = std::io::BufWriter::new(std::fs::File::create(path)?);
+        let _ = dump::DUMP.set(std::sync::Mutex::new(file));
+    }
     let templates = o.templates.clone().unwrap_or_else(|| o.data.clone());
     let (mut prints, fingers) = load(&o.data, &templates)?;
     // Prints the service refuses (`finger.min_minutiae`) are neither enrolled nor searched.
@@ -386,7 +416,7 @@ fn main() -> Res<()> {
     let (mut index_bytes, mut index_templates, mut template_bytes, mut build_time) = (0_usize, 0_usize, 0_usize, 0.0);
     for enrolled in 0..o.runs {
         let start = Instant::now();
-        let mut run = build_run(&prints, fingers, enrolled, o.gallery, o.seed, build_threads);
+        let mut run = build_run(&prints, fingers, enrolled, o.gallery, o.seed, o.min_minutiae, build_threads);
         let templates_time = start.elapsed().as_secs_f64();
         if configs.iter().any(|c| c.scan) {
             let start = Instant::now();
@@ -542,6 +572,10 @@ fn main() -> Res<()> {
                 outcomes[slot].push(outcome);
             }
         }
+    }
+    if let Some(out) = dump::DUMP.get() {
+        use std::io::Write;
+        out.lock().map_err(|_| "dump lock poisoned")?.flush()?;
     }
     let exhaustive_rate = exhaustive_comparisons as f64 / exhaustive_time.as_secs_f64().max(1e-9);
     let first = &outcomes[0];

@@ -92,6 +92,8 @@ pub(crate) struct Run {
     pub(crate) mates: Vec<Print>,
     pub(crate) distractors: Vec<Print>,
     pub(crate) copy_seed: u64,
+    /// Fewest minutiae of a distractor copy (the service's `finger.min_minutiae`, `--min-minutiae`).
+    pub(crate) min_minutiae: usize,
 }
 
 impl Run {
@@ -109,8 +111,17 @@ impl Run {
         match key.checked_sub(self.mates.len()) {
             None => self.mates[key].minutiae.clone(),
             Some(i) => {
-                let mut rng = StdRng::seed_from_u64(self.copy_seed ^ i as u64);
-                perturb(&self.distractors[i % self.distractors.len()], &mut rng)
+                // A copy the service would refuse (fewer than `--min-minutiae` left after the
+                // dropout) is drawn again; the first draw is the one made before this rule.
+                let print = &self.distractors[i % self.distractors.len()];
+                let mut copy = Vec::new();
+                for attempt in 0..16_u64 {
+                    copy = perturb(print, &mut StdRng::seed_from_u64(self.copy_seed ^ i as u64 ^ (attempt << 48)));
+                    if copy.len() >= self.min_minutiae {
+                        break;
+                    }
+                }
+                copy
             }
         }
     }
@@ -122,6 +133,7 @@ pub(crate) fn build_run(
     enrolled_half: usize,
     n: usize,
     seed: u64,
+    min_minutiae: usize,
     threads: usize,
 ) -> Run {
     let half = |finger: usize| (finger % 2 == enrolled_half) as usize;
@@ -148,6 +160,7 @@ pub(crate) fn build_run(
         mates,
         distractors,
         copy_seed: seed ^ ((enrolled_half as u64) << 40),
+        min_minutiae,
     };
     let total = n.max(run.mates.len());
     let chunk = total.div_ceil(threads.max(1)).max(1);

@@ -37,6 +37,8 @@ pub(crate) struct Options {
     pub(crate) blocks: Vec<usize>,
     /// With `--long-lists`: probe buckets longer than each ratio times the mean are skipped (experiment).
     pub(crate) long_lists: Vec<f64>,
+    /// With `--dump FILE`: every probe's rescored candidates with their vote and sketch scores (experiment).
+    pub(crate) dump: Option<PathBuf>,
     /// Re-rank settings, each run on every probe and thread count, interleaved.
     pub(crate) rerank: Vec<RerankSettings>,
 }
@@ -62,6 +64,7 @@ impl Options {
             blocks: Vec::new(),
             rerank: vec![RerankSettings::default()],
             long_lists: Vec::new(),
+            dump: None,
         };
         let mut args = std::env::args().skip(1);
         while let Some(flag) = args.next() {
@@ -107,6 +110,7 @@ impl Options {
                     o.sketch = Some((t.parse()?, k.parse()?, block));
                 }
                 "--rescore" => o.rescore = value.parse()?,
+                "--dump" => o.dump = Some(PathBuf::from(value)),
                 "--min-minutiae" => o.min_minutiae = value.parse()?,
                 "--insert-baseline" => o.insert_baseline = value.parse::<u8>()? != 0,
                 "--probe-cap" => PROBE_CAP.store(value.parse()?, std::sync::atomic::Ordering::Relaxed),
