@@ -43,7 +43,8 @@
 //! `--dump FILE` (experiment) writes one tab-separated line per rescored
 //! finalist of every probe and configuration (and the mate's, if scored but
 //! not among them): run, probe, stage, shortlist size, threads, key, mate?,
-//! source print, finalist?, declared and rescored MCC score, vote score,
+//! source print, finalist?, declared and rescored MCC score (the declared
+//! again for a mate not among the finalists), vote score,
 //! sketch score (NaN without sketches), the candidate's and the probe's
 //! valid cylinders.
 //!
@@ -244,6 +245,8 @@ fn identify_one_index(
     }
     finalists.sort_unstable_by(|a, b| b.0.total_cmp(&a.0));
     let rescore_time = rescore_start.elapsed();
+    let total_time = start.elapsed();
+    // After the clock: the dump's extra scoring and writing are not in the times.
     if let Some(out) = dump::DUMP.get() {
         dump::finalists(out, index, run, p, mate, (scan, n, threads), &scored, &finalists);
     }
@@ -258,7 +261,7 @@ fn identify_one_index(
         },
         candidate_time,
         rescore_time,
-        total_time: start.elapsed(),
+        total_time,
         probe_cylinders: probe.len(),
         mate_scored: scored.iter().any(|&(_, k)| k == mate),
     }

@@ -431,7 +431,9 @@ impl ShortlistIndex {
     ///
     /// Looks the keys' postings up in the probe's buckets (a binary search per
     /// bucket and key) instead of reading every posting, so a few candidates
-    /// cost a few microseconds each whatever the gallery's size.
+    /// cost a few microseconds each whatever the gallery's size. For the
+    /// `--dump` experiment of `benches/finger_identify.rs`; the service does not use it.
+    #[doc(hidden)]
     pub fn vote_scores(&self, probe: &Descriptor, keys: &[u64]) -> Vec<u32> {
         let lists = self.probe_lists(probe, f64::INFINITY);
         let norms = &*NORMS;
