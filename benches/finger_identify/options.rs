@@ -4,7 +4,8 @@ use std::path::PathBuf;
 
 use cotejo::finger::rerank::RerankSettings;
 
-use super::{PROBE_CAP, Res};
+use super::Res;
+use super::identify::PROBE_CAP;
 
 /// A candidate stage and its shortlist size (`None`: `--shortlist`).
 #[derive(Debug, Clone, Copy)]
