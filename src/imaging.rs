@@ -15,6 +15,12 @@ pub enum ImageError {
     /// Not one of the supported encodings.
     #[error("unsupported image format (JPEG, PNG, TIFF, BMP, PGM/PPM are accepted)")]
     UnsupportedFormat,
+    /// A WSQ fingerprint image (FBI Wavelet Scalar Quantization), which is
+    /// not decoded: no maintained Rust crate decodes it.
+    #[error(
+        "WSQ images are not supported: send PNG, TIFF, BMP or JPEG (or, for a finger, an ISO/IEC 19794-2 template)"
+    )]
+    Wsq,
     /// Truncated or corrupt data.
     #[error("the image could not be decoded: {0}")]
     Corrupt(String),
@@ -47,6 +53,9 @@ pub fn decode(bytes: &[u8], limits: ImageLimits) -> Result<DynamicImage, ImageEr
     }
     if bytes.len() > limits.max_bytes {
         return Err(ImageError::TooLarge(format!("{} bytes, limit {}", bytes.len(), limits.max_bytes)));
+    }
+    if is_wsq(bytes) {
+        return Err(ImageError::Wsq);
     }
     let format = image::guess_format(bytes).map_err(|_| ImageError::UnsupportedFormat)?;
     if !matches!(format, ImageFormat::Jpeg | ImageFormat::Png | ImageFormat::Tiff | ImageFormat::Bmp | ImageFormat::Pnm)
@@ -146,6 +155,13 @@ fn jpeg_complete(b: &[u8]) -> bool {
     }
 }
 
+/// Whether `bytes` start as a WSQ file does: its start-of-image marker
+/// (`FF A0`) followed by another WSQ marker (`FF A2`-`FF A8`: frame, block,
+/// tables or comment headers).
+fn is_wsq(bytes: &[u8]) -> bool {
+    matches!(bytes, [0xFF, 0xA0, 0xFF, 0xA2..=0xA8, ..])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -168,6 +184,10 @@ mod tests {
     fn typed_errors() {
         assert!(matches!(decode_rgb(&[], LIMITS), Err(ImageError::Empty)));
         assert!(matches!(decode_rgb(b"hello, I am text", LIMITS), Err(ImageError::UnsupportedFormat)));
+        // A WSQ header (start of image, then a comment) is named as such.
+        let wsq = [0xFF, 0xA0, 0xFF, 0xA8, 0x00, 0x05, b'N', b'I', b'S', b'T'];
+        assert!(matches!(decode_rgb(&wsq, LIMITS), Err(ImageError::Wsq)));
+        assert!(matches!(decode_rgb(&[0xFF, 0xA0, 0x00, 0x00], LIMITS), Err(ImageError::UnsupportedFormat)));
         let p = png(10, 7);
         assert!(matches!(decode_rgb(&p[..p.len() / 2], LIMITS), Err(ImageError::Corrupt(_))));
         let small = ImageLimits { max_bytes: 1 << 20, max_pixels: 50 };

@@ -187,6 +187,8 @@ async fn bad_finger_input_is_typed_and_stores_nothing() {
     wrong_count[27] = wrong_count[27].wrapping_add(3);
     let mut out_of_range = exported.clone();
     out_of_range[24] = 11; // finger position 11
+    // A WSQ file's start: start-of-image marker, then a comment segment.
+    let wsq = [&[0xFF_u8, 0xA0, 0xFF, 0xA8, 0x00, 0x06][..], b"NIST", &[0_u8; 64]].concat();
     let before = c.stats(pb::StatsRequest {}).await.expect("stats").into_inner();
     let cases: Vec<(&str, pb::Sample, Code, &str, &str)> = vec![
         (
@@ -197,6 +199,7 @@ async fn bad_finger_input_is_typed_and_stores_nothing() {
             "samples[0].image",
         ),
         ("blank image", image(1, blank), Code::InvalidArgument, "NO_FINGERPRINT_FOUND", "samples[0].image"),
+        ("WSQ image", image(1, wsq.clone()), Code::InvalidArgument, "UNSUPPORTED_FORMAT", "samples[0].image"),
         (
             "colour face photo",
             image(1, fixture("obama3.jpg")),
@@ -244,6 +247,8 @@ async fn bad_finger_input_is_typed_and_stores_nothing() {
         assert_eq!((e.code(), reason(&e).as_str()), (code, why), "{what}: {e:?}");
         assert_eq!(fields(&e), vec![field.to_owned()], "{what}");
     }
+    let e = c.enroll(enroll_req("bad", vec![image(1, wsq)])).await.expect_err("WSQ");
+    assert!(e.message().contains("WSQ images are not supported"), "{e:?}");
     let after = c.stats(pb::StatsRequest {}).await.expect("stats").into_inner();
     assert_eq!(
         (before.subjects, before.templates),

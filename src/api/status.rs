@@ -86,7 +86,7 @@ fn classify(e: &EngineError) -> (Code, &'static str, Option<String>) {
 fn image_reason(e: &ImageError) -> &'static str {
     match e {
         ImageError::Empty => "EMPTY_IMAGE",
-        ImageError::UnsupportedFormat => "UNSUPPORTED_FORMAT",
+        ImageError::UnsupportedFormat | ImageError::Wsq => "UNSUPPORTED_FORMAT",
         ImageError::Corrupt(_) => "CORRUPT_IMAGE",
         ImageError::TooLarge(_) => "IMAGE_TOO_LARGE",
     }
