@@ -187,6 +187,18 @@ async fn bad_finger_input_is_typed_and_stores_nothing() {
     wrong_count[27] = wrong_count[27].wrapping_add(3);
     let mut out_of_range = exported.clone();
     out_of_range[24] = 11; // finger position 11
+    let mut other_finger = exported.clone();
+    other_finger[24] = 2; // a well-formed view of finger 2, sent as finger 1
+    let mut reserved_impression = exported.clone();
+    reserved_impression[25] = 0x0F;
+    let mut low_resolution = exported.clone();
+    low_resolution[18..22].copy_from_slice(&[0, 10, 0, 10]); // 10 px/cm, about 25 ppi
+    let mut repeated = exported.clone();
+    let count = usize::from(repeated[27]);
+    let first: Vec<u8> = repeated[28..34].to_vec();
+    for m in 1..count {
+        repeated[28 + 6 * m..34 + 6 * m].copy_from_slice(&first);
+    }
     // A WSQ file's start: start-of-image marker, then a comment segment.
     let wsq = [&[0xFF_u8, 0xA0, 0xFF, 0xA8, 0x00, 0x06][..], b"NIST", &[0_u8; 64]].concat();
     let before = c.stats(pb::StatsRequest {}).await.expect("stats").into_inner();
@@ -220,6 +232,28 @@ async fn bad_finger_input_is_typed_and_stores_nothing() {
             "samples[0].iso_19794_2",
         ),
         ("empty template", iso(1, Vec::new()), Code::InvalidArgument, "MALFORMED_TEMPLATE", "samples[0].iso_19794_2"),
+        (
+            "reserved impression type",
+            iso(1, reserved_impression),
+            Code::InvalidArgument,
+            "MALFORMED_TEMPLATE",
+            "samples[0].iso_19794_2",
+        ),
+        (
+            "view of another finger",
+            iso(1, other_finger),
+            Code::InvalidArgument,
+            "FINGER_POSITION_MISMATCH",
+            "samples[0].iso_19794_2",
+        ),
+        (
+            "template at 25 ppi",
+            iso(1, low_resolution),
+            Code::InvalidArgument,
+            "BAD_RESOLUTION",
+            "samples[0].iso_19794_2",
+        ),
+        ("one minutia repeated", iso(1, repeated), Code::InvalidArgument, "TOO_FEW_MINUTIAE", "samples[0].iso_19794_2"),
         (
             "finger position 0",
             image(0, good.clone()),

@@ -7,7 +7,12 @@ use std::collections::HashMap;
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
-use crate::{engine::EngineError, face::FaceError, finger::FingerError, imaging::ImageError};
+use crate::{
+    engine::EngineError,
+    face::FaceError,
+    finger::{FingerError, template::TemplateError},
+    imaging::ImageError,
+};
 
 const DOMAIN: &str = "cotejo.v1";
 
@@ -55,7 +60,7 @@ fn classify(e: &EngineError) -> (Code, &'static str, Option<String>) {
                 FingerError::Resolution(_) => (InvalidArgument, "BAD_RESOLUTION"),
                 FingerError::NoFingerprint(_) => (InvalidArgument, "NO_FINGERPRINT_FOUND"),
                 FingerError::TooFewMinutiae { .. } => (InvalidArgument, "TOO_FEW_MINUTIAE"),
-                FingerError::Template(_) => (InvalidArgument, "MALFORMED_TEMPLATE"),
+                FingerError::Template(t) => (InvalidArgument, template_reason(t)),
                 FingerError::Inference(_) => (Internal, "INFERENCE_FAILED"),
                 FingerError::Overloaded(_) => (ResourceExhausted, "OVERLOADED"),
                 FingerError::Unavailable(_) => (Unavailable, "WORKERS_UNAVAILABLE"),
@@ -79,6 +84,18 @@ fn classify(e: &EngineError) -> (Code, &'static str, Option<String>) {
         EngineError::Model(_) => (Unavailable, "MODELS_UNAVAILABLE", None),
         EngineError::Calibration(_) => (Unavailable, "CALIBRATION_UNAVAILABLE", None),
         EngineError::Internal(_) => (Internal, "INTERNAL", None),
+    }
+}
+
+/// The reason an ISO template is refused: the same codes as for images where
+/// the cause is the same (resolution, too few minutiae).
+fn template_reason(e: &TemplateError) -> &'static str {
+    match e {
+        TemplateError::Iso(_) => "MALFORMED_TEMPLATE",
+        TemplateError::Resolution { .. } => "BAD_RESOLUTION",
+        TemplateError::TooFewMinutiae { .. } => "TOO_FEW_MINUTIAE",
+        TemplateError::PositionMismatch { .. } | TemplateError::NoViewForPosition { .. } => "FINGER_POSITION_MISMATCH",
+        TemplateError::TooLarge { .. } => "TEMPLATE_TOO_LARGE",
     }
 }
 

@@ -23,7 +23,9 @@
 //! | 23     | 1    | reserved (ignored when read, written as 0)                            |
 //!
 //! Then, for each finger view, a 4-byte view header — finger position (0..=10),
-//! view number (high nibble) and impression type (low nibble), finger quality
+//! view number (high nibble) and impression type (low nibble: 0..=9, the
+//! codes of ISO/IEC 19794-4 — live-scan or not, plain, rolled, latent, swipe;
+//! 10-15 are refused as reserved), finger quality
 //! (0..=100), number of minutiae — followed by 6 bytes per minutia:
 //!
 //! | size    | field                                                            |
@@ -94,8 +96,10 @@ pub const MAX_COORDINATE: u16 = 0x3FFF;
 /// One angle unit (360/256 = 1.40625 degrees) in radians.
 pub const ANGLE_UNIT_RADIANS: f32 = TAU / 256.0;
 
-/// Largest view number or impression type (each is stored in a nibble).
+/// Largest view number (stored in a nibble).
 const MAX_NIBBLE: u8 = 0x0F;
+/// Largest impression type with a meaning (the nibble's 10-15 are reserved).
+const MAX_IMPRESSION_TYPE: u8 = 9;
 /// Mask for the 14-bit coordinate part of a minutia word.
 const COORD_MASK: u16 = 0x3FFF;
 
@@ -372,6 +376,7 @@ fn parse_view(r: &mut Reader<'_>, width: u16, height: u16) -> Result<FingerView,
     let position = r.u8("finger position")?;
     check_range("finger position", position, 0, MAX_FINGER_POSITION)?;
     let packed = r.u8("view number and impression type")?;
+    check_range("impression type", packed & MAX_NIBBLE, 0, MAX_IMPRESSION_TYPE)?;
     let quality = r.u8("finger quality")?;
     check_range("finger quality", quality, 0, MAX_QUALITY)?;
     let count = r.u8("minutiae count")?;
@@ -414,7 +419,7 @@ fn parse_view(r: &mut Reader<'_>, width: u16, height: u16) -> Result<FingerView,
 fn write_view(out: &mut Vec<u8>, view: &FingerView, width: u16, height: u16) -> Result<(), IsoError> {
     check_range("finger position", view.position, 0, MAX_FINGER_POSITION)?;
     check_range("view number", view.view_number, 0, MAX_NIBBLE)?;
-    check_range("impression type", view.impression_type, 0, MAX_NIBBLE)?;
+    check_range("impression type", view.impression_type, 0, MAX_IMPRESSION_TYPE)?;
     check_range("finger quality", view.quality, 0, MAX_QUALITY)?;
     let count = count_u8("minutiae count", view.minutiae.len())?;
     let extended_len = u16::try_from(view.extended.len()).map_err(|_| IsoError::ValueOutOfRange {

@@ -35,13 +35,22 @@ pub enum TemplateError {
     /// Several views and none for the sample's finger.
     #[error("the template has {views} finger views and none for position {expected}")]
     NoViewForPosition { views: usize, expected: u8 },
-    /// A resolution of 0 cannot be rescaled.
-    #[error("the template declares a resolution of {0} pixels per centimetre")]
-    Resolution(u16),
-    /// Too few minutiae to match reliably.
-    #[error("the template has {found} minutiae, at least {min} are needed")]
+    /// A resolution outside what images are accepted at ([`super::pipeline::PPI_RANGE`]).
+    #[error(
+        "the template declares {x} x {y} pixels per centimetre; 99 to 787 (250 to 2000 ppi, as for images) are accepted"
+    )]
+    Resolution { x: u16, y: u16 },
+    /// Rescaled to 500 ppi, the record would not fit the format's 14-bit coordinates.
+    #[error("at 500 ppi the template's {width} x {height} pixel image exceeds the format's largest coordinate, {max}")]
+    TooLarge { width: u32, height: u32, max: u16 },
+    /// Too few minutiae at distinct positions to match reliably.
+    #[error("the template has {found} minutiae at distinct positions, at least {min} are needed")]
     TooFewMinutiae { found: usize, min: usize },
 }
+
+/// The resolutions, in pixels per centimetre, an imported record may declare:
+/// those of [`super::pipeline::PPI_RANGE`] (250-2000 ppi).
+pub const RESOLUTION_RANGE_PPCM: std::ops::RangeInclusive<u16> = 99..=787;
 
 /// A stored template of LEADER minutiae found in a `width` x `height` 500 ppi image.
 pub fn from_extraction(
@@ -76,16 +85,26 @@ pub fn import(bytes: &[u8], position: u8, min_minutiae: usize) -> Result<Vec<u8>
     let rec = iso19794_2::parse(bytes)?;
     let view = choose_view(&rec, position)?;
     let (rx, ry) = (rec.resolution_x, rec.resolution_y);
-    if rx == 0 || ry == 0 {
-        return Err(TemplateError::Resolution(rx.min(ry)));
+    if !RESOLUTION_RANGE_PPCM.contains(&rx) || !RESOLUTION_RANGE_PPCM.contains(&ry) {
+        return Err(TemplateError::Resolution { x: rx, y: ry });
     }
     let (sx, sy) = (f32::from(RESOLUTION_PPCM) / f32::from(rx), f32::from(RESOLUTION_PPCM) / f32::from(ry));
-    let scale = |v: u16, s: f32| (f32::from(v) * s).round().min(f32::from(iso19794_2::MAX_COORDINATE)) as u16;
-    let (width, height) = (scale(rec.width, sx).max(1), scale(rec.height, sy).max(1));
+    let scaled = |v: u16, s: f32| (f32::from(v) * s).round() as u32;
+    let (w, h) = (scaled(rec.width, sx).max(1), scaled(rec.height, sy).max(1));
+    let max = iso19794_2::MAX_COORDINATE;
+    // Refused rather than clamped: what is stored (and exported) is what was sent, rescaled.
+    let (Ok(width), Ok(height)) = (u16::try_from(w), u16::try_from(h)) else {
+        return Err(TemplateError::TooLarge { width: w, height: h, max });
+    };
+    if width > max || height > max {
+        return Err(TemplateError::TooLarge { width: w, height: h, max });
+    }
+    let scale = |v: u16, s: f32| u16::try_from(scaled(v, s)).unwrap_or(u16::MAX);
     let minutiae: Vec<IsoMinutia> = view
         .minutiae
         .iter()
         .map(|m| IsoMinutia {
+            // Inside the image before rescaling, so at most one pixel over it after rounding.
             x: scale(m.x, sx).min(width - 1),
             y: scale(m.y, sy).min(height - 1),
             // A non-square pixel grid bends directions; ISO angles are coarse
@@ -93,8 +112,10 @@ pub fn import(bytes: &[u8], position: u8, min_minutiae: usize) -> Result<Vec<u8>
             ..*m
         })
         .collect();
-    if minutiae.len() < min_minutiae {
-        return Err(TemplateError::TooFewMinutiae { found: minutiae.len(), min: min_minutiae });
+    // Repeated minutiae (one position written several times) count once.
+    let distinct = minutiae.iter().map(|m| (m.x, m.y)).collect::<std::collections::HashSet<_>>().len();
+    if distinct < min_minutiae {
+        return Err(TemplateError::TooFewMinutiae { found: distinct, min: min_minutiae });
     }
     Ok(iso19794_2::write(&one_view_record(position, width, height, view.quality, minutiae))?)
 }
@@ -197,5 +218,32 @@ mod tests {
         assert!(matches!(import(&bytes, 7, 12), Err(TemplateError::PositionMismatch { .. })));
         assert!(matches!(import(&bytes, 2, 30), Err(TemplateError::TooFewMinutiae { found: 20, min: 30 })));
         assert!(matches!(import(b"FMR\0 20\0garbage", 2, 1), Err(TemplateError::Iso(_))));
+    }
+
+    #[test]
+    fn import_refuses_what_it_cannot_store_as_sent() {
+        let rec = iso19794_2::parse(&from_extraction(2, 300, 400, &leader(20), 0.5).expect("w")).expect("p");
+        let with = |f: &dyn Fn(&mut IsoRecord)| {
+            let mut r = rec.clone();
+            f(&mut r);
+            import(&iso19794_2::write(&r).expect("write"), 2, 12)
+        };
+        // Resolutions outside 250-2000 ppi, as images are refused.
+        for (x, y) in [(1, 197), (98, 197), (197, 788), (2000, 2000)] {
+            let got = with(&|r: &mut IsoRecord| (r.resolution_x, r.resolution_y) = (x, y));
+            assert_eq!(got, Err(TemplateError::Resolution { x, y }), "{x} x {y}");
+        }
+        assert!(with(&|r: &mut IsoRecord| (r.resolution_x, r.resolution_y) = (99, 787)).is_ok());
+        // A large image at a low resolution would not fit 14-bit coordinates at 500 ppi.
+        let got = with(&|r: &mut IsoRecord| {
+            (r.width, r.height, r.resolution_x, r.resolution_y) = (12_000, 400, 99, 99);
+        });
+        assert!(matches!(got, Err(TemplateError::TooLarge { width: 23_879, .. })), "{got:?}");
+        // Twenty copies of one minutia are one minutia.
+        let got = with(&|r: &mut IsoRecord| {
+            let first = r.views[0].minutiae[0];
+            r.views[0].minutiae = vec![first; 20];
+        });
+        assert_eq!(got, Err(TemplateError::TooFewMinutiae { found: 1, min: 12 }));
     }
 }
