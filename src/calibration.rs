@@ -15,6 +15,9 @@ use serde::{Deserialize, Serialize};
 
 /// Calibrated scores are capped here (FMR 1e-15): nothing measured supports more.
 pub const MAX_DB: f64 = 150.0;
+/// The strictest per-comparison FMR a threshold can be set at: [`MAX_DB`]'s
+/// (a stricter threshold lies above every score, fused ones too).
+pub const MIN_FMR: f64 = 1e-15;
 
 /// Exponential tail beyond the table: `log10 FMR = intercept + slope * raw`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

@@ -263,9 +263,10 @@ impl Config {
         if self.inference.workers == 0 || self.inference.threads == 0 {
             return bad("inference.workers and inference.threads must be at least 1");
         }
-        let rate = |r: f64| r > 0.0 && r < 1.0;
+        let rate = |r: f64| (crate::calibration::MIN_FMR..1.0).contains(&r);
         if !rate(self.decision.target_fpir) || !rate(self.decision.target_fmr) || !rate(self.jobs.target_fmr) {
-            return bad("decision.target_fpir and decision.target_fmr must be in (0, 1)");
+            return bad("decision.target_fpir, decision.target_fmr and jobs.target_fmr must be in [1e-15, 1) \
+                 (calibrated scores stop at 150 = -10*log10(1e-15))");
         }
         if self.jobs.face_block_rows == 0 || self.jobs.finger_block_rows == 0 || self.jobs.threads == 0 {
             return bad("jobs.face_block_rows and jobs.finger_block_rows must be at least 1");

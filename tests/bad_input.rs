@@ -189,6 +189,36 @@ async fn bad_input_is_typed_and_changes_nothing() {
     let e = c.identify(req).await.expect_err("target fpir");
     assert_eq!((e.code(), fields(&e)), (Code::InvalidArgument, vec!["target_fpir".to_owned()]));
 
+    // Targets whose threshold no calibrated score can reach (they stop at 150 = FMR 1e-15)
+    // are refused, not answered "no match" whatever the evidence.
+    let mut req = identify_req(vec![face_image(jpeg.clone())]);
+    req.target_fpir = 1e-16;
+    let e = c.identify(req).await.expect_err("target fpir beyond the scale");
+    assert_eq!((e.code(), fields(&e)), (Code::InvalidArgument, vec!["target_fpir".to_owned()]));
+    assert!(e.message().contains("above 150"), "{e:?}");
+    let mut req = identify_req(vec![face_image(fixture("obama2.jpg"))]);
+    req.target_fpir = 1e-15; // one subject enrolled: per comparison 1e-15, still decidable
+    assert!(c.identify(req).await.is_ok());
+    let e = c
+        .verify(pb::VerifyRequest {
+            subject_id: "known".into(),
+            samples: vec![face_image(jpeg.clone())],
+            target_fmr: 1e-16,
+        })
+        .await
+        .expect_err("target fmr beyond the scale");
+    assert_eq!((e.code(), fields(&e)), (Code::InvalidArgument, vec!["target_fmr".to_owned()]));
+    let e = super::common::jobs_client(&server.url)
+        .await
+        .start_dedup(pb::StartDedupRequest {
+            scope: None,
+            modalities: vec![pb::Modality::Face as i32],
+            target_fmr: 1e-20,
+        })
+        .await
+        .expect_err("dedup target beyond the scale");
+    assert_eq!((e.code(), fields(&e)), (Code::InvalidArgument, vec!["target_fmr".to_owned()]));
+
     assert_eq!(counts(&mut c).await, before, "a refused request changed the store");
     // The enrolled subject is still intact and identifiable.
     let r = c.identify(identify_req(vec![face_image(fixture("obama2.jpg"))])).await.expect("identify").into_inner();

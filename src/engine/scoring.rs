@@ -13,7 +13,7 @@ use std::{
 use super::{Candidate, Decision, Engine, EngineError, ModalityScore, probe::Probe};
 use crate::{
     biometric::{Modality, StoredTemplate, TemplateData},
-    calibration::{Calibration, fuse_db},
+    calibration::{Calibration, MAX_DB, MIN_FMR, fuse_db},
     face::embed::cosine,
     finger::{
         aspect::Hypotheses,
@@ -207,6 +207,26 @@ impl Engine {
             return Err(EngineError::invalid(field, "must be a rate in (0, 1), or 0 for the service default"));
         }
         Ok(asked)
+    }
+
+    /// Refuses a per-comparison FMR whose threshold lies above [`MAX_DB`],
+    /// where no score (fused ones neither) can reach it: a decision there
+    /// would be "no match" whatever the evidence. `asked` names the request's
+    /// target; `scale` is how many comparisons it is shared over (1 for a
+    /// per-comparison target), to say what would be decidable.
+    pub(super) fn decidable(field: &str, asked: &str, fmr: f64, scale: u64) -> Result<(), EngineError> {
+        if fmr >= MIN_FMR * (1.0 - 1e-9) {
+            return Ok(());
+        }
+        let threshold = -10.0 * fmr.log10();
+        let least = MIN_FMR * scale.max(1) as f64;
+        Err(EngineError::invalid(
+            field,
+            format!(
+                "{asked} needs a threshold of {threshold:.2}, above {MAX_DB}, the top of the calibrated scale \
+                 (FMR {MIN_FMR:e}): no comparison could match; ask for {least:.1e} or more"
+            ),
+        ))
     }
 
     /// The decision on the best candidate of a search over `n` subjects.
