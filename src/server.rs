@@ -93,6 +93,7 @@ pub async fn serve(
         let _ = drained_tx.send(());
     };
     let server = Server::builder()
+        .layer(tower::util::MapResponseLayer::new(move |r| crate::api::type_oversized_request(r, max)))
         .add_service(health_service)
         .add_service(reflection)
         .add_service(biometrics)

@@ -225,3 +225,19 @@ async fn bad_input_is_typed_and_changes_nothing() {
     assert_eq!(r.candidates[0].subject_id, "known");
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_over_the_message_limit_is_typed_too() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = TestServer::start(config(dir.path(), &[("COTEJO__SERVER__MAX_MESSAGE_BYTES", "1048576")])).await;
+    let mut c = server.client.clone();
+    // Refused by the transport's decoder, before the service reads it.
+    let e = c.enroll(enroll_req("big", vec![face_image(vec![0; 2 << 20])])).await.expect_err("too large");
+    assert_eq!((e.code(), reason(&e).as_str()), (Code::OutOfRange, "MESSAGE_TOO_LARGE"), "{e:?}");
+    assert!(e.message().contains("1048576 bytes at most"), "{e:?}");
+    // Under the limit, the service's own checks answer as before.
+    let e = c.enroll(enroll_req("small", vec![face_image(vec![0; 1000])])).await.expect_err("not an image");
+    assert_eq!(reason(&e), "UNSUPPORTED_FORMAT");
+    assert_eq!(c.stats(pb::StatsRequest {}).await.expect("stats").into_inner().subjects, 0);
+    server.stop().await;
+}

@@ -8,6 +8,7 @@ mod status;
 
 pub use biometrics::BiometricsApi;
 pub use jobs::JobsApi;
+pub use status::type_oversized_request;
 
 use std::sync::{Arc, OnceLock};
 

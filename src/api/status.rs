@@ -36,6 +36,29 @@ impl From<EngineError> for Status {
     }
 }
 
+/// Gives a request refused for its size before any service saw it (tonic's
+/// decoder answers `OUT_OF_RANGE` "decoded message length too large" with no
+/// details) the typed form every other error has: `ErrorInfo` reason
+/// `MESSAGE_TOO_LARGE` with the limit, so that a caller can tell it from a
+/// transport failure. Other responses pass unchanged.
+pub fn type_oversized_request<B: Default>(response: http::Response<B>, limit: usize) -> http::Response<B> {
+    let Some(status) = Status::from_header_map(response.headers()) else { return response };
+    if status.code() != Code::OutOfRange
+        || !status.details().is_empty()
+        || !status.message().contains("decoded message length too large")
+    {
+        return response;
+    }
+    let message = format!(
+        "the request is too large for this server ({limit} bytes at most per message, server.max_message_bytes; \
+         the decoder said: {})",
+        status.message()
+    );
+    let mut details = ErrorDetails::new();
+    details.set_error_info("MESSAGE_TOO_LARGE", DOMAIN, HashMap::from([("limit_bytes".to_owned(), limit.to_string())]));
+    Status::with_error_details(Code::OutOfRange, message, details).into_http()
+}
+
 fn classify(e: &EngineError) -> (Code, &'static str, Option<String>) {
     use Code::{
         AlreadyExists, FailedPrecondition, Internal, InvalidArgument, NotFound, ResourceExhausted, Unavailable,
