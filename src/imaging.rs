@@ -67,7 +67,7 @@ pub fn decode(bytes: &[u8], limits: ImageLimits) -> Result<DynamicImage, ImageEr
         // a half-grey face must not become a template.
         return Err(ImageError::Corrupt("the JPEG is truncated (no end-of-image marker)".into()));
     }
-    let corrupt = |e: image::ImageError| ImageError::Corrupt(e.to_string());
+    let corrupt = |e: image::ImageError| ImageError::Corrupt(describe(&e));
     // One decoder: its header gives the size, checked before any pixel is decoded.
     let mut decoder = ImageReader::with_format(Cursor::new(bytes), format).into_decoder().map_err(corrupt)?;
     let (w, h) = decoder.dimensions();
@@ -153,6 +153,20 @@ fn jpeg_complete(b: &[u8]) -> bool {
             }
         }
     }
+}
+
+/// A decoder's error in words for the caller: data that ends early is said
+/// to be truncated. The decoders' own text for it is the standard library's
+/// "failed to fill whole buffer" (the TIFF decoder's error does not expose
+/// the `io::Error` underneath, hence the text too).
+fn describe(e: &image::ImageError) -> String {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    let mut eof = e.to_string().contains("failed to fill whole buffer");
+    while let Some(s) = source {
+        eof |= s.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::UnexpectedEof);
+        source = s.source();
+    }
+    if eof { "the data ends before the image does (truncated file?)".to_owned() } else { e.to_string() }
 }
 
 /// Whether `bytes` start as a WSQ file does: its start-of-image marker

@@ -38,8 +38,8 @@ struct Samples {
     /// A finger image or ISO/IEC 19794-2 template at ISO position POS (1..10); repeatable.
     #[arg(long = "finger", value_name = "POS=FILE")]
     fingers: Vec<String>,
-    /// Resolution of finger images.
-    #[arg(long, default_value_t = 500)]
+    /// Resolution of finger images (250 to 2000; ISO templates carry their own).
+    #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..))]
     ppi: u32,
 }
 
@@ -355,6 +355,9 @@ enum EvalCommand {
 fn main() -> ExitCode {
     cotejo::openmp::ensure_passive_wait();
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Serve { .. }) {
+        die_quietly_on_closed_stdout();
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {
@@ -368,6 +371,19 @@ fn main() -> ExitCode {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Client and tool commands end quietly when their output is closed
+/// (`cotejo stats | head -1`), as Unix tools do: Rust ignores SIGPIPE, so
+/// `println!` would panic on the failed write. The server keeps ignoring it,
+/// so that a write to a closed socket fails instead of killing the process.
+#[expect(unsafe_code, reason = "one signal disposition reset at start-up, before any other thread")]
+fn die_quietly_on_closed_stdout() {
+    // SAFETY: called from `main` before the runtime starts any thread; SIG_DFL
+    // is a valid disposition for SIGPIPE and no handler is replaced.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }
 

@@ -283,6 +283,8 @@ async fn bad_finger_input_is_typed_and_stores_nothing() {
     }
     let e = c.enroll(enroll_req("bad", vec![image(1, wsq)])).await.expect_err("WSQ");
     assert!(e.message().contains("WSQ images are not supported"), "{e:?}");
+    let e = c.enroll(enroll_req("bad", vec![image(1, tiff[..tiff.len() / 2].to_vec())])).await.expect_err("cut");
+    assert!(e.message().contains("truncated"), "{e:?}");
     let after = c.stats(pb::StatsRequest {}).await.expect("stats").into_inner();
     assert_eq!(
         (before.subjects, before.templates),

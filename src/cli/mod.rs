@@ -45,6 +45,9 @@ async fn connect(server: &str) -> anyhow::Result<BiometricsClient<Channel>> {
     Ok(BiometricsClient::new(channel).max_decoding_message_size(64 << 20).max_encoding_message_size(64 << 20))
 }
 
+/// The `--ppi` default (the proto's 0 means the same).
+const DEFAULT_PPI: u32 = 500;
+
 fn read(path: &Path) -> anyhow::Result<Vec<u8>> {
     std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))
 }
@@ -64,13 +67,20 @@ fn samples(args: &SampleArgs) -> anyhow::Result<Vec<pb::Sample>> {
             bail!("--finger wants POS=FILE (POS 1..10), got {spec:?}");
         };
         let pos: u32 = pos.parse().with_context(|| format!("finger position {pos:?} is not a number"))?;
-        let bytes = read(Path::new(file))?;
-        // ISO/IEC 19794-2 records start with "FMR\0"; anything else is an image.
-        let data = if bytes.starts_with(b"FMR\0") {
-            pb::sample::Data::Iso197942(bytes)
-        } else {
-            pb::sample::Data::Image(bytes)
-        };
+        let path = Path::new(file);
+        let bytes = read(path)?;
+        // ISO/IEC 19794-2 records start with "FMR\0"; anything else is an image,
+        // unless it is no image format and the file is named as a template:
+        // then the server's answer is about the template (e.g. its magic).
+        let named_as_template = path
+            .extension()
+            .and_then(|e| e.to_str())
+            .is_some_and(|e| e.eq_ignore_ascii_case("iso") || e.eq_ignore_ascii_case("fmr"));
+        let template = bytes.starts_with(b"FMR\0") || (named_as_template && image::guess_format(&bytes).is_err());
+        if template && args.ppi != DEFAULT_PPI {
+            eprintln!("note: --ppi {} does not apply to {file}: an ISO template carries its resolution", args.ppi);
+        }
+        let data = if template { pb::sample::Data::Iso197942(bytes) } else { pb::sample::Data::Image(bytes) };
         out.push(pb::Sample {
             modality: pb::Modality::Finger as i32,
             finger_position: pos,
@@ -162,8 +172,25 @@ pub async fn stats(o: &ClientOpts) -> anyhow::Result<()> {
     output::stats(o.json, &r)
 }
 
+/// A subject id as a file name, one to one: letters, digits, `-` and `_`
+/// stay, any other byte (`%` too) becomes `%XX`, so `a/b` and `a_b` no longer
+/// meet in `a_b`.
+fn file_stem(subject: &str) -> String {
+    subject
+        .bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b == b'-' || b == b'_' {
+                char::from(b).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
 /// `cotejo export`: writes a subject's finger templates as ISO/IEC 19794-2
-/// files `<subject>_f<position>_<n>.iso` into `dir`.
+/// files `<subject>_f<position>_<n>.iso` into `dir` (the subject id as
+/// [`file_stem`] writes it).
 pub async fn export(o: &ClientOpts, subject: String, dir: &Path) -> anyhow::Result<()> {
     let r = connect(&o.server)
         .await?
@@ -172,7 +199,7 @@ pub async fn export(o: &ClientOpts, subject: String, dir: &Path) -> anyhow::Resu
         .map_err(|e| status_error(&e))?
         .into_inner();
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let safe: String = subject.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' }).collect();
+    let safe = file_stem(&subject);
     let mut written = Vec::new();
     for (i, t) in r.templates.iter().enumerate() {
         let path = dir.join(format!("{safe}_f{}_{}.iso", t.finger_position, i + 1));
@@ -180,4 +207,18 @@ pub async fn export(o: &ClientOpts, subject: String, dir: &Path) -> anyhow::Resu
         written.push((path, t));
     }
     output::export(o.json, &subject, &written)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::file_stem;
+
+    #[test]
+    fn export_file_names_keep_subjects_apart() {
+        assert_eq!(file_stem("A-2291_b"), "A-2291_b");
+        assert_eq!(file_stem("a/b"), "a%2Fb");
+        assert_eq!(file_stem("a%2Fb"), "a%252Fb");
+        assert_eq!(file_stem("José"), "Jos%C3%A9");
+        assert_ne!(file_stem("a/b"), file_stem("a_b"));
+    }
 }

@@ -378,7 +378,7 @@ impl Engine {
     pub async fn start_dedup(&self, req: DedupRequest) -> Result<JobStatus, EngineError> {
         let DedupRequest { scope, modalities, target_fmr } = req;
         let target_fmr = Self::target("target_fmr", target_fmr, self.jobs_settings.target_fmr)?;
-        Self::decidable("target_fmr", &format!("target FMR {target_fmr} per pair"), target_fmr, 1)?;
+        Self::decidable("target_fmr", &format!("target FMR {target_fmr:e} per pair"), target_fmr, 1)?;
         if let Scope::Subjects(ids) = &scope {
             if ids.is_empty() || ids.len() > MAX_SCOPE_SUBJECTS {
                 return Err(EngineError::invalid("subjects.subject_ids", "1 to 1,000,000 subject ids"));

@@ -61,7 +61,8 @@ impl Engine {
         // models run if no score could reach it.
         let searched = restriction.as_ref().map_or_else(|| self.subjects.load(Ordering::Relaxed), |s| s.len() as u64);
         let fmr = target_fpir / searched.max(1) as f64;
-        let asked = format!("target FPIR {target_fpir} over {} subject(s) (per comparison {fmr:.1e})", searched.max(1));
+        let asked =
+            format!("target FPIR {target_fpir:e} over {} subject(s) (per comparison {fmr:.1e})", searched.max(1));
         Self::decidable("target_fpir", &asked, fmr, searched)?;
         let probes = self.extract_all(&samples, true).await?;
         let set = ProbeSet::new(&probes)?;
@@ -105,7 +106,7 @@ impl Engine {
         let VerifyRequest { subject_id, samples, target_fmr } = req;
         validate_subject_id(&subject_id)?;
         let target_fmr = Self::target("target_fmr", target_fmr, self.decision.target_fmr)?;
-        Self::decidable("target_fmr", &format!("target FMR {target_fmr}"), target_fmr, 1)?;
+        Self::decidable("target_fmr", &format!("target FMR {target_fmr:e}"), target_fmr, 1)?;
         // Unknown subject first: cheaper than running the models.
         let store = self.store.clone();
         let sid = subject_id.clone();
