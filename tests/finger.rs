@@ -98,7 +98,26 @@ async fn fingers_from_images_and_iso_templates() {
         .await
         .expect("verify")
         .into_inner();
-    assert!(v.decision.expect("decision").r#match, "score {}", v.score);
+    let d = v.decision.expect("decision");
+    assert!(d.r#match, "score {}", v.score);
+    assert!(!d.threshold_basis.contains("not compared"), "{}", d.threshold_basis);
+    // A probe finger the subject has nothing enrolled for is named in the answer.
+    let v = c
+        .verify(pb::VerifyRequest {
+            subject_id: "p2-iso".into(),
+            samples: vec![image(2, print("p2_1.png")), image(5, print("p1_2.png"))],
+            target_fmr: 0.0,
+        })
+        .await
+        .expect("verify")
+        .into_inner();
+    let d = v.decision.expect("decision");
+    assert_eq!(v.scores.len(), 1, "{:?}", v.scores);
+    assert!(
+        d.threshold_basis.ends_with("not compared, the subject has nothing enrolled for it: finger position 5"),
+        "{}",
+        d.threshold_basis
+    );
     // An ISO probe identifies too.
     let r = c.identify(identify_req(vec![iso(2, record)])).await.expect("identify").into_inner();
     assert!(["p2", "p2-iso"].contains(&r.candidates[0].subject_id.as_str()));

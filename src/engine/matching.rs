@@ -134,7 +134,24 @@ impl Engine {
             return Err(EngineError::NothingToCompare { subject_id, what: kinds.join(" or ") });
         };
         let candidate = self.candidate(subject_id.clone(), scores);
-        let decision = self.decide_verify(&candidate, target_fmr);
+        let mut decision = self.decide_verify(&candidate, target_fmr);
+        // A probe component the subject has nothing enrolled for is left out
+        // of the score; the answer says so rather than passing over it.
+        let compared: HashSet<(Modality, u8)> =
+            candidate.scores.iter().map(|s| (s.modality, s.finger_position)).collect();
+        let skipped: Vec<String> = wanted
+            .iter()
+            .filter(|c| !compared.contains(c))
+            .map(|(m, p)| match m {
+                Modality::Face => "the face".to_owned(),
+                Modality::Finger => format!("finger position {p}"),
+            })
+            .collect();
+        if !skipped.is_empty() {
+            decision
+                .basis
+                .push_str(&format!("; not compared, the subject has nothing enrolled for it: {}", skipped.join(", ")));
+        }
         let detail = format!(
             "probes={} match={} score={:.2} threshold={:.2}",
             probes.len(),
