@@ -45,7 +45,9 @@ pub async fn serve(
     let max = config.server.max_message_bytes;
     let biometrics =
         pb::biometrics_server::BiometricsServer::new(api).max_decoding_message_size(max).max_encoding_message_size(max);
-    let jobs = pb::jobs_server::JobsServer::new(JobsApi::new(slot.clone()));
+    let jobs = pb::jobs_server::JobsServer::new(JobsApi::new(slot.clone()))
+        .max_decoding_message_size(max)
+        .max_encoding_message_size(max);
 
     // Models load and the index is rebuilt while the socket already answers
     // health checks (NOT_SERVING). A failed start-up ends `serve` with the

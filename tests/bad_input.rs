@@ -235,6 +235,14 @@ async fn a_request_over_the_message_limit_is_typed_too() {
     let e = c.enroll(enroll_req("big", vec![face_image(vec![0; 2 << 20])])).await.expect_err("too large");
     assert_eq!((e.code(), reason(&e).as_str()), (Code::OutOfRange, "MESSAGE_TOO_LARGE"), "{e:?}");
     assert!(e.message().contains("1048576 bytes at most"), "{e:?}");
+    // The Jobs service decodes up to the same limit (not tonic's 4 MiB default).
+    let ids: Vec<String> = (0..200_000).map(|i| format!("s-{i:07}")).collect();
+    let scope = pb::start_dedup_request::Scope::Subjects(pb::SubjectList { subject_ids: ids });
+    let req =
+        pb::StartDedupRequest { scope: Some(scope), modalities: vec![pb::Modality::Face as i32], target_fmr: 0.0 };
+    let e = super::common::jobs_client(&server.url).await.start_dedup(req).await.expect_err("too large");
+    assert_eq!((e.code(), reason(&e).as_str()), (Code::OutOfRange, "MESSAGE_TOO_LARGE"), "{e:?}");
+    assert!(e.message().contains("1048576 bytes at most"), "{e:?}");
     // Under the limit, the service's own checks answer as before.
     let e = c.enroll(enroll_req("small", vec![face_image(vec![0; 1000])])).await.expect_err("not an image");
     assert_eq!(reason(&e), "UNSUPPORTED_FORMAT");

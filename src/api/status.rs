@@ -39,7 +39,8 @@ impl From<EngineError> for Status {
 /// Gives a request refused for its size before any service saw it (tonic's
 /// decoder answers `OUT_OF_RANGE` "decoded message length too large" with no
 /// details) the typed form every other error has: `ErrorInfo` reason
-/// `MESSAGE_TOO_LARGE` with the limit, so that a caller can tell it from a
+/// `MESSAGE_TOO_LARGE` with the limit (`server.max_message_bytes` for the
+/// Biometrics and Jobs services), so that a caller can tell it from a
 /// transport failure. Other responses pass unchanged.
 pub fn type_oversized_request<B: Default>(response: http::Response<B>, limit: usize) -> http::Response<B> {
     let Some(status) = Status::from_header_map(response.headers()) else { return response };
@@ -49,11 +50,16 @@ pub fn type_oversized_request<B: Default>(response: http::Response<B>, limit: us
     {
         return response;
     }
-    let message = format!(
-        "the request is too large for this server ({limit} bytes at most per message, server.max_message_bytes; \
-         the decoder said: {})",
-        status.message()
-    );
+    // Biometrics and Jobs decode up to `limit`; health and reflection keep
+    // tonic's default, so the limit reported is the decoder's own when it says one.
+    let said = status.message();
+    let limit = said
+        .split("the limit is: ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse::<usize>().ok())
+        .unwrap_or(limit);
+    let message = format!("the request is too large for this server ({limit} bytes at most per message; {said})");
     let mut details = ErrorDetails::new();
     details.set_error_info("MESSAGE_TOO_LARGE", DOMAIN, HashMap::from([("limit_bytes".to_owned(), limit.to_string())]));
     Status::with_error_details(Code::OutOfRange, message, details).into_http()

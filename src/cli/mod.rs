@@ -174,9 +174,13 @@ pub async fn stats(o: &ClientOpts) -> anyhow::Result<()> {
 
 /// A subject id as a file name, one to one: letters, digits, `-` and `_`
 /// stay, any other byte (`%` too) becomes `%XX`, so `a/b` and `a_b` no longer
-/// meet in `a_b`.
+/// meet in `a_b`. A name longer than [`MAX_STEM`] (ids of 128 bytes can
+/// triple) keeps its first part and ends in `~` and 16 hex digits of the id's
+/// SHA-256 (`~` is otherwise written `%7E`, so it cannot meet a short name).
+/// On a case-insensitive file system `Ab` and `ab` still meet.
 fn file_stem(subject: &str) -> String {
-    subject
+    use sha2::Digest;
+    let stem: String = subject
         .bytes()
         .map(|b| {
             if b.is_ascii_alphanumeric() || b == b'-' || b == b'_' {
@@ -185,8 +189,18 @@ fn file_stem(subject: &str) -> String {
                 format!("%{b:02X}")
             }
         })
-        .collect()
+        .collect();
+    if stem.len() <= MAX_STEM {
+        return stem;
+    }
+    let digest = hex::encode(sha2::Sha256::digest(subject.as_bytes()));
+    // The stem is ASCII, so any byte offset is a character boundary.
+    format!("{}~{}", stem.get(..MAX_STEM - 17).unwrap_or_default(), digest.get(..16).unwrap_or_default())
 }
+
+/// Longest file stem an export writes: with `_fNN_NNNN.iso` the name stays
+/// under the usual 255-byte limit.
+const MAX_STEM: usize = 200;
 
 /// `cotejo export`: writes a subject's finger templates as ISO/IEC 19794-2
 /// files `<subject>_f<position>_<n>.iso` into `dir` (the subject id as
@@ -211,7 +225,7 @@ pub async fn export(o: &ClientOpts, subject: String, dir: &Path) -> anyhow::Resu
 
 #[cfg(test)]
 mod tests {
-    use super::file_stem;
+    use super::{MAX_STEM, file_stem};
 
     #[test]
     fn export_file_names_keep_subjects_apart() {
@@ -220,5 +234,11 @@ mod tests {
         assert_eq!(file_stem("a%2Fb"), "a%252Fb");
         assert_eq!(file_stem("José"), "Jos%C3%A9");
         assert_ne!(file_stem("a/b"), file_stem("a_b"));
+        // 128 bytes that all need escaping: 384 bytes encoded, cut to 200 with a digest.
+        let (long, other) = ("é".repeat(64), format!("{}è", "é".repeat(63)));
+        assert_eq!(file_stem(&long).len(), MAX_STEM);
+        assert!(file_stem(&long).contains('~'));
+        assert_ne!(file_stem(&long), file_stem(&other));
+        assert_eq!(file_stem(&"x".repeat(128)), "x".repeat(128));
     }
 }

@@ -444,7 +444,7 @@ impl Engine {
     async fn fused_pairs(&self, rec: &JobRecord) -> Result<(Vec<DuplicatePair>, f64), EngineError> {
         let params: DedupParams =
             serde_json::from_str(&rec.params).map_err(|e| EngineError::Internal(format!("job parameters: {e}")))?;
-        let threshold = -10.0 * params.target_fmr.log10();
+        let threshold = super::scoring::threshold_db(params.target_fmr);
         let store = self.store.clone();
         let id = rec.job_id;
         let components =

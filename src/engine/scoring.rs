@@ -178,6 +178,18 @@ pub(super) fn score_stored(
     out
 }
 
+/// How far above [`MAX_DB`] a threshold may come from rounding alone
+/// (`FPIR / N` for a target of `N * 1e-15`) and still be decided at the cap.
+const THRESHOLD_SLACK_DB: f64 = 1e-9;
+
+/// The threshold on the calibrated scale for a per-comparison FMR; one that
+/// rounding alone put above the cap is the cap (any stricter is refused
+/// beforehand by `Engine::decidable`).
+pub(super) fn threshold_db(fmr: f64) -> f64 {
+    let t = -10.0 * fmr.log10();
+    if t <= MAX_DB + THRESHOLD_SLACK_DB { t.min(MAX_DB) } else { t }
+}
+
 impl Engine {
     /// A candidate with calibrated per-component scores and their fusion.
     pub(super) fn candidate(&self, subject_id: String, raw: &RawScores) -> Candidate {
@@ -215,10 +227,10 @@ impl Engine {
     /// target; `scale` is how many comparisons it is shared over (1 for a
     /// per-comparison target), to say what would be decidable.
     pub(super) fn decidable(field: &str, asked: &str, fmr: f64, scale: u64) -> Result<(), EngineError> {
-        if fmr >= MIN_FMR * (1.0 - 1e-9) {
+        let threshold = -10.0 * fmr.log10();
+        if threshold <= MAX_DB + THRESHOLD_SLACK_DB {
             return Ok(());
         }
-        let threshold = -10.0 * fmr.log10();
         let least = MIN_FMR * scale.max(1) as f64;
         Err(EngineError::invalid(
             field,
@@ -233,7 +245,7 @@ impl Engine {
     pub(super) fn decide_identify(&self, best: Option<&Candidate>, target_fpir: f64, n: u64) -> Decision {
         let n = n.max(1);
         let fmr = target_fpir / n as f64;
-        let threshold = -10.0 * fmr.log10();
+        let threshold = threshold_db(fmr);
         let is_match = best.is_some_and(|c| c.score >= threshold);
         let basis = format!(
             "target FPIR {target_fpir} over {n} subject(s) searched: per-comparison FMR {fmr:.3e}, threshold {threshold:.2} \
@@ -251,7 +263,7 @@ impl Engine {
 
     /// The decision of a 1:1 comparison.
     pub(super) fn decide_verify(&self, c: &Candidate, target_fmr: f64) -> Decision {
-        let threshold = -10.0 * target_fmr.log10();
+        let threshold = threshold_db(target_fmr);
         let is_match = c.score >= threshold;
         let basis = format!(
             "target FMR {target_fmr}: threshold {threshold:.2} on the fused calibrated score -10*log10(FMR){}",

@@ -41,7 +41,10 @@ pub enum TemplateError {
     )]
     Resolution { x: u16, y: u16 },
     /// Rescaled to 500 ppi, the record would not fit the format's 14-bit coordinates.
-    #[error("at 500 ppi the template's {width} x {height} pixel image exceeds the format's largest coordinate, {max}")]
+    #[error(
+        "at 500 ppi the template's image is {width} x {height} pixels, over the {max} a side a stored template \
+         may have (14-bit coordinates)"
+    )]
     TooLarge { width: u32, height: u32, max: u16 },
     /// Too few minutiae at distinct positions to match reliably.
     #[error("the template has {found} minutiae at distinct positions, at least {min} are needed")]
@@ -112,8 +115,9 @@ pub fn import(bytes: &[u8], position: u8, min_minutiae: usize) -> Result<Vec<u8>
             ..*m
         })
         .collect();
-    // Repeated minutiae (one position written several times) count once.
-    let distinct = minutiae.iter().map(|m| (m.x, m.y)).collect::<std::collections::HashSet<_>>().len();
+    // Repeated minutiae (one position written several times) count once; on
+    // the record's own grid, so that rescaling cannot merge neighbours.
+    let distinct = view.minutiae.iter().map(|m| (m.x, m.y)).collect::<std::collections::HashSet<_>>().len();
     if distinct < min_minutiae {
         return Err(TemplateError::TooFewMinutiae { found: distinct, min: min_minutiae });
     }
