@@ -2,7 +2,7 @@
 use std::{env, path::PathBuf};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let protos = ["proto/cotejo/v1/biometrics.proto", "proto/cotejo/v1/jobs.proto"];
+    let protos = ["proto/cotejo/v1/biometrics.proto", "proto/cotejo/v1/jobs.proto", "proto/cotejo/v1/audit.proto"];
     for p in protos {
         println!("cargo:rerun-if-changed={p}");
     }

@@ -45,6 +45,10 @@ pub struct Config {
     pub jobs: JobsConfig,
     /// Face search index.
     pub index: IndexConfig,
+    /// Callers and their credentials.
+    pub auth: AuthConfig,
+    /// Audit log anchoring.
+    pub audit: AuditConfig,
 }
 
 /// gRPC server settings.
@@ -57,6 +61,63 @@ pub struct ServerConfig {
     pub max_message_bytes: usize,
     /// Seconds allowed to drain calls at shutdown.
     pub shutdown_grace_secs: u64,
+    /// PEM certificate chain; with `tls_key`, the port speaks TLS 1.3 only.
+    pub tls_cert: PathBuf,
+    /// PEM private key of `tls_cert`.
+    pub tls_key: PathBuf,
+    /// PEM CA bundle: when set, clients must present a certificate it issued (mutual TLS).
+    pub tls_client_ca: PathBuf,
+    /// Allow a non-loopback listener without TLS and caller authentication (warned at every start).
+    pub insecure: bool,
+    /// Serve gRPC reflection.
+    pub reflection: bool,
+    /// Seconds between checks of the TLS and callers files for changes (SIGHUP checks at once).
+    pub reload_secs: u64,
+}
+
+impl ServerConfig {
+    /// Whether the port speaks TLS.
+    pub fn tls(&self) -> bool {
+        !self.tls_cert.as_os_str().is_empty()
+    }
+
+    /// Whether clients must present a certificate (mutual TLS).
+    pub fn mutual_tls(&self) -> bool {
+        self.tls() && !self.tls_client_ca.as_os_str().is_empty()
+    }
+}
+
+/// Callers and their credentials.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    /// The callers file (token hashes and certificate names with roles);
+    /// when set, every call needs a caller.
+    pub tokens_file: PathBuf,
+}
+
+/// Audit log anchoring.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditConfig {
+    /// Folder outside the data directory for the signed checkpoints (empty: none).
+    pub checkpoint_dir: PathBuf,
+    /// Key (64 hex digits, mode 600) that signs them; outside the data directory.
+    pub checkpoint_key_file: PathBuf,
+    /// Seconds between checkpoints (also written at shutdown).
+    pub checkpoint_every_secs: u64,
+    /// What a start-up that finds the chain broken does.
+    pub on_broken: OnBrokenAudit,
+}
+
+/// What a start-up that finds the audit chain broken does.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum OnBrokenAudit {
+    /// Exit with the first broken entry named.
+    Refuse,
+    /// Serve with health NOT_SERVING, answering only the audit role.
+    NotServing,
 }
 
 /// Logging settings.
@@ -302,6 +363,20 @@ impl Config {
         }
         if self.limits.max_samples == 0 || self.limits.max_candidates == 0 {
             return bad("limits.max_samples and limits.max_candidates must be at least 1");
+        }
+        let set = |p: &PathBuf| !p.as_os_str().is_empty();
+        let s = &self.server;
+        if set(&s.tls_cert) != set(&s.tls_key) {
+            return bad("server.tls_cert and server.tls_key go together");
+        }
+        if set(&s.tls_client_ca) && !s.tls() {
+            return bad("server.tls_client_ca (mutual TLS) needs server.tls_cert and server.tls_key");
+        }
+        if s.reload_secs == 0 || self.audit.checkpoint_every_secs == 0 {
+            return bad("server.reload_secs and audit.checkpoint_every_secs must be at least 1");
+        }
+        if set(&self.audit.checkpoint_dir) != set(&self.audit.checkpoint_key_file) {
+            return bad("audit.checkpoint_dir and audit.checkpoint_key_file go together");
         }
         Ok(())
     }

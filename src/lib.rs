@@ -2,6 +2,7 @@
 //! fingerprints), identify 1:N, verify 1:1.
 
 pub mod api;
+pub mod auth;
 pub mod biometric;
 pub mod calibration;
 pub mod cli;

@@ -22,9 +22,21 @@ struct Cli {
 
 #[derive(Debug, Args)]
 struct Client {
-    /// Server URL.
+    /// Server URL (https:// for TLS).
     #[arg(long, global = true, default_value = "http://127.0.0.1:50051")]
     server: String,
+    /// PEM CA bundle the server's certificate must chain to (https://).
+    #[arg(long, global = true)]
+    ca: Option<PathBuf>,
+    /// PEM client certificate, for mutual TLS (with --key).
+    #[arg(long, global = true)]
+    cert: Option<PathBuf>,
+    /// PEM key of --cert.
+    #[arg(long, global = true)]
+    key: Option<PathBuf>,
+    /// Bearer token (from `cotejo token add`).
+    #[arg(long, global = true, env = "COTEJO_TOKEN", hide_env_values = true)]
+    token: Option<String>,
     /// Print one JSON object instead of text.
     #[arg(long, global = true)]
     json: bool,
@@ -197,6 +209,17 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// Bearer tokens and client certificate grants in a callers file.
+    Token {
+        #[command(subcommand)]
+        what: TokenCommand,
+    },
+    /// Check or export a data directory's audit log (no server needed; a
+    /// running one may keep serving).
+    Audit {
+        #[command(subcommand)]
+        what: AuditCommand,
+    },
     /// Offline evaluations on labelled data (no server).
     Eval {
         #[command(subcommand)]
@@ -232,6 +255,67 @@ enum JobCommand {
         id: String,
         #[command(flatten)]
         client: Client,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum TokenCommand {
+    /// Add a caller: prints a new random token once (only its hash is kept).
+    Add {
+        /// The callers file (auth.tokens_file); made if missing.
+        #[arg(long)]
+        tokens_file: PathBuf,
+        /// Caller name, as the audit log records it.
+        #[arg(long)]
+        name: String,
+        /// Roles: identify, enroll, admin, audit (comma-separated).
+        #[arg(long, value_delimiter = ',', required = true)]
+        roles: Vec<String>,
+        /// Grant the roles to the client certificate whose common name is
+        /// --name (mutual TLS) instead of making a token.
+        #[arg(long)]
+        certificate: bool,
+    },
+    /// Remove every token and certificate grant of a caller.
+    Revoke {
+        /// The callers file (auth.tokens_file).
+        #[arg(long)]
+        tokens_file: PathBuf,
+        /// Caller name.
+        #[arg(long)]
+        name: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum AuditCommand {
+    /// Walk the whole hash chain and check it against the last signed
+    /// checkpoint; exits non-zero naming the first broken entry.
+    Verify {
+        /// Data directory (store.data_dir).
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// Folder of the signed checkpoints (audit.checkpoint_dir; default: from --config).
+        #[arg(long)]
+        checkpoint_dir: Option<PathBuf>,
+        /// Key that signs them (audit.checkpoint_key_file; default: from --config).
+        #[arg(long)]
+        checkpoint_key_file: Option<PathBuf>,
+        /// TOML settings file for the checkpoint settings.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write the entries from a sequence number on as JSON lines (for a SIEM).
+    Export {
+        /// Data directory (store.data_dir).
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// First sequence number.
+        #[arg(long, default_value_t = 1)]
+        from: i64,
     },
 }
 
@@ -388,7 +472,10 @@ fn die_quietly_on_closed_stdout() {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
-    let opts = |c: Client| ClientOpts { server: c.server, json: c.json };
+    let opts = |c: Client| ClientOpts {
+        connection: cli::Connection { server: c.server, ca: c.ca, cert: c.cert, key: c.key, token: c.token },
+        json: c.json,
+    };
     match cli.command {
         Command::Serve { listen, data_dir, config } => {
             let mut config = Config::load(config.as_deref())?;
@@ -451,6 +538,27 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             JobCommand::Status { id, client } => cli::job_status(&opts(client), id).await,
             JobCommand::Results { id, csv, client } => cli::job_results(&opts(client), &id, csv.as_deref()).await,
             JobCommand::Cancel { id, client } => cli::job_cancel(&opts(client), id).await,
+        },
+        Command::Token { what } => match what {
+            TokenCommand::Add { tokens_file, name, roles, certificate } => {
+                cli::token_add(&tokens_file, &name, &roles, certificate)
+            }
+            TokenCommand::Revoke { tokens_file, name } => cli::token_revoke(&tokens_file, &name),
+        },
+        Command::Audit { what } => match what {
+            AuditCommand::Verify { data_dir, checkpoint_dir, checkpoint_key_file, config, json } => {
+                let c = Config::load(config.as_deref())?.audit;
+                let or_config =
+                    |flag: Option<PathBuf>, set: PathBuf| flag.or_else(|| (!set.as_os_str().is_empty()).then_some(set));
+                let cp = cli::CheckpointArgs {
+                    dir: or_config(checkpoint_dir, c.checkpoint_dir),
+                    key_file: or_config(checkpoint_key_file, c.checkpoint_key_file),
+                };
+                tokio::task::spawn_blocking(move || cli::audit_verify(&data_dir, &cp, json)).await?
+            }
+            AuditCommand::Export { data_dir, from } => {
+                tokio::task::spawn_blocking(move || cli::audit_export(&data_dir, from)).await?
+            }
         },
         Command::Calibrate { modality, data, threads, config } => {
             let config = Config::load(config.as_deref())?;

@@ -39,16 +39,23 @@ async fn start_up_without_models_fails_with_the_cause() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn reflection_lists_the_services() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let server = TestServer::start(config(dir.path(), &[])).await;
-    let ch = Channel::from_shared(server.url.clone()).expect("url").connect().await.expect("connect");
-    let req = ServerReflectionRequest {
+async fn reflection_lists_the_services_only_when_configured() {
+    let list = || ServerReflectionRequest {
         host: String::new(),
         message_request: Some(MessageRequest::ListServices(String::new())),
     };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = TestServer::start(config(dir.path(), &[])).await;
+    let ch = Channel::from_shared(server.url.clone()).expect("url").connect().await.expect("connect");
+    let off = ServerReflectionClient::new(ch).server_reflection_info(tokio_stream::iter(vec![list()])).await;
+    assert_eq!(off.expect_err("reflection is off by default").code(), tonic::Code::Unimplemented);
+    server.stop().await;
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = TestServer::start(config(dir.path(), &[("COTEJO__SERVER__REFLECTION", "true")])).await;
+    let ch = Channel::from_shared(server.url.clone()).expect("url").connect().await.expect("connect");
     let mut stream = ServerReflectionClient::new(ch)
-        .server_reflection_info(tokio_stream::iter(vec![req]))
+        .server_reflection_info(tokio_stream::iter(vec![list()]))
         .await
         .expect("reflection")
         .into_inner();
@@ -59,5 +66,6 @@ async fn reflection_lists_the_services() {
     let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
     assert!(names.contains(&"cotejo.v1.Biometrics".to_owned()), "{names:?}");
     assert!(names.contains(&"grpc.health.v1.Health".to_owned()), "{names:?}");
+    assert!(names.contains(&"cotejo.v1.Audit".to_owned()), "{names:?}");
     server.stop().await;
 }

@@ -3,6 +3,7 @@
 
 mod common;
 
+mod audit_log;
 mod bad_input;
 mod cli;
 mod durability;
@@ -11,3 +12,4 @@ mod finger;
 mod health;
 mod jobs;
 mod model_quality;
+mod security;

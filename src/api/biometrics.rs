@@ -1,24 +1,28 @@
-//! The `cotejo.v1.Biometrics` service: validate, convert, call the engine,
-//! convert back.
+//! The `cotejo.v1.Biometrics` service: admit, validate, convert, call the
+//! engine, convert back, record.
 
 use std::sync::{Arc, OnceLock};
 
 use tonic::{Request, Response, Status};
 use tracing::instrument;
 
-use super::pb::{self, biometrics_server::Biometrics};
-use crate::engine::Engine;
+use super::{
+    gate::{Gate, Touched},
+    pb::{self, biometrics_server::Biometrics},
+};
+use crate::{auth::Method, engine::Engine};
 
 /// gRPC front of the engine; answers UNAVAILABLE until the engine is ready.
 #[derive(Debug, Clone)]
 pub struct BiometricsApi {
     engine: Arc<OnceLock<Arc<Engine>>>,
+    gate: Gate,
 }
 
 impl BiometricsApi {
-    /// A service that serves once `engine` is set.
-    pub fn new(engine: Arc<OnceLock<Arc<Engine>>>) -> Self {
-        Self { engine }
+    /// A service that serves once `engine` is set, its calls passing `gate`.
+    pub fn new(engine: Arc<OnceLock<Arc<Engine>>>, gate: Gate) -> Self {
+        Self { engine, gate }
     }
 
     fn engine(&self) -> Result<&Engine, Status> {
@@ -26,44 +30,85 @@ impl BiometricsApi {
     }
 }
 
+/// The audit entry's share of a match decision.
+fn decided(subjects: Vec<String>, decision: Option<&pb::Decision>, extra: String) -> Touched {
+    let detail = match decision {
+        Some(d) => format!("{extra} match={} threshold={:.2}", d.r#match, d.threshold),
+        None => extra,
+    };
+    Touched { subjects, detail, recorded: false }
+}
+
 #[tonic::async_trait]
 impl Biometrics for BiometricsApi {
     #[instrument(skip_all)]
     async fn enroll(&self, request: Request<pb::EnrollRequest>) -> Result<Response<pb::EnrollResponse>, Status> {
-        let req = request.into_inner().try_into()?;
-        let out = self.engine()?.enroll(req).await?;
-        Ok(Response::new(out.into()))
+        let call = self.gate.admit(&request, Method::Enroll).await?;
+        let asked = vec![request.get_ref().subject_id.clone()];
+        let result = async {
+            let req = request.into_inner().try_into()?;
+            Ok(self.engine()?.enroll(req, &call.actor).await?.into())
+        }
+        .await;
+        // The engine wrote the entry in the enroll's own transaction.
+        self.gate.finish(call, asked, result, |_| Touched { recorded: true, ..Touched::default() }).await
     }
 
     #[instrument(skip_all)]
     async fn identify(&self, request: Request<pb::IdentifyRequest>) -> Result<Response<pb::IdentifyResponse>, Status> {
-        let req = request.into_inner().try_into()?;
-        let out = self.engine()?.identify(req).await?;
-        Ok(Response::new(out.into()))
+        let call = self.gate.admit(&request, Method::Identify).await?;
+        let result = async {
+            let req = request.into_inner().try_into()?;
+            Ok(pb::IdentifyResponse::from(self.engine()?.identify(req).await?))
+        }
+        .await;
+        self.gate
+            .finish(call, Vec::new(), result, |r| {
+                let returned = r.candidates.iter().map(|c| c.subject_id.clone()).collect();
+                decided(returned, r.decision.as_ref(), format!("candidates={}", r.candidates.len()))
+            })
+            .await
     }
 
     #[instrument(skip_all)]
     async fn verify(&self, request: Request<pb::VerifyRequest>) -> Result<Response<pb::VerifyResponse>, Status> {
-        let req = request.into_inner().try_into()?;
-        let out = self.engine()?.verify(req).await?;
-        Ok(Response::new(out.into()))
+        let call = self.gate.admit(&request, Method::Verify).await?;
+        let asked = vec![request.get_ref().subject_id.clone()];
+        let result = async {
+            let req = request.into_inner().try_into()?;
+            Ok(pb::VerifyResponse::from(self.engine()?.verify(req).await?))
+        }
+        .await;
+        self.gate
+            .finish(call, asked, result, |r| decided(Vec::new(), r.decision.as_ref(), format!("score={:.2}", r.score)))
+            .await
     }
 
     #[instrument(skip_all)]
     async fn delete(&self, request: Request<pb::DeleteRequest>) -> Result<Response<pb::DeleteResponse>, Status> {
+        let call = self.gate.admit(&request, Method::Delete).await?;
         let pb::DeleteRequest { subject_id } = request.into_inner();
-        let removed = self.engine()?.delete(subject_id.clone()).await?;
-        Ok(Response::new(pb::DeleteResponse {
-            subject_id,
-            templates_removed: u32::try_from(removed).unwrap_or(u32::MAX),
-        }))
+        let asked = vec![subject_id.clone()];
+        let result = async {
+            let removed = self.engine()?.delete(subject_id.clone(), &call.actor).await?;
+            Ok(pb::DeleteResponse { subject_id, templates_removed: u32::try_from(removed).unwrap_or(u32::MAX) })
+        }
+        .await;
+        self.gate.finish(call, asked, result, |_| Touched { recorded: true, ..Touched::default() }).await
     }
 
     #[instrument(skip_all)]
     async fn get_subject(&self, request: Request<pb::GetSubjectRequest>) -> Result<Response<pb::Subject>, Status> {
+        let call = self.gate.admit(&request, Method::GetSubject).await?;
         let pb::GetSubjectRequest { subject_id } = request.into_inner();
-        let s = self.engine()?.subject(subject_id).await?;
-        Ok(Response::new(s.into()))
+        let asked = vec![subject_id.clone()];
+        let result = async { Ok(self.engine()?.subject(subject_id).await?.into()) }.await;
+        self.gate
+            .finish(call, asked, result, |s: &pb::Subject| Touched {
+                detail: format!("encounters={}", s.encounters.len()),
+                ..Touched::default()
+            })
+            .await
     }
 
     #[instrument(skip_all)]
@@ -71,15 +116,27 @@ impl Biometrics for BiometricsApi {
         &self,
         request: Request<pb::ExportTemplatesRequest>,
     ) -> Result<Response<pb::ExportTemplatesResponse>, Status> {
+        let call = self.gate.admit(&request, Method::ExportTemplates).await?;
         let pb::ExportTemplatesRequest { subject_id } = request.into_inner();
-        let templates = self.engine()?.export_fingers(subject_id).await?;
-        Ok(Response::new(pb::ExportTemplatesResponse { templates: templates.into_iter().map(Into::into).collect() }))
+        let asked = vec![subject_id.clone()];
+        let result = async {
+            let templates = self.engine()?.export_fingers(subject_id).await?;
+            Ok(pb::ExportTemplatesResponse { templates: templates.into_iter().map(Into::into).collect() })
+        }
+        .await;
+        self.gate
+            .finish(call, asked, result, |r| Touched {
+                detail: format!("templates={}", r.templates.len()),
+                ..Touched::default()
+            })
+            .await
     }
 
     #[instrument(skip_all)]
     async fn stats(&self, request: Request<pb::StatsRequest>) -> Result<Response<pb::StatsResponse>, Status> {
+        let call = self.gate.admit(&request, Method::Stats).await?;
         let pb::StatsRequest {} = request.into_inner();
-        let s = self.engine()?.stats().await?;
-        Ok(Response::new(s.into()))
+        let result = async { Ok(self.engine()?.stats().await?.into()) }.await;
+        self.gate.finish(call, Vec::new(), result, |_: &pb::StatsResponse| Touched::default()).await
     }
 }

@@ -9,8 +9,12 @@ use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 use tracing::instrument;
 
-use super::pb::{self, jobs_server::Jobs};
+use super::{
+    gate::{Gate, Touched},
+    pb::{self, jobs_server::Jobs},
+};
 use crate::{
+    auth::Method,
     engine::{DedupRequest, DuplicatePair, Engine, EngineError, JobStatus},
     jobs::Scope,
 };
@@ -19,12 +23,13 @@ use crate::{
 #[derive(Debug, Clone)]
 pub struct JobsApi {
     engine: Arc<OnceLock<Arc<Engine>>>,
+    gate: Gate,
 }
 
 impl JobsApi {
-    /// A service that serves once `engine` is set.
-    pub fn new(engine: Arc<OnceLock<Arc<Engine>>>) -> Self {
-        Self { engine }
+    /// A service that serves once `engine` is set, its calls passing `gate`.
+    pub fn new(engine: Arc<OnceLock<Arc<Engine>>>, gate: Gate) -> Self {
+        Self { engine, gate }
     }
 
     fn engine(&self) -> Result<&Engine, Status> {
@@ -34,19 +39,35 @@ impl JobsApi {
 
 type ResultStream = Pin<Box<dyn Stream<Item = Result<pb::JobResult, Status>> + Send>>;
 
+/// A job call's audit detail: the job id names exactly what was seen (its
+/// pairs are rows of the store).
+fn job_touched(job: &pb::Job) -> Touched {
+    Touched { detail: format!("job={} state={} pairs={}", job.job_id, job.state, job.pairs), ..Touched::default() }
+}
+
 #[tonic::async_trait]
 impl Jobs for JobsApi {
     #[instrument(skip_all)]
     async fn start_dedup(&self, request: Request<pb::StartDedupRequest>) -> Result<Response<pb::Job>, Status> {
-        let req = request.into_inner().try_into()?;
-        let status = self.engine()?.start_dedup(req).await?;
-        Ok(Response::new(status.into()))
+        let call = self.gate.admit(&request, Method::StartDedup).await?;
+        let asked = match &request.get_ref().scope {
+            Some(pb::start_dedup_request::Scope::Subjects(list)) => list.subject_ids.clone(),
+            _ => Vec::new(),
+        };
+        let result = async {
+            let req = request.into_inner().try_into()?;
+            Ok(self.engine()?.start_dedup(req).await?.into())
+        }
+        .await;
+        self.gate.finish(call, asked, result, job_touched).await
     }
 
     #[instrument(skip_all)]
     async fn get_job(&self, request: Request<pb::JobRequest>) -> Result<Response<pb::Job>, Status> {
+        let call = self.gate.admit(&request, Method::GetJob).await?;
         let pb::JobRequest { job_id } = request.into_inner();
-        Ok(Response::new(self.engine()?.job(job_id).await?.into()))
+        let result = async { Ok(self.engine()?.job(job_id).await?.into()) }.await;
+        self.gate.finish(call, Vec::new(), result, job_touched).await
     }
 
     type StreamResultsStream = ResultStream;
@@ -56,8 +77,18 @@ impl Jobs for JobsApi {
         &self,
         request: Request<pb::JobRequest>,
     ) -> Result<Response<Self::StreamResultsStream>, Status> {
+        let call = self.gate.admit(&request, Method::StreamResults).await?;
         let pb::JobRequest { job_id } = request.into_inner();
-        let (pairs, clusters) = self.engine()?.job_results(job_id).await?;
+        let result = async {
+            let (pairs, clusters) = self.engine()?.job_results(job_id.clone()).await?;
+            Ok((job_id, pairs, clusters))
+        }
+        .await;
+        let touched = |(job_id, pairs, clusters): &(String, Vec<DuplicatePair>, Vec<Vec<String>>)| Touched {
+            detail: format!("job={job_id} pairs={} clusters={}", pairs.len(), clusters.len()),
+            ..Touched::default()
+        };
+        let (_, pairs, clusters) = self.gate.finish(call, Vec::new(), result, touched).await?.into_inner();
         let items: Vec<Result<pb::JobResult, Status>> = pairs
             .into_iter()
             .map(|p| Ok(pb::JobResult { item: Some(pb::job_result::Item::Pair(p.into())) }))
@@ -70,8 +101,10 @@ impl Jobs for JobsApi {
 
     #[instrument(skip_all)]
     async fn cancel_job(&self, request: Request<pb::JobRequest>) -> Result<Response<pb::Job>, Status> {
+        let call = self.gate.admit(&request, Method::CancelJob).await?;
         let pb::JobRequest { job_id } = request.into_inner();
-        Ok(Response::new(self.engine()?.cancel_job(job_id).await?.into()))
+        let result = async { Ok(self.engine()?.cancel_job(job_id).await?.into()) }.await;
+        self.gate.finish(call, Vec::new(), result, job_touched).await
     }
 }
 

@@ -1,18 +1,25 @@
 //! The gRPC transport: generated types, one file per service, conversions
 //! and the error mapping. Handlers only translate.
 
+mod audit;
 mod biometrics;
 mod convert;
+mod gate;
 mod jobs;
 mod status;
 
+pub use audit::AuditApi;
 pub use biometrics::BiometricsApi;
+pub use gate::{Gate, REQUEST_ID};
 pub use jobs::JobsApi;
 pub use status::type_oversized_request;
 
 use std::sync::{Arc, OnceLock};
 
 use crate::engine::{Engine, EngineError};
+
+/// The ErrorInfo domain of every error this API gives.
+const DOMAIN: &str = "cotejo.v1";
 
 /// The engine once start-up has finished; UNAVAILABLE (NOT_READY) before.
 fn ready(slot: &Arc<OnceLock<Arc<Engine>>>) -> Result<&Engine, tonic::Status> {

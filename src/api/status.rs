@@ -14,7 +14,7 @@ use crate::{
     imaging::ImageError,
 };
 
-const DOMAIN: &str = "cotejo.v1";
+use super::DOMAIN;
 
 impl From<EngineError> for Status {
     fn from(e: EngineError) -> Self {

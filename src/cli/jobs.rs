@@ -28,13 +28,8 @@ pub struct DedupArgs {
     pub csv: Option<std::path::PathBuf>,
 }
 
-async fn client(server: &str) -> anyhow::Result<JobsClient<tonic::transport::Channel>> {
-    let channel = tonic::transport::Channel::from_shared(server.to_owned())
-        .with_context(|| format!("invalid server URL {server:?}"))?
-        .connect()
-        .await
-        .with_context(|| format!("cannot connect to {server}"))?;
-    Ok(JobsClient::new(channel).max_decoding_message_size(256 << 20))
+async fn client(o: &ClientOpts) -> anyhow::Result<JobsClient<super::Conn>> {
+    Ok(JobsClient::new(o.connection.connect().await?).max_decoding_message_size(256 << 20))
 }
 
 /// `cotejo dedup`.
@@ -55,7 +50,7 @@ pub async fn dedup(o: &ClientOpts, a: &DedupArgs) -> anyhow::Result<()> {
             other => anyhow::bail!("--modality {other:?}: face or finger"),
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let mut c = client(&o.server).await?;
+    let mut c = client(o).await?;
     let job = c
         .start_dedup(pb::StartDedupRequest { scope, modalities, target_fmr: a.target_fmr })
         .await
@@ -72,7 +67,7 @@ pub async fn dedup(o: &ClientOpts, a: &DedupArgs) -> anyhow::Result<()> {
     results(o, &job.job_id, a.csv.as_deref()).await
 }
 
-async fn wait(c: &mut JobsClient<tonic::transport::Channel>, id: &str) -> anyhow::Result<pb::Job> {
+async fn wait(c: &mut JobsClient<super::Conn>, id: &str) -> anyhow::Result<pb::Job> {
     let mut err = std::io::stderr();
     loop {
         let job = c.get_job(pb::JobRequest { job_id: id.to_owned() }).await.map_err(|e| status_error(&e))?.into_inner();
@@ -101,19 +96,19 @@ async fn wait(c: &mut JobsClient<tonic::transport::Channel>, id: &str) -> anyhow
 
 /// `cotejo job status ID`.
 pub async fn status(o: &ClientOpts, id: String) -> anyhow::Result<()> {
-    let job = client(&o.server).await?.get_job(pb::JobRequest { job_id: id }).await.map_err(|e| status_error(&e))?;
+    let job = client(o).await?.get_job(pb::JobRequest { job_id: id }).await.map_err(|e| status_error(&e))?;
     print_job(o.json, &job.into_inner())
 }
 
 /// `cotejo job cancel ID`.
 pub async fn cancel(o: &ClientOpts, id: String) -> anyhow::Result<()> {
-    let job = client(&o.server).await?.cancel_job(pb::JobRequest { job_id: id }).await.map_err(|e| status_error(&e))?;
+    let job = client(o).await?.cancel_job(pb::JobRequest { job_id: id }).await.map_err(|e| status_error(&e))?;
     print_job(o.json, &job.into_inner())
 }
 
 /// `cotejo job results ID`.
 pub async fn results(o: &ClientOpts, id: &str, csv: Option<&Path>) -> anyhow::Result<()> {
-    let mut stream = client(&o.server)
+    let mut stream = client(o)
         .await?
         .stream_results(pb::JobRequest { job_id: id.to_owned() })
         .await

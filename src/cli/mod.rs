@@ -2,8 +2,13 @@
 //! human summary or one JSON object. A failure exits non-zero with the
 //! server's message.
 
+mod connect;
 mod jobs;
 mod output;
+mod tools;
+
+pub use connect::{Conn, Connection};
+pub use tools::{CheckpointArgs, audit_export, audit_verify, token_add, token_revoke};
 
 pub use jobs::{
     DedupArgs, PairRow, cancel as job_cancel, dedup, print_results, results as job_results, status as job_status,
@@ -12,15 +17,14 @@ pub use jobs::{
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
-use tonic::transport::Channel;
 
 use crate::api::pb::{self, biometrics_client::BiometricsClient};
 
 /// Options every client command shares.
 #[derive(Debug, Clone)]
 pub struct ClientOpts {
-    /// Server URL.
-    pub server: String,
+    /// Where the server is and how to authenticate.
+    pub connection: Connection,
     /// Print JSON.
     pub json: bool,
 }
@@ -36,12 +40,8 @@ pub struct SampleArgs {
     pub ppi: u32,
 }
 
-async fn connect(server: &str) -> anyhow::Result<BiometricsClient<Channel>> {
-    let channel = Channel::from_shared(server.to_owned())
-        .with_context(|| format!("invalid server URL {server:?}"))?
-        .connect()
-        .await
-        .with_context(|| format!("cannot connect to {server}"))?;
+async fn connect(o: &ClientOpts) -> anyhow::Result<BiometricsClient<Conn>> {
+    let channel = o.connection.connect().await?;
     Ok(BiometricsClient::new(channel).max_decoding_message_size(64 << 20).max_encoding_message_size(64 << 20))
 }
 
@@ -114,7 +114,7 @@ pub async fn enroll(
         use_main_face: largest_face,
         galleries,
     };
-    let r = connect(&o.server).await?.enroll(req).await.map_err(|e| status_error(&e))?.into_inner();
+    let r = connect(o).await?.enroll(req).await.map_err(|e| status_error(&e))?.into_inner();
     output::enroll(o.json, &r)
 }
 
@@ -133,20 +133,20 @@ pub async fn identify(
         gallery: gallery.unwrap_or_default(),
         ..Default::default()
     };
-    let r = connect(&o.server).await?.identify(req).await.map_err(|e| status_error(&e))?.into_inner();
+    let r = connect(o).await?.identify(req).await.map_err(|e| status_error(&e))?.into_inner();
     output::identify(o.json, &r)
 }
 
 /// `cotejo verify`.
 pub async fn verify(o: &ClientOpts, subject: String, s: &SampleArgs, target_fmr: f64) -> anyhow::Result<()> {
     let req = pb::VerifyRequest { subject_id: subject, samples: samples(s)?, target_fmr };
-    let r = connect(&o.server).await?.verify(req).await.map_err(|e| status_error(&e))?.into_inner();
+    let r = connect(o).await?.verify(req).await.map_err(|e| status_error(&e))?.into_inner();
     output::verify(o.json, &r)
 }
 
 /// `cotejo delete`.
 pub async fn delete(o: &ClientOpts, subject: String) -> anyhow::Result<()> {
-    let r = connect(&o.server)
+    let r = connect(o)
         .await?
         .delete(pb::DeleteRequest { subject_id: subject })
         .await
@@ -157,7 +157,7 @@ pub async fn delete(o: &ClientOpts, subject: String) -> anyhow::Result<()> {
 
 /// `cotejo get`.
 pub async fn get(o: &ClientOpts, subject: String) -> anyhow::Result<()> {
-    let r = connect(&o.server)
+    let r = connect(o)
         .await?
         .get_subject(pb::GetSubjectRequest { subject_id: subject })
         .await
@@ -168,7 +168,7 @@ pub async fn get(o: &ClientOpts, subject: String) -> anyhow::Result<()> {
 
 /// `cotejo stats`.
 pub async fn stats(o: &ClientOpts) -> anyhow::Result<()> {
-    let r = connect(&o.server).await?.stats(pb::StatsRequest {}).await.map_err(|e| status_error(&e))?.into_inner();
+    let r = connect(o).await?.stats(pb::StatsRequest {}).await.map_err(|e| status_error(&e))?.into_inner();
     output::stats(o.json, &r)
 }
 
@@ -206,7 +206,7 @@ const MAX_STEM: usize = 200;
 /// files `<subject>_f<position>_<n>.iso` into `dir` (the subject id as
 /// [`file_stem`] writes it).
 pub async fn export(o: &ClientOpts, subject: String, dir: &Path) -> anyhow::Result<()> {
-    let r = connect(&o.server)
+    let r = connect(o)
         .await?
         .export_templates(pb::ExportTemplatesRequest { subject_id: subject.clone() })
         .await

@@ -404,7 +404,6 @@ impl Engine {
         let store = self.store.clone();
         let rec = tokio::task::spawn_blocking(move || Ok::<_, EngineError>(lock(&store)?.create_job("dedup", &json)?))
             .await??;
-        self.audit("dedup", String::new(), format!("job={} target_fmr={target_fmr}", rec.job_id)).await?;
         let _ = self.jobs.wake.try_send(());
         self.job_status(rec).await
     }

@@ -90,14 +90,6 @@ impl Engine {
             times.extract.minutiae += p.times.minutiae;
         }
         let decision = self.decide_identify(candidates.first(), target_fpir, n);
-        let detail = format!(
-            "probes={} candidates={} match={} threshold={:.2}",
-            probes.len(),
-            candidates.len(),
-            decision.is_match,
-            decision.threshold
-        );
-        self.audit("identify", decision.subject_id.clone().unwrap_or_default(), detail).await?;
         Ok(IdentifyOutcome { candidates, decision, probes: probes.into_iter().map(|p| p.report).collect(), times })
     }
 
@@ -152,14 +144,6 @@ impl Engine {
                 .basis
                 .push_str(&format!("; not compared, the subject has nothing enrolled for it: {}", skipped.join(", ")));
         }
-        let detail = format!(
-            "probes={} match={} score={:.2} threshold={:.2}",
-            probes.len(),
-            decision.is_match,
-            candidate.score,
-            decision.threshold
-        );
-        self.audit("verify", subject_id, detail).await?;
         Ok(VerifyOutcome {
             decision,
             score: candidate.score,
@@ -265,17 +249,5 @@ impl Engine {
             Ok(score_stored(&set, &all, &face_model, &cached, threads))
         })
         .await?
-    }
-
-    /// Records a search in the audit log (who was matched, never biometric
-    /// data): officers' searches must be accountable too.
-    pub(super) async fn audit(
-        &self,
-        action: &'static str,
-        subject_id: String,
-        detail: String,
-    ) -> Result<(), EngineError> {
-        let store = self.store.clone();
-        tokio::task::spawn_blocking(move || Ok(lock(&store)?.audit(action, &subject_id, &detail)?)).await?
     }
 }

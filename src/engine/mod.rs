@@ -2,6 +2,7 @@
 //! transport types here; blocking work (SQLite, faiss) runs on the blocking
 //! pool and inference on the face workers.
 
+mod audit;
 mod error;
 mod face_index;
 mod finger_index;
@@ -26,7 +27,7 @@ use crate::{
     finger::{FingerSettings, gallery::FingerGallery, template},
     index::VectorIndex,
     inference,
-    store::{Store, SubjectRecord},
+    store::{Actor, Checkpoints, Store, SubjectRecord},
     workers::Workers,
 };
 pub use error::EngineError;
@@ -94,6 +95,10 @@ pub struct Engine {
     max_samples: usize,
     max_candidates: usize,
     max_subject_ids: usize,
+    /// Signed audit checkpoints outside the data directory, when configured.
+    checkpoints: Option<Checkpoints>,
+    /// Why the audit log is not trusted (start-up found it broken).
+    audit_problem: Option<String>,
 }
 
 impl Engine {
@@ -120,6 +125,7 @@ impl Engine {
         };
         let calibrations = Calibrations::load(&config.models.calibration_dir, &face_model.id)?;
         let store = Store::open(&config.store.data_dir, &config.store.encryption_key)?;
+        let (checkpoints, audit_problem) = audit::check_at_start(&store, &config.audit, &config.store.data_dir)?;
         let snapshot_file = store.sealed_file(SNAPSHOT_FILE);
         let (gallery, stale) = load_face_index(&store, &face_model, &index_settings(&config.index), &snapshot_file)?;
         let stored = store.stats()?;
@@ -183,6 +189,8 @@ impl Engine {
             max_samples: config.limits.max_samples,
             max_candidates: config.limits.max_candidates,
             max_subject_ids: config.limits.max_subject_ids,
+            checkpoints,
+            audit_problem,
         };
         if stale {
             engine.snapshot_in_background(Derived::Faces);
@@ -261,7 +269,8 @@ impl Engine {
     }
 
     /// Stores a subject's samples; durable when this returns.
-    pub async fn enroll(&self, req: EnrollRequest) -> Result<EnrollOutcome, EngineError> {
+    /// The audit log's entry names `actor`, in the same transaction.
+    pub async fn enroll(&self, req: EnrollRequest, actor: &Actor) -> Result<EnrollOutcome, EngineError> {
         let EnrollRequest { subject_id, samples, add_encounter, use_main_face, galleries } = req;
         validate_subject_id(&subject_id)?;
         if galleries.len() > MAX_GALLERIES {
@@ -288,11 +297,12 @@ impl Engine {
         let subjects = self.subjects.clone();
         let sid = subject_id.clone();
         let model = self.face_model.clone();
+        let actor = actor.clone();
         let enrolled = tokio::task::spawn_blocking(move || -> Result<_, EngineError> {
             // Store first, then the indexes, all under the store lock so a
             // concurrent delete cannot slip between them.
             let mut store = lock(&store)?;
-            let enrolled = store.enroll(&sid, add_encounter, &templates, &galleries)?;
+            let enrolled = store.enroll(&sid, add_encounter, &templates, &galleries, &actor)?;
             if !add_encounter {
                 subjects.fetch_add(1, Ordering::Relaxed);
             }
@@ -335,15 +345,17 @@ impl Engine {
     }
 
     /// Deletes a subject for good; returns the number of templates removed.
-    pub async fn delete(&self, subject_id: String) -> Result<usize, EngineError> {
+    /// The audit log's entry names `actor`, in the same transaction.
+    pub async fn delete(&self, subject_id: String, actor: &Actor) -> Result<usize, EngineError> {
         validate_subject_id(&subject_id)?;
+        let actor = actor.clone();
         let store = self.store.clone();
         let gallery = self.gallery.clone();
         let fingers = self.fingers.clone();
         let subjects = self.subjects.clone();
         let removed = tokio::task::spawn_blocking(move || -> Result<(usize, usize, usize), EngineError> {
             let mut store = lock(&store)?;
-            let ids = store.delete_subject(&subject_id)?;
+            let ids = store.delete_subject(&subject_id, &actor)?;
             subjects.fetch_sub(1, Ordering::Relaxed);
             let mut g = gallery.write().map_err(|_| EngineError::Internal("index lock poisoned".into()))?;
             let faces = g.remove(&ids)?;

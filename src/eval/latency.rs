@@ -48,7 +48,7 @@ pub async fn latency(
             use_main_face: true,
             galleries: Vec::new(),
         };
-        if engine.enroll(req).await.is_ok() {
+        if engine.enroll(req, &crate::store::Actor::system("eval")).await.is_ok() {
             enrolled_mates += 1;
         }
     }
@@ -216,7 +216,7 @@ pub(super) async fn enroll_one(engine: &Engine, subject: String, sample: Sample)
         use_main_face: false,
         galleries: Vec::new(),
     };
-    engine.enroll(req).await?;
+    engine.enroll(req, &crate::store::Actor::system("eval")).await?;
     Ok(())
 }
 

@@ -49,7 +49,7 @@ pub async fn startup(config: &Config, gallery: usize, changes: usize) -> anyhow:
     enroll_synthetic(&engine, gallery..gallery + changes, 12).await?;
     let deleted = changes / 10;
     for n in 0..deleted {
-        engine.delete(format!("synthetic-{n:07}")).await?;
+        engine.delete(format!("synthetic-{n:07}"), &crate::store::Actor::system("eval")).await?;
     }
     drop(engine);
     let (engine, restore_secs) = start(&config).await?;
@@ -145,7 +145,9 @@ pub async fn startup_fingers(
         let deleted = changes / 10;
         for _ in 0..deleted {
             let t = Instant::now();
-            engine.delete(format!("synthetic-finger-{:07}", fingers - 1 - oldest)).await?;
+            engine
+                .delete(format!("synthetic-finger-{:07}", fingers - 1 - oldest), &crate::store::Actor::system("eval"))
+                .await?;
             deletes.push(t.elapsed().as_secs_f64() * 1e3);
             oldest += 1;
         }

@@ -3,6 +3,7 @@
 //! crash). The search index is derived from this and never the only copy.
 
 mod audit;
+mod checkpoint;
 mod crypto;
 mod jobs;
 mod sealed_file;
@@ -12,7 +13,8 @@ use std::path::Path;
 use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::biometric::{Modality, NewTemplate, StoredTemplate, TemplateData};
-pub use audit::AuditEntry;
+pub use audit::{Actor, AuditEntry, AuditRecord, ChainCheck};
+pub use checkpoint::{Checkpoint, Checkpoints};
 use crypto::Sealer;
 pub use jobs::{JobRecord, PairComponent};
 pub use sealed_file::{SealedFile, SealedReader, SealedWriter};
@@ -41,9 +43,12 @@ pub enum StoreError {
     /// No such subject.
     #[error("subject {0:?} not found")]
     SubjectNotFound(String),
-    /// The audit chain does not verify.
-    #[error("audit log broken at entry {0}")]
-    AuditBroken(i64),
+    /// The audit chain does not verify: the first broken entry and why.
+    #[error("audit log broken at entry {seq}: {problem}")]
+    AuditBroken { seq: i64, problem: String },
+    /// Audit checkpoints cannot be read, written or trusted.
+    #[error("audit checkpoint: {0}")]
+    Checkpoint(String),
 }
 
 /// A subject as stored.
@@ -189,6 +194,7 @@ impl Store {
         add_encounter: bool,
         templates: &[NewTemplate],
         galleries: &[String],
+        actor: &Actor,
     ) -> Result<Enrolled, StoreError> {
         let now = now_ms();
         let tx = self.conn.transaction()?;
@@ -225,14 +231,16 @@ impl Store {
         }
         let detail =
             format!("encounter={encounter_id} templates={} galleries={}", templates.len(), galleries.join(","));
-        audit::append(&tx, now, "enroll", subject_id, &detail)?;
+        let record =
+            AuditRecord { actor: actor.clone(), subjects: vec![subject_id.to_owned()], outcome: "OK".into(), detail };
+        audit::append(&tx, now, &record)?;
         tx.commit()?;
         Ok(Enrolled { encounter_id, template_ids })
     }
 
     /// Deletes a subject with all its encounters and templates; returns the
     /// removed template ids.
-    pub fn delete_subject(&mut self, subject_id: &str) -> Result<Vec<i64>, StoreError> {
+    pub fn delete_subject(&mut self, subject_id: &str, actor: &Actor) -> Result<Vec<i64>, StoreError> {
         let tx = self.conn.transaction()?;
         if !subject_exists(&tx, subject_id)? {
             return Err(StoreError::SubjectNotFound(subject_id.to_owned()));
@@ -245,7 +253,13 @@ impl Store {
         // Deletion is final: no job result names the subject any more either.
         tx.execute("DELETE FROM job_pairs WHERE a = ?1 OR b = ?1", [subject_id])?;
         tx.execute("DELETE FROM subjects WHERE subject_id = ?1", [subject_id])?;
-        audit::append(&tx, now_ms(), "delete", subject_id, &format!("templates={}", ids.len()))?;
+        let record = AuditRecord {
+            actor: actor.clone(),
+            subjects: vec![subject_id.to_owned()],
+            outcome: "OK".into(),
+            detail: format!("templates={}", ids.len()),
+        };
+        audit::append(&tx, now_ms(), &record)?;
         tx.commit()?;
         Ok(ids)
     }
@@ -422,23 +436,149 @@ impl Store {
         Ok(StoreStats { subjects: subjects as u64, encounters: encounters as u64, templates })
     }
 
-    /// Records a read-side event (identify, verify) in the audit log.
-    pub fn audit(&mut self, action: &str, subject_id: &str, detail: &str) -> Result<(), StoreError> {
+    /// Records a call in the audit log (its own transaction, durable on return).
+    pub fn audit(&mut self, record: &AuditRecord) -> Result<(), StoreError> {
         let tx = self.conn.transaction()?;
-        audit::append(&tx, now_ms(), action, subject_id, detail)?;
+        audit::append(&tx, now_ms(), record)?;
         tx.commit()?;
         Ok(())
     }
 
-    /// Checks the whole audit hash chain; returns the number of entries.
-    pub fn verify_audit(&self) -> Result<u64, StoreError> {
-        audit::verify(&self.conn)
+    /// Checks the audit chain: from the start, or (`from_checkpoint`) from
+    /// the checkpoint on; a checkpoint that no longer matches the log means
+    /// entries were removed or the chain rewritten.
+    pub fn verify_audit(
+        &self,
+        checkpoint: Option<&Checkpoint>,
+        from_checkpoint: bool,
+    ) -> Result<ChainCheck, StoreError> {
+        check_chain(&self.conn, checkpoint, from_checkpoint)
+    }
+
+    /// The audit chain's head: (sequence number, hash).
+    pub fn audit_head(&self) -> Result<(i64, Vec<u8>), StoreError> {
+        audit::head(&self.conn)
+    }
+
+    /// Up to `limit` audit entries from `from_seq` on, oldest first.
+    pub fn audit_entries(&self, from_seq: i64, limit: usize) -> Result<Vec<AuditEntry>, StoreError> {
+        audit::read(&self.conn, from_seq, limit)
     }
 
     /// The last `n` audit entries, newest last.
     pub fn audit_tail(&self, n: usize) -> Result<Vec<AuditEntry>, StoreError> {
         audit::tail(&self.conn, n)
     }
+}
+
+/// A read-only view of a data directory's audit log, usable while a server
+/// runs on it (no lock taken, nothing written).
+#[derive(Debug)]
+pub struct AuditReader {
+    conn: Connection,
+}
+
+impl AuditReader {
+    /// Opens `<data_dir>/cotejo.db` read-only.
+    pub fn open(data_dir: &Path) -> Result<Self, StoreError> {
+        let db = data_dir.join("cotejo.db");
+        if !db.is_file() {
+            return Err(StoreError::DataDir {
+                path: data_dir.display().to_string(),
+                source: std::io::Error::new(std::io::ErrorKind::NotFound, "no cotejo.db here"),
+            });
+        }
+        let conn = Connection::open_with_flags(&db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        Ok(Self { conn })
+    }
+
+    /// As [`Store::verify_audit`].
+    pub fn verify(&self, checkpoint: Option<&Checkpoint>, from_checkpoint: bool) -> Result<ChainCheck, StoreError> {
+        check_chain(&self.conn, checkpoint, from_checkpoint)
+    }
+
+    /// As [`Store::audit_entries`].
+    pub fn entries(&self, from_seq: i64, limit: usize) -> Result<Vec<AuditEntry>, StoreError> {
+        audit::read(&self.conn, from_seq, limit)
+    }
+}
+
+fn check_chain(
+    conn: &Connection,
+    checkpoint: Option<&Checkpoint>,
+    from_checkpoint: bool,
+) -> Result<ChainCheck, StoreError> {
+    // One read transaction: the head does not move under the walk.
+    let tx = conn.unchecked_transaction()?;
+    let anchor = match checkpoint {
+        Some(cp) => {
+            let signed = hex::decode(&cp.hash).map_err(|_| StoreError::Checkpoint("hash is not hex".into()))?;
+            match audit::hash_at(&tx, cp.seq)? {
+                Some(h) if h == signed => Some((cp.seq, signed)),
+                Some(_) => {
+                    return Err(StoreError::AuditBroken {
+                        seq: cp.seq,
+                        problem: "it differs from the signed checkpoint: the chain was rewritten".into(),
+                    });
+                }
+                None if cp.seq == 0 => None,
+                None => {
+                    let (head, _) = audit::head(&tx)?;
+                    return Err(StoreError::AuditBroken {
+                        seq: head + 1,
+                        problem: format!(
+                            "missing: the log ends at entry {head} but a signed checkpoint vouches for {} entries",
+                            cp.seq
+                        ),
+                    });
+                }
+            }
+        }
+        None => None,
+    };
+    let check = match (&anchor, from_checkpoint) {
+        (Some((seq, hash)), true) => audit::verify_from(&tx, Some((*seq, hash)))?,
+        _ => audit::verify_from(&tx, None)?,
+    };
+    tx.finish()?;
+    Ok(check)
+}
+
+/// Reads a 32-byte key written as 64 hex digits; refuses a file that its
+/// group or others can read (a key others can read is no secret).
+pub fn read_secret_file(path: &Path) -> Result<Vec<u8>, String> {
+    let meta = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            return Err(format!(
+                "{} is readable by group or others (mode {mode:o}); run chmod 600 on it",
+                path.display()
+            ));
+        }
+    }
+    let _ = meta;
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let key = hex::decode(text.trim()).map_err(|e| format!("{}: not hex ({e})", path.display()))?;
+    if key.len() != 32 {
+        return Err(format!("{}: {} bytes, expected 32 (64 hex digits)", path.display(), key.len()));
+    }
+    Ok(key)
+}
+
+/// Writes a key as hex, readable by its owner only (for tools and tests).
+pub fn write_secret_file(path: &Path, key: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+    let mut f = opts.open(path)?;
+    f.write_all(hex::encode(key).as_bytes())?;
+    f.sync_all()
 }
 
 fn subject_exists(conn: &Connection, subject_id: &str) -> Result<bool, StoreError> {
@@ -450,7 +590,8 @@ fn aad(subject_id: &str, t: &NewTemplate) -> Vec<u8> {
     format!("{subject_id}\u{0}{}\u{0}{}\u{0}{}", t.modality.code(), t.finger_position, t.model_id).into_bytes()
 }
 
-fn now_ms() -> i64 {
+/// Now, in ms since the epoch.
+pub fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
@@ -474,22 +615,23 @@ mod tests {
     fn enroll_read_delete() {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut s = Store::open(dir.path(), "").expect("open");
-        let e = s.enroll("alice", false, &[template(1.0)], &["watch".to_owned()]).expect("enroll");
+        let a = Actor::system("test");
+        let e = s.enroll("alice", false, &[template(1.0)], &["watch".to_owned()], &a).expect("enroll");
         assert_eq!(e.template_ids.len(), 1);
-        assert!(matches!(s.enroll("alice", false, &[template(2.0)], &[]), Err(StoreError::SubjectExists(_))));
-        s.enroll("alice", true, &[template(3.0)], &[]).expect("second encounter");
-        assert!(matches!(s.enroll("carol", true, &[template(3.0)], &[]), Err(StoreError::SubjectNotFound(_))));
+        assert!(matches!(s.enroll("alice", false, &[template(2.0)], &[], &a), Err(StoreError::SubjectExists(_))));
+        s.enroll("alice", true, &[template(3.0)], &[], &a).expect("second encounter");
+        assert!(matches!(s.enroll("carol", true, &[template(3.0)], &[], &a), Err(StoreError::SubjectNotFound(_))));
         let ts = s.subject_templates("alice").expect("templates");
         assert_eq!(ts.len(), 2);
         assert_eq!(ts[1].template.data, TemplateData::Embedding(vec![3.0; 4]));
         assert_eq!(s.subject("alice").expect("subject").encounters.len(), 2);
         assert_eq!(s.subject("alice").expect("subject").galleries, vec!["watch".to_owned()]);
         assert_eq!(s.gallery_members("watch").expect("members"), vec!["alice".to_owned()]);
-        assert_eq!(s.delete_subject("alice").expect("delete").len(), 2);
+        assert_eq!(s.delete_subject("alice", &a).expect("delete").len(), 2);
         assert!(matches!(s.subject("alice"), Err(StoreError::SubjectNotFound(_))));
         assert!(s.gallery_members("watch").expect("members").is_empty(), "deletion leaves no membership");
         assert_eq!(s.stats().expect("stats").subjects, 0);
-        assert_eq!(s.verify_audit().expect("audit"), 3);
+        assert_eq!(s.verify_audit(None, false).expect("audit").entries, 3);
     }
 
     #[test]
@@ -534,7 +676,7 @@ mod tests {
     fn wrong_key_does_not_decrypt() {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut s = Store::open(dir.path(), &"11".repeat(32)).expect("open");
-        s.enroll("bob", false, &[template(1.0)], &[]).expect("enroll");
+        s.enroll("bob", false, &[template(1.0)], &[], &Actor::system("test")).expect("enroll");
         drop(s);
         let s = Store::open(dir.path(), &"22".repeat(32)).expect("open");
         assert!(matches!(s.subject_templates("bob"), Err(StoreError::Crypto)));

@@ -1,0 +1,264 @@
+//! Every call passes the gate twice: on the way in, the caller is
+//! identified (bearer token or client certificate) and checked for the
+//! role the RPC needs; on the way out, the call is written to the audit log
+//! with its outcome. A refusal is recorded too. A call whose audit entry
+//! cannot be written is answered INTERNAL: nobody looks at a record unseen.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, OnceLock},
+};
+
+use rand::RngCore;
+use tonic::{Code, Request, Response, Status, metadata::MetadataMap};
+use tonic_types::{ErrorDetails, StatusExt};
+use tracing::{error, warn};
+
+use super::DOMAIN;
+use crate::{
+    auth::{Authenticator, Credentials, Method, Refusal},
+    engine::Engine,
+    server::tls::Peer,
+    store::{Actor, AuditRecord},
+};
+
+/// The metadata key of the request id (taken from the caller when it sends
+/// a sane one, otherwise made here), echoed in every answer.
+pub const REQUEST_ID: &str = "x-request-id";
+
+/// What a finished call touched, for its audit entry.
+#[derive(Debug, Default)]
+pub(super) struct Touched {
+    /// Subjects read, written or returned.
+    pub(super) subjects: Vec<String>,
+    /// Decision, counts, job id; never biometric data.
+    pub(super) detail: String,
+    /// The engine already wrote the entry in the transaction that made the
+    /// change (Enroll, Delete).
+    pub(super) recorded: bool,
+}
+
+/// An admitted call on its way through.
+#[derive(Debug)]
+pub(super) struct Call {
+    pub(super) actor: Actor,
+}
+
+/// Authentication, authorization and the audit of every call.
+#[derive(Debug, Clone)]
+pub struct Gate {
+    auth: Arc<Authenticator>,
+    engine: Arc<OnceLock<Arc<Engine>>>,
+}
+
+impl Gate {
+    /// A gate over `auth`, recording through the engine once it is ready.
+    pub fn new(auth: Arc<Authenticator>, engine: Arc<OnceLock<Arc<Engine>>>) -> Self {
+        Self { auth, engine }
+    }
+
+    /// The caller of `request`, allowed to call `method`; a refusal is
+    /// recorded and answered UNAUTHENTICATED or PERMISSION_DENIED.
+    pub(super) async fn admit<T>(&self, request: &Request<T>, method: Method) -> Result<Call, Status> {
+        let request_id = request_id(request.metadata());
+        let peer = request.extensions().get::<Peer>();
+        let certificate = peer.and_then(|p| p.certificate_name.as_deref());
+        let admitted = bearer(request.metadata()).and_then(|token| {
+            self.auth.admit(&Credentials { token, certificate }, method).map_err(|r| (r, token.is_some()))
+        });
+        match admitted {
+            Ok(caller) => {
+                if let Some(problem) = self.engine.get().and_then(|e| e.audit_problem().map(str::to_owned))
+                    && method.role() != crate::auth::Role::Audit
+                {
+                    let actor = Actor {
+                        caller: caller.name,
+                        role: method.role().name().into(),
+                        method: method.name().into(),
+                        request_id,
+                    };
+                    let mut details = ErrorDetails::new();
+                    details.set_error_info("AUDIT_LOG_BROKEN", DOMAIN, HashMap::new());
+                    let status = Status::with_error_details(
+                        Code::Unavailable,
+                        format!("the audit log failed its start-up check ({problem}); only the audit role is answered"),
+                        details,
+                    );
+                    return Err(self.refuse(actor, "AUDIT_LOG_BROKEN", status, peer).await);
+                }
+                Ok(Call {
+                    actor: Actor {
+                        caller: caller.name,
+                        role: method.role().name().into(),
+                        method: method.name().into(),
+                        request_id,
+                    },
+                })
+            }
+            Err((refusal, _)) => {
+                let caller = match (&refusal, certificate) {
+                    (Refusal::MissingRole { caller, .. }, _) => caller.clone(),
+                    (_, Some(name)) => name.to_owned(),
+                    _ => String::new(),
+                };
+                let actor =
+                    Actor { caller, role: method.role().name().into(), method: method.name().into(), request_id };
+                let (code, reason) = match &refusal {
+                    Refusal::Unauthenticated(_) => (Code::Unauthenticated, refusal.reason()),
+                    Refusal::MissingRole { .. } => (Code::PermissionDenied, refusal.reason()),
+                };
+                let mut details = ErrorDetails::new();
+                let mut meta = HashMap::from([("required_role".to_owned(), method.role().name().to_owned())]);
+                meta.insert("method".into(), method.name().into());
+                details.set_error_info(reason, DOMAIN, meta);
+                let status = Status::with_error_details(code, refusal.to_string(), details);
+                Err(self.refuse(actor, reason, status, peer).await)
+            }
+        }
+    }
+
+    async fn refuse(&self, actor: Actor, reason: &str, status: Status, peer: Option<&Peer>) -> Status {
+        let detail = peer.and_then(|p| p.addr).map(|a| format!("peer={a}")).unwrap_or_default();
+        let record = AuditRecord {
+            outcome: format!("{:?}: {reason}: {}", status.code(), status.message()),
+            actor: actor.clone(),
+            subjects: Vec::new(),
+            detail,
+        };
+        self.record(record).await;
+        with_request_id(status, &actor.request_id)
+    }
+
+    /// Records the call's outcome and answers it, the request id attached.
+    /// `asked`: the subjects the request named, recorded whatever the outcome.
+    pub(super) async fn finish<T>(
+        &self,
+        call: Call,
+        asked: Vec<String>,
+        result: Result<T, Status>,
+        touched: impl FnOnce(&T) -> Touched,
+    ) -> Result<Response<T>, Status> {
+        let Call { actor } = call;
+        match result {
+            Ok(answer) => {
+                let t = touched(&answer);
+                if !t.recorded {
+                    let mut subjects = asked;
+                    for s in t.subjects {
+                        if !subjects.contains(&s) {
+                            subjects.push(s);
+                        }
+                    }
+                    let record = AuditRecord { actor: actor.clone(), subjects, outcome: "OK".into(), detail: t.detail };
+                    if !self.record(record).await {
+                        let status = Status::internal("the call could not be written to the audit log; not answered");
+                        return Err(with_request_id(status, &actor.request_id));
+                    }
+                }
+                let mut response = Response::new(answer);
+                if let Ok(v) = actor.request_id.parse() {
+                    response.metadata_mut().insert(REQUEST_ID, v);
+                }
+                Ok(response)
+            }
+            Err(status) => {
+                let reason = status.get_details_error_info().map(|i| i.reason).unwrap_or_default();
+                let record = AuditRecord {
+                    outcome: format!("{:?}: {reason}: {}", status.code(), status.message()),
+                    actor: actor.clone(),
+                    subjects: asked,
+                    detail: String::new(),
+                };
+                self.record(record).await;
+                Err(with_request_id(status, &actor.request_id))
+            }
+        }
+    }
+
+    /// Writes one entry; false (and an error in the log) when it could not.
+    async fn record(&self, record: AuditRecord) -> bool {
+        let Some(engine) = self.engine.get() else {
+            // Before start-up ends there is no store to write to; every
+            // call is refused NOT_READY then and nothing is looked at.
+            warn!(method = %record.actor.method, outcome = %record.outcome, "call before the store is open: not audited");
+            return true;
+        };
+        if engine.audit_problem().is_some() {
+            // Appending would blur the evidence (the first broken entry
+            // would move); the call goes to the server log instead.
+            error!(
+                method = %record.actor.method,
+                caller = %record.actor.caller,
+                request_id = %record.actor.request_id,
+                outcome = %record.outcome,
+                "audit log broken: entry not appended"
+            );
+            return true;
+        }
+        match engine.record_audit(record).await {
+            Ok(()) => true,
+            Err(e) => {
+                error!(error = %e, "audit entry not written");
+                false
+            }
+        }
+    }
+
+    /// Records a refused TLS handshake (no caller could be named).
+    pub async fn record_handshake_refusal(&self, addr: std::net::SocketAddr, error: &str) {
+        let record = AuditRecord {
+            actor: Actor { method: "TlsHandshake".into(), ..Actor::default() },
+            subjects: Vec::new(),
+            outcome: format!("Unauthenticated: TLS_HANDSHAKE_REFUSED: {error}"),
+            detail: format!("peer={addr}"),
+        };
+        self.record(record).await;
+    }
+}
+
+/// The bearer token of `authorization`, if one was sent; a header that is
+/// not `Bearer <token>` is refused rather than ignored.
+fn bearer(meta: &MetadataMap) -> Result<Option<&str>, (Refusal, bool)> {
+    let Some(value) = meta.get("authorization") else { return Ok(None) };
+    let text =
+        value.to_str().map_err(|_| (Refusal::Unauthenticated("the authorization header is not text".into()), true))?;
+    let token = text
+        .strip_prefix("Bearer ")
+        .or_else(|| text.strip_prefix("bearer "))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| (Refusal::Unauthenticated("authorization must be `Bearer <token>`".into()), true))?;
+    Ok(Some(token))
+}
+
+/// The caller's request id if it is 1-64 visible ASCII characters, else a new one.
+fn request_id(meta: &MetadataMap) -> String {
+    meta.get(REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|s| !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_graphic()))
+        .map_or_else(
+            || {
+                let mut b = [0u8; 12];
+                rand::rng().fill_bytes(&mut b);
+                hex::encode(b)
+            },
+            str::to_owned,
+        )
+}
+
+/// The status with the request id in its metadata and in its ErrorInfo.
+fn with_request_id(status: Status, request_id: &str) -> Status {
+    let mut details = status.get_error_details();
+    let info = details.error_info().cloned();
+    let (reason, domain, mut meta) = match info {
+        Some(i) => (i.reason, i.domain, i.metadata),
+        None => (format!("{:?}", status.code()).to_uppercase(), DOMAIN.to_owned(), HashMap::new()),
+    };
+    meta.insert("request_id".into(), request_id.to_owned());
+    details.set_error_info(reason, domain, meta);
+    let mut out = Status::with_error_details(status.code(), status.message(), details);
+    if let Ok(v) = request_id.parse() {
+        out.metadata_mut().insert(REQUEST_ID, v);
+    }
+    out
+}

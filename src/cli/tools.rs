@@ -1,0 +1,118 @@
+//! Commands that work on files, not through a server: the callers file
+//! (`cotejo token`) and the audit log of a data directory (`cotejo audit`),
+//! which may be read while a server runs on it.
+
+use std::{
+    io::Write,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Context, bail};
+
+use crate::{
+    auth::{self, Role},
+    store::{AuditReader, Checkpoints, StoreError},
+};
+
+fn roles(names: &[String]) -> anyhow::Result<Vec<Role>> {
+    let mut out = Vec::new();
+    for n in names {
+        let Some(r) = Role::parse(n) else {
+            bail!("unknown role {n:?}: the roles are identify, enroll, admin, audit");
+        };
+        if !out.contains(&r) {
+            out.push(r);
+        }
+    }
+    if out.is_empty() {
+        bail!("give at least one role (--roles identify,enroll,admin,audit)");
+    }
+    Ok(out)
+}
+
+/// `cotejo token add`: prints a new token once (or, with `certificate`,
+/// grants roles to a client certificate's name).
+pub fn token_add(file: &Path, name: &str, role_names: &[String], certificate: bool) -> anyhow::Result<()> {
+    let roles = roles(role_names)?;
+    if certificate {
+        auth::add_certificate(file, name, &roles)?;
+        eprintln!("client certificate {name:?} may now: {}", names(&roles));
+        return Ok(());
+    }
+    let token = auth::add_token(file, name, &roles)?;
+    eprintln!("token for {name:?} ({}); shown once, only its hash is kept in {}:", names(&roles), file.display());
+    println!("{token}");
+    Ok(())
+}
+
+fn names(roles: &[Role]) -> String {
+    roles.iter().map(|r| r.name()).collect::<Vec<_>>().join(", ")
+}
+
+/// `cotejo token revoke`.
+pub fn token_revoke(file: &Path, name: &str) -> anyhow::Result<()> {
+    let n = auth::revoke(file, name)?;
+    eprintln!("revoked {n} credential(s) of {name:?}; a running server drops them within server.reload_secs");
+    Ok(())
+}
+
+/// Where the signed checkpoints are, if anywhere.
+#[derive(Debug, Clone, Default)]
+pub struct CheckpointArgs {
+    /// Folder of the checkpoints.
+    pub dir: Option<PathBuf>,
+    /// Key that signs them.
+    pub key_file: Option<PathBuf>,
+}
+
+/// `cotejo audit verify`: exits non-zero, naming the first broken entry,
+/// when the chain or the last checkpoint does not hold.
+pub fn audit_verify(data_dir: &Path, cp: &CheckpointArgs, json: bool) -> anyhow::Result<()> {
+    let reader = AuditReader::open(data_dir)?;
+    let last = match (&cp.dir, &cp.key_file) {
+        (Some(dir), Some(key)) => Checkpoints::open(dir, key, data_dir)?.read()?,
+        (None, None) => None,
+        _ => bail!("--checkpoint-dir and --checkpoint-key-file go together"),
+    };
+    match reader.verify(last.as_ref(), false) {
+        Ok(c) => {
+            if json {
+                let v = serde_json::json!({"intact": true, "entries": c.entries, "head_seq": c.head_seq,
+                    "checkpoint_seq": last.as_ref().map(|l| l.seq)});
+                println!("{v}");
+            } else {
+                let anchor = match &last {
+                    Some(l) => format!("; the signed checkpoint at entry {} matches", l.seq),
+                    None => "; no signed checkpoint checked (truncation would go unseen)".into(),
+                };
+                println!("audit log intact: {} entries, head {}{anchor}", c.entries, c.head_seq);
+            }
+            Ok(())
+        }
+        Err(StoreError::AuditBroken { seq, problem }) => {
+            if json {
+                println!("{}", serde_json::json!({"intact": false, "first_broken_seq": seq, "problem": problem}));
+            }
+            bail!("audit log BROKEN at entry {seq}: {problem}")
+        }
+        Err(e) => Err(e).context("audit log"),
+    }
+}
+
+/// `cotejo audit export`: JSON lines from `from_seq` on, for a SIEM.
+pub fn audit_export(data_dir: &Path, from_seq: i64) -> anyhow::Result<()> {
+    let reader = AuditReader::open(data_dir)?;
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let mut next = from_seq.max(1);
+    loop {
+        let page = reader.entries(next, 10_000)?;
+        let Some(last) = page.last() else { break };
+        next = last.seq + 1;
+        for e in &page {
+            serde_json::to_writer(&mut out, e)?;
+            out.write_all(b"\n")?;
+        }
+    }
+    out.flush()?;
+    Ok(())
+}

@@ -1,0 +1,311 @@
+//! Running the service: health (and, when configured, reflection) beside the
+//! API, TLS and caller authentication in front of it, start-up in the
+//! background (health NOT_SERVING until models are loaded and the index
+//! rebuilt), graceful shutdown.
+
+pub mod tls;
+
+use std::{
+    future::Future,
+    sync::{
+        Arc, OnceLock,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use anyhow::Context as _;
+use tokio::net::TcpListener;
+use tonic::transport::Server;
+use tonic_health::ServingStatus;
+use tracing::{error, info, warn};
+
+use crate::{
+    api::{AuditApi, BiometricsApi, Gate, JobsApi, pb},
+    auth::{Authenticator, Callers},
+    config::Config,
+    engine::Engine,
+};
+use tls::{ReloadingAcceptor, TlsFiles};
+
+/// Refuses a listener other hosts can reach unless it speaks TLS and
+/// identifies callers, or the configuration says `insecure = true`.
+fn check_exposure(config: &Config, addr: std::net::SocketAddr, auth: &Authenticator) -> anyhow::Result<()> {
+    let secured = config.server.tls() && auth.required();
+    if addr.ip().is_loopback() || secured {
+        return Ok(());
+    }
+    if config.server.insecure {
+        warn!(
+            %addr,
+            tls = config.server.tls(),
+            callers = auth.required(),
+            "INSECURE: listening beyond loopback without TLS and caller authentication (server.insecure = true)"
+        );
+        return Ok(());
+    }
+    anyhow::bail!(
+        "refusing to listen on {addr} without TLS and caller authentication: anyone reaching the port could \
+         enroll, delete or export templates in plain text. Set server.tls_cert and server.tls_key, and \
+         auth.tokens_file (cotejo token add) or server.tls_client_ca (mutual TLS); or listen on 127.0.0.1; \
+         or, knowingly, server.insecure = true"
+    )
+}
+
+/// The TLS acceptor and authenticator of `config`.
+fn security(config: &Config) -> anyhow::Result<(Option<Arc<ReloadingAcceptor>>, Arc<Authenticator>)> {
+    let s = &config.server;
+    let tls = if s.tls() {
+        let files = TlsFiles {
+            cert: s.tls_cert.clone(),
+            key: s.tls_key.clone(),
+            client_ca: s.mutual_tls().then(|| s.tls_client_ca.clone()),
+        };
+        Some(Arc::new(ReloadingAcceptor::new(files).context("TLS")?))
+    } else {
+        None
+    };
+    let callers = if config.auth.tokens_file.as_os_str().is_empty() {
+        None
+    } else {
+        Some(Callers::open(&config.auth.tokens_file).context("auth.tokens_file")?)
+    };
+    Ok((tls, Arc::new(Authenticator::new(callers, s.mutual_tls()))))
+}
+
+/// Tasks aborted when `serve` returns, however it returns.
+struct Background(Vec<tokio::task::JoinHandle<()>>);
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        for task in &self.0 {
+            task.abort();
+        }
+    }
+}
+
+/// Re-reads the TLS files and the callers file every `every` and on SIGHUP.
+fn spawn_reloader(
+    tls: Option<Arc<ReloadingAcceptor>>,
+    auth: Arc<Authenticator>,
+    every: Duration,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        #[cfg(unix)]
+        let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+        let mut tick = tokio::time::interval(every);
+        loop {
+            #[cfg(unix)]
+            let forced = tokio::select! {
+                _ = tick.tick() => false,
+                Some(()) = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => true,
+            };
+            #[cfg(not(unix))]
+            let forced = {
+                tick.tick().await;
+                false
+            };
+            if forced {
+                info!("SIGHUP: reading the TLS and callers files again");
+            }
+            if let Some(t) = &tls {
+                t.reload(forced);
+            }
+            if let Some(c) = auth.callers() {
+                match c.reload_if_changed() {
+                    Ok(true) => info!(file = %c.path().display(), "callers file read again"),
+                    Ok(false) => {}
+                    Err(e) => warn!(error = %e, "callers file unusable; the previous callers stay in force"),
+                }
+            }
+        }
+    })
+}
+
+/// Signs the audit chain's head every `every` (the engine skips an unmoved head).
+fn spawn_checkpointer(slot: Arc<OnceLock<Arc<Engine>>>, every: Duration) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        loop {
+            tick.tick().await;
+            let Some(engine) = slot.get().cloned() else { continue };
+            match tokio::task::spawn_blocking(move || engine.write_checkpoint()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => error!(error = %e, "audit checkpoint not written"),
+                Err(e) => error!(error = %e, "audit checkpoint task failed"),
+            }
+        }
+    })
+}
+
+/// Serves on `listener` until `shutdown` resolves, then drains in-flight
+/// calls for up to the configured grace period.
+pub async fn serve(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_service_status("", ServingStatus::NotServing).await;
+    health.set_not_serving::<pb::biometrics_server::BiometricsServer<BiometricsApi>>().await;
+
+    let reflection = if config.server.reflection {
+        Some(
+            tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+                .build_v1()?,
+        )
+    } else {
+        None
+    };
+
+    let addr = listener.local_addr()?;
+    let (tls, auth) = security(&config)?;
+    check_exposure(&config, addr, &auth)?;
+    // Tasks that end with the server: they hold the engine (and with it the
+    // data directory's lock) and the listening socket.
+    let mut background =
+        Background(vec![spawn_reloader(tls.clone(), auth.clone(), Duration::from_secs(config.server.reload_secs))]);
+
+    let slot: Arc<OnceLock<Arc<Engine>>> = Arc::new(OnceLock::new());
+    let engine_at_exit = slot.clone();
+    let gate = Gate::new(auth, slot.clone());
+    let max = config.server.max_message_bytes;
+    let biometrics = pb::biometrics_server::BiometricsServer::new(BiometricsApi::new(slot.clone(), gate.clone()))
+        .max_decoding_message_size(max)
+        .max_encoding_message_size(max);
+    let jobs = pb::jobs_server::JobsServer::new(JobsApi::new(slot.clone(), gate.clone()))
+        .max_decoding_message_size(max)
+        .max_encoding_message_size(max);
+    let audit = pb::audit_server::AuditServer::new(AuditApi::new(slot.clone(), gate.clone()))
+        .max_decoding_message_size(max)
+        .max_encoding_message_size(max);
+    background.0.push(spawn_checkpointer(slot.clone(), Duration::from_secs(config.audit.checkpoint_every_secs)));
+
+    // Models load and the index is rebuilt while the socket already answers
+    // health checks (NOT_SERVING). A failed start-up ends `serve` with the
+    // cause, so the process exits non-zero instead of idling unready.
+    let stopping = Arc::new(AtomicBool::new(false));
+    let (failed_tx, mut failed_rx) = tokio::sync::oneshot::channel::<String>();
+    let startup_config = config.clone();
+    let startup_health = health.clone();
+    let startup_stopping = stopping.clone();
+    let startup = tokio::spawn(async move {
+        let started = tokio::task::spawn_blocking(move || Engine::start(&startup_config)).await;
+        match started {
+            Ok(Ok(engine)) => {
+                let broken = engine.audit_problem().is_some();
+                let _ = slot.set(Arc::new(engine));
+                if startup_stopping.load(Ordering::SeqCst) {
+                    return; // shutting down: never turn SERVING again
+                }
+                if broken {
+                    error!("not serving: the audit log failed its start-up check (only the audit role is answered)");
+                    startup_health.set_serving::<pb::audit_server::AuditServer<AuditApi>>().await;
+                    return;
+                }
+                startup_health.set_service_status("", ServingStatus::Serving).await;
+                startup_health.set_serving::<pb::biometrics_server::BiometricsServer<BiometricsApi>>().await;
+                startup_health.set_serving::<pb::jobs_server::JobsServer<JobsApi>>().await;
+                startup_health.set_serving::<pb::audit_server::AuditServer<AuditApi>>().await;
+                info!("ready");
+            }
+            Ok(Err(e)) => {
+                error!(error = %e, "start-up failed");
+                let _ = failed_tx.send(e.to_string());
+            }
+            Err(e) => {
+                let _ = failed_tx.send(format!("start-up task failed: {e}"));
+            }
+        }
+    });
+
+    info!(%addr, tls = tls.is_some(), mutual_tls = tls.as_ref().is_some_and(|t| t.mutual()), "listening");
+    let grace = Duration::from_secs(config.server.shutdown_grace_secs);
+    let (drained_tx, drained_rx) = tokio::sync::oneshot::channel::<()>();
+    let shutdown_health = health.clone();
+    let signal = async move {
+        shutdown.await;
+        stopping.store(true, Ordering::SeqCst);
+        info!("shutting down: draining in-flight calls");
+        shutdown_health.set_service_status("", ServingStatus::NotServing).await;
+        shutdown_health.set_not_serving::<pb::biometrics_server::BiometricsServer<BiometricsApi>>().await;
+        shutdown_health.set_not_serving::<pb::jobs_server::JobsServer<JobsApi>>().await;
+        let _ = drained_tx.send(());
+    };
+    let (refused_tx, mut refused_rx) = tokio::sync::mpsc::unbounded_channel::<tls::HandshakeRefusal>();
+    background.0.push(tokio::spawn(async move {
+        while let Some(r) = refused_rx.recv().await {
+            gate.record_handshake_refusal(r.addr, &r.error).await;
+        }
+    }));
+    let (incoming, accepting) = tls::incoming(listener, tls, refused_tx);
+    background.0.push(accepting);
+    let server = Server::builder()
+        .layer(tower::util::MapResponseLayer::new(move |r| crate::api::type_oversized_request(r, max)))
+        .add_service(health_service)
+        .add_optional_service(reflection)
+        .add_service(biometrics)
+        .add_service(jobs)
+        .add_service(audit)
+        .serve_with_incoming_shutdown(incoming, signal);
+    tokio::pin!(server);
+    tokio::select! {
+        r = &mut server => r?,
+        Ok(cause) = &mut failed_rx => {
+            anyhow::bail!("start-up failed: {cause}");
+        }
+        () = async {
+            let _ = drained_rx.await;
+            tokio::time::sleep(grace).await;
+        } => {
+            tracing::warn!("grace period over; abandoning calls still running");
+        }
+    }
+    startup.abort();
+    for task in std::mem::take(&mut background.0) {
+        task.abort();
+        let _ = task.await;
+    }
+    // The snapshots (face index, finger gallery) make the next start-up fast.
+    if let Some(engine) = engine_at_exit.get().cloned() {
+        match tokio::task::spawn_blocking(move || engine.save_snapshot()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "snapshot at shutdown failed"),
+            Err(e) => tracing::warn!(error = %e, "snapshot task failed"),
+        }
+        let engine = engine_at_exit.get().cloned();
+        if let Some(engine) = engine {
+            match tokio::task::spawn_blocking(move || engine.write_checkpoint()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => error!(error = %e, "audit checkpoint at shutdown not written"),
+                Err(e) => error!(error = %e, "audit checkpoint task failed"),
+            }
+        }
+    }
+    info!("stopped");
+    Ok(())
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+}
