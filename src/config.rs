@@ -148,12 +148,18 @@ pub struct StoreConfig {
     pub data_dir: PathBuf,
     /// Hex AES-256 key, or empty for a key file in the data directory.
     pub encryption_key: String,
+    /// Folder of key files and the ACTIVE one (outside the data directory).
+    pub key_dir: PathBuf,
 }
 
 impl fmt::Debug for StoreConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let key = if self.encryption_key.is_empty() { "<key file>" } else { "<redacted>" };
-        f.debug_struct("StoreConfig").field("data_dir", &self.data_dir).field("encryption_key", &key).finish()
+        f.debug_struct("StoreConfig")
+            .field("data_dir", &self.data_dir)
+            .field("encryption_key", &key)
+            .field("key_dir", &self.key_dir)
+            .finish()
     }
 }
 

@@ -214,6 +214,12 @@ enum Command {
         #[command(subcommand)]
         what: TokenCommand,
     },
+    /// Keys that seal templates and snapshots (store.key_dir): make, rotate
+    /// (while a server serves), retire.
+    Keys {
+        #[command(subcommand)]
+        what: KeysCommand,
+    },
     /// Check or export a data directory's audit log (no server needed; a
     /// running one may keep serving).
     Audit {
@@ -284,6 +290,60 @@ enum TokenCommand {
         /// Caller name.
         #[arg(long)]
         name: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum KeysCommand {
+    /// Make a new random key in the key directory and make it active.
+    New {
+        /// The key directory (store.key_dir).
+        #[arg(long)]
+        key_dir: PathBuf,
+        /// Do not make it active.
+        #[arg(long)]
+        inactive: bool,
+    },
+    /// Make a new active key and seal every template and snapshot again
+    /// under it, beside a running server; --resume finishes a cut rotation.
+    Rotate {
+        /// Data directory (store.data_dir).
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// The key directory (store.key_dir).
+        #[arg(long)]
+        key_dir: PathBuf,
+        /// Finish an unfinished rotation under the current active key.
+        #[arg(long)]
+        resume: bool,
+        /// Template rows per transaction.
+        #[arg(long, default_value_t = 500)]
+        batch: usize,
+        /// Pause between transactions, in ms (spares a busy server).
+        #[arg(long, default_value_t = 0)]
+        pause_ms: u64,
+        /// Seconds a running server takes to read the key directory again
+        /// (twice its server.reload_secs).
+        #[arg(long, default_value_t = 5)]
+        server_reload_secs: u64,
+    },
+    /// Remove the key files that no template or snapshot needs any more.
+    Retire {
+        /// Data directory (store.data_dir).
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// The key directory (store.key_dir).
+        #[arg(long)]
+        key_dir: PathBuf,
+    },
+    /// The active key and how many records each key seals.
+    Status {
+        /// Data directory (store.data_dir).
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// The key directory (store.key_dir).
+        #[arg(long)]
+        key_dir: PathBuf,
     },
 }
 
@@ -545,6 +605,24 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             TokenCommand::Revoke { tokens_file, name } => cli::token_revoke(&tokens_file, &name),
         },
+        Command::Keys { what } => {
+            tokio::task::spawn_blocking(move || match what {
+                KeysCommand::New { key_dir, inactive } => cli::keys::new(&key_dir, inactive),
+                KeysCommand::Rotate { data_dir, key_dir, resume, batch, pause_ms, server_reload_secs } => {
+                    cli::keys::rotate(&cli::keys::RotateArgs {
+                        data_dir,
+                        key_dir,
+                        resume,
+                        batch: batch.max(1),
+                        pause: std::time::Duration::from_millis(pause_ms),
+                        server_reload: std::time::Duration::from_secs(server_reload_secs),
+                    })
+                }
+                KeysCommand::Retire { data_dir, key_dir } => cli::keys::retire(&data_dir, &key_dir),
+                KeysCommand::Status { data_dir, key_dir } => cli::keys::status(&data_dir, &key_dir),
+            })
+            .await?
+        }
         Command::Audit { what } => match what {
             AuditCommand::Verify { data_dir, checkpoint_dir, checkpoint_key_file, config, json } => {
                 let c = Config::load(config.as_deref())?.audit;

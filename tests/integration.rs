@@ -11,5 +11,6 @@ mod face;
 mod finger;
 mod health;
 mod jobs;
+mod keys;
 mod model_quality;
 mod security;

@@ -1,15 +1,13 @@
 //! The `cotejo.v1.Audit` service: verify and read the audit log (role `audit`).
 
-use std::{
-    pin::Pin,
-    sync::{Arc, OnceLock},
-};
+use std::{pin::Pin, sync::Arc};
 
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 use tracing::instrument;
 
 use super::{
+    EngineSlot,
     gate::{Gate, Touched},
     pb::{self, audit_server::Audit},
 };
@@ -25,17 +23,17 @@ const MAX_ENTRIES: usize = 10_000;
 /// gRPC front of the audit log.
 #[derive(Debug, Clone)]
 pub struct AuditApi {
-    engine: Arc<OnceLock<Arc<Engine>>>,
+    engine: Arc<EngineSlot>,
     gate: Gate,
 }
 
 impl AuditApi {
     /// A service that serves once `engine` is set, its calls passing `gate`.
-    pub fn new(engine: Arc<OnceLock<Arc<Engine>>>, gate: Gate) -> Self {
+    pub fn new(engine: Arc<EngineSlot>, gate: Gate) -> Self {
         Self { engine, gate }
     }
 
-    fn engine(&self) -> Result<&Engine, Status> {
+    fn engine(&self) -> Result<Arc<Engine>, Status> {
         super::ready(&self.engine)
     }
 }

@@ -1,12 +1,13 @@
 //! The `cotejo.v1.Biometrics` service: admit, validate, convert, call the
 //! engine, convert back, record.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 use tracing::instrument;
 
 use super::{
+    EngineSlot,
     gate::{Gate, Touched},
     pb::{self, biometrics_server::Biometrics},
 };
@@ -15,17 +16,17 @@ use crate::{auth::Method, engine::Engine};
 /// gRPC front of the engine; answers UNAVAILABLE until the engine is ready.
 #[derive(Debug, Clone)]
 pub struct BiometricsApi {
-    engine: Arc<OnceLock<Arc<Engine>>>,
+    engine: Arc<EngineSlot>,
     gate: Gate,
 }
 
 impl BiometricsApi {
     /// A service that serves once `engine` is set, its calls passing `gate`.
-    pub fn new(engine: Arc<OnceLock<Arc<Engine>>>, gate: Gate) -> Self {
+    pub fn new(engine: Arc<EngineSlot>, gate: Gate) -> Self {
         Self { engine, gate }
     }
 
-    fn engine(&self) -> Result<&Engine, Status> {
+    fn engine(&self) -> Result<Arc<Engine>, Status> {
         super::ready(&self.engine)
     }
 }

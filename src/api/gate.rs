@@ -4,20 +4,16 @@
 //! with its outcome. A refusal is recorded too. A call whose audit entry
 //! cannot be written is answered INTERNAL: nobody looks at a record unseen.
 
-use std::{
-    collections::HashMap,
-    sync::{Arc, OnceLock},
-};
+use std::{collections::HashMap, sync::Arc};
 
 use rand::RngCore;
 use tonic::{Code, Request, Response, Status, metadata::MetadataMap};
 use tonic_types::{ErrorDetails, StatusExt};
 use tracing::{error, warn};
 
-use super::DOMAIN;
+use super::{DOMAIN, EngineSlot};
 use crate::{
     auth::{Authenticator, Credentials, Method, Refusal},
-    engine::Engine,
     server::tls::Peer,
     store::{Actor, AuditRecord},
 };
@@ -48,12 +44,12 @@ pub(super) struct Call {
 #[derive(Debug, Clone)]
 pub struct Gate {
     auth: Arc<Authenticator>,
-    engine: Arc<OnceLock<Arc<Engine>>>,
+    engine: Arc<EngineSlot>,
 }
 
 impl Gate {
     /// A gate over `auth`, recording through the engine once it is ready.
-    pub fn new(auth: Arc<Authenticator>, engine: Arc<OnceLock<Arc<Engine>>>) -> Self {
+    pub fn new(auth: Arc<Authenticator>, engine: Arc<EngineSlot>) -> Self {
         Self { auth, engine }
     }
 

@@ -1,15 +1,13 @@
 //! The `cotejo.v1.Jobs` service: batch de-duplication jobs.
 
-use std::{
-    pin::Pin,
-    sync::{Arc, OnceLock},
-};
+use std::{pin::Pin, sync::Arc};
 
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 use tracing::instrument;
 
 use super::{
+    EngineSlot,
     gate::{Gate, Touched},
     pb::{self, jobs_server::Jobs},
 };
@@ -22,17 +20,17 @@ use crate::{
 /// gRPC front of the engine's jobs; answers UNAVAILABLE until the engine is ready.
 #[derive(Debug, Clone)]
 pub struct JobsApi {
-    engine: Arc<OnceLock<Arc<Engine>>>,
+    engine: Arc<EngineSlot>,
     gate: Gate,
 }
 
 impl JobsApi {
     /// A service that serves once `engine` is set, its calls passing `gate`.
-    pub fn new(engine: Arc<OnceLock<Arc<Engine>>>, gate: Gate) -> Self {
+    pub fn new(engine: Arc<EngineSlot>, gate: Gate) -> Self {
         Self { engine, gate }
     }
 
-    fn engine(&self) -> Result<&Engine, Status> {
+    fn engine(&self) -> Result<Arc<Engine>, Status> {
         super::ready(&self.engine)
     }
 }

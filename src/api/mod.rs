@@ -14,18 +14,41 @@ pub use gate::{Gate, REQUEST_ID};
 pub use jobs::JobsApi;
 pub use status::type_oversized_request;
 
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, RwLock};
 
 use crate::engine::{Engine, EngineError};
 
 /// The ErrorInfo domain of every error this API gives.
 const DOMAIN: &str = "cotejo.v1";
 
+/// The engine from the end of start-up until shutdown takes it back. Calls
+/// hold it only while they run, so a connection left open after shutdown
+/// does not keep the store (and the data directory's lock).
+#[derive(Debug, Default)]
+pub struct EngineSlot(RwLock<Option<Arc<Engine>>>);
+
+impl EngineSlot {
+    /// Puts the started engine in.
+    pub fn set(&self, engine: Arc<Engine>) {
+        if let Ok(mut s) = self.0.write() {
+            *s = Some(engine);
+        }
+    }
+
+    /// The engine, if started and not yet taken back.
+    pub fn get(&self) -> Option<Arc<Engine>> {
+        self.0.read().ok().and_then(|s| s.clone())
+    }
+
+    /// Takes the engine out (shutdown).
+    pub fn take(&self) -> Option<Arc<Engine>> {
+        self.0.write().ok().and_then(|mut s| s.take())
+    }
+}
+
 /// The engine once start-up has finished; UNAVAILABLE (NOT_READY) before.
-fn ready(slot: &Arc<OnceLock<Arc<Engine>>>) -> Result<&Engine, tonic::Status> {
-    slot.get()
-        .map(AsRef::as_ref)
-        .ok_or_else(|| EngineError::NotReady("loading models and rebuilding the index".into()).into())
+fn ready(slot: &EngineSlot) -> Result<Arc<Engine>, tonic::Status> {
+    slot.get().ok_or_else(|| EngineError::NotReady("loading models and rebuilding the index".into()).into())
 }
 
 /// Generated protobuf and gRPC code for `cotejo.v1`.

@@ -4,6 +4,7 @@
 
 mod connect;
 mod jobs;
+pub mod keys;
 mod output;
 mod tools;
 

@@ -7,6 +7,7 @@ mod error;
 mod face_index;
 mod finger_index;
 mod jobs;
+mod keys;
 mod matching;
 mod probe;
 mod types;
@@ -124,7 +125,7 @@ impl Engine {
             None => (template::IMPORTED_MODEL_ID.to_owned(), String::new()),
         };
         let calibrations = Calibrations::load(&config.models.calibration_dir, &face_model.id)?;
-        let store = Store::open(&config.store.data_dir, &config.store.encryption_key)?;
+        let store = Store::open_with_keys(&config.store.data_dir, &config.store.key_dir, &config.store.encryption_key)?;
         let (checkpoints, audit_problem) = audit::check_at_start(&store, &config.audit, &config.store.data_dir)?;
         let snapshot_file = store.sealed_file(SNAPSHOT_FILE);
         let (gallery, stale) = load_face_index(&store, &face_model, &index_settings(&config.index), &snapshot_file)?;

@@ -8,7 +8,7 @@ pub mod tls;
 use std::{
     future::Future,
     sync::{
-        Arc, OnceLock,
+        Arc,
         atomic::{AtomicBool, Ordering},
     },
     time::Duration,
@@ -21,7 +21,7 @@ use tonic_health::ServingStatus;
 use tracing::{error, info, warn};
 
 use crate::{
-    api::{AuditApi, BiometricsApi, Gate, JobsApi, pb},
+    api::{AuditApi, BiometricsApi, EngineSlot, Gate, JobsApi, pb},
     auth::{Authenticator, Callers},
     config::Config,
     engine::Engine,
@@ -84,10 +84,12 @@ impl Drop for Background {
     }
 }
 
-/// Re-reads the TLS files and the callers file every `every` and on SIGHUP.
+/// Re-reads the TLS files, the callers file and the key directory every
+/// `every` and on SIGHUP.
 fn spawn_reloader(
     tls: Option<Arc<ReloadingAcceptor>>,
     auth: Arc<Authenticator>,
+    slot: Arc<EngineSlot>,
     every: Duration,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
@@ -111,6 +113,17 @@ fn spawn_reloader(
             if let Some(t) = &tls {
                 t.reload(forced);
             }
+            if let Some(engine) = slot.get() {
+                let before = engine.active_key();
+                match tokio::task::spawn_blocking(move || engine.reload_keys()).await {
+                    Ok(Ok(now)) if Some(now) != before => {
+                        info!(active = %now, "key directory read again: a new active key")
+                    }
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => warn!(error = %e, "key directory unusable; the current keys stay in force"),
+                    Err(e) => warn!(error = %e, "key reload task failed"),
+                }
+            }
             if let Some(c) = auth.callers() {
                 match c.reload_if_changed() {
                     Ok(true) => info!(file = %c.path().display(), "callers file read again"),
@@ -123,12 +136,12 @@ fn spawn_reloader(
 }
 
 /// Signs the audit chain's head every `every` (the engine skips an unmoved head).
-fn spawn_checkpointer(slot: Arc<OnceLock<Arc<Engine>>>, every: Duration) -> tokio::task::JoinHandle<()> {
+fn spawn_checkpointer(slot: Arc<EngineSlot>, every: Duration) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(every);
         loop {
             tick.tick().await;
-            let Some(engine) = slot.get().cloned() else { continue };
+            let Some(engine) = slot.get() else { continue };
             match tokio::task::spawn_blocking(move || engine.write_checkpoint()).await {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => error!(error = %e, "audit checkpoint not written"),
@@ -165,10 +178,10 @@ pub async fn serve(
     check_exposure(&config, addr, &auth)?;
     // Tasks that end with the server: they hold the engine (and with it the
     // data directory's lock) and the listening socket.
-    let mut background =
-        Background(vec![spawn_reloader(tls.clone(), auth.clone(), Duration::from_secs(config.server.reload_secs))]);
+    let slot: Arc<EngineSlot> = Arc::new(EngineSlot::default());
+    let reload = Duration::from_secs(config.server.reload_secs);
+    let mut background = Background(vec![spawn_reloader(tls.clone(), auth.clone(), slot.clone(), reload)]);
 
-    let slot: Arc<OnceLock<Arc<Engine>>> = Arc::new(OnceLock::new());
     let engine_at_exit = slot.clone();
     let gate = Gate::new(auth, slot.clone());
     let max = config.server.max_message_bytes;
@@ -196,7 +209,7 @@ pub async fn serve(
         match started {
             Ok(Ok(engine)) => {
                 let broken = engine.audit_problem().is_some();
-                let _ = slot.set(Arc::new(engine));
+                slot.set(Arc::new(engine));
                 if startup_stopping.load(Ordering::SeqCst) {
                     return; // shutting down: never turn SERVING again
                 }
@@ -269,19 +282,19 @@ pub async fn serve(
         let _ = task.await;
     }
     // The snapshots (face index, finger gallery) make the next start-up fast.
-    if let Some(engine) = engine_at_exit.get().cloned() {
-        match tokio::task::spawn_blocking(move || engine.save_snapshot()).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::warn!(error = %e, "snapshot at shutdown failed"),
-            Err(e) => tracing::warn!(error = %e, "snapshot task failed"),
-        }
-        let engine = engine_at_exit.get().cloned();
-        if let Some(engine) = engine {
-            match tokio::task::spawn_blocking(move || engine.write_checkpoint()).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => error!(error = %e, "audit checkpoint at shutdown not written"),
-                Err(e) => error!(error = %e, "audit checkpoint task failed"),
+    // Taken back: a connection left open holds no engine, so the store
+    // closes (and the data directory is free) once the calls still running end.
+    if let Some(engine) = engine_at_exit.take() {
+        let closing = tokio::task::spawn_blocking(move || {
+            if let Err(e) = engine.save_snapshot() {
+                warn!(error = %e, "snapshot at shutdown failed");
             }
+            if let Err(e) = engine.write_checkpoint() {
+                error!(error = %e, "audit checkpoint at shutdown not written");
+            }
+        });
+        if let Err(e) = closing.await {
+            warn!(error = %e, "shutdown task failed");
         }
     }
     info!("stopped");

@@ -157,7 +157,7 @@ impl Store {
 
     /// Commits a finished block with the pairs it found, atomically.
     pub fn finish_block(&mut self, job_id: i64, block: u64, pairs: &[PairComponent]) -> Result<(), StoreError> {
-        let tx = self.conn.transaction()?;
+        let tx = self.conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let new = tx.execute(
             "INSERT OR IGNORE INTO job_blocks (job_id, block) VALUES (?1, ?2)",
             params![job_id, block as i64],

@@ -6,6 +6,7 @@ mod audit;
 mod checkpoint;
 mod crypto;
 mod jobs;
+mod rotation;
 mod sealed_file;
 
 use std::path::Path;
@@ -16,7 +17,9 @@ use crate::biometric::{Modality, NewTemplate, StoredTemplate, TemplateData};
 pub use audit::{Actor, AuditEntry, AuditRecord, ChainCheck};
 pub use checkpoint::{Checkpoint, Checkpoints};
 use crypto::Sealer;
+pub use crypto::{KeyId, new_key};
 pub use jobs::{JobRecord, PairComponent};
+pub use rotation::{KeyCensus, Resealer};
 pub use sealed_file::{SealedFile, SealedReader, SealedWriter};
 
 /// Why a store operation failed.
@@ -31,9 +34,13 @@ pub enum StoreError {
     /// The encryption key is missing or malformed.
     #[error("template encryption key: {0}")]
     Key(String),
-    /// A template did not decrypt (wrong key or tampered row).
-    #[error("a stored template failed to decrypt (wrong key or tampering)")]
+    /// Sealed data did not decrypt (wrong key or tampering).
+    #[error("sealed data failed to decrypt (wrong key or tampering)")]
     Crypto,
+    /// A template row did not decrypt: sealed for another row, edited, or
+    /// under a key that is not in the key ring.
+    #[error("stored template {0} failed to decrypt (moved from another row, edited, or its key is missing)")]
+    TemplateSeal(i64),
     /// A stored row has values the code does not know.
     #[error("corrupt row: {0}")]
     Corrupt(String),
@@ -156,8 +163,15 @@ fn templates_sql(clause: &str, order: &str) -> String {
 }
 
 impl Store {
-    /// Opens (creating if needed) the store in `dir`.
+    /// Opens (creating if needed) the store in `dir`, with a hex key or the
+    /// key file kept in `dir` (a development store).
     pub fn open(dir: &Path, hex_key: &str) -> Result<Self, StoreError> {
+        Self::open_with_keys(dir, Path::new(""), hex_key)
+    }
+
+    /// Opens (creating if needed) the store in `dir`, its keys from
+    /// `key_dir` when set ([`crypto`]), else as [`Store::open`].
+    pub fn open_with_keys(dir: &Path, key_dir: &Path, hex_key: &str) -> Result<Self, StoreError> {
         std::fs::create_dir_all(dir)
             .map_err(|source| StoreError::DataDir { path: dir.display().to_string(), source })?;
         let lock = std::fs::File::create(dir.join("LOCK"))
@@ -167,14 +181,14 @@ impl Store {
             source: std::io::Error::other(format!("in use by another cotejo process ({e})")),
         })?;
         let db = dir.join("cotejo.db");
-        if hex_key.is_empty() && db.exists() && !dir.join("template.key").exists() {
+        if key_dir.as_os_str().is_empty() && hex_key.is_empty() && db.exists() && !dir.join("template.key").exists() {
             // A new key would make every stored template unreadable.
             return Err(StoreError::Key(format!(
                 "{} exists but its key file template.key is missing; restore it or set store.encryption_key",
                 db.display()
             )));
         }
-        let sealer = std::sync::Arc::new(Sealer::open(hex_key, dir)?);
+        let sealer = std::sync::Arc::new(Sealer::open(key_dir, hex_key, dir)?);
         let conn = Connection::open(&db)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
@@ -197,7 +211,7 @@ impl Store {
         actor: &Actor,
     ) -> Result<Enrolled, StoreError> {
         let now = now_ms();
-        let tx = self.conn.transaction()?;
+        let tx = self.conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let exists = subject_exists(&tx, subject_id)?;
         if exists && !add_encounter {
             return Err(StoreError::SubjectExists(subject_id.to_owned()));
@@ -214,14 +228,16 @@ impl Store {
         let encounter_id = tx.last_insert_rowid();
         let mut template_ids = Vec::with_capacity(templates.len());
         for t in templates {
-            let aad = aad(subject_id, t);
-            let sealed = self.sealer.seal(&t.data.to_bytes(), &aad)?;
+            // The row id is part of the associated data: the row first, then its seal.
             tx.execute(
                 "INSERT INTO templates (encounter_id, subject_id, modality, finger_position, model_id, quality, sealed)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                params![encounter_id, subject_id, t.modality.code(), t.finger_position, t.model_id, t.quality, sealed],
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, x'')",
+                params![encounter_id, subject_id, t.modality.code(), t.finger_position, t.model_id, t.quality],
             )?;
-            template_ids.push(tx.last_insert_rowid());
+            let id = tx.last_insert_rowid();
+            let sealed = self.sealer.seal(&t.data.to_bytes(), &template_aad(id, subject_id, t))?;
+            tx.execute("UPDATE templates SET sealed = ?1 WHERE template_id = ?2", params![sealed, id])?;
+            template_ids.push(id);
         }
         for g in galleries {
             tx.execute(
@@ -241,7 +257,7 @@ impl Store {
     /// Deletes a subject with all its encounters and templates; returns the
     /// removed template ids.
     pub fn delete_subject(&mut self, subject_id: &str, actor: &Actor) -> Result<Vec<i64>, StoreError> {
-        let tx = self.conn.transaction()?;
+        let tx = self.conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         if !subject_exists(&tx, subject_id)? {
             return Err(StoreError::SubjectNotFound(subject_id.to_owned()));
         }
@@ -410,10 +426,11 @@ impl Store {
                 data: TemplateData::Minutiae(Vec::new()),
             };
             let sealed: Vec<u8> = r.get(7)?;
-            let plain = self.sealer.open_sealed(&sealed, &aad(&subject_id, &template))?;
+            let template_id: i64 = r.get(0)?;
+            let plain = open_template(&self.sealer, &sealed, template_id, &subject_id, &template)?;
             template.data = TemplateData::from_bytes(modality, plain)
                 .ok_or_else(|| StoreError::Corrupt("template length".into()))?;
-            let t = StoredTemplate { template_id: r.get(0)?, subject_id, encounter_id: r.get(2)?, template };
+            let t = StoredTemplate { template_id, subject_id, encounter_id: r.get(2)?, template };
             sink(t)?;
         }
         Ok(())
@@ -436,9 +453,20 @@ impl Store {
         Ok(StoreStats { subjects: subjects as u64, encounters: encounters as u64, templates })
     }
 
+    /// Reads the key directory again (a key added or made active by a
+    /// rotation); the active key's id.
+    pub fn reload_keys(&self) -> Result<KeyId, StoreError> {
+        self.sealer.reload(&self.dir)
+    }
+
+    /// The key new records are sealed with.
+    pub fn active_key(&self) -> KeyId {
+        self.sealer.active()
+    }
+
     /// Records a call in the audit log (its own transaction, durable on return).
     pub fn audit(&mut self, record: &AuditRecord) -> Result<(), StoreError> {
-        let tx = self.conn.transaction()?;
+        let tx = self.conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         audit::append(&tx, now_ms(), record)?;
         tx.commit()?;
         Ok(())
@@ -585,9 +613,33 @@ fn subject_exists(conn: &Connection, subject_id: &str) -> Result<bool, StoreErro
     Ok(conn.query_row("SELECT 1 FROM subjects WHERE subject_id = ?1", [subject_id], |_| Ok(())).optional()?.is_some())
 }
 
-/// Associated data binding a sealed template to its owner and kind.
-fn aad(subject_id: &str, t: &NewTemplate) -> Vec<u8> {
+/// Associated data binding a sealed template to its row, owner and kind
+/// (records written before key ids: to its owner and kind only).
+fn template_aad(template_id: i64, subject_id: &str, t: &NewTemplate) -> Vec<u8> {
+    let mut aad = b"template\0".to_vec();
+    aad.extend_from_slice(&template_id.to_le_bytes());
+    aad.extend_from_slice(&legacy_aad(subject_id, t));
+    aad
+}
+
+fn legacy_aad(subject_id: &str, t: &NewTemplate) -> Vec<u8> {
     format!("{subject_id}\u{0}{}\u{0}{}\u{0}{}", t.modality.code(), t.finger_position, t.model_id).into_bytes()
+}
+
+/// The plaintext of a template row; a row that does not open (another
+/// row's seal, an edit, a missing key) is named.
+fn open_template(
+    sealer: &Sealer,
+    sealed: &[u8],
+    template_id: i64,
+    subject_id: &str,
+    t: &NewTemplate,
+) -> Result<Vec<u8>, StoreError> {
+    sealer
+        .open_sealed_with(sealed, |named| {
+            if named { template_aad(template_id, subject_id, t) } else { legacy_aad(subject_id, t) }
+        })
+        .map_err(|_| StoreError::TemplateSeal(template_id))
 }
 
 /// Now, in ms since the epoch.
@@ -673,12 +725,28 @@ mod tests {
     }
 
     #[test]
+    fn two_rows_of_one_subject_swapped_do_not_open() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut s = Store::open(dir.path(), "").expect("open");
+        let a = Actor::system("test");
+        s.enroll("ana", false, &[template(1.0)], &[], &a).expect("enroll");
+        s.enroll("ana", true, &[template(2.0)], &[], &a).expect("second encounter");
+        s.conn
+            .execute_batch(
+                "CREATE TEMP TABLE s AS SELECT template_id, sealed FROM templates;
+                 UPDATE templates SET sealed = (SELECT sealed FROM s WHERE s.template_id != templates.template_id);",
+            )
+            .expect("swap");
+        assert!(matches!(s.subject_templates("ana"), Err(StoreError::TemplateSeal(_))));
+    }
+
+    #[test]
     fn wrong_key_does_not_decrypt() {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut s = Store::open(dir.path(), &"11".repeat(32)).expect("open");
         s.enroll("bob", false, &[template(1.0)], &[], &Actor::system("test")).expect("enroll");
         drop(s);
         let s = Store::open(dir.path(), &"22".repeat(32)).expect("open");
-        assert!(matches!(s.subject_templates("bob"), Err(StoreError::Crypto)));
+        assert!(matches!(s.subject_templates("bob"), Err(StoreError::TemplateSeal(_))));
     }
 }

@@ -29,14 +29,17 @@ impl SealedFile {
 
     /// Seals `plain` and replaces the file with it (write, fsync, rename, fsync).
     pub fn write(&self, plain: &[u8]) -> Result<(), StoreError> {
+        self.write_via(plain, &self.path.with_extension("tmp"))
+    }
+
+    fn write_via(&self, plain: &[u8], tmp: &Path) -> Result<(), StoreError> {
         let sealed = self.sealer.seal(plain, &self.aad())?;
         let io = |source| StoreError::DataDir { path: self.path.display().to_string(), source };
-        let tmp = self.path.with_extension("tmp");
-        let mut f = std::fs::File::create(&tmp).map_err(io)?;
+        let mut f = std::fs::File::create(tmp).map_err(io)?;
         f.write_all(&sealed).map_err(io)?;
         f.sync_all().map_err(io)?;
         drop(f);
-        std::fs::rename(&tmp, &self.path).map_err(io)?;
+        std::fs::rename(tmp, &self.path).map_err(io)?;
         if let Some(dir) = self.path.parent() {
             std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io)?;
         }
@@ -58,9 +61,11 @@ impl SealedFile {
 const STREAM_MAGIC: &[u8; 8] = b"CTJSEAL2";
 /// Plaintext bytes per sealed chunk.
 const CHUNK: usize = 4 << 20;
-/// A chunk on disk: `final flag (1 byte) || sealed length (u32 LE) || nonce || ciphertext`;
-/// the tag and nonce add this much to the plaintext.
-const SEAL_OVERHEAD: usize = 12 + 16;
+/// A chunk on disk: `final flag (1 byte) || sealed length (u32 LE) || sealed
+/// record` (which names its key, [`super::crypto`]); chunks written before key
+/// ids have `nonce || ciphertext` and the smaller overhead.
+const SEAL_OVERHEAD: usize = super::crypto::OVERHEAD;
+const LEGACY_SEAL_OVERHEAD: usize = super::crypto::LEGACY_OVERHEAD;
 
 impl SealedFile {
     /// Associated data of chunk `index`: the file's, its position and whether it is the last.
@@ -76,7 +81,12 @@ impl SealedFile {
     /// large to hold twice in memory. Nothing replaces the file until
     /// [`SealedWriter::finish`]; a writer dropped before it leaves the old file.
     pub fn writer(&self) -> Result<SealedWriter, StoreError> {
-        let tmp = self.path.with_extension("tmp");
+        self.writer_via(self.path.with_extension("tmp"))
+    }
+
+    /// As [`SealedFile::writer`], through a temporary file of another name
+    /// (a key rotation beside a server that writes the same file).
+    fn writer_via(&self, tmp: PathBuf) -> Result<SealedWriter, StoreError> {
         let f = std::fs::File::create(&tmp).map_err(|source| self.io_error(source))?;
         let mut out = std::io::BufWriter::with_capacity(CHUNK + 64, f);
         out.write_all(STREAM_MAGIC).map_err(|source| self.io_error(source))?;
@@ -107,6 +117,46 @@ impl SealedFile {
             return Err(StoreError::Crypto);
         }
         SealedReader::new(self.clone(), input).map(Some).map_err(|source| self.io_error(source))
+    }
+
+    /// The key the file is sealed with: `None` when there is no file,
+    /// `Some(None)` for a file sealed before key ids.
+    pub(super) fn key(&self) -> Result<Option<Option<super::crypto::KeyId>>, StoreError> {
+        use std::io::Read;
+        let mut head = vec![0u8; STREAM_MAGIC.len() + 5 + super::crypto::HEADER_LEN];
+        let n = match std::fs::File::open(&self.path) {
+            Ok(mut f) => f.read(&mut head).map_err(|source| self.io_error(source))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(source) => return Err(self.io_error(source)),
+        };
+        let head = head.get(..n).unwrap_or_default();
+        let record = match head.strip_prefix(STREAM_MAGIC.as_slice()) {
+            Some(chunked) => chunked.get(5..).unwrap_or_default(),
+            None => head,
+        };
+        Ok(Some(Sealer::key_of(record)))
+    }
+
+    /// Seals the file again under the active key (chunk by chunk for a
+    /// chunked file); false when it was already or does not exist. A
+    /// server writing the file meanwhile may win the rename: either file
+    /// is a whole snapshot.
+    pub(super) fn reseal(&self) -> Result<bool, StoreError> {
+        let active = self.sealer.active();
+        match self.key()? {
+            None => return Ok(false),
+            Some(Some(k)) if k == active => return Ok(false),
+            Some(_) => {}
+        }
+        if let Ok(Some(mut reader)) = self.reader() {
+            let mut writer = self.writer_via(self.path.with_extension("rotate.tmp"))?;
+            std::io::copy(&mut reader, &mut writer).map_err(|source| self.io_error(source))?;
+            writer.finish()?;
+            return Ok(true);
+        }
+        let plain = self.read()?.ok_or_else(|| self.io_error(std::io::ErrorKind::NotFound.into()))?;
+        self.write_via(&plain, &self.path.with_extension("rotate.tmp"))?;
+        Ok(true)
     }
 
     /// Removes the file (nothing to do when there is none).
@@ -259,7 +309,7 @@ impl ChunkSource {
             _ => return Err(bad("bad chunk flag")),
         };
         let len = u32::from_le_bytes([l0, l1, l2, l3]) as usize;
-        if !(SEAL_OVERHEAD..=CHUNK + SEAL_OVERHEAD).contains(&len) {
+        if !(LEGACY_SEAL_OVERHEAD..=CHUNK + SEAL_OVERHEAD).contains(&len) {
             return Err(bad("bad chunk length"));
         }
         let mut sealed = vec![0u8; len];
@@ -323,7 +373,7 @@ mod tests {
     use super::*;
 
     fn file(dir: &Path) -> SealedFile {
-        SealedFile::new(Arc::new(Sealer::open("", dir).unwrap()), dir, "big.snap")
+        SealedFile::new(Arc::new(Sealer::open(Path::new(""), "", dir).unwrap()), dir, "big.snap")
     }
 
     fn read_all(f: &SealedFile) -> std::io::Result<Vec<u8>> {
@@ -392,7 +442,10 @@ mod tests {
         // Another key opens nothing.
         std::fs::write(&f.path, &sealed).unwrap();
         let other = tempfile::tempdir().unwrap();
-        let foreign = SealedFile { sealer: Arc::new(Sealer::open("", other.path()).unwrap()), path: f.path.clone() };
+        let foreign = SealedFile {
+            sealer: Arc::new(Sealer::open(Path::new(""), "", other.path()).unwrap()),
+            path: f.path.clone(),
+        };
         assert!(read_all(&foreign).is_err());
     }
 

@@ -1,0 +1,307 @@
+//! The cost of secure remote access, measured in one process on one gallery:
+//! face Identify from a JPEG over plaintext HTTP/2 against TLS 1.3 with a
+//! bearer token (servers started in turn on the same data directory,
+//! rounds interleaved), at concurrency 1 and 8; and, with `--rotate N`, key
+//! rotation over N enrolled subjects: templates re-sealed per second and
+//! Identify p99 while it runs against idle.
+//!
+//! `cargo bench --bench secure_access -- [--gallery 10000] [--calls 200] [--rounds 2] [--rotate 100000]`
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use cotejo::{
+    api::pb::{self, biometrics_client::BiometricsClient},
+    cli::{Conn, Connection},
+    config::Config,
+};
+use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair, SanType};
+use tokio::sync::oneshot;
+use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
+
+struct Opts {
+    gallery: usize,
+    calls: usize,
+    rounds: usize,
+    rotate: usize,
+}
+
+fn opts() -> Opts {
+    let mut o = Opts { gallery: 10_000, calls: 200, rounds: 2, rotate: 0 };
+    let args: Vec<String> = std::env::args().collect();
+    let mut i = 1;
+    while i < args.len() {
+        let v = || args.get(i + 1).and_then(|v| v.parse().ok()).unwrap_or_else(|| panic!("{} wants a number", args[i]));
+        match args[i].as_str() {
+            "--gallery" => o.gallery = v(),
+            "--calls" => o.calls = v(),
+            "--rounds" => o.rounds = v(),
+            "--rotate" => o.rotate = v(),
+            _ => {
+                i += 1;
+                continue;
+            }
+        }
+        i += 2;
+    }
+    o
+}
+
+fn models() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("models/files")
+}
+
+fn config(data: &Path, extra: &[(&str, String)]) -> Config {
+    let mut env: Vec<(String, String)> = vec![
+        ("COTEJO__MODELS__DIR".into(), models().display().to_string()),
+        ("COTEJO__STORE__DATA_DIR".into(), data.display().to_string()),
+        ("COTEJO__LOG__FILTER".into(), "error".into()),
+    ];
+    env.extend(extra.iter().map(|(k, v)| ((*k).to_owned(), v.clone())));
+    Config::load_with_env(None, env).expect("config")
+}
+
+/// Server certificate for 127.0.0.1 and its CA, as PEM files in `dir`.
+fn certificates(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    let ca_key = KeyPair::generate().expect("key");
+    let mut p = CertificateParams::new(Vec::<String>::new()).expect("params");
+    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    p.distinguished_name.push(DnType::CommonName, "bench CA");
+    let ca = p.self_signed(&ca_key).expect("CA");
+    let key = KeyPair::generate().expect("key");
+    let mut p = CertificateParams::new(vec!["localhost".to_owned()]).expect("params");
+    p.subject_alt_names.push(SanType::IpAddress("127.0.0.1".parse().expect("ip")));
+    p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    let cert = p.signed_by(&key, &ca, &ca_key).expect("sign");
+    let files = (dir.join("ca.pem"), dir.join("server.crt"), dir.join("server.key"));
+    std::fs::write(&files.0, ca.pem()).expect("write");
+    std::fs::write(&files.1, cert.pem()).expect("write");
+    std::fs::write(&files.2, key.serialize_pem()).expect("write");
+    files
+}
+
+struct Running {
+    addr: SocketAddr,
+    stop: oneshot::Sender<()>,
+    handle: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+async fn start(config: Config, conn: impl Fn(SocketAddr) -> Connection) -> (Running, Connection) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (stop, rx) = oneshot::channel::<()>();
+    let handle = tokio::spawn(cotejo::server::serve(config, listener, async {
+        let _ = rx.await;
+    }));
+    let c = conn(addr);
+    loop {
+        if let Ok(ch) = c.connect().await
+            && let Ok(r) = HealthClient::new(ch).check(HealthCheckRequest { service: String::new() }).await
+            && r.into_inner().status == ServingStatus::Serving as i32
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    (Running { addr, stop, handle }, c)
+}
+
+impl Running {
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        self.handle.await.expect("join").expect("served");
+    }
+}
+
+fn face(bytes: &[u8]) -> pb::Sample {
+    pb::Sample {
+        modality: pb::Modality::Face as i32,
+        finger_position: 0,
+        data: Some(pb::sample::Data::Image(bytes.to_vec())),
+        ppi: 0,
+    }
+}
+
+fn embedding(model: &str, i: usize, dim: usize) -> pb::Sample {
+    let mut x = (i as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    let values = (0..dim)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x % 2001) as f32 / 1000.0 - 1.0
+        })
+        .collect();
+    pb::Sample {
+        modality: pb::Modality::Face as i32,
+        finger_position: 0,
+        data: Some(pb::sample::Data::FaceEmbedding(pb::FaceEmbedding { model_id: model.into(), values })),
+        ppi: 0,
+    }
+}
+
+/// Enrolls subjects `range` with synthetic embeddings over 8 streams.
+async fn populate(c: &Connection, range: std::ops::Range<usize>) {
+    let mut first = BiometricsClient::new(c.connect().await.expect("connect"));
+    let stats = first.stats(pb::StatsRequest {}).await.expect("stats").into_inner();
+    let (model, dim) = (stats.models[0].model_id.clone(), stats.models[0].dimension as usize);
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(range.start));
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let (next, model, mut client, end) = (next.clone(), model.clone(), first.clone(), range.end);
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if i >= end {
+                    break;
+                }
+                let req = pb::EnrollRequest {
+                    subject_id: format!("g{i:07}"),
+                    samples: vec![embedding(&model, i, dim)],
+                    ..Default::default()
+                };
+                client.enroll(req).await.expect("enroll");
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("join");
+    }
+}
+
+/// `calls` face Identify calls from a JPEG over `concurrency` streams; latencies in ms.
+async fn identify(client: &BiometricsClient<Conn>, jpeg: &Arc<Vec<u8>>, calls: usize, concurrency: usize) -> Vec<f64> {
+    let mut tasks = Vec::new();
+    for w in 0..concurrency {
+        let (mut c, jpeg) = (client.clone(), jpeg.clone());
+        let n = calls / concurrency + usize::from(w < calls % concurrency);
+        tasks.push(tokio::spawn(async move {
+            let mut out = Vec::with_capacity(n);
+            for _ in 0..n {
+                let t = Instant::now();
+                let req = pb::IdentifyRequest { samples: vec![face(&jpeg)], max_candidates: 5, ..Default::default() };
+                c.identify(req).await.expect("identify");
+                out.push(t.elapsed().as_secs_f64() * 1e3);
+            }
+            out
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.expect("join"));
+    }
+    all
+}
+
+fn pct(v: &mut [f64], p: f64) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[((v.len() as f64 - 1.0) * p).round() as usize]
+}
+
+#[tokio::main(flavor = "multi_thread")]
+async fn main() {
+    let o = opts();
+    let jpeg = Arc::new(std::fs::read(models().join("fixtures/faces/obama2.jpg")).expect("fixture"));
+    let work = tempfile::tempdir().expect("tempdir");
+    let data = work.path().join("data");
+    let keys = work.path().join("keys");
+    cotejo::store::new_key(&keys, true).expect("key");
+    let (ca, cert, key) = certificates(work.path());
+    let callers = work.path().join("callers.toml");
+    let token = cotejo::auth::add_token(&callers, "bench", &cotejo::auth::Role::ALL).expect("token");
+    let plain_cfg = || config(&data, &[("COTEJO__STORE__KEY_DIR", keys.display().to_string())]);
+    let tls_cfg = || {
+        config(
+            &data,
+            &[
+                ("COTEJO__STORE__KEY_DIR", keys.display().to_string()),
+                ("COTEJO__SERVER__TLS_CERT", cert.display().to_string()),
+                ("COTEJO__SERVER__TLS_KEY", key.display().to_string()),
+                ("COTEJO__AUTH__TOKENS_FILE", callers.display().to_string()),
+            ],
+        )
+    };
+    let plain_conn = |a: SocketAddr| Connection { server: format!("http://{a}"), ..Connection::default() };
+    let tls_conn = |a: SocketAddr| Connection {
+        server: format!("https://{a}"),
+        ca: Some(ca.clone()),
+        token: Some(token.clone()),
+        ..Connection::default()
+    };
+
+    let gallery = o.gallery.max(o.rotate);
+    let (server, c) = start(plain_cfg(), plain_conn).await;
+    let t = Instant::now();
+    populate(&c, 0..gallery).await;
+    println!("gallery: {gallery} subjects enrolled in {:.1} s", t.elapsed().as_secs_f64());
+    server.stop().await;
+
+    println!(
+        "face Identify from a JPEG, {} calls per run, {} rounds (plain, TLS + token alternating):",
+        o.calls, o.rounds
+    );
+    let mut lat: std::collections::BTreeMap<(usize, &str), Vec<f64>> = Default::default();
+    for _ in 0..o.rounds {
+        for mode in ["plaintext", "tls+token"] {
+            let (server, c) = if mode == "plaintext" {
+                start(plain_cfg(), plain_conn).await
+            } else {
+                start(tls_cfg(), tls_conn).await
+            };
+            let client = BiometricsClient::new(c.connect().await.expect("connect"));
+            identify(&client, &jpeg, 16, 4).await; // warm-up
+            for conc in [1, 8] {
+                lat.entry((conc, mode)).or_default().extend(identify(&client, &jpeg, o.calls, conc).await);
+            }
+            let _ = server.addr;
+            server.stop().await;
+        }
+    }
+    for conc in [1, 8] {
+        let mut p = lat.remove(&(conc, "plaintext")).unwrap_or_default();
+        let mut t = lat.remove(&(conc, "tls+token")).unwrap_or_default();
+        let (p50, p99, t50, t99) = (pct(&mut p, 0.5), pct(&mut p, 0.99), pct(&mut t, 0.5), pct(&mut t, 0.99));
+        println!(
+            "  concurrency {conc}: plaintext p50 {p50:.1} ms p99 {p99:.1} ms | TLS+token p50 {t50:.1} ms p99 {t99:.1} ms | p50 ratio {:.3}, p99 ratio {:.3}",
+            t50 / p50,
+            t99 / p99
+        );
+    }
+
+    if o.rotate > 0 {
+        let (server, c) = start(plain_cfg(), plain_conn).await;
+        let client = BiometricsClient::new(c.connect().await.expect("connect"));
+        identify(&client, &jpeg, 16, 1).await;
+        let mut idle = identify(&client, &jpeg, o.calls, 1).await;
+        let args = cotejo::cli::keys::RotateArgs {
+            data_dir: data.clone(),
+            key_dir: keys.clone(),
+            resume: false,
+            batch: 500,
+            pause: Duration::ZERO,
+            server_reload: Duration::from_secs(5),
+        };
+        let t = Instant::now();
+        let rotation = tokio::task::spawn_blocking(move || cotejo::cli::keys::rotate(&args));
+        tokio::time::sleep(Duration::from_secs(5)).await; // the new key's wait; then re-sealing
+        let mut during = Vec::new();
+        while !rotation.is_finished() {
+            during.extend(identify(&client, &jpeg, 8, 1).await);
+        }
+        rotation.await.expect("join").expect("rotation");
+        let secs = t.elapsed().as_secs_f64() - 5.0;
+        println!(
+            "key rotation over {gallery} templates: {secs:.1} s after the 5 s wait, {:.0} templates/s; Identify p99 idle {:.1} ms, during {:.1} ms ({} calls), ratio {:.2}",
+            gallery as f64 / secs,
+            pct(&mut idle, 0.99),
+            pct(&mut during, 0.99),
+            during.len(),
+            pct(&mut during, 0.99) / pct(&mut idle, 0.99)
+        );
+        server.stop().await;
+    }
+}
