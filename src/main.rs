@@ -617,6 +617,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         pause: std::time::Duration::from_millis(pause_ms),
                         server_reload: std::time::Duration::from_secs(server_reload_secs),
                     })
+                    .map(|_| ())
                 }
                 KeysCommand::Retire { data_dir, key_dir } => cli::keys::retire(&data_dir, &key_dir),
                 KeysCommand::Status { data_dir, key_dir } => cli::keys::status(&data_dir, &key_dir),

@@ -59,9 +59,8 @@ impl Gate {
         let request_id = request_id(request.metadata());
         let peer = request.extensions().get::<Peer>();
         let certificate = peer.and_then(|p| p.certificate_name.as_deref());
-        let admitted = bearer(request.metadata()).and_then(|token| {
-            self.auth.admit(&Credentials { token, certificate }, method).map_err(|r| (r, token.is_some()))
-        });
+        let admitted =
+            bearer(request.metadata()).and_then(|token| self.auth.admit(&Credentials { token, certificate }, method));
         match admitted {
             Ok(caller) => {
                 if let Some(problem) = self.engine.get().and_then(|e| e.audit_problem().map(str::to_owned))
@@ -91,7 +90,7 @@ impl Gate {
                     },
                 })
             }
-            Err((refusal, _)) => {
+            Err(refusal) => {
                 let caller = match (&refusal, certificate) {
                     (Refusal::MissingRole { caller, .. }, _) => caller.clone(),
                     (_, Some(name)) => name.to_owned(),
@@ -147,7 +146,13 @@ impl Gate {
                     }
                     let record = AuditRecord { actor: actor.clone(), subjects, outcome: "OK".into(), detail: t.detail };
                     if !self.record(record).await {
-                        let status = Status::internal("the call could not be written to the audit log; not answered");
+                        let mut details = ErrorDetails::new();
+                        details.set_error_info("AUDIT_WRITE_FAILED", DOMAIN, HashMap::new());
+                        let status = Status::with_error_details(
+                            Code::Internal,
+                            "the call could not be written to the audit log; not answered",
+                            details,
+                        );
                         return Err(with_request_id(status, &actor.request_id));
                     }
                 }
@@ -214,16 +219,15 @@ impl Gate {
 
 /// The bearer token of `authorization`, if one was sent; a header that is
 /// not `Bearer <token>` is refused rather than ignored.
-fn bearer(meta: &MetadataMap) -> Result<Option<&str>, (Refusal, bool)> {
+fn bearer(meta: &MetadataMap) -> Result<Option<&str>, Refusal> {
     let Some(value) = meta.get("authorization") else { return Ok(None) };
-    let text =
-        value.to_str().map_err(|_| (Refusal::Unauthenticated("the authorization header is not text".into()), true))?;
+    let text = value.to_str().map_err(|_| Refusal::Unauthenticated("the authorization header is not text".into()))?;
     let token = text
         .strip_prefix("Bearer ")
         .or_else(|| text.strip_prefix("bearer "))
         .map(str::trim)
         .filter(|t| !t.is_empty())
-        .ok_or_else(|| (Refusal::Unauthenticated("authorization must be `Bearer <token>`".into()), true))?;
+        .ok_or_else(|| Refusal::Unauthenticated("authorization must be `Bearer <token>`".into()))?;
     Ok(Some(token))
 }
 
@@ -248,7 +252,7 @@ fn with_request_id(status: Status, request_id: &str) -> Status {
     let info = details.error_info().cloned();
     let (reason, domain, mut meta) = match info {
         Some(i) => (i.reason, i.domain, i.metadata),
-        None => (format!("{:?}", status.code()).to_uppercase(), DOMAIN.to_owned(), HashMap::new()),
+        None => (code_name(status.code()), DOMAIN.to_owned(), HashMap::new()),
     };
     meta.insert("request_id".into(), request_id.to_owned());
     details.set_error_info(reason, domain, meta);
@@ -257,4 +261,42 @@ fn with_request_id(status: Status, request_id: &str) -> Status {
         out.metadata_mut().insert(REQUEST_ID, v);
     }
     out
+}
+
+/// A status code as the gRPC spec writes it (`InvalidArgument` -> `INVALID_ARGUMENT`).
+fn code_name(code: Code) -> String {
+    let mut out = String::new();
+    for (i, c) in format!("{code:?}").chars().enumerate() {
+        if c.is_ascii_uppercase() && i > 0 {
+            out.push('_');
+        }
+        out.push(c.to_ascii_uppercase());
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta(pairs: &[(&'static str, &str)]) -> MetadataMap {
+        let mut m = MetadataMap::new();
+        for (k, v) in pairs {
+            m.insert(*k, v.parse().expect("value"));
+        }
+        m
+    }
+
+    #[test]
+    fn bearer_tokens_and_request_ids() {
+        assert_eq!(bearer(&meta(&[])), Ok(None));
+        assert_eq!(bearer(&meta(&[("authorization", "Bearer ctj_1")])), Ok(Some("ctj_1")));
+        assert!(bearer(&meta(&[("authorization", "Basic dXNlcg==")])).is_err(), "not silently anonymous");
+        assert!(bearer(&meta(&[("authorization", "Bearer ")])).is_err());
+        assert_eq!(request_id(&meta(&[(REQUEST_ID, "desk-12/0042")])), "desk-12/0042");
+        let made = request_id(&meta(&[(REQUEST_ID, &"x".repeat(65))]));
+        assert_eq!(made.len(), 24, "{made}");
+        assert_eq!(code_name(Code::InvalidArgument), "INVALID_ARGUMENT");
+        assert_eq!(code_name(Code::Internal), "INTERNAL");
+    }
 }

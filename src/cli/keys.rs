@@ -28,6 +28,15 @@ pub struct RotateArgs {
     pub server_reload: Duration,
 }
 
+/// What a rotation did.
+#[derive(Debug, Clone, Copy)]
+pub struct RotationReport {
+    /// Template rows sealed again.
+    pub resealed: u64,
+    /// Seconds spent sealing again (after the wait for the server).
+    pub secs: f64,
+}
+
 /// `cotejo keys new`: a new key, made active unless `inactive`.
 pub fn new(key_dir: &Path, inactive: bool) -> anyhow::Result<()> {
     let id = store::new_key(key_dir, !inactive)?;
@@ -53,7 +62,7 @@ fn server_running(data_dir: &Path) -> bool {
 
 /// `cotejo keys rotate`: a new active key, then every template and
 /// snapshot sealed again under it, with a progress line on stderr.
-pub fn rotate(a: &RotateArgs) -> anyhow::Result<()> {
+pub fn rotate(a: &RotateArgs) -> anyhow::Result<RotationReport> {
     let r = Resealer::open(&a.data_dir, &a.key_dir)?;
     let active = r.active();
     let census = r.census()?;
@@ -81,6 +90,7 @@ pub fn rotate(a: &RotateArgs) -> anyhow::Result<()> {
     let active = r.active();
     let total = r.templates()?;
     let started = Instant::now();
+    let mut all = 0;
     let mut err = std::io::stderr().lock();
     // Passes until no row is left under another key: a server that had not
     // yet read the new key may have sealed a few with the old one.
@@ -101,6 +111,7 @@ pub fn rotate(a: &RotateArgs) -> anyhow::Result<()> {
             std::thread::sleep(a.pause);
         }
         let _ = writeln!(err);
+        all += resealed;
         let census = r.census()?;
         if census.keys().all(|k| *k == Some(active)) {
             break;
@@ -121,7 +132,7 @@ pub fn rotate(a: &RotateArgs) -> anyhow::Result<()> {
         if census.is_empty() { "none".into() } else { census_text(&census) }
     );
     eprintln!("keys no record needs any more can go: `cotejo keys retire`");
-    Ok(())
+    Ok(RotationReport { resealed: all, secs: started.elapsed().as_secs_f64() })
 }
 
 /// The keys records and snapshots need (the active one always).
