@@ -35,18 +35,8 @@
 //! templates of each run gives the baseline rate (templates/s/core, one
 //! thread) and the rank-1 ceiling that no shortlist can beat.
 //!
-//! `--candidates sketch` measures the other candidate stage of the service
-//! (`finger::sketch`: every template's pooled sketches scanned, the
-//! `--shortlist` best kept) in place of the hash votes; the index is still
-//! built for the baselines and the missed mates' vote ranks.
-//!
-//! `--dump FILE` (experiment) writes one tab-separated line per rescored
-//! finalist of every probe and configuration (and the mate's, if scored but
-//! not among them): run, probe, stage, shortlist size, threads, key, mate?,
-//! source print, finalist?, declared and rescored MCC score (the declared
-//! again for a mate not among the finalists), vote score,
-//! sketch score (NaN without sketches), the candidate's and the probe's
-//! valid cylinders.
+//! `--candidates N1,N2,...` measures the hash votes with each shortlist size
+//! (default: `--shortlist`), every probe under each in turn.
 //!
 //! `--templates DIR` reads the templates from `DIR` (same relative paths as
 //! the images, `.iso`) instead of beside the images: e.g. our own extractor's,
@@ -63,15 +53,9 @@
 //! one template at a time (the baseline of the batched insertion the index is
 //! built with, as the service's start-up builds it).
 //!
-//! `--blocks B1,B2,...` times the candidate stage of the first
-//! `--one-pass-probes` probes with each vote-counting block size (slots per
-//! block; the service's is 16,384), one thread, interleaved.
-//!
 //! `--probe-cap K` hashes at most `K` cylinders of each probe for the
 //! candidate stage, those nearest its minutiae's centroid (default: the
 //! service's `shortlist::PROBE_CYLINDERS`, 48; a large `K` hashes them all).
-//! With `--one-pass-probes N` the first `N` probes' candidate stage is also
-//! timed with every cylinder and with the cap, interleaved.
 //!
 //! `--rerank CAP:KEEP,...` re-ranks the shortlist with each of these settings
 //! (`finger::rerank`: probes with more than `CAP` cylinders are compared first
@@ -79,45 +63,23 @@
 //! `0:0` is one pass; default the service's, 24:500), every probe and thread
 //! count under each in turn; the recall and rank-1 lines then come per
 //! setting, and the first setting is the reference of the others.
-//!
-//! `--long-lists R1,R2,...` (an experiment) runs the candidate stage of every
-//! probe also without the probe's buckets longer than each `R` times the mean
-//! bucket, interleaved with the search over every bucket, and reports the
-//! share of postings read, the times and the mate recall.
-//!
-//! `--sketch T,K[,B]` (an experiment, not the service's method) also scans
-//! every gallery template with pooled cylinder sketches (a BxB-cell block's
-//! bit set when at least T of its cells are, per direction layer; B is 4 by
-//! default, 96 bits a cylinder, and 2 or 8 otherwise; a template
-//! scores the mean of its K best per-probe-cylinder maxima) and reports that
-//! scan's mate recall, alone and sharing the shortlist with the votes.
 
 use std::error::Error;
 use std::time::{Duration, Instant};
 
-use cotejo::finger::{mcc, rerank::RerankSettings, shortlist, sketch as scan};
+use cotejo::finger::{mcc, rerank::RerankSettings, shortlist};
 type Res<T> = Result<T, Box<dyn Error>>;
 
-#[path = "finger_identify/dump.rs"]
-mod dump;
-#[path = "finger_identify/experiments.rs"]
-mod experiments;
 #[path = "finger_identify/gallery.rs"]
 mod gallery;
 #[path = "finger_identify/identify.rs"]
 mod identify;
 #[path = "finger_identify/options.rs"]
 mod options;
-#[path = "finger_identify/pooling.rs"]
-mod pooling;
 
 use gallery::{Shards, build_run, load};
 use identify::{Config, Outcome, identify, probe_descriptor};
-use options::{Options, Stage};
-
-fn stage_name(scan: bool) -> &'static str {
-    if scan { "sketch" } else { "votes" }
-}
+use options::Options;
 
 fn percentile(sorted: &[Duration], p: f64) -> f64 {
     if sorted.is_empty() {
@@ -129,10 +91,6 @@ fn percentile(sorted: &[Duration], p: f64) -> f64 {
 
 fn main() -> Res<()> {
     let o = Options::parse()?;
-    if let Some(path) = &o.dump {
-        let file = std::io::BufWriter::new(std::fs::File::create(path)?);
-        let _ = dump::DUMP.set(std::sync::Mutex::new(file));
-    }
     let templates = o.templates.clone().unwrap_or_else(|| o.data.clone());
     let (mut prints, fingers) = load(&o.data, &templates)?;
     // Prints the service refuses (`finger.min_minutiae`) are neither enrolled nor searched.
@@ -161,16 +119,13 @@ fn main() -> Res<()> {
         o.threads
     );
     let mut exhaustive_ranks: Vec<usize> = Vec::new();
-    // With `--sketch`: each probe's mate rank under the sketch score, all runs.
-    let mut sketch_ranks: Vec<usize> = Vec::new();
-    let (mut one_pass, mut blocked): (Vec<Duration>, Vec<Duration>) = (Vec::new(), Vec::new());
     // Every thread count with every re-rank; the first is the reference of the recall figures.
-    let stages = if o.candidates.is_empty() { vec![Stage { scan: false, n: None }] } else { o.candidates.clone() };
+    let shortlist_sizes = if o.candidates.is_empty() { vec![o.shortlist] } else { o.candidates.clone() };
     let configs: Vec<Config> = o
         .threads
         .iter()
-        .flat_map(|&threads| stages.iter().map(move |s| (threads, s.scan, s.n.unwrap_or(o.shortlist))))
-        .flat_map(|(threads, scan, n)| o.rerank.iter().map(move |&rerank| Config { threads, scan, n, rerank }))
+        .flat_map(|&threads| shortlist_sizes.iter().map(move |&n| (threads, n)))
+        .flat_map(|(threads, n)| o.rerank.iter().map(move |&rerank| Config { threads, n, rerank }))
         .collect();
     let mut outcomes: Vec<Vec<Outcome>> = vec![Vec::new(); configs.len()];
     let (mut exhaustive_time, mut exhaustive_comparisons, mut ceiling_hits, mut probes_total) =
@@ -180,18 +135,8 @@ fn main() -> Res<()> {
     let (mut index_bytes, mut index_templates, mut template_bytes, mut build_time) = (0_usize, 0_usize, 0_usize, 0.0);
     for enrolled in 0..o.runs {
         let start = Instant::now();
-        let mut run = build_run(&prints, fingers, enrolled, o.gallery, o.seed, o.min_minutiae, build_threads);
+        let run = build_run(&prints, fingers, enrolled, o.gallery, o.seed, o.min_minutiae, build_threads);
         let templates_time = start.elapsed().as_secs_f64();
-        if configs.iter().any(|c| c.scan) {
-            let start = Instant::now();
-            run.sketches = cotejo::finger::gallery::parallel_map(&run.gallery, build_threads, scan::Sketch::new);
-            println!(
-                "# run {enrolled}: sketches built in {:.1} s, {:.0} bytes per template",
-                start.elapsed().as_secs_f64(),
-                run.sketches.iter().map(|s| s.heap_bytes() + std::mem::size_of::<scan::Sketch>()).sum::<usize>() as f64
-                    / run.sketches.len().max(1) as f64
-            );
-        }
         let start = Instant::now();
         let (sharded, times) = Shards::build(&run.gallery, shards, o.insert_baseline);
         let index_time = start.elapsed().as_secs_f64();
@@ -246,12 +191,6 @@ fn main() -> Res<()> {
             exhaustive_ranks.push(scores.iter().filter(|&&s| s > mate_score).count());
         }
         probes_total += run.probes.len();
-        if let Some(settings) = o.sketch {
-            pooling::experiment(&run, settings, &mut sketch_ranks);
-        }
-        if let [index] = sharded.indexes.as_slice() {
-            experiments::run(index, &run, &o, &mut one_pass, &mut blocked);
-        }
         // Each probe under every configuration in turn (interleaved, so that the
         // machine's drift falls on all of them alike).
         for (p, ((probe, mate), name)) in run.probes.iter().zip(&run.probe_names).enumerate() {
@@ -274,10 +213,6 @@ fn main() -> Res<()> {
                 outcomes[slot].push(outcome);
             }
         }
-    }
-    if let Some(out) = dump::DUMP.get() {
-        use std::io::Write;
-        out.lock().map_err(|_| "dump lock poisoned")?.flush()?;
     }
     let exhaustive_rate = exhaustive_comparisons as f64 / exhaustive_time.as_secs_f64().max(1e-9);
     let first = &outcomes[0];
@@ -318,22 +253,6 @@ fn main() -> Res<()> {
     for &s in &sizes {
         println!("shortlist mate recall @{s}: {:.4}", recall_at(s));
     }
-    if sketch_ranks.len() == first.len() {
-        // Half the shortlist from the votes, half from the sketch scan.
-        for &s in &sizes {
-            let sketch = sketch_ranks.iter().filter(|&&r| r < s).count() as f64 / first.len() as f64;
-            let union = first
-                .iter()
-                .zip(&sketch_ranks)
-                .filter(|(x, r)| x.shard_rank.is_some_and(|k| k < s / 2) || **r < s / 2)
-                .count() as f64
-                / first.len() as f64;
-            println!(
-                "sketch mate recall @{s}: {sketch:.4}; votes' best {h} + sketch's best {h}: {union:.4}",
-                h = s / 2
-            );
-        }
-    }
     println!(
         "probes whose mate the shortlist missed: {}",
         if missed.is_empty() { "none".to_owned() } else { missed.join(", ") }
@@ -357,23 +276,12 @@ fn main() -> Res<()> {
         template_bytes as f64 / index_templates as f64,
         build_time / o.runs as f64
     );
-    if !one_pass.is_empty() {
-        one_pass.sort_unstable();
-        blocked.sort_unstable();
-        let (a, b) = (percentile(&one_pass, 0.5), percentile(&blocked, 0.5));
-        println!(
-            "candidate stage, 1 thread, {} probes: one pass over all slots {a:.1} ms median, blocked {b:.1} ms ({:.2}x)",
-            one_pass.len(),
-            a / b.max(1e-9)
-        );
-    }
     for (config, outcomes) in configs.iter().zip(&outcomes).filter(|(c, _)| c.threads == configs[0].threads) {
         let RerankSettings { probe_cap, keep } = config.rerank;
         let large = outcomes.iter().filter(|x| probe_cap > 0 && x.probe_cylinders > probe_cap).count();
         let share = |f: fn(&Outcome) -> bool| outcomes.iter().filter(|x| f(x)).count() as f64 / outcomes.len() as f64;
         println!(
-            "{} {}, re-rank cap {probe_cap}, keep {keep} ({large} probes over the cap): mate shortlisted {:.4}, fully scored {}/{}, rank-1 {:.4}, after the aspect rescoring {:.4}, among its 10 best {:.4} (each print's copies once: {:.4})",
-            stage_name(config.scan),
+            "votes {}, re-rank cap {probe_cap}, keep {keep} ({large} probes over the cap): mate shortlisted {:.4}, fully scored {}/{}, rank-1 {:.4}, after the aspect rescoring {:.4}, among its 10 best {:.4} (each print's copies once: {:.4})",
             config.n,
             share(|x| x.shard_rank.is_some()),
             outcomes.iter().filter(|x| x.mate_scored).count(),
@@ -390,7 +298,7 @@ fn main() -> Res<()> {
     for (slot, config) in configs.iter().enumerate() {
         let threads = config.threads;
         let rerank = format!("{}:{}", config.rerank.probe_cap, config.rerank.keep);
-        let stage = format!("{}:{}", stage_name(config.scan), config.n);
+        let stage = format!("votes:{}", config.n);
         let mut totals: Vec<Duration> = outcomes[slot].iter().map(|x| x.total_time).collect();
         let mut candidates: Vec<Duration> = outcomes[slot].iter().map(|x| x.candidate_time).collect();
         let mut rescores: Vec<Duration> = outcomes[slot].iter().map(|x| x.rescore_time).collect();

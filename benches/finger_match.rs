@@ -9,10 +9,6 @@
 //! template for the aspect hypotheses (`finger::aspect`): building the stored
 //! template's two stretched templates from its minutiae and comparing them
 //! with the probe's, against the declared-frame comparison alone.
-//!
-//! Group `sketch_scan`: the sketch candidate stage (`finger::sketch`), one
-//! probe against one enrolled template's pooled sketches, with each kernel
-//! this CPU runs (AVX-512 word-sliced, `popcnt`, portable; same scores).
 
 #[path = "support/prints.rs"]
 mod prints;
@@ -22,7 +18,6 @@ use std::hint::black_box;
 use cotejo::finger::{
     aspect::{Hypotheses, Stretched},
     mcc::{Kernel, Matcher, Minutia, Template},
-    sketch::{ProbeSketch, Scanner, Sketch},
 };
 use criterion::{Criterion, criterion_group, criterion_main};
 use prints::print;
@@ -86,26 +81,5 @@ fn aspect_rescore(c: &mut Criterion) {
     g.finish();
 }
 
-fn sketch_scan(c: &mut Criterion) {
-    let mut rng = StdRng::seed_from_u64(3);
-    let a = print(&mut rng, 35);
-    let probe = ProbeSketch::new(&Template::new(&impression(&mut rng, &a)));
-    let (mated, other) = (Sketch::new(&Template::new(&a)), Sketch::new(&Template::new(&print(&mut rng, 35))));
-    let mut g = c.benchmark_group("sketch_scan");
-    let want = Scanner::with_kernel(Kernel::Portable).score(&probe, &mated).to_bits();
-    for kernel in [Kernel::Avx512, Kernel::Popcnt, Kernel::Portable] {
-        if !kernel.is_supported() {
-            eprintln!("{kernel:?}: not supported by this CPU, skipped");
-            continue;
-        }
-        let mut s = Scanner::with_kernel(kernel);
-        assert_eq!(s.score(&probe, &mated).to_bits(), want, "{kernel:?} scores differently");
-        let name = format!("{kernel:?}").to_lowercase();
-        g.bench_function(format!("mated_{name}"), |b| b.iter(|| black_box(s.score(&probe, &mated))));
-        g.bench_function(format!("non_mated_{name}"), |b| b.iter(|| black_box(s.score(&probe, &other))));
-    }
-    g.finish();
-}
-
-criterion_group!(benches, compare, aspect_rescore, sketch_scan);
+criterion_group!(benches, compare, aspect_rescore);
 criterion_main!(benches);

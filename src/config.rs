@@ -225,11 +225,6 @@ pub struct FingerConfig {
     pub extract_threads: usize,
     /// Positions with at least this many templates are searched through the shortlist.
     pub shortlist_from: usize,
-    /// Positions with fewer templates are shortlisted by the sketch scan, larger ones by the hash votes
-    /// (at most `shortlist_from`, as the default 0: the scan is off).
-    pub sketch_below: usize,
-    /// Fraction of a position's templates the sketch scan keeps for the full matcher.
-    pub sketch_fraction: f64,
     /// Fraction of a position's templates the hash votes keep for the full matcher.
     pub shortlist_fraction: f64,
     /// Fewest templates the shortlist keeps.
@@ -343,9 +338,6 @@ impl Config {
         }
         if !(self.finger.shortlist_fraction > 0.0 && self.finger.shortlist_fraction <= 1.0) {
             return bad("finger.shortlist_fraction must be in (0, 1]");
-        }
-        if !(self.finger.sketch_fraction > 0.0 && self.finger.sketch_fraction <= 1.0) {
-            return bad("finger.sketch_fraction must be in (0, 1]");
         }
         if self.finger.shortlist_max < self.finger.shortlist_min {
             return bad("finger.shortlist_max must be at least finger.shortlist_min");

@@ -418,13 +418,12 @@ pub(crate) fn synthetic_record(seed: u64, position: u8, turn: f32, shift: f32) -
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_sketch_scan_shortlists_the_mate_before_and_after_a_restart() {
+async fn the_shortlist_finds_the_mate_before_and_after_a_restart() {
     let dir = tempfile::tempdir().expect("tempdir");
-    // The sketch scan from 3 templates at a position on, keeping half of them.
+    // The hash votes from 3 templates at a position on, keeping half of them.
     let overrides = [
         ("COTEJO__FINGER__SHORTLIST_FROM", "3"),
-        ("COTEJO__FINGER__SKETCH_BELOW", "1000"),
-        ("COTEJO__FINGER__SKETCH_FRACTION", "0.5"),
+        ("COTEJO__FINGER__SHORTLIST_FRACTION", "0.5"),
         ("COTEJO__FINGER__SHORTLIST_MIN", "1"),
     ];
     let server = TestServer::start(config(dir.path(), &overrides)).await;
@@ -442,7 +441,7 @@ async fn the_sketch_scan_shortlists_the_mate_before_and_after_a_restart() {
     assert!(r.candidates.len() <= 5, "{} candidates", r.candidates.len());
     server.stop().await;
 
-    // After a restart (from the gallery snapshot written at shutdown: sketches pooled again).
+    // After a restart (from the gallery snapshot written at shutdown: the index as saved).
     let server = TestServer::start(config(dir.path(), &overrides)).await;
     let mut c = server.client.clone();
     let r = c.identify(probe()).await.expect("identify").into_inner();

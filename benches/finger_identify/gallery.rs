@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::time::Instant;
 
-use cotejo::finger::{aspect::Stretched, iso19794_2, mcc, shortlist, sketch};
+use cotejo::finger::{aspect::Stretched, iso19794_2, mcc, shortlist};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -80,8 +80,6 @@ fn perturb(print: &Print, rng: &mut StdRng) -> Vec<mcc::Minutia> {
 #[derive(Debug)]
 pub(crate) struct Run {
     pub(crate) gallery: Vec<mcc::Template>,
-    /// The gallery's sketches, with `--candidates sketch` (filled by the caller).
-    pub(crate) sketches: Vec<sketch::Sketch>,
     /// Probe template and the key of its mate.
     pub(crate) probes: Vec<(mcc::Template, u64)>,
     /// Each probe's stretched templates (the service's aspect hypotheses).
@@ -153,7 +151,6 @@ pub(crate) fn build_run(
         .unzip();
     let mut run = Run {
         gallery: Vec::new(),
-        sketches: Vec::new(),
         probes,
         probe_stretched,
         probe_names,

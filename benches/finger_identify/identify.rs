@@ -8,18 +8,16 @@ use cotejo::finger::{
     aspect::Stretched,
     mcc, parallel_chunks,
     rerank::{self, RerankSettings},
-    shortlist, sketch as scan,
+    shortlist,
 };
 
-use super::dump;
 use super::gallery::{Run, Shards};
 
 /// Threads, candidate stage and re-rank of one measured configuration.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Config {
     pub(crate) threads: usize,
-    /// The sketch scan rather than the votes, and the shortlist size.
-    pub(crate) scan: bool,
+    /// The shortlist size.
     pub(crate) n: usize,
     /// The re-rank (one index only; shards re-rank their shortlists in one pass).
     pub(crate) rerank: RerankSettings,
@@ -103,21 +101,16 @@ pub(crate) fn probe_descriptor(probe: &mcc::Template) -> shortlist::Descriptor {
 fn identify_one_index(
     index: &shortlist::ShortlistIndex,
     run: &Run,
-    p: usize,
     probe: &mcc::Template,
     stretched: &Stretched,
     mate: u64,
-    (scan, n): (bool, usize),
+    n: usize,
     threads: usize,
     rescore: usize,
     settings: RerankSettings,
 ) -> Outcome {
     let start = Instant::now();
-    let keys: Vec<u64> = if !scan {
-        index.search_descriptor(&probe_descriptor(probe), n, threads)
-    } else {
-        scan::shortlist(probe, &run.sketches, |s| s, n, threads).into_iter().map(|i| i as u64).collect()
-    };
+    let keys: Vec<u64> = index.search_descriptor(&probe_descriptor(probe), n, threads);
     let candidate_time = start.elapsed();
     let templates: Vec<&mcc::Template> = keys.iter().filter_map(|&key| run.gallery.get(key as usize)).collect();
     let mut scored: Vec<(f32, u64)> = rerank::rerank(probe, &templates, settings, rescore.max(1), threads)
@@ -146,10 +139,6 @@ fn identify_one_index(
     finalists.sort_unstable_by(|a, b| b.0.total_cmp(&a.0));
     let rescore_time = rescore_start.elapsed();
     let total_time = start.elapsed();
-    // After the clock: the dump's extra scoring and writing are not in the times.
-    if let Some(out) = dump::DUMP.get() {
-        dump::finalists(out, index, run, p, mate, (scan, n, threads), &scored, &finalists);
-    }
     Outcome {
         shard_rank: keys.iter().position(|&k| k == mate),
         rank1: best.1 == mate,
@@ -170,21 +159,9 @@ fn identify_one_index(
 /// One identification of probe `p` of the run; the aspect rescoring only with one index.
 pub(crate) fn identify(shards: &Shards, run: &Run, p: usize, config: Config, rescore: usize) -> Outcome {
     let (probe, mate) = (&run.probes[p].0, run.probes[p].1);
-    let Config { threads, scan, n, rerank } = config;
+    let Config { threads, n, rerank } = config;
     if let [index] = shards.indexes.as_slice() {
-        let stage = (scan, n);
-        return identify_one_index(
-            index,
-            run,
-            p,
-            probe,
-            &run.probe_stretched[p],
-            mate,
-            stage,
-            threads,
-            rescore,
-            rerank,
-        );
+        return identify_one_index(index, run, probe, &run.probe_stretched[p], mate, n, threads, rescore, rerank);
     }
     let start = Instant::now();
     let per_shard = n.div_ceil(shards.indexes.len());

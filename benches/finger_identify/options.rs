@@ -7,14 +7,6 @@ use cotejo::finger::rerank::RerankSettings;
 use super::Res;
 use super::identify::PROBE_CAP;
 
-/// A candidate stage and its shortlist size (`None`: `--shortlist`).
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Stage {
-    /// The sketch scan (`finger::sketch`) rather than the hash votes.
-    pub(crate) scan: bool,
-    pub(crate) n: Option<usize>,
-}
-
 #[derive(Debug)]
 pub(crate) struct Options {
     pub(crate) data: PathBuf,
@@ -27,19 +19,11 @@ pub(crate) struct Options {
     pub(crate) runs: usize,
     pub(crate) seed: u64,
     pub(crate) shards: usize,
-    pub(crate) one_pass_probes: usize,
-    pub(crate) sketch: Option<(u32, usize, usize)>,
-    /// The candidate stages measured, each with its shortlist size: the hash
-    /// votes (the default, `--shortlist`) and/or the sketch scan.
-    pub(crate) candidates: Vec<Stage>,
+    /// Shortlist sizes of the hash votes measured (default: `--shortlist`).
+    pub(crate) candidates: Vec<usize>,
     pub(crate) rescore: usize,
     pub(crate) min_minutiae: usize,
     pub(crate) insert_baseline: bool,
-    pub(crate) blocks: Vec<usize>,
-    /// With `--long-lists`: probe buckets longer than each ratio times the mean are skipped (experiment).
-    pub(crate) long_lists: Vec<f64>,
-    /// With `--dump FILE`: every probe's rescored candidates with their vote and sketch scores (experiment).
-    pub(crate) dump: Option<PathBuf>,
     /// Re-rank settings, each run on every probe and thread count, interleaved.
     pub(crate) rerank: Vec<RerankSettings>,
 }
@@ -56,16 +40,11 @@ impl Options {
             runs: 2,
             seed: 20_250_101,
             shards: 1,
-            one_pass_probes: 40,
-            sketch: None,
             candidates: Vec::new(),
             rescore: 42,
             min_minutiae: 0,
             insert_baseline: false,
-            blocks: Vec::new(),
             rerank: vec![RerankSettings::default()],
-            long_lists: Vec::new(),
-            dump: None,
         };
         let mut args = std::env::args().skip(1);
         while let Some(flag) = args.next() {
@@ -81,42 +60,18 @@ impl Options {
                 "--shortlist" => o.shortlist = value.parse()?,
                 "--candidates" => {
                     for item in value.split(',') {
-                        let (name, size) = item.split_once(':').unwrap_or((item, ""));
-                        let n = if size.is_empty() { None } else { Some(size.parse()?) };
-                        o.candidates.push(match name {
-                            "votes" => Stage { scan: false, n },
-                            "sketch" => Stage { scan: true, n },
-                            _ => return Err("--candidates wants votes[:N] and/or sketch[:N]".into()),
-                        });
+                        let size = item.strip_prefix("votes:").unwrap_or(item);
+                        o.candidates.push(size.parse().map_err(|_| "--candidates wants N or votes:N, ...")?);
                     }
                 }
                 "--exhaustive" => o.exhaustive = value.parse()?,
                 "--seed" => o.seed = value.parse()?,
                 "--runs" => o.runs = value.parse::<usize>()?.clamp(1, 2),
                 "--shards" => o.shards = value.parse::<usize>()?.max(1),
-                "--one-pass-probes" => o.one_pass_probes = value.parse()?,
-                "--sketch" => {
-                    let parts: Vec<&str> = value.split(',').collect();
-                    let [t, k, rest @ ..] = parts.as_slice() else {
-                        return Err("--sketch wants THRESHOLD,TOP[,BLOCK]".into());
-                    };
-                    let block = match rest {
-                        [] => 4,
-                        [b] => b.parse()?,
-                        _ => return Err("--sketch wants THRESHOLD,TOP[,BLOCK]".into()),
-                    };
-                    if ![2, 4, 8].contains(&block) {
-                        return Err("--sketch BLOCK is 2, 4 or 8".into());
-                    }
-                    o.sketch = Some((t.parse()?, k.parse()?, block));
-                }
                 "--rescore" => o.rescore = value.parse()?,
-                "--dump" => o.dump = Some(PathBuf::from(value)),
                 "--min-minutiae" => o.min_minutiae = value.parse()?,
                 "--insert-baseline" => o.insert_baseline = value.parse::<u8>()? != 0,
                 "--probe-cap" => PROBE_CAP.store(value.parse()?, std::sync::atomic::Ordering::Relaxed),
-                "--blocks" => o.blocks = value.split(',').map(str::parse).collect::<Result<_, _>>()?,
-                "--long-lists" => o.long_lists = value.split(',').map(str::parse).collect::<Result<_, _>>()?,
                 "--rerank" => {
                     o.rerank = value
                         .split(',')

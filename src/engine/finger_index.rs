@@ -31,8 +31,6 @@ const BATCH: usize = 8_192;
 pub(super) fn gallery_settings(c: &FingerConfig) -> GallerySettings {
     GallerySettings {
         shortlist_from: c.shortlist_from,
-        sketch_below: c.sketch_below,
-        sketch_fraction: c.sketch_fraction,
         shortlist_fraction: c.shortlist_fraction,
         shortlist_min: c.shortlist_min,
         shortlist_max: c.shortlist_max,
@@ -126,14 +124,12 @@ fn restore(
 /// A stored finger template: id, owner, finger position, ISO/IEC 19794-2 record.
 type Record = (i64, Arc<str>, u8, Vec<u8>);
 
-/// Builds the MCC templates and shortlist keys (and sketches) of `records` on `threads`
+/// Builds the MCC templates and shortlist keys of `records` on `threads`
 /// threads ([`Prepared::new`]) and adds them in order, in one batch, emptying `records`.
 /// Returns how many did not parse (they are left out).
 fn add_records(gallery: &mut FingerGallery, records: &mut Vec<Record>, threads: usize) -> usize {
-    let settings = *gallery.settings();
-    let prepared = parallel_map(records, threads, |(_, _, _, iso)| {
-        template::matcher_template(iso).map(|t| Prepared::new(t, &settings)).ok()
-    });
+    let prepared =
+        parallel_map(records, threads, |(_, _, _, iso)| template::matcher_template(iso).map(Prepared::new).ok());
     let mut unreadable = 0;
     let mut batch = Vec::with_capacity(records.len());
     for ((template_id, owner, position, _), p) in records.drain(..).zip(prepared) {

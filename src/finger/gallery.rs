@@ -4,9 +4,8 @@
 //! several threads and keeps each subject's best score. From
 //! [`GallerySettings::shortlist_from`] templates at a position on, a
 //! candidate stage picks the templates worth that comparison: the hash votes
-//! ([`super::shortlist`]), or, if configured, the sketch scan
-//! ([`super::sketch`]) below [`GallerySettings::sketch_below`] templates;
-//! below `shortlist_from`, every template is compared (exhaustive).
+//! ([`super::shortlist`]); below `shortlist_from`, every template is compared
+//! (exhaustive).
 
 use std::{collections::HashMap, sync::Arc};
 
@@ -18,7 +17,6 @@ use super::{
     mcc::Template,
     rerank::{RerankSettings, rerank},
     shortlist::{Descriptor, ShortlistIndex},
-    sketch::{self, Sketch},
 };
 
 /// Positions 0..=10 (0 is unused: samples always name their finger).
@@ -29,11 +27,9 @@ struct Entry {
     template_id: i64,
     subject: Arc<str>,
     template: Arc<Template>,
-    /// Empty unless the gallery scans sketches ([`GallerySettings::scans_sketches`]).
-    sketch: Sketch,
 }
 
-/// A template with its shortlist keys and sketch, ready to join a [`FingerGallery`].
+/// A template with its shortlist keys, ready to join a [`FingerGallery`].
 ///
 /// Building them is most of the cost of adding a template, and needs no
 /// access to the gallery, so a start-up prepares its templates on every core
@@ -42,16 +38,13 @@ struct Entry {
 pub struct Prepared {
     template: Template,
     descriptor: Descriptor,
-    sketch: Option<Sketch>,
 }
 
 impl Prepared {
-    /// Hashes the template's cylinders for the shortlist, and pools them for
-    /// the sketch scan if a gallery with `settings` scans sketches.
-    pub fn new(template: Template, settings: &GallerySettings) -> Self {
+    /// Hashes the template's cylinders for the shortlist.
+    pub fn new(template: Template) -> Self {
         let descriptor = Descriptor::new(&template);
-        let sketch = settings.scans_sketches().then(|| Sketch::new(&template));
-        Self { template, descriptor, sketch }
+        Self { template, descriptor }
     }
 }
 
@@ -76,13 +69,6 @@ pub struct FingerHit {
 pub struct GallerySettings {
     /// Positions with at least this many templates are searched through the shortlist.
     pub shortlist_from: usize,
-    /// Positions with fewer templates (and at least `shortlist_from`) are
-    /// shortlisted by the sketch scan, larger ones by the hash votes; at most
-    /// `shortlist_from` (the default, 0) turns the scan off.
-    pub sketch_below: usize,
-    /// Fraction of a position's templates the sketch scan keeps (at least
-    /// `shortlist_min`; no cap: `sketch_below` bounds it).
-    pub sketch_fraction: f64,
     /// Fraction of a position's templates the hash votes keep for the full matcher.
     pub shortlist_fraction: f64,
     /// Fewest templates the shortlist keeps.
@@ -97,21 +83,11 @@ impl Default for GallerySettings {
     fn default() -> Self {
         Self {
             shortlist_from: 50_000,
-            sketch_below: 0,
-            sketch_fraction: 0.08,
             shortlist_fraction: 0.04,
             shortlist_min: 1_000,
             shortlist_max: 10_000,
             rerank: RerankSettings::default(),
         }
-    }
-}
-
-impl GallerySettings {
-    /// Whether some position size is shortlisted by the sketch scan (so that
-    /// the gallery keeps every template's sketch: about 1.6 KB each).
-    pub fn scans_sketches(&self) -> bool {
-        self.sketch_below > self.shortlist_from
     }
 }
 
@@ -148,7 +124,7 @@ impl FingerGallery {
 
     /// Adds a template; an id already present is replaced.
     pub fn add(&mut self, template_id: i64, subject: Arc<str>, position: u8, template: Template) {
-        let prepared = Prepared::new(template, &self.settings);
+        let prepared = Prepared::new(template);
         self.add_prepared(template_id, subject, position, prepared);
     }
 
@@ -187,14 +163,11 @@ impl FingerGallery {
                 warn!(error = %e, "finger templates not added to the shortlist index");
             }
         }
-        let scans = self.settings.scans_sketches();
-        for (template_id, subject, position, Prepared { template, sketch, .. }) in items {
-            // Prepared for another gallery's settings: pooled here, or dropped.
-            let sketch = if scans { sketch.unwrap_or_else(|| Sketch::new(&template)) } else { Sketch::default() };
+        for (template_id, subject, position, Prepared { template, .. }) in items {
             let p = slot_of(position);
             let list = &mut self.by_position[p];
             self.slots.insert(template_id, (p, list.len()));
-            list.push(Entry { template_id, subject, template: Arc::new(template), sketch });
+            list.push(Entry { template_id, subject, template: Arc::new(template) });
         }
     }
 
@@ -230,9 +203,6 @@ impl FingerGallery {
         let share = |fraction: f64| (list.len() as f64 * fraction) as usize;
         let picked: Vec<&Entry> = if list.len() < settings.shortlist_from {
             list.iter().collect()
-        } else if settings.scans_sketches() && list.len() < settings.sketch_below {
-            let n = share(settings.sketch_fraction).max(settings.shortlist_min);
-            sketch::shortlist(probe, list, |e| &e.sketch, n, threads).into_iter().filter_map(|i| list.get(i)).collect()
         } else {
             let n = share(settings.shortlist_fraction).min(settings.shortlist_max).max(settings.shortlist_min);
             self.shortlists[p]
@@ -318,7 +288,7 @@ mod tests {
         for &i in &seeds {
             one.add(i as i64, format!("s{i}").into(), 1, print(i));
         }
-        let prepared = parallel_map(&seeds, 3, |&i| Prepared::new(print(i), &settings));
+        let prepared = parallel_map(&seeds, 3, |&i| Prepared::new(print(i)));
         for (&i, p) in seeds.iter().zip(prepared.clone()) {
             other.add_prepared(i as i64, format!("s{i}").into(), 1, p);
         }
@@ -326,7 +296,7 @@ mod tests {
         let mut batched = FingerGallery::new(settings);
         let mut items: Vec<_> =
             seeds.iter().zip(prepared).map(|(&i, p)| (i as i64, Arc::<str>::from(format!("s{i}")), 1, p)).collect();
-        items.insert(5, (7, "x".into(), 2, Prepared::new(print(99), &settings)));
+        items.insert(5, (7, "x".into(), 2, Prepared::new(print(99))));
         let rest = items.split_off(20);
         batched.add_prepared_batch(items);
         batched.add_prepared_batch(rest);
@@ -373,13 +343,11 @@ mod shortlist_tests {
     use crate::finger::mcc::Minutia;
 
     #[test]
-    fn both_candidate_stages_find_a_rotated_copy_and_not_removed_ones() {
-        // The sketch scan below `sketch_below`, the hash votes from there on.
-        for (sketch_below, stage) in [(usize::MAX, "sketch scan"), (0, "hash votes")] {
+    fn the_candidate_stage_finds_a_rotated_copy_and_not_removed_ones() {
+        {
+            let stage = "hash votes";
             let settings = GallerySettings {
                 shortlist_from: 100,
-                sketch_below,
-                sketch_fraction: 0.05,
                 shortlist_fraction: 0.05,
                 shortlist_min: 10,
                 shortlist_max: 1_000,
@@ -390,15 +358,11 @@ mod shortlist_tests {
             for i in 0..300 {
                 let template = Template::new(&random(i as u64 + 1));
                 if i == 77 {
-                    // Prepared without a sketch (another gallery's settings): pooled on adding.
-                    let prepared = Prepared::new(template, &GallerySettings::default());
-                    g.add_prepared(i, format!("s{i}").into(), 4, prepared);
+                    g.add_prepared(i, format!("s{i}").into(), 4, Prepared::new(template));
                 } else {
                     g.add(i, format!("s{i}").into(), 4, template);
                 }
             }
-            // Sketches are held only where they are scanned.
-            assert!(g.by_position[4].iter().all(|e| e.sketch.is_empty() != (sketch_below > 0)), "{stage}");
             // Rotated by 0.3 rad about the centre and shifted.
             let (sn, cs) = 0.3f32.sin_cos();
             let probe: Vec<Minutia> = random(78)

@@ -11,7 +11,6 @@ pub mod pipeline;
 pub mod rerank;
 pub mod ridges;
 pub mod shortlist;
-pub mod sketch;
 pub mod template;
 
 pub use pipeline::{FingerError, FingerExtraction, FingerPipeline, FingerSettings};

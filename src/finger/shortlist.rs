@@ -335,26 +335,7 @@ impl ShortlistIndex {
     /// As [`ShortlistIndex::search`], for a precomputed probe descriptor, with
     /// the slots split into `threads` contiguous ranges searched in parallel.
     pub fn search_descriptor(&self, probe: &Descriptor, n: usize, threads: usize) -> Vec<u64> {
-        self.search_in_blocks(probe, n, threads, BLOCK_SLOTS, f64::INFINITY)
-    }
-
-    /// The search without the probe buckets holding more than `max_ratio`
-    /// times the mean postings (for the experiment of `benches/finger_identify.rs`).
-    #[doc(hidden)]
-    pub fn search_without_long_lists(&self, probe: &Descriptor, n: usize, threads: usize, max_ratio: f64) -> Vec<u64> {
-        self.search_in_blocks(probe, n, threads, BLOCK_SLOTS, max_ratio)
-    }
-
-    /// The length of every non-empty bucket a probe reads, with the mean
-    /// length of the non-empty buckets (for `benches/finger_identify.rs`).
-    #[doc(hidden)]
-    pub fn probe_list_lengths(&self, probe: &Descriptor) -> (f64, Vec<usize>) {
-        let lengths = probe
-            .cylinders()
-            .flat_map(|(buckets, _)| buckets.iter())
-            .filter_map(|&b| self.buckets.get(b as usize).map(|l| l.len()).filter(|&l| l > 0))
-            .collect();
-        (self.mean_bucket_len(), lengths)
+        self.search_in_blocks(probe, n, threads, BLOCK_SLOTS)
     }
 
     /// Mean postings of the non-empty buckets (what [`vote_weight`] compares a bucket with).
@@ -364,28 +345,12 @@ impl ShortlistIndex {
         mean
     }
 
-    /// The same search counted as before blocking: in one pass over a vote
-    /// array for all slots, on one thread. Same result as
-    /// [`ShortlistIndex::search_descriptor`]; kept as the baseline of
-    /// `benches/finger_identify.rs`.
-    #[doc(hidden)]
-    pub fn search_one_pass(&self, probe: &Descriptor, n: usize) -> Vec<u64> {
-        self.search_in_blocks(probe, n, 1, usize::MAX, f64::INFINITY)
-    }
-
-    /// The search with another block size than [`BLOCK_SLOTS`] (same result;
-    /// for the block-size comparison of `benches/finger_identify.rs`).
-    #[doc(hidden)]
-    pub fn search_with_block(&self, probe: &Descriptor, n: usize, threads: usize, block: usize) -> Vec<u64> {
-        self.search_in_blocks(probe, n, threads, block, f64::INFINITY)
-    }
-
     /// The search, counting votes `block` slots at a time.
-    fn search_in_blocks(&self, probe: &Descriptor, n: usize, threads: usize, block: usize, max_ratio: f64) -> Vec<u64> {
+    fn search_in_blocks(&self, probe: &Descriptor, n: usize, threads: usize, block: usize) -> Vec<u64> {
         if n == 0 || self.slots.is_empty() {
             return Vec::new();
         }
-        let lists = self.probe_lists(probe, max_ratio);
+        let lists = self.probe_lists(probe);
         let total = self.slot_keys.len();
         // Below a few blocks per thread a split costs more than it saves.
         let block = block.max(1);
@@ -413,46 +378,14 @@ impl ShortlistIndex {
     }
 
     /// Each non-empty probe bucket's postings with the probe minutia's direction
-    /// and the bucket's vote weight, leaving out buckets longer than `max_ratio`
-    /// times the mean.
-    fn probe_lists<'a>(&'a self, probe: &Descriptor, max_ratio: f64) -> Vec<(&'a [u32], u8, u8)> {
+    /// and the bucket's vote weight.
+    fn probe_lists<'a>(&'a self, probe: &Descriptor) -> Vec<(&'a [u32], u8, u8)> {
         let mean = self.mean_bucket_len();
         probe
             .cylinders()
             .flat_map(|(buckets, angle)| buckets.iter().map(move |&b| (b, angle)))
             .filter_map(|(b, angle)| self.buckets.get(b as usize).filter(|l| !l.is_empty()).map(|l| (l, angle)))
-            .filter(|(l, _)| l.len() as f64 <= max_ratio * mean)
             .map(|(l, angle)| (l.as_slice(), angle, vote_weight(l.len(), mean)))
-            .collect()
-    }
-
-    /// The vote score [`ShortlistIndex::search_descriptor`] ranks by, for each
-    /// of `keys` (0 for a key not enrolled or without a vote).
-    ///
-    /// Looks the keys' postings up in the probe's buckets (a binary search per
-    /// bucket and key) instead of reading every posting, so a few candidates
-    /// cost a few microseconds each whatever the gallery's size. For the
-    /// `--dump` experiment of `benches/finger_identify.rs`; the service does not use it.
-    #[doc(hidden)]
-    pub fn vote_scores(&self, probe: &Descriptor, keys: &[u64]) -> Vec<u32> {
-        let lists = self.probe_lists(probe, f64::INFINITY);
-        let norms = &*NORMS;
-        keys.iter()
-            .map(|key| {
-                let Some(&slot) = self.slots.get(key) else { return 0 };
-                let mut bins = [0_u8; ROTATION_BINS];
-                for (list, angle, weight) in &lists {
-                    let from = list.partition_point(|&p| (p >> 8) < slot);
-                    for &posting in list.get(from..).unwrap_or(&[]).iter().take_while(|&&p| p >> 8 == slot) {
-                        if let Some(v) = bins.get_mut(rotation_bin(posting, *angle)) {
-                            *v = v.saturating_add(*weight);
-                        }
-                    }
-                }
-                let best = best_adjacent(&bins);
-                let cylinders = self.slot_cylinders.get(slot as usize).copied().unwrap_or(0);
-                if best == 0 { 0 } else { score(best, cylinders, norms) }
-            })
             .collect()
     }
 

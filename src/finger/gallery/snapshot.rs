@@ -1,7 +1,6 @@
 //! The byte form of the finger gallery's snapshot: per finger position, the
 //! templates held (id and MCC cylinders as built, [`Template::write_to`]) and
-//! the shortlist index as it is ([`ShortlistIndex::write_to`]); the sketches
-//! of the sketch scan, if on, are pooled again from the cylinders. Owners are not
+//! the shortlist index as it is ([`ShortlistIndex::write_to`]). Owners are not
 //! in it: a start-up takes them from the store's list of live templates, which
 //! also says which saved templates were deleted since (removed here) and which
 //! enrolled ones are missing (the caller adds them). The store seals it chunk
@@ -15,11 +14,10 @@ use std::{
 
 use sha2::{Digest, Sha256};
 
-use super::{Entry, FingerGallery, GallerySettings, SLOTS, parallel_map};
+use super::{Entry, FingerGallery, GallerySettings, SLOTS};
 use crate::finger::{
     mcc::{self, Template},
     shortlist::{Descriptor, ShortlistIndex},
-    sketch::Sketch,
 };
 
 const MAGIC: &[u8; 8] = b"CTJFNG02";
@@ -178,15 +176,7 @@ pub fn read(
             if gallery.slots.insert(template_id, (p, i)).is_some() {
                 return Err(bad("a template saved twice"));
             }
-            list.push(Entry { template_id, subject, template, sketch: Sketch::default() });
-        }
-        // The sketches are not saved: pooled again from the cylinders, on every core.
-        if settings.scans_sketches() {
-            let threads = std::thread::available_parallelism().map_or(1, usize::from);
-            let sketches = parallel_map(list, threads, |e| Sketch::new(&e.template));
-            for (e, sketch) in list.iter_mut().zip(sketches) {
-                e.sketch = sketch;
-            }
+            list.push(Entry { template_id, subject, template });
         }
         if count > 0 {
             let index = ShortlistIndex::read_from(input)?;
@@ -232,13 +222,10 @@ mod tests {
 
     #[test]
     fn reads_back_a_gallery_that_searches_as_the_saved_one() {
-        // The shortlist path from 5 templates on, so that the restored index (or,
-        // with the sketch scan on, the sketches pooled again) is searched.
-        for sketch_below in [0, usize::MAX] {
+        // The shortlist path from 5 templates on, so that the restored index is searched.
+        {
             let settings = GallerySettings {
                 shortlist_from: 5,
-                sketch_below,
-                sketch_fraction: 0.5,
                 shortlist_fraction: 0.5,
                 shortlist_min: 3,
                 shortlist_max: 100,
@@ -257,7 +244,7 @@ mod tests {
             for (position, probe) in [(1, 0), (2, 4), (3, 8), (1, 9)] {
                 let (got, want) =
                     (back.search(position, &print(probe), 5, 1), saved.search(position, &print(probe), 5, 1));
-                assert_eq!(got, want, "sketch_below {sketch_below}");
+                assert_eq!(got, want, "probe {probe}");
             }
             // Changes after a restore work as on any gallery.
             back.add(500, "new".into(), 1, print(77));

@@ -118,38 +118,17 @@ fn blocked_and_parallel_searches_agree_with_one_pass() {
     assert_slot_order(&index);
     for (key, ms) in (0_u64..).zip(&minutiae).step_by(23) {
         let probe = Descriptor::new(&mcc::Template::new(&distort(ms, key, 0.3, (10.0, -5.0), 5)));
-        let one_pass = index.search_in_blocks(&probe, 25, 1, usize::MAX, f64::INFINITY);
+        let one_pass = index.search_in_blocks(&probe, 25, 1, usize::MAX);
         assert!(!one_pass.is_empty());
         for (threads, block) in [(1, 16), (3, 16), (2, 50), (4, 7)] {
             assert_eq!(
-                index.search_in_blocks(&probe, 25, threads, block, f64::INFINITY),
+                index.search_in_blocks(&probe, 25, threads, block),
                 one_pass,
                 "{threads} threads, block {block}"
             );
         }
         assert_eq!(index.search_descriptor(&probe, 25, 2), one_pass);
     }
-}
-
-#[test]
-fn vote_scores_rank_as_the_search_does() {
-    let (mut index, minutiae) = gallery(300);
-    for key in (0..300).step_by(11) {
-        assert!(index.remove(key));
-    }
-    for (key, ms) in (0_u64..).zip(&minutiae).step_by(31) {
-        let probe = Descriptor::new(&mcc::Template::new(&distort(ms, key, -0.4, (-8.0, 6.0), 4)));
-        let keys: Vec<u64> = (0..300).collect();
-        let scores = index.vote_scores(&probe, &keys);
-        // Removed keys score 0 and are never returned; the rest in the search's order
-        // (score, then the later slot first: the keys' slots are in key order here).
-        let mut ranked: Vec<(u32, u64)> = scores.iter().copied().zip(keys).filter(|&(s, _)| s > 0).collect();
-        ranked.sort_unstable_by(|a, b| b.cmp(a));
-        let expected: Vec<u64> = ranked.iter().map(|&(_, k)| k).collect();
-        assert_eq!(index.search_descriptor(&probe, 300, 1), expected);
-        assert!(key % 11 == 0 || scores[key as usize] > 0, "the probe's own template got no vote");
-    }
-    assert_eq!(index.vote_scores(&Descriptor::new(&mcc::Template::new(&minutiae[1])), &[9_999]), vec![0]);
 }
 
 #[test]
