@@ -24,4 +24,7 @@ python3 -c "import ensurepip, venv" >/dev/null 2>&1 || {
   SUDO=""; [[ $(id -u) -ne 0 ]] && SUDO="sudo"
   $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq python3-venv >/dev/null
 }
+# CI runs rustfmt and clippy on every change.
+cargo fmt --version >/dev/null 2>&1 || rustup component add rustfmt
+cargo clippy --version >/dev/null 2>&1 || rustup component add clippy
 ./models/fetch.sh

@@ -257,12 +257,41 @@ pub struct JobsConfig {
     pub target_fmr: f64,
 }
 
+/// Which structure serves face searches (docs/index.md says which to pick when).
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum IndexKindName {
+    /// Exact float32.
+    Flat,
+    /// int8 scan, exact float32 re-rank.
+    Int8,
+    /// 4-bit scan, exact float32 re-rank.
+    Int4,
+    /// faiss IVF-Flat (approximate).
+    Ivf,
+    /// faiss HNSW-Flat (approximate).
+    Hnsw,
+}
+
+impl IndexKindName {
+    /// The name used in the configuration.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Flat => "flat",
+            Self::Int8 => "int8",
+            Self::Int4 => "int4",
+            Self::Ivf => "ivf",
+            Self::Hnsw => "hnsw",
+        }
+    }
+}
+
 /// The face search index.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct IndexConfig {
     /// `flat`, `int8`, `int4`, `ivf` or `hnsw`.
-    pub kind: String,
+    pub kind: IndexKindName,
     /// Threads one int8 or int4 scan uses.
     pub threads: usize,
     /// int8 / int4: shortlist re-ranked in float32.
@@ -344,9 +373,6 @@ impl Config {
         }
         if self.finger.rerank_probe_cap > 0 && self.finger.rerank_keep == 0 {
             return bad("finger.rerank_keep must be at least 1 when finger.rerank_probe_cap is set");
-        }
-        if !["flat", "int8", "int4", "ivf", "hnsw"].contains(&self.index.kind.as_str()) {
-            return bad("index.kind must be flat, int8, int4, ivf or hnsw");
         }
         let ones = [self.index.threads, self.index.int8_rerank, self.index.int4_rerank, self.index.ivf_nprobe];
         if ones.contains(&0) {
@@ -453,7 +479,7 @@ mod tests {
     #[test]
     fn index_kind_is_checked() {
         let env = [("COTEJO__INDEX__KIND".to_string(), "hnsw".to_string())];
-        assert_eq!(Config::load_with_env(None, env).expect("config").index.kind, "hnsw");
+        assert_eq!(Config::load_with_env(None, env).expect("config").index.kind, IndexKindName::Hnsw);
         let env = [("COTEJO__INDEX__KIND".to_string(), "annoy".to_string())];
         assert!(Config::load_with_env(None, env).is_err());
     }

@@ -1,6 +1,7 @@
 //! The converted MobileFaceNet is checked by its score separation, not only
-//! by running: on celeb-aligned112-dev (from ../shared/data, skipped with a
-//! note where that folder is absent, as in a user's fresh clone).
+//! by running: on celeb-aligned112-dev from ../shared/data. Ignored by a plain
+//! `cargo test` (a user's fresh clone has no such folder); `scripts/test.sh`
+//! runs it where the folder is present.
 
 use std::path::Path;
 
@@ -12,12 +13,10 @@ use cotejo::{
 use crate::common::models_dir;
 
 #[test]
+#[ignore = "needs ../shared/data/faces/celeb-aligned112-dev (scripts/test.sh runs it where present)"]
 fn converted_model_separates_identities() {
     let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/faces/celeb-aligned112-dev");
-    if !data.join("LABELS.txt").is_file() {
-        eprintln!("skipped: {} is absent", data.display());
-        return;
-    }
+    assert!(data.join("LABELS.txt").is_file(), "{} is absent", data.display());
     let env = [("COTEJO__MODELS__DIR".to_owned(), models_dir().display().to_string())];
     let config = Config::load_with_env(None, env).expect("config");
     let (manifest, settings) = pipeline(&config).expect("models");

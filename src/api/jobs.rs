@@ -15,6 +15,7 @@ use crate::{
     auth::Method,
     engine::{DedupRequest, DuplicatePair, Engine, EngineError, JobStatus},
     jobs::Scope,
+    store::JobState,
 };
 
 /// gRPC front of the engine's jobs; answers UNAVAILABLE until the engine is ready.
@@ -131,13 +132,12 @@ impl TryFrom<pb::StartDedupRequest> for DedupRequest {
 impl From<JobStatus> for pb::Job {
     fn from(s: JobStatus) -> Self {
         let r = s.record;
-        let state = match r.state.as_str() {
-            "queued" => pb::JobState::Queued,
-            "running" => pb::JobState::Running,
-            "done" => pb::JobState::Done,
-            "cancelled" => pb::JobState::Cancelled,
-            "failed" => pb::JobState::Failed,
-            _ => pb::JobState::Unspecified,
+        let state = match r.state {
+            JobState::Queued => pb::JobState::Queued,
+            JobState::Running => pb::JobState::Running,
+            JobState::Done => pb::JobState::Done,
+            JobState::Cancelled => pb::JobState::Cancelled,
+            JobState::Failed => pb::JobState::Failed,
         };
         Self {
             job_id: r.job_id.to_string(),

@@ -13,7 +13,7 @@ use tracing::{info, warn};
 use super::{EngineError, FaceModel};
 use crate::{
     biometric::Modality,
-    config::IndexConfig,
+    config::{IndexConfig, IndexKindName},
     index::{IndexKind, IndexSettings, VectorIndex},
     store::{SealedFile, Store},
 };
@@ -32,12 +32,14 @@ pub(super) struct Snapshots {
 
 /// The index settings from the configuration.
 pub(super) fn index_settings(c: &IndexConfig) -> IndexSettings {
-    let kind = match c.kind.as_str() {
-        "int8" => IndexKind::Int8 { rerank: c.int8_rerank },
-        "int4" => IndexKind::Int4 { rerank: c.int4_rerank },
-        "ivf" => IndexKind::Ivf { nlist: c.ivf_nlist, nprobe: c.ivf_nprobe, train_from: c.ivf_train_from },
-        "hnsw" => IndexKind::Hnsw { m: c.hnsw_m, ef_construction: c.hnsw_ef_construction, ef_search: c.hnsw_ef_search },
-        _ => IndexKind::Flat,
+    let kind = match c.kind {
+        IndexKindName::Flat => IndexKind::Flat,
+        IndexKindName::Int8 => IndexKind::Int8 { rerank: c.int8_rerank },
+        IndexKindName::Int4 => IndexKind::Int4 { rerank: c.int4_rerank },
+        IndexKindName::Ivf => IndexKind::Ivf { nlist: c.ivf_nlist, nprobe: c.ivf_nprobe, train_from: c.ivf_train_from },
+        IndexKindName::Hnsw => {
+            IndexKind::Hnsw { m: c.hnsw_m, ef_construction: c.hnsw_ef_construction, ef_search: c.hnsw_ef_search }
+        }
     };
     IndexSettings { kind, threads: c.threads }
 }

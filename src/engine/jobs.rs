@@ -24,7 +24,7 @@ use crate::{
         template,
     },
     jobs::{Block, DedupParams, Scope, clusters, component_name, face_block, parse_component, plan},
-    store::{JobRecord, PairComponent, Store},
+    store::{JobRecord, JobState, PairComponent, Store},
 };
 
 /// Largest subject list a job may name.
@@ -124,7 +124,7 @@ impl Worker {
                 if let Err(e) = self.run_job(id) {
                     error!(job = id, error = %e, "job failed");
                     if let Ok(mut s) = lock(&self.store) {
-                        let _ = s.set_job_state(id, "failed", &e.to_string());
+                        let _ = s.set_job_state(id, JobState::Failed, &e.to_string());
                     }
                 }
             }
@@ -139,7 +139,7 @@ impl Worker {
         let rec = lock(&self.store)?.job(id)?.ok_or_else(|| EngineError::Internal("job vanished".into()))?;
         let params: DedupParams = serde_json::from_str(&rec.params)
             .map_err(|e| EngineError::Internal(format!("job {id} parameters: {e}")))?;
-        lock(&self.store)?.set_job_state(id, "running", "")?;
+        lock(&self.store)?.set_job_state(id, JobState::Running, "")?;
         let scope = self.scope_subjects(&params.scope)?;
         let in_scope = |s: &str| scope.as_ref().is_none_or(|set| set.contains(s));
         // The job's data: templates enrolled before it started, in scope.
@@ -206,7 +206,7 @@ impl Worker {
             if done.contains(&(i as u64)) {
                 continue;
             }
-            if lock(&self.store)?.job(id)?.is_none_or(|j| j.state != "running") {
+            if lock(&self.store)?.job(id)?.is_none_or(|j| j.state != JobState::Running) {
                 info!(job = id, "job cancelled");
                 return Ok(());
             }
@@ -263,7 +263,7 @@ impl Worker {
                 std::thread::sleep(Duration::from_millis(self.settings.block_pause_ms));
             }
         }
-        lock(&self.store)?.set_job_state(id, "done", "")?;
+        lock(&self.store)?.set_job_state(id, JobState::Done, "")?;
         info!(job = id, "dedup job done");
         Ok(())
     }
@@ -476,7 +476,7 @@ impl Engine {
         let secs = p.started.map_or(0.0, |s| s.elapsed().as_secs_f64());
         let rate = if secs > 0.0 { p.blocks_since_start as f64 / secs } else { 0.0 };
         let left = record.total.saturating_sub(record.done) as f64;
-        let eta = if rate > 0.0 && record.state == "running" { left / rate } else { 0.0 };
+        let eta = if rate > 0.0 && record.state == JobState::Running { left / rate } else { 0.0 };
         let basis = format!(
             "target FMR {} per pair: threshold {threshold:.2} on the fused calibrated score -10*log10(FMR) \
              (faces and fingers fused with Fisher's method)",

@@ -48,7 +48,7 @@ pub async fn dedup_time_fingers(config: &Config, fingers: usize) -> anyhow::Resu
         let found = pairs.iter().filter(|p| p.candidate.subject_id.strip_suffix("-b") == Some(p.a.as_str())).count();
         runs.push(json!({
             "finger_rescored": rescored,
-            "state": status.record.state,
+            "state": status.record.state.name(),
             "job_seconds": secs,
             "pairs": pairs.len(),
             "planted_pairs_found": found,

@@ -111,7 +111,7 @@ async fn measure(engine: &Engine, pairs: &[(&str, &Path, &Path)], job: bool) -> 
             let running = match &current {
                 Some(id) => {
                     let s = engine.job(id.clone()).await?;
-                    matches!(s.record.state.as_str(), "queued" | "running")
+                    s.record.state.active()
                 }
                 None => false,
             };
@@ -160,7 +160,7 @@ pub async fn dedup_time(config: &Config, gallery: usize) -> anyhow::Result<()> {
     let job_secs = t.elapsed().as_secs_f64();
     let out = json!({
         "subjects": gallery,
-        "state": status.record.state,
+        "state": status.record.state.name(),
         "blocks": status.record.total,
         "pairs": status.pairs,
         "job_seconds": job_secs,
@@ -182,7 +182,7 @@ pub(super) async fn run_dedup(
     let id = engine.start_dedup(req).await?.record.job_id.to_string();
     loop {
         let s = engine.job(id.clone()).await?;
-        if !matches!(s.record.state.as_str(), "queued" | "running") {
+        if !s.record.state.active() {
             return Ok((id, s));
         }
         tokio::time::sleep(std::time::Duration::from_millis(poll_ms)).await;

@@ -67,7 +67,7 @@ pub async fn startup(config: &Config, gallery: usize, changes: usize) -> anyhow:
 
     let out = json!({
         "templates": gallery,
-        "index": config.index.kind,
+        "index": config.index.kind.name(),
         "enroll_seconds": enroll_secs,
         "start_empty_store_seconds": empty_secs,
         "start_rebuild_from_store_seconds": rebuild_secs,

@@ -159,19 +159,9 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let (health, health_service) = tonic_health::server::health_reporter();
-    health.set_service_status("", ServingStatus::NotServing).await;
-    health.set_not_serving::<pb::biometrics_server::BiometricsServer<BiometricsApi>>().await;
+    set_health(&health, Health::NotServing).await;
 
-    let reflection = if config.server.reflection {
-        Some(
-            tonic_reflection::server::Builder::configure()
-                .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
-                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-                .build_v1()?,
-        )
-    } else {
-        None
-    };
+    let reflection = reflection(&config)?;
 
     let addr = listener.local_addr()?;
     let (tls, auth) = security(&config)?;
@@ -196,43 +186,8 @@ pub async fn serve(
         .max_encoding_message_size(max);
     background.0.push(spawn_checkpointer(slot.clone(), Duration::from_secs(config.audit.checkpoint_every_secs)));
 
-    // Models load and the index is rebuilt while the socket already answers
-    // health checks (NOT_SERVING). A failed start-up ends `serve` with the
-    // cause, so the process exits non-zero instead of idling unready.
     let stopping = Arc::new(AtomicBool::new(false));
-    let (failed_tx, mut failed_rx) = tokio::sync::oneshot::channel::<String>();
-    let startup_config = config.clone();
-    let startup_health = health.clone();
-    let startup_stopping = stopping.clone();
-    let startup = tokio::spawn(async move {
-        let started = tokio::task::spawn_blocking(move || Engine::start(&startup_config)).await;
-        match started {
-            Ok(Ok(engine)) => {
-                let broken = engine.audit_problem().is_some();
-                slot.set(Arc::new(engine));
-                if startup_stopping.load(Ordering::SeqCst) {
-                    return; // shutting down: never turn SERVING again
-                }
-                if broken {
-                    error!("not serving: the audit log failed its start-up check (only the audit role is answered)");
-                    startup_health.set_serving::<pb::audit_server::AuditServer<AuditApi>>().await;
-                    return;
-                }
-                startup_health.set_service_status("", ServingStatus::Serving).await;
-                startup_health.set_serving::<pb::biometrics_server::BiometricsServer<BiometricsApi>>().await;
-                startup_health.set_serving::<pb::jobs_server::JobsServer<JobsApi>>().await;
-                startup_health.set_serving::<pb::audit_server::AuditServer<AuditApi>>().await;
-                info!("ready");
-            }
-            Ok(Err(e)) => {
-                error!(error = %e, "start-up failed");
-                let _ = failed_tx.send(e.to_string());
-            }
-            Err(e) => {
-                let _ = failed_tx.send(format!("start-up task failed: {e}"));
-            }
-        }
-    });
+    let (startup, mut failed_rx) = spawn_startup(config.clone(), slot, health.clone(), stopping.clone());
 
     info!(%addr, tls = tls.is_some(), mutual_tls = tls.as_ref().is_some_and(|t| t.mutual()), "listening");
     let grace = Duration::from_secs(config.server.shutdown_grace_secs);
@@ -242,9 +197,7 @@ pub async fn serve(
         shutdown.await;
         stopping.store(true, Ordering::SeqCst);
         info!("shutting down: draining in-flight calls");
-        shutdown_health.set_service_status("", ServingStatus::NotServing).await;
-        shutdown_health.set_not_serving::<pb::biometrics_server::BiometricsServer<BiometricsApi>>().await;
-        shutdown_health.set_not_serving::<pb::jobs_server::JobsServer<JobsApi>>().await;
+        set_health(&shutdown_health, Health::NotServing).await;
         let _ = drained_tx.send(());
     };
     let (refused_tx, mut refused_rx) = tokio::sync::mpsc::unbounded_channel::<tls::HandshakeRefusal>();
@@ -281,24 +234,108 @@ pub async fn serve(
         task.abort();
         let _ = task.await;
     }
-    // The snapshots (face index, finger gallery) make the next start-up fast.
-    // Taken back: a connection left open holds no engine, so the store
-    // closes (and the data directory is free) once the calls still running end.
-    if let Some(engine) = engine_at_exit.take() {
-        let closing = tokio::task::spawn_blocking(move || {
-            if let Err(e) = engine.save_snapshot() {
-                warn!(error = %e, "snapshot at shutdown failed");
-            }
-            if let Err(e) = engine.write_checkpoint() {
-                error!(error = %e, "audit checkpoint at shutdown not written");
-            }
-        });
-        if let Err(e) = closing.await {
-            warn!(error = %e, "shutdown task failed");
-        }
-    }
+    close(&engine_at_exit).await;
     info!("stopped");
     Ok(())
+}
+
+/// gRPC reflection, when configured.
+fn reflection(
+    config: &Config,
+) -> anyhow::Result<
+    Option<tonic_reflection::server::v1::ServerReflectionServer<impl tonic_reflection::server::v1::ServerReflection>>,
+> {
+    if !config.server.reflection {
+        return Ok(None);
+    }
+    Ok(Some(
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()?,
+    ))
+}
+
+/// What health reports for the API's services.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Health {
+    /// Every service.
+    Serving,
+    /// Only the audit service (the audit log failed its start-up check).
+    AuditOnly,
+    /// None (starting, stopping).
+    NotServing,
+}
+
+async fn set_health(h: &tonic_health::server::HealthReporter, to: Health) {
+    let all = if to == Health::Serving { ServingStatus::Serving } else { ServingStatus::NotServing };
+    let audit = if to == Health::NotServing { ServingStatus::NotServing } else { ServingStatus::Serving };
+    h.set_service_status("", all).await;
+    h.set_service_status(
+        <pb::biometrics_server::BiometricsServer<BiometricsApi> as tonic::server::NamedService>::NAME,
+        all,
+    )
+    .await;
+    h.set_service_status(<pb::jobs_server::JobsServer<JobsApi> as tonic::server::NamedService>::NAME, all).await;
+    h.set_service_status(<pb::audit_server::AuditServer<AuditApi> as tonic::server::NamedService>::NAME, audit).await;
+}
+
+/// Loads the models and rebuilds the index while the socket already
+/// answers health checks (NOT_SERVING); then puts the engine in `slot` and
+/// reports SERVING. A failed start-up sends its cause, so that `serve` ends
+/// with it and the process exits non-zero instead of idling unready.
+fn spawn_startup(
+    config: Config,
+    slot: Arc<EngineSlot>,
+    health: tonic_health::server::HealthReporter,
+    stopping: Arc<AtomicBool>,
+) -> (tokio::task::JoinHandle<()>, tokio::sync::oneshot::Receiver<String>) {
+    let (failed_tx, failed_rx) = tokio::sync::oneshot::channel::<String>();
+    let task = tokio::spawn(async move {
+        match tokio::task::spawn_blocking(move || Engine::start(&config)).await {
+            Ok(Ok(engine)) => {
+                let broken = engine.audit_problem().is_some();
+                slot.set(Arc::new(engine));
+                if stopping.load(Ordering::SeqCst) {
+                    return; // shutting down: never turn SERVING again
+                }
+                if broken {
+                    error!("not serving: the audit log failed its start-up check (only the audit role is answered)");
+                    set_health(&health, Health::AuditOnly).await;
+                    return;
+                }
+                set_health(&health, Health::Serving).await;
+                info!("ready");
+            }
+            Ok(Err(e)) => {
+                error!(error = %e, "start-up failed");
+                let _ = failed_tx.send(e.to_string());
+            }
+            Err(e) => {
+                let _ = failed_tx.send(format!("start-up task failed: {e}"));
+            }
+        }
+    });
+    (task, failed_rx)
+}
+
+/// Takes the engine back and writes what makes the next start fast and the
+/// audit log anchored: the snapshots (face index, finger gallery) and a
+/// checkpoint. A connection left open then holds no engine, so the store
+/// closes (and the data directory is free) once the calls still running end.
+async fn close(slot: &EngineSlot) {
+    let Some(engine) = slot.take() else { return };
+    let closing = tokio::task::spawn_blocking(move || {
+        if let Err(e) = engine.save_snapshot() {
+            warn!(error = %e, "snapshot at shutdown failed");
+        }
+        if let Err(e) = engine.write_checkpoint() {
+            error!(error = %e, "audit checkpoint at shutdown not written");
+        }
+    });
+    if let Err(e) = closing.await {
+        warn!(error = %e, "shutdown task failed");
+    }
 }
 
 /// Resolves on SIGTERM or Ctrl-C.

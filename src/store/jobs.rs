@@ -41,6 +41,43 @@ CREATE INDEX IF NOT EXISTS job_pairs_a ON job_pairs(a);
 CREATE INDEX IF NOT EXISTS job_pairs_b ON job_pairs(b);
 ";
 
+/// Where a job is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobState {
+    /// Waiting for the runner.
+    Queued,
+    /// Blocks being computed.
+    Running,
+    /// Every block done.
+    Done,
+    /// Stopped by a caller (results so far stay readable).
+    Cancelled,
+    /// Stopped by an error (`JobRecord::error` says which).
+    Failed,
+}
+
+impl JobState {
+    /// The name stored in the `jobs` table.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Queued => "queued",
+            Self::Running => "running",
+            Self::Done => "done",
+            Self::Cancelled => "cancelled",
+            Self::Failed => "failed",
+        }
+    }
+
+    fn parse(name: &str) -> Option<Self> {
+        [Self::Queued, Self::Running, Self::Done, Self::Cancelled, Self::Failed].into_iter().find(|s| s.name() == name)
+    }
+
+    /// Whether the job is still to run or running.
+    pub fn active(self) -> bool {
+        matches!(self, Self::Queued | Self::Running)
+    }
+}
+
 /// A job as stored.
 #[derive(Debug, Clone)]
 pub struct JobRecord {
@@ -50,8 +87,8 @@ pub struct JobRecord {
     pub kind: String,
     /// Parameters (JSON).
     pub params: String,
-    /// "queued", "running", "done", "cancelled" or "failed".
-    pub state: String,
+    /// Where it is.
+    pub state: JobState,
     /// Templates enrolled after the job started are not part of it.
     pub max_template_id: i64,
     /// Blocks in all (0 until the job has started).
@@ -104,7 +141,16 @@ impl Store {
                         job_id: r.get(0)?,
                         kind: r.get(1)?,
                         params: r.get(2)?,
-                        state: r.get(3)?,
+                        state: {
+                            let name: String = r.get(3)?;
+                            JobState::parse(&name).ok_or_else(|| {
+                                rusqlite::Error::FromSqlConversionFailure(
+                                    3,
+                                    rusqlite::types::Type::Text,
+                                    format!("unknown job state {name:?}").into(),
+                                )
+                            })?
+                        },
                         max_template_id: r.get(4)?,
                         total: r.get::<_, i64>(5)? as u64,
                         done: r.get::<_, i64>(6)? as u64,
@@ -125,10 +171,10 @@ impl Store {
     }
 
     /// Sets a job's state (and error).
-    pub fn set_job_state(&mut self, job_id: i64, state: &str, error: &str) -> Result<(), StoreError> {
+    pub fn set_job_state(&mut self, job_id: i64, state: JobState, error: &str) -> Result<(), StoreError> {
         self.conn.execute(
             "UPDATE jobs SET state = ?2, error = ?3, updated_ms = ?4 WHERE job_id = ?1",
-            params![job_id, state, error, now_ms()],
+            params![job_id, state.name(), error, now_ms()],
         )?;
         Ok(())
     }
@@ -217,7 +263,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut s = Store::open(dir.path(), "").expect("open");
         let j = s.create_job("dedup", "{}").expect("job");
-        assert_eq!(j.state, "queued");
+        assert_eq!(j.state, JobState::Queued);
         s.set_job_total(j.job_id, 3).expect("total");
         let p = |raw| PairComponent { a: "a".into(), b: "b".into(), component: "face".into(), raw };
         s.finish_block(j.job_id, 0, &[p(0.7)]).expect("block");

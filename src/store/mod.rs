@@ -18,7 +18,7 @@ pub use audit::{Actor, AuditEntry, AuditRecord, ChainCheck};
 pub use checkpoint::{Checkpoint, Checkpoints};
 use crypto::Sealer;
 pub use crypto::{KeyId, new_key};
-pub use jobs::{JobRecord, PairComponent};
+pub use jobs::{JobRecord, JobState, PairComponent};
 pub use rotation::{KeyCensus, Resealer};
 pub use sealed_file::{SealedFile, SealedReader, SealedWriter};
 

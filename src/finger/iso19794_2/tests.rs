@@ -322,10 +322,7 @@ fn truncations_and_byte_mutations_never_panic() {
 
 fn fvc2002_files() -> Option<Vec<PathBuf>> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/fingerprints/fvc2002");
-    if !root.is_dir() {
-        eprintln!("skipping FVC2002 ISO templates: {} not found", root.display());
-        return None;
-    }
+    assert!(root.is_dir(), "{} not found", root.display());
     let mut files = Vec::new();
     for db in std::fs::read_dir(&root).unwrap() {
         let db = db.unwrap().path();
@@ -343,6 +340,7 @@ fn fvc2002_files() -> Option<Vec<PathBuf>> {
 }
 
 #[test]
+#[ignore = "needs ../shared/data/fingerprints/fvc2002 (scripts/test.sh runs it where present)"]
 fn fvc2002_templates_parse_and_re_encode_byte_identically() {
     let Some(files) = fvc2002_files() else { return };
     assert!(!files.is_empty(), "no .iso files found under the FVC2002 directory");
@@ -361,6 +359,7 @@ fn fvc2002_templates_parse_and_re_encode_byte_identically() {
 }
 
 #[test]
+#[ignore = "needs ../shared/data/fingerprints/fvc2002 (scripts/test.sh runs it where present)"]
 fn fvc2002_template_mutations_never_panic() {
     let Some(files) = fvc2002_files() else { return };
     let Some(first) = files.first() else { return };
