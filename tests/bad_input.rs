@@ -81,14 +81,14 @@ async fn bad_input_is_typed_and_changes_nothing() {
             "missing subject id",
             enroll_req("", vec![face_image(jpeg.clone())]),
             Code::InvalidArgument,
-            "INVALID_ARGUMENT",
+            "INVALID_SUBJECT_ID",
             "subject_id",
         ),
         (
             "missing sample data",
             enroll_req("x", vec![pb::Sample { modality: pb::Modality::Face as i32, ..Default::default() }]),
             Code::InvalidArgument,
-            "INVALID_ARGUMENT",
+            "MISSING_SAMPLE_DATA",
             "samples[0].data",
         ),
         (
@@ -98,10 +98,10 @@ async fn bad_input_is_typed_and_changes_nothing() {
                 vec![pb::Sample { data: Some(pb::sample::Data::Image(jpeg.clone())), ..Default::default() }],
             ),
             Code::InvalidArgument,
-            "INVALID_ARGUMENT",
+            "INVALID_MODALITY",
             "samples[0].modality",
         ),
-        ("no samples", enroll_req("x", vec![]), Code::InvalidArgument, "INVALID_ARGUMENT", "samples"),
+        ("no samples", enroll_req("x", vec![]), Code::InvalidArgument, "NO_SAMPLES", "samples"),
         (
             "duplicate subject",
             enroll_req("known", vec![face_image(jpeg.clone())]),
@@ -127,7 +127,7 @@ async fn bad_input_is_typed_and_changes_nothing() {
             "NaN embedding",
             enroll_req("x", vec![face_embedding(&model_id, vec![f32::NAN; dim])]),
             Code::InvalidArgument,
-            "INVALID_ARGUMENT",
+            "INVALID_EMBEDDING",
             "samples[0].face_embedding.values",
         ),
         (
@@ -142,7 +142,7 @@ async fn bad_input_is_typed_and_changes_nothing() {
                 }],
             ),
             Code::InvalidArgument,
-            "INVALID_ARGUMENT",
+            "INVALID_FINGER_POSITION",
             "samples[0].finger_position",
         ),
         // A bad second sample rejects the whole request: the good first one is not stored either.

@@ -34,10 +34,10 @@ async fn acknowledged_enrolls_survive_sigkill() {
     assert_eq!(s.subjects, 41);
     let r = c.identify(identify_req(vec![face_image(fixture("biden.jpg"))])).await.expect("identify").into_inner();
     assert!(r.candidates.iter().all(|c| c.subject_id != "biden"), "a deleted subject came back");
-    assert!(!r.decision.expect("decision").r#match);
+    assert!(!r.decision.expect("decision").is_match);
     let r = c.identify(identify_req(vec![face_image(fixture("obama2.jpg"))])).await.expect("identify").into_inner();
     assert_eq!(r.candidates[0].subject_id, "obama");
-    assert!(r.decision.expect("decision").r#match);
+    assert!(r.decision.expect("decision").is_match);
     for (id, v) in &acked {
         let r = c.identify(identify_req(vec![face_embedding(&model, v.clone())])).await.expect("identify").into_inner();
         assert_eq!(&r.candidates[0].subject_id, id);
@@ -200,7 +200,7 @@ async fn finger_snapshot_plus_replay_after_sigkill() {
                 assert!(r.candidates.iter().all(|c| c.subject_id != format!("f{i}")), "deleted f{i} returned");
             } else {
                 assert_eq!(found, format!("f{i}"), "round {round}");
-                assert!(r.decision.expect("decision").r#match, "round {round}: f{i}");
+                assert!(r.decision.expect("decision").is_match, "round {round}: f{i}");
             }
         }
         drop(server);

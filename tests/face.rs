@@ -21,7 +21,7 @@ async fn enroll_identify_verify_delete() {
     let r = c.identify(identify_req(vec![face_image(fixture("obama2.jpg"))])).await.expect("identify").into_inner();
     let d = r.decision.expect("decision");
     assert_eq!(r.candidates[0].subject_id, "obama");
-    assert!(d.r#match, "score {} threshold {}", r.candidates[0].score, d.threshold);
+    assert!(d.is_match, "score {} threshold {}", r.candidates[0].score, d.threshold);
     assert_eq!(d.subject_id, "obama");
     assert!(!d.threshold_basis.is_empty());
     assert!(r.candidates[0].score > r.candidates[1].score);
@@ -35,20 +35,20 @@ async fn enroll_identify_verify_delete() {
         .await
         .expect("verify")
         .into_inner();
-    assert!(v.decision.expect("decision").r#match, "score {}", v.score);
+    assert!(v.decision.expect("decision").is_match, "score {}", v.score);
     let v = c
         .verify(pb::VerifyRequest { subject_id: "biden".into(), samples: probe(), target_fmr: 0.0 })
         .await
         .expect("verify")
         .into_inner();
-    assert!(!v.decision.expect("decision").r#match, "score {}", v.score);
+    assert!(!v.decision.expect("decision").is_match, "score {}", v.score);
 
     // Deleted subjects are never returned again.
     let d = c.delete(pb::DeleteRequest { subject_id: "obama".into() }).await.expect("delete").into_inner();
     assert_eq!(d.templates_removed, 1);
     let r = c.identify(identify_req(vec![face_image(fixture("obama2.jpg"))])).await.expect("identify").into_inner();
     assert!(r.candidates.iter().all(|c| c.subject_id != "obama"));
-    assert!(!r.decision.expect("decision").r#match);
+    assert!(!r.decision.expect("decision").is_match);
     server.stop().await;
 }
 
@@ -62,7 +62,12 @@ async fn never_enrolled_person_is_not_matched() {
     }
     let r = c.identify(identify_req(vec![face_image(fixture("biden.jpg"))])).await.expect("identify").into_inner();
     let d = r.decision.expect("decision");
-    assert!(!d.r#match, "biden matched {:?} at {}", r.candidates.first().map(|c| &c.subject_id), r.candidates[0].score);
+    assert!(
+        !d.is_match,
+        "biden matched {:?} at {}",
+        r.candidates.first().map(|c| &c.subject_id),
+        r.candidates[0].score
+    );
     assert!(d.subject_id.is_empty());
     assert_eq!(r.candidates.len(), 2);
     server.stop().await;
@@ -111,7 +116,7 @@ async fn every_supported_format_and_grayscale() {
         img.write_to(&mut Cursor::new(&mut bytes), format).expect("encode");
         let r = c.identify(identify_req(vec![face_image(bytes)])).await.expect(what).into_inner();
         assert_eq!(r.candidates[0].subject_id, "biden", "{what}");
-        assert!(r.decision.expect("decision").r#match, "{what}: score {}", r.candidates[0].score);
+        assert!(r.decision.expect("decision").is_match, "{what}: score {}", r.candidates[0].score);
     }
     server.stop().await;
 }
@@ -135,12 +140,12 @@ async fn named_gallery_restricts_the_search() {
     };
     let r = c.identify(search("obama2.jpg", "watch")).await.expect("identify").into_inner();
     assert_eq!(r.candidates[0].subject_id, "obama");
-    assert!(r.decision.expect("decision").r#match);
+    assert!(r.decision.expect("decision").is_match);
     // Biden is enrolled but not on the watchlist: never a candidate there.
     let r = c.identify(search("biden.jpg", "watch")).await.expect("identify").into_inner();
     assert!(r.candidates.iter().all(|c| c.subject_id != "biden"), "{:?}", r.candidates);
     let d = r.decision.expect("decision");
-    assert!(!d.r#match);
+    assert!(!d.is_match);
     assert!(d.threshold_basis.contains("over 1 subject"), "{}", d.threshold_basis);
     let e = c.identify(search("biden.jpg", "nobody-here")).await.expect_err("unknown gallery");
     assert_eq!((e.code(), crate::common::reason(&e).as_str()), (tonic::Code::NotFound, "GALLERY_NOT_FOUND"));

@@ -41,20 +41,20 @@ async fn fingers_from_images_and_iso_templates() {
     let r = c.identify(identify_req(vec![image(2, print("p1_2.png"))])).await.expect("identify").into_inner();
     let d = r.decision.expect("decision");
     assert_eq!(r.candidates[0].subject_id, "p1");
-    assert!(d.r#match, "score {} threshold {} ({})", r.candidates[0].score, d.threshold, d.threshold_basis);
+    assert!(d.is_match, "score {} threshold {} ({})", r.candidates[0].score, d.threshold, d.threshold_basis);
     let s = &r.candidates[0].scores[0];
     assert_eq!((s.modality, s.finger_position), (pb::Modality::Finger as i32, 2));
     assert!(s.calibrated_score > d.threshold && s.raw_score > 0.0);
 
     // The same print enrolled as another finger position is not compared: position 3 has nobody.
     let r = c.identify(identify_req(vec![image(3, print("p1_2.png"))])).await.expect("identify").into_inner();
-    assert!(r.candidates.is_empty() && !r.decision.expect("decision").r#match);
+    assert!(r.candidates.is_empty() && !r.decision.expect("decision").is_match);
 
     // A different finger: no match; verify agrees.
     c.delete(pb::DeleteRequest { subject_id: "p1".into() }).await.expect("delete");
     let r = c.identify(identify_req(vec![image(2, print("p1_2.png"))])).await.expect("identify").into_inner();
     assert!(r.candidates.iter().all(|c| c.subject_id != "p1"), "a deleted subject came back");
-    assert!(!r.decision.expect("decision").r#match, "p1's finger matched p2: {:?}", r.candidates);
+    assert!(!r.decision.expect("decision").is_match, "p1's finger matched p2: {:?}", r.candidates);
     let v = c
         .verify(pb::VerifyRequest {
             subject_id: "p2".into(),
@@ -64,7 +64,7 @@ async fn fingers_from_images_and_iso_templates() {
         .await
         .expect("verify")
         .into_inner();
-    assert!(!v.decision.expect("decision").r#match, "score {}", v.score);
+    assert!(!v.decision.expect("decision").is_match, "score {}", v.score);
 
     // ISO templates: export p2, enroll the export under a new id, and it
     // matches p2's image; export -> import gives back the same minutiae.
@@ -99,7 +99,7 @@ async fn fingers_from_images_and_iso_templates() {
         .expect("verify")
         .into_inner();
     let d = v.decision.expect("decision");
-    assert!(d.r#match, "score {}", v.score);
+    assert!(d.is_match, "score {}", v.score);
     assert!(!d.threshold_basis.contains("not compared"), "{}", d.threshold_basis);
     // A probe finger the subject has nothing enrolled for is named in the answer.
     let v = c
@@ -121,7 +121,7 @@ async fn fingers_from_images_and_iso_templates() {
     // An ISO probe identifies too.
     let r = c.identify(identify_req(vec![iso(2, record)])).await.expect("identify").into_inner();
     assert!(["p2", "p2-iso"].contains(&r.candidates[0].subject_id.as_str()));
-    assert!(r.decision.expect("decision").r#match);
+    assert!(r.decision.expect("decision").is_match);
     server.stop().await;
 }
 
@@ -152,7 +152,7 @@ async fn faces_and_fingers_together_are_fused() {
     assert_eq!(top.scores.len(), 2, "{:?}", top.scores);
     let best_single = top.scores.iter().map(|s| s.calibrated_score).fold(0.0, f64::max);
     assert!(top.score >= best_single && top.score.is_finite(), "fused {} vs best single {best_single}", top.score);
-    assert!(r.decision.expect("decision").r#match);
+    assert!(r.decision.expect("decision").is_match);
     // The finger alone finds the person enrolled with both.
     let r = c.identify(identify_req(vec![image(7, print("p1_2.png"))])).await.expect("identify").into_inner();
     assert_eq!(r.candidates[0].subject_id, "both");
@@ -277,14 +277,14 @@ async fn bad_finger_input_is_typed_and_stores_nothing() {
             "finger position 0",
             image(0, good.clone()),
             Code::InvalidArgument,
-            "INVALID_ARGUMENT",
+            "INVALID_FINGER_POSITION",
             "samples[0].finger_position",
         ),
         (
             "finger position 11",
             image(11, good.clone()),
             Code::InvalidArgument,
-            "INVALID_ARGUMENT",
+            "INVALID_FINGER_POSITION",
             "samples[0].finger_position",
         ),
         (
@@ -373,7 +373,7 @@ async fn templates_stretched_by_their_scanner_still_match() {
     let r = c.identify(identify_req(vec![iso(4, probe.clone())])).await.expect("identify").into_inner();
     let d = r.decision.expect("decision");
     assert_eq!(r.candidates[0].subject_id, "stretched", "{:?}", r.candidates);
-    assert!(d.r#match, "score {} threshold {} ({})", r.candidates[0].score, d.threshold, d.threshold_basis);
+    assert!(d.is_match, "score {} threshold {} ({})", r.candidates[0].score, d.threshold, d.threshold_basis);
     let raw = r.candidates[0].scores[0].raw_score;
     assert!(raw > 2.0 * f64::from(declared), "raw {raw}, declared frame {declared}");
     let v = c
@@ -381,7 +381,7 @@ async fn templates_stretched_by_their_scanner_still_match() {
         .await
         .expect("verify")
         .into_inner();
-    assert!(v.decision.expect("decision").r#match, "score {}", v.score);
+    assert!(v.decision.expect("decision").is_match, "score {}", v.score);
     assert_eq!(v.scores[0].raw_score, raw, "verify and identify score the pair alike");
 }
 
@@ -436,7 +436,7 @@ async fn the_shortlist_finds_the_mate_before_and_after_a_restart() {
     let probe = || identify_req(vec![iso(5, synthetic_record(7, 5, 25f32.to_radians(), 0.0))]);
     let r = c.identify(probe()).await.expect("identify").into_inner();
     assert_eq!(r.candidates[0].subject_id, "s7", "{:?}", r.candidates);
-    assert!(r.decision.expect("decision").r#match);
+    assert!(r.decision.expect("decision").is_match);
     // Only the shortlist reached the full matcher: half of the 11.
     assert!(r.candidates.len() <= 5, "{} candidates", r.candidates.len());
     server.stop().await;
@@ -446,6 +446,6 @@ async fn the_shortlist_finds_the_mate_before_and_after_a_restart() {
     let mut c = server.client.clone();
     let r = c.identify(probe()).await.expect("identify").into_inner();
     assert_eq!(r.candidates[0].subject_id, "s7", "{:?}", r.candidates);
-    assert!(r.decision.expect("decision").r#match);
+    assert!(r.decision.expect("decision").is_match);
     server.stop().await;
 }

@@ -82,7 +82,7 @@ async fn rotation_beside_live_traffic_then_the_old_key_retired() {
                     .identify(id)
                     .await
                     .is_ok_and(|r| r.into_inner().candidates[0].subject_id == format!("s{}", i % n));
-                let ok_v = c.verify(verify).await.is_ok_and(|r| r.into_inner().decision.is_some_and(|d| d.r#match));
+                let ok_v = c.verify(verify).await.is_ok_and(|r| r.into_inner().decision.is_some_and(|d| d.is_match));
                 calls.fetch_add(2, Ordering::Relaxed);
                 failed.fetch_add(u64::from(!ok_id) + u64::from(!ok_v), Ordering::Relaxed);
                 i += 1;
@@ -118,7 +118,7 @@ async fn rotation_beside_live_traffic_then_the_old_key_retired() {
             })
             .await
             .expect("every template opens without the old key");
-        assert!(r.into_inner().decision.expect("decision").r#match);
+        assert!(r.into_inner().decision.expect("decision").is_match);
     }
     assert!(server.terminate().success());
     // From the re-sealed snapshot, then from the store alone.
@@ -198,6 +198,6 @@ async fn a_rotation_killed_half_way_resumes_and_finishes() {
         })
         .await
         .expect("verify after the resumed rotation");
-    assert!(r.into_inner().decision.expect("decision").r#match);
+    assert!(r.into_inner().decision.expect("decision").is_match);
     assert!(server.terminate().success());
 }

@@ -34,7 +34,7 @@ impl BiometricsApi {
 /// The audit entry's share of a match decision.
 fn decided(subjects: Vec<String>, decision: Option<&pb::Decision>, extra: String) -> Touched {
     let detail = match decision {
-        Some(d) => format!("{extra} match={} threshold={:.2}", d.r#match, d.threshold),
+        Some(d) => format!("{extra} match={} threshold={:.2}", d.is_match, d.threshold),
         None => extra,
     };
     Touched { subjects, detail, recorded: false }

@@ -16,8 +16,10 @@ pub(super) fn modality_from_pb(raw: i32, field: &str) -> Result<Modality, Engine
     match pb::Modality::try_from(raw) {
         Ok(pb::Modality::Face) => Ok(Modality::Face),
         Ok(pb::Modality::Finger) => Ok(Modality::Finger),
-        Ok(pb::Modality::Unspecified) => Err(EngineError::invalid(field, "is required (FACE or FINGER)")),
-        Err(_) => Err(EngineError::invalid(field, format!("unknown modality {raw}"))),
+        Ok(pb::Modality::Unspecified) => {
+            Err(EngineError::invalid("INVALID_MODALITY", field, "is required (FACE or FINGER)"))
+        }
+        Err(_) => Err(EngineError::invalid("INVALID_MODALITY", field, format!("unknown modality {raw}"))),
     }
 }
 
@@ -37,6 +39,7 @@ fn samples_from_pb(samples: Vec<pb::Sample>) -> Result<Vec<Sample>, EngineError>
             let modality = modality_from_pb(modality, &format!("samples[{i}].modality"))?;
             let finger_position = u8::try_from(finger_position).ok().filter(|p| *p <= 10).ok_or_else(|| {
                 EngineError::invalid(
+                    "INVALID_FINGER_POSITION",
                     format!("samples[{i}].finger_position"),
                     format!("{finger_position} is not an ISO finger position (0 for faces, 1..10 for fingers)"),
                 )
@@ -49,6 +52,7 @@ fn samples_from_pb(samples: Vec<pb::Sample>) -> Result<Vec<Sample>, EngineError>
                 Some(pb::sample::Data::Iso197942(b)) => SampleData::IsoTemplate(b),
                 None => {
                     return Err(EngineError::invalid(
+                        "MISSING_SAMPLE_DATA",
                         format!("samples[{i}].data"),
                         "is required: image, face_embedding or iso_19794_2",
                     ));
@@ -72,7 +76,7 @@ impl TryFrom<pb::IdentifyRequest> for IdentifyRequest {
     fn try_from(r: pb::IdentifyRequest) -> Result<Self, EngineError> {
         let pb::IdentifyRequest { samples, max_candidates, target_fpir, subject_ids, gallery } = r;
         if !(0.0..1.0).contains(&target_fpir) {
-            return Err(EngineError::invalid("target_fpir", "must be in [0, 1)"));
+            return Err(EngineError::invalid("INVALID_TARGET_RATE", "target_fpir", "must be in [0, 1)"));
         }
         Ok(Self {
             samples: samples_from_pb(samples)?,
@@ -89,7 +93,7 @@ impl TryFrom<pb::VerifyRequest> for VerifyRequest {
     fn try_from(r: pb::VerifyRequest) -> Result<Self, EngineError> {
         let pb::VerifyRequest { subject_id, samples, target_fmr } = r;
         if !(0.0..1.0).contains(&target_fmr) {
-            return Err(EngineError::invalid("target_fmr", "must be in [0, 1)"));
+            return Err(EngineError::invalid("INVALID_TARGET_RATE", "target_fmr", "must be in [0, 1)"));
         }
         Ok(Self { subject_id, samples: samples_from_pb(samples)?, target_fmr })
     }
@@ -141,7 +145,7 @@ impl From<Candidate> for pb::Candidate {
 impl From<Decision> for pb::Decision {
     fn from(d: Decision) -> Self {
         Self {
-            r#match: d.is_match,
+            is_match: d.is_match,
             threshold: d.threshold,
             threshold_basis: d.basis,
             subject_id: d.subject_id.unwrap_or_default(),

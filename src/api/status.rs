@@ -32,6 +32,9 @@ impl From<EngineError> for Status {
         if let Some(f) = field {
             details.add_bad_request_violation(f, message.clone());
         }
+        if let Some(after) = retry_after(reason) {
+            details.set_retry_info(Some(after));
+        }
         Status::with_error_details(code, message, details)
     }
 }
@@ -65,12 +68,22 @@ pub fn type_oversized_request<B: Default>(response: http::Response<B>, limit: us
     Status::with_error_details(Code::OutOfRange, message, details).into_http()
 }
 
+/// When a caller may try again, for the refusals that pass: a full queue
+/// drains in a fraction of a second, a start-up takes seconds.
+fn retry_after(reason: &str) -> Option<std::time::Duration> {
+    match reason {
+        "OVERLOADED" => Some(std::time::Duration::from_millis(200)),
+        "NOT_READY" => Some(std::time::Duration::from_secs(2)),
+        _ => None,
+    }
+}
+
 fn classify(e: &EngineError) -> (Code, &'static str, Option<String>) {
     use Code::{
         AlreadyExists, FailedPrecondition, Internal, InvalidArgument, NotFound, ResourceExhausted, Unavailable,
     };
     match e {
-        EngineError::InvalidArgument { field, .. } => (InvalidArgument, "INVALID_ARGUMENT", Some(field.clone())),
+        EngineError::InvalidArgument { code, field, .. } => (InvalidArgument, *code, Some(field.clone())),
         EngineError::Face { field, source } => {
             let (code, reason) = match source {
                 FaceError::Image(i) => (InvalidArgument, image_reason(i)),
@@ -135,5 +148,26 @@ fn image_reason(e: &ImageError) -> &'static str {
         ImageError::UnsupportedFormat | ImageError::Wsq => "UNSUPPORTED_FORMAT",
         ImageError::Corrupt(_) => "CORRUPT_IMAGE",
         ImageError::TooLarge(_) => "IMAGE_TOO_LARGE",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusals_that_pass_say_when_to_retry_and_field_errors_name_their_reason() {
+        let s = Status::from(EngineError::NotReady("loading".into()));
+        assert_eq!(s.code(), Code::Unavailable);
+        assert_eq!(s.get_details_retry_info().and_then(|r| r.retry_delay), Some(std::time::Duration::from_secs(2)));
+        let s = Status::from(EngineError::Face {
+            field: "samples[0].image".into(),
+            source: FaceError::Overloaded("queue full".into()),
+        });
+        assert_eq!(s.code(), Code::ResourceExhausted);
+        assert!(s.get_details_retry_info().is_some());
+        let s = Status::from(EngineError::invalid("INVALID_SUBJECT_ID", "subject_id", "is required"));
+        assert_eq!(s.get_details_error_info().map(|i| i.reason).as_deref(), Some("INVALID_SUBJECT_ID"));
+        assert!(s.get_details_retry_info().is_none(), "a bad field does not pass by waiting");
     }
 }

@@ -42,8 +42,8 @@ fn scores_json(s: &[pb::ModalityScore]) -> Value {
 fn decision_json(d: Option<&pb::Decision>) -> (bool, Value) {
     let d = d.cloned().unwrap_or_default();
     (
-        d.r#match,
-        json!({"match": d.r#match, "threshold": d.threshold, "threshold_fmr": d.threshold_fmr, "threshold_basis": d.threshold_basis, "subject_id": d.subject_id}),
+        d.is_match,
+        json!({"match": d.is_match, "threshold": d.threshold, "threshold_fmr": d.threshold_fmr, "threshold_basis": d.threshold_basis, "subject_id": d.subject_id}),
     )
 }
 

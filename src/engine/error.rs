@@ -9,9 +9,10 @@ use crate::{
 /// Why an engine operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
-    /// A request field is missing or malformed.
+    /// A request field is missing or malformed; `code` is the ErrorInfo
+    /// reason that names what (e.g. `INVALID_SUBJECT_ID`).
     #[error("{field}: {reason}")]
-    InvalidArgument { field: String, reason: String },
+    InvalidArgument { code: &'static str, field: String, reason: String },
     /// A face sample could not be processed.
     #[error("{field}: {source}")]
     Face { field: String, source: FaceError },
@@ -84,8 +85,8 @@ impl From<tokio::task::JoinError> for EngineError {
 }
 
 impl EngineError {
-    /// A missing or malformed field.
-    pub fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Self {
-        EngineError::InvalidArgument { field: field.into(), reason: reason.into() }
+    /// A missing or malformed field, with the ErrorInfo reason `code`.
+    pub fn invalid(code: &'static str, field: impl Into<String>, reason: impl Into<String>) -> Self {
+        EngineError::InvalidArgument { code, field: field.into(), reason: reason.into() }
     }
 }

@@ -381,17 +381,26 @@ impl Engine {
         Self::decidable("target_fmr", &format!("target FMR {target_fmr:e} per pair"), target_fmr, 1)?;
         if let Scope::Subjects(ids) = &scope {
             if ids.is_empty() || ids.len() > MAX_SCOPE_SUBJECTS {
-                return Err(EngineError::invalid("subjects.subject_ids", "1 to 1,000,000 subject ids"));
+                return Err(EngineError::invalid(
+                    "TOO_MANY_SUBJECT_IDS",
+                    "subjects.subject_ids",
+                    "1 to 1,000,000 subject ids",
+                ));
             }
             for (i, s) in ids.iter().enumerate() {
-                validate_name(s).map_err(|r| EngineError::invalid(format!("subjects.subject_ids[{i}]"), r))?;
+                validate_name(s)
+                    .map_err(|r| EngineError::invalid("INVALID_SUBJECT_ID", format!("subjects.subject_ids[{i}]"), r))?;
             }
         }
         if let Scope::Enrolled { from_ms, to_ms } = scope
             && to_ms != 0
             && to_ms <= from_ms
         {
-            return Err(EngineError::invalid("enrolled", "to_unix_ms must be after from_unix_ms"));
+            return Err(EngineError::invalid(
+                "INVALID_TIME_WINDOW",
+                "enrolled",
+                "to_unix_ms must be after from_unix_ms",
+            ));
         }
         let all = modalities.is_empty();
         let params = DedupParams {
@@ -432,7 +441,7 @@ impl Engine {
     }
 
     async fn job_record(&self, job_id: &str) -> Result<JobRecord, EngineError> {
-        let id: i64 = job_id.parse().map_err(|_| EngineError::invalid("job_id", "not a job id"))?;
+        let id: i64 = job_id.parse().map_err(|_| EngineError::invalid("INVALID_JOB_ID", "job_id", "not a job id"))?;
         let store = self.store.clone();
         tokio::task::spawn_blocking(move || Ok::<_, EngineError>(lock(&store)?.job(id)?))
             .await??

@@ -25,21 +25,31 @@ impl Engine {
         let IdentifyRequest { samples, max_candidates, target_fpir, subject_ids, gallery } = req;
         let target_fpir = Self::target("target_fpir", target_fpir, self.decision.target_fpir)?;
         if !gallery.is_empty() {
-            super::validate_name(&gallery).map_err(|reason| EngineError::invalid("gallery", reason))?;
+            super::validate_name(&gallery)
+                .map_err(|reason| EngineError::invalid("INVALID_GALLERY_NAME", "gallery", reason))?;
         }
         let k = match max_candidates {
             0 => DEFAULT_CANDIDATES,
             k if k > self.max_candidates => {
-                return Err(EngineError::invalid("max_candidates", format!("at most {}", self.max_candidates)));
+                return Err(EngineError::invalid(
+                    "TOO_MANY_CANDIDATES",
+                    "max_candidates",
+                    format!("at most {}", self.max_candidates),
+                ));
             }
             k => k,
         };
         if subject_ids.len() > self.max_subject_ids {
-            return Err(EngineError::invalid("subject_ids", format!("at most {} subject ids", self.max_subject_ids)));
+            return Err(EngineError::invalid(
+                "TOO_MANY_SUBJECT_IDS",
+                "subject_ids",
+                format!("at most {} subject ids", self.max_subject_ids),
+            ));
         }
         for (i, s) in subject_ids.iter().enumerate() {
-            validate_subject_id(s)
-                .map_err(|_| EngineError::invalid(format!("subject_ids[{i}]"), "not a valid subject id"))?;
+            validate_subject_id(s).map_err(|_| {
+                EngineError::invalid("INVALID_SUBJECT_ID", format!("subject_ids[{i}]"), "not a valid subject id")
+            })?;
         }
         // A named gallery restricts the search to its members (and to the
         // listed subjects among them, when both are given).

@@ -275,10 +275,15 @@ impl Engine {
         let EnrollRequest { subject_id, samples, add_encounter, use_main_face, galleries } = req;
         validate_subject_id(&subject_id)?;
         if galleries.len() > MAX_GALLERIES {
-            return Err(EngineError::invalid("galleries", format!("at most {MAX_GALLERIES} per request")));
+            return Err(EngineError::invalid(
+                "TOO_MANY_GALLERIES",
+                "galleries",
+                format!("at most {MAX_GALLERIES} per request"),
+            ));
         }
         for (i, g) in galleries.iter().enumerate() {
-            validate_name(g).map_err(|reason| EngineError::invalid(format!("galleries[{i}]"), reason))?;
+            validate_name(g)
+                .map_err(|reason| EngineError::invalid("INVALID_GALLERY_NAME", format!("galleries[{i}]"), reason))?;
         }
         let probes = self.extract_all(&samples, use_main_face).await?;
         let templates: Vec<_> = probes.iter().map(|p| p.template.clone()).collect();
@@ -427,7 +432,7 @@ const MAX_GALLERIES: usize = 64;
 
 /// Subject ids are opaque to cotejo but must be printable and bounded.
 fn validate_subject_id(id: &str) -> Result<(), EngineError> {
-    validate_name(id).map_err(|reason| EngineError::invalid("subject_id", reason))
+    validate_name(id).map_err(|reason| EngineError::invalid("INVALID_SUBJECT_ID", "subject_id", reason))
 }
 
 /// Subject ids and gallery names: 1..=128 bytes, no control characters.

@@ -23,10 +23,11 @@ impl Engine {
     /// always ask for it; enrolls only when the caller does).
     pub(super) async fn extract_all(&self, samples: &[Sample], use_main_face: bool) -> Result<Vec<Probe>, EngineError> {
         if samples.is_empty() {
-            return Err(EngineError::invalid("samples", "at least one sample is required"));
+            return Err(EngineError::invalid("NO_SAMPLES", "samples", "at least one sample is required"));
         }
         if samples.len() > self.max_samples {
             return Err(EngineError::invalid(
+                "TOO_MANY_SAMPLES",
                 "samples",
                 format!("{} samples, at most {} per request", samples.len(), self.max_samples),
             ));
@@ -45,7 +46,11 @@ impl Engine {
             return self.extract_finger(i, s).await;
         }
         if s.finger_position != 0 {
-            return Err(EngineError::invalid(field("finger_position"), "must be 0 for a face sample"));
+            return Err(EngineError::invalid(
+                "INVALID_FINGER_POSITION",
+                field("finger_position"),
+                "must be 0 for a face sample",
+            ));
         }
         let model = &self.face_model;
         match &s.data {
@@ -84,7 +89,11 @@ impl Engine {
                     });
                 }
                 if values.iter().any(|v| !v.is_finite()) || values.iter().all(|v| *v == 0.0) {
-                    return Err(EngineError::invalid(format!("{f}.values"), "must be finite and not all zero"));
+                    return Err(EngineError::invalid(
+                        "INVALID_EMBEDDING",
+                        format!("{f}.values"),
+                        "must be finite and not all zero",
+                    ));
                 }
                 let report = SampleReport {
                     modality: Some(Modality::Face),
@@ -99,6 +108,7 @@ impl Engine {
                 })
             }
             SampleData::IsoTemplate(_) => Err(EngineError::invalid(
+                "WRONG_SAMPLE_KIND",
                 field("iso_19794_2"),
                 "an ISO/IEC 19794-2 template is a finger template, not a face",
             )),
@@ -110,6 +120,7 @@ impl Engine {
         let position = s.finger_position;
         if !template::POSITIONS.contains(&position) {
             return Err(EngineError::invalid(
+                "INVALID_FINGER_POSITION",
                 field("finger_position"),
                 format!("{position} is not an ISO finger position (1 right thumb .. 10 left little finger)"),
             ));
@@ -139,7 +150,11 @@ impl Engine {
                 (iso, template::IMPORTED_MODEL_ID.to_owned(), quality, minutiae, StageTimes::default())
             }
             SampleData::FaceEmbedding { .. } => {
-                return Err(EngineError::invalid(field("face_embedding"), "a face embedding is not a finger sample"));
+                return Err(EngineError::invalid(
+                    "WRONG_SAMPLE_KIND",
+                    field("face_embedding"),
+                    "a face embedding is not a finger sample",
+                ));
             }
         };
         let report = SampleReport {

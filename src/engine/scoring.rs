@@ -216,7 +216,11 @@ impl Engine {
             return Ok(default);
         }
         if !(asked > 0.0 && asked < 1.0) {
-            return Err(EngineError::invalid(field, "must be a rate in (0, 1), or 0 for the service default"));
+            return Err(EngineError::invalid(
+                "INVALID_TARGET_RATE",
+                field,
+                "must be a rate in (0, 1), or 0 for the service default",
+            ));
         }
         Ok(asked)
     }
@@ -233,6 +237,7 @@ impl Engine {
         }
         let least = MIN_FMR * scale.max(1) as f64;
         Err(EngineError::invalid(
+            "UNDECIDABLE_TARGET",
             field,
             format!(
                 "{asked} needs a threshold of {threshold:.2}, above {MAX_DB}, the top of the calibrated scale \
