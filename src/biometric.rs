@@ -3,7 +3,7 @@
 use std::fmt;
 
 /// Which biometric a sample or template carries.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
 pub enum Modality {
     /// A face image or face embedding.
     Face,

@@ -91,6 +91,10 @@ enum Command {
         /// Named gallery (watchlist) to add the subject to (repeatable).
         #[arg(long = "gallery")]
         galleries: Vec<String>,
+        /// Idempotency key: running the command again with the same key
+        /// returns the first answer and adds nothing.
+        #[arg(long, default_value = "")]
+        request_id: String,
         #[command(flatten)]
         client: Client,
     },
@@ -550,8 +554,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let listener = tokio::net::TcpListener::bind(config.server.listen).await?;
             server::serve(config, listener, server::shutdown_signal()).await
         }
-        Command::Enroll { subject, samples, add_encounter, largest_face, galleries, client } => {
-            cli::enroll(&opts(client), subject, &samples.into(), add_encounter, largest_face, galleries).await
+        Command::Enroll { subject, samples, add_encounter, largest_face, galleries, request_id, client } => {
+            let args = cli::EnrollArgs { subject, add_encounter, largest_face, galleries, request_id };
+            cli::enroll(&opts(client), args, &samples.into()).await
         }
         Command::Identify { samples, top, target_fpir, gallery, client } => {
             cli::identify(&opts(client), &samples.into(), top, target_fpir, gallery).await

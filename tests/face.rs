@@ -155,3 +155,36 @@ async fn named_gallery_restricts_the_search() {
     assert_eq!(e.code(), tonic::Code::NotFound);
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_enroll_returns_the_first_answer_and_adds_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = TestServer::start(config(dir.path(), &[])).await;
+    let mut c = server.client.clone();
+    let req = |who: &str, id: &str, add: bool| pb::EnrollRequest {
+        request_id: id.into(),
+        add_encounter: add,
+        ..enroll_req(who, vec![face_image(fixture("obama3.jpg"))])
+    };
+    let first = c.enroll(req("obama", "desk-12/0001", false)).await.expect("enroll").into_inner();
+    assert!(!first.replayed);
+    // The retry of a first enroll: the same answer, not ALREADY_EXISTS, nothing added.
+    let again = c.enroll(req("obama", "desk-12/0001", false)).await.expect("retry").into_inner();
+    assert!(again.replayed);
+    assert_eq!((again.encounter_id.as_str(), again.samples.len()), (first.encounter_id.as_str(), first.samples.len()));
+    assert_eq!(again.samples[0].quality, first.samples[0].quality);
+    // A new key adds an encounter, once.
+    let second = c.enroll(req("obama", "desk-12/0002", true)).await.expect("encounter").into_inner();
+    let retried = c.enroll(req("obama", "desk-12/0002", true)).await.expect("retry").into_inner();
+    assert_eq!(second.encounter_id, retried.encounter_id);
+    let subject = c.get_subject(pb::GetSubjectRequest { subject_id: "obama".into() }).await.expect("get").into_inner();
+    assert_eq!(subject.encounters.len(), 2);
+    assert_eq!(c.stats(pb::StatsRequest {}).await.expect("stats").into_inner().subjects, 1);
+    // A key names one enroll: another subject with it is refused.
+    let e = c.enroll(req("biden", "desk-12/0001", false)).await.expect_err("reused key");
+    assert_eq!((e.code(), crate::common::reason(&e).as_str()), (tonic::Code::InvalidArgument, "REQUEST_ID_REUSED"));
+    // The replay is audited too.
+    let log = crate::security::audit_log(dir.path());
+    assert_eq!(log.iter().filter(|e| e.method == "Enroll" && e.outcome == "OK").count(), 4, "{log:?}");
+    server.stop().await;
+}

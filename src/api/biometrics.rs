@@ -51,8 +51,15 @@ impl Biometrics for BiometricsApi {
             Ok(self.engine()?.enroll(req, &call.actor).await?.into())
         }
         .await;
-        // The engine wrote the entry in the enroll's own transaction.
-        self.gate.finish(call, asked, result, |_| Touched { recorded: true, ..Touched::default() }).await
+        // The engine wrote the entry in the enroll's own transaction; a
+        // replayed answer (a retried request id) wrote nothing, so it is recorded here.
+        self.gate
+            .finish(call, asked, result, |r: &pb::EnrollResponse| Touched {
+                recorded: !r.replayed,
+                detail: format!("replayed encounter={}", r.encounter_id),
+                ..Touched::default()
+            })
+            .await
     }
 
     #[instrument(skip_all)]

@@ -66,8 +66,8 @@ fn samples_from_pb(samples: Vec<pb::Sample>) -> Result<Vec<Sample>, EngineError>
 impl TryFrom<pb::EnrollRequest> for EnrollRequest {
     type Error = EngineError;
     fn try_from(r: pb::EnrollRequest) -> Result<Self, EngineError> {
-        let pb::EnrollRequest { subject_id, samples, add_encounter, use_main_face, galleries } = r;
-        Ok(Self { subject_id, samples: samples_from_pb(samples)?, add_encounter, use_main_face, galleries })
+        let pb::EnrollRequest { subject_id, samples, add_encounter, use_main_face, galleries, request_id } = r;
+        Ok(Self { subject_id, samples: samples_from_pb(samples)?, add_encounter, use_main_face, galleries, request_id })
     }
 }
 
@@ -120,6 +120,7 @@ impl From<EnrollOutcome> for pb::EnrollResponse {
             subject_id: o.subject_id,
             encounter_id: o.encounter_id.to_string(),
             samples: o.samples.into_iter().map(Into::into).collect(),
+            replayed: o.replayed,
         }
     }
 }

@@ -99,21 +99,31 @@ fn status_error(s: &tonic::Status) -> anyhow::Error {
     anyhow::anyhow!("server answered {:?}: {}", s.code(), s.message())
 }
 
+/// What `cotejo enroll` asks for besides the samples.
+#[derive(Debug, Clone, Default)]
+pub struct EnrollArgs {
+    /// Subject id.
+    pub subject: String,
+    /// Add an encounter to an existing subject.
+    pub add_encounter: bool,
+    /// Use the main face of a photo with several.
+    pub largest_face: bool,
+    /// Named galleries to join.
+    pub galleries: Vec<String>,
+    /// Idempotency key (empty: none).
+    pub request_id: String,
+}
+
 /// `cotejo enroll`.
-pub async fn enroll(
-    o: &ClientOpts,
-    subject: String,
-    s: &SampleArgs,
-    add_encounter: bool,
-    largest_face: bool,
-    galleries: Vec<String>,
-) -> anyhow::Result<()> {
+pub async fn enroll(o: &ClientOpts, a: EnrollArgs, s: &SampleArgs) -> anyhow::Result<()> {
+    let EnrollArgs { subject, add_encounter, largest_face, galleries, request_id } = a;
     let req = pb::EnrollRequest {
         subject_id: subject,
         samples: samples(s)?,
         add_encounter,
         use_main_face: largest_face,
         galleries,
+        request_id,
     };
     let r = connect(o).await?.enroll(req).await.map_err(|e| status_error(&e))?.into_inner();
     output::enroll(o.json, &r)

@@ -50,10 +50,12 @@ fn decision_json(d: Option<&pb::Decision>) -> (bool, Value) {
 pub(super) fn enroll(as_json: bool, r: &pb::EnrollResponse) -> anyhow::Result<()> {
     if as_json {
         return emit(
-            &json!({"subject_id": r.subject_id, "encounter_id": r.encounter_id, "samples": samples_json(&r.samples)}),
+            &json!({"subject_id": r.subject_id, "encounter_id": r.encounter_id, "samples": samples_json(&r.samples),
+                "replayed": r.replayed}),
         );
     }
-    println!("enrolled {} (encounter {})", r.subject_id, r.encounter_id);
+    let replayed = if r.replayed { "; already done: the first answer to this request id" } else { "" };
+    println!("enrolled {} (encounter {}{replayed})", r.subject_id, r.encounter_id);
     for s in &r.samples {
         let note = if s.main_face_used { format!(", main face of {}", s.faces_found) } else { String::new() };
         let what = match s.finger_position {

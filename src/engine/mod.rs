@@ -28,7 +28,7 @@ use crate::{
     finger::{FingerSettings, gallery::FingerGallery, template},
     index::VectorIndex,
     inference,
-    store::{Actor, Checkpoints, Store, SubjectRecord},
+    store::{Actor, Checkpoints, EnrollReplay, RequestKey, Store, SubjectRecord},
     workers::Workers,
 };
 pub use error::EngineError;
@@ -272,8 +272,19 @@ impl Engine {
     /// Stores a subject's samples; durable when this returns.
     /// The audit log's entry names `actor`, in the same transaction.
     pub async fn enroll(&self, req: EnrollRequest, actor: &Actor) -> Result<EnrollOutcome, EngineError> {
-        let EnrollRequest { subject_id, samples, add_encounter, use_main_face, galleries } = req;
+        let EnrollRequest { subject_id, samples, add_encounter, use_main_face, galleries, request_id } = req;
         validate_subject_id(&subject_id)?;
+        if !request_id.is_empty() {
+            validate_name(&request_id)
+                .map_err(|reason| EngineError::invalid("INVALID_REQUEST_ID", "request_id", reason))?;
+            // A retry is answered before the models run.
+            let (store, rid) = (self.store.clone(), request_id.clone());
+            let first = tokio::task::spawn_blocking(move || Ok::<_, EngineError>(lock(&store)?.enroll_request(&rid)?))
+                .await??;
+            if let Some(first) = first {
+                return replayed(first, &subject_id);
+            }
+        }
         if galleries.len() > MAX_GALLERIES {
             return Err(EngineError::invalid(
                 "TOO_MANY_GALLERIES",
@@ -304,11 +315,24 @@ impl Engine {
         let sid = subject_id.clone();
         let model = self.face_model.clone();
         let actor = actor.clone();
+        let reports: Vec<SampleReport> = probes.iter().map(|p| p.report.clone()).collect();
+        let reports_json = serde_json::to_string(&reports).map_err(|e| EngineError::Internal(e.to_string()))?;
         let enrolled = tokio::task::spawn_blocking(move || -> Result<_, EngineError> {
             // Store first, then the indexes, all under the store lock so a
             // concurrent delete cannot slip between them.
             let mut store = lock(&store)?;
-            let enrolled = store.enroll(&sid, add_encounter, &templates, &galleries, &actor)?;
+            let enrolled = store.enroll(
+                &sid,
+                add_encounter,
+                &templates,
+                &galleries,
+                &actor,
+                (!request_id.is_empty()).then_some(RequestKey { request_id: &request_id, samples: &reports_json }),
+            )?;
+            if enrolled.replay.is_some() {
+                // A concurrent retry committed first: nothing new to index.
+                return Ok((enrolled, 0, 0));
+            }
             if !add_encounter {
                 subjects.fetch_add(1, Ordering::Relaxed);
             }
@@ -340,14 +364,13 @@ impl Engine {
         })
         .await??;
         let (enrolled, faces, finger_count) = enrolled;
+        if let Some(first) = enrolled.replay {
+            return replayed(first, &subject_id);
+        }
         self.note_changes(Derived::Faces, faces as u64);
         self.note_changes(Derived::Fingers, finger_count as u64);
         info!(templates = enrolled.template_ids.len(), encounter = enrolled.encounter_id, "enrolled");
-        Ok(EnrollOutcome {
-            subject_id,
-            encounter_id: enrolled.encounter_id,
-            samples: probes.into_iter().map(|p| p.report).collect(),
-        })
+        Ok(EnrollOutcome { subject_id, encounter_id: enrolled.encounter_id, samples: reports, replayed: false })
     }
 
     /// Deletes a subject for good; returns the number of templates removed.
@@ -421,6 +444,20 @@ impl Engine {
         };
         Ok(Stats { subjects: s.subjects, encounters: s.encounters, templates: s.templates, models, face_index })
     }
+}
+
+/// The first answer to a request id, for a retry of the same enroll; the
+/// id of another subject's enroll is refused.
+fn replayed(first: EnrollReplay, subject_id: &str) -> Result<EnrollOutcome, EngineError> {
+    if first.subject_id != subject_id {
+        return Err(EngineError::invalid(
+            "REQUEST_ID_REUSED",
+            "request_id",
+            format!("already used for the enroll of another subject (encounter {})", first.encounter_id),
+        ));
+    }
+    let samples = serde_json::from_str(&first.samples).map_err(|e| EngineError::Internal(e.to_string()))?;
+    Ok(EnrollOutcome { subject_id: first.subject_id, encounter_id: first.encounter_id, samples, replayed: true })
 }
 
 fn lock(store: &Mutex<Store>) -> Result<std::sync::MutexGuard<'_, Store>, EngineError> {

@@ -20,10 +20,12 @@ pub struct EnrollRequest {
     pub use_main_face: bool,
     /// Named galleries the subject joins.
     pub galleries: Vec<String>,
+    /// Idempotency key (empty: none): a retry returns the first answer.
+    pub request_id: String,
 }
 
 /// What the engine made of one sample.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct SampleReport {
     /// Modality (face when unset).
     pub modality: Option<Modality>,
@@ -52,6 +54,8 @@ pub struct EnrollOutcome {
     pub encounter_id: i64,
     /// One report per sample.
     pub samples: Vec<SampleReport>,
+    /// The first answer to this request id, returned again (nothing stored).
+    pub replayed: bool,
 }
 
 /// 1:N search.

@@ -47,6 +47,7 @@ pub async fn latency(
             add_encounter: false,
             use_main_face: true,
             galleries: Vec::new(),
+            request_id: String::new(),
         };
         if engine.enroll(req, &crate::store::Actor::system("eval")).await.is_ok() {
             enrolled_mates += 1;
@@ -215,6 +216,7 @@ pub(super) async fn enroll_one(engine: &Engine, subject: String, sample: Sample)
         add_encounter: false,
         use_main_face: false,
         galleries: Vec::new(),
+        request_id: String::new(),
     };
     engine.enroll(req, &crate::store::Actor::system("eval")).await?;
     Ok(())

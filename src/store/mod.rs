@@ -100,6 +100,29 @@ pub struct Enrolled {
     pub encounter_id: i64,
     /// Row ids of the new templates, in input order.
     pub template_ids: Vec<i64>,
+    /// Set when the request id was already used: nothing was written, and
+    /// this is the first enroll's answer.
+    pub replay: Option<EnrollReplay>,
+}
+
+/// The first answer to an enroll request id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EnrollReplay {
+    /// The subject it enrolled.
+    pub subject_id: String,
+    /// The encounter it made.
+    pub encounter_id: i64,
+    /// The per-sample reports, as the engine serialized them.
+    pub samples: String,
+}
+
+/// An enroll's idempotency key and the answer to keep for its retries.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestKey<'a> {
+    /// The caller's request id.
+    pub request_id: &'a str,
+    /// The per-sample reports (serialized by the engine).
+    pub samples: &'a str,
 }
 
 /// The SQLite store.
@@ -148,11 +171,23 @@ CREATE INDEX IF NOT EXISTS templates_owner ON templates(modality, model_id, subj
 -- Covers the start-up listing of the finger templates (id, owner, position),
 -- checked against the finger gallery's snapshot.
 CREATE INDEX IF NOT EXISTS templates_finger ON templates(modality, finger_position, subject_id);
+-- Enroll idempotency keys: a retried request id gets the first answer.
+CREATE TABLE IF NOT EXISTS enroll_requests (
+    request_id TEXT PRIMARY KEY,
+    subject_id TEXT NOT NULL,
+    encounter_id INTEGER NOT NULL,
+    samples TEXT NOT NULL,
+    created_ms INTEGER NOT NULL
+) STRICT;
+CREATE INDEX IF NOT EXISTS enroll_requests_subject ON enroll_requests(subject_id);
 -- The child key of templates -> encounters: without it, deleting a subject's
 -- encounters (ON DELETE CASCADE) and listing a subject's encounters scan the
 -- whole templates table (sealed rows included: 0.29 s per deletion at 505,000).
 CREATE INDEX IF NOT EXISTS templates_encounter ON templates(encounter_id);
 ";
+
+/// How long an open waits for the data directory's lock.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// The query reading templates that match `clause`, ordered by `order`.
 fn templates_sql(clause: &str, order: &str) -> String {
@@ -176,10 +211,18 @@ impl Store {
             .map_err(|source| StoreError::DataDir { path: dir.display().to_string(), source })?;
         let lock = std::fs::File::create(dir.join("LOCK"))
             .map_err(|source| StoreError::DataDir { path: dir.display().to_string(), source })?;
-        lock.try_lock().map_err(|e| StoreError::DataDir {
-            path: dir.display().to_string(),
-            source: std::io::Error::other(format!("in use by another cotejo process ({e})")),
-        })?;
+        // A server stopping in this process (or a crashed one's lock being
+        // released) may hold it a moment longer: wait a little, then refuse.
+        let waited = std::time::Instant::now();
+        while let Err(e) = lock.try_lock() {
+            if waited.elapsed() > LOCK_WAIT {
+                return Err(StoreError::DataDir {
+                    path: dir.display().to_string(),
+                    source: std::io::Error::other(format!("in use by another cotejo process ({e})")),
+                });
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
         let db = dir.join("cotejo.db");
         if key_dir.as_os_str().is_empty() && hex_key.is_empty() && db.exists() && !dir.join("template.key").exists() {
             // A new key would make every stored template unreadable.
@@ -209,9 +252,15 @@ impl Store {
         templates: &[NewTemplate],
         galleries: &[String],
         actor: &Actor,
+        key: Option<RequestKey<'_>>,
     ) -> Result<Enrolled, StoreError> {
         let now = now_ms();
         let tx = self.conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        if let Some(k) = key
+            && let Some(replay) = enroll_request(&tx, k.request_id)?
+        {
+            return Ok(Enrolled { encounter_id: replay.encounter_id, template_ids: Vec::new(), replay: Some(replay) });
+        }
         let exists = subject_exists(&tx, subject_id)?;
         if exists && !add_encounter {
             return Err(StoreError::SubjectExists(subject_id.to_owned()));
@@ -250,8 +299,15 @@ impl Store {
         let record =
             AuditRecord { actor: actor.clone(), subjects: vec![subject_id.to_owned()], outcome: "OK".into(), detail };
         audit::append(&tx, now, &record)?;
+        if let Some(k) = key {
+            tx.execute(
+                "INSERT INTO enroll_requests (request_id, subject_id, encounter_id, samples, created_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![k.request_id, subject_id, encounter_id, k.samples, now],
+            )?;
+        }
         tx.commit()?;
-        Ok(Enrolled { encounter_id, template_ids })
+        Ok(Enrolled { encounter_id, template_ids, replay: None })
     }
 
     /// Deletes a subject with all its encounters and templates; returns the
@@ -268,6 +324,7 @@ impl Store {
         tx.execute("DELETE FROM templates WHERE subject_id = ?1", [subject_id])?;
         // Deletion is final: no job result names the subject any more either.
         tx.execute("DELETE FROM job_pairs WHERE a = ?1 OR b = ?1", [subject_id])?;
+        tx.execute("DELETE FROM enroll_requests WHERE subject_id = ?1", [subject_id])?;
         tx.execute("DELETE FROM subjects WHERE subject_id = ?1", [subject_id])?;
         let record = AuditRecord {
             actor: actor.clone(),
@@ -278,6 +335,11 @@ impl Store {
         audit::append(&tx, now_ms(), &record)?;
         tx.commit()?;
         Ok(ids)
+    }
+
+    /// The first answer to an enroll request id, if it was used.
+    pub fn enroll_request(&self, request_id: &str) -> Result<Option<EnrollReplay>, StoreError> {
+        enroll_request(&self.conn, request_id)
     }
 
     /// A subject's encounters and template summaries.
@@ -609,6 +671,16 @@ pub fn write_secret_file(path: &Path, key: &[u8]) -> std::io::Result<()> {
     f.sync_all()
 }
 
+fn enroll_request(conn: &Connection, request_id: &str) -> Result<Option<EnrollReplay>, StoreError> {
+    Ok(conn
+        .query_row(
+            "SELECT subject_id, encounter_id, samples FROM enroll_requests WHERE request_id = ?1",
+            [request_id],
+            |r| Ok(EnrollReplay { subject_id: r.get(0)?, encounter_id: r.get(1)?, samples: r.get(2)? }),
+        )
+        .optional()?)
+}
+
 fn subject_exists(conn: &Connection, subject_id: &str) -> Result<bool, StoreError> {
     Ok(conn.query_row("SELECT 1 FROM subjects WHERE subject_id = ?1", [subject_id], |_| Ok(())).optional()?.is_some())
 }
@@ -668,11 +740,14 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut s = Store::open(dir.path(), "").expect("open");
         let a = Actor::system("test");
-        let e = s.enroll("alice", false, &[template(1.0)], &["watch".to_owned()], &a).expect("enroll");
+        let e = s.enroll("alice", false, &[template(1.0)], &["watch".to_owned()], &a, None).expect("enroll");
         assert_eq!(e.template_ids.len(), 1);
-        assert!(matches!(s.enroll("alice", false, &[template(2.0)], &[], &a), Err(StoreError::SubjectExists(_))));
-        s.enroll("alice", true, &[template(3.0)], &[], &a).expect("second encounter");
-        assert!(matches!(s.enroll("carol", true, &[template(3.0)], &[], &a), Err(StoreError::SubjectNotFound(_))));
+        assert!(matches!(s.enroll("alice", false, &[template(2.0)], &[], &a, None), Err(StoreError::SubjectExists(_))));
+        s.enroll("alice", true, &[template(3.0)], &[], &a, None).expect("second encounter");
+        assert!(matches!(
+            s.enroll("carol", true, &[template(3.0)], &[], &a, None),
+            Err(StoreError::SubjectNotFound(_))
+        ));
         let ts = s.subject_templates("alice").expect("templates");
         assert_eq!(ts.len(), 2);
         assert_eq!(ts[1].template.data, TemplateData::Embedding(vec![3.0; 4]));
@@ -729,8 +804,8 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut s = Store::open(dir.path(), "").expect("open");
         let a = Actor::system("test");
-        s.enroll("ana", false, &[template(1.0)], &[], &a).expect("enroll");
-        s.enroll("ana", true, &[template(2.0)], &[], &a).expect("second encounter");
+        s.enroll("ana", false, &[template(1.0)], &[], &a, None).expect("enroll");
+        s.enroll("ana", true, &[template(2.0)], &[], &a, None).expect("second encounter");
         s.conn
             .execute_batch(
                 "CREATE TEMP TABLE s AS SELECT template_id, sealed FROM templates;
@@ -744,7 +819,7 @@ mod tests {
     fn wrong_key_does_not_decrypt() {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut s = Store::open(dir.path(), &"11".repeat(32)).expect("open");
-        s.enroll("bob", false, &[template(1.0)], &[], &Actor::system("test")).expect("enroll");
+        s.enroll("bob", false, &[template(1.0)], &[], &Actor::system("test"), None).expect("enroll");
         drop(s);
         let s = Store::open(dir.path(), &"22".repeat(32)).expect("open");
         assert!(matches!(s.subject_templates("bob"), Err(StoreError::TemplateSeal(_))));

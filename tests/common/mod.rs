@@ -196,6 +196,7 @@ pub(crate) fn enroll_req(subject: &str, samples: Vec<pb::Sample>) -> pb::EnrollR
         add_encounter: false,
         use_main_face: false,
         galleries: Vec::new(),
+        request_id: String::new(),
     }
 }
 
