@@ -3,6 +3,7 @@
 //! pool and inference on the face workers.
 
 mod audit;
+mod enroll;
 mod error;
 mod face_index;
 mod finger_index;
@@ -19,7 +20,7 @@ use std::sync::{
     atomic::{AtomicU64, Ordering},
 };
 
-use tracing::{error, info, warn};
+use tracing::warn;
 
 use crate::{
     biometric::{Modality, TemplateData},
@@ -28,7 +29,7 @@ use crate::{
     finger::{FingerSettings, gallery::FingerGallery, template},
     index::VectorIndex,
     inference,
-    store::{Actor, Checkpoints, EnrollReplay, RequestKey, Store, SubjectRecord},
+    store::{Actor, Checkpoints, Store, SubjectRecord},
     workers::Workers,
 };
 pub use error::EngineError;
@@ -269,110 +270,6 @@ impl Engine {
         &self.face_model
     }
 
-    /// Stores a subject's samples; durable when this returns.
-    /// The audit log's entry names `actor`, in the same transaction.
-    pub async fn enroll(&self, req: EnrollRequest, actor: &Actor) -> Result<EnrollOutcome, EngineError> {
-        let EnrollRequest { subject_id, samples, add_encounter, use_main_face, galleries, request_id } = req;
-        validate_subject_id(&subject_id)?;
-        if !request_id.is_empty() {
-            validate_name(&request_id)
-                .map_err(|reason| EngineError::invalid("INVALID_REQUEST_ID", "request_id", reason))?;
-            // A retry is answered before the models run.
-            let (store, rid) = (self.store.clone(), request_id.clone());
-            let first = tokio::task::spawn_blocking(move || Ok::<_, EngineError>(lock(&store)?.enroll_request(&rid)?))
-                .await??;
-            if let Some(first) = first {
-                return replayed(first, &subject_id);
-            }
-        }
-        if galleries.len() > MAX_GALLERIES {
-            return Err(EngineError::invalid(
-                "TOO_MANY_GALLERIES",
-                "galleries",
-                format!("at most {MAX_GALLERIES} per request"),
-            ));
-        }
-        for (i, g) in galleries.iter().enumerate() {
-            validate_name(g)
-                .map_err(|reason| EngineError::invalid("INVALID_GALLERY_NAME", format!("galleries[{i}]"), reason))?;
-        }
-        let probes = self.extract_all(&samples, use_main_face).await?;
-        let templates: Vec<_> = probes.iter().map(|p| p.template.clone()).collect();
-        // Matcher templates are built before taking any lock.
-        let finger_templates: Vec<_> = templates
-            .iter()
-            .enumerate()
-            .filter_map(|(i, t)| match &t.data {
-                TemplateData::Minutiae(iso) => Some((i, t.finger_position, template::matcher_template(iso))),
-                TemplateData::Embedding(_) => None,
-            })
-            .map(|(i, p, t)| t.map(|t| (i, p, t)).map_err(|e| EngineError::Internal(format!("own template: {e}"))))
-            .collect::<Result<_, _>>()?;
-        let store = self.store.clone();
-        let gallery = self.gallery.clone();
-        let fingers = self.fingers.clone();
-        let subjects = self.subjects.clone();
-        let sid = subject_id.clone();
-        let model = self.face_model.clone();
-        let actor = actor.clone();
-        let reports: Vec<SampleReport> = probes.iter().map(|p| p.report.clone()).collect();
-        let reports_json = serde_json::to_string(&reports).map_err(|e| EngineError::Internal(e.to_string()))?;
-        let enrolled = tokio::task::spawn_blocking(move || -> Result<_, EngineError> {
-            // Store first, then the indexes, all under the store lock so a
-            // concurrent delete cannot slip between them.
-            let mut store = lock(&store)?;
-            let enrolled = store.enroll(
-                &sid,
-                add_encounter,
-                &templates,
-                &galleries,
-                &actor,
-                (!request_id.is_empty()).then_some(RequestKey { request_id: &request_id, samples: &reports_json }),
-            )?;
-            if enrolled.replay.is_some() {
-                // A concurrent retry committed first: nothing new to index.
-                return Ok((enrolled, 0, 0));
-            }
-            if !add_encounter {
-                subjects.fetch_add(1, Ordering::Relaxed);
-            }
-            let owner: Arc<str> = sid.as_str().into();
-            let (mut ids, mut owners, mut vectors) = (Vec::new(), Vec::new(), Vec::new());
-            for (t, id) in templates.iter().zip(&enrolled.template_ids) {
-                if let TemplateData::Embedding(v) = &t.data {
-                    ids.push(*id);
-                    owners.push(owner.clone());
-                    vectors.extend_from_slice(v);
-                }
-            }
-            let mut g = gallery.write().map_err(|_| EngineError::Internal("index lock poisoned".into()))?;
-            if let Err(e) = g.add(&ids, &owners, &vectors) {
-                // The enroll is durable and acknowledged; bring the derived
-                // index back in line with the store rather than fail.
-                error!(error = %e, "index update failed after commit; rebuilding the index from the store");
-                let settings = g.settings().clone();
-                *g = rebuild(&store, &model, &settings)?;
-            }
-            let mut f = fingers.write().map_err(|_| EngineError::Internal("finger lock poisoned".into()))?;
-            let finger_count = finger_templates.len();
-            for (i, position, t) in finger_templates {
-                if let Some(id) = enrolled.template_ids.get(i) {
-                    f.add(*id, owner.clone(), position, t);
-                }
-            }
-            Ok((enrolled, ids.len(), finger_count))
-        })
-        .await??;
-        let (enrolled, faces, finger_count) = enrolled;
-        if let Some(first) = enrolled.replay {
-            return replayed(first, &subject_id);
-        }
-        self.note_changes(Derived::Faces, faces as u64);
-        self.note_changes(Derived::Fingers, finger_count as u64);
-        info!(templates = enrolled.template_ids.len(), encounter = enrolled.encounter_id, "enrolled");
-        Ok(EnrollOutcome { subject_id, encounter_id: enrolled.encounter_id, samples: reports, replayed: false })
-    }
-
     /// Deletes a subject for good; returns the number of templates removed.
     /// The audit log's entry names `actor`, in the same transaction.
     pub async fn delete(&self, subject_id: String, actor: &Actor) -> Result<usize, EngineError> {
@@ -444,20 +341,6 @@ impl Engine {
         };
         Ok(Stats { subjects: s.subjects, encounters: s.encounters, templates: s.templates, models, face_index })
     }
-}
-
-/// The first answer to a request id, for a retry of the same enroll; the
-/// id of another subject's enroll is refused.
-fn replayed(first: EnrollReplay, subject_id: &str) -> Result<EnrollOutcome, EngineError> {
-    if first.subject_id != subject_id {
-        return Err(EngineError::invalid(
-            "REQUEST_ID_REUSED",
-            "request_id",
-            format!("already used for the enroll of another subject (encounter {})", first.encounter_id),
-        ));
-    }
-    let samples = serde_json::from_str(&first.samples).map_err(|e| EngineError::Internal(e.to_string()))?;
-    Ok(EnrollOutcome { subject_id: first.subject_id, encounter_id: first.encounter_id, samples, replayed: true })
 }
 
 fn lock(store: &Mutex<Store>) -> Result<std::sync::MutexGuard<'_, Store>, EngineError> {
