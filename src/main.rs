@@ -541,19 +541,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         json: c.json,
     };
     match cli.command {
-        Command::Serve { listen, data_dir, config } => {
-            let mut config = Config::load(config.as_deref())?;
-            if let Some(l) = listen {
-                config.server.listen = l;
-            }
-            if let Some(d) = data_dir {
-                config.store.data_dir = d;
-            }
-            telemetry::init(&config.log);
-            tracing::info!(?config, "starting");
-            let listener = tokio::net::TcpListener::bind(config.server.listen).await?;
-            server::serve(config, listener, server::shutdown_signal()).await
-        }
+        Command::Serve { listen, data_dir, config } => serve_command(listen, data_dir, config).await,
         Command::Enroll { subject, samples, add_encounter, largest_face, galleries, request_id, client } => {
             let args = cli::EnrollArgs { subject, add_encounter, largest_face, galleries, request_id };
             cli::enroll(&opts(client), args, &samples.into()).await
@@ -610,40 +598,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             TokenCommand::Revoke { tokens_file, name } => cli::token_revoke(&tokens_file, &name),
         },
-        Command::Keys { what } => {
-            tokio::task::spawn_blocking(move || match what {
-                KeysCommand::New { key_dir, inactive } => cli::keys::new(&key_dir, inactive),
-                KeysCommand::Rotate { data_dir, key_dir, resume, batch, pause_ms, server_reload_secs } => {
-                    cli::keys::rotate(&cli::keys::RotateArgs {
-                        data_dir,
-                        key_dir,
-                        resume,
-                        batch: batch.max(1),
-                        pause: std::time::Duration::from_millis(pause_ms),
-                        server_reload: std::time::Duration::from_secs(server_reload_secs),
-                    })
-                    .map(|_| ())
-                }
-                KeysCommand::Retire { data_dir, key_dir } => cli::keys::retire(&data_dir, &key_dir),
-                KeysCommand::Status { data_dir, key_dir } => cli::keys::status(&data_dir, &key_dir),
-            })
-            .await?
-        }
-        Command::Audit { what } => match what {
-            AuditCommand::Verify { data_dir, checkpoint_dir, checkpoint_key_file, config, json } => {
-                let c = Config::load(config.as_deref())?.audit;
-                let or_config =
-                    |flag: Option<PathBuf>, set: PathBuf| flag.or_else(|| (!set.as_os_str().is_empty()).then_some(set));
-                let cp = cli::CheckpointArgs {
-                    dir: or_config(checkpoint_dir, c.checkpoint_dir),
-                    key_file: or_config(checkpoint_key_file, c.checkpoint_key_file),
-                };
-                tokio::task::spawn_blocking(move || cli::audit_verify(&data_dir, &cp, json)).await?
-            }
-            AuditCommand::Export { data_dir, from } => {
-                tokio::task::spawn_blocking(move || cli::audit_export(&data_dir, from)).await?
-            }
-        },
+        Command::Keys { what } => tokio::task::spawn_blocking(move || keys_command(what)).await?,
+        Command::Audit { what } => audit_command(what).await,
         Command::Calibrate { modality, data, threads, config } => {
             let config = Config::load(config.as_deref())?;
             let path = tokio::task::spawn_blocking(move || match modality {
@@ -654,48 +610,104 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}", path.display());
             Ok(())
         }
-        Command::Eval { what, config } => {
-            let config = Config::load(config.as_deref())?;
-            match what {
-                EvalCommand::Verification { data, aligned, threads, limit } => {
-                    tokio::task::spawn_blocking(move || eval::verification(&config, &data, aligned, threads, limit))
-                        .await?
-                }
-                EvalCommand::Identification { data, threads } => {
-                    tokio::task::spawn_blocking(move || eval::identification(&config, &data, threads)).await?
-                }
-                EvalCommand::Fingers { data, source, threads, scores, aspects, declared_only, export_iso } => {
-                    tokio::task::spawn_blocking(move || {
-                        let run = eval::FingerEval {
-                            data: &data,
-                            source,
-                            threads,
-                            scores_tsv: scores.as_deref(),
-                            aspects: &aspects,
-                            declared_only,
-                            export_iso: export_iso.as_deref(),
-                        };
-                        eval::fingers(&config, &run)
-                    })
-                    .await?
-                }
-                EvalCommand::Dedup { data, threads } => {
-                    tokio::task::spawn_blocking(move || eval::dedup::evaluate(&config, &data, threads)).await?
-                }
-                EvalCommand::DedupTime { fingers, .. } if fingers > 0 => {
-                    eval::dedup_time_fingers(&config, fingers).await
-                }
-                EvalCommand::DedupTime { gallery, .. } => eval::dedup_time(&config, gallery).await,
-                EvalCommand::Startup { fingers: 0, gallery, changes, .. } => {
-                    eval::startup(&config, gallery, changes).await
-                }
-                EvalCommand::Startup { fingers, changes, rounds, identifies, .. } => {
-                    eval::startup_fingers(&config, fingers, changes, rounds, identifies).await
-                }
-                EvalCommand::Latency { data, gallery, queries, with_dedup_job } => {
-                    eval::latency(&config, &data, gallery, queries, with_dedup_job).await
-                }
-            }
+        Command::Eval { what, config } => eval_command(what, config).await,
+    }
+}
+
+/// `cotejo serve`.
+async fn serve_command(
+    listen: Option<SocketAddr>,
+    data_dir: Option<PathBuf>,
+    config: Option<PathBuf>,
+) -> anyhow::Result<()> {
+    let mut config = Config::load(config.as_deref())?;
+    if let Some(l) = listen {
+        config.server.listen = l;
+    }
+    if let Some(d) = data_dir {
+        config.store.data_dir = d;
+    }
+    telemetry::init(&config.log);
+    tracing::info!(?config, "starting");
+    let listener = tokio::net::TcpListener::bind(config.server.listen).await?;
+    server::serve(config, listener, server::shutdown_signal()).await
+}
+
+/// `cotejo keys ...` (blocking: file and database work).
+fn keys_command(what: KeysCommand) -> anyhow::Result<()> {
+    match what {
+        KeysCommand::New { key_dir, inactive } => cli::keys::new(&key_dir, inactive),
+        KeysCommand::Rotate { data_dir, key_dir, resume, batch, pause_ms, server_reload_secs } => {
+            cli::keys::rotate(&cli::keys::RotateArgs {
+                data_dir,
+                key_dir,
+                resume,
+                batch: batch.max(1),
+                pause: std::time::Duration::from_millis(pause_ms),
+                server_reload: std::time::Duration::from_secs(server_reload_secs),
+            })
+            .map(|_| ())
+        }
+        KeysCommand::Retire { data_dir, key_dir } => cli::keys::retire(&data_dir, &key_dir),
+        KeysCommand::Status { data_dir, key_dir } => cli::keys::status(&data_dir, &key_dir),
+    }
+}
+
+/// `cotejo audit ...`.
+async fn audit_command(what: AuditCommand) -> anyhow::Result<()> {
+    match what {
+        AuditCommand::Verify { data_dir, checkpoint_dir, checkpoint_key_file, config, json } => {
+            let c = Config::load(config.as_deref())?.audit;
+            let or_config =
+                |flag: Option<PathBuf>, set: PathBuf| flag.or_else(|| (!set.as_os_str().is_empty()).then_some(set));
+            let cp = cli::CheckpointArgs {
+                dir: or_config(checkpoint_dir, c.checkpoint_dir),
+                key_file: or_config(checkpoint_key_file, c.checkpoint_key_file),
+            };
+            tokio::task::spawn_blocking(move || cli::audit_verify(&data_dir, &cp, json)).await?
+        }
+        AuditCommand::Export { data_dir, from } => {
+            tokio::task::spawn_blocking(move || cli::audit_export(&data_dir, from)).await?
+        }
+    }
+}
+
+/// `cotejo eval ...`.
+async fn eval_command(what: EvalCommand, config: Option<PathBuf>) -> anyhow::Result<()> {
+    let config = Config::load(config.as_deref())?;
+    match what {
+        EvalCommand::Verification { data, aligned, threads, limit } => {
+            tokio::task::spawn_blocking(move || eval::verification(&config, &data, aligned, threads, limit)).await?
+        }
+        EvalCommand::Identification { data, threads } => {
+            tokio::task::spawn_blocking(move || eval::identification(&config, &data, threads)).await?
+        }
+        EvalCommand::Fingers { data, source, threads, scores, aspects, declared_only, export_iso } => {
+            tokio::task::spawn_blocking(move || {
+                let run = eval::FingerEval {
+                    data: &data,
+                    source,
+                    threads,
+                    scores_tsv: scores.as_deref(),
+                    aspects: &aspects,
+                    declared_only,
+                    export_iso: export_iso.as_deref(),
+                };
+                eval::fingers(&config, &run)
+            })
+            .await?
+        }
+        EvalCommand::Dedup { data, threads } => {
+            tokio::task::spawn_blocking(move || eval::dedup::evaluate(&config, &data, threads)).await?
+        }
+        EvalCommand::DedupTime { fingers, .. } if fingers > 0 => eval::dedup_time_fingers(&config, fingers).await,
+        EvalCommand::DedupTime { gallery, .. } => eval::dedup_time(&config, gallery).await,
+        EvalCommand::Startup { fingers: 0, gallery, changes, .. } => eval::startup(&config, gallery, changes).await,
+        EvalCommand::Startup { fingers, changes, rounds, identifies, .. } => {
+            eval::startup_fingers(&config, fingers, changes, rounds, identifies).await
+        }
+        EvalCommand::Latency { data, gallery, queries, with_dedup_job } => {
+            eval::latency(&config, &data, gallery, queries, with_dedup_job).await
         }
     }
 }
