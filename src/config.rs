@@ -49,6 +49,16 @@ pub struct Config {
     pub auth: AuthConfig,
     /// Audit log anchoring.
     pub audit: AuditConfig,
+    /// Prometheus metrics.
+    pub metrics: MetricsConfig,
+}
+
+/// Prometheus metrics.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Address of the plain-HTTP listener serving `/metrics` (empty: none).
+    pub listen: String,
 }
 
 /// gRPC server settings.

@@ -15,6 +15,7 @@ pub mod imaging;
 pub mod index;
 pub mod inference;
 pub mod jobs;
+pub mod metrics;
 pub mod openmp;
 pub mod server;
 pub mod store;

@@ -69,3 +69,36 @@ async fn reflection_lists_the_services_only_when_configured() {
     assert!(names.contains(&"cotejo.v1.Audit".to_owned()), "{names:?}");
     server.stop().await;
 }
+
+/// GET `path` on `addr` over plain HTTP/1.1: (status line, body).
+async fn http_get(addr: &str, path: &str) -> (String, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes()).await.expect("write");
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.expect("read");
+    let (head, body) = out.split_once("\r\n\r\n").expect("head");
+    (head.lines().next().unwrap_or_default().to_owned(), body.to_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_calls_by_code_and_the_gallery() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+    let addr = format!("127.0.0.1:{port}");
+    let server = TestServer::start(config(dir.path(), &[("COTEJO__METRICS__LISTEN", &addr)])).await;
+    let mut c = server.client.clone();
+    c.enroll(crate::common::enroll_req("obama", vec![crate::common::face_image(crate::common::fixture("obama3.jpg"))]))
+        .await
+        .expect("enroll");
+    c.get_subject(cotejo::api::pb::GetSubjectRequest { subject_id: "nobody".into() }).await.expect_err("unknown");
+    let (status, body) = http_get(&addr, "/metrics").await;
+    assert_eq!(status, "HTTP/1.1 200 OK");
+    assert!(body.contains(r#"cotejo_rpc_calls_total{method="Enroll",code="OK"} 1"#), "{body}");
+    assert!(body.contains(r#"cotejo_rpc_calls_total{method="GetSubject",code="NOT_FOUND"} 1"#), "{body}");
+    assert!(body.contains(r#"cotejo_rpc_seconds_count{method="Enroll"} 1"#), "{body}");
+    assert!(body.contains("cotejo_subjects 1"), "{body}");
+    assert!(body.contains(r#"cotejo_templates{modality="face"} 1"#), "{body}");
+    assert_eq!(http_get(&addr, "/").await.0, "HTTP/1.1 404 Not Found");
+    server.stop().await;
+}

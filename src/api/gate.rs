@@ -14,6 +14,7 @@ use tracing::{error, warn};
 use super::{DOMAIN, EngineSlot};
 use crate::{
     auth::{Authenticator, Credentials, Method, Refusal},
+    metrics::Metrics,
     server::tls::Peer,
     store::{Actor, AuditRecord},
 };
@@ -38,6 +39,7 @@ pub(super) struct Touched {
 #[derive(Debug)]
 pub(super) struct Call {
     pub(super) actor: Actor,
+    started: std::time::Instant,
 }
 
 /// Authentication, authorization and the audit of every call.
@@ -45,17 +47,19 @@ pub(super) struct Call {
 pub struct Gate {
     auth: Arc<Authenticator>,
     engine: Arc<EngineSlot>,
+    metrics: Arc<Metrics>,
 }
 
 impl Gate {
     /// A gate over `auth`, recording through the engine once it is ready.
-    pub fn new(auth: Arc<Authenticator>, engine: Arc<EngineSlot>) -> Self {
-        Self { auth, engine }
+    pub fn new(auth: Arc<Authenticator>, engine: Arc<EngineSlot>, metrics: Arc<Metrics>) -> Self {
+        Self { auth, engine, metrics }
     }
 
     /// The caller of `request`, allowed to call `method`; a refusal is
     /// recorded and answered UNAUTHENTICATED or PERMISSION_DENIED.
     pub(super) async fn admit<T>(&self, request: &Request<T>, method: Method) -> Result<Call, Status> {
+        let started = std::time::Instant::now();
         let request_id = request_id(request.metadata());
         let peer = request.extensions().get::<Peer>();
         let certificate = peer.and_then(|p| p.certificate_name.as_deref());
@@ -79,7 +83,7 @@ impl Gate {
                         format!("the audit log failed its start-up check ({problem}); only the audit role is answered"),
                         details,
                     );
-                    return Err(self.refuse(actor, "AUDIT_LOG_BROKEN", status, peer).await);
+                    return Err(self.refuse(actor, "AUDIT_LOG_BROKEN", status, peer, started).await);
                 }
                 Ok(Call {
                     actor: Actor {
@@ -88,6 +92,7 @@ impl Gate {
                         method: method.name().into(),
                         request_id,
                     },
+                    started,
                 })
             }
             Err(refusal) => {
@@ -107,12 +112,20 @@ impl Gate {
                 meta.insert("method".into(), method.name().into());
                 details.set_error_info(reason, DOMAIN, meta);
                 let status = Status::with_error_details(code, refusal.to_string(), details);
-                Err(self.refuse(actor, reason, status, peer).await)
+                Err(self.refuse(actor, reason, status, peer, started).await)
             }
         }
     }
 
-    async fn refuse(&self, actor: Actor, reason: &str, status: Status, peer: Option<&Peer>) -> Status {
+    async fn refuse(
+        &self,
+        actor: Actor,
+        reason: &str,
+        status: Status,
+        peer: Option<&Peer>,
+        started: std::time::Instant,
+    ) -> Status {
+        self.metrics.observe(&actor.method, &code_name(status.code()), started.elapsed().as_secs_f64());
         let detail = peer.and_then(|p| p.addr).map(|a| format!("peer={a}")).unwrap_or_default();
         let record = AuditRecord {
             outcome: format!("{:?}: {reason}: {}", status.code(), status.message()),
@@ -133,7 +146,9 @@ impl Gate {
         result: Result<T, Status>,
         touched: impl FnOnce(&T) -> Touched,
     ) -> Result<Response<T>, Status> {
-        let Call { actor } = call;
+        let Call { actor, started } = call;
+        let code = result.as_ref().map_or_else(|s| code_name(s.code()), |_| "OK".to_owned());
+        self.metrics.observe(&actor.method, &code, started.elapsed().as_secs_f64());
         match result {
             Ok(answer) => {
                 let t = touched(&answer);

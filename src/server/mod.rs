@@ -3,6 +3,7 @@
 //! background (health NOT_SERVING until models are loaded and the index
 //! rebuilt), graceful shutdown.
 
+mod metrics_http;
 pub mod tls;
 
 use std::{
@@ -173,7 +174,15 @@ pub async fn serve(
     let mut background = Background(vec![spawn_reloader(tls.clone(), auth.clone(), slot.clone(), reload)]);
 
     let engine_at_exit = slot.clone();
-    let gate = Gate::new(auth, slot.clone());
+    let metrics = Arc::new(crate::metrics::Metrics::new());
+    if !config.metrics.listen.is_empty() {
+        let at = tokio::net::TcpListener::bind(&config.metrics.listen)
+            .await
+            .with_context(|| format!("metrics.listen {}", config.metrics.listen))?;
+        info!(addr = %at.local_addr()?, "metrics on GET /metrics");
+        background.0.push(tokio::spawn(metrics_http::serve(at, metrics.clone(), slot.clone())));
+    }
+    let gate = Gate::new(auth, slot.clone(), metrics);
     let max = config.server.max_message_bytes;
     let biometrics = pb::biometrics_server::BiometricsServer::new(BiometricsApi::new(slot.clone(), gate.clone()))
         .max_decoding_message_size(max)
