@@ -291,7 +291,9 @@ async fn tokens_carry_roles_and_revocation_takes_effect_without_a_restart() {
     let mut audit = pb::audit_client::AuditClient::new(conn.clone());
     let v = audit.verify_log(pb::VerifyLogRequest {}).await.expect("verify").into_inner();
     assert!(v.intact, "{v:?}");
-    let mut stream = audit.read_log(pb::ReadLogRequest { from_seq: 1, limit: 0 }).await.expect("read").into_inner();
+    let read = audit.read_log(pb::ReadLogRequest { from_seq: 1, limit: 0 }).await.expect("read");
+    assert!(read.metadata().get(cotejo::api::REQUEST_ID).is_some(), "a streamed answer carries its request id too");
+    let mut stream = read.into_inner();
     let mut entries = Vec::new();
     while let Some(e) = tokio_stream::StreamExt::next(&mut stream).await {
         entries.push(e.expect("entry"));

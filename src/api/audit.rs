@@ -95,8 +95,10 @@ impl Audit for AuditApi {
             detail: format!("from={from_seq} entries={}", v.len()),
             ..Touched::default()
         };
-        let entries = self.gate.finish(call, Vec::new(), result, touched).await?.into_inner();
+        let (metadata, entries, _) = self.gate.finish(call, Vec::new(), result, touched).await?.into_parts();
         let items: Vec<Result<pb::AuditEntry, Status>> = entries.into_iter().map(|e| Ok(e.into())).collect();
-        Ok(Response::new(Box::pin(tokio_stream::iter(items))))
+        let mut response = Response::new(Box::pin(tokio_stream::iter(items)) as Self::ReadLogStream);
+        *response.metadata_mut() = metadata; // the request id
+        Ok(response)
     }
 }

@@ -87,7 +87,8 @@ impl Jobs for JobsApi {
             detail: format!("job={job_id} pairs={} clusters={}", pairs.len(), clusters.len()),
             ..Touched::default()
         };
-        let (_, pairs, clusters) = self.gate.finish(call, Vec::new(), result, touched).await?.into_inner();
+        let (metadata, (_, pairs, clusters), _) =
+            self.gate.finish(call, Vec::new(), result, touched).await?.into_parts();
         let items: Vec<Result<pb::JobResult, Status>> = pairs
             .into_iter()
             .map(|p| Ok(pb::JobResult { item: Some(pb::job_result::Item::Pair(p.into())) }))
@@ -95,7 +96,9 @@ impl Jobs for JobsApi {
                 Ok(pb::JobResult { item: Some(pb::job_result::Item::Cluster(pb::DuplicateCluster { subject_ids })) })
             }))
             .collect();
-        Ok(Response::new(Box::pin(tokio_stream::iter(items))))
+        let mut response = Response::new(Box::pin(tokio_stream::iter(items)) as Self::StreamResultsStream);
+        *response.metadata_mut() = metadata; // the request id
+        Ok(response)
     }
 
     #[instrument(skip_all)]
