@@ -18,7 +18,6 @@
 use std::{
     collections::HashMap,
     fs,
-    io::Write,
     path::{Path, PathBuf},
     sync::{Arc, Mutex, RwLock},
     time::SystemTime,
@@ -194,21 +193,9 @@ fn edit(path: &Path, change: impl FnOnce(&mut File) -> Result<(), String>) -> Re
     change(&mut file).map_err(invalid)?;
     table(&file, path)?;
     let text = toml::to_string(&file).map_err(|e| invalid(e.to_string()))?;
-    let io = |source: std::io::Error| CallersError::Io { path: path.display().to_string(), source };
-    let tmp = path.with_extension("tmp");
-    let _ = fs::remove_file(&tmp);
-    let mut opts = fs::OpenOptions::new();
-    opts.write(true).create_new(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
-    let mut f = opts.open(&tmp).map_err(io)?;
     let header = "# cotejo callers: token hashes and certificate names with their roles (cotejo token add/revoke)\n";
-    f.write_all(header.as_bytes())
-        .and_then(|()| f.write_all(text.as_bytes()))
-        .and_then(|()| f.sync_all())
-        .map_err(io)?;
-    fs::rename(&tmp, path).map_err(io)?;
-    Ok(())
+    crate::store::replace_file(path, format!("{header}{text}").as_bytes(), true)
+        .map_err(|source| CallersError::Io { path: path.display().to_string(), source })
 }
 
 fn read(path: &Path) -> Result<File, CallersError> {

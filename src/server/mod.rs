@@ -115,9 +115,13 @@ fn spawn_reloader(
                 t.reload(forced);
             }
             if let Some(engine) = slot.get() {
-                let before = engine.active_key();
-                match tokio::task::spawn_blocking(move || engine.reload_keys()).await {
-                    Ok(Ok(now)) if Some(now) != before => {
+                // Both take the store's lock: off the async threads.
+                let reloaded = tokio::task::spawn_blocking(move || {
+                    let before = engine.active_key();
+                    engine.reload_keys().map(|now| (before, now))
+                });
+                match reloaded.await {
+                    Ok(Ok((before, now))) if Some(now) != before => {
                         info!(active = %now, "key directory read again: a new active key")
                     }
                     Ok(Ok(_)) => {}

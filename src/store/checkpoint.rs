@@ -11,7 +11,6 @@
 
 use std::{
     fs,
-    io::Write,
     path::{Path, PathBuf},
 };
 
@@ -89,12 +88,7 @@ impl Checkpoints {
         let cp = Checkpoint { seq, hash, ts_ms, mac };
         let text = serde_json::to_string(&cp).map_err(bad)?;
         let path = self.dir.join(FILE);
-        let tmp = self.dir.join(format!("{FILE}.tmp"));
-        let io = |e: std::io::Error| bad(format!("{}: {e}", path.display()));
-        let mut f = fs::File::create(&tmp).map_err(io)?;
-        f.write_all(text.as_bytes()).and_then(|()| f.sync_all()).map_err(io)?;
-        fs::rename(&tmp, &path).map_err(io)?;
-        fs::File::open(&self.dir).and_then(|d| d.sync_all()).map_err(io)?;
+        super::replace_file(&path, text.as_bytes(), false).map_err(|e| bad(format!("{}: {e}", path.display())))?;
         Ok(cp)
     }
 

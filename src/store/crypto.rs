@@ -14,7 +14,6 @@
 use std::{
     collections::HashMap,
     fs,
-    io::Write,
     path::{Path, PathBuf},
     sync::{Arc, RwLock},
 };
@@ -231,14 +230,10 @@ fn key_file(dir: &Path) -> Result<Vec<u8>, StoreError> {
     }
     let mut key = [0u8; 32];
     rand::rng().fill_bytes(&mut key);
-    // Written to a temporary name, synced, renamed and the directory synced:
-    // the key must be on disk before any template sealed with it.
-    let tmp = dir.join("template.key.tmp");
-    let _ = fs::remove_file(&tmp);
-    let err = |e: std::io::Error| StoreError::Key(format!("{}: {e}", path.display()));
-    super::write_secret_file(&tmp, &key).map_err(err)?;
-    fs::rename(&tmp, &path).map_err(err)?;
-    fs::File::open(dir).and_then(|d| d.sync_all()).map_err(err)?;
+    // Synced, with its directory: the key must be on disk before any
+    // template sealed with it.
+    super::replace_file(&path, hex::encode(key).as_bytes(), true)
+        .map_err(|e| StoreError::Key(format!("{}: {e}", path.display())))?;
     Ok(key.to_vec())
 }
 
@@ -252,12 +247,10 @@ pub fn new_key(dir: &Path, activate: bool) -> Result<KeyId, StoreError> {
     let id = KeyId::of(&key);
     super::write_secret_file(&dir.join(format!("{id}.key")), &key).map_err(err)?;
     if activate {
-        let tmp = dir.join(format!("{ACTIVE_FILE}.tmp"));
-        let mut f = fs::File::create(&tmp).map_err(err)?;
-        f.write_all(id.hex().as_bytes()).and_then(|()| f.sync_all()).map_err(err)?;
-        fs::rename(&tmp, dir.join(ACTIVE_FILE)).map_err(err)?;
+        super::replace_file(&dir.join(ACTIVE_FILE), id.hex().as_bytes(), false).map_err(err)?;
+    } else {
+        fs::File::open(dir).and_then(|d| d.sync_all()).map_err(err)?;
     }
-    fs::File::open(dir).and_then(|d| d.sync_all()).map_err(err)?;
     Ok(id)
 }
 

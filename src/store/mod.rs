@@ -659,16 +659,45 @@ pub fn read_secret_file(path: &Path) -> Result<Vec<u8>, String> {
     Ok(key)
 }
 
-/// Writes a key as hex, readable by its owner only (for tools and tests).
+/// Writes a key as hex, readable by its owner only (for tools and tests);
+/// never over an existing file.
 pub fn write_secret_file(path: &Path, key: &[u8]) -> std::io::Result<()> {
+    write_new(path, hex::encode(key).as_bytes(), true)
+}
+
+/// Creates `path` (it must not exist) with `bytes`, synced; readable by its
+/// owner only when `private`.
+fn write_new(path: &Path, bytes: &[u8], private: bool) -> std::io::Result<()> {
     use std::io::Write;
     let mut opts = std::fs::OpenOptions::new();
     opts.write(true).create_new(true);
     #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+    if private {
+        std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+    }
     let mut f = opts.open(path)?;
-    f.write_all(hex::encode(key).as_bytes())?;
+    f.write_all(bytes)?;
     f.sync_all()
+}
+
+/// Replaces `path` with `bytes` so that a crash leaves the old file or the
+/// new one: written to `<path>.tmp` (mode 600 when `private`), synced,
+/// renamed over `path`, the directory synced.
+pub fn replace_file(path: &Path, bytes: &[u8], private: bool) -> std::io::Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    replace_file_via(Path::new(&tmp), path, bytes, private)
+}
+
+/// As [`replace_file`], through the temporary file `tmp` (beside `path`).
+pub(crate) fn replace_file_via(tmp: &Path, path: &Path, bytes: &[u8], private: bool) -> std::io::Result<()> {
+    let _ = std::fs::remove_file(tmp);
+    write_new(tmp, bytes, private)?;
+    std::fs::rename(tmp, path)?;
+    match path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        Some(dir) => std::fs::File::open(dir)?.sync_all(),
+        None => std::fs::File::open(".")?.sync_all(),
+    }
 }
 
 fn enroll_request(conn: &Connection, request_id: &str) -> Result<Option<EnrollReplay>, StoreError> {

@@ -34,16 +34,7 @@ impl SealedFile {
 
     fn write_via(&self, plain: &[u8], tmp: &Path) -> Result<(), StoreError> {
         let sealed = self.sealer.seal(plain, &self.aad())?;
-        let io = |source| StoreError::DataDir { path: self.path.display().to_string(), source };
-        let mut f = std::fs::File::create(tmp).map_err(io)?;
-        f.write_all(&sealed).map_err(io)?;
-        f.sync_all().map_err(io)?;
-        drop(f);
-        std::fs::rename(tmp, &self.path).map_err(io)?;
-        if let Some(dir) = self.path.parent() {
-            std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io)?;
-        }
-        Ok(())
+        super::replace_file_via(tmp, &self.path, &sealed, false).map_err(|source| self.io_error(source))
     }
 
     /// The plaintext, or `None` when there is no file. A file that does not
