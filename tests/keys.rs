@@ -46,22 +46,40 @@ fn key_files(dir: &Path) -> usize {
         .count()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rotation_beside_live_traffic_then_the_old_key_retired() {
+/// A server on a fresh data directory with a key directory (its first key
+/// made by `cotejo keys new`), re-read every second, and `n` subjects.
+struct Keyed {
+    keys: tempfile::TempDir,
+    data: tempfile::TempDir,
+    env: Vec<(&'static str, String)>,
+    server: ChildServer,
+    c: cotejo::api::pb::biometrics_client::BiometricsClient<tonic::transport::Channel>,
+    model: String,
+    dim: usize,
+}
+
+async fn keyed_server(n: usize) -> Keyed {
     let keys = tempfile::tempdir().expect("tempdir");
     let data = tempfile::tempdir().expect("tempdir");
     let (ok, out) = cotejo(&["keys", "new", "--key-dir", &s(keys.path())]);
     assert!(ok, "{out}");
-    let env = [("COTEJO__STORE__KEY_DIR", s(keys.path())), ("COTEJO__SERVER__RELOAD_SECS", "1".into())];
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let server = ChildServer::start_with(data.path(), &env).await;
+    let env = vec![("COTEJO__STORE__KEY_DIR", s(keys.path())), ("COTEJO__SERVER__RELOAD_SECS", "1".to_owned())];
+    let pairs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let server = ChildServer::start_with(data.path(), &pairs).await;
     let mut c = client(&server.url).await;
     let stats = c.stats(pb::StatsRequest {}).await.expect("stats").into_inner();
     let (model, dim) = (stats.models[0].model_id.clone(), stats.models[0].dimension as usize);
-    let n = 400;
     for i in 0..n {
         c.enroll(enroll_req(&format!("s{i}"), vec![face_embedding(&model, vector(i, dim))])).await.expect("enroll");
     }
+    Keyed { keys, data, env, server, c, model, dim }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotation_beside_live_traffic_then_the_old_key_retired() {
+    let n = 400;
+    let Keyed { keys, data, env, server, mut c, model, dim } = keyed_server(n).await;
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
 
     // Identify and Verify (which opens stored templates) all through the rotation.
     let stop = Arc::new(AtomicBool::new(false));
@@ -137,19 +155,7 @@ async fn rotation_beside_live_traffic_then_the_old_key_retired() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rotation_killed_half_way_resumes_and_finishes() {
-    let keys = tempfile::tempdir().expect("tempdir");
-    let data = tempfile::tempdir().expect("tempdir");
-    assert!(cotejo(&["keys", "new", "--key-dir", &s(keys.path())]).0);
-    let env = [("COTEJO__STORE__KEY_DIR", s(keys.path())), ("COTEJO__SERVER__RELOAD_SECS", "1".into())];
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let server = ChildServer::start_with(data.path(), &env).await;
-    let mut c = client(&server.url).await;
-    let stats = c.stats(pb::StatsRequest {}).await.expect("stats").into_inner();
-    let (model, dim) = (stats.models[0].model_id.clone(), stats.models[0].dimension as usize);
-    let n = 300;
-    for i in 0..n {
-        c.enroll(enroll_req(&format!("s{i}"), vec![face_embedding(&model, vector(i, dim))])).await.expect("enroll");
-    }
+    let Keyed { keys, data, server, mut c, model, dim, .. } = keyed_server(300).await;
     // One row per transaction, slowly; SIGKILL once some are done.
     let mut child = Command::new(env!("CARGO_BIN_EXE_cotejo"))
         .args(["keys", "rotate", "--data-dir", &s(data.path()), "--key-dir", &s(keys.path())])
