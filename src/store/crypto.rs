@@ -156,11 +156,6 @@ impl Sealer {
         self.ring().active
     }
 
-    /// Whether keys come from a key directory (rotation needs one).
-    pub(crate) fn rotatable(&self) -> bool {
-        matches!(self.source, Source::Dir(_))
-    }
-
     /// `CT2 || key id || nonce || ciphertext` of `plain`, bound to `aad`.
     pub(crate) fn seal(&self, plain: &[u8], aad: &[u8]) -> Result<Vec<u8>, StoreError> {
         let ring = self.ring();
@@ -277,7 +272,6 @@ mod tests {
         let data = tempfile::tempdir().expect("tempdir");
         let first = new_key(keys.path(), true).expect("key");
         let s = Sealer::open(keys.path(), "", data.path()).expect("sealer");
-        assert!(s.rotatable());
         let old = s.seal(b"old", b"x").expect("seal");
         // A record of the format before key ids, under the first key.
         let key = crate::store::read_secret_file(&keys.path().join(format!("{first}.key"))).expect("key");

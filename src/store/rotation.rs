@@ -41,10 +41,12 @@ impl Resealer {
                 source: std::io::Error::new(std::io::ErrorKind::NotFound, "no cotejo.db here"),
             });
         }
-        let sealer = Sealer::open(key_dir, "", data_dir)?;
-        if !sealer.rotatable() {
+        // Checked before opening: an empty key directory would fall back to
+        // the development key file, which opening would make.
+        if key_dir.as_os_str().is_empty() {
             return Err(StoreError::Key("rotation needs store.key_dir".into()));
         }
+        let sealer = Sealer::open(key_dir, "", data_dir)?;
         let conn = Connection::open_with_flags(&db, rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE)?;
         conn.pragma_update(None, "synchronous", "FULL")?;
         // The server holds write transactions for milliseconds; wait them out.
@@ -136,5 +138,18 @@ impl Resealer {
             }
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_key_directory_is_refused_and_no_key_is_made() {
+        let data = tempfile::tempdir().expect("tempdir");
+        drop(super::super::Store::open(data.path(), &"11".repeat(32)).expect("store"));
+        assert!(matches!(Resealer::open(data.path(), Path::new("")), Err(StoreError::Key(_))));
+        assert!(!data.path().join("template.key").exists(), "a development key was made");
     }
 }
