@@ -17,7 +17,7 @@
 //! enrolled with A as distractors, and both runs pool into 280 probes
 //! (`--runs 1` keeps the first run only, to save time at 1,000,000).
 //!
-//! By default the gallery is one index, as in the service (`FingerGallery`):
+//! By default the gallery is one index, as in the service (`FingerIndex`):
 //! with T threads a query splits the index's slots into T ranges for the
 //! candidate stage (`ShortlistIndex::search_descriptor`), then the
 //! `--shortlist` shortlisted templates into T parts for the re-rank by

@@ -15,7 +15,7 @@ use std::{
 };
 
 use cotejo::{
-    api::pb::{self, biometrics_client::BiometricsClient},
+    api::pb::{self, biometrics_service_client::BiometricsServiceClient},
     cli::{Conn, Connection},
     config::Config,
 };
@@ -146,7 +146,7 @@ fn embedding(model: &str, i: usize, dim: usize) -> pb::Sample {
 
 /// Enrolls subjects `range` with synthetic embeddings over 8 streams.
 async fn populate(c: &Connection, range: std::ops::Range<usize>) {
-    let mut first = BiometricsClient::new(c.connect().await.expect("connect"));
+    let mut first = BiometricsServiceClient::new(c.connect().await.expect("connect"));
     let stats = first.stats(pb::StatsRequest {}).await.expect("stats").into_inner();
     let (model, dim) = (stats.models[0].model_id.clone(), stats.models[0].dimension as usize);
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(range.start));
@@ -174,7 +174,12 @@ async fn populate(c: &Connection, range: std::ops::Range<usize>) {
 }
 
 /// `calls` face Identify calls from a JPEG over `concurrency` streams; latencies in ms.
-async fn identify(client: &BiometricsClient<Conn>, jpeg: &Arc<Vec<u8>>, calls: usize, concurrency: usize) -> Vec<f64> {
+async fn identify(
+    client: &BiometricsServiceClient<Conn>,
+    jpeg: &Arc<Vec<u8>>,
+    calls: usize,
+    concurrency: usize,
+) -> Vec<f64> {
     let mut tasks = Vec::new();
     for w in 0..concurrency {
         let (mut c, jpeg) = (client.clone(), jpeg.clone());
@@ -252,7 +257,7 @@ async fn main() {
             } else {
                 start(tls_cfg(), tls_conn).await
             };
-            let client = BiometricsClient::new(c.connect().await.expect("connect"));
+            let client = BiometricsServiceClient::new(c.connect().await.expect("connect"));
             identify(&client, &jpeg, 16, 4).await; // warm-up
             for conc in [1, 8] {
                 lat.entry((conc, mode)).or_default().extend(identify(&client, &jpeg, o.calls, conc).await);
@@ -289,7 +294,7 @@ async fn rotation(
 ) {
     use std::sync::atomic::{AtomicBool, Ordering};
     let (server, c) = start(cfg, conn).await;
-    let client = BiometricsClient::new(c.connect().await.expect("connect"));
+    let client = BiometricsServiceClient::new(c.connect().await.expect("connect"));
     identify(&client, jpeg, 16, 1).await;
     let mut idle = identify(&client, jpeg, o.calls, 1).await;
     let (busy, stop) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicBool::new(false)));

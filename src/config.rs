@@ -229,7 +229,7 @@ pub struct FingerConfig {
     pub min_minutiae: usize,
     /// Threads a finger search uses.
     pub search_threads: usize,
-    /// Threads that build the finger gallery at start-up (0: every core).
+    /// Threads that build the finger index at start-up (0: every core).
     pub rebuild_threads: usize,
     /// ONNX Runtime intra-op threads of the minutiae extractor (0: `inference.threads`).
     pub extract_threads: usize,

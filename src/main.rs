@@ -88,9 +88,9 @@ enum Command {
         /// With several faces in an image, enroll the largest, most central one.
         #[arg(long)]
         largest_face: bool,
-        /// Named gallery (watchlist) to add the subject to (repeatable).
-        #[arg(long = "gallery")]
-        galleries: Vec<String>,
+        /// Watchlist to add the subject to (repeatable).
+        #[arg(long = "watchlist")]
+        watchlists: Vec<String>,
         /// Idempotency key: running the command again with the same key
         /// returns the first answer and adds nothing.
         #[arg(long, default_value = "")]
@@ -108,9 +108,9 @@ enum Command {
         /// False-positive identification rate the decision targets (0: the server's default).
         #[arg(long, default_value_t = 0.0)]
         target_fpir: f64,
-        /// Search only the members of this named gallery.
+        /// Search only the members of this watchlist.
         #[arg(long)]
-        gallery: Option<String>,
+        watchlist: Option<String>,
         #[command(flatten)]
         client: Client,
     },
@@ -154,7 +154,15 @@ enum Command {
         #[command(flatten)]
         client: Client,
     },
-    /// Gallery counts and models.
+    /// List the enrolled subjects (or a watchlist's members) in id order.
+    Subjects {
+        /// Only this watchlist's members.
+        #[arg(long)]
+        watchlist: Option<String>,
+        #[command(flatten)]
+        client: Client,
+    },
+    /// Enrolled counts and models.
     Stats {
         #[command(flatten)]
         client: Client,
@@ -192,7 +200,7 @@ enum Command {
         #[command(flatten)]
         client: Client,
     },
-    /// A de-duplication job: status, results or cancel.
+    /// De-duplication jobs: list, status, results or cancel.
     Job {
         #[command(subcommand)]
         what: JobCommand,
@@ -242,6 +250,11 @@ enum Command {
 
 #[derive(Debug, Subcommand)]
 enum JobCommand {
+    /// Every job, newest first.
+    List {
+        #[command(flatten)]
+        client: Client,
+    },
     /// State and progress.
     Status {
         /// Job id.
@@ -472,7 +485,7 @@ enum EvalCommand {
         #[arg(long, default_value_t = 1000)]
         changes: usize,
         /// Instead of faces: this many synthetic one-finger subjects (ISO
-        /// records), with restarts that rebuild the finger gallery from the
+        /// records), with restarts that rebuild the finger index from the
         /// store and restarts from its snapshot plus the changes since.
         #[arg(long, default_value_t = 0)]
         fingers: usize,
@@ -542,12 +555,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     };
     match cli.command {
         Command::Serve { listen, data_dir, config } => serve_command(listen, data_dir, config).await,
-        Command::Enroll { subject, samples, add_encounter, largest_face, galleries, request_id, client } => {
-            let args = cli::EnrollArgs { subject, add_encounter, largest_face, galleries, request_id };
+        Command::Enroll { subject, samples, add_encounter, largest_face, watchlists, request_id, client } => {
+            let args = cli::EnrollArgs { subject, add_encounter, largest_face, watchlists, request_id };
             cli::enroll(&opts(client), args, &samples.into()).await
         }
-        Command::Identify { samples, top, target_fpir, gallery, client } => {
-            cli::identify(&opts(client), &samples.into(), top, target_fpir, gallery).await
+        Command::Identify { samples, top, target_fpir, watchlist, client } => {
+            cli::identify(&opts(client), &samples.into(), top, target_fpir, watchlist).await
         }
         Command::Verify { subject, samples, target_fmr, client } => {
             cli::verify(&opts(client), subject, &samples.into(), target_fmr).await
@@ -555,6 +568,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Export { subject, out, client } => cli::export(&opts(client), subject, &out).await,
         Command::Delete { subject, client } => cli::delete(&opts(client), subject).await,
         Command::Get { subject, client } => cli::get(&opts(client), subject).await,
+        Command::Subjects { watchlist, client } => cli::list_subjects(&opts(client), watchlist).await,
         Command::Stats { client } => cli::stats(&opts(client)).await,
         Command::Dedup {
             subjects,
@@ -588,6 +602,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             cli::dedup(&opts(client), &args).await
         }
         Command::Job { what } => match what {
+            JobCommand::List { client } => cli::job_list(&opts(client)).await,
             JobCommand::Status { id, client } => cli::job_status(&opts(client), id).await,
             JobCommand::Results { id, csv, client } => cli::job_results(&opts(client), &id, csv.as_deref()).await,
             JobCommand::Cancel { id, client } => cli::job_cancel(&opts(client), id).await,

@@ -104,7 +104,7 @@ async fn edits_truncation_and_swapped_templates_are_detected() {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    let audit_service = "cotejo.v1.Audit".to_owned();
+    let audit_service = "cotejo.v1.AuditService".to_owned();
     let started = std::time::Instant::now();
     while health.check(HealthCheckRequest { service: audit_service.clone() }).await.map(|r| r.into_inner().status).ok()
         != Some(ServingStatus::Serving as i32)
@@ -118,7 +118,7 @@ async fn edits_truncation_and_swapped_templates_are_detected() {
         client(&url).await.identify(identify_req(vec![face_image(fixture("obama2.jpg"))])).await.expect_err("refused");
     assert_eq!((e.code(), reason(&e).as_str()), (Code::Unavailable, "AUDIT_LOG_BROKEN"));
     let ch = ch.connect().await.expect("connect");
-    let v = cotejo::api::pb::audit_client::AuditClient::new(ch)
+    let v = cotejo::api::pb::audit_service_client::AuditServiceClient::new(ch)
         .verify_log(cotejo::api::pb::VerifyLogRequest {})
         .await
         .expect("the audit role is answered")

@@ -17,7 +17,9 @@ fn png(w: u32, h: u32, value: u8) -> Vec<u8> {
     out
 }
 
-async fn counts(c: &mut pb::biometrics_client::BiometricsClient<tonic::transport::Channel>) -> (u64, u64, Vec<u64>) {
+async fn counts(
+    c: &mut pb::biometrics_service_client::BiometricsServiceClient<tonic::transport::Channel>,
+) -> (u64, u64, Vec<u64>) {
     let s = c.stats(pb::StatsRequest {}).await.expect("stats").into_inner();
     (s.subjects, s.encounters, s.templates.iter().map(|t| t.count).collect())
 }

@@ -137,7 +137,7 @@ fn synthetic_finger(seed: u64, shift: u16) -> pb::Sample {
     crate::finger::iso(2, crate::finger::synthetic_record(seed, 2, 0.0, f32::from(shift)))
 }
 
-/// The finger gallery's snapshot: written after `snapshot_every` changes,
+/// The finger index's snapshot: written after `snapshot_every` changes,
 /// sealed, used by the next start-up together with the enrolls and deletions
 /// made after it (replayed from the store after a SIGKILL), and a damaged
 /// snapshot is not used: the gallery is rebuilt from the store instead.
@@ -153,7 +153,7 @@ async fn finger_snapshot_plus_replay_after_sigkill() {
     // The empty store's start-up wrote a snapshot of nothing; wait for the
     // one written after 6 changes (6 templates of about 40 cylinders, 236
     // bytes each, and their shortlist keys).
-    let snap = dir.path().join("finger-gallery.snap");
+    let snap = dir.path().join("finger-index.snap");
     let holds_six = |len: u64| len > 6 * 30 * 236;
     let sealed = snapshot_once(&snap, holds_six).await;
     assert!(holds_six(sealed.len() as u64), "no finger snapshot after 6 changes");
@@ -175,14 +175,10 @@ async fn finger_snapshot_plus_replay_after_sigkill() {
         }
     };
     // The snapshot holds f0-f5; f1 was deleted after it, f6 enrolled (f7 both).
-    let replayed = [
-        "finger gallery snapshot read, with the store's changes since",
-        r#""kept":5"#,
-        r#""added":1"#,
-        r#""removed":1"#,
-    ];
+    let replayed =
+        ["finger index snapshot read, with the store's changes since", r#""kept":5"#, r#""added":1"#, r#""removed":1"#];
     for (round, damage, wants) in
-        [(0, false, &replayed[..]), (1, true, &["finger gallery snapshot not used; rebuilding from the store"][..])]
+        [(0, false, &replayed[..]), (1, true, &["finger index snapshot not used; rebuilding from the store"][..])]
     {
         if damage {
             let mut bytes = std::fs::read(&snap).expect("snapshot");

@@ -122,20 +122,26 @@ async fn every_supported_format_and_grayscale() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn named_gallery_restricts_the_search() {
+async fn watchlist_restricts_the_search() {
     let dir = tempfile::tempdir().expect("tempdir");
     let server = TestServer::start(config(dir.path(), &[])).await;
     let mut c = server.client.clone();
     let mut req = enroll_req("obama", vec![face_image(fixture("obama3.jpg"))]);
-    req.galleries = vec!["watch".into()];
+    req.watchlists = vec!["watch".into()];
     c.enroll(req).await.expect("enroll");
     c.enroll(enroll_req("biden", vec![face_image(fixture("biden.jpg"))])).await.expect("enroll");
-    let s = c.get_subject(pb::GetSubjectRequest { subject_id: "obama".into() }).await.expect("get").into_inner();
-    assert_eq!(s.galleries, vec!["watch".to_owned()]);
+    let s = c
+        .get_subject(pb::GetSubjectRequest { subject_id: "obama".into() })
+        .await
+        .expect("get")
+        .into_inner()
+        .subject
+        .expect("subject");
+    assert_eq!(s.watchlists, vec!["watch".to_owned()]);
 
-    let search = |file: &str, gallery: &str| {
+    let search = |file: &str, watchlist: &str| {
         let mut r = identify_req(vec![face_image(fixture(file))]);
-        r.gallery = gallery.into();
+        r.watchlist = watchlist.into();
         r
     };
     let r = c.identify(search("obama2.jpg", "watch")).await.expect("identify").into_inner();
@@ -147,11 +153,11 @@ async fn named_gallery_restricts_the_search() {
     let d = r.decision.expect("decision");
     assert!(!d.is_match);
     assert!(d.threshold_basis.contains("over 1 subject"), "{}", d.threshold_basis);
-    let e = c.identify(search("biden.jpg", "nobody-here")).await.expect_err("unknown gallery");
-    assert_eq!((e.code(), crate::common::reason(&e).as_str()), (tonic::Code::NotFound, "GALLERY_NOT_FOUND"));
+    let e = c.identify(search("biden.jpg", "nobody-here")).await.expect_err("unknown watchlist");
+    assert_eq!((e.code(), crate::common::reason(&e).as_str()), (tonic::Code::NotFound, "WATCHLIST_NOT_FOUND"));
     // Deleting a member empties the watchlist.
     c.delete(pb::DeleteRequest { subject_id: "obama".into() }).await.expect("delete");
-    let e = c.identify(search("obama2.jpg", "watch")).await.expect_err("empty gallery");
+    let e = c.identify(search("obama2.jpg", "watch")).await.expect_err("empty watchlist");
     assert_eq!(e.code(), tonic::Code::NotFound);
     server.stop().await;
 }
@@ -177,7 +183,13 @@ async fn a_retried_enroll_returns_the_first_answer_and_adds_nothing() {
     let second = c.enroll(req("obama", "desk-12/0002", true)).await.expect("encounter").into_inner();
     let retried = c.enroll(req("obama", "desk-12/0002", true)).await.expect("retry").into_inner();
     assert_eq!(second.encounter_id, retried.encounter_id);
-    let subject = c.get_subject(pb::GetSubjectRequest { subject_id: "obama".into() }).await.expect("get").into_inner();
+    let subject = c
+        .get_subject(pb::GetSubjectRequest { subject_id: "obama".into() })
+        .await
+        .expect("get")
+        .into_inner()
+        .subject
+        .expect("subject");
     assert_eq!(subject.encounters.len(), 2);
     assert_eq!(c.stats(pb::StatsRequest {}).await.expect("stats").into_inner().subjects, 1);
     // A key names one enroll: another subject with it is refused.

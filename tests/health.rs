@@ -64,9 +64,9 @@ async fn reflection_lists_the_services_only_when_configured() {
         panic!("unexpected response")
     };
     let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
-    assert!(names.contains(&"cotejo.v1.Biometrics".to_owned()), "{names:?}");
+    assert!(names.contains(&"cotejo.v1.BiometricsService".to_owned()), "{names:?}");
     assert!(names.contains(&"grpc.health.v1.Health".to_owned()), "{names:?}");
-    assert!(names.contains(&"cotejo.v1.Audit".to_owned()), "{names:?}");
+    assert!(names.contains(&"cotejo.v1.AuditService".to_owned()), "{names:?}");
     server.stop().await;
 }
 

@@ -12,5 +12,6 @@ mod finger;
 mod health;
 mod jobs;
 mod keys;
+mod listing;
 mod model_quality;
 mod security;

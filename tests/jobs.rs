@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use cotejo::api::pb::{self, jobs_client::JobsClient};
+use cotejo::api::pb::{self, jobs_service_client::JobsServiceClient};
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use tonic::transport::Channel;
 
@@ -12,9 +12,10 @@ use crate::common::{
     ChildServer, TestServer, client, config, enroll_req, face_embedding, face_image, fixture, jobs_client, models_dir,
 };
 
-async fn wait_done(c: &mut JobsClient<Channel>, id: &str) -> pb::Job {
+async fn wait_done(c: &mut JobsServiceClient<Channel>, id: &str) -> pb::Job {
     for _ in 0..1200 {
-        let j = c.get_job(pb::JobRequest { job_id: id.into() }).await.expect("get job").into_inner();
+        let j =
+            c.get_job(pb::GetJobRequest { job_id: id.into() }).await.expect("get job").into_inner().job.expect("job");
         if j.state != pb::JobState::Queued as i32 && j.state != pb::JobState::Running as i32 {
             return j;
         }
@@ -23,13 +24,13 @@ async fn wait_done(c: &mut JobsClient<Channel>, id: &str) -> pb::Job {
     panic!("job {id} did not finish");
 }
 
-async fn results(c: &mut JobsClient<Channel>, id: &str) -> (Vec<pb::DuplicatePair>, Vec<Vec<String>>) {
-    let mut s = c.stream_results(pb::JobRequest { job_id: id.into() }).await.expect("results").into_inner();
+async fn results(c: &mut JobsServiceClient<Channel>, id: &str) -> (Vec<pb::DuplicatePair>, Vec<Vec<String>>) {
+    let mut s = c.stream_results(pb::StreamResultsRequest { job_id: id.into() }).await.expect("results").into_inner();
     let (mut pairs, mut clusters) = (Vec::new(), Vec::new());
     while let Some(item) = s.message().await.expect("stream") {
         match item.item {
-            Some(pb::job_result::Item::Pair(p)) => pairs.push(p),
-            Some(pb::job_result::Item::Cluster(c)) => clusters.push(c.subject_ids),
+            Some(pb::stream_results_response::Item::Pair(p)) => pairs.push(p),
+            Some(pb::stream_results_response::Item::Cluster(c)) => clusters.push(c.subject_ids),
             None => {}
         }
     }
@@ -63,7 +64,7 @@ async fn planted_duplicates_are_found() {
     c.enroll(enroll_req("f-3", vec![finger(2, "p2_1.png")])).await.expect("enroll");
 
     let mut jobs = jobs_client(&server.url).await;
-    let job = jobs.start_dedup(pb::StartDedupRequest::default()).await.expect("start").into_inner();
+    let job = jobs.start_dedup(pb::StartDedupRequest::default()).await.expect("start").into_inner().job.expect("job");
     let job_id_all = job.job_id.clone();
     let done = wait_done(&mut jobs, &job.job_id).await;
     assert_eq!(done.state, pb::JobState::Done as i32, "{done:?}");
@@ -82,14 +83,14 @@ async fn planted_duplicates_are_found() {
     });
     let req =
         pb::StartDedupRequest { scope: Some(scope), modalities: vec![pb::Modality::Face as i32], target_fmr: 0.0 };
-    let job = jobs.start_dedup(req).await.expect("start").into_inner();
+    let job = jobs.start_dedup(req).await.expect("start").into_inner().job.expect("job");
     wait_done(&mut jobs, &job.job_id).await;
     assert!(results(&mut jobs, &job.job_id).await.0.is_empty(), "a different person was paired");
     // Deletion is final: the deleted subject leaves the job's results too.
     c.delete(pb::DeleteRequest { subject_id: "f-2".into() }).await.expect("delete");
     let (pairs, _) = results(&mut jobs, &job_id_all).await;
     assert!(pairs.iter().all(|p| p.a != "f-2" && p.b != "f-2"), "{pairs:?}");
-    let e = jobs.get_job(pb::JobRequest { job_id: "999".into() }).await.expect_err("unknown job");
+    let e = jobs.get_job(pb::GetJobRequest { job_id: "999".into() }).await.expect_err("unknown job");
     assert_eq!(e.code(), tonic::Code::NotFound);
     server.stop().await;
 }
@@ -107,7 +108,7 @@ async fn a_job_pairs_templates_stretched_by_their_scanner() {
     c.enroll(enroll_req("other", vec![finger(4, "p2_1.png")])).await.expect("enroll");
     let mut jobs = jobs_client(&server.url).await;
     let req = pb::StartDedupRequest { scope: None, modalities: vec![pb::Modality::Finger as i32], target_fmr: 0.0 };
-    let job = jobs.start_dedup(req).await.expect("start").into_inner();
+    let job = jobs.start_dedup(req).await.expect("start").into_inner().job.expect("job");
     let done = wait_done(&mut jobs, &job.job_id).await;
     assert_eq!(done.state, pb::JobState::Done as i32, "{done:?}");
     let (pairs, _) = results(&mut jobs, &job.job_id).await;
@@ -144,7 +145,7 @@ async fn a_killed_job_resumes_with_the_same_results() {
     let server = ChildServer::start_with(ref_dir.path(), &SLOW_JOBS).await;
     enroll_synthetic(&server.url).await;
     let mut jobs = jobs_client(&server.url).await;
-    let job = jobs.start_dedup(pb::StartDedupRequest::default()).await.expect("start").into_inner();
+    let job = jobs.start_dedup(pb::StartDedupRequest::default()).await.expect("start").into_inner().job.expect("job");
     wait_done(&mut jobs, &job.job_id).await;
     let reference = results(&mut jobs, &job.job_id).await;
     drop(server);
@@ -155,10 +156,16 @@ async fn a_killed_job_resumes_with_the_same_results() {
     let server = ChildServer::start_with(dir.path(), &SLOW_JOBS).await;
     enroll_synthetic(&server.url).await;
     let mut jobs = jobs_client(&server.url).await;
-    let job = jobs.start_dedup(pb::StartDedupRequest::default()).await.expect("start").into_inner();
+    let job = jobs.start_dedup(pb::StartDedupRequest::default()).await.expect("start").into_inner().job.expect("job");
     let mut before = 0;
     for _ in 0..600 {
-        let j = jobs.get_job(pb::JobRequest { job_id: job.job_id.clone() }).await.expect("get").into_inner();
+        let j = jobs
+            .get_job(pb::GetJobRequest { job_id: job.job_id.clone() })
+            .await
+            .expect("get")
+            .into_inner()
+            .job
+            .expect("job");
         if j.done >= 10 {
             before = j.done;
             assert!(j.done < j.total, "the job finished before the kill: {j:?}");
@@ -170,7 +177,13 @@ async fn a_killed_job_resumes_with_the_same_results() {
     server.kill9();
     let server = ChildServer::start_with(dir.path(), &SLOW_JOBS).await;
     let mut jobs = jobs_client(&server.url).await;
-    let after = jobs.get_job(pb::JobRequest { job_id: job.job_id.clone() }).await.expect("get").into_inner();
+    let after = jobs
+        .get_job(pb::GetJobRequest { job_id: job.job_id.clone() })
+        .await
+        .expect("get")
+        .into_inner()
+        .job
+        .expect("job");
     assert!(after.done >= before, "finished blocks were lost: {} < {before}", after.done);
     let done = wait_done(&mut jobs, &job.job_id).await;
     assert_eq!((done.state, done.done), (pb::JobState::Done as i32, done.total));

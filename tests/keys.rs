@@ -53,7 +53,7 @@ struct Keyed {
     data: tempfile::TempDir,
     env: Vec<(&'static str, String)>,
     server: ChildServer,
-    c: cotejo::api::pb::biometrics_client::BiometricsClient<tonic::transport::Channel>,
+    c: cotejo::api::pb::biometrics_service_client::BiometricsServiceClient<tonic::transport::Channel>,
     model: String,
     dim: usize,
 }

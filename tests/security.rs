@@ -10,7 +10,7 @@ use std::{
 };
 
 use cotejo::{
-    api::pb::{self, biometrics_client::BiometricsClient},
+    api::pb::{self, biometrics_service_client::BiometricsServiceClient},
     cli::{Conn, Connection},
     store::{AuditEntry, AuditReader},
 };
@@ -115,8 +115,8 @@ impl SecureServer {
     }
 }
 
-pub(crate) async fn biometrics(c: &Connection) -> Result<BiometricsClient<Conn>, String> {
-    c.connect().await.map(BiometricsClient::new).map_err(|e| format!("{e:#}"))
+pub(crate) async fn biometrics(c: &Connection) -> Result<BiometricsServiceClient<Conn>, String> {
+    c.connect().await.map(BiometricsServiceClient::new).map_err(|e| format!("{e:#}"))
 }
 
 /// Every audit entry of a data directory (read while the server runs).
@@ -199,7 +199,7 @@ async fn mutual_tls_admits_only_certificates_of_the_ca_with_their_roles() {
     assert!(e.message().contains("admin"), "{}", e.message());
 
     // No client certificate, or one from another CA: the handshake fails.
-    let refused = |r: Result<BiometricsClient<Conn>, String>| async move {
+    let refused = |r: Result<BiometricsServiceClient<Conn>, String>| async move {
         match r {
             Err(_) => true,
             Ok(mut c) => c.stats(pb::StatsRequest {}).await.is_err(),
@@ -288,7 +288,7 @@ async fn tokens_carry_roles_and_revocation_takes_effect_without_a_restart() {
 
     // The auditor reads and verifies the log over gRPC; nothing else.
     let conn = with(addr, Some(&auditor)).connect().await.expect("connect");
-    let mut audit = pb::audit_client::AuditClient::new(conn.clone());
+    let mut audit = pb::audit_service_client::AuditServiceClient::new(conn.clone());
     let v = audit.verify_log(pb::VerifyLogRequest {}).await.expect("verify").into_inner();
     assert!(v.intact, "{v:?}");
     let read = audit.read_log(pb::ReadLogRequest { from_seq: 1, limit: 0 }).await.expect("read");
@@ -296,7 +296,7 @@ async fn tokens_carry_roles_and_revocation_takes_effect_without_a_restart() {
     let mut stream = read.into_inner();
     let mut entries = Vec::new();
     while let Some(e) = tokio_stream::StreamExt::next(&mut stream).await {
-        entries.push(e.expect("entry"));
+        entries.push(e.expect("entry").entry.expect("entry"));
     }
     assert!(entries.iter().any(|e| e.method == "Enroll" && e.caller == "desk-12" && e.subject_ids == ["biden"]));
     assert!(entries.iter().any(|e| e.method == "Stats" && e.outcome.starts_with("Unauthenticated")));
@@ -306,7 +306,7 @@ async fn tokens_carry_roles_and_revocation_takes_effect_without_a_restart() {
             .iter()
             .any(|e| e.method == "ExportTemplates" && e.caller == "desk-12" && e.outcome.contains("MISSING_ROLE"))
     );
-    let e = BiometricsClient::new(conn).stats(pb::StatsRequest {}).await.expect_err("auditor is no admin");
+    let e = BiometricsServiceClient::new(conn).stats(pb::StatsRequest {}).await.expect_err("auditor is no admin");
     assert_eq!(e.code(), Code::PermissionDenied);
     server.stop().await;
 }

@@ -1,4 +1,4 @@
-//! The `cotejo.v1.Audit` service: verify and read the audit log (role `audit`).
+//! The `cotejo.v1.AuditService` service: verify and read the audit log (role `audit`).
 
 use std::{pin::Pin, sync::Arc};
 
@@ -9,7 +9,7 @@ use tracing::instrument;
 use super::{
     EngineSlot,
     gate::{Gate, Touched},
-    pb::{self, audit_server::Audit},
+    pb::{self, audit_service_server::AuditService},
 };
 use crate::{
     auth::Method,
@@ -41,14 +41,25 @@ impl AuditApi {
 impl From<AuditEntry> for pb::AuditEntry {
     fn from(e: AuditEntry) -> Self {
         let AuditEntry { seq, ts_ms, format: _, method, caller, role, request_id, subjects, outcome, detail, hash } = e;
-        Self { seq, unix_ms: ts_ms, method, caller, role, request_id, subject_ids: subjects, outcome, detail, hash }
+        Self {
+            seq,
+            time: Some(super::convert::timestamp(ts_ms)),
+            method,
+            caller,
+            role,
+            request_id,
+            subject_ids: subjects,
+            outcome,
+            detail,
+            hash,
+        }
     }
 }
 
-type EntryStream = Pin<Box<dyn Stream<Item = Result<pb::AuditEntry, Status>> + Send>>;
+type EntryStream = Pin<Box<dyn Stream<Item = Result<pb::ReadLogResponse, Status>> + Send>>;
 
 #[tonic::async_trait]
-impl Audit for AuditApi {
+impl AuditService for AuditApi {
     #[instrument(skip_all)]
     async fn verify_log(
         &self,
@@ -96,7 +107,8 @@ impl Audit for AuditApi {
             ..Touched::default()
         };
         let (metadata, entries, _) = self.gate.finish(call, Vec::new(), result, touched).await?.into_parts();
-        let items: Vec<Result<pb::AuditEntry, Status>> = entries.into_iter().map(|e| Ok(e.into())).collect();
+        let items: Vec<Result<pb::ReadLogResponse, Status>> =
+            entries.into_iter().map(|e| Ok(pb::ReadLogResponse { entry: Some(e.into()) })).collect();
         let mut response = Response::new(Box::pin(tokio_stream::iter(items)) as Self::ReadLogStream);
         *response.metadata_mut() = metadata; // the request id
         Ok(response)

@@ -1,4 +1,4 @@
-//! The `cotejo.v1.Biometrics` service: admit, validate, convert, call the
+//! The `cotejo.v1.BiometricsService` service: admit, validate, convert, call the
 //! engine, convert back, record.
 
 use std::sync::Arc;
@@ -9,9 +9,12 @@ use tracing::instrument;
 use super::{
     EngineSlot,
     gate::{Gate, Touched},
-    pb::{self, biometrics_server::Biometrics},
+    pb::{self, biometrics_service_server::BiometricsService},
 };
-use crate::{auth::Method, engine::Engine};
+use crate::{
+    auth::Method,
+    engine::{Engine, PageRequest},
+};
 
 /// gRPC front of the engine; answers UNAVAILABLE until the engine is ready.
 #[derive(Debug, Clone)]
@@ -41,7 +44,7 @@ fn decided(subjects: Vec<String>, decision: Option<&pb::Decision>, extra: String
 }
 
 #[tonic::async_trait]
-impl Biometrics for BiometricsApi {
+impl BiometricsService for BiometricsApi {
     #[instrument(skip_all)]
     async fn enroll(&self, request: Request<pb::EnrollRequest>) -> Result<Response<pb::EnrollResponse>, Status> {
         let call = self.gate.admit(&request, Method::Enroll).await?;
@@ -106,14 +109,50 @@ impl Biometrics for BiometricsApi {
     }
 
     #[instrument(skip_all)]
-    async fn get_subject(&self, request: Request<pb::GetSubjectRequest>) -> Result<Response<pb::Subject>, Status> {
+    async fn get_subject(
+        &self,
+        request: Request<pb::GetSubjectRequest>,
+    ) -> Result<Response<pb::GetSubjectResponse>, Status> {
         let call = self.gate.admit(&request, Method::GetSubject).await?;
         let pb::GetSubjectRequest { subject_id } = request.into_inner();
         let asked = vec![subject_id.clone()];
-        let result = async { Ok(self.engine()?.subject(subject_id).await?.into()) }.await;
+        let result = async {
+            let subject = self.engine()?.subject(subject_id).await?;
+            Ok(pb::GetSubjectResponse { subject: Some(subject.into()) })
+        }
+        .await;
         self.gate
-            .finish(call, asked, result, |s: &pb::Subject| Touched {
-                detail: format!("encounters={}", s.encounters.len()),
+            .finish(call, asked, result, |r: &pb::GetSubjectResponse| Touched {
+                detail: format!("encounters={}", r.subject.as_ref().map_or(0, |s| s.encounters.len())),
+                ..Touched::default()
+            })
+            .await
+    }
+
+    #[instrument(skip_all)]
+    async fn list_subjects(
+        &self,
+        request: Request<pb::ListSubjectsRequest>,
+    ) -> Result<Response<pb::ListSubjectsResponse>, Status> {
+        let call = self.gate.admit(&request, Method::ListSubjects).await?;
+        let pb::ListSubjectsRequest { page_size, page_token, watchlist } = request.into_inner();
+        let result = async {
+            let page = self.engine()?.list_subjects(PageRequest { page_size, page_token }, watchlist.clone()).await?;
+            Ok(pb::ListSubjectsResponse {
+                subjects: page.items.into_iter().map(Into::into).collect(),
+                next_page_token: page.next_page_token,
+            })
+        }
+        .await;
+        // The entry names the page's range rather than every id on it.
+        self.gate
+            .finish(call, Vec::new(), result, |r: &pb::ListSubjectsResponse| Touched {
+                detail: format!(
+                    "watchlist={watchlist} subjects={} first={} last={}",
+                    r.subjects.len(),
+                    r.subjects.first().map_or("", |s| s.subject_id.as_str()),
+                    r.subjects.last().map_or("", |s| s.subject_id.as_str()),
+                ),
                 ..Touched::default()
             })
             .await

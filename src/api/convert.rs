@@ -9,8 +9,35 @@ use crate::{
         Candidate, Decision, EngineError, EnrollOutcome, EnrollRequest, ExportedTemplate, IdentifyOutcome,
         IdentifyRequest, ModalityScore, SampleReport, Stats, VerifyOutcome, VerifyRequest,
     },
-    store::SubjectRecord,
+    store::{SubjectRecord, SubjectSummary},
 };
+
+/// A time in milliseconds since the Unix epoch as a protobuf Timestamp.
+pub(super) fn timestamp(unix_ms: i64) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: unix_ms.div_euclid(1000),
+        nanos: i32::try_from(unix_ms.rem_euclid(1000) * 1_000_000).unwrap_or(0),
+    }
+}
+
+/// A protobuf Timestamp as milliseconds since the Unix epoch (unset: 0);
+/// one out of range is INVALID_TIMESTAMP.
+pub(super) fn unix_ms(t: Option<prost_types::Timestamp>, field: &str) -> Result<i64, EngineError> {
+    let Some(t) = t else { return Ok(0) };
+    if !(0..1_000_000_000).contains(&t.nanos) {
+        return Err(EngineError::invalid("INVALID_TIMESTAMP", field, "nanos must be in [0, 1e9)"));
+    }
+    t.seconds
+        .checked_mul(1000)
+        .and_then(|ms| ms.checked_add(i64::from(t.nanos / 1_000_000)))
+        .ok_or_else(|| EngineError::invalid("INVALID_TIMESTAMP", field, "out of range"))
+}
+
+/// A duration in seconds as a protobuf Duration.
+pub(super) fn duration(seconds: f64) -> prost_types::Duration {
+    let whole = seconds.trunc();
+    prost_types::Duration { seconds: whole as i64, nanos: ((seconds - whole) * 1e9) as i32 }
+}
 
 pub(super) fn modality_from_pb(raw: i32, field: &str) -> Result<Modality, EngineError> {
     match pb::Modality::try_from(raw) {
@@ -66,15 +93,22 @@ fn samples_from_pb(samples: Vec<pb::Sample>) -> Result<Vec<Sample>, EngineError>
 impl TryFrom<pb::EnrollRequest> for EnrollRequest {
     type Error = EngineError;
     fn try_from(r: pb::EnrollRequest) -> Result<Self, EngineError> {
-        let pb::EnrollRequest { subject_id, samples, add_encounter, use_main_face, galleries, request_id } = r;
-        Ok(Self { subject_id, samples: samples_from_pb(samples)?, add_encounter, use_main_face, galleries, request_id })
+        let pb::EnrollRequest { subject_id, samples, add_encounter, use_main_face, watchlists, request_id } = r;
+        Ok(Self {
+            subject_id,
+            samples: samples_from_pb(samples)?,
+            add_encounter,
+            use_main_face,
+            watchlists,
+            request_id,
+        })
     }
 }
 
 impl TryFrom<pb::IdentifyRequest> for IdentifyRequest {
     type Error = EngineError;
     fn try_from(r: pb::IdentifyRequest) -> Result<Self, EngineError> {
-        let pb::IdentifyRequest { samples, max_candidates, target_fpir, subject_ids, gallery } = r;
+        let pb::IdentifyRequest { samples, max_candidates, target_fpir, subject_ids, watchlist } = r;
         if !(0.0..1.0).contains(&target_fpir) {
             return Err(EngineError::invalid("INVALID_TARGET_RATE", "target_fpir", "must be in [0, 1)"));
         }
@@ -83,7 +117,7 @@ impl TryFrom<pb::IdentifyRequest> for IdentifyRequest {
             max_candidates: max_candidates as usize,
             target_fpir,
             subject_ids,
-            gallery,
+            watchlist,
         })
     }
 }
@@ -176,18 +210,30 @@ impl From<VerifyOutcome> for pb::VerifyResponse {
     }
 }
 
+impl From<SubjectSummary> for pb::SubjectSummary {
+    fn from(s: SubjectSummary) -> Self {
+        Self {
+            subject_id: s.subject_id,
+            create_time: Some(timestamp(s.created_ms)),
+            encounters: u32::try_from(s.encounters).unwrap_or(u32::MAX),
+            templates: u32::try_from(s.templates).unwrap_or(u32::MAX),
+            watchlists: s.watchlists,
+        }
+    }
+}
+
 impl From<SubjectRecord> for pb::Subject {
     fn from(s: SubjectRecord) -> Self {
         Self {
             subject_id: s.subject_id,
-            created_unix_ms: s.created_ms,
-            galleries: s.galleries,
+            create_time: Some(timestamp(s.created_ms)),
+            watchlists: s.watchlists,
             encounters: s
                 .encounters
                 .into_iter()
                 .map(|e| pb::Encounter {
                     encounter_id: e.encounter_id.to_string(),
-                    created_unix_ms: e.created_ms,
+                    create_time: Some(timestamp(e.created_ms)),
                     templates: e
                         .templates
                         .into_iter()

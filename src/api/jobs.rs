@@ -1,4 +1,4 @@
-//! The `cotejo.v1.Jobs` service: batch de-duplication jobs.
+//! The `cotejo.v1.JobsService` service: batch de-duplication jobs.
 
 use std::{pin::Pin, sync::Arc};
 
@@ -8,12 +8,13 @@ use tracing::instrument;
 
 use super::{
     EngineSlot,
+    convert::{duration, timestamp, unix_ms},
     gate::{Gate, Touched},
-    pb::{self, jobs_server::Jobs},
+    pb::{self, jobs_service_server::JobsService},
 };
 use crate::{
     auth::Method,
-    engine::{DedupRequest, DuplicatePair, Engine, EngineError, JobStatus},
+    engine::{DedupRequest, DuplicatePair, Engine, EngineError, JobStatus, PageRequest},
     jobs::Scope,
     store::JobState,
 };
@@ -36,18 +37,22 @@ impl JobsApi {
     }
 }
 
-type ResultStream = Pin<Box<dyn Stream<Item = Result<pb::JobResult, Status>> + Send>>;
+type ResultStream = Pin<Box<dyn Stream<Item = Result<pb::StreamResultsResponse, Status>> + Send>>;
 
 /// A job call's audit detail: the job id names exactly what was seen (its
 /// pairs are rows of the store).
-fn job_touched(job: &pb::Job) -> Touched {
-    Touched { detail: format!("job={} state={} pairs={}", job.job_id, job.state, job.pairs), ..Touched::default() }
+fn job_touched(job: Option<&pb::Job>) -> Touched {
+    let detail = job.map_or_else(String::new, |j| format!("job={} state={} pairs={}", j.job_id, j.state, j.pairs));
+    Touched { detail, ..Touched::default() }
 }
 
 #[tonic::async_trait]
-impl Jobs for JobsApi {
+impl JobsService for JobsApi {
     #[instrument(skip_all)]
-    async fn start_dedup(&self, request: Request<pb::StartDedupRequest>) -> Result<Response<pb::Job>, Status> {
+    async fn start_dedup(
+        &self,
+        request: Request<pb::StartDedupRequest>,
+    ) -> Result<Response<pb::StartDedupResponse>, Status> {
         let call = self.gate.admit(&request, Method::StartDedup).await?;
         let asked = match &request.get_ref().scope {
             Some(pb::start_dedup_request::Scope::Subjects(list)) => list.subject_ids.clone(),
@@ -55,18 +60,38 @@ impl Jobs for JobsApi {
         };
         let result = async {
             let req = request.into_inner().try_into()?;
-            Ok(self.engine()?.start_dedup(req).await?.into())
+            Ok(pb::StartDedupResponse { job: Some(self.engine()?.start_dedup(req).await?.into()) })
         }
         .await;
-        self.gate.finish(call, asked, result, job_touched).await
+        self.gate.finish(call, asked, result, |r| job_touched(r.job.as_ref())).await
     }
 
     #[instrument(skip_all)]
-    async fn get_job(&self, request: Request<pb::JobRequest>) -> Result<Response<pb::Job>, Status> {
+    async fn get_job(&self, request: Request<pb::GetJobRequest>) -> Result<Response<pb::GetJobResponse>, Status> {
         let call = self.gate.admit(&request, Method::GetJob).await?;
-        let pb::JobRequest { job_id } = request.into_inner();
-        let result = async { Ok(self.engine()?.job(job_id).await?.into()) }.await;
-        self.gate.finish(call, Vec::new(), result, job_touched).await
+        let pb::GetJobRequest { job_id } = request.into_inner();
+        let result = async { Ok(pb::GetJobResponse { job: Some(self.engine()?.job(job_id).await?.into()) }) }.await;
+        self.gate.finish(call, Vec::new(), result, |r| job_touched(r.job.as_ref())).await
+    }
+
+    #[instrument(skip_all)]
+    async fn list_jobs(&self, request: Request<pb::ListJobsRequest>) -> Result<Response<pb::ListJobsResponse>, Status> {
+        let call = self.gate.admit(&request, Method::ListJobs).await?;
+        let pb::ListJobsRequest { page_size, page_token } = request.into_inner();
+        let result = async {
+            let page = self.engine()?.list_jobs(PageRequest { page_size, page_token }).await?;
+            Ok(pb::ListJobsResponse {
+                jobs: page.items.into_iter().map(Into::into).collect(),
+                next_page_token: page.next_page_token,
+            })
+        }
+        .await;
+        self.gate
+            .finish(call, Vec::new(), result, |r| Touched {
+                detail: format!("jobs={}", r.jobs.iter().map(|j| j.job_id.as_str()).collect::<Vec<_>>().join(",")),
+                ..Touched::default()
+            })
+            .await
     }
 
     type StreamResultsStream = ResultStream;
@@ -74,10 +99,10 @@ impl Jobs for JobsApi {
     #[instrument(skip_all)]
     async fn stream_results(
         &self,
-        request: Request<pb::JobRequest>,
+        request: Request<pb::StreamResultsRequest>,
     ) -> Result<Response<Self::StreamResultsStream>, Status> {
         let call = self.gate.admit(&request, Method::StreamResults).await?;
-        let pb::JobRequest { job_id } = request.into_inner();
+        let pb::StreamResultsRequest { job_id } = request.into_inner();
         let result = async {
             let (pairs, clusters) = self.engine()?.job_results(job_id.clone()).await?;
             Ok((job_id, pairs, clusters))
@@ -89,11 +114,12 @@ impl Jobs for JobsApi {
         };
         let (metadata, (_, pairs, clusters), _) =
             self.gate.finish(call, Vec::new(), result, touched).await?.into_parts();
-        let items: Vec<Result<pb::JobResult, Status>> = pairs
+        use pb::stream_results_response::Item;
+        let items: Vec<Result<pb::StreamResultsResponse, Status>> = pairs
             .into_iter()
-            .map(|p| Ok(pb::JobResult { item: Some(pb::job_result::Item::Pair(p.into())) }))
+            .map(|p| Ok(pb::StreamResultsResponse { item: Some(Item::Pair(p.into())) }))
             .chain(clusters.into_iter().map(|subject_ids| {
-                Ok(pb::JobResult { item: Some(pb::job_result::Item::Cluster(pb::DuplicateCluster { subject_ids })) })
+                Ok(pb::StreamResultsResponse { item: Some(Item::Cluster(pb::DuplicateCluster { subject_ids })) })
             }))
             .collect();
         let mut response = Response::new(Box::pin(tokio_stream::iter(items)) as Self::StreamResultsStream);
@@ -102,11 +128,15 @@ impl Jobs for JobsApi {
     }
 
     #[instrument(skip_all)]
-    async fn cancel_job(&self, request: Request<pb::JobRequest>) -> Result<Response<pb::Job>, Status> {
+    async fn cancel_job(
+        &self,
+        request: Request<pb::CancelJobRequest>,
+    ) -> Result<Response<pb::CancelJobResponse>, Status> {
         let call = self.gate.admit(&request, Method::CancelJob).await?;
-        let pb::JobRequest { job_id } = request.into_inner();
-        let result = async { Ok(self.engine()?.cancel_job(job_id).await?.into()) }.await;
-        self.gate.finish(call, Vec::new(), result, job_touched).await
+        let pb::CancelJobRequest { job_id } = request.into_inner();
+        let result =
+            async { Ok(pb::CancelJobResponse { job: Some(self.engine()?.cancel_job(job_id).await?.into()) }) }.await;
+        self.gate.finish(call, Vec::new(), result, |r| job_touched(r.job.as_ref())).await
     }
 }
 
@@ -119,8 +149,11 @@ impl TryFrom<pb::StartDedupRequest> for DedupRequest {
             Some(pb::start_dedup_request::Scope::Subjects(pb::SubjectList { subject_ids })) => {
                 Scope::Subjects(subject_ids)
             }
-            Some(pb::start_dedup_request::Scope::Enrolled(pb::TimeWindow { from_unix_ms, to_unix_ms })) => {
-                Scope::Enrolled { from_ms: from_unix_ms, to_ms: to_unix_ms }
+            Some(pb::start_dedup_request::Scope::Enrolled(pb::TimeWindow { start_time, end_time })) => {
+                Scope::Enrolled {
+                    from_ms: unix_ms(start_time, "enrolled.start_time")?,
+                    to_ms: unix_ms(end_time, "enrolled.end_time")?,
+                }
             }
         };
         let modalities = modalities
@@ -148,13 +181,13 @@ impl From<JobStatus> for pb::Job {
             done: r.done,
             total: r.total,
             rate_per_second: s.rate,
-            eta_seconds: s.eta,
+            eta: (s.eta > 0.0).then(|| duration(s.eta)),
             pairs: s.pairs,
             threshold: s.threshold,
             threshold_basis: s.basis,
             subjects: s.subjects,
             templates: s.templates,
-            created_unix_ms: r.created_ms,
+            create_time: Some(timestamp(r.created_ms)),
             error: r.error,
         }
     }

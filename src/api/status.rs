@@ -118,7 +118,7 @@ fn classify(e: &EngineError) -> (Code, &'static str, Option<String>) {
         EngineError::SubjectExists(_) => (AlreadyExists, "SUBJECT_EXISTS", Some("subject_id".into())),
         EngineError::SubjectNotFound(_) => (NotFound, "SUBJECT_NOT_FOUND", Some("subject_id".into())),
         EngineError::JobNotFound(_) => (NotFound, "JOB_NOT_FOUND", Some("job_id".into())),
-        EngineError::GalleryNotFound(_) => (NotFound, "GALLERY_NOT_FOUND", Some("gallery".into())),
+        EngineError::WatchlistNotFound(_) => (NotFound, "WATCHLIST_NOT_FOUND", Some("watchlist".into())),
         EngineError::NothingToCompare { .. } => (FailedPrecondition, "NOTHING_TO_COMPARE", None),
         EngineError::NotReady(_) => (Unavailable, "NOT_READY", None),
         EngineError::Store(_) => (Internal, "STORE_FAILED", None),

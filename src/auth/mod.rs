@@ -55,31 +55,35 @@ impl fmt::Display for Role {
 /// Every RPC of the public API, with the role it needs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Method {
-    /// `Biometrics/Enroll`.
+    /// `BiometricsService/Enroll`.
     Enroll,
-    /// `Biometrics/Identify`.
+    /// `BiometricsService/Identify`.
     Identify,
-    /// `Biometrics/Verify`.
+    /// `BiometricsService/Verify`.
     Verify,
-    /// `Biometrics/Delete`.
+    /// `BiometricsService/Delete`.
     Delete,
-    /// `Biometrics/GetSubject`.
+    /// `BiometricsService/GetSubject`.
     GetSubject,
-    /// `Biometrics/Stats`.
+    /// `BiometricsService/Stats`.
     Stats,
-    /// `Biometrics/ExportTemplates`.
+    /// `BiometricsService/ListSubjects`.
+    ListSubjects,
+    /// `BiometricsService/ExportTemplates`.
     ExportTemplates,
-    /// `Jobs/StartDedup`.
+    /// `JobsService/StartDedup`.
     StartDedup,
-    /// `Jobs/GetJob`.
+    /// `JobsService/GetJob`.
     GetJob,
-    /// `Jobs/StreamResults`.
+    /// `JobsService/ListJobs`.
+    ListJobs,
+    /// `JobsService/StreamResults`.
     StreamResults,
-    /// `Jobs/CancelJob`.
+    /// `JobsService/CancelJob`.
     CancelJob,
-    /// `Audit/VerifyLog`.
+    /// `AuditService/VerifyLog`.
     VerifyAuditLog,
-    /// `Audit/ReadLog`.
+    /// `AuditService/ReadLog`.
     ReadAuditLog,
 }
 
@@ -91,10 +95,12 @@ impl Method {
             Method::Enroll => Role::Enroll,
             Method::Delete
             | Method::GetSubject
+            | Method::ListSubjects
             | Method::Stats
             | Method::ExportTemplates
             | Method::StartDedup
             | Method::GetJob
+            | Method::ListJobs
             | Method::StreamResults
             | Method::CancelJob => Role::Admin,
             Method::VerifyAuditLog | Method::ReadAuditLog => Role::Audit,
@@ -109,10 +115,12 @@ impl Method {
             Method::Verify => "Verify",
             Method::Delete => "Delete",
             Method::GetSubject => "GetSubject",
+            Method::ListSubjects => "ListSubjects",
             Method::Stats => "Stats",
             Method::ExportTemplates => "ExportTemplates",
             Method::StartDedup => "StartDedup",
             Method::GetJob => "GetJob",
+            Method::ListJobs => "ListJobs",
             Method::StreamResults => "StreamResults",
             Method::CancelJob => "CancelJob",
             Method::VerifyAuditLog => "VerifyAuditLog",

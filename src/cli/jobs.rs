@@ -7,7 +7,7 @@ use anyhow::Context;
 use serde_json::{Value, json};
 
 use super::{ClientOpts, status_error};
-use crate::api::pb::{self, jobs_client::JobsClient};
+use crate::api::pb::{self, jobs_service_client::JobsServiceClient};
 
 /// What `cotejo dedup` covers.
 #[derive(Debug, Clone, Default)]
@@ -28,8 +28,8 @@ pub struct DedupArgs {
     pub csv: Option<std::path::PathBuf>,
 }
 
-async fn client(o: &ClientOpts) -> anyhow::Result<JobsClient<super::Conn>> {
-    Ok(JobsClient::new(o.connection.connect().await?).max_decoding_message_size(256 << 20))
+async fn client(o: &ClientOpts) -> anyhow::Result<JobsServiceClient<super::Conn>> {
+    Ok(JobsServiceClient::new(o.connection.connect().await?).max_decoding_message_size(256 << 20))
 }
 
 /// `cotejo dedup`.
@@ -37,7 +37,11 @@ pub async fn dedup(o: &ClientOpts, a: &DedupArgs) -> anyhow::Result<()> {
     let scope = if !a.subjects.is_empty() {
         Some(pb::start_dedup_request::Scope::Subjects(pb::SubjectList { subject_ids: a.subjects.clone() }))
     } else if a.from_ms != 0 || a.to_ms != 0 {
-        Some(pb::start_dedup_request::Scope::Enrolled(pb::TimeWindow { from_unix_ms: a.from_ms, to_unix_ms: a.to_ms }))
+        let at = |ms: i64| (ms != 0).then(|| timestamp(ms));
+        Some(pb::start_dedup_request::Scope::Enrolled(pb::TimeWindow {
+            start_time: at(a.from_ms),
+            end_time: at(a.to_ms),
+        }))
     } else {
         None
     };
@@ -55,7 +59,9 @@ pub async fn dedup(o: &ClientOpts, a: &DedupArgs) -> anyhow::Result<()> {
         .start_dedup(pb::StartDedupRequest { scope, modalities, target_fmr: a.target_fmr })
         .await
         .map_err(|e| status_error(&e))?
-        .into_inner();
+        .into_inner()
+        .job
+        .unwrap_or_default();
     if !a.wait {
         return print_job(o.json, &job);
     }
@@ -67,10 +73,16 @@ pub async fn dedup(o: &ClientOpts, a: &DedupArgs) -> anyhow::Result<()> {
     results(o, &job.job_id, a.csv.as_deref()).await
 }
 
-async fn wait(c: &mut JobsClient<super::Conn>, id: &str) -> anyhow::Result<pb::Job> {
+async fn wait(c: &mut JobsServiceClient<super::Conn>, id: &str) -> anyhow::Result<pb::Job> {
     let mut err = std::io::stderr();
     loop {
-        let job = c.get_job(pb::JobRequest { job_id: id.to_owned() }).await.map_err(|e| status_error(&e))?.into_inner();
+        let job = c
+            .get_job(pb::GetJobRequest { job_id: id.to_owned() })
+            .await
+            .map_err(|e| status_error(&e))?
+            .into_inner()
+            .job
+            .unwrap_or_default();
         let frac = if job.total > 0 { job.done as f64 / job.total as f64 } else { 0.0 };
         let filled = (frac * 30.0).round() as usize;
         let _ = write!(
@@ -82,7 +94,7 @@ async fn wait(c: &mut JobsClient<super::Conn>, id: &str) -> anyhow::Result<pb::J
             job.done,
             job.total,
             job.pairs,
-            job.eta_seconds
+            seconds(job.eta.as_ref())
         );
         let _ = err.flush();
         let running = job.state == pb::JobState::Queued as i32 || job.state == pb::JobState::Running as i32;
@@ -96,29 +108,49 @@ async fn wait(c: &mut JobsClient<super::Conn>, id: &str) -> anyhow::Result<pb::J
 
 /// `cotejo job status ID`.
 pub async fn status(o: &ClientOpts, id: String) -> anyhow::Result<()> {
-    let job = client(o).await?.get_job(pb::JobRequest { job_id: id }).await.map_err(|e| status_error(&e))?;
-    print_job(o.json, &job.into_inner())
+    let job = client(o).await?.get_job(pb::GetJobRequest { job_id: id }).await.map_err(|e| status_error(&e))?;
+    print_job(o.json, &job.into_inner().job.unwrap_or_default())
 }
 
 /// `cotejo job cancel ID`.
 pub async fn cancel(o: &ClientOpts, id: String) -> anyhow::Result<()> {
-    let job = client(o).await?.cancel_job(pb::JobRequest { job_id: id }).await.map_err(|e| status_error(&e))?;
-    print_job(o.json, &job.into_inner())
+    let job = client(o).await?.cancel_job(pb::CancelJobRequest { job_id: id }).await.map_err(|e| status_error(&e))?;
+    print_job(o.json, &job.into_inner().job.unwrap_or_default())
+}
+
+/// `cotejo job list`: every job, newest first, a page per call.
+pub async fn list(o: &ClientOpts) -> anyhow::Result<()> {
+    let mut c = client(o).await?;
+    let mut page_token = String::new();
+    loop {
+        let page = c
+            .list_jobs(pb::ListJobsRequest { page_size: 0, page_token })
+            .await
+            .map_err(|e| status_error(&e))?
+            .into_inner();
+        for j in &page.jobs {
+            print_job(o.json, j)?;
+        }
+        if page.next_page_token.is_empty() {
+            return Ok(());
+        }
+        page_token = page.next_page_token;
+    }
 }
 
 /// `cotejo job results ID`.
 pub async fn results(o: &ClientOpts, id: &str, csv: Option<&Path>) -> anyhow::Result<()> {
     let mut stream = client(o)
         .await?
-        .stream_results(pb::JobRequest { job_id: id.to_owned() })
+        .stream_results(pb::StreamResultsRequest { job_id: id.to_owned() })
         .await
         .map_err(|e| status_error(&e))?
         .into_inner();
     let (mut pairs, mut clusters) = (Vec::new(), Vec::new());
     while let Some(item) = stream.message().await.map_err(|e| status_error(&e))? {
         match item.item {
-            Some(pb::job_result::Item::Pair(p)) => pairs.push(p),
-            Some(pb::job_result::Item::Cluster(c)) => clusters.push(c.subject_ids),
+            Some(pb::stream_results_response::Item::Pair(p)) => pairs.push(p),
+            Some(pb::stream_results_response::Item::Cluster(c)) => clusters.push(c.subject_ids),
             None => {}
         }
     }
@@ -200,10 +232,20 @@ fn state_name(s: i32) -> &'static str {
     }
 }
 
+/// A Duration in seconds (unset: 0).
+fn seconds(d: Option<&prost_types::Duration>) -> f64 {
+    d.map_or(0.0, |d| d.seconds as f64 + f64::from(d.nanos) / 1e9)
+}
+
+/// Milliseconds since the Unix epoch as a Timestamp.
+fn timestamp(ms: i64) -> prost_types::Timestamp {
+    prost_types::Timestamp { seconds: ms.div_euclid(1000), nanos: (ms.rem_euclid(1000) * 1_000_000) as i32 }
+}
+
 fn print_job(json: bool, j: &pb::Job) -> anyhow::Result<()> {
     if json {
         let v = json!({"job_id": j.job_id, "state": state_name(j.state), "done": j.done, "total": j.total,
-                       "rate_per_second": j.rate_per_second, "eta_seconds": j.eta_seconds, "pairs": j.pairs,
+                       "rate_per_second": j.rate_per_second, "eta_seconds": seconds(j.eta.as_ref()), "pairs": j.pairs,
                        "threshold": j.threshold, "threshold_basis": j.threshold_basis, "subjects": j.subjects,
                        "templates": j.templates, "error": j.error});
         println!("{}", serde_json::to_string_pretty(&v)?);
@@ -217,7 +259,7 @@ fn print_job(json: bool, j: &pb::Job) -> anyhow::Result<()> {
         j.total,
         j.pairs,
         j.rate_per_second,
-        j.eta_seconds,
+        seconds(j.eta.as_ref()),
         if j.error.is_empty() { String::new() } else { format!(" ({})", j.error) }
     );
     Ok(())

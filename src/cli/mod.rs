@@ -12,14 +12,15 @@ pub use connect::{Conn, Connection};
 pub use tools::{CheckpointArgs, audit_export, audit_verify, token_add, token_revoke};
 
 pub use jobs::{
-    DedupArgs, PairRow, cancel as job_cancel, dedup, print_results, results as job_results, status as job_status,
+    DedupArgs, PairRow, cancel as job_cancel, dedup, list as job_list, print_results, results as job_results,
+    status as job_status,
 };
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 
-use crate::api::pb::{self, biometrics_client::BiometricsClient};
+use crate::api::pb::{self, biometrics_service_client::BiometricsServiceClient};
 
 /// Options every client command shares.
 #[derive(Debug, Clone)]
@@ -41,9 +42,9 @@ pub struct SampleArgs {
     pub ppi: u32,
 }
 
-async fn connect(o: &ClientOpts) -> anyhow::Result<BiometricsClient<Conn>> {
+async fn connect(o: &ClientOpts) -> anyhow::Result<BiometricsServiceClient<Conn>> {
     let channel = o.connection.connect().await?;
-    Ok(BiometricsClient::new(channel).max_decoding_message_size(64 << 20).max_encoding_message_size(64 << 20))
+    Ok(BiometricsServiceClient::new(channel).max_decoding_message_size(64 << 20).max_encoding_message_size(64 << 20))
 }
 
 /// The `--ppi` default (the proto's 0 means the same).
@@ -108,21 +109,21 @@ pub struct EnrollArgs {
     pub add_encounter: bool,
     /// Use the main face of a photo with several.
     pub largest_face: bool,
-    /// Named galleries to join.
-    pub galleries: Vec<String>,
+    /// Watchlists to join.
+    pub watchlists: Vec<String>,
     /// Idempotency key (empty: none).
     pub request_id: String,
 }
 
 /// `cotejo enroll`.
 pub async fn enroll(o: &ClientOpts, a: EnrollArgs, s: &SampleArgs) -> anyhow::Result<()> {
-    let EnrollArgs { subject, add_encounter, largest_face, galleries, request_id } = a;
+    let EnrollArgs { subject, add_encounter, largest_face, watchlists, request_id } = a;
     let req = pb::EnrollRequest {
         subject_id: subject,
         samples: samples(s)?,
         add_encounter,
         use_main_face: largest_face,
-        galleries,
+        watchlists,
         request_id,
     };
     let r = connect(o).await?.enroll(req).await.map_err(|e| status_error(&e))?.into_inner();
@@ -135,13 +136,13 @@ pub async fn identify(
     s: &SampleArgs,
     top: u32,
     target_fpir: f64,
-    gallery: Option<String>,
+    watchlist: Option<String>,
 ) -> anyhow::Result<()> {
     let req = pb::IdentifyRequest {
         samples: samples(s)?,
         max_candidates: top,
         target_fpir,
-        gallery: gallery.unwrap_or_default(),
+        watchlist: watchlist.unwrap_or_default(),
         ..Default::default()
     };
     let r = connect(o).await?.identify(req).await.map_err(|e| status_error(&e))?.into_inner();
@@ -174,7 +175,27 @@ pub async fn get(o: &ClientOpts, subject: String) -> anyhow::Result<()> {
         .await
         .map_err(|e| status_error(&e))?
         .into_inner();
-    output::subject(o.json, &r)
+    output::subject(o.json, &r.subject.unwrap_or_default())
+}
+
+/// `cotejo subjects`: every subject (or a watchlist's members) in id order,
+/// fetched a page at a time.
+pub async fn list_subjects(o: &ClientOpts, watchlist: Option<String>) -> anyhow::Result<()> {
+    let mut c = connect(o).await?;
+    let watchlist = watchlist.unwrap_or_default();
+    let mut page_token = String::new();
+    loop {
+        let page = c
+            .list_subjects(pb::ListSubjectsRequest { page_size: 1000, page_token, watchlist: watchlist.clone() })
+            .await
+            .map_err(|e| status_error(&e))?
+            .into_inner();
+        output::subject_page(o.json, &page.subjects)?;
+        if page.next_page_token.is_empty() {
+            return Ok(());
+        }
+        page_token = page.next_page_token;
+    }
 }
 
 /// `cotejo stats`.

@@ -124,6 +124,28 @@ pub(super) fn delete(as_json: bool, r: &pb::DeleteResponse) -> anyhow::Result<()
     Ok(())
 }
 
+/// A Timestamp as milliseconds since the Unix epoch (unset: 0).
+fn unix_ms(t: Option<&prost_types::Timestamp>) -> i64 {
+    t.map_or(0, |t| t.seconds * 1000 + i64::from(t.nanos / 1_000_000))
+}
+
+/// One page of `cotejo subjects`: a line (or a JSON line) per subject.
+pub(super) fn subject_page(as_json: bool, subjects: &[pb::SubjectSummary]) -> anyhow::Result<()> {
+    for s in subjects {
+        if as_json {
+            println!(
+                "{}",
+                json!({"subject_id": s.subject_id, "created_unix_ms": unix_ms(s.create_time.as_ref()),
+                       "encounters": s.encounters, "templates": s.templates, "watchlists": s.watchlists})
+            );
+        } else {
+            let lists = if s.watchlists.is_empty() { String::new() } else { format!(" [{}]", s.watchlists.join(", ")) };
+            println!("{} {} encounters, {} templates{lists}", s.subject_id, s.encounters, s.templates);
+        }
+    }
+    Ok(())
+}
+
 pub(super) fn subject(as_json: bool, r: &pb::Subject) -> anyhow::Result<()> {
     let encounters: Vec<Value> = r
         .encounters
@@ -134,13 +156,12 @@ pub(super) fn subject(as_json: bool, r: &pb::Subject) -> anyhow::Result<()> {
                 .iter()
                 .map(|t| json!({"modality": modality(t.modality), "finger_position": t.finger_position, "model_id": t.model_id, "quality": t.quality}))
                 .collect();
-            json!({"encounter_id": e.encounter_id, "created_unix_ms": e.created_unix_ms, "templates": t})
+            json!({"encounter_id": e.encounter_id, "created_unix_ms": unix_ms(e.create_time.as_ref()), "templates": t})
         })
         .collect();
     if as_json {
-        return emit(
-            &json!({"subject_id": r.subject_id, "created_unix_ms": r.created_unix_ms, "encounters": encounters}),
-        );
+        return emit(&json!({"subject_id": r.subject_id, "created_unix_ms": unix_ms(r.create_time.as_ref()),
+                    "watchlists": r.watchlists, "encounters": encounters}));
     }
     println!("subject {} ({} encounters)", r.subject_id, r.encounters.len());
     for e in &r.encounters {

@@ -1,18 +1,18 @@
 //! Enroll: validate, answer a retried request id with its first answer,
 //! extract the templates, store them (durable on return, audited in the
-//! same transaction), then add them to the face index and finger gallery.
+//! same transaction), then add them to the face index and finger index.
 
 use std::sync::{Arc, RwLock, atomic::Ordering};
 
 use tracing::{error, info};
 
 use super::{
-    Derived, Engine, EngineError, EnrollOutcome, EnrollRequest, FaceModel, MAX_GALLERIES, SampleReport, lock, rebuild,
+    Derived, Engine, EngineError, EnrollOutcome, EnrollRequest, FaceModel, MAX_WATCHLISTS, SampleReport, lock, rebuild,
     validate_name, validate_subject_id,
 };
 use crate::{
     biometric::{NewTemplate, TemplateData},
-    finger::{gallery::FingerGallery, mcc::Template, template},
+    finger::{index::FingerIndex, mcc::Template, template},
     index::VectorIndex,
     store::{Actor, EnrollReplay, Enrolled, RequestKey, Store},
 };
@@ -26,8 +26,8 @@ impl Engine {
     /// log's entry names `actor`, in the same transaction. With a request id
     /// already used, the first answer comes back and nothing is stored.
     pub async fn enroll(&self, req: EnrollRequest, actor: &Actor) -> Result<EnrollOutcome, EngineError> {
-        let EnrollRequest { subject_id, samples, add_encounter, use_main_face, galleries, request_id } = req;
-        check(&subject_id, &galleries, &request_id)?;
+        let EnrollRequest { subject_id, samples, add_encounter, use_main_face, watchlists, request_id } = req;
+        check(&subject_id, &watchlists, &request_id)?;
         // A retry is answered before the models run.
         if let Some(first) = self.first_answer(&request_id).await? {
             return replayed(first, &subject_id);
@@ -46,7 +46,7 @@ impl Engine {
             let mut store = lock(&store)?;
             let key =
                 (!request_id.is_empty()).then_some(RequestKey { request_id: &request_id, samples: &reports_json });
-            let enrolled = store.enroll(&sid, add_encounter, &templates, &galleries, &actor, key)?;
+            let enrolled = store.enroll(&sid, add_encounter, &templates, &watchlists, &actor, key)?;
             if enrolled.replay.is_some() {
                 // A concurrent retry committed first: nothing new to index.
                 return Ok((enrolled, 0, 0));
@@ -78,23 +78,23 @@ impl Engine {
     }
 
     fn indexes(&self) -> Indexes {
-        Indexes { faces: self.gallery.clone(), fingers: self.fingers.clone(), model: self.face_model.clone() }
+        Indexes { faces: self.faces.clone(), fingers: self.fingers.clone(), model: self.face_model.clone() }
     }
 }
 
-/// The subject id, gallery names and request id of an enroll.
-fn check(subject_id: &str, galleries: &[String], request_id: &str) -> Result<(), EngineError> {
+/// The subject id, watchlist names and request id of an enroll.
+fn check(subject_id: &str, watchlists: &[String], request_id: &str) -> Result<(), EngineError> {
     validate_subject_id(subject_id)?;
     if !request_id.is_empty() {
         validate_name(request_id).map_err(|reason| EngineError::invalid("INVALID_REQUEST_ID", "request_id", reason))?;
     }
-    if galleries.len() > MAX_GALLERIES {
-        let why = format!("at most {MAX_GALLERIES} per request");
-        return Err(EngineError::invalid("TOO_MANY_GALLERIES", "galleries", why));
+    if watchlists.len() > MAX_WATCHLISTS {
+        let why = format!("at most {MAX_WATCHLISTS} per request");
+        return Err(EngineError::invalid("TOO_MANY_WATCHLISTS", "watchlists", why));
     }
-    for (i, g) in galleries.iter().enumerate() {
+    for (i, g) in watchlists.iter().enumerate() {
         validate_name(g)
-            .map_err(|reason| EngineError::invalid("INVALID_GALLERY_NAME", format!("galleries[{i}]"), reason))?;
+            .map_err(|reason| EngineError::invalid("INVALID_WATCHLIST_NAME", format!("watchlists[{i}]"), reason))?;
     }
     Ok(())
 }
@@ -115,7 +115,7 @@ fn matcher_templates(templates: &[NewTemplate]) -> Result<Vec<FingerTemplate>, E
 /// The derived indexes an enroll adds to.
 struct Indexes {
     faces: Arc<RwLock<VectorIndex>>,
-    fingers: Arc<RwLock<FingerGallery>>,
+    fingers: Arc<RwLock<FingerIndex>>,
     model: FaceModel,
 }
 

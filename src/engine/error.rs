@@ -42,9 +42,9 @@ pub enum EngineError {
     /// No such job.
     #[error("job {0:?} not found")]
     JobNotFound(String),
-    /// A named gallery nobody was enrolled into.
-    #[error("gallery {0:?} has no members")]
-    GalleryNotFound(String),
+    /// A watchlist nobody was enrolled into.
+    #[error("watchlist {0:?} has no members")]
+    WatchlistNotFound(String),
     /// The subject has no template the probe can be compared with.
     #[error("subject {subject_id:?} has no template to compare with the probe ({what})")]
     NothingToCompare { subject_id: String, what: String },

@@ -1,4 +1,4 @@
-//! The finger gallery as the engine keeps it: loaded from its sealed
+//! The finger index as the engine keeps it: loaded from its sealed
 //! snapshot plus the store's changes since (or rebuilt from every stored
 //! finger template), and saved again.
 
@@ -15,21 +15,21 @@ use crate::{
     biometric::{Modality, TemplateData},
     config::FingerConfig,
     finger::{
-        gallery::{FingerGallery, GallerySettings, Prepared, parallel_map, snapshot},
+        index::{FingerIndex, FingerIndexSettings, Prepared, parallel_map, snapshot},
         rerank::RerankSettings,
         template,
     },
     store::{SealedFile, Store},
 };
 
-/// File name of the finger gallery snapshot in the data directory.
-pub(super) const FINGER_SNAPSHOT_FILE: &str = "finger-gallery.snap";
+/// File name of the finger index snapshot in the data directory.
+pub(super) const FINGER_SNAPSHOT_FILE: &str = "finger-index.snap";
 /// Templates prepared on the threads at a time (bounds the transient memory).
 const BATCH: usize = 8_192;
 
-/// The finger gallery's settings from the configuration.
-pub(super) fn gallery_settings(c: &FingerConfig) -> GallerySettings {
-    GallerySettings {
+/// The finger index's settings from the configuration.
+pub(super) fn finger_index_settings(c: &FingerConfig) -> FingerIndexSettings {
+    FingerIndexSettings {
         shortlist_from: c.shortlist_from,
         shortlist_fraction: c.shortlist_fraction,
         shortlist_min: c.shortlist_min,
@@ -43,39 +43,39 @@ fn threads_or_all(threads: usize) -> usize {
     if threads == 0 { std::thread::available_parallelism().map_or(1, usize::from) } else { threads }
 }
 
-/// The finger gallery: from its snapshot plus the store's changes since, or
+/// The finger index: from its snapshot plus the store's changes since, or
 /// else rebuilt from every stored finger template. True when the snapshot is
 /// missing or behind (a new one should be written).
 pub(super) fn load_fingers(
     store: &Store,
-    settings: GallerySettings,
+    settings: FingerIndexSettings,
     threads: usize,
     file: Option<&SealedFile>,
-) -> Result<(FingerGallery, bool), EngineError> {
+) -> Result<(FingerIndex, bool), EngineError> {
     let t = Instant::now();
     let threads = threads_or_all(threads);
     if let Some(file) = file {
         match restore(store, settings, threads, file) {
-            Ok(Some((gallery, stale))) => {
-                info!(templates = gallery.len(), ms = t.elapsed().as_millis() as u64, "finger gallery restored");
-                return Ok((gallery, stale));
+            Ok(Some((index, stale))) => {
+                info!(templates = index.len(), ms = t.elapsed().as_millis() as u64, "finger index restored");
+                return Ok((index, stale));
             }
             Ok(None) => {}
-            Err(e) => warn!(error = %e, "finger gallery snapshot not used; rebuilding from the store"),
+            Err(e) => warn!(error = %e, "finger index snapshot not used; rebuilding from the store"),
         }
     }
-    let gallery = rebuild_fingers(store, settings, threads)?;
-    info!(templates = gallery.len(), ms = t.elapsed().as_millis() as u64, "finger gallery rebuilt from the store");
-    Ok((gallery, true))
+    let index = rebuild_fingers(store, settings, threads)?;
+    info!(templates = index.len(), ms = t.elapsed().as_millis() as u64, "finger index rebuilt from the store");
+    Ok((index, true))
 }
 
-/// The gallery from the snapshot and the store's changes since; `None` when there is no snapshot.
+/// The index from the snapshot and the store's changes since; `None` when there is no snapshot.
 fn restore(
     store: &Store,
-    settings: GallerySettings,
+    settings: FingerIndexSettings,
     threads: usize,
     file: &SealedFile,
-) -> Result<Option<(FingerGallery, bool)>, EngineError> {
+) -> Result<Option<(FingerIndex, bool)>, EngineError> {
     let t = Instant::now();
     let Some(mut reader) = file.reader()? else { return Ok(None) };
     let mut owners: HashMap<String, Arc<str>> = HashMap::new();
@@ -88,11 +88,11 @@ fn restore(
     let restored = snapshot::read(&mut reader, settings, |id, position| {
         live.get(&id).filter(|l| l.1 == position).map(|l| l.0.clone())
     })
-    .map_err(|e| EngineError::Internal(format!("finger gallery snapshot: {e}")))?;
+    .map_err(|e| EngineError::Internal(format!("finger index snapshot: {e}")))?;
     let read_ms = t.elapsed().as_millis() as u64;
-    let mut gallery = restored.gallery;
-    let kept = gallery.len();
-    let mut missing: Vec<i64> = live.keys().copied().filter(|&id| gallery.template(id).is_none()).collect();
+    let mut index = restored.index;
+    let kept = index.len();
+    let mut missing: Vec<i64> = live.keys().copied().filter(|&id| index.template(id).is_none()).collect();
     missing.sort_unstable();
     let mut records: Vec<Record> = store
         .templates_with_ids(&missing)?
@@ -104,8 +104,8 @@ fn restore(
             _ => None,
         })
         .collect();
-    let unreadable = add_records(&mut gallery, &mut records, threads);
-    let added = gallery.len() - kept;
+    let unreadable = add_records(&mut index, &mut records, threads);
+    let added = index.len() - kept;
     if unreadable > 0 {
         warn!(unreadable, "stored finger templates that do not parse are not searchable");
     }
@@ -116,9 +116,9 @@ fn restore(
         listed_ms,
         read_ms,
         ms = t.elapsed().as_millis() as u64,
-        "finger gallery snapshot read, with the store's changes since"
+        "finger index snapshot read, with the store's changes since"
     );
-    Ok(Some((gallery, added > 0 || restored.dropped > 0)))
+    Ok(Some((index, added > 0 || restored.dropped > 0)))
 }
 
 /// A stored finger template: id, owner, finger position, ISO/IEC 19794-2 record.
@@ -127,7 +127,7 @@ type Record = (i64, Arc<str>, u8, Vec<u8>);
 /// Builds the MCC templates and shortlist keys of `records` on `threads`
 /// threads ([`Prepared::new`]) and adds them in order, in one batch, emptying `records`.
 /// Returns how many did not parse (they are left out).
-fn add_records(gallery: &mut FingerGallery, records: &mut Vec<Record>, threads: usize) -> usize {
+fn add_records(index: &mut FingerIndex, records: &mut Vec<Record>, threads: usize) -> usize {
     let prepared =
         parallel_map(records, threads, |(_, _, _, iso)| template::matcher_template(iso).map(Prepared::new).ok());
     let mut unreadable = 0;
@@ -138,15 +138,15 @@ fn add_records(gallery: &mut FingerGallery, records: &mut Vec<Record>, threads: 
             None => unreadable += 1,
         }
     }
-    gallery.add_prepared_batch(batch);
+    index.add_prepared_batch(batch);
     unreadable
 }
 
-/// The finger gallery from every stored finger template, read in batches of
+/// The finger index from every stored finger template, read in batches of
 /// [`BATCH`] templates, each built on `threads` threads ([`add_records`]),
 /// added in store order.
-fn rebuild_fingers(store: &Store, settings: GallerySettings, threads: usize) -> Result<FingerGallery, EngineError> {
-    let mut gallery = FingerGallery::new(settings);
+fn rebuild_fingers(store: &Store, settings: FingerIndexSettings, threads: usize) -> Result<FingerIndex, EngineError> {
+    let mut index = FingerIndex::new(settings);
     let mut owners: HashMap<String, Arc<str>> = HashMap::new();
     let mut unreadable = 0;
     let mut batch: Vec<Record> = Vec::with_capacity(BATCH);
@@ -154,31 +154,31 @@ fn rebuild_fingers(store: &Store, settings: GallerySettings, threads: usize) -> 
         let TemplateData::Minutiae(iso) = t.template.data else { return Ok(()) };
         batch.push((t.template_id, intern(&mut owners, &t.subject_id), t.template.finger_position, iso));
         if batch.len() >= BATCH {
-            unreadable += add_records(&mut gallery, &mut batch, threads);
+            unreadable += add_records(&mut index, &mut batch, threads);
         }
         Ok(())
     })?;
-    unreadable += add_records(&mut gallery, &mut batch, threads);
+    unreadable += add_records(&mut index, &mut batch, threads);
     if unreadable > 0 {
         warn!(unreadable, "stored finger templates that do not parse are not searchable");
     }
-    Ok(gallery)
+    Ok(index)
 }
 
-/// Seals the finger gallery into its snapshot file. The gallery is
+/// Seals the finger index into its snapshot file. The index is
 /// read-locked only while its state is taken (templates and the shortlist
 /// indexes' buckets shared, the buckets copy-on-write: searches go on,
 /// enrollments wait for that moment only); it is written chunk by chunk after
 /// the lock is released.
-pub(super) fn write_finger_snapshot(fingers: &RwLock<FingerGallery>, file: &SealedFile) -> Result<(), EngineError> {
+pub(super) fn write_finger_snapshot(fingers: &RwLock<FingerIndex>, file: &SealedFile) -> Result<(), EngineError> {
     let t = Instant::now();
     let frozen = fingers.read().map_err(|_| EngineError::Internal("finger lock poisoned".into()))?.freeze();
     let locked_ms = t.elapsed().as_millis() as u64;
     let mut out = file.writer()?;
-    let io = |e: std::io::Error| EngineError::Internal(format!("finger gallery snapshot: {e}"));
+    let io = |e: std::io::Error| EngineError::Internal(format!("finger index snapshot: {e}"));
     // The writer seals 4 MiB at a time: it is its own buffer.
     snapshot::write(&frozen, &mut out).map_err(io)?;
     out.finish()?;
-    info!(templates = frozen.len(), locked_ms, ms = t.elapsed().as_millis() as u64, "finger gallery snapshot written");
+    info!(templates = frozen.len(), locked_ms, ms = t.elapsed().as_millis() as u64, "finger index snapshot written");
     Ok(())
 }

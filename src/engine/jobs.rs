@@ -19,7 +19,7 @@ use crate::{
     config::JobsConfig,
     finger::{
         aspect::Stretched,
-        gallery::{FingerGallery, parallel_map},
+        index::{FingerIndex, parallel_map},
         mcc::{Matcher, Template},
         template,
     },
@@ -82,7 +82,7 @@ pub(super) struct JobRunner {
 #[derive(Debug, Clone)]
 struct Worker {
     store: Arc<Mutex<Store>>,
-    fingers: Arc<RwLock<FingerGallery>>,
+    fingers: Arc<RwLock<FingerIndex>>,
     calibrations: Calibrations,
     face_model_id: String,
     settings: JobsConfig,
@@ -93,7 +93,7 @@ impl JobRunner {
     /// Starts the runner thread; it first resumes the stored unfinished jobs.
     pub(super) fn start(
         store: Arc<Mutex<Store>>,
-        fingers: Arc<RwLock<FingerGallery>>,
+        fingers: Arc<RwLock<FingerIndex>>,
         calibrations: Calibrations,
         face_model_id: String,
         settings: JobsConfig,
@@ -396,11 +396,7 @@ impl Engine {
             && to_ms != 0
             && to_ms <= from_ms
         {
-            return Err(EngineError::invalid(
-                "INVALID_TIME_WINDOW",
-                "enrolled",
-                "to_unix_ms must be after from_unix_ms",
-            ));
+            return Err(EngineError::invalid("INVALID_TIME_WINDOW", "enrolled", "end_time must be after start_time"));
         }
         let all = modalities.is_empty();
         let params = DedupParams {
@@ -477,7 +473,7 @@ impl Engine {
         Ok((out, threshold))
     }
 
-    async fn job_status(&self, record: JobRecord) -> Result<JobStatus, EngineError> {
+    pub(super) async fn job_status(&self, record: JobRecord) -> Result<JobStatus, EngineError> {
         let (pairs, threshold) = self.fused_pairs(&record).await?;
         let params: DedupParams =
             serde_json::from_str(&record.params).map_err(|e| EngineError::Internal(format!("job parameters: {e}")))?;

@@ -1,5 +1,5 @@
 //! Identify (1:N) and verify (1:1) over faces and fingers. Candidates come
-//! from the face index and the finger gallery; every candidate is then
+//! from the face index and the finger index; every candidate is then
 //! scored on each component the probes have (see `scoring`), so a person
 //! found by one finger is also compared on the face and the other fingers.
 
@@ -12,7 +12,7 @@ use std::{
 use super::{
     Candidate, Engine, EngineError, IdentifyOutcome, IdentifyRequest, IdentifyTimes, VerifyOutcome, VerifyRequest,
     lock,
-    scoring::{ProbeSet, RawScores, gallery_templates, score_stored},
+    scoring::{ProbeSet, RawScores, indexed_finger_templates, score_stored},
     validate_subject_id,
 };
 use crate::{biometric::Modality, index::best_per_subject};
@@ -22,11 +22,11 @@ const DEFAULT_CANDIDATES: usize = 10;
 impl Engine {
     /// Searches the gallery for the probe's owner.
     pub async fn identify(&self, req: IdentifyRequest) -> Result<IdentifyOutcome, EngineError> {
-        let IdentifyRequest { samples, max_candidates, target_fpir, subject_ids, gallery } = req;
+        let IdentifyRequest { samples, max_candidates, target_fpir, subject_ids, watchlist } = req;
         let target_fpir = Self::target("target_fpir", target_fpir, self.decision.target_fpir)?;
-        if !gallery.is_empty() {
-            super::validate_name(&gallery)
-                .map_err(|reason| EngineError::invalid("INVALID_GALLERY_NAME", "gallery", reason))?;
+        if !watchlist.is_empty() {
+            super::validate_name(&watchlist)
+                .map_err(|reason| EngineError::invalid("INVALID_WATCHLIST_NAME", "watchlist", reason))?;
         }
         let k = match max_candidates {
             0 => DEFAULT_CANDIDATES,
@@ -51,18 +51,18 @@ impl Engine {
                 EngineError::invalid("INVALID_SUBJECT_ID", format!("subject_ids[{i}]"), "not a valid subject id")
             })?;
         }
-        // A named gallery restricts the search to its members (and to the
+        // A watchlist restricts the search to its members (and to the
         // listed subjects among them, when both are given).
-        let restriction: Option<HashSet<String>> = if gallery.is_empty() {
+        let restriction: Option<HashSet<String>> = if watchlist.is_empty() {
             (!subject_ids.is_empty()).then(|| subject_ids.into_iter().collect())
         } else {
             let store = self.store.clone();
-            let name = gallery.clone();
+            let name = watchlist.clone();
             let members =
-                tokio::task::spawn_blocking(move || Ok::<_, EngineError>(lock(&store)?.gallery_members(&name)?))
+                tokio::task::spawn_blocking(move || Ok::<_, EngineError>(lock(&store)?.watchlist_members(&name)?))
                     .await??;
             if members.is_empty() {
-                return Err(EngineError::GalleryNotFound(gallery));
+                return Err(EngineError::WatchlistNotFound(watchlist));
             }
             let listed: HashSet<String> = subject_ids.into_iter().collect();
             Some(members.into_iter().filter(|m| listed.is_empty() || listed.contains(m)).collect())
@@ -121,7 +121,7 @@ impl Engine {
         let fingers = self.fingers.clone();
         let threads = self.finger.search_threads;
         let raw = tokio::task::spawn_blocking(move || -> Result<_, EngineError> {
-            let cached = gallery_templates(&fingers, &set, &templates)?;
+            let cached = indexed_finger_templates(&fingers, &set, &templates)?;
             Ok(score_stored(&set, &templates, &face_model, &cached, threads))
         })
         .await??;
@@ -162,7 +162,7 @@ impl Engine {
         })
     }
 
-    /// Candidates from the face index and the finger gallery, each then
+    /// Candidates from the face index and the finger index, each then
     /// scored on every component of the probe set; with the time the
     /// rescoring from the stored templates took.
     async fn search_gallery(
@@ -170,7 +170,7 @@ impl Engine {
         set: ProbeSet,
         k: usize,
     ) -> Result<(BTreeMap<String, RawScores>, std::time::Duration), EngineError> {
-        let gallery = self.gallery.clone();
+        let gallery = self.faces.clone();
         let fingers = self.fingers.clone();
         let threads = self.finger.search_threads;
         // Subjects may own several templates and a candidate may be found by
@@ -255,7 +255,7 @@ impl Engine {
                     }
                 }
             }
-            let cached = gallery_templates(&fingers, &set, &all)?;
+            let cached = indexed_finger_templates(&fingers, &set, &all)?;
             Ok(score_stored(&set, &all, &face_model, &cached, threads))
         })
         .await?

@@ -9,6 +9,7 @@ mod face_index;
 mod finger_index;
 mod jobs;
 mod keys;
+mod listing;
 mod matching;
 mod probe;
 mod types;
@@ -26,7 +27,7 @@ use crate::{
     biometric::{Modality, TemplateData},
     config::{Config, DecisionConfig, FingerConfig, JobsConfig},
     face::FaceSettings,
-    finger::{FingerSettings, gallery::FingerGallery, template},
+    finger::{FingerSettings, index::FingerIndex, template},
     index::VectorIndex,
     inference,
     store::{Actor, Checkpoints, Store, SubjectRecord},
@@ -34,8 +35,9 @@ use crate::{
 };
 pub use error::EngineError;
 use face_index::{SNAPSHOT_FILE, Snapshots, index_settings, load_face_index, rebuild, write_snapshot};
-use finger_index::{FINGER_SNAPSHOT_FILE, gallery_settings, load_fingers, write_finger_snapshot};
+use finger_index::{FINGER_SNAPSHOT_FILE, finger_index_settings, load_fingers, write_finger_snapshot};
 pub use jobs::{DedupRequest, DuplicatePair, JobStatus};
+pub use listing::{Page, PageRequest};
 pub use scoring::Calibrations;
 pub use types::*;
 
@@ -77,11 +79,11 @@ enum Derived {
 #[derive(Debug)]
 pub struct Engine {
     store: Arc<Mutex<Store>>,
-    gallery: Arc<RwLock<VectorIndex>>,
+    faces: Arc<RwLock<VectorIndex>>,
     snapshots: Snapshots,
-    /// The finger gallery's snapshots (`None`: `finger.snapshot_every = 0`).
+    /// The finger index's snapshots (`None`: `finger.snapshot_every = 0`).
     finger_snapshots: Option<Snapshots>,
-    fingers: Arc<RwLock<FingerGallery>>,
+    fingers: Arc<RwLock<FingerIndex>>,
     workers: Workers,
     face_model: FaceModel,
     /// Id finger templates extracted here record, and the model file's sha256.
@@ -148,7 +150,7 @@ impl Engine {
         }
         let (fingers, fingers_stale) = load_fingers(
             &store,
-            gallery_settings(&config.finger),
+            finger_index_settings(&config.finger),
             config.finger.rebuild_threads,
             finger_snapshots.then_some(&finger_file),
         )?;
@@ -164,7 +166,7 @@ impl Engine {
         )?;
         let engine = Self {
             store,
-            gallery: Arc::new(RwLock::new(gallery)),
+            faces: Arc::new(RwLock::new(gallery)),
             snapshots: Snapshots {
                 file: snapshot_file,
                 every: config.index.snapshot_every.max(1),
@@ -204,14 +206,14 @@ impl Engine {
     }
 
     /// Writes the snapshots now (blocking; at shutdown): the face index's,
-    /// and the finger gallery's when it changed since the last one.
+    /// and the finger index's when it changed since the last one.
     pub fn save_snapshot(&self) -> Result<(), EngineError> {
         let faces = {
             let _one_writer =
                 self.snapshots.writing.lock().map_err(|_| EngineError::Internal("snapshot lock".into()))?;
-            write_snapshot(&self.gallery, &self.snapshots.file, &self.face_model.id)
+            write_snapshot(&self.faces, &self.snapshots.file, &self.face_model.id)
         };
-        // The finger gallery's is written even when the face index's failed.
+        // The finger index's is written even when the face index's failed.
         if let Some(s) = &self.finger_snapshots {
             let _one_writer = s.writing.lock().map_err(|_| EngineError::Internal("snapshot lock".into()))?;
             if s.changes.swap(0, Ordering::Relaxed) > 0 {
@@ -228,7 +230,7 @@ impl Engine {
         }
     }
 
-    /// Counts `n` changes to the face index or the finger gallery; past
+    /// Counts `n` changes to the face index or the finger index; past
     /// their `snapshot_every`, a snapshot is written on a background thread
     /// (one at a time for each).
     fn note_changes(&self, which: Derived, n: u64) {
@@ -245,7 +247,7 @@ impl Engine {
         let (file, writing) = (s.file.clone(), s.writing.clone());
         let write: Box<dyn FnOnce() -> Result<(), EngineError> + Send> = match which {
             Derived::Faces => {
-                let (gallery, label) = (self.gallery.clone(), self.face_model.id.clone());
+                let (gallery, label) = (self.faces.clone(), self.face_model.id.clone());
                 Box::new(move || write_snapshot(&gallery, &file, &label))
             }
             Derived::Fingers => {
@@ -276,7 +278,7 @@ impl Engine {
         validate_subject_id(&subject_id)?;
         let actor = actor.clone();
         let store = self.store.clone();
-        let gallery = self.gallery.clone();
+        let gallery = self.faces.clone();
         let fingers = self.fingers.clone();
         let subjects = self.subjects.clone();
         let removed = tokio::task::spawn_blocking(move || -> Result<(usize, usize, usize), EngineError> {
@@ -335,7 +337,7 @@ impl Engine {
             models.push((self.finger_model_id.clone(), Modality::Finger, 0, self.finger_model_sha256.clone()));
         }
         let face_index = {
-            let g = self.gallery.read().map_err(|_| EngineError::Internal("index lock poisoned".into()))?;
+            let g = self.faces.read().map_err(|_| EngineError::Internal("index lock poisoned".into()))?;
             let kind = &g.settings().kind;
             (kind.name().to_owned(), kind.approximate(), g.describe())
         };
@@ -347,15 +349,15 @@ fn lock(store: &Mutex<Store>) -> Result<std::sync::MutexGuard<'_, Store>, Engine
     store.lock().map_err(|_| EngineError::Internal("store lock poisoned".into()))
 }
 
-/// Most named galleries one enroll may name.
-const MAX_GALLERIES: usize = 64;
+/// Most watchlists one enroll may name.
+const MAX_WATCHLISTS: usize = 64;
 
 /// Subject ids are opaque to cotejo but must be printable and bounded.
 fn validate_subject_id(id: &str) -> Result<(), EngineError> {
     validate_name(id).map_err(|reason| EngineError::invalid("INVALID_SUBJECT_ID", "subject_id", reason))
 }
 
-/// Subject ids and gallery names: 1..=128 bytes, no control characters.
+/// Subject ids and watchlist names: 1..=128 bytes, no control characters.
 pub(crate) fn validate_name(name: &str) -> Result<(), &'static str> {
     if name.is_empty() {
         return Err("is required");

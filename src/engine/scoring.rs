@@ -17,7 +17,7 @@ use crate::{
     face::embed::cosine,
     finger::{
         aspect::Hypotheses,
-        gallery::{FingerGallery, parallel_map},
+        index::{FingerIndex, parallel_map},
         mcc::{Matcher, Template},
         template,
     },
@@ -81,14 +81,14 @@ impl ProbeSet {
     }
 }
 
-/// The finger gallery's MCC templates for those of `templates` that the
+/// The finger index's MCC templates for those of `templates` that the
 /// probes can be compared with (same finger position), by template id.
 ///
 /// Taken under the gallery's read lock, which is released before any
 /// comparison; a template the gallery does not hold (one enrolled or deleted
 /// meanwhile) is simply absent and [`score_stored`] builds it from its record.
-pub(super) fn gallery_templates(
-    fingers: &RwLock<FingerGallery>,
+pub(super) fn indexed_finger_templates(
+    fingers: &RwLock<FingerIndex>,
     probes: &ProbeSet,
     templates: &[StoredTemplate],
 ) -> Result<HashMap<i64, Arc<Template>>, EngineError> {
@@ -116,7 +116,7 @@ pub(super) const HYPOTHESIS_TEMPLATES: usize = 128;
 /// Raw scores of the probes against stored templates, per subject.
 ///
 /// Finger templates are taken from `cached` (the gallery's, by template id:
-/// see [`gallery_templates`]) and otherwise built from their ISO record. The
+/// see [`indexed_finger_templates`]) and otherwise built from their ISO record. The
 /// [`HYPOTHESIS_TEMPLATES`] best of each position then get the matcher's
 /// aspect hypotheses (`finger::aspect`), built from their records on up to
 /// `threads` threads.
@@ -313,7 +313,7 @@ mod tests {
     use crate::{
         biometric::NewTemplate,
         finger::{
-            gallery::GallerySettings,
+            index::FingerIndexSettings,
             iso19794_2::{self, IsoMinutia, MinutiaKind},
         },
     };
@@ -364,13 +364,13 @@ mod tests {
         let probe = template::matcher_hypotheses(minutiae_of(&templates[0])).unwrap_or_default();
         assert!(!probe.declared.is_empty());
         let probes = ProbeSet { faces: vec![], fingers: BTreeMap::from([(2, vec![probe])]) };
-        let mut gallery = FingerGallery::new(GallerySettings::default());
+        let mut gallery = FingerIndex::new(FingerIndexSettings::default());
         for t in &templates[..2] {
             let m = template::matcher_template(minutiae_of(t)).unwrap_or_default();
             gallery.add(t.template_id, t.subject_id.as_str().into(), t.template.finger_position, m);
         }
         let gallery = RwLock::new(gallery);
-        let cached = gallery_templates(&gallery, &probes, &templates).unwrap_or_default();
+        let cached = indexed_finger_templates(&gallery, &probes, &templates).unwrap_or_default();
         // Position 7 has no probe: not looked up.
         assert_eq!(cached.keys().copied().collect::<std::collections::BTreeSet<_>>(), [1, 2].into());
         let from_records = score_stored(&probes, &templates, "face", &HashMap::new(), 2);

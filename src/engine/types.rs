@@ -18,8 +18,8 @@ pub struct EnrollRequest {
     pub add_encounter: bool,
     /// With several faces, use the main one instead of failing.
     pub use_main_face: bool,
-    /// Named galleries the subject joins.
-    pub galleries: Vec<String>,
+    /// Watchlists the subject joins.
+    pub watchlists: Vec<String>,
     /// Idempotency key (empty: none): a retry returns the first answer.
     pub request_id: String,
 }
@@ -69,8 +69,8 @@ pub struct IdentifyRequest {
     pub target_fpir: f64,
     /// Restriction to these subjects (empty: all).
     pub subject_ids: Vec<String>,
-    /// Restriction to a named gallery (empty: all).
-    pub gallery: String,
+    /// Restriction to a watchlist's members (empty: the whole gallery).
+    pub watchlist: String,
 }
 
 /// One modality's score against a candidate.

@@ -46,7 +46,7 @@ pub async fn latency(
             samples: vec![image_sample(std::fs::read(first)?)],
             add_encounter: false,
             use_main_face: true,
-            galleries: Vec::new(),
+            watchlists: Vec::new(),
             request_id: String::new(),
         };
         if engine.enroll(req, &crate::store::Actor::system("eval")).await.is_ok() {
@@ -128,7 +128,7 @@ async fn measure(engine: &Engine, pairs: &[(&str, &Path, &Path)], job: bool) -> 
             max_candidates: 10,
             target_fpir: 0.0,
             subject_ids: Vec::new(),
-            gallery: String::new(),
+            watchlist: String::new(),
         };
         let t = Instant::now();
         let Ok(out) = engine.identify(req).await else { continue };
@@ -215,7 +215,7 @@ pub(super) async fn enroll_one(engine: &Engine, subject: String, sample: Sample)
         samples: vec![sample],
         add_encounter: false,
         use_main_face: false,
-        galleries: Vec::new(),
+        watchlists: Vec::new(),
         request_id: String::new(),
     };
     engine.enroll(req, &crate::store::Actor::system("eval")).await?;

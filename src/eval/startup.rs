@@ -85,7 +85,7 @@ pub async fn startup(config: &Config, gallery: usize, changes: usize) -> anyhow:
 /// `cotejo eval startup --fingers N`: enrolls `fingers` synthetic one-finger
 /// subjects (ISO records of 30-45 random minutiae in a 300x400 frame, like
 /// FVC2002's), then `rounds` times: a start with an empty store (the fixed
-/// cost), a start that rebuilds the finger gallery from the store on every
+/// cost), a start that rebuilds the finger index from the store on every
 /// core (no snapshot file), the wait for the snapshot that start writes in
 /// the background, `changes` more enrollments and `changes / 10` deletions,
 /// and a start from the snapshot plus the store's changes since. On the last
@@ -116,7 +116,7 @@ pub async fn startup_fingers(
     let enroll_secs = t.elapsed().as_secs_f64();
     drop(engine);
     crate::telemetry::init(&config.log);
-    let snapshot = dir.path().join("finger-gallery.snap");
+    let snapshot = dir.path().join("finger-index.snap");
     let (mut empty, mut rebuilt, mut written, mut restored, mut bytes) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new(), 0);
     let mut deletes = Vec::new();
@@ -180,7 +180,7 @@ pub async fn startup_fingers(
                     max_candidates: 10,
                     target_fpir: 0.0,
                     subject_ids: Vec::new(),
-                    gallery: String::new(),
+                    watchlist: String::new(),
                 })
                 .await?;
             rank1 += usize::from(out.candidates.first().is_some_and(|c| c.subject_id == mate));

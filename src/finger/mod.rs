@@ -1,9 +1,9 @@
 //! The fingerprint side of cotejo: minutiae extraction (LEADER), templates
 //! in the ISO/IEC 19794-2:2005 interchange format, MCC matching and the
-//! in-memory finger gallery.
+//! in-memory finger index.
 
 pub mod aspect;
-pub mod gallery;
+pub mod index;
 pub mod iso19794_2;
 pub mod mcc;
 pub mod minutiae;

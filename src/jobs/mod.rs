@@ -49,7 +49,7 @@ pub enum Block {
         /// End row (exclusive).
         end: usize,
     },
-    /// Finger templates `start..end` searched in the finger gallery.
+    /// Finger templates `start..end` searched in the finger index.
     Fingers {
         /// First template.
         start: usize,

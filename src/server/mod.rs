@@ -188,13 +188,14 @@ pub async fn serve(
     }
     let gate = Gate::new(auth, slot.clone(), metrics);
     let max = config.server.max_message_bytes;
-    let biometrics = pb::biometrics_server::BiometricsServer::new(BiometricsApi::new(slot.clone(), gate.clone()))
+    let biometrics =
+        pb::biometrics_service_server::BiometricsServiceServer::new(BiometricsApi::new(slot.clone(), gate.clone()))
+            .max_decoding_message_size(max)
+            .max_encoding_message_size(max);
+    let jobs = pb::jobs_service_server::JobsServiceServer::new(JobsApi::new(slot.clone(), gate.clone()))
         .max_decoding_message_size(max)
         .max_encoding_message_size(max);
-    let jobs = pb::jobs_server::JobsServer::new(JobsApi::new(slot.clone(), gate.clone()))
-        .max_decoding_message_size(max)
-        .max_encoding_message_size(max);
-    let audit = pb::audit_server::AuditServer::new(AuditApi::new(slot.clone(), gate.clone()))
+    let audit = pb::audit_service_server::AuditServiceServer::new(AuditApi::new(slot.clone(), gate.clone()))
         .max_decoding_message_size(max)
         .max_encoding_message_size(max);
     background.0.push(spawn_checkpointer(slot.clone(), Duration::from_secs(config.audit.checkpoint_every_secs)));
@@ -285,12 +286,20 @@ async fn set_health(h: &tonic_health::server::HealthReporter, to: Health) {
     let audit = if to == Health::NotServing { ServingStatus::NotServing } else { ServingStatus::Serving };
     h.set_service_status("", all).await;
     h.set_service_status(
-        <pb::biometrics_server::BiometricsServer<BiometricsApi> as tonic::server::NamedService>::NAME,
+        <pb::biometrics_service_server::BiometricsServiceServer<BiometricsApi> as tonic::server::NamedService>::NAME,
         all,
     )
     .await;
-    h.set_service_status(<pb::jobs_server::JobsServer<JobsApi> as tonic::server::NamedService>::NAME, all).await;
-    h.set_service_status(<pb::audit_server::AuditServer<AuditApi> as tonic::server::NamedService>::NAME, audit).await;
+    h.set_service_status(
+        <pb::jobs_service_server::JobsServiceServer<JobsApi> as tonic::server::NamedService>::NAME,
+        all,
+    )
+    .await;
+    h.set_service_status(
+        <pb::audit_service_server::AuditServiceServer<AuditApi> as tonic::server::NamedService>::NAME,
+        audit,
+    )
+    .await;
 }
 
 /// Loads the models and rebuilds the index while the socket already
@@ -333,7 +342,7 @@ fn spawn_startup(
 }
 
 /// Takes the engine back and writes what makes the next start fast and the
-/// audit log anchored: the snapshots (face index, finger gallery) and a
+/// audit log anchored: the snapshots (face index, finger index) and a
 /// checkpoint. A connection left open then holds no engine, so the store
 /// closes (and the data directory is free) once the calls still running end.
 async fn close(slot: &EngineSlot) {

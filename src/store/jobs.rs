@@ -114,6 +114,33 @@ pub struct PairComponent {
     pub raw: f64,
 }
 
+/// The columns [`job_row`] reads.
+const JOB_COLUMNS: &str =
+    "SELECT job_id, kind, params, state, max_template_id, total, done, error, created_ms FROM jobs";
+
+/// A [`JobRecord`] from a row of [`JOB_COLUMNS`].
+fn job_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<JobRecord> {
+    let name: String = r.get(3)?;
+    let state = JobState::parse(&name).ok_or_else(|| {
+        rusqlite::Error::FromSqlConversionFailure(
+            3,
+            rusqlite::types::Type::Text,
+            format!("unknown job state {name:?}").into(),
+        )
+    })?;
+    Ok(JobRecord {
+        job_id: r.get(0)?,
+        kind: r.get(1)?,
+        params: r.get(2)?,
+        state,
+        max_template_id: r.get(4)?,
+        total: r.get::<_, i64>(5)? as u64,
+        done: r.get::<_, i64>(6)? as u64,
+        error: r.get(7)?,
+        created_ms: r.get(8)?,
+    })
+}
+
 impl Store {
     /// Records a new queued job.
     pub fn create_job(&mut self, kind: &str, params: &str) -> Result<JobRecord, StoreError> {
@@ -131,35 +158,18 @@ impl Store {
 
     /// A job, if it exists.
     pub fn job(&self, job_id: i64) -> Result<Option<JobRecord>, StoreError> {
-        Ok(self
-            .conn
-            .query_row(
-                "SELECT job_id, kind, params, state, max_template_id, total, done, error, created_ms FROM jobs WHERE job_id = ?1",
-                [job_id],
-                |r| {
-                    Ok(JobRecord {
-                        job_id: r.get(0)?,
-                        kind: r.get(1)?,
-                        params: r.get(2)?,
-                        state: {
-                            let name: String = r.get(3)?;
-                            JobState::parse(&name).ok_or_else(|| {
-                                rusqlite::Error::FromSqlConversionFailure(
-                                    3,
-                                    rusqlite::types::Type::Text,
-                                    format!("unknown job state {name:?}").into(),
-                                )
-                            })?
-                        },
-                        max_template_id: r.get(4)?,
-                        total: r.get::<_, i64>(5)? as u64,
-                        done: r.get::<_, i64>(6)? as u64,
-                        error: r.get(7)?,
-                        created_ms: r.get(8)?,
-                    })
-                },
-            )
-            .optional()?)
+        let mut st = self.conn.prepare_cached(&format!("{JOB_COLUMNS} WHERE job_id = ?1"))?;
+        Ok(st.query_row([job_id], job_row).optional()?)
+    }
+
+    /// Up to `limit` jobs with ids below `before`, newest first.
+    pub fn list_jobs(&self, before: i64, limit: usize) -> Result<Vec<JobRecord>, StoreError> {
+        let mut st =
+            self.conn.prepare_cached(&format!("{JOB_COLUMNS} WHERE job_id < ?1 ORDER BY job_id DESC LIMIT ?2"))?;
+        let jobs = st
+            .query_map(params![before, i64::try_from(limit).unwrap_or(i64::MAX)], job_row)?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(jobs)
     }
 
     /// Jobs a (re)started server must run, oldest first.

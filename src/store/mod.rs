@@ -67,8 +67,8 @@ pub struct SubjectRecord {
     pub created_ms: i64,
     /// Encounters, oldest first.
     pub encounters: Vec<EncounterRecord>,
-    /// Named galleries it belongs to.
-    pub galleries: Vec<String>,
+    /// Watchlists it belongs to.
+    pub watchlists: Vec<String>,
 }
 
 /// One enrollment session of a subject.
@@ -80,6 +80,21 @@ pub struct EncounterRecord {
     pub created_ms: i64,
     /// Template summaries (modality, position, model, quality).
     pub templates: Vec<(Modality, u8, String, f32)>,
+}
+
+/// A subject in a listing: its counts rather than its encounters.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SubjectSummary {
+    /// The subject's id.
+    pub subject_id: String,
+    /// When it was first enrolled.
+    pub created_ms: i64,
+    /// Its encounters.
+    pub encounters: u64,
+    /// Its templates, all encounters.
+    pub templates: u64,
+    /// The watchlists it belongs to.
+    pub watchlists: Vec<String>,
 }
 
 /// Gallery counts.
@@ -158,18 +173,18 @@ CREATE TABLE IF NOT EXISTS templates (
     sealed BLOB NOT NULL
 ) STRICT;
 CREATE INDEX IF NOT EXISTS templates_subject ON templates(subject_id);
-CREATE TABLE IF NOT EXISTS gallery_members (
-    gallery TEXT NOT NULL,
+CREATE TABLE IF NOT EXISTS watchlist_members (
+    watchlist TEXT NOT NULL,
     subject_id TEXT NOT NULL REFERENCES subjects(subject_id) ON DELETE CASCADE,
-    PRIMARY KEY (gallery, subject_id)
+    PRIMARY KEY (watchlist, subject_id)
 ) STRICT;
-CREATE INDEX IF NOT EXISTS gallery_members_subject ON gallery_members(subject_id);
+CREATE INDEX IF NOT EXISTS watchlist_members_subject ON watchlist_members(subject_id);
 CREATE INDEX IF NOT EXISTS templates_model ON templates(modality, model_id);
 -- Covers the start-up listing of (template id, owner) per model, so that it
 -- does not read the sealed rows (1.4 GB at 1,000,000 faces).
 CREATE INDEX IF NOT EXISTS templates_owner ON templates(modality, model_id, subject_id);
 -- Covers the start-up listing of the finger templates (id, owner, position),
--- checked against the finger gallery's snapshot.
+-- checked against the finger index's snapshot.
 CREATE INDEX IF NOT EXISTS templates_finger ON templates(modality, finger_position, subject_id);
 -- Enroll idempotency keys: a retried request id gets the first answer.
 CREATE TABLE IF NOT EXISTS enroll_requests (
@@ -237,6 +252,7 @@ impl Store {
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        migrate(&conn, dir)?;
         conn.execute_batch(SCHEMA)?;
         conn.execute_batch(jobs::SCHEMA)?;
         audit::create(&conn)?;
@@ -250,7 +266,7 @@ impl Store {
         subject_id: &str,
         add_encounter: bool,
         templates: &[NewTemplate],
-        galleries: &[String],
+        watchlists: &[String],
         actor: &Actor,
         key: Option<RequestKey<'_>>,
     ) -> Result<Enrolled, StoreError> {
@@ -288,14 +304,14 @@ impl Store {
             tx.execute("UPDATE templates SET sealed = ?1 WHERE template_id = ?2", params![sealed, id])?;
             template_ids.push(id);
         }
-        for g in galleries {
+        for g in watchlists {
             tx.execute(
-                "INSERT OR IGNORE INTO gallery_members (gallery, subject_id) VALUES (?1, ?2)",
+                "INSERT OR IGNORE INTO watchlist_members (watchlist, subject_id) VALUES (?1, ?2)",
                 params![g, subject_id],
             )?;
         }
         let detail =
-            format!("encounter={encounter_id} templates={} galleries={}", templates.len(), galleries.join(","));
+            format!("encounter={encounter_id} templates={} watchlists={}", templates.len(), watchlists.join(","));
         let record =
             AuditRecord { actor: actor.clone(), subjects: vec![subject_id.to_owned()], outcome: "OK".into(), detail };
         audit::append(&tx, now, &record)?;
@@ -370,17 +386,51 @@ impl Store {
                 }
             }
         }
-        let mut st = self.conn.prepare("SELECT gallery FROM gallery_members WHERE subject_id = ?1 ORDER BY gallery")?;
-        let galleries = st.query_map([subject_id], |r| r.get(0))?.collect::<Result<Vec<String>, _>>()?;
-        Ok(SubjectRecord { subject_id: subject_id.to_owned(), created_ms, encounters, galleries })
+        let watchlists = subject_watchlists(&self.conn, subject_id)?;
+        Ok(SubjectRecord { subject_id: subject_id.to_owned(), created_ms, encounters, watchlists })
     }
 
-    /// The members of a named gallery (empty when nobody is in it).
-    pub fn gallery_members(&self, gallery: &str) -> Result<Vec<String>, StoreError> {
+    /// The members of a watchlist (empty when nobody is in it).
+    pub fn watchlist_members(&self, watchlist: &str) -> Result<Vec<String>, StoreError> {
         let mut st =
-            self.conn.prepare("SELECT subject_id FROM gallery_members WHERE gallery = ?1 ORDER BY subject_id")?;
-        let members = st.query_map([gallery], |r| r.get(0))?.collect::<Result<Vec<String>, _>>()?;
+            self.conn.prepare("SELECT subject_id FROM watchlist_members WHERE watchlist = ?1 ORDER BY subject_id")?;
+        let members = st.query_map([watchlist], |r| r.get(0))?.collect::<Result<Vec<String>, _>>()?;
         Ok(members)
+    }
+
+    /// Up to `limit` subjects after `after` in subject id order (members of
+    /// `watchlist` only, when not empty), with their counts.
+    pub fn list_subjects(&self, after: &str, limit: usize, watchlist: &str) -> Result<Vec<SubjectSummary>, StoreError> {
+        let filter = if watchlist.is_empty() {
+            ""
+        } else {
+            "AND s.subject_id IN (SELECT subject_id FROM watchlist_members WHERE watchlist = ?3)"
+        };
+        let mut st = self.conn.prepare_cached(&format!(
+            "SELECT s.subject_id, s.created_ms,
+                    (SELECT COUNT(*) FROM encounters e WHERE e.subject_id = s.subject_id),
+                    (SELECT COUNT(*) FROM templates t WHERE t.subject_id = s.subject_id)
+             FROM subjects s WHERE s.subject_id > ?1 {filter} ORDER BY s.subject_id LIMIT ?2"
+        ))?;
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let read = |r: &rusqlite::Row<'_>| {
+            Ok(SubjectSummary {
+                subject_id: r.get(0)?,
+                created_ms: r.get(1)?,
+                encounters: r.get::<_, i64>(2)? as u64,
+                templates: r.get::<_, i64>(3)? as u64,
+                watchlists: Vec::new(),
+            })
+        };
+        let mut out = if watchlist.is_empty() {
+            st.query_map(params![after, limit], read)?.collect::<Result<Vec<_>, _>>()?
+        } else {
+            st.query_map(params![after, limit, watchlist], read)?.collect::<Result<Vec<_>, _>>()?
+        };
+        for s in &mut out {
+            s.watchlists = subject_watchlists(&self.conn, &s.subject_id)?;
+        }
+        Ok(out)
     }
 
     /// Every template of one subject, decrypted.
@@ -710,6 +760,39 @@ fn enroll_request(conn: &Connection, request_id: &str) -> Result<Option<EnrollRe
         .optional()?)
 }
 
+/// Brings a store written by an older cotejo up to [`SCHEMA`]: watchlist
+/// memberships were kept as `gallery_members`, the finger index's snapshot
+/// as `finger-gallery.snap`.
+fn migrate(conn: &Connection, dir: &Path) -> Result<(), StoreError> {
+    let (old, new) = (dir.join("finger-gallery.snap"), dir.join("finger-index.snap"));
+    if old.exists() && !new.exists() {
+        std::fs::rename(&old, &new)
+            .map_err(|source| StoreError::DataDir { path: old.display().to_string(), source })?;
+    }
+    let old: bool = conn
+        .query_row("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'gallery_members'", [], |_| Ok(()))
+        .optional()?
+        .is_some();
+    if old {
+        conn.execute_batch(
+            "BEGIN IMMEDIATE;
+             DROP INDEX IF EXISTS gallery_members_subject;
+             ALTER TABLE gallery_members RENAME COLUMN gallery TO watchlist;
+             ALTER TABLE gallery_members RENAME TO watchlist_members;
+             COMMIT;",
+        )?;
+    }
+    Ok(())
+}
+
+/// The watchlists `subject_id` belongs to, by name.
+fn subject_watchlists(conn: &Connection, subject_id: &str) -> Result<Vec<String>, StoreError> {
+    let mut st =
+        conn.prepare_cached("SELECT watchlist FROM watchlist_members WHERE subject_id = ?1 ORDER BY watchlist")?;
+    let names = st.query_map([subject_id], |r| r.get(0))?.collect::<Result<Vec<String>, _>>()?;
+    Ok(names)
+}
+
 fn subject_exists(conn: &Connection, subject_id: &str) -> Result<bool, StoreError> {
     Ok(conn.query_row("SELECT 1 FROM subjects WHERE subject_id = ?1", [subject_id], |_| Ok(())).optional()?.is_some())
 }
@@ -781,11 +864,11 @@ mod tests {
         assert_eq!(ts.len(), 2);
         assert_eq!(ts[1].template.data, TemplateData::Embedding(vec![3.0; 4]));
         assert_eq!(s.subject("alice").expect("subject").encounters.len(), 2);
-        assert_eq!(s.subject("alice").expect("subject").galleries, vec!["watch".to_owned()]);
-        assert_eq!(s.gallery_members("watch").expect("members"), vec!["alice".to_owned()]);
+        assert_eq!(s.subject("alice").expect("subject").watchlists, vec!["watch".to_owned()]);
+        assert_eq!(s.watchlist_members("watch").expect("members"), vec!["alice".to_owned()]);
         assert_eq!(s.delete_subject("alice", &a).expect("delete").len(), 2);
         assert!(matches!(s.subject("alice"), Err(StoreError::SubjectNotFound(_))));
-        assert!(s.gallery_members("watch").expect("members").is_empty(), "deletion leaves no membership");
+        assert!(s.watchlist_members("watch").expect("members").is_empty(), "deletion leaves no membership");
         assert_eq!(s.stats().expect("stats").subjects, 0);
         assert_eq!(s.verify_audit(None, false).expect("audit").entries, 3);
     }
@@ -800,6 +883,27 @@ mod tests {
             st.query_map([1], |r| r.get::<_, String>(3)).expect("plan").collect::<Result<_, _>>().expect("rows");
         assert!(plan.iter().any(|p| p.contains("templates_model")), "{plan:?}");
         assert!(!plan.iter().any(|p| p.contains("TEMP B-TREE")), "the listing sorts every row: {plan:?}");
+    }
+
+    #[test]
+    fn a_store_with_gallery_members_keeps_its_watchlists() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut s = Store::open(dir.path(), "").expect("open");
+        let a = Actor::system("test");
+        s.enroll("alice", false, &[template(1.0)], &["watch".to_owned()], &a, None).expect("enroll");
+        // The layout before watchlists had their own name.
+        s.conn
+            .execute_batch(
+                "ALTER TABLE watchlist_members RENAME COLUMN watchlist TO gallery;
+                 ALTER TABLE watchlist_members RENAME TO gallery_members;
+                 DROP INDEX watchlist_members_subject;
+                 CREATE INDEX gallery_members_subject ON gallery_members(subject_id);",
+            )
+            .expect("old layout");
+        drop(s);
+        let s = Store::open(dir.path(), "").expect("reopen");
+        assert_eq!(s.watchlist_members("watch").expect("members"), ["alice"]);
+        assert_eq!(s.subject("alice").expect("subject").watchlists, ["watch"]);
     }
 
     #[test]

@@ -29,7 +29,7 @@ pub struct Resealer {
 }
 
 /// The sealed files of a data directory.
-const FILES: [&str; 2] = ["face-index.snap", "finger-gallery.snap"];
+const FILES: [&str; 2] = ["face-index.snap", "finger-index.snap"];
 
 impl Resealer {
     /// Opens `<data_dir>/cotejo.db` with the keys of `key_dir`.

@@ -242,7 +242,7 @@ impl Drop for SealedWriter {
 /// A thread of its own reads and opens the chunks, at most [`READ_AHEAD`]
 /// ahead of the consumer, so that the file's reads and the decryption run
 /// beside the parsing of what came before (a start-up reads several GB of
-/// finger gallery snapshot this way). A chunk that fails ends the stream with
+/// finger index snapshot this way). A chunk that fails ends the stream with
 /// its error; dropping the reader stops the thread at its next chunk.
 #[derive(Debug)]
 pub struct SealedReader {

@@ -10,7 +10,7 @@ use std::{
 };
 
 use cotejo::{
-    api::pb::{self, biometrics_client::BiometricsClient},
+    api::pb::{self, biometrics_service_client::BiometricsServiceClient},
     config::Config,
 };
 use tokio::sync::oneshot;
@@ -47,7 +47,7 @@ pub(crate) fn config(data_dir: &Path, overrides: &[(&str, &str)]) -> Config {
 /// A server running inside the test process.
 pub(crate) struct TestServer {
     pub(crate) url: String,
-    pub(crate) client: BiometricsClient<Channel>,
+    pub(crate) client: BiometricsServiceClient<Channel>,
     shutdown: Option<oneshot::Sender<()>>,
     handle: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
@@ -79,9 +79,9 @@ impl TestServer {
 }
 
 /// A connected client.
-pub(crate) async fn client(url: &str) -> BiometricsClient<Channel> {
+pub(crate) async fn client(url: &str) -> BiometricsServiceClient<Channel> {
     let ch = Channel::from_shared(url.to_owned()).expect("url").connect().await.expect("connect");
-    BiometricsClient::new(ch).max_decoding_message_size(64 << 20).max_encoding_message_size(64 << 20)
+    BiometricsServiceClient::new(ch).max_decoding_message_size(64 << 20).max_encoding_message_size(64 << 20)
 }
 
 /// Polls the health service until the overall status is SERVING.
@@ -102,8 +102,8 @@ pub(crate) async fn wait_serving(url: &str, limit: Duration) {
 }
 
 /// A Jobs client for a server.
-pub(crate) async fn jobs_client(url: &str) -> cotejo::api::pb::jobs_client::JobsClient<Channel> {
-    cotejo::api::pb::jobs_client::JobsClient::connect(url.to_owned()).await.expect("connect jobs")
+pub(crate) async fn jobs_client(url: &str) -> cotejo::api::pb::jobs_service_client::JobsServiceClient<Channel> {
+    cotejo::api::pb::jobs_service_client::JobsServiceClient::connect(url.to_owned()).await.expect("connect jobs")
 }
 
 /// The `cotejo` binary as a child process serving on a free port.
@@ -195,7 +195,7 @@ pub(crate) fn enroll_req(subject: &str, samples: Vec<pb::Sample>) -> pb::EnrollR
         samples,
         add_encounter: false,
         use_main_face: false,
-        galleries: Vec::new(),
+        watchlists: Vec::new(),
         request_id: String::new(),
     }
 }

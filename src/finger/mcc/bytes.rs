@@ -1,4 +1,4 @@
-//! The byte form of a [`Template`], for the finger gallery's snapshot: the
+//! The byte form of a [`Template`], for the finger index's snapshot: the
 //! cylinders exactly as built (little-endian), so that a start-up reads them
 //! instead of building every template again (the snapshot's layout digest
 //! tells a build that makes other cylinders).

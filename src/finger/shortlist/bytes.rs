@@ -1,4 +1,4 @@
-//! The byte form of a [`ShortlistIndex`], for the finger gallery's snapshot:
+//! The byte form of a [`ShortlistIndex`], for the finger index's snapshot:
 //! its slots and every bucket's postings as they are, so that a start-up
 //! reads the index sequentially instead of hashing every template again and
 //! scattering its postings over two million buckets (most of a rebuild).

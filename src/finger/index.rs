@@ -1,8 +1,8 @@
-//! The in-memory finger gallery: every enrolled finger's MCC template, by
+//! The in-memory finger index: every enrolled finger's MCC template, by
 //! finger position, derived from the store (never the only copy). A search
 //! compares a probe with the templates of the same finger position on
 //! several threads and keeps each subject's best score. From
-//! [`GallerySettings::shortlist_from`] templates at a position on, a
+//! [`FingerIndexSettings::shortlist_from`] templates at a position on, a
 //! candidate stage picks the templates worth that comparison: the hash votes
 //! ([`super::shortlist`]); below `shortlist_from`, every template is compared
 //! (exhaustive).
@@ -29,10 +29,10 @@ struct Entry {
     template: Arc<Template>,
 }
 
-/// A template with its shortlist keys, ready to join a [`FingerGallery`].
+/// A template with its shortlist keys, ready to join a [`FingerIndex`].
 ///
 /// Building them is most of the cost of adding a template, and needs no
-/// access to the gallery, so a start-up prepares its templates on every core
+/// access to the index, so a start-up prepares its templates on every core
 /// and adds them one after another.
 #[derive(Debug, Clone)]
 pub struct Prepared {
@@ -66,7 +66,7 @@ pub struct FingerHit {
 
 /// When and how much to shortlist.
 #[derive(Debug, Clone, Copy)]
-pub struct GallerySettings {
+pub struct FingerIndexSettings {
     /// Positions with at least this many templates are searched through the shortlist.
     pub shortlist_from: usize,
     /// Fraction of a position's templates the hash votes keep for the full matcher.
@@ -79,7 +79,7 @@ pub struct GallerySettings {
     pub rerank: RerankSettings,
 }
 
-impl Default for GallerySettings {
+impl Default for FingerIndexSettings {
     fn default() -> Self {
         Self {
             shortlist_from: 50_000,
@@ -93,22 +93,22 @@ impl Default for GallerySettings {
 
 /// Finger templates by position, with removal by template id.
 #[derive(Debug, Default)]
-pub struct FingerGallery {
-    settings: GallerySettings,
+pub struct FingerIndex {
+    settings: FingerIndexSettings,
     by_position: [Vec<Entry>; SLOTS],
     shortlists: [ShortlistIndex; SLOTS],
     /// template id -> (position, index in `by_position`).
     slots: HashMap<i64, (usize, usize)>,
 }
 
-impl FingerGallery {
-    /// An empty gallery.
-    pub fn new(settings: GallerySettings) -> Self {
+impl FingerIndex {
+    /// An empty index.
+    pub fn new(settings: FingerIndexSettings) -> Self {
         Self { settings, ..Self::default() }
     }
 
     /// The settings it was made with.
-    pub fn settings(&self) -> &GallerySettings {
+    pub fn settings(&self) -> &FingerIndexSettings {
         &self.settings
     }
 
@@ -117,7 +117,7 @@ impl FingerGallery {
         self.slots.len()
     }
 
-    /// Whether the gallery is empty.
+    /// Whether the index is empty.
     pub fn is_empty(&self) -> bool {
         self.slots.is_empty()
     }
@@ -194,7 +194,7 @@ impl FingerGallery {
 
     /// The `k` best subjects for a probe of the finger at `position`: the
     /// templates of that position (or a candidate stage's pick of them, from
-    /// [`GallerySettings::shortlist_from`] on) re-ranked by the full matcher
+    /// [`FingerIndexSettings::shortlist_from`] on) re-ranked by the full matcher
     /// ([`rerank`]) on up to `threads` threads.
     pub fn search(&self, position: u8, probe: &Template, k: usize, threads: usize) -> Vec<FingerHit> {
         let p = usize::from(position).min(SLOTS - 1);
@@ -241,7 +241,7 @@ mod tests {
 
     #[test]
     fn finds_the_same_print_and_forgets_removed_ones() {
-        let mut g = FingerGallery::new(GallerySettings::default());
+        let mut g = FingerIndex::new(FingerIndexSettings::default());
         for i in 0..50 {
             g.add(i, format!("s{}", i / 2).into(), if i % 2 == 0 { 1 } else { 2 }, print(i as u64));
         }
@@ -276,14 +276,14 @@ mod tests {
     #[test]
     fn templates_prepared_on_threads_search_as_added_ones() {
         // Through the shortlist (from 10 templates on), whose keys were also prepared.
-        let settings = GallerySettings {
+        let settings = FingerIndexSettings {
             shortlist_from: 10,
             shortlist_fraction: 0.25,
             shortlist_min: 5,
             shortlist_max: 100,
-            ..GallerySettings::default()
+            ..FingerIndexSettings::default()
         };
-        let (mut one, mut other) = (FingerGallery::new(settings), FingerGallery::new(settings));
+        let (mut one, mut other) = (FingerIndex::new(settings), FingerIndex::new(settings));
         let seeds: Vec<u64> = (0..40).collect();
         for &i in &seeds {
             one.add(i as i64, format!("s{i}").into(), 1, print(i));
@@ -293,7 +293,7 @@ mod tests {
             other.add_prepared(i as i64, format!("s{i}").into(), 1, p);
         }
         // In batches (two positions, an id given twice: the later stands), as a start-up adds them.
-        let mut batched = FingerGallery::new(settings);
+        let mut batched = FingerIndex::new(settings);
         let mut items: Vec<_> =
             seeds.iter().zip(prepared).map(|(&i, p)| (i as i64, Arc::<str>::from(format!("s{i}")), 1, p)).collect();
         items.insert(5, (7, "x".into(), 2, Prepared::new(print(99))));
@@ -309,11 +309,13 @@ mod tests {
     }
     #[test]
     fn a_large_probe_is_searched_in_two_passes_with_full_scores() {
-        let settings =
-            GallerySettings { rerank: RerankSettings { probe_cap: 24, keep: 20 }, ..GallerySettings::default() };
+        let settings = FingerIndexSettings {
+            rerank: RerankSettings { probe_cap: 24, keep: 20 },
+            ..FingerIndexSettings::default()
+        };
         let (mut two, mut one) = (
-            FingerGallery::new(settings),
-            FingerGallery::new(GallerySettings { rerank: RerankSettings::SINGLE_PASS, ..settings }),
+            FingerIndex::new(settings),
+            FingerIndex::new(FingerIndexSettings { rerank: RerankSettings::SINGLE_PASS, ..settings }),
         );
         let large = |seed: u64| Template::new(&crate::finger::mcc::random_minutiae(seed, 90));
         for i in 0..200 {
@@ -346,14 +348,14 @@ mod shortlist_tests {
     fn the_candidate_stage_finds_a_rotated_copy_and_not_removed_ones() {
         {
             let stage = "hash votes";
-            let settings = GallerySettings {
+            let settings = FingerIndexSettings {
                 shortlist_from: 100,
                 shortlist_fraction: 0.05,
                 shortlist_min: 10,
                 shortlist_max: 1_000,
-                ..GallerySettings::default()
+                ..FingerIndexSettings::default()
             };
-            let mut g = FingerGallery::new(settings);
+            let mut g = FingerIndex::new(settings);
             let random = |seed: u64| crate::finger::mcc::random_minutiae(seed, 40);
             for i in 0..300 {
                 let template = Template::new(&random(i as u64 + 1));

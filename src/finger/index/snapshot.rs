@@ -1,4 +1,4 @@
-//! The byte form of the finger gallery's snapshot: per finger position, the
+//! The byte form of the finger index's snapshot: per finger position, the
 //! templates held (id and MCC cylinders as built, [`Template::write_to`]) and
 //! the shortlist index as it is ([`ShortlistIndex::write_to`]). Owners are not
 //! in it: a start-up takes them from the store's list of live templates, which
@@ -14,7 +14,7 @@ use std::{
 
 use sha2::{Digest, Sha256};
 
-use super::{Entry, FingerGallery, GallerySettings, SLOTS};
+use super::{Entry, FingerIndex, FingerIndexSettings, SLOTS};
 use crate::finger::{
     mcc::{self, Template},
     shortlist::{Descriptor, ShortlistIndex},
@@ -25,8 +25,8 @@ const MAGIC: &[u8; 8] = b"CTJFNG02";
 /// Why a snapshot cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotError {
-    /// Not a finger gallery snapshot.
-    #[error("not a finger gallery snapshot")]
+    /// Not a finger index snapshot.
+    #[error("not a finger index snapshot")]
     NotASnapshot,
     /// Written by a build that makes other cylinders or other shortlist keys.
     #[error("written for template layout {found}, this build makes {wanted}")]
@@ -36,7 +36,7 @@ pub enum SnapshotError {
     Io(#[from] io::Error),
 }
 
-/// What a snapshot saves, taken from the gallery under its read lock: the
+/// What a snapshot saves, taken from the index under its read lock: the
 /// templates are shared, the shortlist indexes copied, so that the writing
 /// itself needs no lock.
 #[derive(Debug)]
@@ -59,8 +59,8 @@ impl Frozen {
     }
 }
 
-impl FingerGallery {
-    /// The gallery's state for a snapshot: templates and shortlist buckets shared, not copied
+impl FingerIndex {
+    /// The index's state for a snapshot: templates and shortlist buckets shared, not copied
     /// (the buckets are copied on write, so an insertion while the snapshot is written copies
     /// only the buckets it touches).
     pub fn freeze(&self) -> Frozen {
@@ -101,7 +101,7 @@ pub fn layout_digest() -> String {
     hex::encode(Sha256::digest(&bytes).get(..12).unwrap_or_default())
 }
 
-/// Writes a frozen gallery.
+/// Writes a frozen index.
 pub fn write(frozen: &Frozen, out: &mut impl Write) -> io::Result<()> {
     let layout = layout_digest();
     out.write_all(MAGIC)?;
@@ -121,22 +121,22 @@ pub fn write(frozen: &Frozen, out: &mut impl Write) -> io::Result<()> {
     Ok(())
 }
 
-/// A gallery read back from a snapshot.
+/// An index read back from a snapshot.
 #[derive(Debug)]
 pub struct Restored {
-    /// The gallery, without the templates `owner` did not know.
-    pub gallery: FingerGallery,
+    /// The index, without the templates `owner` did not know.
+    pub index: FingerIndex,
     /// Saved templates removed because `owner` did not know them (deleted since).
     pub dropped: usize,
 }
 
-/// Reads a snapshot into a gallery with `settings`. `owner(id, position)`
+/// Reads a snapshot into an index with `settings`. `owner(id, position)`
 /// gives a saved template's owner, or `None` for a template the store no
 /// longer holds at that position (it is removed). The whole stream must read
 /// without error and end right after the last position.
 pub fn read(
     input: &mut impl Read,
-    settings: GallerySettings,
+    settings: FingerIndexSettings,
     mut owner: impl FnMut(i64, u8) -> Option<Arc<str>>,
 ) -> Result<Restored, SnapshotError> {
     let bad = |what: &str| SnapshotError::Io(io::Error::new(io::ErrorKind::InvalidData, what.to_owned()));
@@ -156,7 +156,7 @@ pub fn read(
     if read_u64(input)? != SLOTS as u64 {
         return Err(bad("another number of finger positions"));
     }
-    let mut gallery = FingerGallery::new(settings);
+    let mut gallery = FingerIndex::new(settings);
     let mut gone = Vec::new();
     let unknown: Arc<str> = "".into();
     for p in 0..SLOTS {
@@ -193,7 +193,7 @@ pub fn read(
         return Err(bad("bytes after the last position"));
     }
     let dropped = gallery.remove(&gone);
-    Ok(Restored { gallery, dropped })
+    Ok(Restored { index: gallery, dropped })
 }
 
 #[cfg(test)]
@@ -206,8 +206,8 @@ mod tests {
         Template::new(&random_minutiae(seed, 35))
     }
 
-    fn gallery(settings: GallerySettings) -> FingerGallery {
-        let mut g = FingerGallery::new(settings);
+    fn gallery(settings: FingerIndexSettings) -> FingerIndex {
+        let mut g = FingerIndex::new(settings);
         for i in 0..40 {
             g.add(i * 3 + 1, format!("s{i}").into(), (i % 3 + 1) as u8, print(i as u64));
         }
@@ -224,12 +224,12 @@ mod tests {
     fn reads_back_a_gallery_that_searches_as_the_saved_one() {
         // The shortlist path from 5 templates on, so that the restored index is searched.
         {
-            let settings = GallerySettings {
+            let settings = FingerIndexSettings {
                 shortlist_from: 5,
                 shortlist_fraction: 0.5,
                 shortlist_min: 3,
                 shortlist_max: 100,
-                ..GallerySettings::default()
+                ..FingerIndexSettings::default()
             };
             let mut saved = gallery(settings);
             let mut bytes = Vec::new();
@@ -237,7 +237,7 @@ mod tests {
             let r = read(&mut bytes.as_slice(), settings, owners).unwrap();
             assert_eq!(r.dropped, 1, "id 7 is gone from the store");
             saved.remove(&[7]);
-            let mut back = r.gallery;
+            let mut back = r.index;
             assert_eq!(back.len(), saved.len());
             assert!(back.template(7).is_none());
             assert_eq!(back.template(10).as_deref(), Some(&print(3)));
@@ -246,7 +246,7 @@ mod tests {
                     (back.search(position, &print(probe), 5, 1), saved.search(position, &print(probe), 5, 1));
                 assert_eq!(got, want, "probe {probe}");
             }
-            // Changes after a restore work as on any gallery.
+            // Changes after a restore work as on any index.
             back.add(500, "new".into(), 1, print(77));
             assert_eq!(&*back.search(1, &print(77), 1, 1)[0].subject, "new");
         }
@@ -254,7 +254,7 @@ mod tests {
 
     #[test]
     fn a_truncated_or_padded_or_foreign_snapshot_is_an_error() {
-        let settings = GallerySettings::default();
+        let settings = FingerIndexSettings::default();
         let mut bytes = Vec::new();
         write(&gallery(settings).freeze(), &mut bytes).unwrap();
         for cut in [0, 5, 30, bytes.len() / 2, bytes.len() - 1] {
@@ -267,10 +267,10 @@ mod tests {
         other[9] ^= 1;
         assert!(matches!(read(&mut other.as_slice(), settings, owners), Err(SnapshotError::OtherLayout { .. })));
         assert!(matches!(read(&mut &b"CTJIDX01...."[..], settings, owners), Err(SnapshotError::NotASnapshot)));
-        // An empty gallery is a small snapshot (empty positions save no index).
+        // An empty index is a small snapshot (empty positions save no index).
         let mut empty = Vec::new();
-        write(&FingerGallery::new(settings).freeze(), &mut empty).unwrap();
+        write(&FingerIndex::new(settings).freeze(), &mut empty).unwrap();
         assert!(empty.len() < 200, "{} bytes", empty.len());
-        assert!(read(&mut empty.as_slice(), settings, owners).unwrap().gallery.is_empty());
+        assert!(read(&mut empty.as_slice(), settings, owners).unwrap().index.is_empty());
     }
 }
