@@ -277,10 +277,6 @@ pub enum IndexKindName {
     Int8,
     /// 4-bit scan, exact float32 re-rank.
     Int4,
-    /// faiss IVF-Flat (approximate).
-    Ivf,
-    /// faiss HNSW-Flat (approximate).
-    Hnsw,
 }
 
 impl IndexKindName {
@@ -290,8 +286,6 @@ impl IndexKindName {
             Self::Flat => "flat",
             Self::Int8 => "int8",
             Self::Int4 => "int4",
-            Self::Ivf => "ivf",
-            Self::Hnsw => "hnsw",
         }
     }
 }
@@ -300,21 +294,13 @@ impl IndexKindName {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct IndexConfig {
-    /// `flat`, `int8`, `int4`, `ivf` or `hnsw`.
+    /// `flat`, `int8` or `int4`.
     pub kind: IndexKindName,
     /// Threads one int8 or int4 scan uses.
     pub threads: usize,
     /// int8 / int4: shortlist re-ranked in float32.
     pub int8_rerank: usize,
     pub int4_rerank: usize,
-    /// ivf: cells (0: about 4*sqrt(N)), cells visited, vectors before training.
-    pub ivf_nlist: usize,
-    pub ivf_nprobe: usize,
-    pub ivf_train_from: usize,
-    /// hnsw: links per node, build and search breadth.
-    pub hnsw_m: usize,
-    pub hnsw_ef_construction: usize,
-    pub hnsw_ef_search: usize,
     /// Changes (templates added or removed) between two snapshots.
     pub snapshot_every: u64,
 }
@@ -384,12 +370,9 @@ impl Config {
         if self.finger.rerank_probe_cap > 0 && self.finger.rerank_keep == 0 {
             return bad("finger.rerank_keep must be at least 1 when finger.rerank_probe_cap is set");
         }
-        let ones = [self.index.threads, self.index.int8_rerank, self.index.int4_rerank, self.index.ivf_nprobe];
+        let ones = [self.index.threads, self.index.int8_rerank, self.index.int4_rerank];
         if ones.contains(&0) {
-            return bad("index.threads, index.int8_rerank, index.int4_rerank and index.ivf_nprobe must be at least 1");
-        }
-        if self.index.hnsw_m < 4 || self.index.hnsw_ef_search == 0 || self.index.hnsw_ef_construction == 0 {
-            return bad("index.hnsw_m must be at least 4, the hnsw ef values at least 1");
+            return bad("index.threads, index.int8_rerank and index.int4_rerank must be at least 1");
         }
         let key = &self.store.encryption_key;
         if !key.is_empty() && (key.len() != 64 || hex::decode(key).is_err()) {
@@ -488,8 +471,11 @@ mod tests {
 
     #[test]
     fn index_kind_is_checked() {
+        let env = [("COTEJO__INDEX__KIND".to_string(), "int4".to_string())];
+        assert_eq!(Config::load_with_env(None, env).expect("config").index.kind, IndexKindName::Int4);
+        // The approximate kinds are gone: a configuration naming one is refused.
         let env = [("COTEJO__INDEX__KIND".to_string(), "hnsw".to_string())];
-        assert_eq!(Config::load_with_env(None, env).expect("config").index.kind, IndexKindName::Hnsw);
+        assert!(Config::load_with_env(None, env).is_err());
         let env = [("COTEJO__INDEX__KIND".to_string(), "annoy".to_string())];
         assert!(Config::load_with_env(None, env).is_err());
     }

@@ -36,10 +36,6 @@ pub(super) fn index_settings(c: &IndexConfig) -> IndexSettings {
         IndexKindName::Flat => IndexKind::Flat,
         IndexKindName::Int8 => IndexKind::Int8 { rerank: c.int8_rerank },
         IndexKindName::Int4 => IndexKind::Int4 { rerank: c.int4_rerank },
-        IndexKindName::Ivf => IndexKind::Ivf { nlist: c.ivf_nlist, nprobe: c.ivf_nprobe, train_from: c.ivf_train_from },
-        IndexKindName::Hnsw => {
-            IndexKind::Hnsw { m: c.hnsw_m, ef_construction: c.hnsw_ef_construction, ef_search: c.hnsw_ef_search }
-        }
     };
     IndexSettings { kind, threads: c.threads }
 }
@@ -112,7 +108,6 @@ pub(super) fn load_face_index(
 /// The face index of the current model from every stored face template.
 pub(super) fn rebuild(store: &Store, model: &FaceModel, settings: &IndexSettings) -> Result<VectorIndex, EngineError> {
     let mut index = VectorIndex::with_settings(model.dim, settings.clone())?;
-    index.begin_bulk();
     let mut owners: HashMap<String, Arc<str>> = HashMap::new();
     let mut batch = Batch::default();
     let mut failure = None;
@@ -131,7 +126,6 @@ pub(super) fn rebuild(store: &Store, model: &FaceModel, settings: &IndexSettings
         return Err(e.into());
     }
     batch.flush_into(&mut index)?;
-    index.finish_bulk()?;
     Ok(index)
 }
 

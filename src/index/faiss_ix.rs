@@ -9,7 +9,7 @@ use std::ptr;
 
 use faiss::{
     Idx, Index, MetricType,
-    index::{FromInnerPtr, IndexImpl, autotune::ParameterSpace},
+    index::{FromInnerPtr, IndexImpl},
     index_factory,
     selector::IdSelector,
 };
@@ -27,22 +27,6 @@ impl FaissIndex {
     pub(super) fn new(dim: usize, description: &str) -> Result<Self, IndexError> {
         let d = u32::try_from(dim).map_err(|_| IndexError::Dimension { expected: u32::MAX as usize, got: dim })?;
         Ok(Self { inner: index_factory(d, description, MetricType::InnerProduct)? })
-    }
-
-    /// Sets a search or build parameter (`nprobe`, `efSearch`, `efConstruction`).
-    pub(super) fn set(&self, name: &str, value: f64) -> Result<(), IndexError> {
-        ParameterSpace::new()?.set_index_parameter(&self.inner, name, value)?;
-        Ok(())
-    }
-
-    /// Trains (IVF) on `vectors`.
-    pub(super) fn train(&mut self, vectors: &[f32]) -> Result<(), IndexError> {
-        Ok(self.inner.train(vectors)?)
-    }
-
-    /// Vectors held (including any the index cannot remove).
-    pub(super) fn ntotal(&self) -> usize {
-        self.inner.ntotal() as usize
     }
 
     pub(super) fn add(&mut self, ids: &[i64], vectors: &[f32]) -> Result<(), IndexError> {

@@ -2,14 +2,11 @@
 //! data: rebuilt from the store, or restored from an encrypted snapshot plus
 //! a replay of the changes after it.
 //!
-//! Four kinds, chosen in configuration:
+//! Three kinds, chosen in configuration:
 //! - `flat`: faiss `IndexFlatIP`, exact float32 (the default and the reference);
 //! - `int8`: an int8 scan picks a shortlist that float32 re-ranks exactly;
-//! - `int4`: the same with 4-bit codes (half the memory read per query);
-//! - `ivf`: faiss IVF-Flat (approximate, trained on the gallery);
-//! - `hnsw`: faiss HNSW-Flat (approximate graph search).
+//! - `int4`: the same with 4-bit codes (half the memory read per query).
 
-mod ann;
 mod compressed;
 mod faiss_ix;
 pub mod int4;
@@ -19,7 +16,6 @@ mod snapshot;
 
 use std::{collections::HashMap, sync::Arc};
 
-use ann::{Hnsw, Ivf};
 use compressed::Compressed;
 use faiss_ix::FaissIndex;
 
@@ -49,26 +45,19 @@ pub enum IndexKind {
     Int8 { rerank: usize },
     /// Exact float32 re-rank of the `rerank` best by a 4-bit scan.
     Int4 { rerank: usize },
-    /// faiss IVF-Flat: `nlist` cells (0: about 4*sqrt(N)), `nprobe` visited,
-    /// trained once `train_from` vectors are held (exact search before).
-    Ivf { nlist: usize, nprobe: usize, train_from: usize },
-    /// faiss HNSW-Flat with `m` links per node.
-    Hnsw { m: usize, ef_construction: usize, ef_search: usize },
 }
 
 impl IndexKind {
-    /// Short name (`flat`, `int8`, `int4`, `ivf`, `hnsw`).
+    /// Short name (`flat`, `int8`, `int4`).
     pub fn name(&self) -> &'static str {
         match self {
             Self::Flat => "flat",
             Self::Int8 { .. } => "int8",
             Self::Int4 { .. } => "int4",
-            Self::Ivf { .. } => "ivf",
-            Self::Hnsw { .. } => "hnsw",
         }
     }
 
-    /// Whether a search may miss a better template than those it returns.
+    /// Whether the candidates come from a compressed scan (re-ranked exactly).
     pub fn approximate(&self) -> bool {
         !matches!(self, Self::Flat)
     }
@@ -76,11 +65,7 @@ impl IndexKind {
     /// What a snapshot must match to be reused: the structure, not the
     /// search-time parameters.
     fn build_key(&self) -> String {
-        match self {
-            Self::Flat | Self::Int8 { .. } | Self::Int4 { .. } => self.name().to_owned(),
-            Self::Ivf { nlist, .. } => format!("ivf nlist={nlist}"),
-            Self::Hnsw { m, ef_construction, .. } => format!("hnsw m={m} efc={ef_construction}"),
-        }
+        self.name().to_owned()
     }
 }
 
@@ -113,8 +98,6 @@ pub struct Hit {
 enum Backend {
     Flat(FaissIndex),
     Compressed(Compressed),
-    Ivf(Ivf),
-    Hnsw(Hnsw),
 }
 
 /// Inner-product search over unit vectors.
@@ -149,27 +132,8 @@ impl VectorIndex {
             IndexKind::Flat => Backend::Flat(FaissIndex::new(dim, "IDMap,Flat")?),
             IndexKind::Int8 { rerank } => Backend::Compressed(Compressed::new(dim, false, *rerank, settings.threads)),
             IndexKind::Int4 { rerank } => Backend::Compressed(Compressed::new(dim, true, *rerank, settings.threads)),
-            IndexKind::Ivf { nlist, nprobe, train_from } => Backend::Ivf(Ivf::new(dim, *nlist, *nprobe, *train_from)),
-            IndexKind::Hnsw { m, ef_construction, ef_search } => {
-                Backend::Hnsw(Hnsw::new(dim, *m, *ef_construction, *ef_search)?)
-            }
         };
         Ok(Self { dim, settings, backend, owners: HashMap::new() })
-    }
-
-    /// Starts a bulk load: an IVF index trains once, at [`VectorIndex::finish_bulk`].
-    pub fn begin_bulk(&mut self) {
-        if let Backend::Ivf(ivf) = &mut self.backend {
-            ivf.set_defer(true);
-        }
-    }
-
-    /// Ends a bulk load (trains an IVF index on everything loaded).
-    pub fn finish_bulk(&mut self) -> Result<(), IndexError> {
-        match &mut self.backend {
-            Backend::Ivf(ivf) => ivf.finish(),
-            _ => Ok(()),
-        }
     }
 
     /// The settings it was made with.
@@ -192,26 +156,15 @@ impl VectorIndex {
         self.owners.is_empty()
     }
 
-    /// Sets the search breadth of an approximate kind (int8, int4: shortlist size,
-    /// ivf: cells visited, hnsw: efSearch); no effect on `flat`.
-    pub fn set_search_breadth(&mut self, breadth: usize) -> Result<(), IndexError> {
+    /// Sets the shortlist that int8 and int4 re-rank; no effect on `flat`.
+    pub fn set_search_breadth(&mut self, breadth: usize) {
         let breadth = breadth.max(1);
-        match (&mut self.backend, &mut self.settings.kind) {
-            (Backend::Compressed(c), IndexKind::Int8 { rerank } | IndexKind::Int4 { rerank }) => {
-                *rerank = breadth;
-                c.set_rerank(breadth);
-            }
-            (Backend::Ivf(ivf), IndexKind::Ivf { nprobe, .. }) => {
-                *nprobe = breadth;
-                ivf.set_nprobe(breadth)?;
-            }
-            (Backend::Hnsw(h), IndexKind::Hnsw { ef_search, .. }) => {
-                *ef_search = breadth;
-                h.faiss().set("efSearch", breadth as f64)?;
-            }
-            _ => {}
+        if let (Backend::Compressed(c), IndexKind::Int8 { rerank } | IndexKind::Int4 { rerank }) =
+            (&mut self.backend, &mut self.settings.kind)
+        {
+            *rerank = breadth;
+            c.set_rerank(breadth);
         }
-        Ok(())
     }
 
     /// What serves searches now, for logs and stats.
@@ -219,11 +172,6 @@ impl VectorIndex {
         match &self.backend {
             Backend::Flat(_) => "flat (exact float32)".to_owned(),
             Backend::Compressed(_) => format!("{} scan + exact float32 re-rank", self.settings.kind.name()),
-            Backend::Ivf(ivf) if ivf.trained_on() == 0 => {
-                format!("ivf, not trained yet: exact search of {} staged vectors", ivf.staging().0.len())
-            }
-            Backend::Ivf(ivf) => format!("ivf, trained on {} vectors", ivf.trained_on()),
-            Backend::Hnsw(h) => format!("hnsw, {} tombstones", h.dead()),
         }
     }
 
@@ -241,8 +189,6 @@ impl VectorIndex {
         match &mut self.backend {
             Backend::Flat(f) => f.add(ids, vectors)?,
             Backend::Compressed(c) => c.add(ids, vectors),
-            Backend::Ivf(ivf) => ivf.add(ids, vectors)?,
-            Backend::Hnsw(h) => h.add(ids, vectors)?,
         }
         for (id, owner) in ids.iter().zip(owners) {
             self.owners.insert(*id, owner.clone());
@@ -271,8 +217,6 @@ impl VectorIndex {
             Backend::Compressed(c) => {
                 c.remove(ids);
             }
-            Backend::Ivf(ivf) => ivf.remove(ids)?,
-            Backend::Hnsw(h) => h.bury(ids.len()),
         }
         Ok(())
     }
@@ -298,8 +242,6 @@ impl VectorIndex {
         let raw = match &self.backend {
             Backend::Flat(f) => f.search(queries, self.dim, k)?,
             Backend::Compressed(c) => c.search(queries, k),
-            Backend::Ivf(ivf) => ivf.search(queries, k)?,
-            Backend::Hnsw(h) => h.search(queries, k)?,
         };
         Ok(raw
             .into_iter()
@@ -346,21 +288,6 @@ impl VectorIndex {
         }
         let gone: Vec<i64> = held.iter().copied().filter(|id| !ix.owners.contains_key(id)).collect();
         ix.drop_held(&gone)?;
-        match &ix.backend {
-            // Cells trained on a much smaller gallery no longer fit it.
-            Backend::Ivf(ivf) if ivf.trained_on() > 0 && ivf.trained_on().saturating_mul(4) < live.len() => {
-                return Err(IndexError::Snapshot(format!(
-                    "IVF cells trained on {} vectors, the gallery now has {}: retraining",
-                    ivf.trained_on(),
-                    live.len()
-                )));
-            }
-            // Many tombstones slow searches down: rebuild without them.
-            Backend::Hnsw(h) if h.dead() > 1000 + live.len() / 10 => {
-                return Err(IndexError::Snapshot(format!("HNSW holds {} deleted vectors: rebuilding", h.dead())));
-            }
-            _ => {}
-        }
         Ok((ix, missing, gone.len()))
     }
 }
@@ -368,14 +295,6 @@ impl VectorIndex {
 /// Inner product.
 pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
     a.iter().zip(b).map(|(x, y)| x * y).sum()
-}
-
-/// The `k` best (id, score), best first (ties: lower id first).
-fn merge_top(hits: impl Iterator<Item = (i64, f32)>, k: usize) -> Vec<(i64, f32)> {
-    let mut v: Vec<(i64, f32)> = hits.collect();
-    v.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-    v.truncate(k);
-    v
 }
 
 /// Best score per subject over `hits`, best first, at most `k` subjects.

@@ -4,7 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{Backend, IndexError, IndexSettings, VectorIndex, ann, compressed::Compressed, faiss_ix::FaissIndex};
+use super::{Backend, IndexError, IndexSettings, VectorIndex, compressed::Compressed, faiss_ix::FaissIndex};
 use crate::index::IndexKind;
 
 const MAGIC: &[u8; 8] = b"CTJIDX01";
@@ -21,26 +21,15 @@ struct Header {
 pub(super) fn encode(ix: &VectorIndex, label: &str) -> Result<Vec<u8>, IndexError> {
     let mut held: Vec<i64> = ix.owners.keys().copied().collect();
     held.sort_unstable();
-    let mut trained_on = 0;
     let sections: Vec<Vec<u8>> = match &ix.backend {
         Backend::Flat(f) => vec![ids_bytes(&held), f.to_bytes()?],
         Backend::Compressed(c) => vec![ids_bytes(c.ids()), floats_bytes(c.vectors())],
-        Backend::Ivf(ivf) => {
-            trained_on = ivf.trained_on();
-            let (sids, sv) = ivf.staging();
-            let faiss = match ivf.faiss() {
-                Some(f) => f.to_bytes()?,
-                None => Vec::new(),
-            };
-            vec![ids_bytes(&held), faiss, ids_bytes(sids), floats_bytes(sv)]
-        }
-        Backend::Hnsw(h) => vec![ids_bytes(&held), h.faiss().to_bytes()?],
     };
     let header = Header {
         label: label.to_owned(),
         build: ix.settings.kind.build_key(),
         dim: ix.dim,
-        trained_on,
+        trained_on: 0,
         sections: sections.len(),
     };
     let header = serde_json::to_vec(&header).map_err(|e| IndexError::Snapshot(e.to_string()))?;
@@ -91,23 +80,6 @@ pub(super) fn decode(
             let mut c = Compressed::new(dim, four_bit, *rerank, settings.threads);
             c.add(&held, &vectors);
             Backend::Compressed(c)
-        }
-        IndexKind::Ivf { nlist, nprobe, train_from } => {
-            let faiss = r.section()?;
-            let faiss = if faiss.is_empty() { None } else { Some(FaissIndex::from_bytes(faiss)?) };
-            let sids = read_ids(r.section()?)?;
-            let sv = read_floats(r.section()?)?;
-            if sv.len() != sids.len() * dim {
-                return Err(bad("ivf staging length"));
-            }
-            let mut ivf = ann::Ivf::new(dim, *nlist, *nprobe, *train_from);
-            ivf.restore_state(faiss, header.trained_on, sids, sv)?;
-            Backend::Ivf(ivf)
-        }
-        IndexKind::Hnsw { ef_search, .. } => {
-            let faiss = FaissIndex::from_bytes(r.section()?)?;
-            let dead = faiss.ntotal().saturating_sub(held.len());
-            Backend::Hnsw(ann::Hnsw::restored(dim, faiss, *ef_search, dead)?)
         }
     };
     Ok((backend, held))

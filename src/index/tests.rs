@@ -24,13 +24,7 @@ fn vectors(n: usize, dim: usize, seed: u64) -> Vec<f32> {
 }
 
 fn kinds() -> Vec<IndexKind> {
-    vec![
-        IndexKind::Flat,
-        IndexKind::Int8 { rerank: 16 },
-        IndexKind::Int4 { rerank: 64 },
-        IndexKind::Ivf { nlist: 8, nprobe: 8, train_from: 400 },
-        IndexKind::Hnsw { m: 16, ef_construction: 40, ef_search: 64 },
-    ]
+    vec![IndexKind::Flat, IndexKind::Int8 { rerank: 16 }, IndexKind::Int4 { rerank: 64 }]
 }
 
 #[test]
@@ -72,9 +66,7 @@ fn every_kind_finds_the_exact_best_on_easy_queries() {
         .collect();
     for kind in kinds() {
         let mut ix = VectorIndex::with_settings(dim, IndexSettings { kind: kind.clone(), threads: 2 }).expect("index");
-        ix.begin_bulk();
         ix.add(&ids, &owners, &gallery).expect("add");
-        ix.finish_bulk().expect("train");
         let hits = ix.search_batch(&queries, 5).expect("search");
         for (q, h) in hits.iter().enumerate() {
             assert_eq!(h.len(), 5, "{kind:?}");
@@ -87,22 +79,6 @@ fn every_kind_finds_the_exact_best_on_easy_queries() {
         assert_eq!(ids(&one), ids(&hits[0]), "{kind:?}");
         assert!(one.iter().zip(&hits[0]).all(|(a, b)| (a.score - b.score).abs() < 1e-5), "{kind:?}");
     }
-}
-
-#[test]
-fn ivf_trains_once_enough_vectors_arrive_and_searches_exactly_before() {
-    let dim = 16;
-    let g = vectors(500, dim, 3);
-    let owners: Vec<Arc<str>> = (0..500).map(|i| Arc::from(format!("s{i}"))).collect();
-    let ids: Vec<i64> = (0..500).collect();
-    let kind = IndexKind::Ivf { nlist: 4, nprobe: 4, train_from: 300 };
-    let mut ix = VectorIndex::with_settings(dim, IndexSettings { kind, threads: 1 }).expect("index");
-    ix.add(&ids[..200], &owners[..200], &g[..200 * dim]).expect("add");
-    assert!(ix.describe().contains("not trained"), "{}", ix.describe());
-    assert_eq!(ix.search(&g[5 * dim..6 * dim], 1).expect("search")[0].template_id, 5);
-    ix.add(&ids[200..], &owners[200..], &g[200 * dim..]).expect("add");
-    assert!(ix.describe().contains("trained on 500"), "{}", ix.describe());
-    assert_eq!(ix.search(&g[450 * dim..451 * dim], 1).expect("search")[0].template_id, 450);
 }
 
 #[test]
