@@ -153,7 +153,7 @@ async fn finger_snapshot_plus_replay_after_sigkill() {
     let holds_six = |len: u64| len > 6 * 30 * 236;
     let sealed = snapshot_once(&snap, holds_six).await;
     assert!(holds_six(sealed.len() as u64), "no finger snapshot after 6 changes");
-    // The format's magic (src/finger/gallery/snapshot.rs) must not be readable on disk.
+    // The format's magic (src/finger/index/snapshot.rs) must not be readable on disk.
     assert!(!sealed.windows(8).any(|w| w == b"CTJFNG02"), "the finger snapshot is not sealed");
     // After the snapshot: two more enrolls, one deletion of each age.
     for i in 6..8 {
@@ -173,9 +173,10 @@ async fn finger_snapshot_plus_replay_after_sigkill() {
     // The snapshot holds f0-f5; f1 was deleted after it, f6 enrolled (f7 both).
     let replayed =
         ["finger index snapshot read, with the store's changes since", r#""kept":5"#, r#""added":1"#, r#""removed":1"#];
-    for (round, damage, wants) in
-        [(0, false, &replayed[..]), (1, true, &["finger index snapshot not used; rebuilding from the store"][..])]
-    {
+    for (round, damage, wants) in [
+        (0, false, &replayed[..]),
+        (1, true, &["snapshot not used; rebuilding from the store", r#""index":"finger index""#][..]),
+    ] {
         if damage {
             let mut bytes = std::fs::read(&snap).expect("snapshot");
             let middle = bytes.len() / 2;

@@ -7,8 +7,8 @@ use std::sync::{Arc, RwLock, atomic::Ordering};
 use tracing::{error, info};
 
 use super::{
-    Derived, Engine, EngineError, EnrollOutcome, EnrollRequest, FaceModel, MAX_WATCHLISTS, SampleReport, lock, rebuild,
-    validate_name, validate_subject_id,
+    Derived, Engine, EngineError, EnrollOutcome, EnrollRequest, MAX_WATCHLISTS, SampleReport, derived::DerivedIndex,
+    face_index::FaceIndexSpec, lock, validate_name, validate_subject_id,
 };
 use crate::{
     biometric::{NewTemplate, TemplateData},
@@ -78,7 +78,7 @@ impl Engine {
     }
 
     fn indexes(&self) -> Indexes {
-        Indexes { faces: self.faces.clone(), fingers: self.fingers.clone(), model: self.face_model.clone() }
+        Indexes { faces: self.faces.clone(), fingers: self.fingers.clone(), face_spec: self.face_spec.clone() }
     }
 }
 
@@ -116,7 +116,7 @@ fn matcher_templates(templates: &[NewTemplate]) -> Result<Vec<FingerTemplate>, E
 struct Indexes {
     faces: Arc<RwLock<VectorIndex>>,
     fingers: Arc<RwLock<FingerIndex>>,
-    model: FaceModel,
+    face_spec: Arc<FaceIndexSpec>,
 }
 
 impl Indexes {
@@ -143,8 +143,7 @@ impl Indexes {
         let mut g = self.faces.write().map_err(|_| EngineError::Internal("index lock poisoned".into()))?;
         if let Err(e) = g.add(&ids, &owners, &vectors) {
             error!(error = %e, "index update failed after commit; rebuilding the index from the store");
-            let settings = g.settings().clone();
-            *g = rebuild(store, &self.model, &settings)?;
+            *g = self.face_spec.rebuild(store)?;
         }
         let mut f = self.fingers.write().map_err(|_| EngineError::Internal("finger lock poisoned".into()))?;
         let fingers = finger_templates.len();

@@ -1,16 +1,16 @@
-//! The face index as the engine keeps it: built from the configuration,
-//! loaded from its sealed snapshot plus the store's changes since (or
-//! rebuilt from the store), and saved again.
+//! The face index as the engine keeps it (a [`DerivedIndex`]): built from
+//! the configuration, loaded from its sealed snapshot plus the store's
+//! changes since (or rebuilt from the store), and saved again.
 
 use std::{
     collections::HashMap,
-    sync::{Arc, Mutex, RwLock, atomic::AtomicU64},
+    sync::{Arc, RwLock},
     time::Instant,
 };
 
-use tracing::{info, warn};
+use tracing::info;
 
-use super::{EngineError, FaceModel};
+use super::{EngineError, FaceModel, derived::DerivedIndex};
 use crate::{
     biometric::Modality,
     config::{IndexConfig, IndexKindName},
@@ -18,16 +18,11 @@ use crate::{
     store::{SealedFile, Store},
 };
 
-/// File name of the face index snapshot in the data directory.
-pub(super) const SNAPSHOT_FILE: &str = "face-index.snap";
-
-/// When and where the face index is saved.
-#[derive(Debug)]
-pub(super) struct Snapshots {
-    pub(super) file: SealedFile,
-    pub(super) every: u64,
-    pub(super) changes: Arc<AtomicU64>,
-    pub(super) writing: Arc<Mutex<()>>,
+/// The face index of one embedding model, with the configured kind.
+#[derive(Debug, Clone)]
+pub(super) struct FaceIndexSpec {
+    pub(super) model: FaceModel,
+    pub(super) settings: IndexSettings,
 }
 
 /// The index settings from the configuration.
@@ -40,93 +35,83 @@ pub(super) fn index_settings(c: &IndexConfig) -> IndexSettings {
     IndexSettings { kind, threads: c.threads }
 }
 
-/// Seals the face index into its snapshot file. The index is read-locked
-/// while it is serialized (searches go on, enrollments wait).
-pub(super) fn write_snapshot(gallery: &RwLock<VectorIndex>, file: &SealedFile, label: &str) -> Result<(), EngineError> {
-    let t = Instant::now();
-    let (bytes, templates) = {
-        let g = gallery.read().map_err(|_| EngineError::Internal("index lock poisoned".into()))?;
-        (g.snapshot(label)?, g.len())
-    };
-    file.write(&bytes)?;
-    info!(templates, bytes = bytes.len(), ms = t.elapsed().as_millis() as u64, "face index snapshot written");
-    Ok(())
-}
+impl DerivedIndex for FaceIndexSpec {
+    type Index = VectorIndex;
+    const NAME: &'static str = "face index";
+    const SNAPSHOT_FILE: &'static str = "face-index.snap";
 
-/// The face index: from its snapshot plus the store's changes since, or
-/// else rebuilt from every stored face template. True when the snapshot is
-/// missing or behind (a new one should be written).
-pub(super) fn load_face_index(
-    store: &Store,
-    model: &FaceModel,
-    settings: &IndexSettings,
-    file: &SealedFile,
-) -> Result<(VectorIndex, bool), EngineError> {
-    let t = Instant::now();
-    match file.read() {
-        Ok(Some(bytes)) => {
-            let read_ms = t.elapsed().as_millis() as u64;
-            let mut interned: HashMap<String, Arc<str>> = HashMap::new();
-            let live: Vec<(i64, Arc<str>)> = store
-                .template_owners(Modality::Face, &model.id)?
-                .into_iter()
-                .map(|(id, s)| (id, intern(&mut interned, &s)))
-                .collect();
-            let listed_ms = t.elapsed().as_millis() as u64;
-            match VectorIndex::restore(&bytes, model.dim, settings.clone(), &model.id, &live) {
-                Ok((mut index, missing, dropped)) => {
-                    let restored_ms = t.elapsed().as_millis() as u64;
-                    let mut batch = Batch::default();
-                    for t in store.templates_with_ids(&missing)? {
-                        if let Some(v) = t.template.data.embedding() {
-                            batch.push(t.template_id, intern(&mut interned, &t.subject_id), v);
-                        }
-                    }
-                    batch.flush_into(&mut index)?;
-                    info!(
-                        model = %model.id, index = %index.describe(), templates = index.len(),
-                        added = missing.len(), removed = dropped, read_ms, listed_ms, restored_ms,
-                        ms = t.elapsed().as_millis() as u64,
-                        "face index restored from its snapshot and the store's changes since"
-                    );
-                    return Ok((index, !missing.is_empty() || dropped > 0));
-                }
-                Err(e) => warn!(error = %e, "face index snapshot not used; rebuilding from the store"),
+    fn restore(&self, store: &Store, file: &SealedFile) -> Result<Option<(VectorIndex, bool)>, EngineError> {
+        let t = Instant::now();
+        let Some(bytes) = file.read()? else { return Ok(None) };
+        let read_ms = t.elapsed().as_millis() as u64;
+        let model = &self.model;
+        let mut interned: HashMap<String, Arc<str>> = HashMap::new();
+        let live: Vec<(i64, Arc<str>)> = store
+            .template_owners(Modality::Face, &model.id)?
+            .into_iter()
+            .map(|(id, s)| (id, intern(&mut interned, &s)))
+            .collect();
+        let listed_ms = t.elapsed().as_millis() as u64;
+        let (mut index, missing, dropped) =
+            VectorIndex::restore(&bytes, model.dim, self.settings.clone(), &model.id, &live)?;
+        let restored_ms = t.elapsed().as_millis() as u64;
+        let mut batch = Batch::default();
+        for t in store.templates_with_ids(&missing)? {
+            if let Some(v) = t.template.data.embedding() {
+                batch.push(t.template_id, intern(&mut interned, &t.subject_id), v);
             }
         }
-        Ok(None) => {}
-        Err(e) => warn!(error = %e, "face index snapshot unreadable; rebuilding from the store"),
+        batch.flush_into(&mut index)?;
+        info!(
+            model = %model.id, index = %index.describe(), templates = index.len(),
+            added = missing.len(), removed = dropped, read_ms, listed_ms, restored_ms,
+            ms = t.elapsed().as_millis() as u64,
+            "face index restored from its snapshot and the store's changes since"
+        );
+        Ok(Some((index, !missing.is_empty() || dropped > 0)))
     }
-    let index = rebuild(store, model, settings)?;
-    info!(
-        model = %model.id, index = %index.describe(), templates = index.len(), ms = t.elapsed().as_millis() as u64,
-        "face index rebuilt from the store"
-    );
-    Ok((index, true))
-}
 
-/// The face index of the current model from every stored face template.
-pub(super) fn rebuild(store: &Store, model: &FaceModel, settings: &IndexSettings) -> Result<VectorIndex, EngineError> {
-    let mut index = VectorIndex::with_settings(model.dim, settings.clone())?;
-    let mut owners: HashMap<String, Arc<str>> = HashMap::new();
-    let mut batch = Batch::default();
-    let mut failure = None;
-    store.for_each_template(Modality::Face, |t| {
-        let vector = match t.template.data.embedding() {
-            Some(v) if t.template.model_id == model.id && v.len() == model.dim => v,
-            _ => return Ok(()),
-        };
-        batch.push(t.template_id, intern(&mut owners, &t.subject_id), vector);
-        if batch.ids.len() >= 4096 && failure.is_none() {
-            failure = batch.flush_into(&mut index).err();
+    /// The face index of the current model from every stored face template.
+    fn rebuild(&self, store: &Store) -> Result<VectorIndex, EngineError> {
+        let model = &self.model;
+        let mut index = VectorIndex::with_settings(model.dim, self.settings.clone())?;
+        let mut owners: HashMap<String, Arc<str>> = HashMap::new();
+        let mut batch = Batch::default();
+        let mut failure = None;
+        store.for_each_template(Modality::Face, |t| {
+            let vector = match t.template.data.embedding() {
+                Some(v) if t.template.model_id == model.id && v.len() == model.dim => v,
+                _ => return Ok(()),
+            };
+            batch.push(t.template_id, intern(&mut owners, &t.subject_id), vector);
+            if batch.ids.len() >= 4096 && failure.is_none() {
+                failure = batch.flush_into(&mut index).err();
+            }
+            Ok(())
+        })?;
+        if let Some(e) = failure {
+            return Err(e.into());
         }
-        Ok(())
-    })?;
-    if let Some(e) = failure {
-        return Err(e.into());
+        batch.flush_into(&mut index)?;
+        Ok(index)
     }
-    batch.flush_into(&mut index)?;
-    Ok(index)
+
+    /// The index is read-locked while it is serialized (searches go on,
+    /// enrollments wait).
+    fn write_snapshot(&self, index: &RwLock<VectorIndex>, file: &SealedFile) -> Result<(), EngineError> {
+        let t = Instant::now();
+        let (bytes, templates) = {
+            let g = index.read().map_err(|_| EngineError::Internal("index lock poisoned".into()))?;
+            (g.snapshot(&self.model.id)?, g.len())
+        };
+        file.write(&bytes)?;
+        info!(templates, bytes = bytes.len(), ms = t.elapsed().as_millis() as u64, "face index snapshot written");
+        Ok(())
+    }
+
+    fn describe(index: &VectorIndex) -> String {
+        format!("{} templates, {}", index.len(), index.describe())
+    }
 }
 
 /// Templates gathered for one `add` call.

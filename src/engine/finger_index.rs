@@ -10,7 +10,7 @@ use std::{
 
 use tracing::{info, warn};
 
-use super::{EngineError, face_index::intern};
+use super::{EngineError, derived::DerivedIndex, face_index::intern};
 use crate::{
     biometric::{Modality, TemplateData},
     config::FingerConfig,
@@ -22,8 +22,6 @@ use crate::{
     store::{SealedFile, Store},
 };
 
-/// File name of the finger index snapshot in the data directory.
-pub(super) const FINGER_SNAPSHOT_FILE: &str = "finger-index.snap";
 /// Templates prepared on the threads at a time (bounds the transient memory).
 const BATCH: usize = 8_192;
 
@@ -43,82 +41,81 @@ fn threads_or_all(threads: usize) -> usize {
     if threads == 0 { std::thread::available_parallelism().map_or(1, usize::from) } else { threads }
 }
 
-/// The finger index: from its snapshot plus the store's changes since, or
-/// else rebuilt from every stored finger template. True when the snapshot is
-/// missing or behind (a new one should be written).
-pub(super) fn load_fingers(
-    store: &Store,
-    settings: FingerIndexSettings,
-    threads: usize,
-    file: Option<&SealedFile>,
-) -> Result<(FingerIndex, bool), EngineError> {
-    let t = Instant::now();
-    let threads = threads_or_all(threads);
-    if let Some(file) = file {
-        match restore(store, settings, threads, file) {
-            Ok(Some((index, stale))) => {
-                info!(templates = index.len(), ms = t.elapsed().as_millis() as u64, "finger index restored");
-                return Ok((index, stale));
-            }
-            Ok(None) => {}
-            Err(e) => warn!(error = %e, "finger index snapshot not used; rebuilding from the store"),
-        }
-    }
-    let index = rebuild_fingers(store, settings, threads)?;
-    info!(templates = index.len(), ms = t.elapsed().as_millis() as u64, "finger index rebuilt from the store");
-    Ok((index, true))
+/// The finger index with its settings, built on `threads` threads (0: every core).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct FingerIndexSpec {
+    pub(super) settings: FingerIndexSettings,
+    pub(super) threads: usize,
 }
 
-/// The index from the snapshot and the store's changes since; `None` when there is no snapshot.
-fn restore(
-    store: &Store,
-    settings: FingerIndexSettings,
-    threads: usize,
-    file: &SealedFile,
-) -> Result<Option<(FingerIndex, bool)>, EngineError> {
-    let t = Instant::now();
-    let Some(mut reader) = file.reader()? else { return Ok(None) };
-    let mut owners: HashMap<String, Arc<str>> = HashMap::new();
-    let live: HashMap<i64, (Arc<str>, u8)> = store
-        .template_positions(Modality::Finger)?
-        .into_iter()
-        .map(|(id, subject, position)| (id, (intern(&mut owners, &subject), position)))
-        .collect();
-    let listed_ms = t.elapsed().as_millis() as u64;
-    let restored = snapshot::read(&mut reader, settings, |id, position| {
-        live.get(&id).filter(|l| l.1 == position).map(|l| l.0.clone())
-    })
-    .map_err(|e| EngineError::Internal(format!("finger index snapshot: {e}")))?;
-    let read_ms = t.elapsed().as_millis() as u64;
-    let mut index = restored.index;
-    let kept = index.len();
-    let mut missing: Vec<i64> = live.keys().copied().filter(|&id| index.template(id).is_none()).collect();
-    missing.sort_unstable();
-    let mut records: Vec<Record> = store
-        .templates_with_ids(&missing)?
-        .into_iter()
-        .filter_map(|t| match (t.template.data, live.get(&t.template_id)) {
-            (TemplateData::Minutiae(iso), Some((owner, _))) => {
-                Some((t.template_id, owner.clone(), t.template.finger_position, iso))
-            }
-            _ => None,
-        })
-        .collect();
-    let unreadable = add_records(&mut index, &mut records, threads);
-    let added = index.len() - kept;
-    if unreadable > 0 {
-        warn!(unreadable, "stored finger templates that do not parse are not searchable");
+impl FingerIndexSpec {
+    fn threads(&self) -> usize {
+        threads_or_all(self.threads)
     }
-    info!(
-        kept,
-        added,
-        removed = restored.dropped,
-        listed_ms,
-        read_ms,
-        ms = t.elapsed().as_millis() as u64,
-        "finger index snapshot read, with the store's changes since"
-    );
-    Ok(Some((index, added > 0 || restored.dropped > 0)))
+}
+
+impl DerivedIndex for FingerIndexSpec {
+    type Index = FingerIndex;
+    const NAME: &'static str = "finger index";
+    const SNAPSHOT_FILE: &'static str = "finger-index.snap";
+
+    fn restore(&self, store: &Store, file: &SealedFile) -> Result<Option<(FingerIndex, bool)>, EngineError> {
+        let t = Instant::now();
+        let Some(mut reader) = file.reader()? else { return Ok(None) };
+        let mut owners: HashMap<String, Arc<str>> = HashMap::new();
+        let live: HashMap<i64, (Arc<str>, u8)> = store
+            .template_positions(Modality::Finger)?
+            .into_iter()
+            .map(|(id, subject, position)| (id, (intern(&mut owners, &subject), position)))
+            .collect();
+        let listed_ms = t.elapsed().as_millis() as u64;
+        let restored = snapshot::read(&mut reader, self.settings, |id, position| {
+            live.get(&id).filter(|l| l.1 == position).map(|l| l.0.clone())
+        })
+        .map_err(|e| EngineError::Internal(format!("finger index snapshot: {e}")))?;
+        let read_ms = t.elapsed().as_millis() as u64;
+        let mut index = restored.index;
+        let kept = index.len();
+        let mut missing: Vec<i64> = live.keys().copied().filter(|&id| index.template(id).is_none()).collect();
+        missing.sort_unstable();
+        let mut records: Vec<Record> = store
+            .templates_with_ids(&missing)?
+            .into_iter()
+            .filter_map(|t| match (t.template.data, live.get(&t.template_id)) {
+                (TemplateData::Minutiae(iso), Some((owner, _))) => {
+                    Some((t.template_id, owner.clone(), t.template.finger_position, iso))
+                }
+                _ => None,
+            })
+            .collect();
+        let unreadable = add_records(&mut index, &mut records, self.threads());
+        let added = index.len() - kept;
+        if unreadable > 0 {
+            warn!(unreadable, "stored finger templates that do not parse are not searchable");
+        }
+        info!(
+            kept,
+            added,
+            removed = restored.dropped,
+            listed_ms,
+            read_ms,
+            ms = t.elapsed().as_millis() as u64,
+            "finger index snapshot read, with the store's changes since"
+        );
+        Ok(Some((index, added > 0 || restored.dropped > 0)))
+    }
+
+    fn rebuild(&self, store: &Store) -> Result<FingerIndex, EngineError> {
+        rebuild_fingers(store, self.settings, self.threads())
+    }
+
+    fn write_snapshot(&self, index: &RwLock<FingerIndex>, file: &SealedFile) -> Result<(), EngineError> {
+        write_finger_snapshot(index, file)
+    }
+
+    fn describe(index: &FingerIndex) -> String {
+        format!("{} templates", index.len())
+    }
 }
 
 /// A stored finger template: id, owner, finger position, ISO/IEC 19794-2 record.
@@ -170,7 +167,7 @@ fn rebuild_fingers(store: &Store, settings: FingerIndexSettings, threads: usize)
 /// indexes' buckets shared, the buckets copy-on-write: searches go on,
 /// enrollments wait for that moment only); it is written chunk by chunk after
 /// the lock is released.
-pub(super) fn write_finger_snapshot(fingers: &RwLock<FingerIndex>, file: &SealedFile) -> Result<(), EngineError> {
+fn write_finger_snapshot(fingers: &RwLock<FingerIndex>, file: &SealedFile) -> Result<(), EngineError> {
     let t = Instant::now();
     let frozen = fingers.read().map_err(|_| EngineError::Internal("finger lock poisoned".into()))?.freeze();
     let locked_ms = t.elapsed().as_millis() as u64;

@@ -3,6 +3,7 @@
 //! pool and inference on the face workers.
 
 mod audit;
+mod derived;
 mod enroll;
 mod error;
 mod face_index;
@@ -30,12 +31,13 @@ use crate::{
     finger::{FingerSettings, index::FingerIndex, template},
     index::VectorIndex,
     inference,
-    store::{Actor, Checkpoints, Store, SubjectRecord},
+    store::{Actor, Checkpoints, SealedFile, Store, SubjectRecord},
     workers::Workers,
 };
+use derived::{DerivedIndex, Snapshots};
 pub use error::EngineError;
-use face_index::{SNAPSHOT_FILE, Snapshots, index_settings, load_face_index, rebuild, write_snapshot};
-use finger_index::{FINGER_SNAPSHOT_FILE, finger_index_settings, load_fingers, write_finger_snapshot};
+use face_index::{FaceIndexSpec, index_settings};
+use finger_index::{FingerIndexSpec, finger_index_settings};
 pub use jobs::{DedupRequest, DuplicatePair, JobStatus};
 pub use listing::{Page, PageRequest};
 pub use scoring::Calibrations;
@@ -80,10 +82,12 @@ enum Derived {
 pub struct Engine {
     store: Arc<Mutex<Store>>,
     faces: Arc<RwLock<VectorIndex>>,
+    face_spec: Arc<FaceIndexSpec>,
     snapshots: Snapshots,
     /// The finger index's snapshots (`None`: `finger.snapshot_every = 0`).
     finger_snapshots: Option<Snapshots>,
     fingers: Arc<RwLock<FingerIndex>>,
+    finger_spec: Arc<FingerIndexSpec>,
     workers: Workers,
     face_model: FaceModel,
     /// Id finger templates extracted here record, and the model file's sha256.
@@ -106,20 +110,11 @@ pub struct Engine {
 }
 
 impl Engine {
-    /// Loads models, opens the store and rebuilds the index from it.
-    /// Blocking: call from a blocking context.
+    /// Loads models, opens the store and loads the derived indexes from
+    /// their snapshots and the store. Blocking: call from a blocking context.
     pub fn start(config: &Config) -> Result<Self, EngineError> {
         let manifest = inference::load_models(&config.models)?;
-        let face = FaceSettings::from_config(config);
-        let finger = FingerSettings {
-            threads: match config.finger.extract_threads {
-                0 => config.inference.threads,
-                n => n,
-            },
-            limits: face.limits,
-            min_minutiae: config.finger.min_minutiae,
-        };
-        let workers = Workers::start(&manifest, face, finger, config.inference.workers, config.inference.queue)?;
+        let workers = start_workers(config, &manifest)?;
         let face_model = FaceModel::new(&manifest, config.face.flip_average);
         let (finger_model_id, finger_model_sha256) = match &manifest.finger_extractor {
             Some(x) => {
@@ -130,33 +125,9 @@ impl Engine {
         let calibrations = Calibrations::load(&config.models.calibration_dir, &face_model.id)?;
         let store = Store::open_with_keys(&config.store.data_dir, &config.store.key_dir, &config.store.encryption_key)?;
         let (checkpoints, audit_problem) = audit::check_at_start(&store, &config.audit, &config.store.data_dir)?;
-        let snapshot_file = store.sealed_file(SNAPSHOT_FILE);
-        let (gallery, stale) = load_face_index(&store, &face_model, &index_settings(&config.index), &snapshot_file)?;
-        let stored = store.stats()?;
-        let foreign_templates: u64 = stored
-            .templates
-            .iter()
-            .filter(|(m, model, _)| *m == Modality::Face && *model != face_model.id)
-            .map(|t| t.2)
-            .sum();
-        if foreign_templates > 0 {
-            warn!(foreign_templates, "face templates of other models are not searchable until re-embedded");
-        }
-        let finger_file = store.sealed_file(FINGER_SNAPSHOT_FILE);
-        let finger_snapshots = config.finger.snapshot_every > 0;
-        if !finger_snapshots {
-            // A snapshot left from an earlier configuration would go stale unseen.
-            finger_file.remove()?;
-        }
-        let (fingers, fingers_stale) = load_fingers(
-            &store,
-            finger_index_settings(&config.finger),
-            config.finger.rebuild_threads,
-            finger_snapshots.then_some(&finger_file),
-        )?;
-        let subjects = stored.subjects;
+        let loaded = Loaded::from_store(&store, config, &face_model)?;
         let store = Arc::new(Mutex::new(store));
-        let fingers = Arc::new(RwLock::new(fingers));
+        let fingers = Arc::new(RwLock::new(loaded.fingers));
         let jobs = jobs::JobRunner::start(
             store.clone(),
             fingers.clone(),
@@ -166,20 +137,12 @@ impl Engine {
         )?;
         let engine = Self {
             store,
-            faces: Arc::new(RwLock::new(gallery)),
-            snapshots: Snapshots {
-                file: snapshot_file,
-                every: config.index.snapshot_every.max(1),
-                changes: Arc::new(AtomicU64::new(0)),
-                writing: Arc::new(Mutex::new(())),
-            },
-            finger_snapshots: finger_snapshots.then(|| Snapshots {
-                file: finger_file,
-                every: config.finger.snapshot_every,
-                changes: Arc::new(AtomicU64::new(0)),
-                writing: Arc::new(Mutex::new(())),
-            }),
+            faces: Arc::new(RwLock::new(loaded.faces)),
+            face_spec: loaded.face_spec,
+            snapshots: Snapshots::new(loaded.face_file, config.index.snapshot_every.max(1)),
+            finger_snapshots: loaded.finger_file.map(|f| Snapshots::new(f, config.finger.snapshot_every)),
             fingers,
+            finger_spec: loaded.finger_spec,
             jobs,
             jobs_settings: config.jobs.clone(),
             workers,
@@ -189,17 +152,17 @@ impl Engine {
             calibrations,
             decision: config.decision.clone(),
             finger: config.finger.clone(),
-            subjects: Arc::new(AtomicU64::new(subjects)),
+            subjects: Arc::new(AtomicU64::new(loaded.subjects)),
             max_samples: config.limits.max_samples,
             max_candidates: config.limits.max_candidates,
             max_subject_ids: config.limits.max_subject_ids,
             checkpoints,
             audit_problem,
         };
-        if stale {
+        if loaded.faces_stale {
             engine.snapshot_in_background(Derived::Faces);
         }
-        if fingers_stale {
+        if loaded.fingers_stale {
             engine.snapshot_in_background(Derived::Fingers);
         }
         Ok(engine)
@@ -211,13 +174,13 @@ impl Engine {
         let faces = {
             let _one_writer =
                 self.snapshots.writing.lock().map_err(|_| EngineError::Internal("snapshot lock".into()))?;
-            write_snapshot(&self.faces, &self.snapshots.file, &self.face_model.id)
+            self.face_spec.write_snapshot(&self.faces, &self.snapshots.file)
         };
         // The finger index's is written even when the face index's failed.
         if let Some(s) = &self.finger_snapshots {
             let _one_writer = s.writing.lock().map_err(|_| EngineError::Internal("snapshot lock".into()))?;
             if s.changes.swap(0, Ordering::Relaxed) > 0 {
-                write_finger_snapshot(&self.fingers, &s.file)?;
+                self.finger_spec.write_snapshot(&self.fingers, &s.file)?;
             }
         }
         faces
@@ -243,27 +206,9 @@ impl Engine {
 
     fn snapshot_in_background(&self, which: Derived) {
         let Some(s) = self.snapshots(which) else { return };
-        s.changes.store(0, Ordering::Relaxed);
-        let (file, writing) = (s.file.clone(), s.writing.clone());
-        let write: Box<dyn FnOnce() -> Result<(), EngineError> + Send> = match which {
-            Derived::Faces => {
-                let (gallery, label) = (self.faces.clone(), self.face_model.id.clone());
-                Box::new(move || write_snapshot(&gallery, &file, &label))
-            }
-            Derived::Fingers => {
-                let fingers = self.fingers.clone();
-                Box::new(move || write_finger_snapshot(&fingers, &file))
-            }
-        };
-        let spawned = std::thread::Builder::new().name(format!("{which:?}-snapshot").to_lowercase()).spawn(move || {
-            // One writer at a time; a snapshot already being written will do.
-            let Ok(_one_writer) = writing.try_lock() else { return };
-            if let Err(e) = write() {
-                warn!(error = %e, ?which, "snapshot failed; the next start-up reads the store instead");
-            }
-        });
-        if let Err(e) = spawned {
-            warn!(error = %e, "cannot start the snapshot thread");
+        match which {
+            Derived::Faces => s.write_in_background(self.face_spec.clone(), self.faces.clone()),
+            Derived::Fingers => s.write_in_background(self.finger_spec.clone(), self.fingers.clone()),
         }
     }
 
@@ -347,6 +292,78 @@ impl Engine {
 
 fn lock(store: &Mutex<Store>) -> Result<std::sync::MutexGuard<'_, Store>, EngineError> {
     store.lock().map_err(|_| EngineError::Internal("store lock poisoned".into()))
+}
+
+/// The inference workers: face and finger pipelines from the configuration.
+fn start_workers(config: &Config, manifest: &inference::Manifest) -> Result<Workers, EngineError> {
+    let face = FaceSettings::from_config(config);
+    let finger = FingerSettings {
+        threads: match config.finger.extract_threads {
+            0 => config.inference.threads,
+            n => n,
+        },
+        limits: face.limits,
+        min_minutiae: config.finger.min_minutiae,
+    };
+    Ok(Workers::start(manifest, face, finger, config.inference.workers, config.inference.queue)?)
+}
+
+/// The derived indexes as start-up loads them from the store.
+struct Loaded {
+    face_spec: Arc<FaceIndexSpec>,
+    faces: VectorIndex,
+    face_file: SealedFile,
+    faces_stale: bool,
+    finger_spec: Arc<FingerIndexSpec>,
+    fingers: FingerIndex,
+    /// `None`: finger snapshots are off.
+    finger_file: Option<SealedFile>,
+    fingers_stale: bool,
+    subjects: u64,
+}
+
+impl Loaded {
+    /// Both indexes, each from its snapshot and the store's changes since
+    /// or rebuilt; the enrolled subjects counted.
+    fn from_store(store: &Store, config: &Config, face_model: &FaceModel) -> Result<Self, EngineError> {
+        let face_spec = Arc::new(FaceIndexSpec { model: face_model.clone(), settings: index_settings(&config.index) });
+        let face_file = store.sealed_file(FaceIndexSpec::SNAPSHOT_FILE);
+        let (faces, faces_stale) = face_spec.load(store, Some(&face_file))?;
+        let stored = store.stats()?;
+        let foreign_templates: u64 = stored
+            .templates
+            .iter()
+            .filter(|(m, model, _)| *m == Modality::Face && *model != face_model.id)
+            .map(|t| t.2)
+            .sum();
+        if foreign_templates > 0 {
+            warn!(foreign_templates, "face templates of other models are not searchable until re-embedded");
+        }
+        let finger_spec = Arc::new(FingerIndexSpec {
+            settings: finger_index_settings(&config.finger),
+            threads: config.finger.rebuild_threads,
+        });
+        let finger_file = store.sealed_file(FingerIndexSpec::SNAPSHOT_FILE);
+        let finger_file = if config.finger.snapshot_every > 0 {
+            Some(finger_file)
+        } else {
+            // A snapshot left from an earlier configuration would go stale unseen.
+            finger_file.remove()?;
+            None
+        };
+        let (fingers, fingers_stale) = finger_spec.load(store, finger_file.as_ref())?;
+        Ok(Self {
+            face_spec,
+            faces,
+            face_file,
+            faces_stale,
+            finger_spec,
+            fingers,
+            finger_file,
+            fingers_stale,
+            subjects: stored.subjects,
+        })
+    }
 }
 
 /// Most watchlists one enroll may name.

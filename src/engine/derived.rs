@@ -1,0 +1,97 @@
+//! What the face index and the finger index have in common: each is
+//! derived data, held in memory, made from the store. It is loaded from its
+//! sealed snapshot plus a replay of the store's changes since, or else
+//! rebuilt from every stored template, and saved again now and then (on a
+//! background thread, one writer at a time) and at shutdown.
+
+use std::{
+    sync::{Arc, Mutex, RwLock, atomic::AtomicU64},
+    time::Instant,
+};
+
+use tracing::{info, warn};
+
+use super::EngineError;
+use crate::store::{SealedFile, Store};
+
+/// An index derived from the store, with how it is loaded, rebuilt and saved.
+pub(super) trait DerivedIndex: Send + Sync + 'static {
+    /// The structure searched.
+    type Index: Send + Sync + 'static;
+    /// What logs call it.
+    const NAME: &'static str;
+    /// Its snapshot's file name in the data directory.
+    const SNAPSHOT_FILE: &'static str;
+
+    /// The index from its snapshot and a replay of the store's changes
+    /// since, and whether the snapshot was behind; `None` without a snapshot.
+    fn restore(&self, store: &Store, file: &SealedFile) -> Result<Option<(Self::Index, bool)>, EngineError>;
+
+    /// The index from every stored template.
+    fn rebuild(&self, store: &Store) -> Result<Self::Index, EngineError>;
+
+    /// Seals the index into its snapshot file, holding its read lock as
+    /// briefly as the structure allows.
+    fn write_snapshot(&self, index: &RwLock<Self::Index>, file: &SealedFile) -> Result<(), EngineError>;
+
+    /// A line for the logs: what the index holds.
+    fn describe(index: &Self::Index) -> String;
+
+    /// The index from its snapshot (when `file` is given and usable) or else
+    /// rebuilt; true when a new snapshot should be written.
+    fn load(&self, store: &Store, file: Option<&SealedFile>) -> Result<(Self::Index, bool), EngineError> {
+        let t = Instant::now();
+        if let Some(file) = file {
+            match self.restore(store, file) {
+                Ok(Some(found)) => return Ok(found),
+                Ok(None) => {}
+                Err(e) => warn!(index = Self::NAME, error = %e, "snapshot not used; rebuilding from the store"),
+            }
+        }
+        let index = self.rebuild(store)?;
+        info!(
+            index = Self::NAME,
+            holds = %Self::describe(&index),
+            ms = t.elapsed().as_millis() as u64,
+            "rebuilt from the store"
+        );
+        Ok((index, true))
+    }
+}
+
+/// When and where a derived index is saved.
+#[derive(Debug)]
+pub(super) struct Snapshots {
+    pub(super) file: SealedFile,
+    /// Changes between two snapshots.
+    pub(super) every: u64,
+    /// Changes since the last one.
+    pub(super) changes: Arc<AtomicU64>,
+    /// Held by the one writer.
+    pub(super) writing: Arc<Mutex<()>>,
+}
+
+impl Snapshots {
+    /// Snapshots into `file` every `every` changes.
+    pub(super) fn new(file: SealedFile, every: u64) -> Self {
+        Self { file, every, changes: Arc::new(AtomicU64::new(0)), writing: Arc::new(Mutex::new(())) }
+    }
+
+    /// Writes a snapshot of `index` on a background thread, unless one is
+    /// being written already.
+    pub(super) fn write_in_background<D: DerivedIndex>(&self, spec: Arc<D>, index: Arc<RwLock<D::Index>>) {
+        self.changes.store(0, std::sync::atomic::Ordering::Relaxed);
+        let (file, writing) = (self.file.clone(), self.writing.clone());
+        let name = D::NAME.replace(' ', "-");
+        let spawned = std::thread::Builder::new().name(format!("{name}-snapshot")).spawn(move || {
+            // One writer at a time; a snapshot already being written will do.
+            let Ok(_one_writer) = writing.try_lock() else { return };
+            if let Err(e) = spec.write_snapshot(&index, &file) {
+                warn!(index = D::NAME, error = %e, "snapshot failed; the next start-up reads the store instead");
+            }
+        });
+        if let Err(e) = spawned {
+            warn!(error = %e, "cannot start the snapshot thread");
+        }
+    }
+}
