@@ -4,7 +4,7 @@
 //! server resumes every queued or running job where it stopped.
 
 use std::{
-    collections::{BTreeMap, HashMap, HashSet},
+    collections::{HashMap, HashSet},
     sync::{Arc, Mutex, RwLock},
     time::{Duration, Instant},
 };
@@ -13,7 +13,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use ndarray::Array2;
 use tracing::{error, info, warn};
 
-use super::{Calibrations, Candidate, Engine, EngineError, lock, scoring::RawScores, validate_name};
+use super::{Calibrations, EngineError, lock};
 use crate::{
     biometric::{Modality, TemplateData},
     config::JobsConfig,
@@ -23,44 +23,16 @@ use crate::{
         mcc::{Matcher, Template},
         template,
     },
-    jobs::{Block, DedupParams, Scope, clusters, component_name, face_block, parse_component, plan},
+    jobs::{Block, DedupParams, Scope, component_name, face_block, plan},
     store::{JobRecord, JobState, PairComponent, Store},
 };
 
-/// Largest subject list a job may name.
-const MAX_SCOPE_SUBJECTS: usize = 1_000_000;
+mod calls;
+
+pub use calls::{DedupRequest, DuplicatePair, JobStatus};
+
 /// Finger hits kept per searched template.
 const FINGER_HITS: usize = 64;
-
-/// A job's state and progress.
-#[derive(Debug, Clone)]
-pub struct JobStatus {
-    /// The stored record.
-    pub record: JobRecord,
-    /// Blocks per second since this server (re)started it.
-    pub rate: f64,
-    /// Estimated seconds left.
-    pub eta: f64,
-    /// Pairs above the threshold so far.
-    pub pairs: u64,
-    /// The threshold and its basis.
-    pub threshold: f64,
-    /// Why this threshold.
-    pub basis: String,
-    /// Subjects and templates in scope (0 until started).
-    pub subjects: u64,
-    /// Templates in scope.
-    pub templates: u64,
-}
-
-/// A candidate duplicate: two subjects and their fused calibrated score.
-#[derive(Debug, Clone)]
-pub struct DuplicatePair {
-    /// The pair as a candidate (subject id `b`, scores) of `a`.
-    pub a: String,
-    /// The other subject and the scores.
-    pub candidate: Candidate,
-}
 
 #[derive(Debug, Default, Clone, Copy)]
 struct Progress {
@@ -140,9 +112,52 @@ impl Worker {
         let params: DedupParams = serde_json::from_str(&rec.params)
             .map_err(|e| EngineError::Internal(format!("job {id} parameters: {e}")))?;
         lock(&self.store)?.set_job_state(id, JobState::Running, "")?;
+        let data = self.job_data(&rec, &params)?;
+        let blocks =
+            plan(data.owners.len(), data.fingers.len(), self.settings.face_block_rows, self.settings.finger_block_rows);
+        lock(&self.store)?.set_job_total(id, blocks.len() as u64)?;
+        let done = lock(&self.store)?.finished_blocks(id)?;
+        self.note_start(id, &data);
+        info!(job = id, blocks = blocks.len(), already_done = done.len(), "dedup job running");
+        // Pairs are stored from a lower bar than the decision's, so that
+        // fusing modalities can lift a pair whose single scores fall short.
+        let keep_fmr = (params.target_fmr * 10.0).min(0.01);
+        let face_bar = self.calibrations.face.raw_for_fmr(keep_fmr) as f32;
+        let finger_bar = self.calibrations.finger.raw_for_fmr(keep_fmr) as f32;
+        let mut stretched_cache: HashMap<usize, Stretched> = HashMap::new();
+        for (i, block) in blocks.iter().enumerate() {
+            if done.contains(&(i as u64)) {
+                continue;
+            }
+            if lock(&self.store)?.job(id)?.is_none_or(|j| j.state != JobState::Running) {
+                info!(job = id, "job cancelled");
+                return Ok(());
+            }
+            let pairs = match *block {
+                Block::Faces { start, end } => self.face_pairs(&data, start, end, face_bar),
+                Block::Fingers { start, end } => {
+                    self.finger_pairs(&data, start, end, finger_bar, &mut stretched_cache)?
+                }
+            };
+            lock(&self.store)?.finish_block(id, i as u64, &pairs)?;
+            if let Ok(mut p) = self.progress.lock()
+                && let Some(p) = p.get_mut(&id)
+            {
+                p.blocks_since_start += 1;
+            }
+            if self.settings.block_pause_ms > 0 {
+                std::thread::sleep(Duration::from_millis(self.settings.block_pause_ms));
+            }
+        }
+        lock(&self.store)?.set_job_state(id, JobState::Done, "")?;
+        info!(job = id, "dedup job done");
+        Ok(())
+    }
+
+    /// What a job compares: the templates in scope enrolled before it started.
+    fn job_data(&self, rec: &JobRecord, params: &DedupParams) -> Result<JobData, EngineError> {
         let scope = self.scope_subjects(&params.scope)?;
         let in_scope = |s: &str| scope.as_ref().is_none_or(|set| set.contains(s));
-        // The job's data: templates enrolled before it started, in scope.
         let (faces, fingers) = {
             let store = lock(&self.store)?;
             let faces = if params.faces { store.templates_up_to(Modality::Face, rec.max_template_id)? } else { vec![] };
@@ -175,13 +190,17 @@ impl Worker {
                 TemplateData::Embedding(_) => None,
             })
             .collect();
+        let by_id = fingers.iter().enumerate().map(|(i, f)| (f.id, i)).collect();
+        let dim = if owners.is_empty() { 0 } else { rows.len() / owners.len() };
+        let matrix = Array2::from_shape_vec((owners.len(), dim), rows)
+            .map_err(|e| EngineError::Internal(format!("face matrix: {e}")))?;
+        Ok(JobData { owners, matrix, fingers, by_id, max_template_id: rec.max_template_id, scope })
+    }
+
+    /// Records when a (re)started job began and what it covers, for its rate and eta.
+    fn note_start(&self, id: i64, data: &JobData) {
         let subjects: HashSet<&str> =
-            owners.iter().map(String::as_str).chain(fingers.iter().map(|f| f.subject.as_str())).collect();
-        let by_id: HashMap<i64, usize> = fingers.iter().enumerate().map(|(i, f)| (f.id, i)).collect();
-        let mut stretched_cache: HashMap<usize, Stretched> = HashMap::new();
-        let blocks = plan(owners.len(), fingers.len(), self.settings.face_block_rows, self.settings.finger_block_rows);
-        lock(&self.store)?.set_job_total(id, blocks.len() as u64)?;
-        let done = lock(&self.store)?.finished_blocks(id)?;
+            data.owners.iter().map(String::as_str).chain(data.fingers.iter().map(|f| f.subject.as_str())).collect();
         if let Ok(mut p) = self.progress.lock() {
             p.insert(
                 id,
@@ -189,83 +208,60 @@ impl Worker {
                     started: Some(Instant::now()),
                     blocks_since_start: 0,
                     subjects: subjects.len() as u64,
-                    templates: (owners.len() + fingers.len()) as u64,
+                    templates: (data.owners.len() + data.fingers.len()) as u64,
                 },
             );
         }
-        info!(job = id, blocks = blocks.len(), already_done = done.len(), "dedup job running");
-        // Pairs are stored from a lower bar than the decision's, so that
-        // fusing modalities can lift a pair whose single scores fall short.
-        let keep_fmr = (params.target_fmr * 10.0).min(0.01);
-        let face_bar = self.calibrations.face.raw_for_fmr(keep_fmr) as f32;
-        let finger_bar = self.calibrations.finger.raw_for_fmr(keep_fmr) as f32;
-        let dim = if owners.is_empty() { 0 } else { rows.len() / owners.len() };
-        let matrix = Array2::from_shape_vec((owners.len(), dim), rows)
-            .map_err(|e| EngineError::Internal(format!("face matrix: {e}")))?;
-        for (i, block) in blocks.iter().enumerate() {
-            if done.contains(&(i as u64)) {
-                continue;
-            }
-            if lock(&self.store)?.job(id)?.is_none_or(|j| j.state != JobState::Running) {
-                info!(job = id, "job cancelled");
-                return Ok(());
-            }
-            let mut pairs = Vec::new();
-            match *block {
-                Block::Faces { start, end } => {
-                    for (a, b, score) in face_block(matrix.view(), start, end, face_bar, self.settings.threads) {
-                        push_pair(&mut pairs, &owners[a], &owners[b], "face".into(), f64::from(score));
-                    }
-                }
-                Block::Fingers { start, end } => {
-                    let block = fingers.get(start..end).unwrap_or(&[]);
-                    // Hits: (searched, hit) indexes into `fingers`, declared-frame score.
-                    let mut hits: Vec<(usize, usize, f32)> = Vec::new();
-                    {
-                        let gallery = self.fingers.read().map_err(|_| EngineError::Internal("finger lock".into()))?;
-                        for (i, f) in block.iter().enumerate() {
-                            let found = gallery.search(f.position, &f.template, FINGER_HITS, 1);
-                            hits.extend(
-                                found
-                                    .iter()
-                                    .filter(|h| {
-                                        h.template_id != f.id
-                                            && h.template_id <= rec.max_template_id
-                                            && in_scope(&h.subject)
-                                    })
-                                    .filter_map(|h| by_id.get(&h.template_id).map(|&j| (start + i, j, h.score))),
-                            );
-                        }
-                    }
-                    for (i, j, score) in rescore_hits(
-                        &fingers,
-                        hits,
-                        self.settings.finger_rescored,
-                        self.settings.threads,
-                        &mut stretched_cache,
-                    ) {
-                        if score < finger_bar {
-                            continue;
-                        }
-                        let (f, h) = (&fingers[i], &fingers[j]);
-                        let component = component_name(Modality::Finger, f.position);
-                        push_pair(&mut pairs, &f.subject, &h.subject, component, f64::from(score));
-                    }
-                }
-            }
-            lock(&self.store)?.finish_block(id, i as u64, &pairs)?;
-            if let Ok(mut p) = self.progress.lock()
-                && let Some(p) = p.get_mut(&id)
-            {
-                p.blocks_since_start += 1;
-            }
-            if self.settings.block_pause_ms > 0 {
-                std::thread::sleep(Duration::from_millis(self.settings.block_pause_ms));
+    }
+
+    /// Face pairs of rows `start..end` against every later row, at or above `bar`.
+    fn face_pairs(&self, data: &JobData, start: usize, end: usize, bar: f32) -> Vec<PairComponent> {
+        let mut pairs = Vec::new();
+        for (a, b, score) in face_block(data.matrix.view(), start, end, bar, self.settings.threads) {
+            push_pair(&mut pairs, &data.owners[a], &data.owners[b], "face".into(), f64::from(score));
+        }
+        pairs
+    }
+
+    /// Finger pairs of templates `start..end`: each searched in the finger
+    /// index, its hits in scope rescored, those at or above `bar` kept.
+    fn finger_pairs(
+        &self,
+        data: &JobData,
+        start: usize,
+        end: usize,
+        bar: f32,
+        stretched_cache: &mut HashMap<usize, Stretched>,
+    ) -> Result<Vec<PairComponent>, EngineError> {
+        let block = data.fingers.get(start..end).unwrap_or(&[]);
+        // Hits: (searched, hit) indexes into `fingers`, declared-frame score.
+        let mut hits: Vec<(usize, usize, f32)> = Vec::new();
+        {
+            let index = self.fingers.read().map_err(|_| EngineError::Internal("finger lock".into()))?;
+            for (i, f) in block.iter().enumerate() {
+                let found = index.search(f.position, &f.template, FINGER_HITS, 1);
+                hits.extend(
+                    found
+                        .iter()
+                        .filter(|h| {
+                            h.template_id != f.id && h.template_id <= data.max_template_id && data.in_scope(&h.subject)
+                        })
+                        .filter_map(|h| data.by_id.get(&h.template_id).map(|&j| (start + i, j, h.score))),
+                );
             }
         }
-        lock(&self.store)?.set_job_state(id, JobState::Done, "")?;
-        info!(job = id, "dedup job done");
-        Ok(())
+        let mut pairs = Vec::new();
+        let rescored =
+            rescore_hits(&data.fingers, hits, self.settings.finger_rescored, self.settings.threads, stretched_cache);
+        for (i, j, score) in rescored {
+            if score < bar {
+                continue;
+            }
+            let (f, h) = (&data.fingers[i], &data.fingers[j]);
+            let component = component_name(Modality::Finger, f.position);
+            push_pair(&mut pairs, &f.subject, &h.subject, component, f64::from(score));
+        }
+        Ok(pairs)
     }
 
     fn scope_subjects(&self, scope: &Scope) -> Result<Option<HashSet<String>>, EngineError> {
@@ -362,141 +358,24 @@ fn lower_priority() {
     }
 }
 
-/// A job request as the engine takes it.
-#[derive(Debug, Clone)]
-pub struct DedupRequest {
-    /// Subjects covered.
-    pub scope: Scope,
-    /// Modalities compared (empty: all).
-    pub modalities: Vec<Modality>,
-    /// Target FMR (0: default).
-    pub target_fmr: f64,
+/// What one job compares, loaded when it (re)starts.
+struct JobData {
+    /// Face rows' owners, and the rows (unit embeddings) as one matrix.
+    owners: Vec<String>,
+    matrix: Array2<f32>,
+    /// Finger templates in scope.
+    fingers: Vec<JobFinger>,
+    /// Index into `fingers` by template id.
+    by_id: HashMap<i64, usize>,
+    /// Templates enrolled after the job started are left out.
+    max_template_id: i64,
+    /// Subjects in scope (`None`: all).
+    scope: Option<HashSet<String>>,
 }
 
-impl Engine {
-    /// Queues a de-duplication job.
-    pub async fn start_dedup(&self, req: DedupRequest) -> Result<JobStatus, EngineError> {
-        let DedupRequest { scope, modalities, target_fmr } = req;
-        let target_fmr = Self::target("target_fmr", target_fmr, self.jobs_settings.target_fmr)?;
-        Self::decidable("target_fmr", &format!("target FMR {target_fmr:e} per pair"), target_fmr, 1)?;
-        if let Scope::Subjects(ids) = &scope {
-            if ids.is_empty() || ids.len() > MAX_SCOPE_SUBJECTS {
-                return Err(EngineError::invalid(
-                    "TOO_MANY_SUBJECT_IDS",
-                    "subjects.subject_ids",
-                    "1 to 1,000,000 subject ids",
-                ));
-            }
-            for (i, s) in ids.iter().enumerate() {
-                validate_name(s)
-                    .map_err(|r| EngineError::invalid("INVALID_SUBJECT_ID", format!("subjects.subject_ids[{i}]"), r))?;
-            }
-        }
-        if let Scope::Enrolled { from_ms, to_ms } = scope
-            && to_ms != 0
-            && to_ms <= from_ms
-        {
-            return Err(EngineError::invalid("INVALID_TIME_WINDOW", "enrolled", "end_time must be after start_time"));
-        }
-        let all = modalities.is_empty();
-        let params = DedupParams {
-            scope,
-            faces: all || modalities.contains(&Modality::Face),
-            fingers: all || modalities.contains(&Modality::Finger),
-            target_fmr,
-        };
-        let json = serde_json::to_string(&params).map_err(|e| EngineError::Internal(e.to_string()))?;
-        let store = self.store.clone();
-        let rec = tokio::task::spawn_blocking(move || Ok::<_, EngineError>(lock(&store)?.create_job("dedup", &json)?))
-            .await??;
-        let _ = self.jobs.wake.try_send(());
-        self.job_status(rec).await
-    }
-
-    /// A job's state.
-    pub async fn job(&self, job_id: String) -> Result<JobStatus, EngineError> {
-        let rec = self.job_record(&job_id).await?;
-        self.job_status(rec).await
-    }
-
-    /// Cancels a queued or running job.
-    pub async fn cancel_job(&self, job_id: String) -> Result<JobStatus, EngineError> {
-        let rec = self.job_record(&job_id).await?;
-        let store = self.store.clone();
-        let id = rec.job_id;
-        tokio::task::spawn_blocking(move || Ok::<_, EngineError>(lock(&store)?.cancel_job(id)?)).await??;
-        self.job(job_id).await
-    }
-
-    /// A job's pairs above its threshold (best first) and the clusters they form.
-    pub async fn job_results(&self, job_id: String) -> Result<(Vec<DuplicatePair>, Vec<Vec<String>>), EngineError> {
-        let rec = self.job_record(&job_id).await?;
-        let (pairs, _) = self.fused_pairs(&rec).await?;
-        let groups = clusters(pairs.iter().map(|p| (p.a.as_str(), p.candidate.subject_id.as_str())));
-        Ok((pairs, groups))
-    }
-
-    async fn job_record(&self, job_id: &str) -> Result<JobRecord, EngineError> {
-        let id: i64 = job_id.parse().map_err(|_| EngineError::invalid("INVALID_JOB_ID", "job_id", "not a job id"))?;
-        let store = self.store.clone();
-        tokio::task::spawn_blocking(move || Ok::<_, EngineError>(lock(&store)?.job(id)?))
-            .await??
-            .ok_or_else(|| EngineError::JobNotFound(job_id.to_owned()))
-    }
-
-    /// The stored pair components fused per pair, kept at or above the threshold.
-    async fn fused_pairs(&self, rec: &JobRecord) -> Result<(Vec<DuplicatePair>, f64), EngineError> {
-        let params: DedupParams =
-            serde_json::from_str(&rec.params).map_err(|e| EngineError::Internal(format!("job parameters: {e}")))?;
-        let threshold = super::scoring::threshold_db(params.target_fmr);
-        let store = self.store.clone();
-        let id = rec.job_id;
-        let components =
-            tokio::task::spawn_blocking(move || Ok::<_, EngineError>(lock(&store)?.job_pairs(id)?)).await??;
-        let mut by_pair: BTreeMap<(String, String), RawScores> = BTreeMap::new();
-        for c in components {
-            if let Some(component) = parse_component(&c.component) {
-                by_pair.entry((c.a, c.b)).or_default().insert(component, c.raw);
-            }
-        }
-        let mut out: Vec<DuplicatePair> = by_pair
-            .into_iter()
-            .map(|((a, b), raw)| DuplicatePair { a, candidate: self.candidate(b, &raw) })
-            .filter(|p| p.candidate.score >= threshold)
-            .collect();
-        out.sort_by(|x, y| {
-            y.candidate
-                .score
-                .total_cmp(&x.candidate.score)
-                .then_with(|| (&x.a, &x.candidate.subject_id).cmp(&(&y.a, &y.candidate.subject_id)))
-        });
-        Ok((out, threshold))
-    }
-
-    pub(super) async fn job_status(&self, record: JobRecord) -> Result<JobStatus, EngineError> {
-        let (pairs, threshold) = self.fused_pairs(&record).await?;
-        let params: DedupParams =
-            serde_json::from_str(&record.params).map_err(|e| EngineError::Internal(format!("job parameters: {e}")))?;
-        let p = self.jobs.progress.lock().ok().and_then(|p| p.get(&record.job_id).copied()).unwrap_or_default();
-        let secs = p.started.map_or(0.0, |s| s.elapsed().as_secs_f64());
-        let rate = if secs > 0.0 { p.blocks_since_start as f64 / secs } else { 0.0 };
-        let left = record.total.saturating_sub(record.done) as f64;
-        let eta = if rate > 0.0 && record.state == JobState::Running { left / rate } else { 0.0 };
-        let basis = format!(
-            "target FMR {} per pair: threshold {threshold:.2} on the fused calibrated score -10*log10(FMR) \
-             (faces and fingers fused with Fisher's method)",
-            params.target_fmr
-        );
-        Ok(JobStatus {
-            record,
-            rate,
-            eta,
-            pairs: pairs.len() as u64,
-            threshold,
-            basis,
-            subjects: p.subjects,
-            templates: p.templates,
-        })
+impl JobData {
+    fn in_scope(&self, subject: &str) -> bool {
+        self.scope.as_ref().is_none_or(|set| set.contains(subject))
     }
 }
 

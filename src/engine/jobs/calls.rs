@@ -1,0 +1,183 @@
+//! The job calls as the API makes them: start a de-duplication job, its
+//! state and progress, cancel it, and its results fused and clustered.
+
+use std::collections::BTreeMap;
+
+use super::lock;
+use crate::{
+    biometric::Modality,
+    engine::{Candidate, Engine, EngineError, scoring::RawScores, validate_name},
+    jobs::{DedupParams, Scope, clusters, parse_component},
+    store::{JobRecord, JobState},
+};
+
+/// Largest subject list a job may name.
+const MAX_SCOPE_SUBJECTS: usize = 1_000_000;
+
+/// A job's state and progress.
+#[derive(Debug, Clone)]
+pub struct JobStatus {
+    /// The stored record.
+    pub record: JobRecord,
+    /// Blocks per second since this server (re)started it.
+    pub rate: f64,
+    /// Estimated seconds left.
+    pub eta: f64,
+    /// Pairs above the threshold so far.
+    pub pairs: u64,
+    /// The threshold and its basis.
+    pub threshold: f64,
+    /// Why this threshold.
+    pub basis: String,
+    /// Subjects and templates in scope (0 until started).
+    pub subjects: u64,
+    /// Templates in scope.
+    pub templates: u64,
+}
+
+/// A candidate duplicate: two subjects and their fused calibrated score.
+#[derive(Debug, Clone)]
+pub struct DuplicatePair {
+    /// The pair as a candidate (subject id `b`, scores) of `a`.
+    pub a: String,
+    /// The other subject and the scores.
+    pub candidate: Candidate,
+}
+
+/// A job request as the engine takes it.
+#[derive(Debug, Clone)]
+pub struct DedupRequest {
+    /// Subjects covered.
+    pub scope: Scope,
+    /// Modalities compared (empty: all).
+    pub modalities: Vec<Modality>,
+    /// Target FMR (0: default).
+    pub target_fmr: f64,
+}
+
+impl Engine {
+    /// Queues a de-duplication job.
+    pub async fn start_dedup(&self, req: DedupRequest) -> Result<JobStatus, EngineError> {
+        let DedupRequest { scope, modalities, target_fmr } = req;
+        let target_fmr = Self::target("target_fmr", target_fmr, self.jobs_settings.target_fmr)?;
+        Self::decidable("target_fmr", &format!("target FMR {target_fmr:e} per pair"), target_fmr, 1)?;
+        if let Scope::Subjects(ids) = &scope {
+            if ids.is_empty() || ids.len() > MAX_SCOPE_SUBJECTS {
+                return Err(EngineError::invalid(
+                    "TOO_MANY_SUBJECT_IDS",
+                    "subjects.subject_ids",
+                    "1 to 1,000,000 subject ids",
+                ));
+            }
+            for (i, s) in ids.iter().enumerate() {
+                validate_name(s)
+                    .map_err(|r| EngineError::invalid("INVALID_SUBJECT_ID", format!("subjects.subject_ids[{i}]"), r))?;
+            }
+        }
+        if let Scope::Enrolled { from_ms, to_ms } = scope
+            && to_ms != 0
+            && to_ms <= from_ms
+        {
+            return Err(EngineError::invalid("INVALID_TIME_WINDOW", "enrolled", "end_time must be after start_time"));
+        }
+        let all = modalities.is_empty();
+        let params = DedupParams {
+            scope,
+            faces: all || modalities.contains(&Modality::Face),
+            fingers: all || modalities.contains(&Modality::Finger),
+            target_fmr,
+        };
+        let json = serde_json::to_string(&params).map_err(|e| EngineError::Internal(e.to_string()))?;
+        let store = self.store.clone();
+        let rec = tokio::task::spawn_blocking(move || Ok::<_, EngineError>(lock(&store)?.create_job("dedup", &json)?))
+            .await??;
+        let _ = self.jobs.wake.try_send(());
+        self.job_status(rec).await
+    }
+
+    /// A job's state.
+    pub async fn job(&self, job_id: String) -> Result<JobStatus, EngineError> {
+        let rec = self.job_record(&job_id).await?;
+        self.job_status(rec).await
+    }
+
+    /// Cancels a queued or running job.
+    pub async fn cancel_job(&self, job_id: String) -> Result<JobStatus, EngineError> {
+        let rec = self.job_record(&job_id).await?;
+        let store = self.store.clone();
+        let id = rec.job_id;
+        tokio::task::spawn_blocking(move || Ok::<_, EngineError>(lock(&store)?.cancel_job(id)?)).await??;
+        self.job(job_id).await
+    }
+
+    /// A job's pairs above its threshold (best first) and the clusters they form.
+    pub async fn job_results(&self, job_id: String) -> Result<(Vec<DuplicatePair>, Vec<Vec<String>>), EngineError> {
+        let rec = self.job_record(&job_id).await?;
+        let (pairs, _) = self.fused_pairs(&rec).await?;
+        let groups = clusters(pairs.iter().map(|p| (p.a.as_str(), p.candidate.subject_id.as_str())));
+        Ok((pairs, groups))
+    }
+
+    async fn job_record(&self, job_id: &str) -> Result<JobRecord, EngineError> {
+        let id: i64 = job_id.parse().map_err(|_| EngineError::invalid("INVALID_JOB_ID", "job_id", "not a job id"))?;
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || Ok::<_, EngineError>(lock(&store)?.job(id)?))
+            .await??
+            .ok_or_else(|| EngineError::JobNotFound(job_id.to_owned()))
+    }
+
+    /// The stored pair components fused per pair, kept at or above the threshold.
+    async fn fused_pairs(&self, rec: &JobRecord) -> Result<(Vec<DuplicatePair>, f64), EngineError> {
+        let params: DedupParams =
+            serde_json::from_str(&rec.params).map_err(|e| EngineError::Internal(format!("job parameters: {e}")))?;
+        let threshold = crate::engine::scoring::threshold_db(params.target_fmr);
+        let store = self.store.clone();
+        let id = rec.job_id;
+        let components =
+            tokio::task::spawn_blocking(move || Ok::<_, EngineError>(lock(&store)?.job_pairs(id)?)).await??;
+        let mut by_pair: BTreeMap<(String, String), RawScores> = BTreeMap::new();
+        for c in components {
+            if let Some(component) = parse_component(&c.component) {
+                by_pair.entry((c.a, c.b)).or_default().insert(component, c.raw);
+            }
+        }
+        let mut out: Vec<DuplicatePair> = by_pair
+            .into_iter()
+            .map(|((a, b), raw)| DuplicatePair { a, candidate: self.candidate(b, &raw) })
+            .filter(|p| p.candidate.score >= threshold)
+            .collect();
+        out.sort_by(|x, y| {
+            y.candidate
+                .score
+                .total_cmp(&x.candidate.score)
+                .then_with(|| (&x.a, &x.candidate.subject_id).cmp(&(&y.a, &y.candidate.subject_id)))
+        });
+        Ok((out, threshold))
+    }
+
+    pub(in crate::engine) async fn job_status(&self, record: JobRecord) -> Result<JobStatus, EngineError> {
+        let (pairs, threshold) = self.fused_pairs(&record).await?;
+        let params: DedupParams =
+            serde_json::from_str(&record.params).map_err(|e| EngineError::Internal(format!("job parameters: {e}")))?;
+        let p = self.jobs.progress.lock().ok().and_then(|p| p.get(&record.job_id).copied()).unwrap_or_default();
+        let secs = p.started.map_or(0.0, |s| s.elapsed().as_secs_f64());
+        let rate = if secs > 0.0 { p.blocks_since_start as f64 / secs } else { 0.0 };
+        let left = record.total.saturating_sub(record.done) as f64;
+        let eta = if rate > 0.0 && record.state == JobState::Running { left / rate } else { 0.0 };
+        let basis = format!(
+            "target FMR {} per pair: threshold {threshold:.2} on the fused calibrated score -10*log10(FMR) \
+             (faces and fingers fused with Fisher's method)",
+            params.target_fmr
+        );
+        Ok(JobStatus {
+            record,
+            rate,
+            eta,
+            pairs: pairs.len() as u64,
+            threshold,
+            basis,
+            subjects: p.subjects,
+            templates: p.templates,
+        })
+    }
+}
