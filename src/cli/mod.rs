@@ -2,6 +2,7 @@
 //! human summary or one JSON object. A failure exits non-zero with the
 //! server's message.
 
+pub mod args;
 mod connect;
 mod jobs;
 pub mod keys;

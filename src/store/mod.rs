@@ -5,9 +5,12 @@
 mod audit;
 mod checkpoint;
 mod crypto;
+mod files;
 mod jobs;
 mod rotation;
+mod schema;
 mod sealed_file;
+mod subjects;
 
 use std::path::Path;
 
@@ -18,6 +21,8 @@ pub use audit::{Actor, AuditEntry, AuditRecord, ChainCheck};
 pub use checkpoint::{Checkpoint, Checkpoints};
 use crypto::Sealer;
 pub use crypto::{KeyId, new_key};
+pub(crate) use files::replace_file_via;
+pub use files::{read_secret_file, replace_file, write_secret_file};
 pub use jobs::{JobRecord, JobState, PairComponent};
 pub use rotation::{KeyCensus, Resealer};
 pub use sealed_file::{SealedFile, SealedReader, SealedWriter};
@@ -151,56 +156,6 @@ pub struct Store {
     _lock: std::fs::File,
 }
 
-const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS subjects (
-    subject_id TEXT PRIMARY KEY,
-    created_ms INTEGER NOT NULL
-) STRICT;
-CREATE TABLE IF NOT EXISTS encounters (
-    encounter_id INTEGER PRIMARY KEY AUTOINCREMENT,
-    subject_id TEXT NOT NULL REFERENCES subjects(subject_id) ON DELETE CASCADE,
-    created_ms INTEGER NOT NULL
-) STRICT;
-CREATE INDEX IF NOT EXISTS encounters_subject ON encounters(subject_id);
-CREATE TABLE IF NOT EXISTS templates (
-    template_id INTEGER PRIMARY KEY AUTOINCREMENT,
-    encounter_id INTEGER NOT NULL REFERENCES encounters(encounter_id) ON DELETE CASCADE,
-    subject_id TEXT NOT NULL,
-    modality INTEGER NOT NULL,
-    finger_position INTEGER NOT NULL,
-    model_id TEXT NOT NULL,
-    quality REAL NOT NULL,
-    sealed BLOB NOT NULL
-) STRICT;
-CREATE INDEX IF NOT EXISTS templates_subject ON templates(subject_id);
-CREATE TABLE IF NOT EXISTS watchlist_members (
-    watchlist TEXT NOT NULL,
-    subject_id TEXT NOT NULL REFERENCES subjects(subject_id) ON DELETE CASCADE,
-    PRIMARY KEY (watchlist, subject_id)
-) STRICT;
-CREATE INDEX IF NOT EXISTS watchlist_members_subject ON watchlist_members(subject_id);
-CREATE INDEX IF NOT EXISTS templates_model ON templates(modality, model_id);
--- Covers the start-up listing of (template id, owner) per model, so that it
--- does not read the sealed rows (1.4 GB at 1,000,000 faces).
-CREATE INDEX IF NOT EXISTS templates_owner ON templates(modality, model_id, subject_id);
--- Covers the start-up listing of the finger templates (id, owner, position),
--- checked against the finger index's snapshot.
-CREATE INDEX IF NOT EXISTS templates_finger ON templates(modality, finger_position, subject_id);
--- Enroll idempotency keys: a retried request id gets the first answer.
-CREATE TABLE IF NOT EXISTS enroll_requests (
-    request_id TEXT PRIMARY KEY,
-    subject_id TEXT NOT NULL,
-    encounter_id INTEGER NOT NULL,
-    samples TEXT NOT NULL,
-    created_ms INTEGER NOT NULL
-) STRICT;
-CREATE INDEX IF NOT EXISTS enroll_requests_subject ON enroll_requests(subject_id);
--- The child key of templates -> encounters: without it, deleting a subject's
--- encounters (ON DELETE CASCADE) and listing a subject's encounters scan the
--- whole templates table (sealed rows included: 0.29 s per deletion at 505,000).
-CREATE INDEX IF NOT EXISTS templates_encounter ON templates(encounter_id);
-";
-
 /// How long an open waits for the data directory's lock.
 const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
@@ -252,8 +207,8 @@ impl Store {
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
-        migrate(&conn, dir)?;
-        conn.execute_batch(SCHEMA)?;
+        schema::migrate(&conn, dir)?;
+        conn.execute_batch(schema::SCHEMA)?;
         conn.execute_batch(jobs::SCHEMA)?;
         audit::create(&conn)?;
         Ok(Self { conn, sealer, dir: dir.to_owned(), _lock: lock })
@@ -356,81 +311,6 @@ impl Store {
     /// The first answer to an enroll request id, if it was used.
     pub fn enroll_request(&self, request_id: &str) -> Result<Option<EnrollReplay>, StoreError> {
         enroll_request(&self.conn, request_id)
-    }
-
-    /// A subject's encounters and template summaries.
-    pub fn subject(&self, subject_id: &str) -> Result<SubjectRecord, StoreError> {
-        let created_ms: i64 = self
-            .conn
-            .query_row("SELECT created_ms FROM subjects WHERE subject_id = ?1", [subject_id], |r| r.get(0))
-            .optional()?
-            .ok_or_else(|| StoreError::SubjectNotFound(subject_id.to_owned()))?;
-        let mut st = self.conn.prepare(
-            "SELECT e.encounter_id, e.created_ms, t.modality, t.finger_position, t.model_id, t.quality
-             FROM encounters e LEFT JOIN templates t ON t.encounter_id = e.encounter_id
-             WHERE e.subject_id = ?1 ORDER BY e.encounter_id, t.template_id",
-        )?;
-        let mut encounters: Vec<EncounterRecord> = Vec::new();
-        let mut rows = st.query([subject_id])?;
-        while let Some(r) = rows.next()? {
-            let encounter_id: i64 = r.get(0)?;
-            if encounters.last().is_none_or(|e| e.encounter_id != encounter_id) {
-                encounters.push(EncounterRecord { encounter_id, created_ms: r.get(1)?, templates: Vec::new() });
-            }
-            if let Some(code) = r.get::<_, Option<i64>>(2)? {
-                let modality =
-                    Modality::from_code(code).ok_or_else(|| StoreError::Corrupt(format!("modality {code}")))?;
-                let t = (modality, r.get(3)?, r.get(4)?, r.get::<_, f64>(5)? as f32);
-                if let Some(e) = encounters.last_mut() {
-                    e.templates.push(t);
-                }
-            }
-        }
-        let watchlists = subject_watchlists(&self.conn, subject_id)?;
-        Ok(SubjectRecord { subject_id: subject_id.to_owned(), created_ms, encounters, watchlists })
-    }
-
-    /// The members of a watchlist (empty when nobody is in it).
-    pub fn watchlist_members(&self, watchlist: &str) -> Result<Vec<String>, StoreError> {
-        let mut st =
-            self.conn.prepare("SELECT subject_id FROM watchlist_members WHERE watchlist = ?1 ORDER BY subject_id")?;
-        let members = st.query_map([watchlist], |r| r.get(0))?.collect::<Result<Vec<String>, _>>()?;
-        Ok(members)
-    }
-
-    /// Up to `limit` subjects after `after` in subject id order (members of
-    /// `watchlist` only, when not empty), with their counts.
-    pub fn list_subjects(&self, after: &str, limit: usize, watchlist: &str) -> Result<Vec<SubjectSummary>, StoreError> {
-        let filter = if watchlist.is_empty() {
-            ""
-        } else {
-            "AND s.subject_id IN (SELECT subject_id FROM watchlist_members WHERE watchlist = ?3)"
-        };
-        let mut st = self.conn.prepare_cached(&format!(
-            "SELECT s.subject_id, s.created_ms,
-                    (SELECT COUNT(*) FROM encounters e WHERE e.subject_id = s.subject_id),
-                    (SELECT COUNT(*) FROM templates t WHERE t.subject_id = s.subject_id)
-             FROM subjects s WHERE s.subject_id > ?1 {filter} ORDER BY s.subject_id LIMIT ?2"
-        ))?;
-        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let read = |r: &rusqlite::Row<'_>| {
-            Ok(SubjectSummary {
-                subject_id: r.get(0)?,
-                created_ms: r.get(1)?,
-                encounters: r.get::<_, i64>(2)? as u64,
-                templates: r.get::<_, i64>(3)? as u64,
-                watchlists: Vec::new(),
-            })
-        };
-        let mut out = if watchlist.is_empty() {
-            st.query_map(params![after, limit], read)?.collect::<Result<Vec<_>, _>>()?
-        } else {
-            st.query_map(params![after, limit, watchlist], read)?.collect::<Result<Vec<_>, _>>()?
-        };
-        for s in &mut out {
-            s.watchlists = subject_watchlists(&self.conn, &s.subject_id)?;
-        }
-        Ok(out)
     }
 
     /// Every template of one subject, decrypted.
@@ -685,71 +565,6 @@ fn check_chain(
     Ok(check)
 }
 
-/// Reads a 32-byte key written as 64 hex digits; refuses a file that its
-/// group or others can read (a key others can read is no secret).
-pub fn read_secret_file(path: &Path) -> Result<Vec<u8>, String> {
-    let meta = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        let mode = meta.permissions().mode() & 0o777;
-        if mode & 0o077 != 0 {
-            return Err(format!(
-                "{} is readable by group or others (mode {mode:o}); run chmod 600 on it",
-                path.display()
-            ));
-        }
-    }
-    let _ = meta;
-    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let key = hex::decode(text.trim()).map_err(|e| format!("{}: not hex ({e})", path.display()))?;
-    if key.len() != 32 {
-        return Err(format!("{}: {} bytes, expected 32 (64 hex digits)", path.display(), key.len()));
-    }
-    Ok(key)
-}
-
-/// Writes a key as hex, readable by its owner only (for tools and tests);
-/// never over an existing file.
-pub fn write_secret_file(path: &Path, key: &[u8]) -> std::io::Result<()> {
-    write_new(path, hex::encode(key).as_bytes(), true)
-}
-
-/// Creates `path` (it must not exist) with `bytes`, synced; readable by its
-/// owner only when `private`.
-fn write_new(path: &Path, bytes: &[u8], private: bool) -> std::io::Result<()> {
-    use std::io::Write;
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create_new(true);
-    #[cfg(unix)]
-    if private {
-        std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
-    }
-    let mut f = opts.open(path)?;
-    f.write_all(bytes)?;
-    f.sync_all()
-}
-
-/// Replaces `path` with `bytes` so that a crash leaves the old file or the
-/// new one: written to `<path>.tmp` (mode 600 when `private`), synced,
-/// renamed over `path`, the directory synced.
-pub fn replace_file(path: &Path, bytes: &[u8], private: bool) -> std::io::Result<()> {
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    replace_file_via(Path::new(&tmp), path, bytes, private)
-}
-
-/// As [`replace_file`], through the temporary file `tmp` (beside `path`).
-pub(crate) fn replace_file_via(tmp: &Path, path: &Path, bytes: &[u8], private: bool) -> std::io::Result<()> {
-    let _ = std::fs::remove_file(tmp);
-    write_new(tmp, bytes, private)?;
-    std::fs::rename(tmp, path)?;
-    match path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        Some(dir) => std::fs::File::open(dir)?.sync_all(),
-        None => std::fs::File::open(".")?.sync_all(),
-    }
-}
-
 fn enroll_request(conn: &Connection, request_id: &str) -> Result<Option<EnrollReplay>, StoreError> {
     Ok(conn
         .query_row(
@@ -758,39 +573,6 @@ fn enroll_request(conn: &Connection, request_id: &str) -> Result<Option<EnrollRe
             |r| Ok(EnrollReplay { subject_id: r.get(0)?, encounter_id: r.get(1)?, samples: r.get(2)? }),
         )
         .optional()?)
-}
-
-/// Brings a store written by an older cotejo up to [`SCHEMA`]: watchlist
-/// memberships were kept as `gallery_members`, the finger index's snapshot
-/// as `finger-gallery.snap`.
-fn migrate(conn: &Connection, dir: &Path) -> Result<(), StoreError> {
-    let (old, new) = (dir.join("finger-gallery.snap"), dir.join("finger-index.snap"));
-    if old.exists() && !new.exists() {
-        std::fs::rename(&old, &new)
-            .map_err(|source| StoreError::DataDir { path: old.display().to_string(), source })?;
-    }
-    let old: bool = conn
-        .query_row("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'gallery_members'", [], |_| Ok(()))
-        .optional()?
-        .is_some();
-    if old {
-        conn.execute_batch(
-            "BEGIN IMMEDIATE;
-             DROP INDEX IF EXISTS gallery_members_subject;
-             ALTER TABLE gallery_members RENAME COLUMN gallery TO watchlist;
-             ALTER TABLE gallery_members RENAME TO watchlist_members;
-             COMMIT;",
-        )?;
-    }
-    Ok(())
-}
-
-/// The watchlists `subject_id` belongs to, by name.
-fn subject_watchlists(conn: &Connection, subject_id: &str) -> Result<Vec<String>, StoreError> {
-    let mut st =
-        conn.prepare_cached("SELECT watchlist FROM watchlist_members WHERE subject_id = ?1 ORDER BY watchlist")?;
-    let names = st.query_map([subject_id], |r| r.get(0))?.collect::<Result<Vec<String>, _>>()?;
-    Ok(names)
 }
 
 fn subject_exists(conn: &Connection, subject_id: &str) -> Result<bool, StoreError> {
@@ -834,127 +616,4 @@ pub fn now_ms() -> i64 {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn template(v: f32) -> NewTemplate {
-        NewTemplate {
-            modality: Modality::Face,
-            finger_position: 0,
-            model_id: "m".into(),
-            quality: 0.9,
-            data: TemplateData::Embedding(vec![v; 4]),
-        }
-    }
-
-    #[test]
-    fn enroll_read_delete() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let mut s = Store::open(dir.path(), "").expect("open");
-        let a = Actor::system("test");
-        let e = s.enroll("alice", false, &[template(1.0)], &["watch".to_owned()], &a, None).expect("enroll");
-        assert_eq!(e.template_ids.len(), 1);
-        assert!(matches!(s.enroll("alice", false, &[template(2.0)], &[], &a, None), Err(StoreError::SubjectExists(_))));
-        s.enroll("alice", true, &[template(3.0)], &[], &a, None).expect("second encounter");
-        assert!(matches!(
-            s.enroll("carol", true, &[template(3.0)], &[], &a, None),
-            Err(StoreError::SubjectNotFound(_))
-        ));
-        let ts = s.subject_templates("alice").expect("templates");
-        assert_eq!(ts.len(), 2);
-        assert_eq!(ts[1].template.data, TemplateData::Embedding(vec![3.0; 4]));
-        assert_eq!(s.subject("alice").expect("subject").encounters.len(), 2);
-        assert_eq!(s.subject("alice").expect("subject").watchlists, vec!["watch".to_owned()]);
-        assert_eq!(s.watchlist_members("watch").expect("members"), vec!["alice".to_owned()]);
-        assert_eq!(s.delete_subject("alice", &a).expect("delete").len(), 2);
-        assert!(matches!(s.subject("alice"), Err(StoreError::SubjectNotFound(_))));
-        assert!(s.watchlist_members("watch").expect("members").is_empty(), "deletion leaves no membership");
-        assert_eq!(s.stats().expect("stats").subjects, 0);
-        assert_eq!(s.verify_audit(None, false).expect("audit").entries, 3);
-    }
-
-    #[test]
-    fn listing_a_modality_reads_the_index_without_sorting() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let s = Store::open(dir.path(), "").expect("open");
-        let sql = format!("EXPLAIN QUERY PLAN {}", templates_sql("modality = ?1", "modality, model_id, template_id"));
-        let mut st = s.conn.prepare(&sql).expect("plan");
-        let plan: Vec<String> =
-            st.query_map([1], |r| r.get::<_, String>(3)).expect("plan").collect::<Result<_, _>>().expect("rows");
-        assert!(plan.iter().any(|p| p.contains("templates_model")), "{plan:?}");
-        assert!(!plan.iter().any(|p| p.contains("TEMP B-TREE")), "the listing sorts every row: {plan:?}");
-    }
-
-    #[test]
-    fn a_store_with_gallery_members_keeps_its_watchlists() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let mut s = Store::open(dir.path(), "").expect("open");
-        let a = Actor::system("test");
-        s.enroll("alice", false, &[template(1.0)], &["watch".to_owned()], &a, None).expect("enroll");
-        // The layout before watchlists had their own name.
-        s.conn
-            .execute_batch(
-                "ALTER TABLE watchlist_members RENAME COLUMN watchlist TO gallery;
-                 ALTER TABLE watchlist_members RENAME TO gallery_members;
-                 DROP INDEX watchlist_members_subject;
-                 CREATE INDEX gallery_members_subject ON gallery_members(subject_id);",
-            )
-            .expect("old layout");
-        drop(s);
-        let s = Store::open(dir.path(), "").expect("reopen");
-        assert_eq!(s.watchlist_members("watch").expect("members"), ["alice"]);
-        assert_eq!(s.subject("alice").expect("subject").watchlists, ["watch"]);
-    }
-
-    #[test]
-    fn durable_settings() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let s = Store::open(dir.path(), "").expect("open");
-        let mode: String = s.conn.query_row("PRAGMA journal_mode", [], |r| r.get(0)).expect("pragma");
-        let sync: i64 = s.conn.query_row("PRAGMA synchronous", [], |r| r.get(0)).expect("pragma");
-        assert_eq!((mode.as_str(), sync), ("wal", 2), "an acknowledged enroll must survive a power loss");
-    }
-
-    #[test]
-    fn one_process_per_data_dir() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let first = Store::open(dir.path(), "").expect("open");
-        assert!(matches!(Store::open(dir.path(), ""), Err(StoreError::DataDir { .. })));
-        drop(first);
-        Store::open(dir.path(), "").expect("reopen after release");
-    }
-
-    #[test]
-    fn missing_key_file_is_not_replaced() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        drop(Store::open(dir.path(), "").expect("open"));
-        std::fs::remove_file(dir.path().join("template.key")).expect("rm");
-        assert!(matches!(Store::open(dir.path(), ""), Err(StoreError::Key(_))));
-    }
-
-    #[test]
-    fn two_rows_of_one_subject_swapped_do_not_open() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let mut s = Store::open(dir.path(), "").expect("open");
-        let a = Actor::system("test");
-        s.enroll("ana", false, &[template(1.0)], &[], &a, None).expect("enroll");
-        s.enroll("ana", true, &[template(2.0)], &[], &a, None).expect("second encounter");
-        s.conn
-            .execute_batch(
-                "CREATE TEMP TABLE s AS SELECT template_id, sealed FROM templates;
-                 UPDATE templates SET sealed = (SELECT sealed FROM s WHERE s.template_id != templates.template_id);",
-            )
-            .expect("swap");
-        assert!(matches!(s.subject_templates("ana"), Err(StoreError::TemplateSeal(_))));
-    }
-
-    #[test]
-    fn wrong_key_does_not_decrypt() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let mut s = Store::open(dir.path(), &"11".repeat(32)).expect("open");
-        s.enroll("bob", false, &[template(1.0)], &[], &Actor::system("test"), None).expect("enroll");
-        drop(s);
-        let s = Store::open(dir.path(), &"22".repeat(32)).expect("open");
-        assert!(matches!(s.subject_templates("bob"), Err(StoreError::TemplateSeal(_))));
-    }
-}
+mod tests;
