@@ -114,6 +114,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         },
         Command::Keys { what } => tokio::task::spawn_blocking(move || keys_command(what)).await?,
         Command::Audit { what } => audit_command(what).await,
+        Command::Backup { data_dir, out } => tokio::task::spawn_blocking(move || cli::backup(&data_dir, &out)).await?,
+        Command::Restore { backup, data_dir } => {
+            tokio::task::spawn_blocking(move || cli::restore(&backup, &data_dir)).await?
+        }
         Command::Calibrate { modality, data, threads, config } => {
             let config = Config::load(config.as_deref())?;
             let path = tokio::task::spawn_blocking(move || match modality {

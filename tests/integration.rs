@@ -4,6 +4,7 @@
 mod common;
 
 mod audit_log;
+mod backup;
 mod bad_input;
 mod cli;
 mod durability;

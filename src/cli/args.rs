@@ -237,6 +237,26 @@ pub enum Command {
         #[command(subcommand)]
         what: AuditCommand,
     },
+    /// Copy a data directory into a new folder, consistently, while a
+    /// server on it keeps serving: the database (SQLite's online backup),
+    /// the snapshots and backup.json (key ids and sha256 sums; never a key).
+    Backup {
+        /// Data directory (store.data_dir).
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// New or empty folder to write the backup into.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Make a new data directory from a backup (checked against its
+    /// backup.json); refuses a target that is not empty.
+    Restore {
+        /// The backup folder.
+        backup: PathBuf,
+        /// New or empty data directory.
+        #[arg(long)]
+        data_dir: PathBuf,
+    },
     /// Offline evaluations on labelled data (no server).
     Eval {
         #[command(subcommand)]

@@ -10,7 +10,7 @@ mod output;
 mod tools;
 
 pub use connect::{Conn, Connection};
-pub use tools::{CheckpointArgs, audit_export, audit_verify, token_add, token_revoke};
+pub use tools::{CheckpointArgs, audit_export, audit_verify, backup, restore, token_add, token_revoke};
 
 pub use jobs::{
     DedupArgs, PairRow, cancel as job_cancel, dedup, list as job_list, print_results, results as job_results,

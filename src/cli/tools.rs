@@ -11,7 +11,7 @@ use anyhow::{Context, bail};
 
 use crate::{
     auth::{self, Role},
-    store::{AuditReader, Checkpoints, StoreError},
+    store::{self, AuditReader, Checkpoints, StoreError},
 };
 
 fn roles(names: &[String]) -> anyhow::Result<Vec<Role>> {
@@ -114,5 +114,40 @@ pub fn audit_export(data_dir: &Path, from_seq: i64) -> anyhow::Result<()> {
         }
     }
     out.flush()?;
+    Ok(())
+}
+
+/// `cotejo backup`.
+pub fn backup(data_dir: &Path, out: &Path) -> anyhow::Result<()> {
+    let t = std::time::Instant::now();
+    let m = store::backup::backup(data_dir, out)?;
+    println!(
+        "backed up {} subjects, {} templates, audit entries 1..={} to {} in {:.1} s",
+        m.subjects,
+        m.templates,
+        m.audit_head,
+        out.display(),
+        t.elapsed().as_secs_f64()
+    );
+    println!("keys needed to open it: {} (not in the backup)", store::backup::describe_keys(&m));
+    Ok(())
+}
+
+/// `cotejo restore`.
+pub fn restore(backup: &Path, data_dir: &Path) -> anyhow::Result<()> {
+    let m = store::backup::restore(backup, data_dir)?;
+    println!(
+        "restored {} subjects, {} templates, audit entries 1..={} into {}",
+        m.subjects,
+        m.templates,
+        m.audit_head,
+        data_dir.display()
+    );
+    println!(
+        "the server needs these keys: {} (store.key_dir, or the development key file {}/template.key); its audit \
+         checkpoints must be a fresh folder or match this backup",
+        store::backup::describe_keys(&m),
+        data_dir.display()
+    );
     Ok(())
 }

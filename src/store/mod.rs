@@ -3,6 +3,7 @@
 //! crash). The search index is derived from this and never the only copy.
 
 mod audit;
+pub mod backup;
 mod checkpoint;
 mod crypto;
 mod files;
@@ -155,6 +156,10 @@ pub struct Store {
     /// directory would build its own index and miss this one's writes.
     _lock: std::fs::File,
 }
+
+/// The sealed files of a data directory besides the database: the face
+/// index's and the finger index's snapshots.
+pub const SEALED_FILES: [&str; 2] = ["face-index.snap", "finger-index.snap"];
 
 /// How long an open waits for the data directory's lock.
 const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);

@@ -28,9 +28,6 @@ pub struct Resealer {
     dir: std::path::PathBuf,
 }
 
-/// The sealed files of a data directory.
-const FILES: [&str; 2] = ["face-index.snap", "finger-index.snap"];
-
 impl Resealer {
     /// Opens `<data_dir>/cotejo.db` with the keys of `key_dir`.
     pub fn open(data_dir: &Path, key_dir: &Path) -> Result<Self, StoreError> {
@@ -121,7 +118,7 @@ impl Resealer {
     /// Seals the snapshots again under the active key; how many were.
     pub fn reseal_files(&self) -> Result<usize, StoreError> {
         let mut n = 0;
-        for name in FILES {
+        for name in super::SEALED_FILES {
             if super::SealedFile::new(self.sealer.clone(), &self.dir, name).reseal()? {
                 n += 1;
             }
@@ -132,7 +129,7 @@ impl Resealer {
     /// The keys the snapshots are sealed with (files that exist).
     pub fn file_keys(&self) -> Result<Vec<(&'static str, Option<KeyId>)>, StoreError> {
         let mut out = Vec::new();
-        for name in FILES {
+        for name in super::SEALED_FILES {
             if let Some(k) = super::SealedFile::new(self.sealer.clone(), &self.dir, name).key()? {
                 out.push((name, k));
             }

@@ -113,19 +113,7 @@ impl SealedFile {
     /// The key the file is sealed with: `None` when there is no file,
     /// `Some(None)` for a file sealed before key ids.
     pub(super) fn key(&self) -> Result<Option<Option<super::crypto::KeyId>>, StoreError> {
-        use std::io::Read;
-        let mut head = vec![0u8; STREAM_MAGIC.len() + 5 + super::crypto::HEADER_LEN];
-        let n = match std::fs::File::open(&self.path) {
-            Ok(mut f) => f.read(&mut head).map_err(|source| self.io_error(source))?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(source) => return Err(self.io_error(source)),
-        };
-        let head = head.get(..n).unwrap_or_default();
-        let record = match head.strip_prefix(STREAM_MAGIC.as_slice()) {
-            Some(chunked) => chunked.get(5..).unwrap_or_default(),
-            None => head,
-        };
-        Ok(Some(Sealer::key_of(record)))
+        file_key(&self.path)
     }
 
     /// Seals the file again under the active key (chunk by chunk for a
@@ -161,6 +149,25 @@ impl SealedFile {
     fn io_error(&self, source: std::io::Error) -> StoreError {
         StoreError::DataDir { path: self.path.display().to_string(), source }
     }
+}
+
+/// The key the sealed file at `path` names: `None` when there is no file,
+/// `Some(None)` for a file sealed before key ids. Reads the header only.
+pub(super) fn file_key(path: &std::path::Path) -> Result<Option<Option<super::crypto::KeyId>>, StoreError> {
+    use std::io::Read;
+    let io = |source| StoreError::DataDir { path: path.display().to_string(), source };
+    let mut head = vec![0u8; STREAM_MAGIC.len() + 5 + super::crypto::HEADER_LEN];
+    let n = match std::fs::File::open(path) {
+        Ok(mut f) => f.read(&mut head).map_err(io)?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => return Err(io(source)),
+    };
+    let head = head.get(..n).unwrap_or_default();
+    let record = match head.strip_prefix(STREAM_MAGIC.as_slice()) {
+        Some(chunked) => chunked.get(5..).unwrap_or_default(),
+        None => head,
+    };
+    Ok(Some(Sealer::key_of(record)))
 }
 
 /// Seals a file chunk by chunk ([`SealedFile::writer`]).
