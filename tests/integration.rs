@@ -8,6 +8,7 @@ mod backup;
 mod bad_input;
 mod cli;
 mod durability;
+mod erasure;
 mod face;
 mod finger;
 mod health;

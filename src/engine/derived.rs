@@ -5,7 +5,10 @@
 //! background thread, one writer at a time) and at shutdown.
 
 use std::{
-    sync::{Arc, Mutex, RwLock, atomic::AtomicU64},
+    sync::{
+        Arc, Mutex, RwLock,
+        atomic::{AtomicU64, Ordering},
+    },
     time::Instant,
 };
 
@@ -69,25 +72,57 @@ pub(super) struct Snapshots {
     pub(super) changes: Arc<AtomicU64>,
     /// Held by the one writer.
     pub(super) writing: Arc<Mutex<()>>,
+    /// Deletions so far, and how many of them the file on disk reflects:
+    /// while it lags, the file may still hold deleted templates.
+    pub(super) erasures: Arc<AtomicU64>,
+    pub(super) erased: Arc<AtomicU64>,
 }
 
 impl Snapshots {
     /// Snapshots into `file` every `every` changes.
     pub(super) fn new(file: SealedFile, every: u64) -> Self {
-        Self { file, every, changes: Arc::new(AtomicU64::new(0)), writing: Arc::new(Mutex::new(())) }
+        Self {
+            file,
+            every,
+            changes: Arc::new(AtomicU64::new(0)),
+            writing: Arc::new(Mutex::new(())),
+            erasures: Arc::new(AtomicU64::new(0)),
+            erased: Arc::new(AtomicU64::new(0)),
+        }
     }
 
     /// Writes a snapshot of `index` on a background thread, unless one is
-    /// being written already.
+    /// being written already. A deletion counted (`erasures`) while one was
+    /// written is followed by another, so the file on disk never keeps a
+    /// deleted template for longer than one write; if that write fails,
+    /// the file is removed (the next start-up rebuilds from the store).
     pub(super) fn write_in_background<D: DerivedIndex>(&self, spec: Arc<D>, index: Arc<RwLock<D::Index>>) {
-        self.changes.store(0, std::sync::atomic::Ordering::Relaxed);
+        self.changes.store(0, Ordering::Relaxed);
         let (file, writing) = (self.file.clone(), self.writing.clone());
+        let (erasures, erased) = (self.erasures.clone(), self.erased.clone());
         let name = D::NAME.replace(' ', "-");
         let spawned = std::thread::Builder::new().name(format!("{name}-snapshot")).spawn(move || {
-            // One writer at a time; a snapshot already being written will do.
-            let Ok(_one_writer) = writing.try_lock() else { return };
-            if let Err(e) = spec.write_snapshot(&index, &file) {
-                warn!(index = D::NAME, error = %e, "snapshot failed; the next start-up reads the store instead");
+            loop {
+                {
+                    // One writer at a time; the one holding the lock looks again below.
+                    let Ok(_one_writer) = writing.try_lock() else { return };
+                    let seen = erasures.load(Ordering::Acquire);
+                    if let Err(e) = spec.write_snapshot(&index, &file) {
+                        warn!(index = D::NAME, error = %e, "snapshot failed; the next start-up reads the store instead");
+                        if seen > erased.load(Ordering::Acquire) {
+                            // It may hold a deleted subject's templates: gone rather than stale.
+                            if let Err(e) = file.remove() {
+                                warn!(index = D::NAME, error = %e, "cannot remove a snapshot holding deleted templates");
+                            }
+                            erased.fetch_max(seen, Ordering::Release);
+                        }
+                        return;
+                    }
+                    erased.fetch_max(seen, Ordering::Release);
+                }
+                if erasures.load(Ordering::Acquire) <= erased.load(Ordering::Acquire) {
+                    return;
+                }
             }
         });
         if let Err(e) = spawned {

@@ -238,8 +238,15 @@ impl Engine {
         })
         .await??;
         let (removed, faces, finger_count) = removed;
-        self.note_changes(Derived::Faces, faces as u64);
-        self.note_changes(Derived::Fingers, finger_count as u64);
+        // The snapshots still hold the subject: rewritten now, in the background.
+        for (which, n) in [(Derived::Faces, faces), (Derived::Fingers, finger_count)] {
+            if n > 0
+                && let Some(s) = self.snapshots(which)
+            {
+                s.erasures.fetch_add(1, Ordering::AcqRel);
+                self.snapshot_in_background(which);
+            }
+        }
         Ok(removed)
     }
 

@@ -211,6 +211,9 @@ impl Store {
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
+        // Deleted rows and freed pages are overwritten with zeros, not left
+        // in the file (erasure: see `delete_subject`).
+        conn.pragma_update(None, "secure_delete", "ON")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         schema::migrate(&conn, dir)?;
         conn.execute_batch(schema::SCHEMA)?;
@@ -310,7 +313,25 @@ impl Store {
         };
         audit::append(&tx, now_ms(), &record)?;
         tx.commit()?;
+        self.erase_wal();
         Ok(ids)
+    }
+
+    /// Copies the WAL into the database and truncates it, so the frames
+    /// that held deleted rows are gone when a deletion returns (the rows
+    /// themselves were zeroed by `secure_delete`). A reader in another
+    /// process (a backup, a key rotation) can hold frames back: then the
+    /// next deletion or SQLite's own checkpoint finishes the work.
+    fn erase_wal(&self) {
+        let busy = self
+            .conn
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get::<_, i64>(0))
+            .map_err(|e| e.to_string());
+        match busy {
+            Ok(0) => {}
+            Ok(_) => tracing::warn!("WAL not truncated after a deletion: another reader holds it; retried later"),
+            Err(e) => tracing::warn!(error = %e, "WAL checkpoint after a deletion failed"),
+        }
     }
 
     /// The first answer to an enroll request id, if it was used.

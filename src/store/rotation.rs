@@ -46,6 +46,8 @@ impl Resealer {
         let sealer = Sealer::open(key_dir, "", data_dir)?;
         let conn = Connection::open_with_flags(&db, rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE)?;
         conn.pragma_update(None, "synchronous", "FULL")?;
+        // Records sealed under a retiring key are overwritten, not left in free space.
+        conn.pragma_update(None, "secure_delete", "ON")?;
         // The server holds write transactions for milliseconds; wait them out.
         conn.busy_timeout(std::time::Duration::from_secs(30))?;
         Ok(Self { conn, sealer: std::sync::Arc::new(sealer), dir: data_dir.to_owned() })

@@ -1,0 +1,126 @@
+//! Erasure that holds: once Delete has returned and the snapshots have been
+//! rewritten (in the background, one write), no file in the data directory
+//! holds the deleted subject's templates: not the database (rows zeroed by
+//! secure_delete), not the WAL (checkpointed and truncated before Delete
+//! returns), not the sealed snapshots; a kept subject's are still found by
+//! the same checks.
+
+use std::{sync::Arc, time::Duration};
+
+use cotejo::{
+    api::pb,
+    finger::index::{FingerIndexSettings, snapshot},
+    index::{IndexSettings, VectorIndex},
+    store::Store,
+};
+use rusqlite::{Connection, OpenFlags};
+
+use crate::common::{ChildServer, client, enroll_req, face_embedding, models_dir};
+
+fn finger(name: &str) -> pb::Sample {
+    let bytes = std::fs::read(models_dir().join("fixtures/fingers").join(name)).expect("print");
+    pb::Sample {
+        modality: pb::Modality::Finger as i32,
+        finger_position: 2,
+        data: Some(pb::sample::Data::Image(bytes)),
+        ppi: 0,
+    }
+}
+
+/// A subject's stored templates: (template id, modality code, sealed record).
+fn stored(db: &std::path::Path, subject: &str) -> Vec<(i64, i64, Vec<u8>)> {
+    let conn = Connection::open_with_flags(db, OpenFlags::SQLITE_OPEN_READ_ONLY).expect("db");
+    let mut st =
+        conn.prepare("SELECT template_id, modality, sealed FROM templates WHERE subject_id = ?1").expect("sql");
+    st.query_map([subject], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .expect("rows")
+        .collect::<Result<_, _>>()
+        .expect("rows")
+}
+
+/// Files in `dir` holding 32 bytes of the sealed record's ciphertext.
+fn files_holding(dir: &std::path::Path, sealed: &[u8]) -> Vec<String> {
+    let needle = &sealed[sealed.len() - 48..sealed.len() - 16];
+    std::fs::read_dir(dir)
+        .expect("dir")
+        .filter_map(|e| {
+            let path = e.expect("entry").path();
+            let bytes = std::fs::read(&path).ok()?;
+            bytes.windows(needle.len()).any(|w| w == needle).then(|| path.display().to_string())
+        })
+        .collect()
+}
+
+fn modified(path: &std::path::Path) -> Option<std::time::SystemTime> {
+    std::fs::metadata(path).and_then(|m| m.modified()).ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_subject_leaves_no_template_in_the_data_directory() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let env = [("COTEJO__INDEX__SNAPSHOT_EVERY", "1"), ("COTEJO__FINGER__SNAPSHOT_EVERY", "1")];
+    let server = ChildServer::start_with(dir.path(), &env).await;
+    let mut c = client(&server.url).await;
+    let stats = c.stats(pb::StatsRequest {}).await.expect("stats").into_inner();
+    let (model, dim) = (stats.models[0].model_id.clone(), stats.models[0].dimension as usize);
+    let unit = |k: usize| {
+        let mut v = vec![0.0f32; dim];
+        v[k] = 0.6;
+        v[k + 1] = 0.8;
+        v
+    };
+    c.enroll(enroll_req("keep", vec![face_embedding(&model, unit(0)), finger("p2_1.png")])).await.expect("enroll");
+    c.enroll(enroll_req("gone", vec![face_embedding(&model, unit(5)), finger("p1_1.png")])).await.expect("enroll");
+    let (face_snap, finger_snap) = (dir.path().join("face-index.snap"), dir.path().join("finger-index.snap"));
+    let db = dir.path().join("cotejo.db");
+    // Both snapshots hold both subjects: written after every change here.
+    for _ in 0..300 {
+        if face_snap.exists() && finger_snap.exists() && stored(&db, "gone").len() == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (gone, keep) = (stored(&db, "gone"), stored(&db, "keep"));
+    assert_eq!((gone.len(), keep.len()), (2, 2));
+    let id_of = |t: &[(i64, i64, Vec<u8>)], modality: i64| t.iter().find(|r| r.1 == modality).expect("template").0;
+    let (gone_face, gone_finger) = (id_of(&gone, 1), id_of(&gone, 2));
+    let (keep_face, keep_finger) = (id_of(&keep, 1), id_of(&keep, 2));
+
+    let before = std::time::SystemTime::now();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    c.delete(pb::DeleteRequest { subject_id: "gone".into() }).await.expect("delete");
+    // Delete has returned: the database and the WAL hold nothing of it.
+    for (_, _, sealed) in &gone {
+        assert_eq!(files_holding(dir.path(), sealed), Vec::<String>::new(), "after Delete returned");
+    }
+    // The snapshots are rewritten in the background.
+    let rewritten = |p: &std::path::Path| modified(p).is_some_and(|t| t > before);
+    for _ in 0..600 {
+        if rewritten(&face_snap) && rewritten(&finger_snap) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(rewritten(&face_snap) && rewritten(&finger_snap), "the snapshots were not rewritten");
+    server.kill9();
+
+    for (_, _, sealed) in &gone {
+        assert_eq!(files_holding(dir.path(), sealed), Vec::<String>::new());
+    }
+    for (_, _, sealed) in &keep {
+        assert!(!files_holding(dir.path(), sealed).is_empty(), "the check finds a kept subject's record");
+    }
+    // Opened with the key: the snapshots hold the kept subject, not the deleted one.
+    let store = Store::open(dir.path(), "").expect("open the store");
+    let bytes = store.sealed_file("face-index.snap").read().expect("read").expect("face snapshot");
+    let live: Vec<(i64, Arc<str>)> = vec![(gone_face, "gone".into()), (keep_face, "keep".into())];
+    let (_, missing, _) =
+        VectorIndex::restore(&bytes, dim, IndexSettings::default(), &model, &live).expect("face snapshot");
+    assert_eq!(missing, [gone_face], "the face snapshot holds the deleted template, or lost the kept one");
+    let mut reader = store.sealed_file("finger-index.snap").reader().expect("read").expect("finger snapshot");
+    let restored = snapshot::read(&mut reader, FingerIndexSettings::default(), |_, _| Some("any".into()))
+        .expect("finger snapshot");
+    assert!(restored.index.template(gone_finger).is_none(), "the finger snapshot holds the deleted template");
+    assert!(restored.index.template(keep_finger).is_some());
+}
