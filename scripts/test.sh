@@ -11,5 +11,9 @@ cargo test --release --locked "$@"
 # by a plain `cargo test`, so a clone without the data reports them as
 # ignored; here they run wherever the data is.
 if [[ $# -eq 0 && -d ../shared/data ]]; then
-  cargo test --release --locked -- --ignored
+  cargo test --release --locked -- --ignored --skip faults::
+fi
+# Fault tests that mount a small tmpfs (a disk that fills up) need root.
+if [[ $# -eq 0 && $(id -u) -eq 0 ]]; then
+  cargo test --release --locked --test integration faults:: -- --ignored
 fi

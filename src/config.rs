@@ -83,6 +83,9 @@ pub struct ServerConfig {
     pub reflection: bool,
     /// Seconds between checks of the TLS and callers files for changes (SIGHUP checks at once).
     pub reload_secs: u64,
+    /// Seconds between two checks of the inference workers, the store and
+    /// the disk (health NOT_SERVING while one fails).
+    pub health_check_secs: u64,
 }
 
 impl ServerConfig {
@@ -160,6 +163,9 @@ pub struct StoreConfig {
     pub encryption_key: String,
     /// Folder of key files and the ACTIVE one (outside the data directory).
     pub key_dir: PathBuf,
+    /// Free space (MiB) on the data directory's file system below which
+    /// health reports NOT_SERVING.
+    pub min_free_mb: u64,
 }
 
 impl fmt::Debug for StoreConfig {
@@ -169,6 +175,7 @@ impl fmt::Debug for StoreConfig {
             .field("data_dir", &self.data_dir)
             .field("encryption_key", &key)
             .field("key_dir", &self.key_dir)
+            .field("min_free_mb", &self.min_free_mb)
             .finish()
     }
 }
@@ -389,8 +396,10 @@ impl Config {
         if set(&s.tls_client_ca) && !s.tls() {
             return bad("server.tls_client_ca (mutual TLS) needs server.tls_cert and server.tls_key");
         }
-        if s.reload_secs == 0 || self.audit.checkpoint_every_secs == 0 {
-            return bad("server.reload_secs and audit.checkpoint_every_secs must be at least 1");
+        if s.reload_secs == 0 || s.health_check_secs == 0 || self.audit.checkpoint_every_secs == 0 {
+            return bad(
+                "server.reload_secs, server.health_check_secs and audit.checkpoint_every_secs must be at least 1",
+            );
         }
         if set(&self.audit.checkpoint_dir) != set(&self.audit.checkpoint_key_file) {
             return bad("audit.checkpoint_dir and audit.checkpoint_key_file go together");

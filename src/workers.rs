@@ -31,6 +31,17 @@ struct Job {
 pub struct Workers {
     tx: Sender<Job>,
     fingers: bool,
+    /// Worker threads running (a thread that ends, by any path, counts down).
+    alive: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+/// Counts a worker thread down when it ends, however it ends.
+struct Alive(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for Alive {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 impl std::fmt::Debug for Job {
@@ -90,13 +101,17 @@ impl Workers {
         queue: usize,
     ) -> Result<Self, ModelError> {
         let (tx, rx) = bounded::<Job>(queue.max(1));
+        let alive = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
         for i in 0..workers.max(1) {
             let (ready_tx, ready_rx) = std::sync::mpsc::channel();
             let rx = rx.clone();
             let manifest = manifest.clone();
+            alive.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let running = Alive(alive.clone());
             thread::Builder::new()
                 .name(format!("model-worker-{i}"))
                 .spawn(move || {
+                    let _running = running;
                     let load = || -> Result<Pipelines, ModelError> {
                         Ok(Pipelines {
                             face: FacePipeline::load(&manifest, face)?,
@@ -121,7 +136,12 @@ impl Workers {
                 .map_err(|e| ModelError::Runtime(format!("cannot start a worker thread: {e}")))?;
             ready_rx.recv().map_err(|_| ModelError::Runtime("model worker died while loading".into()))??;
         }
-        Ok(Self { tx, fingers: manifest.finger_extractor.is_some() })
+        Ok(Self { tx, fingers: manifest.finger_extractor.is_some(), alive })
+    }
+
+    /// Worker threads running.
+    pub fn alive(&self) -> usize {
+        self.alive.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Whether finger images can be processed.

@@ -10,6 +10,7 @@ mod cli;
 mod durability;
 mod erasure;
 mod face;
+mod faults;
 mod finger;
 mod health;
 mod jobs;

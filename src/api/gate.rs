@@ -12,6 +12,7 @@ use tonic_types::{ErrorDetails, StatusExt};
 use tracing::{error, warn};
 
 use super::{DOMAIN, EngineSlot};
+use crate::engine::EngineError;
 use crate::{
     auth::{Authenticator, Credentials, Method, Refusal},
     metrics::Metrics,
@@ -133,7 +134,7 @@ impl Gate {
             subjects: Vec::new(),
             detail,
         };
-        self.record(record).await;
+        let _ = self.record(record).await;
         with_request_id(status, &actor.request_id)
     }
 
@@ -160,15 +161,8 @@ impl Gate {
                         }
                     }
                     let record = AuditRecord { actor: actor.clone(), subjects, outcome: "OK".into(), detail: t.detail };
-                    if !self.record(record).await {
-                        let mut details = ErrorDetails::new();
-                        details.set_error_info("AUDIT_WRITE_FAILED", DOMAIN, HashMap::new());
-                        let status = Status::with_error_details(
-                            Code::Internal,
-                            "the call could not be written to the audit log; not answered",
-                            details,
-                        );
-                        return Err(with_request_id(status, &actor.request_id));
+                    if let Err(e) = self.record(record).await {
+                        return Err(with_request_id(unrecorded(&e), &actor.request_id));
                     }
                 }
                 let mut response = Response::new(answer);
@@ -185,19 +179,19 @@ impl Gate {
                     subjects: asked,
                     detail: String::new(),
                 };
-                self.record(record).await;
+                let _ = self.record(record).await;
                 Err(with_request_id(status, &actor.request_id))
             }
         }
     }
 
-    /// Writes one entry; false (and an error in the log) when it could not.
-    async fn record(&self, record: AuditRecord) -> bool {
+    /// Writes one entry; the error (also logged) when it could not.
+    async fn record(&self, record: AuditRecord) -> Result<(), EngineError> {
         let Some(engine) = self.engine.get() else {
             // Before start-up ends there is no store to write to; every
             // call is refused NOT_READY then and nothing is looked at.
             warn!(method = %record.actor.method, outcome = %record.outcome, "call before the store is open: not audited");
-            return true;
+            return Ok(());
         };
         if engine.audit_problem().is_some() {
             // Appending would blur the evidence (the first broken entry
@@ -209,15 +203,13 @@ impl Gate {
                 outcome = %record.outcome,
                 "audit log broken: entry not appended"
             );
-            return true;
+            return Ok(());
         }
-        match engine.record_audit(record).await {
-            Ok(()) => true,
-            Err(e) => {
-                error!(error = %e, "audit entry not written");
-                false
-            }
+        let written = engine.record_audit(record).await;
+        if let Err(e) = &written {
+            error!(error = %e, "audit entry not written");
         }
+        written
     }
 
     /// Records a refused TLS handshake (no caller could be named).
@@ -228,8 +220,22 @@ impl Gate {
             outcome: format!("Unauthenticated: TLS_HANDSHAKE_REFUSED: {error}"),
             detail: format!("peer={addr}"),
         };
-        self.record(record).await;
+        let _ = self.record(record).await;
     }
+}
+
+/// The answer to a call whose audit entry could not be written: never the
+/// call's own answer. A full disk is said by name (it passes by waiting).
+fn unrecorded(e: &EngineError) -> Status {
+    let mut details = ErrorDetails::new();
+    if matches!(e, EngineError::Store(s) if s.is_disk_full()) {
+        details.set_error_info("STORAGE_FULL", DOMAIN, HashMap::new());
+        details.set_retry_info(Some(std::time::Duration::from_secs(30)));
+        let why = "the data directory's disk is full: the call could not be audited, so it is not answered";
+        return Status::with_error_details(Code::ResourceExhausted, why, details);
+    }
+    details.set_error_info("AUDIT_WRITE_FAILED", DOMAIN, HashMap::new());
+    Status::with_error_details(Code::Internal, "the call could not be written to the audit log; not answered", details)
 }
 
 /// The bearer token of `authorization`, if one was sent; a header that is

@@ -74,6 +74,7 @@ fn retry_after(reason: &str) -> Option<std::time::Duration> {
     match reason {
         "OVERLOADED" => Some(std::time::Duration::from_millis(200)),
         "NOT_READY" => Some(std::time::Duration::from_secs(2)),
+        "STORAGE_FULL" => Some(std::time::Duration::from_secs(30)),
         _ => None,
     }
 }
@@ -121,6 +122,7 @@ fn classify(e: &EngineError) -> (Code, &'static str, Option<String>) {
         EngineError::WatchlistNotFound(_) => (NotFound, "WATCHLIST_NOT_FOUND", Some("watchlist".into())),
         EngineError::NothingToCompare { .. } => (FailedPrecondition, "NOTHING_TO_COMPARE", None),
         EngineError::NotReady(_) => (Unavailable, "NOT_READY", None),
+        EngineError::Store(e) if e.is_disk_full() => (ResourceExhausted, "STORAGE_FULL", None),
         EngineError::Store(_) => (Internal, "STORE_FAILED", None),
         EngineError::Index(_) => (Internal, "INDEX_FAILED", None),
         EngineError::Model(_) => (Unavailable, "MODELS_UNAVAILABLE", None),

@@ -8,6 +8,7 @@ mod enroll;
 mod error;
 mod face_index;
 mod finger_index;
+mod health;
 mod jobs;
 mod keys;
 mod listing;
@@ -107,6 +108,8 @@ pub struct Engine {
     checkpoints: Option<Checkpoints>,
     /// Why the audit log is not trusted (start-up found it broken).
     audit_problem: Option<String>,
+    /// Free space under which the engine reports itself unhealthy.
+    min_free_bytes: u64,
 }
 
 impl Engine {
@@ -158,6 +161,7 @@ impl Engine {
             max_subject_ids: config.limits.max_subject_ids,
             checkpoints,
             audit_problem,
+            min_free_bytes: config.store.min_free_mb.saturating_mul(1 << 20),
         };
         if loaded.faces_stale {
             engine.snapshot_in_background(Derived::Faces);

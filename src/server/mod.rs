@@ -156,6 +156,49 @@ fn spawn_checkpointer(slot: Arc<EngineSlot>, every: Duration) -> tokio::task::Jo
     })
 }
 
+/// Checks every `every` that the engine can serve (inference workers, store
+/// commits, free disk) and turns health NOT_SERVING, with the reason
+/// logged, while it cannot; SERVING again once it can. Leaves health alone
+/// before start-up ends, while shutting down, and when the audit log failed
+/// its start-up check (audit role only).
+fn spawn_health_monitor(
+    slot: Arc<EngineSlot>,
+    health: tonic_health::server::HealthReporter,
+    stopping: Arc<AtomicBool>,
+    every: Duration,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        let mut problem: Option<String> = None;
+        loop {
+            tick.tick().await;
+            let Some(engine) = slot.get() else { continue };
+            if engine.audit_problem().is_some() {
+                continue;
+            }
+            let now = match tokio::task::spawn_blocking(move || engine.health_problem()).await {
+                Ok(p) => p,
+                Err(e) => Some(format!("health check failed: {e}")),
+            };
+            if stopping.load(Ordering::SeqCst) {
+                return;
+            }
+            match (&problem, &now) {
+                (_, Some(why)) if problem.as_ref() != Some(why) => {
+                    error!(reason = %why, "not serving");
+                    set_health(&health, Health::NotServing).await;
+                }
+                (Some(_), None) => {
+                    info!("serving again: the health check passes");
+                    set_health(&health, Health::Serving).await;
+                }
+                _ => {}
+            }
+            problem = now;
+        }
+    })
+}
+
 /// Serves on `listener` until `shutdown` resolves, then drains in-flight
 /// calls for up to the configured grace period.
 pub async fn serve(
@@ -201,6 +244,12 @@ pub async fn serve(
     background.0.push(spawn_checkpointer(slot.clone(), Duration::from_secs(config.audit.checkpoint_every_secs)));
 
     let stopping = Arc::new(AtomicBool::new(false));
+    background.0.push(spawn_health_monitor(
+        slot.clone(),
+        health.clone(),
+        stopping.clone(),
+        Duration::from_secs(config.server.health_check_secs),
+    ));
     let (startup, mut failed_rx) = spawn_startup(config.clone(), slot, health.clone(), stopping.clone());
 
     info!(%addr, tls = tls.is_some(), mutual_tls = tls.as_ref().is_some_and(|t| t.mutual()), "listening");

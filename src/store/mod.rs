@@ -64,6 +64,18 @@ pub enum StoreError {
     Checkpoint(String),
 }
 
+impl StoreError {
+    /// The file system is full: nothing was written, and the same call
+    /// passes once there is room again.
+    pub fn is_disk_full(&self) -> bool {
+        match self {
+            StoreError::Sqlite(e) => e.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull),
+            StoreError::DataDir { source, .. } => source.kind() == std::io::ErrorKind::StorageFull,
+            _ => false,
+        }
+    }
+}
+
 /// A subject as stored.
 #[derive(Debug, Clone)]
 pub struct SubjectRecord {
@@ -315,6 +327,29 @@ impl Store {
         tx.commit()?;
         self.erase_wal();
         Ok(ids)
+    }
+
+    /// Commits a write (one row of `health_probe`): fails while the store
+    /// cannot commit (disk full, I/O errors, a read-only file system).
+    pub fn probe_commit(&mut self) -> Result<(), StoreError> {
+        let tx = self.conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        tx.execute("INSERT OR REPLACE INTO health_probe (id, at_ms) VALUES (1, ?1)", [now_ms()])?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Free bytes for an unprivileged writer on the data directory's file system.
+    #[expect(unsafe_code, reason = "statvfs(3) through libc: one call with a checked path and an owned buffer")]
+    pub fn free_bytes(&self) -> std::io::Result<u64> {
+        let path = std::ffi::CString::new(self.dir.as_os_str().as_encoded_bytes())
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+        // SAFETY: statvfs is plain old data; all zeros is a valid value.
+        let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+        // SAFETY: `path` is a NUL-terminated string and `st` a valid statvfs to fill.
+        if unsafe { libc::statvfs(path.as_ptr(), &mut st) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(st.f_bavail.saturating_mul(st.f_frsize))
     }
 
     /// Copies the WAL into the database and truncates it, so the frames

@@ -54,6 +54,11 @@ CREATE INDEX IF NOT EXISTS enroll_requests_subject ON enroll_requests(subject_id
 -- encounters (ON DELETE CASCADE) and listing a subject's encounters scan the
 -- whole templates table (sealed rows included: 0.29 s per deletion at 505,000).
 CREATE INDEX IF NOT EXISTS templates_encounter ON templates(encounter_id);
+-- One row rewritten by the health check: the store still commits.
+CREATE TABLE IF NOT EXISTS health_probe (
+    id INTEGER PRIMARY KEY,
+    at_ms INTEGER NOT NULL
+) STRICT;
 ";
 
 /// Brings a store written by an older cotejo up to [`SCHEMA`]: watchlist
