@@ -118,7 +118,7 @@ fn main() -> Res<()> {
         o.shortlist,
         o.threads
     );
-    let mut exhaustive_ranks: Vec<usize> = Vec::new();
+    let mut baseline = Baseline::default();
     // Every thread count with every re-rank; the first is the reference of the recall figures.
     let shortlist_sizes = if o.candidates.is_empty() { vec![o.shortlist] } else { o.candidates.clone() };
     let configs: Vec<Config> = o
@@ -128,9 +128,7 @@ fn main() -> Res<()> {
         .flat_map(|(threads, n)| o.rerank.iter().map(move |&rerank| Config { threads, n, rerank }))
         .collect();
     let mut outcomes: Vec<Vec<Outcome>> = vec![Vec::new(); configs.len()];
-    let (mut exhaustive_time, mut exhaustive_comparisons, mut ceiling_hits, mut probes_total) =
-        (Duration::ZERO, 0_usize, 0_usize, 0_usize);
-    let mut scalar_time = Duration::ZERO;
+    let mut probes_total = 0_usize;
     let mut missed: Vec<String> = Vec::new();
     let (mut index_bytes, mut index_templates, mut template_bytes, mut build_time) = (0_usize, 0_usize, 0_usize, 0.0);
     for enrolled in 0..o.runs {
@@ -158,38 +156,7 @@ fn main() -> Res<()> {
             run.gallery.len(),
             run.probes.len()
         );
-        // Baseline: exhaustive MCC over a prefix of the same gallery (mates first), one thread.
-        let subset = &run.gallery[..o.exhaustive.min(run.gallery.len())];
-        let mut matcher = mcc::Matcher::new();
-        let mut scalar = mcc::Matcher::with_kernel(mcc::Kernel::Popcnt);
-        let mut scores = Vec::new();
-        for (probe, mate) in &run.probes {
-            // The scalar-popcnt kernel on the same probe and templates (the kernel before AVX-512).
-            let start = Instant::now();
-            let mut check = 0.0_f32;
-            for t in subset {
-                check += scalar.similarity(probe, t);
-            }
-            scalar_time += start.elapsed();
-            let start = Instant::now();
-            let mut best = (f32::NEG_INFINITY, u64::MAX);
-            scores.clear();
-            for (key, t) in subset.iter().enumerate() {
-                let s = matcher.similarity(probe, t);
-                scores.push(s);
-                if s > best.0 {
-                    best = (s, key as u64);
-                }
-            }
-            exhaustive_time += start.elapsed();
-            exhaustive_comparisons += subset.len();
-            // Same sums to the bit (started from 0.0 as `check` is: an empty `sum` is -0.0).
-            let sum = scores.iter().fold(0.0_f32, |a, &s| a + s);
-            assert_eq!(check.to_bits(), sum.to_bits(), "the kernels score differently");
-            ceiling_hits += usize::from(best.1 == *mate);
-            let mate_score = scores.get(*mate as usize).copied().unwrap_or(0.0);
-            exhaustive_ranks.push(scores.iter().filter(|&&s| s > mate_score).count());
-        }
+        baseline.measure(&run, o.exhaustive);
         probes_total += run.probes.len();
         // Each probe under every configuration in turn (interleaved, so that the
         // machine's drift falls on all of them alike).
@@ -198,7 +165,7 @@ fn main() -> Res<()> {
                 let outcome = identify(&sharded, &run, p, config, o.rescore);
                 if slot == 0 && outcome.shard_rank.is_none() {
                     let mate_cylinders = run.gallery.get(*mate as usize).map_or(0, mcc::Template::len);
-                    let exhaustive = exhaustive_ranks.get(probes_total - run.probes.len() + p).copied();
+                    let exhaustive = baseline.ranks.get(probes_total - run.probes.len() + p).copied();
                     // Where the candidate stage ranks the mate among all voted templates.
                     if let [index] = sharded.indexes.as_slice() {
                         let all = index.search_descriptor(&probe_descriptor(probe), run.gallery.len(), 1);
@@ -214,10 +181,72 @@ fn main() -> Res<()> {
             }
         }
     }
-    let exhaustive_rate = exhaustive_comparisons as f64 / exhaustive_time.as_secs_f64().max(1e-9);
-    let first = &outcomes[0];
+    println!(
+        "index memory: {:.0} bytes/template ({:.2} GB total); full MCC templates: {:.0} bytes/template; index build {:.1} s",
+        index_bytes as f64 / index_templates as f64,
+        index_bytes as f64 / 1e9 / o.runs as f64,
+        template_bytes as f64 / index_templates as f64,
+        build_time / o.runs as f64
+    );
+    let exhaustive_rate = print_accuracy(&o, &outcomes[0], &baseline, probes_total, &missed);
+    print_speed(&o, &configs, &outcomes, exhaustive_rate);
+    Ok(())
+}
+
+/// The exhaustive MCC baseline over a prefix of each run's gallery (mates
+/// first), one thread: time, the scalar kernel's time on the same pairs,
+/// and each probe's mate rank.
+#[derive(Default)]
+struct Baseline {
+    time: Duration,
+    scalar_time: Duration,
+    comparisons: usize,
+    ceiling_hits: usize,
+    ranks: Vec<usize>,
+}
+
+impl Baseline {
+    fn measure(&mut self, run: &gallery::Run, exhaustive: usize) {
+        let subset = &run.gallery[..exhaustive.min(run.gallery.len())];
+        let mut matcher = mcc::Matcher::new();
+        let mut scalar = mcc::Matcher::with_kernel(mcc::Kernel::Popcnt);
+        let mut scores = Vec::new();
+        for (probe, mate) in &run.probes {
+            // The scalar-popcnt kernel on the same probe and templates (the kernel before AVX-512).
+            let start = Instant::now();
+            let mut check = 0.0_f32;
+            for t in subset {
+                check += scalar.similarity(probe, t);
+            }
+            self.scalar_time += start.elapsed();
+            let start = Instant::now();
+            let mut best = (f32::NEG_INFINITY, u64::MAX);
+            scores.clear();
+            for (key, t) in subset.iter().enumerate() {
+                let s = matcher.similarity(probe, t);
+                scores.push(s);
+                if s > best.0 {
+                    best = (s, key as u64);
+                }
+            }
+            self.time += start.elapsed();
+            self.comparisons += subset.len();
+            // Same sums to the bit (started from 0.0 as `check` is: an empty `sum` is -0.0).
+            let sum = scores.iter().fold(0.0_f32, |a, &s| a + s);
+            assert_eq!(check.to_bits(), sum.to_bits(), "the kernels score differently");
+            self.ceiling_hits += usize::from(best.1 == *mate);
+            let mate_score = scores.get(*mate as usize).copied().unwrap_or(0.0);
+            self.ranks.push(scores.iter().filter(|&&s| s > mate_score).count());
+        }
+    }
+}
+
+/// The recall and rank-1 lines, against the exhaustive baseline; returns
+/// the baseline's templates per second per core.
+fn print_accuracy(o: &Options, first: &[Outcome], base: &Baseline, probes_total: usize, missed: &[String]) -> f64 {
+    let exhaustive_rate = base.comparisons as f64 / base.time.as_secs_f64().max(1e-9);
     let recall_at = |size: usize| {
-        let per_shard = size.div_ceil(shards);
+        let per_shard = size.div_ceil(o.shards);
         first.iter().filter(|x| x.shard_rank.is_some_and(|r| r < per_shard)).count() as f64 / first.len() as f64
     };
     let shortlisted = first.iter().filter(|x| x.shard_rank.is_some()).count();
@@ -228,24 +257,25 @@ fn main() -> Res<()> {
         o.exhaustive,
         mcc::Matcher::new().kernel()
     );
-    let scalar_rate = exhaustive_comparisons as f64 / scalar_time.as_secs_f64().max(1e-9);
+    let scalar_rate = base.comparisons as f64 / base.scalar_time.as_secs_f64().max(1e-9);
     println!(
         "exhaustive MCC, scalar popcnt kernel, same probes: {scalar_rate:.0} templates/s/core ({:.2}x)",
         exhaustive_rate / scalar_rate
     );
     println!(
-        "exhaustive MCC rank-1 (ceiling, gallery {}): {:.4} ({ceiling_hits}/{probes_total})",
+        "exhaustive MCC rank-1 (ceiling, gallery {}): {:.4} ({}/{probes_total})",
         o.exhaustive,
-        ceiling_hits as f64 / probes_total as f64
+        base.ceiling_hits,
+        base.ceiling_hits as f64 / probes_total as f64
     );
     for fraction in [0.001, 0.005, 0.01, 0.02, 0.05] {
         let limit = (fraction * o.exhaustive as f64).ceil() as usize;
-        let hits = exhaustive_ranks.iter().filter(|&&r| r < limit).count();
+        let hits = base.ranks.iter().filter(|&&r| r < limit).count();
         println!(
             "exhaustive MCC mate recall in the top {:.1}% ({limit} of {}): {:.4}",
             fraction * 100.0,
             o.exhaustive,
-            hits as f64 / exhaustive_ranks.len() as f64
+            hits as f64 / base.ranks.len() as f64
         );
     }
     let sizes: Vec<usize> =
@@ -269,14 +299,12 @@ fn main() -> Res<()> {
         rank1_rescored as f64 / first.len() as f64,
         first.len()
     );
-    println!(
-        "index memory: {:.0} bytes/template ({:.2} GB total); full MCC templates: {:.0} bytes/template; index build {:.1} s",
-        index_bytes as f64 / index_templates as f64,
-        index_bytes as f64 / 1e9 / o.runs as f64,
-        template_bytes as f64 / index_templates as f64,
-        build_time / o.runs as f64
-    );
-    for (config, outcomes) in configs.iter().zip(&outcomes).filter(|(c, _)| c.threads == configs[0].threads) {
+    exhaustive_rate
+}
+
+/// Per configuration: how often the mate is shortlisted and ranked first.
+fn print_votes(configs: &[Config], outcomes: &[Vec<Outcome>]) {
+    for (config, outcomes) in configs.iter().zip(outcomes).filter(|(c, _)| c.threads == configs[0].threads) {
         let RerankSettings { probe_cap, keep } = config.rerank;
         let large = outcomes.iter().filter(|x| probe_cap > 0 && x.probe_cylinders > probe_cap).count();
         let share = |f: fn(&Outcome) -> bool| outcomes.iter().filter(|x| f(x)).count() as f64 / outcomes.len() as f64;
@@ -292,6 +320,11 @@ fn main() -> Res<()> {
             share(|x| x.top10_distinct)
         );
     }
+}
+
+/// The latency table and where each configuration's tail comes from.
+fn print_speed(o: &Options, configs: &[Config], outcomes: &[Vec<Outcome>], exhaustive_rate: f64) {
+    print_votes(configs, outcomes);
     println!(
         "threads  candidates  re-rank (cap:keep)  median_ms  p99_ms  candidate_median_ms  rescore_median_ms  without_rescore_median/p99_ms  templates/s/core  speed-up vs exhaustive"
     );
@@ -345,5 +378,4 @@ fn main() -> Res<()> {
             slow.join(", ")
         );
     }
-    Ok(())
 }

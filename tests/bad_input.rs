@@ -24,19 +24,14 @@ async fn counts(
     (s.subjects, s.encounters, s.templates.iter().map(|t| t.count).collect())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bad_input_is_typed_and_changes_nothing() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let server = TestServer::start(config(dir.path(), &[("COTEJO__LIMITS__MAX_IMAGE_PIXELS", "4000000")])).await;
-    let mut c = server.client.clone();
-    c.enroll(enroll_req("known", vec![face_image(fixture("obama3.jpg"))])).await.expect("enroll");
-    let stats = c.stats(pb::StatsRequest {}).await.expect("stats").into_inner();
-    let model_id = stats.models[0].model_id.clone();
-    let dim = stats.models[0].dimension as usize;
-    let before = counts(&mut c).await;
+/// A refused enroll: what it is, the request, and the code, reason and
+/// field the refusal must name.
+type Case = (&'static str, pb::EnrollRequest, Code, &'static str, &'static str);
 
-    let jpeg = fixture("biden.jpg");
-    let cases: Vec<(&str, pb::EnrollRequest, Code, &str, &str)> = vec![
+/// Every kind of bad enroll, each refused by name.
+fn enroll_cases(jpeg: &[u8], model_id: &str, dim: usize) -> Vec<Case> {
+    let jpeg = jpeg.to_vec();
+    vec![
         (
             "empty bytes",
             enroll_req("x", vec![face_image(Vec::new())]),
@@ -113,7 +108,7 @@ async fn bad_input_is_typed_and_changes_nothing() {
         ),
         (
             "wrong dimension",
-            enroll_req("x", vec![face_embedding(&model_id, vec![0.1; dim + 1])]),
+            enroll_req("x", vec![face_embedding(model_id, vec![0.1; dim + 1])]),
             Code::InvalidArgument,
             "WRONG_DIMENSION",
             "samples[0].face_embedding.values",
@@ -127,7 +122,7 @@ async fn bad_input_is_typed_and_changes_nothing() {
         ),
         (
             "NaN embedding",
-            enroll_req("x", vec![face_embedding(&model_id, vec![f32::NAN; dim])]),
+            enroll_req("x", vec![face_embedding(model_id, vec![f32::NAN; dim])]),
             Code::InvalidArgument,
             "INVALID_EMBEDDING",
             "samples[0].face_embedding.values",
@@ -155,16 +150,14 @@ async fn bad_input_is_typed_and_changes_nothing() {
             "EMPTY_IMAGE",
             "samples[1].image",
         ),
-    ];
-    for (what, req, code, why, field) in cases {
-        let e = c.enroll(req).await.expect_err(what);
-        assert_eq!(e.code(), code, "{what}: {e:?}");
-        assert_eq!(reason(&e), why, "{what}: {e:?}");
-        assert_eq!(fields(&e), vec![field.to_owned()], "{what}");
-        assert!(!e.message().is_empty());
-    }
+    ]
+}
 
-    // Unknown subjects.
+type Client = pb::biometrics_service_client::BiometricsServiceClient<tonic::transport::Channel>;
+
+/// Deleting, reading or verifying a subject nobody enrolled.
+async fn unknown_subjects_are_not_found(c: &mut Client, jpeg: &[u8]) {
+    let jpeg = jpeg.to_vec();
     let e = c.delete(pb::DeleteRequest { subject_id: "nobody".into() }).await.expect_err("delete");
     assert_eq!((e.code(), reason(&e).as_str()), (Code::NotFound, "SUBJECT_NOT_FOUND"));
     let e = c.get_subject(pb::GetSubjectRequest { subject_id: "nobody".into() }).await.expect_err("get");
@@ -178,8 +171,11 @@ async fn bad_input_is_typed_and_changes_nothing() {
         .await
         .expect_err("verify");
     assert_eq!(e.code(), Code::NotFound);
+}
 
-    // Identify validates too.
+/// Identify, Verify and StartDedup validate their own fields and targets.
+async fn searches_validate_their_fields(c: &mut Client, jobs_url: &str, jpeg: &[u8]) {
+    let jpeg = jpeg.to_vec();
     let e = c.identify(identify_req(vec![face_image(b"GIF89a....".to_vec())])).await.expect_err("gif");
     assert_eq!(reason(&e), "UNSUPPORTED_FORMAT");
     let mut req = identify_req(vec![face_image(jpeg.clone())]);
@@ -210,7 +206,7 @@ async fn bad_input_is_typed_and_changes_nothing() {
         .await
         .expect_err("target fmr beyond the scale");
     assert_eq!((e.code(), fields(&e)), (Code::InvalidArgument, vec!["target_fmr".to_owned()]));
-    let e = super::common::jobs_client(&server.url)
+    let e = super::common::jobs_client(jobs_url)
         .await
         .start_dedup(pb::StartDedupRequest {
             scope: None,
@@ -220,7 +216,30 @@ async fn bad_input_is_typed_and_changes_nothing() {
         .await
         .expect_err("dedup target beyond the scale");
     assert_eq!((e.code(), fields(&e)), (Code::InvalidArgument, vec!["target_fmr".to_owned()]));
+}
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_is_typed_and_changes_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = TestServer::start(config(dir.path(), &[("COTEJO__LIMITS__MAX_IMAGE_PIXELS", "4000000")])).await;
+    let mut c = server.client.clone();
+    c.enroll(enroll_req("known", vec![face_image(fixture("obama3.jpg"))])).await.expect("enroll");
+    let stats = c.stats(pb::StatsRequest {}).await.expect("stats").into_inner();
+    let model_id = stats.models[0].model_id.clone();
+    let dim = stats.models[0].dimension as usize;
+    let before = counts(&mut c).await;
+
+    let jpeg = fixture("biden.jpg");
+    for (what, req, code, why, field) in enroll_cases(&jpeg, &model_id, dim) {
+        let e = c.enroll(req).await.expect_err(what);
+        assert_eq!(e.code(), code, "{what}: {e:?}");
+        assert_eq!(reason(&e), why, "{what}: {e:?}");
+        assert_eq!(fields(&e), vec![field.to_owned()], "{what}");
+        assert!(!e.message().is_empty());
+    }
+
+    unknown_subjects_are_not_found(&mut c, &jpeg).await;
+    searches_validate_their_fields(&mut c, &server.url, &jpeg).await;
     assert_eq!(counts(&mut c).await, before, "a refused request changed the store");
     // The enrolled subject is still intact and identifiable.
     let r = c.identify(identify_req(vec![face_image(fixture("obama2.jpg"))])).await.expect("identify").into_inner();

@@ -199,6 +199,46 @@ fn spawn_health_monitor(
     })
 }
 
+/// The metrics listener, when `[metrics] listen` is set.
+async fn spawn_metrics(
+    config: &Config,
+    metrics: &Arc<crate::metrics::Metrics>,
+    slot: &Arc<EngineSlot>,
+) -> anyhow::Result<Option<tokio::task::JoinHandle<()>>> {
+    if config.metrics.listen.is_empty() {
+        return Ok(None);
+    }
+    let at = tokio::net::TcpListener::bind(&config.metrics.listen)
+        .await
+        .with_context(|| format!("metrics.listen {}", config.metrics.listen))?;
+    info!(addr = %at.local_addr()?, "metrics on GET /metrics");
+    Ok(Some(tokio::spawn(metrics_http::serve(at, metrics.clone(), slot.clone()))))
+}
+
+/// The API's three services over `slot`, their calls passing `gate`, with
+/// messages up to `max` bytes either way.
+fn services(
+    slot: &Arc<EngineSlot>,
+    gate: &Gate,
+    max: usize,
+) -> (
+    pb::biometrics_service_server::BiometricsServiceServer<BiometricsApi>,
+    pb::jobs_service_server::JobsServiceServer<JobsApi>,
+    pb::audit_service_server::AuditServiceServer<AuditApi>,
+) {
+    let biometrics =
+        pb::biometrics_service_server::BiometricsServiceServer::new(BiometricsApi::new(slot.clone(), gate.clone()))
+            .max_decoding_message_size(max)
+            .max_encoding_message_size(max);
+    let jobs = pb::jobs_service_server::JobsServiceServer::new(JobsApi::new(slot.clone(), gate.clone()))
+        .max_decoding_message_size(max)
+        .max_encoding_message_size(max);
+    let audit = pb::audit_service_server::AuditServiceServer::new(AuditApi::new(slot.clone(), gate.clone()))
+        .max_decoding_message_size(max)
+        .max_encoding_message_size(max);
+    (biometrics, jobs, audit)
+}
+
 /// Serves on `listener` until `shutdown` resolves, then drains in-flight
 /// calls for up to the configured grace period.
 pub async fn serve(
@@ -222,25 +262,12 @@ pub async fn serve(
 
     let engine_at_exit = slot.clone();
     let metrics = Arc::new(crate::metrics::Metrics::new());
-    if !config.metrics.listen.is_empty() {
-        let at = tokio::net::TcpListener::bind(&config.metrics.listen)
-            .await
-            .with_context(|| format!("metrics.listen {}", config.metrics.listen))?;
-        info!(addr = %at.local_addr()?, "metrics on GET /metrics");
-        background.0.push(tokio::spawn(metrics_http::serve(at, metrics.clone(), slot.clone())));
+    if let Some(task) = spawn_metrics(&config, &metrics, &slot).await? {
+        background.0.push(task);
     }
     let gate = Gate::new(auth, slot.clone(), metrics);
     let max = config.server.max_message_bytes;
-    let biometrics =
-        pb::biometrics_service_server::BiometricsServiceServer::new(BiometricsApi::new(slot.clone(), gate.clone()))
-            .max_decoding_message_size(max)
-            .max_encoding_message_size(max);
-    let jobs = pb::jobs_service_server::JobsServiceServer::new(JobsApi::new(slot.clone(), gate.clone()))
-        .max_decoding_message_size(max)
-        .max_encoding_message_size(max);
-    let audit = pb::audit_service_server::AuditServiceServer::new(AuditApi::new(slot.clone(), gate.clone()))
-        .max_decoding_message_size(max)
-        .max_encoding_message_size(max);
+    let (biometrics, jobs, audit) = services(&slot, &gate, max);
     background.0.push(spawn_checkpointer(slot.clone(), Duration::from_secs(config.audit.checkpoint_every_secs)));
 
     let stopping = Arc::new(AtomicBool::new(false));
@@ -264,6 +291,7 @@ pub async fn serve(
         let _ = drained_tx.send(());
     };
     let (refused_tx, mut refused_rx) = tokio::sync::mpsc::unbounded_channel::<tls::HandshakeRefusal>();
+    // Refused TLS handshakes are audited like refused calls.
     background.0.push(tokio::spawn(async move {
         while let Some(r) = refused_rx.recv().await {
             gate.record_handshake_refusal(r.addr, &r.error).await;
