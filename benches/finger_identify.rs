@@ -265,8 +265,8 @@ fn print_accuracy(o: &Options, first: &[Outcome], base: &Baseline, probes_total:
     println!(
         "exhaustive MCC rank-1 (ceiling, gallery {}): {:.4} ({}/{probes_total})",
         o.exhaustive,
-        base.ceiling_hits,
-        base.ceiling_hits as f64 / probes_total as f64
+        base.ceiling_hits as f64 / probes_total as f64,
+        base.ceiling_hits
     );
     for fraction in [0.001, 0.005, 0.01, 0.02, 0.05] {
         let limit = (fraction * o.exhaustive as f64).ceil() as usize;

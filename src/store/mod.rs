@@ -3,6 +3,7 @@
 //! crash). The search index is derived from this and never the only copy.
 
 mod audit;
+mod audit_reader;
 pub mod backup;
 mod checkpoint;
 mod crypto;
@@ -12,6 +13,7 @@ mod rotation;
 mod schema;
 mod sealed_file;
 mod subjects;
+mod upkeep;
 
 use std::path::Path;
 
@@ -19,6 +21,8 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::biometric::{Modality, NewTemplate, StoredTemplate, TemplateData};
 pub use audit::{Actor, AuditEntry, AuditRecord, ChainCheck};
+pub use audit_reader::AuditReader;
+use audit_reader::check_chain;
 pub use checkpoint::{Checkpoint, Checkpoints};
 use crypto::Sealer;
 pub use crypto::{KeyId, new_key};
@@ -329,46 +333,6 @@ impl Store {
         Ok(ids)
     }
 
-    /// Commits a write (one row of `health_probe`): fails while the store
-    /// cannot commit (disk full, I/O errors, a read-only file system).
-    pub fn probe_commit(&mut self) -> Result<(), StoreError> {
-        let tx = self.conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        tx.execute("INSERT OR REPLACE INTO health_probe (id, at_ms) VALUES (1, ?1)", [now_ms()])?;
-        tx.commit()?;
-        Ok(())
-    }
-
-    /// Free bytes for an unprivileged writer on the data directory's file system.
-    #[expect(unsafe_code, reason = "statvfs(3) through libc: one call with a checked path and an owned buffer")]
-    pub fn free_bytes(&self) -> std::io::Result<u64> {
-        let path = std::ffi::CString::new(self.dir.as_os_str().as_encoded_bytes())
-            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
-        // SAFETY: statvfs is plain old data; all zeros is a valid value.
-        let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-        // SAFETY: `path` is a NUL-terminated string and `st` a valid statvfs to fill.
-        if unsafe { libc::statvfs(path.as_ptr(), &mut st) } != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        Ok(st.f_bavail.saturating_mul(st.f_frsize))
-    }
-
-    /// Copies the WAL into the database and truncates it, so the frames
-    /// that held deleted rows are gone when a deletion returns (the rows
-    /// themselves were zeroed by `secure_delete`). A reader in another
-    /// process (a backup, a key rotation) can hold frames back: then the
-    /// next deletion or SQLite's own checkpoint finishes the work.
-    fn erase_wal(&self) {
-        let busy = self
-            .conn
-            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get::<_, i64>(0))
-            .map_err(|e| e.to_string());
-        match busy {
-            Ok(0) => {}
-            Ok(_) => tracing::warn!("WAL not truncated after a deletion: another reader holds it; retried later"),
-            Err(e) => tracing::warn!(error = %e, "WAL checkpoint after a deletion failed"),
-        }
-    }
-
     /// The first answer to an enroll request id, if it was used.
     pub fn enroll_request(&self, request_id: &str) -> Result<Option<EnrollReplay>, StoreError> {
         enroll_request(&self.conn, request_id)
@@ -550,80 +514,6 @@ impl Store {
     pub fn audit_tail(&self, n: usize) -> Result<Vec<AuditEntry>, StoreError> {
         audit::tail(&self.conn, n)
     }
-}
-
-/// A read-only view of a data directory's audit log, usable while a server
-/// runs on it (no lock taken, nothing written).
-#[derive(Debug)]
-pub struct AuditReader {
-    conn: Connection,
-}
-
-impl AuditReader {
-    /// Opens `<data_dir>/cotejo.db` read-only.
-    pub fn open(data_dir: &Path) -> Result<Self, StoreError> {
-        let db = data_dir.join("cotejo.db");
-        if !db.is_file() {
-            return Err(StoreError::DataDir {
-                path: data_dir.display().to_string(),
-                source: std::io::Error::new(std::io::ErrorKind::NotFound, "no cotejo.db here"),
-            });
-        }
-        let conn = Connection::open_with_flags(&db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
-        conn.busy_timeout(std::time::Duration::from_secs(5))?;
-        Ok(Self { conn })
-    }
-
-    /// As [`Store::verify_audit`].
-    pub fn verify(&self, checkpoint: Option<&Checkpoint>, from_checkpoint: bool) -> Result<ChainCheck, StoreError> {
-        check_chain(&self.conn, checkpoint, from_checkpoint)
-    }
-
-    /// As [`Store::audit_entries`].
-    pub fn entries(&self, from_seq: i64, limit: usize) -> Result<Vec<AuditEntry>, StoreError> {
-        audit::read(&self.conn, from_seq, limit)
-    }
-}
-
-fn check_chain(
-    conn: &Connection,
-    checkpoint: Option<&Checkpoint>,
-    from_checkpoint: bool,
-) -> Result<ChainCheck, StoreError> {
-    // One read transaction: the head does not move under the walk.
-    let tx = conn.unchecked_transaction()?;
-    let anchor = match checkpoint {
-        Some(cp) => {
-            let signed = hex::decode(&cp.hash).map_err(|_| StoreError::Checkpoint("hash is not hex".into()))?;
-            match audit::hash_at(&tx, cp.seq)? {
-                Some(h) if h == signed => Some((cp.seq, signed)),
-                Some(_) => {
-                    return Err(StoreError::AuditBroken {
-                        seq: cp.seq,
-                        problem: "it differs from the signed checkpoint: the chain was rewritten".into(),
-                    });
-                }
-                None if cp.seq == 0 => None,
-                None => {
-                    let (head, _) = audit::head(&tx)?;
-                    return Err(StoreError::AuditBroken {
-                        seq: head + 1,
-                        problem: format!(
-                            "missing: the log ends at entry {head} but a signed checkpoint vouches for {} entries",
-                            cp.seq
-                        ),
-                    });
-                }
-            }
-        }
-        None => None,
-    };
-    let check = match (&anchor, from_checkpoint) {
-        (Some((seq, hash)), true) => audit::verify_from(&tx, Some((*seq, hash)))?,
-        _ => audit::verify_from(&tx, None)?,
-    };
-    tx.finish()?;
-    Ok(check)
 }
 
 fn enroll_request(conn: &Connection, request_id: &str) -> Result<Option<EnrollReplay>, StoreError> {
