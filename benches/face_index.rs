@@ -36,29 +36,47 @@ use rand::{Rng, SeedableRng, rngs::StdRng};
 
 type Res<T> = Result<T, Box<dyn std::error::Error>>;
 
+/// The command line (see the top of this file).
+struct Opts {
+    n: usize,
+    kinds: String,
+    queries: usize,
+    threads: usize,
+    data: PathBuf,
+}
+
+impl Opts {
+    fn parse() -> Res<Self> {
+        let mut o = Self {
+            n: 100_000,
+            kinds: "flat,int8,int4".to_owned(),
+            queries: 1000,
+            threads: 1,
+            data: PathBuf::from("../shared/data/faces/lfw-dev"),
+        };
+        let mut args = std::env::args().skip(1);
+        while let Some(flag) = args.next() {
+            if flag == "--bench" {
+                continue;
+            }
+            let mut value = || args.next().ok_or(format!("{flag} needs a value"));
+            match flag.as_str() {
+                "--n" => o.n = value()?.parse()?,
+                "--kinds" => o.kinds = value()?,
+                "--queries" => o.queries = value()?.parse()?,
+                "--threads" => o.threads = value()?.parse()?,
+                "--data" => o.data = value()?.into(),
+                other => return Err(format!("unknown option {other}").into()),
+            }
+        }
+        Ok(o)
+    }
+}
+
 fn main() -> Res<()> {
     // The same OpenMP setting as the service, for every kind and the baseline.
     cotejo::openmp::ensure_passive_wait();
-    let mut n = 100_000usize;
-    let mut kinds = "flat,int8,int4".to_owned();
-    let mut queries = 1000usize;
-    let mut threads = 1usize;
-    let mut data = PathBuf::from("../shared/data/faces/lfw-dev");
-    let mut args = std::env::args().skip(1);
-    while let Some(flag) = args.next() {
-        if flag == "--bench" {
-            continue;
-        }
-        let mut value = || args.next().ok_or(format!("{flag} needs a value"));
-        match flag.as_str() {
-            "--n" => n = value()?.parse()?,
-            "--kinds" => kinds = value()?,
-            "--queries" => queries = value()?.parse()?,
-            "--threads" => threads = value()?.parse()?,
-            "--data" => data = value()?.into(),
-            other => return Err(format!("unknown option {other}").into()),
-        }
-    }
+    let Opts { n, kinds, queries, threads, data } = Opts::parse()?;
     let real = real_embeddings(&data)?;
     let dim = real.dim;
     let (gallery, probes, mates) = dataset(&real, n, queries, 17);

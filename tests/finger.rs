@@ -159,43 +159,28 @@ async fn faces_and_fingers_together_are_fused() {
     server.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bad_finger_input_is_typed_and_stores_nothing() {
-    use std::io::Cursor;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let server = TestServer::start(config(dir.path(), &[])).await;
-    let mut c = server.client.clone();
-    let good = print("p1_1.png");
-    let gray = image::load_from_memory(&good).expect("decode").to_luma8();
-    let mut tiff = Vec::new();
-    gray.write_to(&mut Cursor::new(&mut tiff), image::ImageFormat::Tiff).expect("tiff");
-    let blank = {
-        let mut b = Vec::new();
-        image::GrayImage::from_pixel(400, 400, image::Luma([255]))
-            .write_to(&mut Cursor::new(&mut b), image::ImageFormat::Png)
-            .expect("png");
-        b
-    };
-    let face_gray = {
-        let mut b = Vec::new();
-        image::load_from_memory(&fixture("obama3.jpg"))
-            .expect("decode")
-            .resize(600, 600, image::imageops::FilterType::Triangle)
-            .to_luma8()
-            .write_to(&mut Cursor::new(&mut b), image::ImageFormat::Png)
-            .expect("png");
-        b
-    };
-    let exported = {
-        c.enroll(enroll_req("real", vec![image(1, good.clone())])).await.expect("enroll");
-        c.export_templates(pb::ExportTemplatesRequest { subject_id: "real".into() })
-            .await
-            .expect("export")
-            .into_inner()
-            .templates
-            .remove(0)
-            .iso_19794_2
-    };
+/// A grayscale image as PNG bytes.
+fn png(img: &image::GrayImage) -> Vec<u8> {
+    let mut b = Vec::new();
+    img.write_to(&mut std::io::Cursor::new(&mut b), image::ImageFormat::Png).expect("png");
+    b
+}
+
+/// An exported ISO/IEC 19794-2 record, each damaged one way.
+struct Damaged {
+    wrong_magic: Vec<u8>,
+    wrong_version: Vec<u8>,
+    wrong_length: Vec<u8>,
+    wrong_count: Vec<u8>,
+    out_of_range: Vec<u8>,
+    other_finger: Vec<u8>,
+    reserved_impression: Vec<u8>,
+    low_resolution: Vec<u8>,
+    repeated: Vec<u8>,
+}
+
+fn damaged(exported: &[u8]) -> Damaged {
+    let exported = exported.to_vec();
     let mut wrong_magic = exported.clone();
     wrong_magic[0] = b'X';
     let mut wrong_version = exported.clone();
@@ -218,6 +203,55 @@ async fn bad_finger_input_is_typed_and_stores_nothing() {
     for m in 1..count {
         repeated[28 + 6 * m..34 + 6 * m].copy_from_slice(&first);
     }
+    Damaged {
+        wrong_magic,
+        wrong_version,
+        wrong_length,
+        wrong_count,
+        out_of_range,
+        other_finger,
+        reserved_impression,
+        low_resolution,
+        repeated,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_finger_input_is_typed_and_stores_nothing() {
+    use std::io::Cursor;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = TestServer::start(config(dir.path(), &[])).await;
+    let mut c = server.client.clone();
+    let good = print("p1_1.png");
+    let gray = image::load_from_memory(&good).expect("decode").to_luma8();
+    let mut tiff = Vec::new();
+    gray.write_to(&mut Cursor::new(&mut tiff), image::ImageFormat::Tiff).expect("tiff");
+    let blank = png(&image::GrayImage::from_pixel(400, 400, image::Luma([255])));
+    let face_gray = png(&image::load_from_memory(&fixture("obama3.jpg"))
+        .expect("decode")
+        .resize(600, 600, image::imageops::FilterType::Triangle)
+        .to_luma8());
+    let exported = {
+        c.enroll(enroll_req("real", vec![image(1, good.clone())])).await.expect("enroll");
+        c.export_templates(pb::ExportTemplatesRequest { subject_id: "real".into() })
+            .await
+            .expect("export")
+            .into_inner()
+            .templates
+            .remove(0)
+            .iso_19794_2
+    };
+    let Damaged {
+        wrong_magic,
+        wrong_version,
+        wrong_length,
+        wrong_count,
+        out_of_range,
+        other_finger,
+        reserved_impression,
+        low_resolution,
+        repeated,
+    } = damaged(&exported);
     // A WSQ file's start: start-of-image marker, then a comment segment.
     let wsq = [&[0xFF_u8, 0xA0, 0xFF, 0xA8, 0x00, 0x06][..], b"NIST", &[0_u8; 64]].concat();
     let before = c.stats(pb::StatsRequest {}).await.expect("stats").into_inner();
