@@ -29,6 +29,30 @@ struct ModalityLabels {
     modality: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct IndexLabels {
+    index: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct JobLabels {
+    job: String,
+}
+
+/// What the engine reports at each scrape besides the gallery's size.
+#[derive(Debug, Clone, Default)]
+pub struct EngineGauges {
+    /// Requests waiting for an inference worker, and the workers running.
+    pub inference_queue: u64,
+    pub inference_workers: u64,
+    /// Free bytes on the data directory's file system.
+    pub free_bytes: u64,
+    /// Seconds since each snapshot file was written ("face", "finger"), when there is one.
+    pub snapshot_age: Vec<(&'static str, f64)>,
+    /// Running or queued jobs: id, blocks done, blocks in all.
+    pub jobs: Vec<(String, u64, u64)>,
+}
+
 type Latency = Family<MethodLabels, Histogram, fn() -> Histogram>;
 
 fn latency_buckets() -> Histogram {
@@ -43,6 +67,12 @@ pub struct Metrics {
     latency: Latency,
     subjects: Gauge,
     templates: Family<ModalityLabels, Gauge>,
+    inference_queue: Gauge,
+    inference_workers: Gauge,
+    free_bytes: Gauge,
+    snapshot_age: Family<IndexLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    job_done: Family<JobLabels, Gauge>,
+    job_total: Family<JobLabels, Gauge>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -69,7 +99,52 @@ impl Metrics {
         registry.register("subjects", "Enrolled subjects", subjects.clone());
         let templates = Family::<ModalityLabels, Gauge>::default();
         registry.register("templates", "Stored templates per modality", templates.clone());
-        Self { registry, calls, latency, subjects, templates }
+        let inference_queue = Gauge::default();
+        registry.register("inference_queue", "Requests waiting for an inference worker", inference_queue.clone());
+        let inference_workers = Gauge::default();
+        registry.register("inference_workers", "Inference worker threads running", inference_workers.clone());
+        let free_bytes = Gauge::default();
+        registry.register("data_free_bytes", "Free bytes on the data directory's file system", free_bytes.clone());
+        let snapshot_age = Family::<IndexLabels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
+        registry.register(
+            "snapshot_age_seconds",
+            "Seconds since each index snapshot was written",
+            snapshot_age.clone(),
+        );
+        let job_done = Family::<JobLabels, Gauge>::default();
+        registry.register("job_blocks_done", "Blocks finished, per running or queued job", job_done.clone());
+        let job_total = Family::<JobLabels, Gauge>::default();
+        registry.register("job_blocks_total", "Blocks in all, per running or queued job", job_total.clone());
+        Self {
+            registry,
+            calls,
+            latency,
+            subjects,
+            templates,
+            inference_queue,
+            inference_workers,
+            free_bytes,
+            snapshot_age,
+            job_done,
+            job_total,
+        }
+    }
+
+    /// The engine's state at this scrape; jobs no longer running drop out.
+    pub fn set_engine(&self, g: &EngineGauges) {
+        let int = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        self.inference_queue.set(int(g.inference_queue));
+        self.inference_workers.set(int(g.inference_workers));
+        self.free_bytes.set(int(g.free_bytes));
+        for (index, age) in &g.snapshot_age {
+            self.snapshot_age.get_or_create(&IndexLabels { index: (*index).to_owned() }).set(*age);
+        }
+        self.job_done.clear();
+        self.job_total.clear();
+        for (job, done, total) in &g.jobs {
+            self.job_done.get_or_create(&JobLabels { job: job.clone() }).set(int(*done));
+            self.job_total.get_or_create(&JobLabels { job: job.clone() }).set(int(*total));
+        }
     }
 
     /// One finished call: its RPC, outcome (`OK` or the code's name) and duration.
@@ -114,5 +189,19 @@ mod tests {
         assert!(text.contains(r#"cotejo_rpc_seconds_count{method="Identify"} 2"#), "{text}");
         assert!(text.contains("cotejo_subjects 7"), "{text}");
         assert!(text.contains(r#"cotejo_templates{modality="finger"} 3"#), "{text}");
+        let g = EngineGauges {
+            inference_queue: 2,
+            inference_workers: 1,
+            free_bytes: 1 << 30,
+            snapshot_age: vec![("face", 12.5)],
+            jobs: vec![("4".into(), 3, 10)],
+        };
+        m.set_engine(&g);
+        let text = m.render();
+        assert!(text.contains("cotejo_inference_queue 2"), "{text}");
+        assert!(text.contains(r#"cotejo_snapshot_age_seconds{index="face"} 12.5"#), "{text}");
+        assert!(text.contains(r#"cotejo_job_blocks_done{job="4"} 3"#), "{text}");
+        m.set_engine(&EngineGauges::default());
+        assert!(!m.render().contains(r#"job="4""#), "a finished job drops out");
     }
 }

@@ -139,6 +139,11 @@ impl Workers {
         Ok(Self { tx, fingers: manifest.finger_extractor.is_some(), alive })
     }
 
+    /// Requests waiting for a worker.
+    pub fn queued(&self) -> usize {
+        self.tx.len()
+    }
+
     /// Worker threads running.
     pub fn alive(&self) -> usize {
         self.alive.load(std::sync::atomic::Ordering::SeqCst)

@@ -99,6 +99,10 @@ async fn metrics_count_calls_by_code_and_the_gallery() {
     assert!(body.contains(r#"cotejo_rpc_seconds_count{method="Enroll"} 1"#), "{body}");
     assert!(body.contains("cotejo_subjects 1"), "{body}");
     assert!(body.contains(r#"cotejo_templates{modality="face"} 1"#), "{body}");
+    assert!(body.contains("cotejo_inference_workers 1"), "{body}");
+    assert!(body.contains("cotejo_inference_queue 0"), "{body}");
+    let free = body.lines().find_map(|l| l.strip_prefix("cotejo_data_free_bytes ")).expect("free bytes");
+    assert!(free.parse::<u64>().is_ok_and(|b| b > 0), "{body}");
     assert_eq!(http_get(&addr, "/").await.0, "HTTP/1.1 404 Not Found");
     server.stop().await;
 }

@@ -3,6 +3,7 @@
 //! room. The server turns the answer into the health status.
 
 use super::{Engine, lock};
+use crate::{metrics::EngineGauges, store::JobState};
 
 impl Engine {
     /// Why the engine cannot serve now, or `None` when it can. Blocking:
@@ -27,5 +28,39 @@ impl Engine {
             Err(e) => return Some(format!("cannot read the data directory's free space: {e}")),
         }
         store.probe_commit().err().map(|e| format!("the store cannot commit: {e}"))
+    }
+}
+
+impl Engine {
+    /// The gauges a metrics scrape reports: inference queue and workers,
+    /// free disk, snapshot ages, running jobs' progress. Blocking (reads
+    /// the store).
+    pub fn gauges(&self) -> EngineGauges {
+        let mut g = EngineGauges {
+            inference_queue: self.workers.queued() as u64,
+            inference_workers: self.workers.alive() as u64,
+            ..EngineGauges::default()
+        };
+        let age = |file: &crate::store::SealedFile| {
+            let modified = std::fs::metadata(file.path()).and_then(|m| m.modified()).ok()?;
+            Some(modified.elapsed().unwrap_or_default().as_secs_f64())
+        };
+        if let Some(a) = age(&self.snapshots.file) {
+            g.snapshot_age.push(("face", a));
+        }
+        if let Some(a) = self.finger_snapshots.as_ref().and_then(|s| age(&s.file)) {
+            g.snapshot_age.push(("finger", a));
+        }
+        if let Ok(store) = lock(&self.store) {
+            g.free_bytes = store.free_bytes().unwrap_or(0);
+            if let Ok(jobs) = store.list_jobs(i64::MAX, 100) {
+                g.jobs = jobs
+                    .into_iter()
+                    .filter(|j| matches!(j.state, JobState::Queued | JobState::Running))
+                    .map(|j| (j.job_id.to_string(), j.done, j.total))
+                    .collect();
+            }
+        }
+        g
     }
 }

@@ -49,6 +49,9 @@ async fn answer(mut stream: TcpStream, metrics: &Metrics, slot: &EngineSlot) -> 
             let count = |m: Modality| stats.templates.iter().filter(|t| t.0 == m).map(|t| t.2).sum::<u64>();
             metrics
                 .set_gallery(stats.subjects, &[("face", count(Modality::Face)), ("finger", count(Modality::Finger))]);
+            if let Ok(gauges) = tokio::task::spawn_blocking(move || engine.gauges()).await {
+                metrics.set_engine(&gauges);
+            }
         }
         ("200 OK", metrics.render())
     } else {

@@ -18,6 +18,11 @@ pub struct SealedFile {
 }
 
 impl SealedFile {
+    /// Where the file lives.
+    pub fn path(&self) -> &std::path::Path {
+        &self.path
+    }
+
     pub(super) fn new(sealer: Arc<Sealer>, dir: &Path, name: &str) -> Self {
         Self { sealer, path: dir.join(name) }
     }
