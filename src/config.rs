@@ -202,6 +202,10 @@ pub struct InferenceConfig {
     pub threads: usize,
     /// Bounded queue length.
     pub queue: usize,
+    /// A request is admitted only if its expected wait for a worker (the
+    /// requests ahead of it times the recent time per request, over the
+    /// workers) is at most this; 0: no limit but the queue.
+    pub max_queue_wait_ms: u64,
 }
 
 /// Input limits.

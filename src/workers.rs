@@ -31,8 +31,35 @@ struct Job {
 pub struct Workers {
     tx: Sender<Job>,
     fingers: bool,
+    workers: usize,
+    max_wait: std::time::Duration,
+    /// Moving average of the time one request takes a worker, in µs (0: none measured yet).
+    service_us: std::sync::Arc<std::sync::atomic::AtomicU64>,
     /// Worker threads running (a thread that ends, by any path, counts down).
     alive: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+/// How requests are admitted to the workers' queue.
+#[derive(Debug, Clone, Copy)]
+pub struct Admission {
+    /// Most requests waiting.
+    pub queue: usize,
+    /// Longest expected wait admitted (zero: no limit but the queue).
+    pub max_wait: std::time::Duration,
+}
+
+/// The expected wait of a request with `ahead` requests before it, on
+/// `workers` workers taking `service_us` each.
+fn expected_wait(ahead: usize, service_us: u64, workers: usize) -> std::time::Duration {
+    std::time::Duration::from_micros(service_us.saturating_mul(ahead as u64) / workers.max(1) as u64)
+}
+
+/// Folds one request's time into the moving average (weight 1/8).
+fn fold(average_us: &std::sync::atomic::AtomicU64, took: std::time::Duration) {
+    let took = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+    let _ = average_us.fetch_update(std::sync::atomic::Ordering::Relaxed, std::sync::atomic::Ordering::Relaxed, |a| {
+        Some(if a == 0 { took } else { a - a / 8 + took / 8 })
+    });
 }
 
 /// Counts a worker thread down when it ends, however it ends.
@@ -98,9 +125,10 @@ impl Workers {
         face: FaceSettings,
         finger: FingerSettings,
         workers: usize,
-        queue: usize,
+        admission: Admission,
     ) -> Result<Self, ModelError> {
-        let (tx, rx) = bounded::<Job>(queue.max(1));
+        let (tx, rx) = bounded::<Job>(admission.queue.max(1));
+        let service_us = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
         let alive = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
         for i in 0..workers.max(1) {
             let (ready_tx, ready_rx) = std::sync::mpsc::channel();
@@ -108,6 +136,7 @@ impl Workers {
             let manifest = manifest.clone();
             alive.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             let running = Alive(alive.clone());
+            let average = service_us.clone();
             thread::Builder::new()
                 .name(format!("model-worker-{i}"))
                 .spawn(move || {
@@ -130,13 +159,22 @@ impl Workers {
                     };
                     // Ends when every sender (every Workers clone) is gone.
                     for job in rx.iter() {
+                        let started = std::time::Instant::now();
                         pipelines.run(job);
+                        fold(&average, started.elapsed());
                     }
                 })
                 .map_err(|e| ModelError::Runtime(format!("cannot start a worker thread: {e}")))?;
             ready_rx.recv().map_err(|_| ModelError::Runtime("model worker died while loading".into()))??;
         }
-        Ok(Self { tx, fingers: manifest.finger_extractor.is_some(), alive })
+        Ok(Self {
+            tx,
+            fingers: manifest.finger_extractor.is_some(),
+            workers: workers.max(1),
+            max_wait: admission.max_wait,
+            service_us,
+            alive,
+        })
     }
 
     /// Requests waiting for a worker.
@@ -160,6 +198,7 @@ impl Workers {
         self.submit(Job { bytes, task: Task::Face { multiple, reply }, span: Span::current() }).map_err(
             |e| match e {
                 Refused::Full => FaceError::Overloaded("queue full, retry later".into()),
+                Refused::Slow(wait) => FaceError::Overloaded(slow(wait)),
                 Refused::Stopped => FaceError::Unavailable("workers stopped".into()),
             },
         )?;
@@ -172,6 +211,7 @@ impl Workers {
         self.submit(Job { bytes, task: Task::Finger { ppi, position, reply }, span: Span::current() }).map_err(
             |e| match e {
                 Refused::Full => FingerError::Overloaded("queue full, retry later".into()),
+                Refused::Slow(wait) => FingerError::Overloaded(slow(wait)),
                 Refused::Stopped => FingerError::Unavailable("workers stopped".into()),
             },
         )?;
@@ -179,6 +219,18 @@ impl Workers {
     }
 
     fn submit(&self, job: Job) -> Result<(), Refused> {
+        if !self.max_wait.is_zero() {
+            // The requests queued before this one; the one a worker is on
+            // now is not counted (its rest is unknown and at most one request).
+            let wait = expected_wait(
+                self.tx.len(),
+                self.service_us.load(std::sync::atomic::Ordering::Relaxed),
+                self.workers,
+            );
+            if wait > self.max_wait {
+                return Err(Refused::Slow(wait));
+            }
+        }
         self.tx.try_send(job).map_err(|e| match e {
             TrySendError::Full(_) => Refused::Full,
             TrySendError::Disconnected(_) => Refused::Stopped,
@@ -188,5 +240,35 @@ impl Workers {
 
 enum Refused {
     Full,
+    /// The expected wait is past `inference.max_queue_wait_ms`.
+    Slow(std::time::Duration),
     Stopped,
+}
+
+fn slow(wait: std::time::Duration) -> String {
+    format!("expected wait for a worker {} ms is past inference.max_queue_wait_ms; retry later", wait.as_millis())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{sync::atomic::AtomicU64, time::Duration};
+
+    use super::{expected_wait, fold};
+
+    #[test]
+    fn the_expected_wait_follows_the_queue_and_the_recent_service_time() {
+        let average = AtomicU64::new(0);
+        fold(&average, Duration::from_millis(120));
+        assert_eq!(average.load(std::sync::atomic::Ordering::Relaxed), 120_000, "the first sample sets it");
+        for _ in 0..40 {
+            fold(&average, Duration::from_millis(40));
+        }
+        let us = average.load(std::sync::atomic::Ordering::Relaxed);
+        assert!((40_000..41_000).contains(&us), "{us}");
+        // 64 requests ahead at 120 ms on one worker: 7.7 s; on two, half.
+        assert_eq!(expected_wait(64, 120_000, 1), Duration::from_millis(7_680));
+        assert_eq!(expected_wait(64, 120_000, 2), Duration::from_millis(3_840));
+        assert_eq!(expected_wait(8, 120_000, 1), Duration::from_millis(960));
+        assert_eq!(expected_wait(5, 0, 1), Duration::ZERO, "nothing measured yet: admitted");
+    }
 }

@@ -33,7 +33,7 @@ use crate::{
     index::VectorIndex,
     inference,
     store::{Actor, Checkpoints, SealedFile, Store, SubjectRecord},
-    workers::Workers,
+    workers::{Admission, Workers},
 };
 use derived::{DerivedIndex, Snapshots};
 pub use error::EngineError;
@@ -316,7 +316,11 @@ fn start_workers(config: &Config, manifest: &inference::Manifest) -> Result<Work
         limits: face.limits,
         min_minutiae: config.finger.min_minutiae,
     };
-    Ok(Workers::start(manifest, face, finger, config.inference.workers, config.inference.queue)?)
+    let admission = Admission {
+        queue: config.inference.queue,
+        max_wait: std::time::Duration::from_millis(config.inference.max_queue_wait_ms),
+    };
+    Ok(Workers::start(manifest, face, finger, config.inference.workers, admission)?)
 }
 
 /// The derived indexes as start-up loads them from the store.
