@@ -222,11 +222,8 @@ impl Workers {
         if !self.max_wait.is_zero() {
             // The requests queued before this one; the one a worker is on
             // now is not counted (its rest is unknown and at most one request).
-            let wait = expected_wait(
-                self.tx.len(),
-                self.service_us.load(std::sync::atomic::Ordering::Relaxed),
-                self.workers,
-            );
+            let wait =
+                expected_wait(self.tx.len(), self.service_us.load(std::sync::atomic::Ordering::Relaxed), self.workers);
             if wait > self.max_wait {
                 return Err(Refused::Slow(wait));
             }
