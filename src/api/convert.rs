@@ -13,7 +13,7 @@ use crate::{
 };
 
 /// A time in milliseconds since the Unix epoch as a protobuf Timestamp.
-pub(super) fn timestamp(unix_ms: i64) -> prost_types::Timestamp {
+pub(crate) fn timestamp(unix_ms: i64) -> prost_types::Timestamp {
     prost_types::Timestamp {
         seconds: unix_ms.div_euclid(1000),
         nanos: i32::try_from(unix_ms.rem_euclid(1000) * 1_000_000).unwrap_or(0),

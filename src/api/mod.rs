@@ -10,6 +10,7 @@ mod status;
 
 pub use audit::AuditApi;
 pub use biometrics::BiometricsApi;
+pub(crate) use convert::timestamp;
 pub use gate::{Gate, REQUEST_ID};
 pub use jobs::JobsApi;
 pub use status::type_oversized_request;

@@ -37,7 +37,7 @@ pub async fn dedup(o: &ClientOpts, a: &DedupArgs) -> anyhow::Result<()> {
     let scope = if !a.subjects.is_empty() {
         Some(pb::start_dedup_request::Scope::Subjects(pb::SubjectList { subject_ids: a.subjects.clone() }))
     } else if a.from_ms != 0 || a.to_ms != 0 {
-        let at = |ms: i64| (ms != 0).then(|| timestamp(ms));
+        let at = |ms: i64| (ms != 0).then(|| crate::api::timestamp(ms));
         Some(pb::start_dedup_request::Scope::Enrolled(pb::TimeWindow {
             start_time: at(a.from_ms),
             end_time: at(a.to_ms),
@@ -235,11 +235,6 @@ fn state_name(s: i32) -> &'static str {
 /// A Duration in seconds (unset: 0).
 fn seconds(d: Option<&prost_types::Duration>) -> f64 {
     d.map_or(0.0, |d| d.seconds as f64 + f64::from(d.nanos) / 1e9)
-}
-
-/// Milliseconds since the Unix epoch as a Timestamp.
-fn timestamp(ms: i64) -> prost_types::Timestamp {
-    prost_types::Timestamp { seconds: ms.div_euclid(1000), nanos: (ms.rem_euclid(1000) * 1_000_000) as i32 }
 }
 
 fn print_job(json: bool, j: &pb::Job) -> anyhow::Result<()> {

@@ -18,7 +18,7 @@ use rusqlite::{
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::{SEALED_FILES, StoreError, crypto::Sealer, now_ms, replace_file, sealed_file::file_key};
+use super::{SEALED_FILES, StoreError, now_ms, replace_file, sealed_file::file_key};
 
 /// The manifest's file name in a backup folder.
 pub const MANIFEST: &str = "backup.json";
@@ -178,14 +178,10 @@ fn describe(db: &Path, created_ms: i64, source: &Path) -> Result<Manifest, Store
     let subjects = count("SELECT COUNT(*) FROM subjects")? as u64;
     let templates = count("SELECT COUNT(*) FROM templates")? as u64;
     let audit_head = count("SELECT COALESCE(MAX(seq), 0) FROM audit")?;
-    let mut template_keys = BTreeMap::new();
-    let mut st = conn.prepare("SELECT substr(sealed, 1, 11) FROM templates")?;
-    let mut rows = st.query([])?;
-    while let Some(r) = rows.next()? {
-        let head: Vec<u8> = r.get(0)?;
-        let key = Sealer::key_of(&head).map_or_else(|| "none".to_owned(), |k| k.hex());
-        *template_keys.entry(key).or_default() += 1;
-    }
+    let template_keys = super::rotation::census(&conn)?
+        .into_iter()
+        .map(|(key, n)| (key.map_or_else(|| "none".to_owned(), |k| k.hex()), n))
+        .collect();
     Ok(Manifest {
         format: 1,
         created_ms,

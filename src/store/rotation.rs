@@ -19,6 +19,19 @@ use crate::biometric::{Modality, NewTemplate, TemplateData};
 /// Records per key: `None` for records sealed before key ids.
 pub type KeyCensus = BTreeMap<Option<KeyId>, u64>;
 
+/// Template rows per key in the database of `conn` (the record headers
+/// name their key; no key is needed to count them).
+pub(super) fn census(conn: &Connection) -> Result<KeyCensus, StoreError> {
+    let mut st = conn.prepare("SELECT substr(sealed, 1, 11) FROM templates")?;
+    let mut rows = st.query([])?;
+    let mut out = KeyCensus::new();
+    while let Some(r) = rows.next()? {
+        let head: Vec<u8> = r.get(0)?;
+        *out.entry(Sealer::key_of(&head)).or_default() += 1;
+    }
+    Ok(out)
+}
+
 /// Re-seals a data directory's templates and sealed files; opened without
 /// the directory's lock, beside a server.
 #[derive(Debug)]
@@ -60,14 +73,7 @@ impl Resealer {
 
     /// Template rows per key.
     pub fn census(&self) -> Result<KeyCensus, StoreError> {
-        let mut st = self.conn.prepare("SELECT substr(sealed, 1, 11) FROM templates")?;
-        let mut rows = st.query([])?;
-        let mut out = KeyCensus::new();
-        while let Some(r) = rows.next()? {
-            let head: Vec<u8> = r.get(0)?;
-            *out.entry(Sealer::key_of(&head)).or_default() += 1;
-        }
-        Ok(out)
+        census(&self.conn)
     }
 
     /// Template rows in all.
