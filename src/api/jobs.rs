@@ -2,7 +2,7 @@
 
 use std::{pin::Pin, sync::Arc};
 
-use tokio_stream::Stream;
+use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 use tracing::instrument;
 
@@ -14,7 +14,7 @@ use super::{
 };
 use crate::{
     auth::Method,
-    engine::{DedupRequest, DuplicatePair, Engine, EngineError, JobStatus, PageRequest},
+    engine::{DedupRequest, DuplicatePair, Engine, EngineError, JobStatus, PageRequest, ResultItem},
     jobs::Scope,
     store::JobState,
 };
@@ -103,26 +103,19 @@ impl JobsService for JobsApi {
     ) -> Result<Response<Self::StreamResultsStream>, Status> {
         let call = self.gate.admit(&request, Method::StreamResults).await?;
         let pb::StreamResultsRequest { job_id } = request.into_inner();
-        let result = async {
-            let (pairs, clusters) = self.engine()?.job_results(job_id.clone()).await?;
-            Ok((job_id, pairs, clusters))
-        }
-        .await;
-        let touched = |(job_id, pairs, clusters): &(String, Vec<DuplicatePair>, Vec<Vec<String>>)| Touched {
-            detail: format!("job={job_id} pairs={} clusters={}", pairs.len(), clusters.len()),
-            ..Touched::default()
-        };
-        let (metadata, (_, pairs, clusters), _) =
-            self.gate.finish(call, Vec::new(), result, touched).await?.into_parts();
+        let result = async { Ok((job_id.clone(), self.engine()?.stream_job_results(job_id).await?)) }.await;
+        // Recorded before the first pair leaves: the job id names what is read.
+        let touched = |(job_id, _): &(String, _)| Touched { detail: format!("job={job_id}"), ..Touched::default() };
+        let (metadata, (_, items), _) = self.gate.finish(call, Vec::new(), result, touched).await?.into_parts();
         use pb::stream_results_response::Item;
-        let items: Vec<Result<pb::StreamResultsResponse, Status>> = pairs
-            .into_iter()
-            .map(|p| Ok(pb::StreamResultsResponse { item: Some(Item::Pair(p.into())) }))
-            .chain(clusters.into_iter().map(|subject_ids| {
+        let stream = tokio_stream::wrappers::ReceiverStream::new(items).map(|item| match item {
+            Ok(ResultItem::Pair(p)) => Ok(pb::StreamResultsResponse { item: Some(Item::Pair(p.into())) }),
+            Ok(ResultItem::Cluster(subject_ids)) => {
                 Ok(pb::StreamResultsResponse { item: Some(Item::Cluster(pb::DuplicateCluster { subject_ids })) })
-            }))
-            .collect();
-        let mut response = Response::new(Box::pin(tokio_stream::iter(items)) as Self::StreamResultsStream);
+            }
+            Err(e) => Err(Status::from(e)),
+        });
+        let mut response = Response::new(Box::pin(stream) as Self::StreamResultsStream);
         *response.metadata_mut() = metadata; // the request id
         Ok(response)
     }

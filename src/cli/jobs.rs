@@ -154,6 +154,8 @@ pub async fn results(o: &ClientOpts, id: &str, csv: Option<&Path>) -> anyhow::Re
             None => {}
         }
     }
+    // Best first, as an officer reviews them (the stream is in subject id order).
+    pairs.sort_by(|x, y| y.score.total_cmp(&x.score).then_with(|| (&x.a, &x.b).cmp(&(&y.a, &y.b))));
     let rows: Vec<PairRow> = pairs
         .iter()
         .map(|p| PairRow {

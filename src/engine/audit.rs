@@ -4,7 +4,7 @@
 
 use tracing::{error, info, warn};
 
-use super::{Engine, EngineError, lock};
+use super::{Engine, EngineError, lock, read};
 use crate::{
     config::{AuditConfig, OnBrokenAudit},
     store::{AuditEntry, AuditRecord, ChainCheck, Checkpoints, Store, StoreError},
@@ -60,22 +60,21 @@ impl Engine {
 
     /// Walks the whole chain and checks it against the last signed checkpoint.
     pub async fn verify_audit(&self) -> Result<ChainCheck, EngineError> {
-        let store = self.store.clone();
+        let reads = self.reads.clone();
         let checkpoints = self.checkpoints.clone();
         tokio::task::spawn_blocking(move || {
             let last = match &checkpoints {
                 Some(c) => c.read()?,
                 None => None,
             };
-            Ok(lock(&store)?.verify_audit(last.as_ref(), false)?)
+            Ok(reads.get()?.verify_audit(last.as_ref(), false)?)
         })
         .await?
     }
 
     /// Up to `limit` entries from `from_seq` on.
     pub async fn audit_entries(&self, from_seq: i64, limit: usize) -> Result<Vec<AuditEntry>, EngineError> {
-        let store = self.store.clone();
-        tokio::task::spawn_blocking(move || Ok(lock(&store)?.audit_entries(from_seq, limit)?)).await?
+        read(&self.reads, move |r| r.audit_entries(from_seq, limit)).await
     }
 
     /// Why the audit log is not trusted (`on_broken = "not_serving"`), if it is not.
@@ -94,7 +93,7 @@ impl Engine {
         let last = checkpoints.read()?;
         // Only entries that chain from the last checkpoint are vouched for:
         // a row edited since then is reported, not signed over.
-        let check = lock(&self.store)?.verify_audit(last.as_ref(), true)?;
+        let check = self.reads.get()?.verify_audit(last.as_ref(), true)?;
         if last.as_ref().is_some_and(|c| c.seq == check.head_seq) {
             return Ok(());
         }

@@ -8,7 +8,7 @@ use tracing::{error, info};
 
 use super::{
     Derived, Engine, EngineError, EnrollOutcome, EnrollRequest, MAX_WATCHLISTS, SampleReport, derived::DerivedIndex,
-    face_index::FaceIndexSpec, lock, validate_name, validate_subject_id,
+    face_index::FaceIndexSpec, lock, read, validate_name, validate_subject_id,
 };
 use crate::{
     biometric::{NewTemplate, TemplateData},
@@ -73,8 +73,8 @@ impl Engine {
         if request_id.is_empty() {
             return Ok(None);
         }
-        let (store, id) = (self.store.clone(), request_id.to_owned());
-        tokio::task::spawn_blocking(move || Ok(lock(&store)?.enroll_request(&id)?)).await?
+        let id = request_id.to_owned();
+        read(&self.reads, move |r| r.enroll_request(&id)).await
     }
 
     fn indexes(&self) -> Indexes {

@@ -3,7 +3,10 @@
 //! room. The server turns the answer into the health status.
 
 use super::{Engine, lock};
-use crate::{metrics::EngineGauges, store::JobState};
+use crate::{
+    metrics::EngineGauges,
+    store::{JobState, free_bytes},
+};
 
 impl Engine {
     /// Why the engine cannot serve now, or `None` when it can. Blocking:
@@ -12,11 +15,7 @@ impl Engine {
         if self.workers.alive() == 0 {
             return Some("no inference worker is running".into());
         }
-        let mut store = match lock(&self.store) {
-            Ok(s) => s,
-            Err(e) => return Some(format!("the store is unusable: {e}")),
-        };
-        match store.free_bytes() {
+        match free_bytes(&self.data_dir) {
             Ok(free) if free < self.min_free_bytes => {
                 return Some(format!(
                     "the data directory's file system has {} MiB free, under store.min_free_mb = {}",
@@ -27,6 +26,10 @@ impl Engine {
             Ok(_) => {}
             Err(e) => return Some(format!("cannot read the data directory's free space: {e}")),
         }
+        let mut store = match lock(&self.store) {
+            Ok(s) => s,
+            Err(e) => return Some(format!("the store is unusable: {e}")),
+        };
         store.probe_commit().err().map(|e| format!("the store cannot commit: {e}"))
     }
 }
@@ -51,15 +54,13 @@ impl Engine {
         if let Some(a) = self.finger_snapshots.as_ref().and_then(|s| age(&s.file)) {
             g.snapshot_age.push(("finger", a));
         }
-        if let Ok(store) = lock(&self.store) {
-            g.free_bytes = store.free_bytes().unwrap_or(0);
-            if let Ok(jobs) = store.list_jobs(i64::MAX, 100) {
-                g.jobs = jobs
-                    .into_iter()
-                    .filter(|j| matches!(j.state, JobState::Queued | JobState::Running))
-                    .map(|j| (j.job_id.to_string(), j.done, j.total))
-                    .collect();
-            }
+        g.free_bytes = free_bytes(&self.data_dir).unwrap_or(0);
+        if let Ok(jobs) = self.reads.get().and_then(|r| r.list_jobs(i64::MAX, 100)) {
+            g.jobs = jobs
+                .into_iter()
+                .filter(|j| matches!(j.state, JobState::Queued | JobState::Running))
+                .map(|j| (j.job_id.to_string(), j.done, j.total))
+                .collect();
         }
         g
     }

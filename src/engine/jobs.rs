@@ -24,12 +24,12 @@ use crate::{
         template,
     },
     jobs::{Block, DedupParams, Scope, component_name, face_block, plan},
-    store::{JobRecord, JobState, PairComponent, Store},
+    store::{JobRecord, JobState, PairComponent, ReadPool, Store},
 };
 
 mod calls;
 
-pub use calls::{DedupRequest, DuplicatePair, JobStatus};
+pub use calls::{DedupRequest, DuplicatePair, JobStatus, ResultItem};
 
 /// Finger hits kept per searched template.
 const FINGER_HITS: usize = 64;
@@ -54,6 +54,7 @@ pub(super) struct JobRunner {
 #[derive(Debug, Clone)]
 struct Worker {
     store: Arc<Mutex<Store>>,
+    reads: Arc<ReadPool>,
     fingers: Arc<RwLock<FingerIndex>>,
     calibrations: Calibrations,
     face_model_id: String,
@@ -65,6 +66,7 @@ impl JobRunner {
     /// Starts the runner thread; it first resumes the stored unfinished jobs.
     pub(super) fn start(
         store: Arc<Mutex<Store>>,
+        reads: Arc<ReadPool>,
         fingers: Arc<RwLock<FingerIndex>>,
         calibrations: Calibrations,
         face_model_id: String,
@@ -72,7 +74,8 @@ impl JobRunner {
     ) -> Result<Self, EngineError> {
         let (wake, rx) = crossbeam_channel::bounded(16);
         let progress = Arc::new(Mutex::new(HashMap::new()));
-        let worker = Worker { store, fingers, calibrations, face_model_id, settings, progress: progress.clone() };
+        let worker =
+            Worker { store, reads, fingers, calibrations, face_model_id, settings, progress: progress.clone() };
         std::thread::Builder::new()
             .name("jobs-runner".into())
             .spawn(move || worker.run(&rx))
@@ -85,7 +88,7 @@ impl Worker {
     fn run(&self, rx: &Receiver<()>) {
         lower_priority();
         loop {
-            let pending = match lock(&self.store).and_then(|s| Ok(s.unfinished_jobs()?)) {
+            let pending = match self.reads.get().and_then(|r| r.unfinished_jobs()) {
                 Ok(p) => p,
                 Err(e) => {
                     error!(error = %e, "cannot list jobs");
@@ -108,7 +111,7 @@ impl Worker {
     }
 
     fn run_job(&self, id: i64) -> Result<(), EngineError> {
-        let rec = lock(&self.store)?.job(id)?.ok_or_else(|| EngineError::Internal("job vanished".into()))?;
+        let rec = self.reads.get()?.job(id)?.ok_or_else(|| EngineError::Internal("job vanished".into()))?;
         let params: DedupParams = serde_json::from_str(&rec.params)
             .map_err(|e| EngineError::Internal(format!("job {id} parameters: {e}")))?;
         lock(&self.store)?.set_job_state(id, JobState::Running, "")?;
@@ -116,7 +119,7 @@ impl Worker {
         let blocks =
             plan(data.owners.len(), data.fingers.len(), self.settings.face_block_rows, self.settings.finger_block_rows);
         lock(&self.store)?.set_job_total(id, blocks.len() as u64)?;
-        let done = lock(&self.store)?.finished_blocks(id)?;
+        let done = self.reads.get()?.finished_blocks(id)?;
         self.note_start(id, &data);
         info!(job = id, blocks = blocks.len(), already_done = done.len(), "dedup job running");
         // Pairs are stored from a lower bar than the decision's, so that
@@ -129,7 +132,7 @@ impl Worker {
             if done.contains(&(i as u64)) {
                 continue;
             }
-            if lock(&self.store)?.job(id)?.is_none_or(|j| j.state != JobState::Running) {
+            if self.reads.get()?.job(id)?.is_none_or(|j| j.state != JobState::Running) {
                 info!(job = id, "job cancelled");
                 return Ok(());
             }
@@ -159,7 +162,7 @@ impl Worker {
         let scope = self.scope_subjects(&params.scope)?;
         let in_scope = |s: &str| scope.as_ref().is_none_or(|set| set.contains(s));
         let (faces, fingers) = {
-            let store = lock(&self.store)?;
+            let store = self.reads.get()?;
             let faces = if params.faces { store.templates_up_to(Modality::Face, rec.max_template_id)? } else { vec![] };
             let fingers =
                 if params.fingers { store.templates_up_to(Modality::Finger, rec.max_template_id)? } else { vec![] };
@@ -269,7 +272,7 @@ impl Worker {
             Scope::All => None,
             Scope::Subjects(ids) => Some(ids.iter().cloned().collect()),
             Scope::Enrolled { from_ms, to_ms } => {
-                Some(lock(&self.store)?.subjects_created(*from_ms, *to_ms)?.into_iter().collect())
+                Some(self.reads.get()?.subjects_created(*from_ms, *to_ms)?.into_iter().collect())
             }
         })
     }

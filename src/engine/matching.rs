@@ -11,7 +11,7 @@ use std::{
 
 use super::{
     Candidate, Engine, EngineError, IdentifyOutcome, IdentifyRequest, IdentifyTimes, VerifyOutcome, VerifyRequest,
-    lock,
+    read,
     scoring::{ProbeSet, RawScores, indexed_finger_templates, score_stored},
     validate_subject_id,
 };
@@ -56,11 +56,8 @@ impl Engine {
         let restriction: Option<HashSet<String>> = if watchlist.is_empty() {
             (!subject_ids.is_empty()).then(|| subject_ids.into_iter().collect())
         } else {
-            let store = self.store.clone();
             let name = watchlist.clone();
-            let members =
-                tokio::task::spawn_blocking(move || Ok::<_, EngineError>(lock(&store)?.watchlist_members(&name)?))
-                    .await??;
+            let members = read(&self.reads, move |r| r.watchlist_members(&name)).await?;
             if members.is_empty() {
                 return Err(EngineError::WatchlistNotFound(watchlist));
             }
@@ -110,10 +107,8 @@ impl Engine {
         let target_fmr = Self::target("target_fmr", target_fmr, self.decision.target_fmr)?;
         Self::decidable("target_fmr", &format!("target FMR {target_fmr:e}"), target_fmr, 1)?;
         // Unknown subject first: cheaper than running the models.
-        let store = self.store.clone();
         let sid = subject_id.clone();
-        let templates =
-            tokio::task::spawn_blocking(move || Ok::<_, EngineError>(lock(&store)?.subject_templates(&sid)?)).await??;
+        let templates = read(&self.reads, move |r| r.subject_templates(&sid)).await?;
         let probes = self.extract_all(&samples, true).await?;
         let set = ProbeSet::new(&probes)?;
         let wanted = set.components();
@@ -239,14 +234,14 @@ impl Engine {
         set: ProbeSet,
         subjects: HashSet<String>,
     ) -> Result<BTreeMap<String, RawScores>, EngineError> {
-        let store = self.store.clone();
+        let reads = self.reads.clone();
         let face_model = self.face_model.id.clone();
         let fingers = self.fingers.clone();
         let threads = self.finger.search_threads;
         tokio::task::spawn_blocking(move || -> Result<_, EngineError> {
             let mut all = Vec::new();
             {
-                let store = lock(&store)?;
+                let store = reads.get()?;
                 for s in &subjects {
                     match store.subject_templates(s) {
                         Ok(ts) => all.extend(ts),

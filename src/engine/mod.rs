@@ -32,14 +32,14 @@ use crate::{
     finger::{FingerSettings, index::FingerIndex, template},
     index::VectorIndex,
     inference,
-    store::{Actor, Checkpoints, SealedFile, Store, SubjectRecord},
+    store::{Actor, Checkpoints, ReadPool, Reader, SealedFile, Store, StoreError, SubjectRecord},
     workers::{Admission, Workers},
 };
 use derived::{DerivedIndex, Snapshots};
 pub use error::EngineError;
 use face_index::{FaceIndexSpec, index_settings};
 use finger_index::{FingerIndexSpec, finger_index_settings};
-pub use jobs::{DedupRequest, DuplicatePair, JobStatus};
+pub use jobs::{DedupRequest, DuplicatePair, JobStatus, ResultItem};
 pub use listing::{Page, PageRequest};
 pub use scoring::Calibrations;
 pub use types::*;
@@ -81,7 +81,10 @@ enum Derived {
 /// The biometric engine.
 #[derive(Debug)]
 pub struct Engine {
+    /// The one writer (writes stay serialised and durable).
     store: Arc<Mutex<Store>>,
+    /// Read connections of their own: reads wait for neither the writer nor each other.
+    reads: Arc<ReadPool>,
     faces: Arc<RwLock<VectorIndex>>,
     face_spec: Arc<FaceIndexSpec>,
     snapshots: Snapshots,
@@ -110,6 +113,7 @@ pub struct Engine {
     audit_problem: Option<String>,
     /// Free space under which the engine reports itself unhealthy.
     min_free_bytes: u64,
+    data_dir: std::path::PathBuf,
 }
 
 impl Engine {
@@ -129,10 +133,12 @@ impl Engine {
         let store = Store::open_with_keys(&config.store.data_dir, &config.store.key_dir, &config.store.encryption_key)?;
         let (checkpoints, audit_problem) = audit::check_at_start(&store, &config.audit, &config.store.data_dir)?;
         let loaded = Loaded::from_store(&store, config, &face_model)?;
+        let reads = store.read_pool();
         let store = Arc::new(Mutex::new(store));
         let fingers = Arc::new(RwLock::new(loaded.fingers));
         let jobs = jobs::JobRunner::start(
             store.clone(),
+            reads.clone(),
             fingers.clone(),
             calibrations.clone(),
             face_model.id.clone(),
@@ -140,6 +146,7 @@ impl Engine {
         )?;
         let engine = Self {
             store,
+            reads,
             faces: Arc::new(RwLock::new(loaded.faces)),
             face_spec: loaded.face_spec,
             snapshots: Snapshots::new(loaded.face_file, config.index.snapshot_every.max(1)),
@@ -162,6 +169,7 @@ impl Engine {
             checkpoints,
             audit_problem,
             min_free_bytes: config.store.min_free_mb.saturating_mul(1 << 20),
+            data_dir: config.store.data_dir.clone(),
         };
         if loaded.faces_stale {
             engine.snapshot_in_background(Derived::Faces);
@@ -257,17 +265,13 @@ impl Engine {
     /// A subject's encounters.
     pub async fn subject(&self, subject_id: String) -> Result<SubjectRecord, EngineError> {
         validate_subject_id(&subject_id)?;
-        let store = self.store.clone();
-        tokio::task::spawn_blocking(move || Ok(lock(&store)?.subject(&subject_id)?)).await?
+        read(&self.reads, move |r| r.subject(&subject_id)).await
     }
 
     /// A subject's finger templates as stored (ISO/IEC 19794-2 records), oldest first.
     pub async fn export_fingers(&self, subject_id: String) -> Result<Vec<ExportedTemplate>, EngineError> {
         validate_subject_id(&subject_id)?;
-        let store = self.store.clone();
-        let templates =
-            tokio::task::spawn_blocking(move || Ok::<_, EngineError>(lock(&store)?.subject_templates(&subject_id)?))
-                .await??;
+        let templates = read(&self.reads, move |r| r.subject_templates(&subject_id)).await?;
         Ok(templates
             .into_iter()
             .filter_map(|t| match t.template.data {
@@ -285,8 +289,7 @@ impl Engine {
 
     /// Gallery counts and models.
     pub async fn stats(&self) -> Result<Stats, EngineError> {
-        let store = self.store.clone();
-        let s = tokio::task::spawn_blocking(move || Ok::<_, EngineError>(lock(&store)?.stats()?)).await??;
+        let s = read(&self.reads, |r| r.stats()).await?;
         let m = &self.face_model;
         let mut models = vec![(m.id.clone(), Modality::Face, m.dim as u32, m.sha256.clone())];
         if self.workers.fingers() {
@@ -299,6 +302,15 @@ impl Engine {
         };
         Ok(Stats { subjects: s.subjects, encounters: s.encounters, templates: s.templates, models, face_index })
     }
+}
+
+/// Runs `f` on a pooled read connection, off the async runtime.
+async fn read<T: Send + 'static>(
+    reads: &Arc<ReadPool>,
+    f: impl FnOnce(&Reader) -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, EngineError> {
+    let reads = reads.clone();
+    tokio::task::spawn_blocking(move || Ok(f(&*reads.get()?)?)).await?
 }
 
 fn lock(store: &Mutex<Store>) -> Result<std::sync::MutexGuard<'_, Store>, EngineError> {

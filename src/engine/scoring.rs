@@ -190,24 +190,34 @@ pub(super) fn threshold_db(fmr: f64) -> f64 {
     if t <= MAX_DB + THRESHOLD_SLACK_DB { t.min(MAX_DB) } else { t }
 }
 
+/// A candidate with calibrated per-component scores and their fusion.
+pub(super) fn candidate(
+    calibrations: &Calibrations,
+    face_model_id: &str,
+    subject_id: String,
+    raw: &RawScores,
+) -> Candidate {
+    let scores: Vec<ModalityScore> = raw
+        .iter()
+        .map(|(&(modality, finger_position), &raw_score)| ModalityScore {
+            modality,
+            finger_position,
+            model_id: match modality {
+                Modality::Face => face_model_id.to_owned(),
+                Modality::Finger => template::MATCHER_ID.to_owned(),
+            },
+            raw_score,
+            calibrated_score: calibrations.of(modality).db(raw_score),
+        })
+        .collect();
+    let dbs: Vec<f64> = scores.iter().map(|s| s.calibrated_score).collect();
+    Candidate { subject_id, score: fuse_db(&dbs), scores }
+}
+
 impl Engine {
     /// A candidate with calibrated per-component scores and their fusion.
     pub(super) fn candidate(&self, subject_id: String, raw: &RawScores) -> Candidate {
-        let scores: Vec<ModalityScore> = raw
-            .iter()
-            .map(|(&(modality, finger_position), &raw_score)| ModalityScore {
-                modality,
-                finger_position,
-                model_id: match modality {
-                    Modality::Face => self.face_model.id.clone(),
-                    Modality::Finger => template::MATCHER_ID.to_owned(),
-                },
-                raw_score,
-                calibrated_score: self.calibrations.of(modality).db(raw_score),
-            })
-            .collect();
-        let dbs: Vec<f64> = scores.iter().map(|s| s.calibrated_score).collect();
-        Candidate { subject_id, score: fuse_db(&dbs), scores }
+        candidate(&self.calibrations, &self.face_model.id, subject_id, raw)
     }
 
     /// The target of a request, or the default; must be a rate in (0, 1).

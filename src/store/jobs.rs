@@ -8,7 +8,7 @@ use std::collections::HashSet;
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::{Store, StoreError, now_ms};
+use super::{Reader, Store, StoreError, now_ms};
 
 pub(super) const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS jobs (
@@ -156,30 +156,6 @@ impl Store {
         self.job(id)?.ok_or_else(|| StoreError::Corrupt("job vanished".into()))
     }
 
-    /// A job, if it exists.
-    pub fn job(&self, job_id: i64) -> Result<Option<JobRecord>, StoreError> {
-        let mut st = self.conn.prepare_cached(&format!("{JOB_COLUMNS} WHERE job_id = ?1"))?;
-        Ok(st.query_row([job_id], job_row).optional()?)
-    }
-
-    /// Up to `limit` jobs with ids below `before`, newest first.
-    pub fn list_jobs(&self, before: i64, limit: usize) -> Result<Vec<JobRecord>, StoreError> {
-        let mut st =
-            self.conn.prepare_cached(&format!("{JOB_COLUMNS} WHERE job_id < ?1 ORDER BY job_id DESC LIMIT ?2"))?;
-        let jobs = st
-            .query_map(params![before, i64::try_from(limit).unwrap_or(i64::MAX)], job_row)?
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(jobs)
-    }
-
-    /// Jobs a (re)started server must run, oldest first.
-    pub fn unfinished_jobs(&self) -> Result<Vec<i64>, StoreError> {
-        let mut st =
-            self.conn.prepare("SELECT job_id FROM jobs WHERE state IN ('queued', 'running') ORDER BY job_id")?;
-        let ids = st.query_map([], |r| r.get(0))?.collect::<Result<Vec<i64>, _>>()?;
-        Ok(ids)
-    }
-
     /// Sets a job's state (and error).
     pub fn set_job_state(&mut self, job_id: i64, state: JobState, error: &str) -> Result<(), StoreError> {
         self.conn.execute(
@@ -204,16 +180,9 @@ impl Store {
         Ok(())
     }
 
-    /// Blocks already finished.
-    pub fn finished_blocks(&self, job_id: i64) -> Result<HashSet<u64>, StoreError> {
-        let mut st = self.conn.prepare("SELECT block FROM job_blocks WHERE job_id = ?1")?;
-        let blocks = st.query_map([job_id], |r| r.get::<_, i64>(0))?.collect::<Result<Vec<i64>, _>>()?;
-        Ok(blocks.into_iter().map(|b| b as u64).collect())
-    }
-
     /// Commits a finished block with the pairs it found, atomically.
     pub fn finish_block(&mut self, job_id: i64, block: u64, pairs: &[PairComponent]) -> Result<(), StoreError> {
-        let tx = self.conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let tx = self.reader.conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let new = tx.execute(
             "INSERT OR IGNORE INTO job_blocks (job_id, block) VALUES (?1, ?2)",
             params![job_id, block as i64],
@@ -228,14 +197,70 @@ impl Store {
         tx.commit()?;
         Ok(())
     }
+}
+
+impl Reader {
+    /// A job, if it exists.
+    pub fn job(&self, job_id: i64) -> Result<Option<JobRecord>, StoreError> {
+        let mut st = self.conn.prepare_cached(&format!("{JOB_COLUMNS} WHERE job_id = ?1"))?;
+        Ok(st.query_row([job_id], job_row).optional()?)
+    }
+
+    /// Up to `limit` jobs with ids below `before`, newest first.
+    pub fn list_jobs(&self, before: i64, limit: usize) -> Result<Vec<JobRecord>, StoreError> {
+        let mut st =
+            self.conn.prepare_cached(&format!("{JOB_COLUMNS} WHERE job_id < ?1 ORDER BY job_id DESC LIMIT ?2"))?;
+        let jobs = st
+            .query_map(params![before, i64::try_from(limit).unwrap_or(i64::MAX)], job_row)?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(jobs)
+    }
+
+    /// Jobs a (re)started server must run, oldest first.
+    pub fn unfinished_jobs(&self) -> Result<Vec<i64>, StoreError> {
+        let mut st =
+            self.conn.prepare("SELECT job_id FROM jobs WHERE state IN ('queued', 'running') ORDER BY job_id")?;
+        let ids = st.query_map([], |r| r.get(0))?.collect::<Result<Vec<i64>, _>>()?;
+        Ok(ids)
+    }
+
+    /// Blocks already finished.
+    pub fn finished_blocks(&self, job_id: i64) -> Result<HashSet<u64>, StoreError> {
+        let mut st = self.conn.prepare("SELECT block FROM job_blocks WHERE job_id = ?1")?;
+        let blocks = st.query_map([job_id], |r| r.get::<_, i64>(0))?.collect::<Result<Vec<i64>, _>>()?;
+        Ok(blocks.into_iter().map(|b| b as u64).collect())
+    }
 
     /// Every pair component a job found so far, ordered.
     pub fn job_pairs(&self, job_id: i64) -> Result<Vec<PairComponent>, StoreError> {
-        let mut st = self
-            .conn
-            .prepare("SELECT a, b, component, raw FROM job_pairs WHERE job_id = ?1 ORDER BY a, b, component")?;
+        let mut all = Vec::new();
+        loop {
+            let page = self.job_pairs_after(job_id, all.last(), 4096)?;
+            if page.is_empty() {
+                return Ok(all);
+            }
+            all.extend(page);
+        }
+    }
+
+    /// Up to `limit` of a job's pair components after `after` in (a, b,
+    /// component) order: a walk over millions of pairs a page at a time,
+    /// each page one short read along the primary key.
+    pub fn job_pairs_after(
+        &self,
+        job_id: i64,
+        after: Option<&PairComponent>,
+        limit: usize,
+    ) -> Result<Vec<PairComponent>, StoreError> {
+        let (a, b, c) = after.map_or(("", "", ""), |p| (p.a.as_str(), p.b.as_str(), p.component.as_str()));
+        let mut st = self.conn.prepare_cached(
+            "SELECT a, b, component, raw FROM job_pairs
+             WHERE job_id = ?1 AND (a, b, component) > (?2, ?3, ?4)
+             ORDER BY a, b, component LIMIT ?5",
+        )?;
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let rows = st
-            .query_map([job_id], |r| {
+            .query_map(params![job_id, a, b, c, limit], |r| {
                 Ok(PairComponent { a: r.get(0)?, b: r.get(1)?, component: r.get(2)?, raw: r.get(3)? })
             })?
             .collect::<Result<Vec<_>, _>>()?;
@@ -287,5 +312,29 @@ mod tests {
         assert!(s.cancel_job(j.job_id).expect("cancel"));
         assert!(!s.cancel_job(j.job_id).expect("cancel twice"));
         assert!(s.unfinished_jobs().expect("unfinished").is_empty());
+    }
+
+    #[test]
+    fn pairs_are_read_a_page_at_a_time_in_key_order() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut s = Store::open(dir.path(), "").expect("open");
+        let j = s.create_job("dedup", "{}").expect("job");
+        let p = |a: &str, b: &str, c: &str| PairComponent { a: a.into(), b: b.into(), component: c.into(), raw: 0.5 };
+        let stored = [p("b", "c", "face"), p("a", "c", "finger:2"), p("a", "b", "face"), p("a", "c", "face")];
+        s.finish_block(j.job_id, 0, &stored).expect("block");
+        let reads = s.read_pool();
+        let r = reads.get().expect("reader");
+        let mut walked = Vec::new();
+        loop {
+            let page = r.job_pairs_after(j.job_id, walked.last(), 3).expect("page");
+            assert!(page.len() <= 3);
+            if page.is_empty() {
+                break;
+            }
+            walked.extend(page);
+        }
+        let order: Vec<_> = walked.iter().map(|c| (c.a.as_str(), c.b.as_str(), c.component.as_str())).collect();
+        assert_eq!(order, [("a", "b", "face"), ("a", "c", "face"), ("a", "c", "finger:2"), ("b", "c", "face")]);
+        assert_eq!(s.job_pairs(j.job_id).expect("all"), walked);
     }
 }

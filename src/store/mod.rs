@@ -9,6 +9,7 @@ mod checkpoint;
 mod crypto;
 mod files;
 mod jobs;
+mod reader;
 mod rotation;
 mod schema;
 mod sealed_file;
@@ -29,8 +30,10 @@ pub use crypto::{KeyId, new_key};
 pub(crate) use files::replace_file_via;
 pub use files::{read_secret_file, replace_file, write_secret_file};
 pub use jobs::{JobRecord, JobState, PairComponent};
+pub use reader::{PooledReader, ReadPool, Reader};
 pub use rotation::{KeyCensus, Resealer};
 pub use sealed_file::{SealedFile, SealedReader, SealedWriter};
+pub use upkeep::free_bytes;
 
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -162,11 +165,13 @@ pub struct RequestKey<'a> {
     pub samples: &'a str,
 }
 
-/// The SQLite store.
+/// The SQLite store: the one writer. Its reads ([`Reader`], reached
+/// through `Deref`) run on the writer's connection; [`Store::read_pool`]
+/// gives connections of their own, which under WAL neither wait for the
+/// writer nor hold it up.
 #[derive(Debug)]
 pub struct Store {
-    conn: Connection,
-    sealer: std::sync::Arc<Sealer>,
+    reader: Reader,
     dir: std::path::PathBuf,
     /// Held for the store's lifetime: a second server on the same data
     /// directory would build its own index and miss this one's writes.
@@ -235,7 +240,13 @@ impl Store {
         conn.execute_batch(schema::SCHEMA)?;
         conn.execute_batch(jobs::SCHEMA)?;
         audit::create(&conn)?;
-        Ok(Self { conn, sealer, dir: dir.to_owned(), _lock: lock })
+        Ok(Self { reader: Reader { conn, sealer }, dir: dir.to_owned(), _lock: lock })
+    }
+
+    /// A pool of read connections to this store's database, opening
+    /// templates with its keys.
+    pub fn read_pool(&self) -> std::sync::Arc<ReadPool> {
+        ReadPool::new(self.dir.join("cotejo.db"), self.sealer.clone())
     }
 
     /// Stores a new encounter with `templates`. A new subject unless
@@ -250,7 +261,7 @@ impl Store {
         key: Option<RequestKey<'_>>,
     ) -> Result<Enrolled, StoreError> {
         let now = now_ms();
-        let tx = self.conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let tx = self.reader.conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         if let Some(k) = key
             && let Some(replay) = enroll_request(&tx, k.request_id)?
         {
@@ -279,7 +290,7 @@ impl Store {
                 params![encounter_id, subject_id, t.modality.code(), t.finger_position, t.model_id, t.quality],
             )?;
             let id = tx.last_insert_rowid();
-            let sealed = self.sealer.seal(&t.data.to_bytes(), &template_aad(id, subject_id, t))?;
+            let sealed = self.reader.sealer.seal(&t.data.to_bytes(), &template_aad(id, subject_id, t))?;
             tx.execute("UPDATE templates SET sealed = ?1 WHERE template_id = ?2", params![sealed, id])?;
             template_ids.push(id);
         }
@@ -308,7 +319,7 @@ impl Store {
     /// Deletes a subject with all its encounters and templates; returns the
     /// removed template ids.
     pub fn delete_subject(&mut self, subject_id: &str, actor: &Actor) -> Result<Vec<i64>, StoreError> {
-        let tx = self.conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let tx = self.reader.conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         if !subject_exists(&tx, subject_id)? {
             return Err(StoreError::SubjectNotFound(subject_id.to_owned()));
         }
@@ -333,6 +344,14 @@ impl Store {
         Ok(ids)
     }
 
+    /// A sealed file of derived data in the data directory (usable without
+    /// holding the store).
+    pub fn sealed_file(&self, name: &str) -> SealedFile {
+        SealedFile::new(self.sealer.clone(), &self.dir, name)
+    }
+}
+
+impl Reader {
     /// The first answer to an enroll request id, if it was used.
     pub fn enroll_request(&self, request_id: &str) -> Result<Option<EnrollReplay>, StoreError> {
         enroll_request(&self.conn, request_id)
@@ -349,12 +368,6 @@ impl Store {
             Ok(())
         })?;
         Ok(out)
-    }
-
-    /// A sealed file of derived data in the data directory (usable without
-    /// holding the store).
-    pub fn sealed_file(&self, name: &str) -> SealedFile {
-        SealedFile::new(self.sealer.clone(), &self.dir, name)
     }
 
     /// Every live template of a modality and model: (template id, owner), in id order.
@@ -469,7 +482,9 @@ impl Store {
         }
         Ok(StoreStats { subjects: subjects as u64, encounters: encounters as u64, templates })
     }
+}
 
+impl Store {
     /// Reads the key directory again (a key added or made active by a
     /// rotation); the active key's id.
     pub fn reload_keys(&self) -> Result<KeyId, StoreError> {
@@ -483,12 +498,14 @@ impl Store {
 
     /// Records a call in the audit log (its own transaction, durable on return).
     pub fn audit(&mut self, record: &AuditRecord) -> Result<(), StoreError> {
-        let tx = self.conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let tx = self.reader.conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         audit::append(&tx, now_ms(), record)?;
         tx.commit()?;
         Ok(())
     }
+}
 
+impl Reader {
     /// Checks the audit chain: from the start, or (`from_checkpoint`) from
     /// the checkpoint on; a checkpoint that no longer matches the log means
     /// entries were removed or the chain rewritten.
@@ -513,6 +530,19 @@ impl Store {
     /// The last `n` audit entries, newest last.
     pub fn audit_tail(&self, n: usize) -> Result<Vec<AuditEntry>, StoreError> {
         audit::tail(&self.conn, n)
+    }
+}
+
+impl std::ops::Deref for Store {
+    type Target = Reader;
+    fn deref(&self) -> &Reader {
+        &self.reader
+    }
+}
+
+impl std::ops::DerefMut for Store {
+    fn deref_mut(&mut self) -> &mut Reader {
+        &mut self.reader
     }
 }
 

@@ -3,10 +3,10 @@
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::{EncounterRecord, Store, StoreError, SubjectRecord, SubjectSummary};
+use super::{EncounterRecord, Reader, StoreError, SubjectRecord, SubjectSummary};
 use crate::biometric::Modality;
 
-impl Store {
+impl Reader {
     /// A subject's encounters and template summaries.
     pub fn subject(&self, subject_id: &str) -> Result<SubjectRecord, StoreError> {
         let created_ms: i64 = self

@@ -119,3 +119,28 @@ fn wrong_key_does_not_decrypt() {
     let s = Store::open(dir.path(), &"22".repeat(32)).expect("open");
     assert!(matches!(s.subject_templates("bob"), Err(StoreError::TemplateSeal(_))));
 }
+
+#[test]
+fn pooled_readers_see_commits_and_never_hold_up_the_writer() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut s = Store::open(dir.path(), "").expect("open");
+    let a = Actor::system("test");
+    s.enroll("alice", false, &[template(1.0)], &[], &a, None).expect("enroll");
+    let reads = s.read_pool();
+    let r = reads.get().expect("reader");
+    assert_eq!(r.subject_templates("alice").expect("read")[0].template.data, TemplateData::Embedding(vec![1.0; 4]));
+    // A reader inside a long read (an open statement) does not stop a
+    // commit, and keeps its own consistent view until the read ends.
+    let mut st = r.conn.prepare("SELECT subject_id FROM subjects").expect("prepare");
+    let mut rows = st.query([]).expect("query");
+    assert!(rows.next().expect("row").is_some());
+    s.enroll("bob", false, &[template(2.0)], &[], &a, None).expect("enroll beside an open read");
+    drop(rows);
+    drop(st);
+    assert_eq!(r.stats().expect("stats").subjects, 2, "the next read sees the commit");
+    assert!(r.conn.execute("DELETE FROM subjects", []).is_err(), "a reader cannot write");
+    drop(r);
+    assert_eq!(reads.idle(), 1, "the reader went back to the pool");
+    let (r1, r2) = (reads.get().expect("one"), reads.get().expect("two"));
+    assert_eq!((r1.stats().expect("1").subjects, r2.stats().expect("2").subjects), (2, 2));
+}

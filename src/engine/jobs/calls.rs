@@ -1,14 +1,18 @@
 //! The job calls as the API makes them: start a de-duplication job, its
 //! state and progress, cancel it, and its results fused and clustered.
 
-use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use super::lock;
 use crate::{
     biometric::Modality,
-    engine::{Candidate, Engine, EngineError, scoring::RawScores, validate_name},
+    engine::{
+        Calibrations, Candidate, Engine, EngineError, read,
+        scoring::{RawScores, candidate},
+        validate_name,
+    },
     jobs::{DedupParams, Scope, clusters, parse_component},
-    store::{JobRecord, JobState},
+    store::{JobRecord, JobState, PairComponent, ReadPool},
 };
 
 /// Largest subject list a job may name.
@@ -110,53 +114,88 @@ impl Engine {
         self.job(job_id).await
     }
 
-    /// A job's pairs above its threshold (best first) and the clusters they form.
+    /// A job's pairs above its threshold (best first) and the clusters they
+    /// form, all in memory (evaluations; the API streams [`Self::stream_job_results`]).
     pub async fn job_results(&self, job_id: String) -> Result<(Vec<DuplicatePair>, Vec<Vec<String>>), EngineError> {
-        let rec = self.job_record(&job_id).await?;
-        let (pairs, _) = self.fused_pairs(&rec).await?;
-        let groups = clusters(pairs.iter().map(|p| (p.a.as_str(), p.candidate.subject_id.as_str())));
-        Ok((pairs, groups))
-    }
-
-    async fn job_record(&self, job_id: &str) -> Result<JobRecord, EngineError> {
-        let id: i64 = job_id.parse().map_err(|_| EngineError::invalid("INVALID_JOB_ID", "job_id", "not a job id"))?;
-        let store = self.store.clone();
-        tokio::task::spawn_blocking(move || Ok::<_, EngineError>(lock(&store)?.job(id)?))
-            .await??
-            .ok_or_else(|| EngineError::JobNotFound(job_id.to_owned()))
-    }
-
-    /// The stored pair components fused per pair, kept at or above the threshold.
-    async fn fused_pairs(&self, rec: &JobRecord) -> Result<(Vec<DuplicatePair>, f64), EngineError> {
-        let params: DedupParams =
-            serde_json::from_str(&rec.params).map_err(|e| EngineError::Internal(format!("job parameters: {e}")))?;
-        let threshold = crate::engine::scoring::threshold_db(params.target_fmr);
-        let store = self.store.clone();
-        let id = rec.job_id;
-        let components =
-            tokio::task::spawn_blocking(move || Ok::<_, EngineError>(lock(&store)?.job_pairs(id)?)).await??;
-        let mut by_pair: BTreeMap<(String, String), RawScores> = BTreeMap::new();
-        for c in components {
-            if let Some(component) = parse_component(&c.component) {
-                by_pair.entry((c.a, c.b)).or_default().insert(component, c.raw);
-            }
-        }
-        let mut out: Vec<DuplicatePair> = by_pair
-            .into_iter()
-            .map(|((a, b), raw)| DuplicatePair { a, candidate: self.candidate(b, &raw) })
-            .filter(|p| p.candidate.score >= threshold)
-            .collect();
-        out.sort_by(|x, y| {
+        let walk = self.pair_walk(&self.job_record(&job_id).await?)?;
+        let mut pairs = tokio::task::spawn_blocking(move || {
+            let mut out = Vec::new();
+            walk.run(|p| {
+                out.push(p);
+                true
+            })?;
+            Ok::<_, EngineError>(out)
+        })
+        .await??;
+        pairs.sort_by(|x, y| {
             y.candidate
                 .score
                 .total_cmp(&x.candidate.score)
                 .then_with(|| (&x.a, &x.candidate.subject_id).cmp(&(&y.a, &y.candidate.subject_id)))
         });
-        Ok((out, threshold))
+        let groups = clusters(pairs.iter().map(|p| (p.a.as_str(), p.candidate.subject_id.as_str())));
+        Ok((pairs, groups))
+    }
+
+    /// Streams a job's results as the receiver takes them: its pairs at or
+    /// above the threshold in subject id order, then the clusters they form.
+    /// The store is read a page at a time, each page its own short read, so
+    /// memory holds a page and the cluster edges, never the whole answer.
+    pub async fn stream_job_results(
+        &self,
+        job_id: String,
+    ) -> Result<tokio::sync::mpsc::Receiver<Result<ResultItem, EngineError>>, EngineError> {
+        let walk = self.pair_walk(&self.job_record(&job_id).await?)?;
+        let (tx, rx) = tokio::sync::mpsc::channel(RESULT_BUFFER);
+        tokio::task::spawn_blocking(move || {
+            let mut edges: Vec<(String, String)> = Vec::new();
+            let walked = walk.run(|p| {
+                edges.push((p.a.clone(), p.candidate.subject_id.clone()));
+                tx.blocking_send(Ok(ResultItem::Pair(p))).is_ok()
+            });
+            if let Err(e) = walked {
+                let _ = tx.blocking_send(Err(e));
+                return;
+            }
+            for group in clusters(edges.iter().map(|(a, b)| (a.as_str(), b.as_str()))) {
+                if tx.blocking_send(Ok(ResultItem::Cluster(group))).is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(rx)
+    }
+
+    async fn job_record(&self, job_id: &str) -> Result<JobRecord, EngineError> {
+        let id: i64 = job_id.parse().map_err(|_| EngineError::invalid("INVALID_JOB_ID", "job_id", "not a job id"))?;
+        read(&self.reads, move |r| r.job(id)).await?.ok_or_else(|| EngineError::JobNotFound(job_id.to_owned()))
+    }
+
+    /// A walk over a job's stored pairs, fused and kept at or above its threshold.
+    fn pair_walk(&self, rec: &JobRecord) -> Result<PairWalk, EngineError> {
+        let params: DedupParams =
+            serde_json::from_str(&rec.params).map_err(|e| EngineError::Internal(format!("job parameters: {e}")))?;
+        Ok(PairWalk {
+            reads: self.reads.clone(),
+            job_id: rec.job_id,
+            threshold: crate::engine::scoring::threshold_db(params.target_fmr),
+            calibrations: self.calibrations.clone(),
+            face_model_id: self.face_model.id.clone(),
+        })
     }
 
     pub(in crate::engine) async fn job_status(&self, record: JobRecord) -> Result<JobStatus, EngineError> {
-        let (pairs, threshold) = self.fused_pairs(&record).await?;
+        let walk = self.pair_walk(&record)?;
+        let threshold = walk.threshold;
+        let pairs = tokio::task::spawn_blocking(move || {
+            let mut n = 0u64;
+            walk.run(|_| {
+                n += 1;
+                true
+            })?;
+            Ok::<_, EngineError>(n)
+        })
+        .await??;
         let params: DedupParams =
             serde_json::from_str(&record.params).map_err(|e| EngineError::Internal(format!("job parameters: {e}")))?;
         let p = self.jobs.progress.lock().ok().and_then(|p| p.get(&record.job_id).copied()).unwrap_or_default();
@@ -169,15 +208,66 @@ impl Engine {
              (faces and fingers fused with Fisher's method)",
             params.target_fmr
         );
-        Ok(JobStatus {
-            record,
-            rate,
-            eta,
-            pairs: pairs.len() as u64,
-            threshold,
-            basis,
-            subjects: p.subjects,
-            templates: p.templates,
-        })
+        Ok(JobStatus { record, rate, eta, pairs, threshold, basis, subjects: p.subjects, templates: p.templates })
+    }
+}
+
+/// Pairs a streamed answer holds ready ahead of its reader.
+const RESULT_BUFFER: usize = 256;
+
+/// Pair components read from the store per page.
+const PAIR_PAGE: usize = 4096;
+
+/// One item of a job's streamed results.
+#[derive(Debug)]
+pub enum ResultItem {
+    Pair(DuplicatePair),
+    Cluster(Vec<String>),
+}
+
+/// A walk over one job's stored pair components, fusing each pair's.
+#[derive(Debug)]
+struct PairWalk {
+    reads: Arc<ReadPool>,
+    job_id: i64,
+    threshold: f64,
+    calibrations: Calibrations,
+    face_model_id: String,
+}
+
+impl PairWalk {
+    /// Calls `f` with every fused pair at or above the threshold, in (a, b)
+    /// order, until it returns false. Blocking.
+    fn run(&self, mut f: impl FnMut(DuplicatePair) -> bool) -> Result<(), EngineError> {
+        let mut after: Option<PairComponent> = None;
+        let mut current: Option<(String, String, RawScores)> = None;
+        loop {
+            let page = self.reads.get()?.job_pairs_after(self.job_id, after.as_ref(), PAIR_PAGE)?;
+            let Some(last) = page.last().cloned() else { break };
+            for c in page {
+                let Some(component) = parse_component(&c.component) else { continue };
+                if current.as_ref().is_none_or(|(a, b, _)| *a != c.a || *b != c.b) {
+                    if let Some(done) = current.take()
+                        && !self.emit(done, &mut f)
+                    {
+                        return Ok(());
+                    }
+                    current = Some((c.a, c.b, RawScores::new()));
+                }
+                if let Some((_, _, raw)) = current.as_mut() {
+                    raw.insert(component, c.raw);
+                }
+            }
+            after = Some(last);
+        }
+        if let Some(done) = current.take() {
+            self.emit(done, &mut f);
+        }
+        Ok(())
+    }
+
+    fn emit(&self, (a, b, raw): (String, String, RawScores), f: &mut impl FnMut(DuplicatePair) -> bool) -> bool {
+        let candidate = candidate(&self.calibrations, &self.face_model_id, b, &raw);
+        candidate.score < self.threshold || f(DuplicatePair { a, candidate })
     }
 }
