@@ -33,6 +33,8 @@ pub struct Config {
     pub models: ModelsConfig,
     /// Inference workers.
     pub inference: InferenceConfig,
+    /// Gallery searches.
+    pub search: SearchConfig,
     /// Input limits.
     pub limits: Limits,
     /// Face pipeline settings.
@@ -206,6 +208,17 @@ pub struct InferenceConfig {
     /// requests ahead of it times the recent time per request, over the
     /// workers) is at most this; 0: no limit but the queue.
     pub max_queue_wait_ms: u64,
+}
+
+/// Gallery searches (Identify's face index and finger index searches and
+/// their rescoring).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SearchConfig {
+    /// Searches running at once (0: one per core).
+    pub max_concurrent: usize,
+    /// Longest a search waits for a place before it is refused.
+    pub max_wait_ms: u64,
 }
 
 /// Input limits.

@@ -1,6 +1,7 @@
 //! cotejo: biometric identification over gRPC. Enroll faces (and, later,
 //! fingerprints), identify 1:N, verify 1:1.
 
+pub mod admission;
 pub mod api;
 pub mod auth;
 pub mod biometric;

@@ -1,6 +1,8 @@
 //! Prometheus metrics, served as text on their own listener
 //! (`[metrics] listen`): calls per RPC by status code, call latency per
-//! RPC, and the gallery's size, read from the store at each scrape.
+//! RPC, and the gallery's size, read from the store at each scrape; and
+//! what the engine observes as it works ([`observed`]): pipeline stage
+//! times, admission (waits, admitted and refused calls) and store commits.
 
 use prometheus_client::{
     encoding::EncodeLabelSet,
@@ -54,6 +56,96 @@ pub struct EngineGauges {
 }
 
 type Latency = Family<MethodLabels, Histogram, fn() -> Histogram>;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StageLabels {
+    stage: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PoolLabels {
+    pool: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RefusedLabels {
+    pool: &'static str,
+    reason: &'static str,
+}
+
+fn stage_buckets() -> Histogram {
+    // 0.1 ms to about 3.3 s.
+    Histogram::new(exponential_buckets(0.0001, 2.0, 16))
+}
+
+/// What the engine observes as it works, recorded where it happens (the
+/// workers, the searches, the store) and rendered by every [`Metrics`].
+pub struct Observed {
+    stages: Family<StageLabels, Histogram, fn() -> Histogram>,
+    queue_wait: Family<PoolLabels, Histogram, fn() -> Histogram>,
+    admitted: Family<PoolLabels, Counter>,
+    refused: Family<RefusedLabels, Counter>,
+    commit: Histogram,
+}
+
+impl std::fmt::Debug for Observed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Observed")
+    }
+}
+
+/// The process's observations.
+pub fn observed() -> &'static Observed {
+    static OBSERVED: std::sync::LazyLock<Observed> = std::sync::LazyLock::new(|| Observed {
+        stages: Family::new_with_constructor(stage_buckets),
+        queue_wait: Family::new_with_constructor(stage_buckets),
+        admitted: Family::default(),
+        refused: Family::default(),
+        commit: stage_buckets(),
+    });
+    &OBSERVED
+}
+
+impl Observed {
+    /// One pass of a pipeline stage: decode, detect, align, embed,
+    /// minutiae, search or rescore.
+    pub fn stage(&self, stage: &'static str, took: std::time::Duration) {
+        self.stages.get_or_create(&StageLabels { stage }).observe(took.as_secs_f64());
+    }
+
+    /// A call admitted to `pool` (inference, search) after waiting `waited`.
+    pub fn admitted(&self, pool: &'static str, waited: std::time::Duration) {
+        self.admitted.get_or_create(&PoolLabels { pool }).inc();
+        self.queue_wait.get_or_create(&PoolLabels { pool }).observe(waited.as_secs_f64());
+    }
+
+    /// A call refused by `pool`: `wait` (it could not start within the
+    /// configured wait), `deadline` (nor before the caller's deadline), `queue` (full).
+    pub fn refused(&self, pool: &'static str, reason: &'static str) {
+        self.refused.get_or_create(&RefusedLabels { pool, reason }).inc();
+    }
+
+    /// One store commit, from its start to durable.
+    pub fn commit(&self, took: std::time::Duration) {
+        self.commit.observe(took.as_secs_f64());
+    }
+
+    fn register(&self, registry: &mut Registry) {
+        registry.register("stage_seconds", "Time per pipeline stage and pass", self.stages.clone());
+        registry.register(
+            "queue_wait_seconds",
+            "Time an admitted call waited to start, per pool (inference, search)",
+            self.queue_wait.clone(),
+        );
+        registry.register("admitted", "Calls admitted, per pool", self.admitted.clone());
+        registry.register(
+            "refused",
+            "Calls refused, per pool and reason (wait, deadline, queue)",
+            self.refused.clone(),
+        );
+        registry.register("store_commit_seconds", "Store write transactions, to durable", self.commit.clone());
+    }
+}
 
 fn latency_buckets() -> Histogram {
     // 1 ms to about 33 s.
@@ -115,6 +207,7 @@ impl Metrics {
         registry.register("job_blocks_done", "Blocks finished, per running or queued job", job_done.clone());
         let job_total = Family::<JobLabels, Gauge>::default();
         registry.register("job_blocks_total", "Blocks in all, per running or queued job", job_total.clone());
+        observed().register(&mut registry);
         Self {
             registry,
             calls,
@@ -203,5 +296,11 @@ mod tests {
         assert!(text.contains(r#"cotejo_job_blocks_done{job="4"} 3"#), "{text}");
         m.set_engine(&EngineGauges::default());
         assert!(!m.render().contains(r#"job="4""#), "a finished job drops out");
+        observed().stage("embed", std::time::Duration::from_millis(30));
+        observed().refused("inference", "deadline");
+        let text = m.render();
+        assert!(text.contains(r#"cotejo_stage_seconds_bucket{le="0.0512",stage="embed"}"#), "{text}");
+        assert!(text.contains(r#"cotejo_refused_total{pool="inference",reason="deadline"}"#), "{text}");
+        assert!(text.contains("cotejo_store_commit_seconds_count"), "{text}");
     }
 }

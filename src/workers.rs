@@ -13,6 +13,7 @@ use crate::{
     face::{FaceError, FaceExtraction, FacePipeline, FaceSettings, MultipleFaces},
     finger::{FingerError, FingerExtraction, FingerPipeline, FingerSettings},
     inference::{Manifest, ModelError},
+    metrics::observed,
 };
 
 enum Task {
@@ -24,6 +25,7 @@ struct Job {
     bytes: Vec<u8>,
     task: Task,
     span: Span,
+    queued: std::time::Instant,
 }
 
 /// Handle to the worker threads; dropping every clone stops them.
@@ -85,7 +87,7 @@ struct Pipelines {
 
 impl Pipelines {
     fn run(&mut self, job: Job) {
-        let Job { bytes, task, span } = job;
+        let Job { bytes, task, span, .. } = job;
         let _enter = span.enter();
         // A panic in a decoder or the models must cost one request, not the worker.
         let guarded = |f: &mut dyn FnMut()| std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).is_ok();
@@ -160,6 +162,7 @@ impl Workers {
                     // Ends when every sender (every Workers clone) is gone.
                     for job in rx.iter() {
                         let started = std::time::Instant::now();
+                        observed().admitted("inference", started.duration_since(job.queued));
                         pipelines.run(job);
                         fold(&average, started.elapsed());
                     }
@@ -195,41 +198,49 @@ impl Workers {
     /// Runs the face pipeline on an encoded image.
     pub async fn face(&self, bytes: Vec<u8>, multiple: MultipleFaces) -> Result<FaceExtraction, FaceError> {
         let (reply, rx) = oneshot::channel();
-        self.submit(Job { bytes, task: Task::Face { multiple, reply }, span: Span::current() }).map_err(
-            |e| match e {
-                Refused::Full => FaceError::Overloaded("queue full, retry later".into()),
-                Refused::Slow(wait) => FaceError::Overloaded(slow(wait)),
-                Refused::Stopped => FaceError::Unavailable("workers stopped".into()),
-            },
-        )?;
+        self.submit(Task::Face { multiple, reply }, bytes).map_err(|e| match e {
+            Refused::Stopped => FaceError::Unavailable("workers stopped".into()),
+            busy => FaceError::Overloaded(busy.to_string()),
+        })?;
         rx.await.map_err(|_| FaceError::Unavailable("worker dropped the request".into()))?
     }
 
     /// Runs the finger pipeline on an encoded image at `ppi` (0: 500).
     pub async fn finger(&self, bytes: Vec<u8>, ppi: u32, position: u8) -> Result<FingerExtraction, FingerError> {
         let (reply, rx) = oneshot::channel();
-        self.submit(Job { bytes, task: Task::Finger { ppi, position, reply }, span: Span::current() }).map_err(
-            |e| match e {
-                Refused::Full => FingerError::Overloaded("queue full, retry later".into()),
-                Refused::Slow(wait) => FingerError::Overloaded(slow(wait)),
-                Refused::Stopped => FingerError::Unavailable("workers stopped".into()),
-            },
-        )?;
+        self.submit(Task::Finger { ppi, position, reply }, bytes).map_err(|e| match e {
+            Refused::Stopped => FingerError::Unavailable("workers stopped".into()),
+            busy => FingerError::Overloaded(busy.to_string()),
+        })?;
         rx.await.map_err(|_| FingerError::Unavailable("worker dropped the request".into()))?
     }
 
-    fn submit(&self, job: Job) -> Result<(), Refused> {
-        if !self.max_wait.is_zero() {
-            // The requests queued before this one; the one a worker is on
-            // now is not counted (its rest is unknown and at most one request).
-            let wait =
-                expected_wait(self.tx.len(), self.service_us.load(std::sync::atomic::Ordering::Relaxed), self.workers);
-            if wait > self.max_wait {
-                return Err(Refused::Slow(wait));
-            }
+    /// Queues a request, or refuses it: when its expected wait is past
+    /// `inference.max_queue_wait_ms`, when it would not be done before the
+    /// caller's deadline, or when the queue is full.
+    fn submit(&self, task: Task, bytes: Vec<u8>) -> Result<(), Refused> {
+        let service_us = self.service_us.load(std::sync::atomic::Ordering::Relaxed);
+        // The requests queued before this one; the one a worker is on now is
+        // not counted (its rest is unknown and at most one request).
+        let wait = expected_wait(self.tx.len(), service_us, self.workers);
+        let refused = if !self.max_wait.is_zero() && wait > self.max_wait {
+            Some(Refused::Slow(wait))
+        } else {
+            // Its own service time too: an answer after the deadline is no answer.
+            let done = wait + std::time::Duration::from_micros(service_us);
+            let left = crate::admission::deadline().map(|d| d.saturating_duration_since(std::time::Instant::now()));
+            left.filter(|left| done > *left).map(|left| Refused::Deadline { done, left })
+        };
+        if let Some(r) = refused {
+            observed().refused("inference", r.reason());
+            return Err(r);
         }
+        let job = Job { bytes, task, span: Span::current(), queued: std::time::Instant::now() };
         self.tx.try_send(job).map_err(|e| match e {
-            TrySendError::Full(_) => Refused::Full,
+            TrySendError::Full(_) => {
+                observed().refused("inference", "queue");
+                Refused::Full
+            }
             TrySendError::Disconnected(_) => Refused::Stopped,
         })
     }
@@ -239,11 +250,43 @@ enum Refused {
     Full,
     /// The expected wait is past `inference.max_queue_wait_ms`.
     Slow(std::time::Duration),
+    /// The expected wait and service would end past the caller's deadline.
+    Deadline {
+        done: std::time::Duration,
+        left: std::time::Duration,
+    },
     Stopped,
 }
 
-fn slow(wait: std::time::Duration) -> String {
-    format!("expected wait for a worker {} ms is past inference.max_queue_wait_ms; retry later", wait.as_millis())
+impl Refused {
+    fn reason(&self) -> &'static str {
+        match self {
+            Self::Full => "queue",
+            Self::Slow(_) => "wait",
+            Self::Deadline { .. } => "deadline",
+            Self::Stopped => "stopped",
+        }
+    }
+}
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Full => write!(f, "queue full, retry later"),
+            Self::Slow(wait) => write!(
+                f,
+                "expected wait for a worker {} ms is past inference.max_queue_wait_ms; retry later",
+                wait.as_millis()
+            ),
+            Self::Deadline { done, left } => write!(
+                f,
+                "expected to finish in {} ms, past the call's deadline in {} ms; retry later or allow more time",
+                done.as_millis(),
+                left.as_millis()
+            ),
+            Self::Stopped => write!(f, "workers stopped"),
+        }
+    }
 }
 
 #[cfg(test)]

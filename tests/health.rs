@@ -101,8 +101,40 @@ async fn metrics_count_calls_by_code_and_the_gallery() {
     assert!(body.contains(r#"cotejo_templates{modality="face"} 1"#), "{body}");
     assert!(body.contains("cotejo_inference_workers 1"), "{body}");
     assert!(body.contains("cotejo_inference_queue 0"), "{body}");
+    for observed in [
+        r#"cotejo_stage_seconds_count{stage="decode"}"#,
+        r#"cotejo_stage_seconds_count{stage="detect"}"#,
+        r#"cotejo_stage_seconds_count{stage="embed"}"#,
+        r#"cotejo_admitted_total{pool="inference"}"#,
+        r#"cotejo_queue_wait_seconds_count{pool="inference"}"#,
+        "cotejo_store_commit_seconds_count",
+    ] {
+        assert!(body.contains(observed), "{observed} in {body}");
+    }
     let free = body.lines().find_map(|l| l.strip_prefix("cotejo_data_free_bytes ")).expect("free bytes");
     assert!(free.parse::<u64>().is_ok_and(|b| b > 0), "{body}");
     assert_eq!(http_get(&addr, "/").await.0, "HTTP/1.1 404 Not Found");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_that_cannot_finish_before_its_deadline_is_refused_at_once() {
+    use crate::common::{face_image, fixture, identify_req, reason};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = TestServer::start(config(dir.path(), &[])).await;
+    let mut c = server.client.clone();
+    // One call measures the time a face takes a worker (about 0.1 s or more).
+    c.identify(identify_req(vec![face_image(fixture("obama3.jpg"))])).await.expect("identify");
+    let mut hurried = tonic::Request::new(identify_req(vec![face_image(fixture("obama3.jpg"))]));
+    hurried.set_timeout(Duration::from_millis(40));
+    let refused = c.identify(hurried).await.expect_err("cannot finish in 40 ms");
+    assert_eq!(refused.code(), tonic::Code::ResourceExhausted, "{refused:?}");
+    assert_eq!(reason(&refused), "OVERLOADED");
+    assert!(refused.message().contains("deadline"), "{}", refused.message());
+    use tonic_types::StatusExt;
+    assert!(refused.get_details_retry_info().is_some(), "says when to retry");
+    let mut patient = tonic::Request::new(identify_req(vec![face_image(fixture("obama3.jpg"))]));
+    patient.set_timeout(Duration::from_secs(30));
+    c.identify(patient).await.expect("time enough: admitted");
     server.stop().await;
 }

@@ -12,6 +12,7 @@ use super::{
     pb::{self, biometrics_service_server::BiometricsService},
 };
 use crate::{
+    admission::with_deadline,
     auth::Method,
     engine::{Engine, PageRequest},
 };
@@ -52,8 +53,8 @@ impl BiometricsService for BiometricsApi {
         let result = async {
             let req = request.into_inner().try_into()?;
             Ok(self.engine()?.enroll(req, &call.actor).await?.into())
-        }
-        .await;
+        };
+        let result = with_deadline(call.deadline, result).await;
         // The engine wrote the entry in the enroll's own transaction; a
         // replayed answer (a retried request id) wrote nothing, so it is recorded here.
         self.gate
@@ -71,8 +72,8 @@ impl BiometricsService for BiometricsApi {
         let result = async {
             let req = request.into_inner().try_into()?;
             Ok(pb::IdentifyResponse::from(self.engine()?.identify(req).await?))
-        }
-        .await;
+        };
+        let result = with_deadline(call.deadline, result).await;
         self.gate
             .finish(call, Vec::new(), result, |r| {
                 let returned = r.candidates.iter().map(|c| c.subject_id.clone()).collect();
@@ -88,8 +89,8 @@ impl BiometricsService for BiometricsApi {
         let result = async {
             let req = request.into_inner().try_into()?;
             Ok(pb::VerifyResponse::from(self.engine()?.verify(req).await?))
-        }
-        .await;
+        };
+        let result = with_deadline(call.deadline, result).await;
         self.gate
             .finish(call, asked, result, |r| decided(Vec::new(), r.decision.as_ref(), format!("score={:.2}", r.score)))
             .await

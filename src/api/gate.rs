@@ -41,6 +41,8 @@ pub(super) struct Touched {
 pub(super) struct Call {
     pub(super) actor: Actor,
     started: std::time::Instant,
+    /// When the caller stops waiting (its `grpc-timeout`), if it said.
+    pub(super) deadline: Option<std::time::Instant>,
 }
 
 /// Authentication, authorization and the audit of every call.
@@ -94,6 +96,12 @@ impl Gate {
                         request_id,
                     },
                     started,
+                    deadline: request
+                        .metadata()
+                        .get("grpc-timeout")
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(crate::admission::parse_grpc_timeout)
+                        .map(|t| started + t),
                 })
             }
             Err(refusal) => {
@@ -147,7 +155,7 @@ impl Gate {
         result: Result<T, Status>,
         touched: impl FnOnce(&T) -> Touched,
     ) -> Result<Response<T>, Status> {
-        let Call { actor, started } = call;
+        let Call { actor, started, .. } = call;
         let code = result.as_ref().map_or_else(|s| code_name(s.code()), |_| "OK".to_owned());
         self.metrics.observe(&actor.method, &code, started.elapsed().as_secs_f64());
         match result {

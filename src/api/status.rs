@@ -127,6 +127,7 @@ fn classify(e: &EngineError) -> (Code, &'static str, Option<String>) {
         EngineError::Index(_) => (Internal, "INDEX_FAILED", None),
         EngineError::Model(_) => (Unavailable, "MODELS_UNAVAILABLE", None),
         EngineError::Calibration(_) => (Unavailable, "CALIBRATION_UNAVAILABLE", None),
+        EngineError::Overloaded(_) => (ResourceExhausted, "OVERLOADED", None),
         EngineError::Internal(_) => (Internal, "INTERNAL", None),
     }
 }

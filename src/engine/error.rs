@@ -63,6 +63,10 @@ pub enum EngineError {
     /// Score calibrations could not be loaded.
     #[error("calibration: {0}")]
     Calibration(#[from] CalibrationError),
+    /// The call could not start in time (a search place, within the wait
+    /// allowed and the caller's deadline).
+    #[error("overloaded: {0}")]
+    Overloaded(String),
     /// A bug or a dead task.
     #[error("internal: {0}")]
     Internal(String),

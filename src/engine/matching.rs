@@ -15,7 +15,7 @@ use super::{
     scoring::{ProbeSet, RawScores, indexed_finger_templates, score_stored},
     validate_subject_id,
 };
-use crate::{biometric::Modality, index::best_per_subject};
+use crate::{biometric::Modality, index::best_per_subject, metrics::observed};
 
 const DEFAULT_CANDIDATES: usize = 10;
 
@@ -73,6 +73,7 @@ impl Engine {
         Self::decidable("target_fpir", &asked, fmr, searched)?;
         let probes = self.extract_all(&samples, true).await?;
         let set = ProbeSet::new(&probes)?;
+        let _place = self.searches.enter().await.map_err(|r| EngineError::Overloaded(r.0))?;
         let t = Instant::now();
         let (raw, n, rescore) = match restriction {
             None => {
@@ -88,6 +89,10 @@ impl Engine {
         candidates.sort_by(|a, b| b.score.total_cmp(&a.score).then_with(|| a.subject_id.cmp(&b.subject_id)));
         candidates.truncate(k);
         let search = t.elapsed();
+        observed().stage("search", search.saturating_sub(rescore));
+        if !rescore.is_zero() {
+            observed().stage("rescore", rescore);
+        }
         let mut times = IdentifyTimes { search, rescore, ..IdentifyTimes::default() };
         for p in &probes {
             times.extract.decode += p.times.decode;

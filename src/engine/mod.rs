@@ -26,6 +26,7 @@ use std::sync::{
 use tracing::warn;
 
 use crate::{
+    admission::SearchGate,
     biometric::{Modality, TemplateData},
     config::{Config, DecisionConfig, FingerConfig, JobsConfig},
     face::FaceSettings,
@@ -93,6 +94,8 @@ pub struct Engine {
     fingers: Arc<RwLock<FingerIndex>>,
     finger_spec: Arc<FingerIndexSpec>,
     workers: Workers,
+    /// Places for gallery searches.
+    searches: SearchGate,
     face_model: FaceModel,
     /// Id finger templates extracted here record, and the model file's sha256.
     finger_model_id: String,
@@ -156,6 +159,13 @@ impl Engine {
             jobs,
             jobs_settings: config.jobs.clone(),
             workers,
+            searches: SearchGate::new(
+                match config.search.max_concurrent {
+                    0 => std::thread::available_parallelism().map_or(1, usize::from),
+                    n => n,
+                },
+                std::time::Duration::from_millis(config.search.max_wait_ms),
+            ),
             face_model,
             finger_model_id,
             finger_model_sha256,

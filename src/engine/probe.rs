@@ -35,7 +35,20 @@ impl Engine {
         let multiple = if use_main_face { MultipleFaces::UseMain } else { MultipleFaces::Refuse };
         let mut out = Vec::with_capacity(samples.len());
         for (i, s) in samples.iter().enumerate() {
-            out.push(self.extract_one(i, s, multiple).await?);
+            let probe = self.extract_one(i, s, multiple).await?;
+            let t = &probe.times;
+            for (stage, took) in [
+                ("decode", t.decode),
+                ("detect", t.detect),
+                ("align", t.align),
+                ("embed", t.embed),
+                ("minutiae", t.minutiae),
+            ] {
+                if !took.is_zero() {
+                    crate::metrics::observed().stage(stage, took);
+                }
+            }
+            out.push(probe);
         }
         Ok(out)
     }

@@ -8,7 +8,7 @@ use std::collections::HashSet;
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::{Reader, Store, StoreError, now_ms};
+use super::{Reader, Store, StoreError, commit, now_ms};
 
 pub(super) const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS jobs (
@@ -194,7 +194,7 @@ impl Store {
                 params![job_id, now_ms()],
             )?;
         }
-        tx.commit()?;
+        commit(tx)?;
         Ok(())
     }
 }

@@ -312,7 +312,7 @@ impl Store {
                 params![k.request_id, subject_id, encounter_id, k.samples, now],
             )?;
         }
-        tx.commit()?;
+        commit(tx)?;
         Ok(Enrolled { encounter_id, template_ids, replay: None })
     }
 
@@ -339,7 +339,7 @@ impl Store {
             detail: format!("templates={}", ids.len()),
         };
         audit::append(&tx, now_ms(), &record)?;
-        tx.commit()?;
+        commit(tx)?;
         self.erase_wal();
         Ok(ids)
     }
@@ -500,7 +500,7 @@ impl Store {
     pub fn audit(&mut self, record: &AuditRecord) -> Result<(), StoreError> {
         let tx = self.reader.conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         audit::append(&tx, now_ms(), record)?;
-        tx.commit()?;
+        commit(tx)?;
         Ok(())
     }
 }
@@ -531,6 +531,14 @@ impl Reader {
     pub fn audit_tail(&self, n: usize) -> Result<Vec<AuditEntry>, StoreError> {
         audit::tail(&self.conn, n)
     }
+}
+
+/// Commits a write transaction, its time to durable observed.
+fn commit(tx: rusqlite::Transaction<'_>) -> Result<(), StoreError> {
+    let t = std::time::Instant::now();
+    tx.commit()?;
+    crate::metrics::observed().commit(t.elapsed());
+    Ok(())
 }
 
 impl std::ops::Deref for Store {

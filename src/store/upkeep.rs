@@ -2,7 +2,7 @@
 //! free-space reading behind the health check, and the WAL truncation
 //! after a deletion.
 
-use super::{Store, StoreError, now_ms};
+use super::{Store, StoreError, commit, now_ms};
 
 impl Store {
     /// Commits a write (one row of `health_probe`): fails while the store
@@ -10,7 +10,7 @@ impl Store {
     pub fn probe_commit(&mut self) -> Result<(), StoreError> {
         let tx = self.reader.conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         tx.execute("INSERT OR REPLACE INTO health_probe (id, at_ms) VALUES (1, ?1)", [now_ms()])?;
-        tx.commit()?;
+        commit(tx)?;
         Ok(())
     }
 
