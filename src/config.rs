@@ -53,6 +53,21 @@ pub struct Config {
     pub audit: AuditConfig,
     /// Prometheus metrics.
     pub metrics: MetricsConfig,
+    /// How long subjects of some watchlists are kept.
+    pub retention: RetentionConfig,
+}
+
+/// Retention per watchlist, applied by a purge that runs in the server.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionConfig {
+    /// Days a subject is kept after its latest encounter, per watchlist
+    /// name. A subject is purged when it is past the longest retention of
+    /// its watchlists and belongs to no watchlist without one; subjects in
+    /// no watchlist are kept.
+    pub watchlists: std::collections::BTreeMap<String, u32>,
+    /// Seconds between purges (the first runs at start-up).
+    pub purge_every_secs: u64,
 }
 
 /// Prometheus metrics.

@@ -39,6 +39,8 @@ pub struct Workers {
     service_us: std::sync::Arc<std::sync::atomic::AtomicU64>,
     /// Worker threads running (a thread that ends, by any path, counts down).
     alive: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    /// Requests a worker is on now.
+    busy: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 }
 
 /// How requests are admitted to the workers' queue.
@@ -54,6 +56,14 @@ pub struct Admission {
 /// `workers` workers taking `service_us` each.
 fn expected_wait(ahead: usize, service_us: u64, workers: usize) -> std::time::Duration {
     std::time::Duration::from_micros(service_us.saturating_mul(ahead as u64) / workers.max(1) as u64)
+}
+
+/// When a request admitted now would be done, at the latest expected: the
+/// requests queued and in service before it, each taking `service_us`,
+/// shared by `workers` (a request in service is counted whole), then its own.
+fn expected_done(queued: usize, busy: usize, service_us: u64, workers: usize) -> std::time::Duration {
+    let start = expected_wait((queued + busy + 1).saturating_sub(workers.max(1)), service_us, workers);
+    start + std::time::Duration::from_micros(service_us)
 }
 
 /// Folds one request's time into the moving average (weight 1/8).
@@ -132,6 +142,7 @@ impl Workers {
         let (tx, rx) = bounded::<Job>(admission.queue.max(1));
         let service_us = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
         let alive = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let busy = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
         for i in 0..workers.max(1) {
             let (ready_tx, ready_rx) = std::sync::mpsc::channel();
             let rx = rx.clone();
@@ -139,6 +150,7 @@ impl Workers {
             alive.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             let running = Alive(alive.clone());
             let average = service_us.clone();
+            let working = busy.clone();
             thread::Builder::new()
                 .name(format!("model-worker-{i}"))
                 .spawn(move || {
@@ -162,8 +174,10 @@ impl Workers {
                     // Ends when every sender (every Workers clone) is gone.
                     for job in rx.iter() {
                         let started = std::time::Instant::now();
+                        working.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                         observed().admitted("inference", started.duration_since(job.queued));
                         pipelines.run(job);
+                        working.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
                         fold(&average, started.elapsed());
                     }
                 })
@@ -177,6 +191,7 @@ impl Workers {
             max_wait: admission.max_wait,
             service_us,
             alive,
+            busy,
         })
     }
 
@@ -220,14 +235,17 @@ impl Workers {
     /// caller's deadline, or when the queue is full.
     fn submit(&self, task: Task, bytes: Vec<u8>) -> Result<(), Refused> {
         let service_us = self.service_us.load(std::sync::atomic::Ordering::Relaxed);
-        // The requests queued before this one; the one a worker is on now is
-        // not counted (its rest is unknown and at most one request).
-        let wait = expected_wait(self.tx.len(), service_us, self.workers);
+        let queued = self.tx.len();
+        // The requests queued before this one; the rest of those in service
+        // is not counted (unknown, and at most one request per worker).
+        let wait = expected_wait(queued, service_us, self.workers);
         let refused = if !self.max_wait.is_zero() && wait > self.max_wait {
             Some(Refused::Slow(wait))
         } else {
-            // Its own service time too: an answer after the deadline is no answer.
-            let done = wait + std::time::Duration::from_micros(service_us);
+            // Against the deadline, the latest expected end, its own service
+            // included: an answer after the deadline is no answer.
+            let busy = self.busy.load(std::sync::atomic::Ordering::SeqCst);
+            let done = expected_done(queued, busy, service_us, self.workers);
             let left = crate::admission::deadline().map(|d| d.saturating_duration_since(std::time::Instant::now()));
             left.filter(|left| done > *left).map(|left| Refused::Deadline { done, left })
         };
@@ -293,7 +311,7 @@ impl std::fmt::Display for Refused {
 mod tests {
     use std::{sync::atomic::AtomicU64, time::Duration};
 
-    use super::{expected_wait, fold};
+    use super::{expected_done, expected_wait, fold};
 
     #[test]
     fn the_expected_wait_follows_the_queue_and_the_recent_service_time() {
@@ -310,5 +328,12 @@ mod tests {
         assert_eq!(expected_wait(64, 120_000, 2), Duration::from_millis(3_840));
         assert_eq!(expected_wait(8, 120_000, 1), Duration::from_millis(960));
         assert_eq!(expected_wait(5, 0, 1), Duration::ZERO, "nothing measured yet: admitted");
+        // Against a deadline: an idle worker starts it at once; a busy one
+        // counts its request whole; two workers share what is ahead.
+        assert_eq!(expected_done(0, 0, 100_000, 1), Duration::from_millis(100));
+        assert_eq!(expected_done(0, 1, 100_000, 1), Duration::from_millis(200));
+        assert_eq!(expected_done(2, 1, 100_000, 1), Duration::from_millis(400));
+        assert_eq!(expected_done(0, 1, 100_000, 2), Duration::from_millis(100));
+        assert_eq!(expected_done(1, 2, 100_000, 2), Duration::from_millis(200));
     }
 }

@@ -130,3 +130,35 @@ impl Snapshots {
         }
     }
 }
+
+/// SCHED_IDLE for the calling thread: it only gets CPU time nothing else
+/// wants (jobs, and snapshot writes once they hold no lock).
+#[allow(unsafe_code)]
+pub(super) fn lower_priority() {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: sets the calling thread's (pid 0: this thread) policy from a
+    // valid sched_param; no memory is shared.
+    let rc = unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) };
+    if rc != 0 {
+        warn!(
+            error = %std::io::Error::last_os_error(),
+            "cannot lower a background thread's priority; it runs at normal priority"
+        );
+    }
+}
+
+/// Runs `f` on a thread of its own at [`lower_priority`]: the sealing and
+/// writing of a snapshot, once its index's lock is released, yields the
+/// cores to calls.
+pub(super) fn at_idle_priority<T: Send>(f: impl FnOnce() -> T + Send) -> T {
+    std::thread::scope(|s| {
+        let worker = s.spawn(|| {
+            lower_priority();
+            f()
+        });
+        match worker.join() {
+            Ok(out) => out,
+            Err(panic) => std::panic::resume_unwind(panic),
+        }
+    })
+}

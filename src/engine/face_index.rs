@@ -10,7 +10,10 @@ use std::{
 
 use tracing::info;
 
-use super::{EngineError, FaceModel, derived::DerivedIndex};
+use super::{
+    EngineError, FaceModel,
+    derived::{self, DerivedIndex},
+};
 use crate::{
     biometric::Modality,
     config::{IndexConfig, IndexKindName},
@@ -104,7 +107,7 @@ impl DerivedIndex for FaceIndexSpec {
             let g = index.read().map_err(|_| EngineError::Internal("index lock poisoned".into()))?;
             (g.snapshot(&self.model.id)?, g.len())
         };
-        file.write(&bytes)?;
+        derived::at_idle_priority(|| file.write(&bytes))?;
         info!(templates, bytes = bytes.len(), ms = t.elapsed().as_millis() as u64, "face index snapshot written");
         Ok(())
     }

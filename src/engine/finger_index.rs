@@ -10,7 +10,11 @@ use std::{
 
 use tracing::{info, warn};
 
-use super::{EngineError, derived::DerivedIndex, face_index::intern};
+use super::{
+    EngineError,
+    derived::{self, DerivedIndex},
+    face_index::intern,
+};
 use crate::{
     biometric::{Modality, TemplateData},
     config::FingerConfig,
@@ -171,11 +175,14 @@ fn write_finger_snapshot(fingers: &RwLock<FingerIndex>, file: &SealedFile) -> Re
     let t = Instant::now();
     let frozen = fingers.read().map_err(|_| EngineError::Internal("finger lock poisoned".into()))?.freeze();
     let locked_ms = t.elapsed().as_millis() as u64;
-    let mut out = file.writer()?;
-    let io = |e: std::io::Error| EngineError::Internal(format!("finger index snapshot: {e}"));
-    // The writer seals 4 MiB at a time: it is its own buffer.
-    snapshot::write(&frozen, &mut out).map_err(io)?;
-    out.finish()?;
+    derived::at_idle_priority(|| {
+        let mut out = file.writer()?;
+        let io = |e: std::io::Error| EngineError::Internal(format!("finger index snapshot: {e}"));
+        // The writer seals 4 MiB at a time: it is its own buffer.
+        snapshot::write(&frozen, &mut out).map_err(io)?;
+        out.finish()?;
+        Ok::<_, EngineError>(())
+    })?;
     info!(templates = frozen.len(), locked_ms, ms = t.elapsed().as_millis() as u64, "finger index snapshot written");
     Ok(())
 }

@@ -11,7 +11,7 @@ use std::{
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use ndarray::Array2;
-use tracing::{error, info, warn};
+use tracing::{error, info};
 
 use super::{Calibrations, EngineError, lock};
 use crate::{
@@ -86,7 +86,7 @@ impl JobRunner {
 
 impl Worker {
     fn run(&self, rx: &Receiver<()>) {
-        lower_priority();
+        super::lower_priority();
         loop {
             let pending = match self.reads.get().and_then(|r| r.unfinished_jobs()) {
                 Ok(p) => p,
@@ -346,21 +346,6 @@ fn push_pair(out: &mut Vec<PairComponent>, x: &str, y: &str, component: String, 
     out.push(PairComponent { a: a.to_owned(), b: b.to_owned(), component, raw });
 }
 
-/// SCHED_IDLE: the job only gets CPU time nothing else wants.
-#[allow(unsafe_code)]
-fn lower_priority() {
-    let param = libc::sched_param { sched_priority: 0 };
-    // SAFETY: sets the calling thread's (pid 0: this thread) policy from a
-    // valid sched_param; no memory is shared.
-    let rc = unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) };
-    if rc != 0 {
-        warn!(
-            error = %std::io::Error::last_os_error(),
-            "cannot lower the job runner's priority; jobs run at normal priority"
-        );
-    }
-}
-
 /// What one job compares, loaded when it (re)starts.
 struct JobData {
     /// Face rows' owners, and the rows (unit embeddings) as one matrix.
@@ -454,7 +439,7 @@ mod tests {
     #[allow(unsafe_code)]
     fn the_runner_thread_gets_the_idle_policy() {
         let policy = std::thread::spawn(|| {
-            super::lower_priority();
+            crate::engine::lower_priority();
             // SAFETY: reads the calling thread's policy.
             unsafe { libc::sched_getscheduler(0) }
         })

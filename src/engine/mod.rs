@@ -36,7 +36,7 @@ use crate::{
     store::{Actor, Checkpoints, ReadPool, Reader, SealedFile, Store, StoreError, SubjectRecord},
     workers::{Admission, Workers},
 };
-use derived::{DerivedIndex, Snapshots};
+use derived::{DerivedIndex, Snapshots, lower_priority};
 pub use error::EngineError;
 use face_index::{FaceIndexSpec, index_settings};
 use finger_index::{FingerIndexSpec, finger_index_settings};
@@ -116,6 +116,8 @@ pub struct Engine {
     audit_problem: Option<String>,
     /// Free space under which the engine reports itself unhealthy.
     min_free_bytes: u64,
+    /// Days a subject is kept after its latest encounter, per watchlist.
+    retention_days: std::collections::BTreeMap<String, u32>,
     data_dir: std::path::PathBuf,
 }
 
@@ -180,6 +182,7 @@ impl Engine {
             audit_problem,
             min_free_bytes: config.store.min_free_mb.saturating_mul(1 << 20),
             data_dir: config.store.data_dir.clone(),
+            retention_days: config.retention.watchlists.clone(),
         };
         if loaded.faces_stale {
             engine.snapshot_in_background(Derived::Faces);
@@ -243,23 +246,37 @@ impl Engine {
     /// The audit log's entry names `actor`, in the same transaction.
     pub async fn delete(&self, subject_id: String, actor: &Actor) -> Result<usize, EngineError> {
         validate_subject_id(&subject_id)?;
+        let removed = self.delete_unless_seen(subject_id.clone(), i64::MAX, actor).await?;
+        removed.ok_or(EngineError::SubjectNotFound(subject_id))
+    }
+
+    /// Deletes a subject as [`Engine::delete`] does, unless it has an
+    /// encounter from `since_ms` on; `None` when kept.
+    async fn delete_unless_seen(
+        &self,
+        subject_id: String,
+        since_ms: i64,
+        actor: &Actor,
+    ) -> Result<Option<usize>, EngineError> {
         let actor = actor.clone();
         let store = self.store.clone();
         let gallery = self.faces.clone();
         let fingers = self.fingers.clone();
         let subjects = self.subjects.clone();
-        let removed = tokio::task::spawn_blocking(move || -> Result<(usize, usize, usize), EngineError> {
+        let removed = tokio::task::spawn_blocking(move || -> Result<Option<(usize, usize, usize)>, EngineError> {
             let mut store = lock(&store)?;
-            let ids = store.delete_subject(&subject_id, &actor)?;
+            let Some(ids) = store.delete_subject_unless_seen(&subject_id, since_ms, &actor)? else {
+                return Ok(None);
+            };
             subjects.fetch_sub(1, Ordering::Relaxed);
             let mut g = gallery.write().map_err(|_| EngineError::Internal("index lock poisoned".into()))?;
             let faces = g.remove(&ids)?;
             let finger_count =
                 fingers.write().map_err(|_| EngineError::Internal("finger lock poisoned".into()))?.remove(&ids);
-            Ok((ids.len(), faces, finger_count))
+            Ok(Some((ids.len(), faces, finger_count)))
         })
         .await??;
-        let (removed, faces, finger_count) = removed;
+        let Some((removed, faces, finger_count)) = removed else { return Ok(None) };
         // The snapshots still hold the subject: rewritten now, in the background.
         for (which, n) in [(Derived::Faces, faces), (Derived::Fingers, finger_count)] {
             if n > 0
@@ -269,7 +286,29 @@ impl Engine {
                 self.snapshot_in_background(which);
             }
         }
-        Ok(removed)
+        Ok(Some(removed))
+    }
+
+    /// Deletes the subjects past their watchlists' `[retention]`, each as a
+    /// Delete by `cotejo` (method `RetentionPurge`) recorded in the audit
+    /// log, with the same erasure; the subjects purged.
+    pub async fn purge_expired(&self) -> Result<Vec<String>, EngineError> {
+        if self.retention_days.is_empty() {
+            return Ok(Vec::new());
+        }
+        let days = self.retention_days.clone();
+        let expired = read(&self.reads, move |r| r.expired_subjects(&days, crate::store::now_ms())).await?;
+        let actor = Actor::system("RetentionPurge");
+        let mut purged = Vec::new();
+        for (subject, cutoff) in expired {
+            match self.delete_unless_seen(subject.clone(), cutoff, &actor).await {
+                Ok(Some(_)) => purged.push(subject),
+                // Enrolled again, or deleted, since the listing: kept or gone.
+                Ok(None) | Err(EngineError::SubjectNotFound(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(purged)
     }
 
     /// A subject's encounters.

@@ -199,6 +199,31 @@ fn spawn_health_monitor(
     })
 }
 
+/// Purges the subjects past their watchlists' retention once the engine is
+/// ready, then every `every`; never while the audit log is not trusted.
+fn spawn_retention_purge(slot: Arc<EngineSlot>, every: Duration) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        loop {
+            let engine = loop {
+                match slot.get() {
+                    Some(e) => break e,
+                    None => tokio::time::sleep(Duration::from_millis(200)).await,
+                }
+            };
+            tick.tick().await;
+            if engine.audit_problem().is_some() {
+                continue;
+            }
+            match engine.purge_expired().await {
+                Ok(purged) if purged.is_empty() => {}
+                Ok(purged) => info!(subjects = purged.len(), "retention purge: subjects past retention deleted"),
+                Err(e) => error!(error = %e, "retention purge failed; retried at the next run"),
+            }
+        }
+    })
+}
+
 /// The metrics listener, when `[metrics] listen` is set.
 async fn spawn_metrics(
     config: &Config,
@@ -277,6 +302,10 @@ pub async fn serve(
         stopping.clone(),
         Duration::from_secs(config.server.health_check_secs),
     ));
+    if !config.retention.watchlists.is_empty() {
+        let every = Duration::from_secs(config.retention.purge_every_secs.max(1));
+        background.0.push(spawn_retention_purge(slot.clone(), every));
+    }
     let (startup, mut failed_rx) = spawn_startup(config.clone(), slot, health.clone(), stopping.clone());
 
     info!(%addr, tls = tls.is_some(), mutual_tls = tls.as_ref().is_some_and(|t| t.mutual()), "listening");

@@ -319,9 +319,30 @@ impl Store {
     /// Deletes a subject with all its encounters and templates; returns the
     /// removed template ids.
     pub fn delete_subject(&mut self, subject_id: &str, actor: &Actor) -> Result<Vec<i64>, StoreError> {
+        self.delete_subject_unless_seen(subject_id, i64::MAX, actor)?
+            .ok_or_else(|| StoreError::SubjectNotFound(subject_id.to_owned()))
+    }
+
+    /// Deletes a subject as [`Store::delete_subject`] does, unless it has an
+    /// encounter from `since_ms` on (checked in the same transaction: a
+    /// subject enrolled again meanwhile is kept); `None` when kept.
+    pub fn delete_subject_unless_seen(
+        &mut self,
+        subject_id: &str,
+        since_ms: i64,
+        actor: &Actor,
+    ) -> Result<Option<Vec<i64>>, StoreError> {
         let tx = self.reader.conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         if !subject_exists(&tx, subject_id)? {
             return Err(StoreError::SubjectNotFound(subject_id.to_owned()));
+        }
+        let latest: i64 = tx.query_row(
+            "SELECT COALESCE(MAX(created_ms), 0) FROM encounters WHERE subject_id = ?1",
+            [subject_id],
+            |r| r.get(0),
+        )?;
+        if latest >= since_ms {
+            return Ok(None);
         }
         let ids = {
             let mut st = tx.prepare("SELECT template_id FROM templates WHERE subject_id = ?1")?;
@@ -341,7 +362,7 @@ impl Store {
         audit::append(&tx, now_ms(), &record)?;
         commit(tx)?;
         self.erase_wal();
-        Ok(ids)
+        Ok(Some(ids))
     }
 
     /// A sealed file of derived data in the data directory (usable without

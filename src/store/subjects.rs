@@ -39,6 +39,51 @@ impl Reader {
         Ok(SubjectRecord { subject_id: subject_id.to_owned(), created_ms, encounters, watchlists })
     }
 
+    /// Subjects past their watchlists' retention at `now_ms`, with the
+    /// cutoff each was judged by: members of at least one watchlist in
+    /// `retention_days` and of none outside it, whose latest encounter is
+    /// older than the longest retention among their watchlists. Subjects in
+    /// no watchlist are never expired.
+    pub fn expired_subjects(
+        &self,
+        retention_days: &std::collections::BTreeMap<String, u32>,
+        now_ms: i64,
+    ) -> Result<Vec<(String, i64)>, StoreError> {
+        let mut st = self.conn.prepare(
+            "SELECT m.subject_id, m.watchlist,
+                    (SELECT MAX(e.created_ms) FROM encounters e WHERE e.subject_id = m.subject_id)
+             FROM watchlist_members m ORDER BY m.subject_id",
+        )?;
+        let mut rows = st.query([])?;
+        let mut out = Vec::new();
+        // (subject, latest encounter, longest retention; None once a membership keeps it)
+        let mut current: Option<(String, i64, Option<u32>)> = None;
+        let settle = |c: Option<(String, i64, Option<u32>)>, out: &mut Vec<(String, i64)>| {
+            if let Some((subject, latest, Some(days))) = c {
+                let cutoff = now_ms.saturating_sub(i64::from(days).saturating_mul(86_400_000));
+                if latest < cutoff {
+                    out.push((subject, cutoff));
+                }
+            }
+        };
+        while let Some(r) = rows.next()? {
+            let (subject, watchlist): (String, String) = (r.get(0)?, r.get(1)?);
+            let latest: i64 = r.get::<_, Option<i64>>(2)?.unwrap_or(0);
+            if current.as_ref().is_none_or(|c| c.0 != subject) {
+                settle(current.take(), &mut out);
+                current = Some((subject, latest, Some(0)));
+            }
+            if let Some(c) = current.as_mut() {
+                c.2 = match (c.2, retention_days.get(&watchlist)) {
+                    (Some(longest), Some(days)) => Some(longest.max(*days)),
+                    _ => None,
+                };
+            }
+        }
+        settle(current.take(), &mut out);
+        Ok(out)
+    }
+
     /// The members of a watchlist (empty when nobody is in it).
     pub fn watchlist_members(&self, watchlist: &str) -> Result<Vec<String>, StoreError> {
         let mut st =
