@@ -83,6 +83,10 @@ async fn a_backup_under_enrolls_restores_everything_acknowledged_before_it() {
     stream.await.expect("stream");
     let late = late.load(Ordering::Relaxed) as u64;
     assert!(!backup.join("template.key").exists(), "a backup never holds a key");
+    // Never inside the data directory (the erasure promise covers every file there).
+    let (ok, text) = cotejo(&["backup", "--data-dir", &data, "--out", &format!("{data}/./copies/today")]);
+    assert!(!ok && text.contains("inside the data directory"), "{text}");
+    assert!(!dir.path().join("copies").exists());
     let manifest: serde_json::Value =
         serde_json::from_slice(&std::fs::read(backup.join("backup.json")).expect("manifest")).expect("json");
     let copied = manifest["subjects"].as_u64().expect("subjects");

@@ -52,6 +52,36 @@ fn io_at(path: &Path) -> impl Fn(std::io::Error) -> StoreError + '_ {
 }
 
 /// Refuses a target that exists and holds anything.
+/// A backup inside the data directory would keep deleted subjects where
+/// the erasure promise covers every file: refused.
+fn refuse_inside(data_dir: &Path, out: &Path) -> Result<(), StoreError> {
+    let data = std::fs::canonicalize(data_dir).map_err(io_at(data_dir))?;
+    // The nearest existing ancestor of `out`, resolved (`out` itself may not exist yet).
+    let mut probe = std::path::absolute(out).map_err(io_at(out))?;
+    let mut rest = Vec::new();
+    while !probe.exists() {
+        match (probe.file_name().map(ToOwned::to_owned), probe.parent().map(Path::to_path_buf)) {
+            (Some(name), Some(parent)) => {
+                rest.push(name);
+                probe = parent;
+            }
+            _ => break,
+        }
+    }
+    let mut resolved = std::fs::canonicalize(&probe).map_err(io_at(&probe))?;
+    resolved.extend(rest.into_iter().rev());
+    if resolved.starts_with(&data) {
+        return Err(StoreError::DataDir {
+            path: out.display().to_string(),
+            source: std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "inside the data directory; a backup there would keep deleted subjects beside the live data",
+            ),
+        });
+    }
+    Ok(())
+}
+
 fn require_empty(dir: &Path) -> Result<(), StoreError> {
     match std::fs::read_dir(dir).map(|mut entries| entries.next().is_some()) {
         Ok(true) => Err(StoreError::DataDir {
@@ -89,6 +119,7 @@ pub fn backup(data_dir: &Path, out: &Path) -> Result<Manifest, StoreError> {
     if !db.is_file() {
         return Err(io_at(data_dir)(std::io::Error::new(std::io::ErrorKind::NotFound, "no cotejo.db here")));
     }
+    refuse_inside(data_dir, out)?;
     require_empty(out)?;
     // Snapshots first: never ahead of the database copy.
     let mut snapshot_keys = BTreeMap::new();
