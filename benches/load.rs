@@ -8,7 +8,9 @@
 //!
 //! Interference (`--gallery N`): Identify (an embedding probe: the matching
 //! hot path alone) p50/p99 at N faces idle, then beside a whole-gallery
-//! dedup job, a snapshot rewrite and an enroll stream.
+//! dedup job, a snapshot rewrite, an enroll stream and an online backup;
+//! the backup's time, and how long after Delete returns the snapshot
+//! without the subject is in place (the erasure bound).
 //!
 //! `cargo bench --bench load -- [--seconds 8] [--gallery 100000] [--skip-overload]`
 
@@ -17,7 +19,7 @@ mod serve;
 
 use std::{
     sync::{
-        Arc,
+        Arc, Mutex,
         atomic::{AtomicBool, Ordering},
     },
     time::{Duration, Instant},
@@ -286,6 +288,43 @@ async fn interference(o: &Opts) {
     })
     .await;
     line("beside an enroll stream", idle99, stream);
+
+    // An online backup: its time, and Identify beside it.
+    let (from, out) = (data.clone(), work.path().join("backup"));
+    let took = Arc::new(Mutex::new(0.0f64));
+    let t2 = took.clone();
+    let beside_backup = during(&client, &probe, async move {
+        let t = Instant::now();
+        tokio::task::spawn_blocking(move || cotejo::store::backup::backup(&from, &out))
+            .await
+            .expect("join")
+            .expect("backup");
+        *t2.lock().expect("lock") = t.elapsed().as_secs_f64();
+    })
+    .await;
+    let db_mb = std::fs::metadata(data.join("cotejo.db")).map(|m| m.len() as f64 / 1e6).unwrap_or(0.0);
+    let snap_mb = std::fs::metadata(data.join("face-index.snap")).map(|m| m.len() as f64 / 1e6).unwrap_or(0.0);
+    let backup_secs = *took.lock().expect("lock");
+    println!("  backup: {db_mb:.0} MB database + {snap_mb:.0} MB snapshot copied in {backup_secs:.1} s");
+    line("beside the backup", idle99, beside_backup);
+
+    // The erasure bound: from Delete's return until the snapshot without it is in place.
+    let snap = data.join("face-index.snap");
+    let mut d = client.clone();
+    for i in 10..13 {
+        let before = std::fs::metadata(&snap).and_then(|m| m.modified()).expect("snapshot");
+        let t = Instant::now();
+        d.delete(pb::DeleteRequest { subject_id: format!("g{i:07}") }).await.expect("delete");
+        let returned = t.elapsed();
+        while std::fs::metadata(&snap).and_then(|m| m.modified()).expect("snapshot") == before {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        println!(
+            "  Delete returned in {:.1} ms; snapshot rewritten {:.2} s after it returned",
+            returned.as_secs_f64() * 1e3,
+            (t.elapsed() - returned).as_secs_f64()
+        );
+    }
     server.stop().await;
 }
 

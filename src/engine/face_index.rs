@@ -107,7 +107,7 @@ impl DerivedIndex for FaceIndexSpec {
             let g = index.read().map_err(|_| EngineError::Internal("index lock poisoned".into()))?;
             (g.snapshot(&self.model.id)?, g.len())
         };
-        derived::at_idle_priority(|| file.write(&bytes))?;
+        derived::at_low_priority(|| file.write(&bytes))?;
         info!(templates, bytes = bytes.len(), ms = t.elapsed().as_millis() as u64, "face index snapshot written");
         Ok(())
     }

@@ -175,7 +175,7 @@ fn write_finger_snapshot(fingers: &RwLock<FingerIndex>, file: &SealedFile) -> Re
     let t = Instant::now();
     let frozen = fingers.read().map_err(|_| EngineError::Internal("finger lock poisoned".into()))?.freeze();
     let locked_ms = t.elapsed().as_millis() as u64;
-    derived::at_idle_priority(|| {
+    derived::at_low_priority(|| {
         let mut out = file.writer()?;
         let io = |e: std::io::Error| EngineError::Internal(format!("finger index snapshot: {e}"));
         // The writer seals 4 MiB at a time: it is its own buffer.
