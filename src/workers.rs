@@ -3,7 +3,14 @@
 //! the caller's span and a oneshot for the reply; a full queue is refused at
 //! once rather than letting latency grow without bound.
 
-use std::thread;
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicU64, AtomicUsize, Ordering},
+    },
+    thread,
+    time::Duration,
+};
 
 use crossbeam_channel::{Sender, TrySendError, bounded};
 use tokio::sync::oneshot;
@@ -26,6 +33,20 @@ struct Job {
     task: Task,
     span: Span,
     queued: std::time::Instant,
+    /// Face (0) or finger (1), and the time it was expected to take.
+    kind: usize,
+    estimate_us: u64,
+}
+
+/// What the workers have in hand, in expected µs of work: the moving
+/// average of one request's time per kind (face, finger; 0: none measured
+/// yet), and the work queued and in service.
+#[derive(Debug, Default)]
+struct Load {
+    service_us: [AtomicU64; 2],
+    queued_us: AtomicU64,
+    busy_us: AtomicU64,
+    busy: AtomicUsize,
 }
 
 /// Handle to the worker threads; dropping every clone stops them.
@@ -35,12 +56,9 @@ pub struct Workers {
     fingers: bool,
     workers: usize,
     max_wait: std::time::Duration,
-    /// Moving average of the time one request takes a worker, in µs (0: none measured yet).
-    service_us: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    load: Arc<Load>,
     /// Worker threads running (a thread that ends, by any path, counts down).
-    alive: std::sync::Arc<std::sync::atomic::AtomicUsize>,
-    /// Requests a worker is on now.
-    busy: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    alive: Arc<AtomicUsize>,
 }
 
 /// How requests are admitted to the workers' queue.
@@ -52,34 +70,50 @@ pub struct Admission {
     pub max_wait: std::time::Duration,
 }
 
-/// The expected wait of a request with `ahead` requests before it, on
-/// `workers` workers taking `service_us` each.
-fn expected_wait(ahead: usize, service_us: u64, workers: usize) -> std::time::Duration {
-    std::time::Duration::from_micros(service_us.saturating_mul(ahead as u64) / workers.max(1) as u64)
+/// The expected wait of a request behind `queued_us` of queued work, each
+/// worker taking its share; the rest of the requests in service is not
+/// counted (at most one request per worker).
+fn expected_wait(queued_us: u64, workers: usize) -> Duration {
+    Duration::from_micros(queued_us / workers.max(1) as u64)
 }
 
-/// When a request admitted now would be done, at the latest expected: the
-/// requests queued and in service before it, each taking `service_us`,
-/// shared by `workers` (a request in service is counted whole), then its own.
-fn expected_done(queued: usize, busy: usize, service_us: u64, workers: usize) -> std::time::Duration {
-    let start = expected_wait((queued + busy + 1).saturating_sub(workers.max(1)), service_us, workers);
-    start + std::time::Duration::from_micros(service_us)
+/// When a request admitted now would be done, at the latest expected: at
+/// once on an idle worker, else after the work queued and in service (a
+/// request in service counted whole) shared by the workers; then its own.
+fn expected_done(queued: usize, busy: usize, queued_us: u64, busy_us: u64, own_us: u64, workers: usize) -> Duration {
+    let start = if queued + busy < workers.max(1) { 0 } else { (queued_us + busy_us) / workers.max(1) as u64 };
+    Duration::from_micros(start + own_us)
 }
 
 /// Folds one request's time into the moving average (weight 1/8).
-fn fold(average_us: &std::sync::atomic::AtomicU64, took: std::time::Duration) {
+fn fold(average_us: &AtomicU64, took: Duration) {
     let took = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
-    let _ = average_us.fetch_update(std::sync::atomic::Ordering::Relaxed, std::sync::atomic::Ordering::Relaxed, |a| {
-        Some(if a == 0 { took } else { a - a / 8 + took / 8 })
-    });
+    let _ = average_us
+        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |a| Some(if a == 0 { took } else { a - a / 8 + took / 8 }));
+}
+
+impl Load {
+    /// A request of `kind` leaves the queue for a worker.
+    fn start(&self, job: &Job) {
+        self.queued_us.fetch_sub(job.estimate_us, Ordering::SeqCst);
+        self.busy_us.fetch_add(job.estimate_us, Ordering::SeqCst);
+        self.busy.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// It is done after `took`.
+    fn finish(&self, kind: usize, estimate_us: u64, took: Duration) {
+        self.busy_us.fetch_sub(estimate_us, Ordering::SeqCst);
+        self.busy.fetch_sub(1, Ordering::SeqCst);
+        fold(&self.service_us[kind], took);
+    }
 }
 
 /// Counts a worker thread down when it ends, however it ends.
-struct Alive(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+struct Alive(Arc<AtomicUsize>);
 
 impl Drop for Alive {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -140,17 +174,15 @@ impl Workers {
         admission: Admission,
     ) -> Result<Self, ModelError> {
         let (tx, rx) = bounded::<Job>(admission.queue.max(1));
-        let service_us = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let alive = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let busy = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let load = Arc::new(Load::default());
+        let alive = Arc::new(AtomicUsize::new(0));
         for i in 0..workers.max(1) {
             let (ready_tx, ready_rx) = std::sync::mpsc::channel();
             let rx = rx.clone();
             let manifest = manifest.clone();
-            alive.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            alive.fetch_add(1, Ordering::SeqCst);
             let running = Alive(alive.clone());
-            let average = service_us.clone();
-            let working = busy.clone();
+            let work = load.clone();
             thread::Builder::new()
                 .name(format!("model-worker-{i}"))
                 .spawn(move || {
@@ -174,11 +206,11 @@ impl Workers {
                     // Ends when every sender (every Workers clone) is gone.
                     for job in rx.iter() {
                         let started = std::time::Instant::now();
-                        working.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        work.start(&job);
                         observed().admitted("inference", started.duration_since(job.queued));
+                        let (kind, estimate_us) = (job.kind, job.estimate_us);
                         pipelines.run(job);
-                        working.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
-                        fold(&average, started.elapsed());
+                        work.finish(kind, estimate_us, started.elapsed());
                     }
                 })
                 .map_err(|e| ModelError::Runtime(format!("cannot start a worker thread: {e}")))?;
@@ -189,9 +221,8 @@ impl Workers {
             fingers: manifest.finger_extractor.is_some(),
             workers: workers.max(1),
             max_wait: admission.max_wait,
-            service_us,
+            load,
             alive,
-            busy,
         })
     }
 
@@ -202,7 +233,7 @@ impl Workers {
 
     /// Worker threads running.
     pub fn alive(&self) -> usize {
-        self.alive.load(std::sync::atomic::Ordering::SeqCst)
+        self.alive.load(Ordering::SeqCst)
     }
 
     /// Whether finger images can be processed.
@@ -234,18 +265,18 @@ impl Workers {
     /// `inference.max_queue_wait_ms`, when it would not be done before the
     /// caller's deadline, or when the queue is full.
     fn submit(&self, task: Task, bytes: Vec<u8>) -> Result<(), Refused> {
-        let service_us = self.service_us.load(std::sync::atomic::Ordering::Relaxed);
-        let queued = self.tx.len();
-        // The requests queued before this one; the rest of those in service
-        // is not counted (unknown, and at most one request per worker).
-        let wait = expected_wait(queued, service_us, self.workers);
+        let kind = usize::from(matches!(task, Task::Finger { .. }));
+        let l = &self.load;
+        let own_us = l.service_us[kind].load(Ordering::Relaxed);
+        let queued_us = l.queued_us.load(Ordering::SeqCst);
+        let wait = expected_wait(queued_us, self.workers);
         let refused = if !self.max_wait.is_zero() && wait > self.max_wait {
             Some(Refused::Slow(wait))
         } else {
             // Against the deadline, the latest expected end, its own service
             // included: an answer after the deadline is no answer.
-            let busy = self.busy.load(std::sync::atomic::Ordering::SeqCst);
-            let done = expected_done(queued, busy, service_us, self.workers);
+            let (busy, busy_us) = (l.busy.load(Ordering::SeqCst), l.busy_us.load(Ordering::SeqCst));
+            let done = expected_done(self.tx.len(), busy, queued_us, busy_us, own_us, self.workers);
             let left = crate::admission::deadline().map(|d| d.saturating_duration_since(std::time::Instant::now()));
             left.filter(|left| done > *left).map(|left| Refused::Deadline { done, left })
         };
@@ -253,13 +284,19 @@ impl Workers {
             observed().refused("inference", r.reason());
             return Err(r);
         }
-        let job = Job { bytes, task, span: Span::current(), queued: std::time::Instant::now() };
-        self.tx.try_send(job).map_err(|e| match e {
-            TrySendError::Full(_) => {
-                observed().refused("inference", "queue");
-                Refused::Full
+        let job =
+            Job { bytes, task, span: Span::current(), queued: std::time::Instant::now(), kind, estimate_us: own_us };
+        // Counted before it can be taken, so a worker never subtracts first.
+        l.queued_us.fetch_add(own_us, Ordering::SeqCst);
+        self.tx.try_send(job).map_err(|e| {
+            l.queued_us.fetch_sub(own_us, Ordering::SeqCst);
+            match e {
+                TrySendError::Full(_) => {
+                    observed().refused("inference", "queue");
+                    Refused::Full
+                }
+                TrySendError::Disconnected(_) => Refused::Stopped,
             }
-            TrySendError::Disconnected(_) => Refused::Stopped,
         })
     }
 }
@@ -309,7 +346,10 @@ impl std::fmt::Display for Refused {
 
 #[cfg(test)]
 mod tests {
-    use std::{sync::atomic::AtomicU64, time::Duration};
+    use std::{
+        sync::atomic::{AtomicU64, Ordering},
+        time::Duration,
+    };
 
     use super::{expected_done, expected_wait, fold};
 
@@ -317,23 +357,25 @@ mod tests {
     fn the_expected_wait_follows_the_queue_and_the_recent_service_time() {
         let average = AtomicU64::new(0);
         fold(&average, Duration::from_millis(120));
-        assert_eq!(average.load(std::sync::atomic::Ordering::Relaxed), 120_000, "the first sample sets it");
+        assert_eq!(average.load(Ordering::Relaxed), 120_000, "the first sample sets it");
         for _ in 0..40 {
             fold(&average, Duration::from_millis(40));
         }
-        let us = average.load(std::sync::atomic::Ordering::Relaxed);
+        let us = average.load(Ordering::Relaxed);
         assert!((40_000..41_000).contains(&us), "{us}");
-        // 64 requests ahead at 120 ms on one worker: 7.7 s; on two, half.
-        assert_eq!(expected_wait(64, 120_000, 1), Duration::from_millis(7_680));
-        assert_eq!(expected_wait(64, 120_000, 2), Duration::from_millis(3_840));
-        assert_eq!(expected_wait(8, 120_000, 1), Duration::from_millis(960));
-        assert_eq!(expected_wait(5, 0, 1), Duration::ZERO, "nothing measured yet: admitted");
+        // 64 faces ahead at 120 ms on one worker: 7.7 s; on two, half.
+        assert_eq!(expected_wait(64 * 120_000, 1), Duration::from_millis(7_680));
+        assert_eq!(expected_wait(64 * 120_000, 2), Duration::from_millis(3_840));
+        // Two fingers at 400 ms and a face at 100 ms ahead: their own times, not one average.
+        assert_eq!(expected_wait(2 * 400_000 + 100_000, 1), Duration::from_millis(900));
+        assert_eq!(expected_wait(0, 1), Duration::ZERO, "nothing queued (or measured yet): admitted");
         // Against a deadline: an idle worker starts it at once; a busy one
         // counts its request whole; two workers share what is ahead.
-        assert_eq!(expected_done(0, 0, 100_000, 1), Duration::from_millis(100));
-        assert_eq!(expected_done(0, 1, 100_000, 1), Duration::from_millis(200));
-        assert_eq!(expected_done(2, 1, 100_000, 1), Duration::from_millis(400));
-        assert_eq!(expected_done(0, 1, 100_000, 2), Duration::from_millis(100));
-        assert_eq!(expected_done(1, 2, 100_000, 2), Duration::from_millis(200));
+        let ms = |n: u64| n * 1000;
+        assert_eq!(expected_done(0, 0, 0, 0, ms(100), 1), Duration::from_millis(100));
+        assert_eq!(expected_done(0, 1, 0, ms(100), ms(100), 1), Duration::from_millis(200));
+        assert_eq!(expected_done(2, 1, ms(200), ms(100), ms(100), 1), Duration::from_millis(400));
+        assert_eq!(expected_done(0, 1, 0, ms(100), ms(100), 2), Duration::from_millis(100));
+        assert_eq!(expected_done(1, 2, ms(400), ms(200), ms(100), 2), Duration::from_millis(400));
     }
 }

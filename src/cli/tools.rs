@@ -119,6 +119,7 @@ pub fn audit_export(data_dir: &Path, from_seq: i64) -> anyhow::Result<()> {
 
 /// `cotejo backup`.
 pub fn backup(data_dir: &Path, out: &Path) -> anyhow::Result<()> {
+    yield_to_the_server();
     let t = std::time::Instant::now();
     let m = store::backup::backup(data_dir, out)?;
     println!(
@@ -150,4 +151,14 @@ pub fn restore(backup: &Path, data_dir: &Path) -> anyhow::Result<()> {
         data_dir.display()
     );
     Ok(())
+}
+
+/// Nice 10 for this process: a backup beside a running server leaves it
+/// most of the cores (it slows under load, it never stops).
+#[allow(unsafe_code)]
+fn yield_to_the_server() {
+    // SAFETY: setpriority on this process (who 0) with a valid `which`; no memory is shared.
+    if unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 10) } != 0 {
+        eprintln!("note: cannot lower this backup's priority: {}", std::io::Error::last_os_error());
+    }
 }
