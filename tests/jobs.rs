@@ -90,6 +90,10 @@ async fn planted_duplicates_are_found() {
     c.delete(pb::DeleteRequest { subject_id: "f-2".into() }).await.expect("delete");
     let (pairs, _) = results(&mut jobs, &job_id_all).await;
     assert!(pairs.iter().all(|p| p.a != "f-2" && p.b != "f-2"), "{pairs:?}");
+    // The count a finished job reports follows the deletion (it was counted, 2, before it).
+    assert_eq!(done.pairs, 2);
+    let after = jobs.get_job(pb::GetJobRequest { job_id: job_id_all.clone() }).await.expect("job").into_inner();
+    assert_eq!(after.job.expect("job").pairs, 1);
     let e = jobs.get_job(pb::GetJobRequest { job_id: "999".into() }).await.expect_err("unknown job");
     assert_eq!(e.code(), tonic::Code::NotFound);
     server.stop().await;

@@ -48,6 +48,11 @@ struct Progress {
 pub(super) struct JobRunner {
     progress: Arc<Mutex<HashMap<i64, Progress>>>,
     wake: Sender<()>,
+    /// Pairs counted for finished jobs, with the deletions seen when
+    /// counted: a finished job's pairs change only by a deletion.
+    counted: Mutex<HashMap<i64, (u64, u64)>>,
+    /// Subjects deleted since start-up.
+    pub(super) deletions: std::sync::atomic::AtomicU64,
 }
 
 /// What the runner thread needs.
@@ -80,7 +85,7 @@ impl JobRunner {
             .name("jobs-runner".into())
             .spawn(move || worker.run(&rx))
             .map_err(|e| EngineError::Internal(format!("cannot start the job runner: {e}")))?;
-        Ok(Self { progress, wake })
+        Ok(Self { progress, wake, counted: Mutex::default(), deletions: std::sync::atomic::AtomicU64::new(0) })
     }
 }
 

@@ -277,6 +277,7 @@ impl Engine {
         })
         .await??;
         let Some((removed, faces, finger_count)) = removed else { return Ok(None) };
+        self.jobs.deletions.fetch_add(1, Ordering::AcqRel);
         // The snapshots still hold the subject: rewritten now, in the background.
         for (which, n) in [(Derived::Faces, faces), (Derived::Fingers, finger_count)] {
             if n > 0

@@ -166,6 +166,31 @@ impl Engine {
         Ok(rx)
     }
 
+    /// The pairs of a job at or above its threshold: counted by a walk over
+    /// its stored pairs, or, for a finished job with no deletion since its
+    /// last count, that count (a page of ListJobs costs no walk per job).
+    async fn pair_count(&self, record: &JobRecord, walk: PairWalk) -> Result<u64, EngineError> {
+        let finished = !record.state.active();
+        let deletions = self.jobs.deletions.load(std::sync::atomic::Ordering::Acquire);
+        let known = self.jobs.counted.lock().ok().and_then(|c| c.get(&record.job_id).copied());
+        if finished && let Some((_, n)) = known.filter(|(seen, _)| *seen == deletions) {
+            return Ok(n);
+        }
+        let n = tokio::task::spawn_blocking(move || {
+            let mut n = 0u64;
+            walk.run(|_| {
+                n += 1;
+                true
+            })?;
+            Ok::<_, EngineError>(n)
+        })
+        .await??;
+        if finished && let Ok(mut c) = self.jobs.counted.lock() {
+            c.insert(record.job_id, (deletions, n));
+        }
+        Ok(n)
+    }
+
     async fn job_record(&self, job_id: &str) -> Result<JobRecord, EngineError> {
         let id: i64 = job_id.parse().map_err(|_| EngineError::invalid("INVALID_JOB_ID", "job_id", "not a job id"))?;
         read(&self.reads, move |r| r.job(id)).await?.ok_or_else(|| EngineError::JobNotFound(job_id.to_owned()))
@@ -187,15 +212,7 @@ impl Engine {
     pub(in crate::engine) async fn job_status(&self, record: JobRecord) -> Result<JobStatus, EngineError> {
         let walk = self.pair_walk(&record)?;
         let threshold = walk.threshold;
-        let pairs = tokio::task::spawn_blocking(move || {
-            let mut n = 0u64;
-            walk.run(|_| {
-                n += 1;
-                true
-            })?;
-            Ok::<_, EngineError>(n)
-        })
-        .await??;
+        let pairs = self.pair_count(&record, walk).await?;
         let params: DedupParams =
             serde_json::from_str(&record.params).map_err(|e| EngineError::Internal(format!("job parameters: {e}")))?;
         let p = self.jobs.progress.lock().ok().and_then(|p| p.get(&record.job_id).copied()).unwrap_or_default();
