@@ -8,7 +8,7 @@
 //!
 //! Interference (`--gallery N`): Identify (an embedding probe: the matching
 //! hot path alone) p50/p99 at N faces idle, then beside a whole-gallery
-//! dedup job, a snapshot rewrite, an enroll stream and an online backup;
+//! dedup job, a snapshot rewrite, an enroll stream and `cotejo backup`;
 //! the backup's time, and how long after Delete returns the snapshot
 //! without the subject is in place (the erasure bound).
 //!
@@ -289,16 +289,23 @@ async fn interference(o: &Opts) {
     .await;
     line("beside an enroll stream", idle99, stream);
 
-    // An online backup: its time, and Identify beside it.
+    // An online backup by `cotejo backup` (a process of its own, at nice
+    // 10): its time, and Identify beside it.
     let (from, out) = (data.clone(), work.path().join("backup"));
     let took = Arc::new(Mutex::new(0.0f64));
     let t2 = took.clone();
     let beside_backup = during(&client, &probe, async move {
         let t = Instant::now();
-        tokio::task::spawn_blocking(move || cotejo::store::backup::backup(&from, &out))
+        let status = tokio::process::Command::new(env!("CARGO_BIN_EXE_cotejo"))
+            .args(["backup", "--data-dir"])
+            .arg(&from)
+            .arg("--out")
+            .arg(&out)
+            .stdout(std::process::Stdio::null())
+            .status()
             .await
-            .expect("join")
-            .expect("backup");
+            .expect("run cotejo backup");
+        assert!(status.success(), "backup failed");
         *t2.lock().expect("lock") = t.elapsed().as_secs_f64();
     })
     .await;
