@@ -289,12 +289,23 @@ async fn interference(o: &Opts) {
     .await;
     line("beside an enroll stream", idle99, stream);
 
-    // An online backup by `cotejo backup` (a process of its own, at nice
-    // 10): its time, and Identify beside it.
-    let (from, out) = (data.clone(), work.path().join("backup"));
+    beside_backup(&client, &probe, idle99, &data, work.path()).await;
+    erasure_bound(&client, &data).await;
+    server.stop().await;
+}
+
+/// `cotejo backup` (a process of its own, at nice 10) beside Identify: its time, and the calls' latency.
+async fn beside_backup(
+    client: &BiometricsServiceClient<Conn>,
+    probe: &pb::Sample,
+    idle99: f64,
+    data: &std::path::Path,
+    work: &std::path::Path,
+) {
+    let (from, out) = (data.to_owned(), work.join("backup"));
     let took = Arc::new(Mutex::new(0.0f64));
     let t2 = took.clone();
-    let beside_backup = during(&client, &probe, async move {
+    let beside = during(client, probe, async move {
         let t = Instant::now();
         let status = tokio::process::Command::new(env!("CARGO_BIN_EXE_cotejo"))
             .args(["backup", "--data-dir"])
@@ -313,9 +324,11 @@ async fn interference(o: &Opts) {
     let snap_mb = std::fs::metadata(data.join("face-index.snap")).map(|m| m.len() as f64 / 1e6).unwrap_or(0.0);
     let backup_secs = *took.lock().expect("lock");
     println!("  backup: {db_mb:.0} MB database + {snap_mb:.0} MB snapshot copied in {backup_secs:.1} s");
-    line("beside the backup", idle99, beside_backup);
+    line("beside the backup", idle99, beside);
+}
 
-    // The erasure bound: from Delete's return until the snapshot without it is in place.
+/// The erasure bound: from Delete's return until the snapshot without the subject is in place.
+async fn erasure_bound(client: &BiometricsServiceClient<Conn>, data: &std::path::Path) {
     let snap = data.join("face-index.snap");
     let mut d = client.clone();
     for i in 10..13 {
@@ -332,7 +345,6 @@ async fn interference(o: &Opts) {
             (t.elapsed() - returned).as_secs_f64()
         );
     }
-    server.stop().await;
 }
 
 #[tokio::main(flavor = "multi_thread")]

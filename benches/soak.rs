@@ -84,6 +84,14 @@ struct Sent {
     in_flight: HashSet<String>,
 }
 
+/// Acknowledged enrolls missing from `held` (lost), and subjects held that
+/// were never sent (unexpected; one in flight at the kill may be either).
+fn compare(sent: &Sent, held: &HashSet<String>) -> (usize, usize) {
+    let lost = sent.acked.iter().filter(|id| !held.contains(*id)).count();
+    let unexpected = held.iter().filter(|id| !sent.acked.contains(*id) && !sent.in_flight.contains(*id)).count();
+    (lost, unexpected)
+}
+
 #[tokio::main(flavor = "multi_thread")]
 async fn main() {
     let kills = arg("--kills", 100);
@@ -101,12 +109,7 @@ async fn main() {
         let mut c = connect(&url).await;
         // What the last crash left: every acknowledged enroll, nothing never sent.
         let now = held(&mut c).await;
-        let (lost, unexpected) = {
-            let s = sent.lock().expect("sent");
-            let lost = s.acked.iter().filter(|id| !now.contains(*id)).count();
-            let unexpected = now.iter().filter(|id| !s.acked.contains(*id) && !s.in_flight.contains(*id)).count();
-            (lost, unexpected)
-        };
+        let (lost, unexpected) = compare(&sent.lock().expect("sent"), &now);
         lost_total += lost;
         unexpected_total += unexpected;
         {
@@ -155,8 +158,7 @@ async fn main() {
     let mut child = serve(&data, port);
     let now = held(&mut connect(&format!("http://127.0.0.1:{port}")).await).await;
     let s = sent.lock().expect("sent");
-    let lost = s.acked.iter().filter(|id| !now.contains(*id)).count();
-    let unexpected = now.iter().filter(|id| !s.acked.contains(*id) && !s.in_flight.contains(*id)).count();
+    let (lost, unexpected) = compare(&s, &now);
     println!("after kill {kills}: {} held, lost {lost}, unexpected {unexpected}", now.len());
     println!(
         "{kills} SIGKILLs under 4 enroll streams in {:.0} s: {} acknowledged enrolls, lost {}, unexpected {}",

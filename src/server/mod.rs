@@ -200,9 +200,14 @@ fn spawn_health_monitor(
 }
 
 /// Purges the subjects past their watchlists' retention once the engine is
-/// ready, then every `every`; never while the audit log is not trusted.
-fn spawn_retention_purge(slot: Arc<EngineSlot>, every: Duration) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
+/// ready, then every `retention.purge_every_secs`; never while the audit
+/// log is not trusted. None without a retention.
+fn spawn_retention_purge(config: &Config, slot: Arc<EngineSlot>) -> Option<tokio::task::JoinHandle<()>> {
+    if config.retention.watchlists.is_empty() {
+        return None;
+    }
+    let every = Duration::from_secs(config.retention.purge_every_secs.max(1));
+    Some(tokio::spawn(async move {
         let mut tick = tokio::time::interval(every);
         loop {
             let engine = loop {
@@ -221,7 +226,7 @@ fn spawn_retention_purge(slot: Arc<EngineSlot>, every: Duration) -> tokio::task:
                 Err(e) => error!(error = %e, "retention purge failed; retried at the next run"),
             }
         }
-    })
+    }))
 }
 
 /// The metrics listener, when `[metrics] listen` is set.
@@ -302,10 +307,7 @@ pub async fn serve(
         stopping.clone(),
         Duration::from_secs(config.server.health_check_secs),
     ));
-    if !config.retention.watchlists.is_empty() {
-        let every = Duration::from_secs(config.retention.purge_every_secs.max(1));
-        background.0.push(spawn_retention_purge(slot.clone(), every));
-    }
+    background.0.extend(spawn_retention_purge(&config, slot.clone()));
     let (startup, mut failed_rx) = spawn_startup(config.clone(), slot, health.clone(), stopping.clone());
 
     info!(%addr, tls = tls.is_some(), mutual_tls = tls.as_ref().is_some_and(|t| t.mutual()), "listening");

@@ -20,7 +20,7 @@ use std::path::Path;
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use crate::biometric::{Modality, NewTemplate, StoredTemplate, TemplateData};
+use crate::biometric::{Modality, NewTemplate};
 pub use audit::{Actor, AuditEntry, AuditRecord, ChainCheck};
 pub use audit_reader::AuditReader;
 use audit_reader::check_chain;
@@ -372,139 +372,6 @@ impl Store {
     }
 }
 
-impl Reader {
-    /// The first answer to an enroll request id, if it was used.
-    pub fn enroll_request(&self, request_id: &str) -> Result<Option<EnrollReplay>, StoreError> {
-        enroll_request(&self.conn, request_id)
-    }
-
-    /// Every template of one subject, decrypted.
-    pub fn subject_templates(&self, subject_id: &str) -> Result<Vec<StoredTemplate>, StoreError> {
-        if !subject_exists(&self.conn, subject_id)? {
-            return Err(StoreError::SubjectNotFound(subject_id.to_owned()));
-        }
-        let mut out = Vec::new();
-        self.templates_where("subject_id = ?1", [subject_id], |t| {
-            out.push(t);
-            Ok(())
-        })?;
-        Ok(out)
-    }
-
-    /// Every live template of a modality and model: (template id, owner), in id order.
-    pub fn template_owners(&self, modality: Modality, model_id: &str) -> Result<Vec<(i64, String)>, StoreError> {
-        let mut st = self.conn.prepare(
-            "SELECT template_id, subject_id FROM templates INDEXED BY templates_owner WHERE modality = ?1 AND model_id = ?2",
-        )?;
-        let rows = st.query_map(params![modality.code(), model_id], |r| Ok((r.get(0)?, r.get(1)?)))?;
-        let mut out: Vec<(i64, String)> = rows.collect::<Result<_, _>>()?;
-        out.sort_unstable_by_key(|r| r.0);
-        Ok(out)
-    }
-
-    /// Every live template of a modality, whatever its model: (template id, owner, finger position), in id order.
-    pub fn template_positions(&self, modality: Modality) -> Result<Vec<(i64, String, u8)>, StoreError> {
-        let mut st = self.conn.prepare(
-            "SELECT template_id, subject_id, finger_position FROM templates INDEXED BY templates_finger WHERE modality = ?1",
-        )?;
-        let rows = st.query_map(params![modality.code()], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
-        let mut out: Vec<(i64, String, u8)> = rows.collect::<Result<_, _>>()?;
-        out.sort_unstable_by_key(|r| r.0);
-        Ok(out)
-    }
-
-    /// The templates with these ids (those that exist), decrypted, in id order.
-    pub fn templates_with_ids(&self, ids: &[i64]) -> Result<Vec<StoredTemplate>, StoreError> {
-        let mut out = Vec::with_capacity(ids.len());
-        for chunk in ids.chunks(512) {
-            let list: Vec<String> = chunk.iter().map(i64::to_string).collect();
-            self.templates_where(&format!("template_id IN ({})", list.join(",")), [], |t| {
-                out.push(t);
-                Ok(())
-            })?;
-        }
-        Ok(out)
-    }
-
-    /// Every template of a modality with an id up to `max_id`, decrypted, in id order.
-    pub fn templates_up_to(&self, modality: Modality, max_id: i64) -> Result<Vec<StoredTemplate>, StoreError> {
-        let mut out = Vec::new();
-        self.templates_where("modality = ?1 AND template_id <= ?2", params![modality.code(), max_id], |t| {
-            out.push(t);
-            Ok(())
-        })?;
-        Ok(out)
-    }
-
-    /// Streams every template of a modality to `sink`, decrypted, in id order within each model.
-    pub fn for_each_template(
-        &self,
-        modality: Modality,
-        sink: impl FnMut(StoredTemplate) -> Result<(), StoreError>,
-    ) -> Result<(), StoreError> {
-        // Ordered as the `templates_model` index is, so that SQLite reads that
-        // index instead of sorting every row (sealed data included) by id.
-        self.templates_where_ordered("modality = ?1", "modality, model_id, template_id", [modality.code()], sink)
-    }
-
-    fn templates_where<P: rusqlite::Params>(
-        &self,
-        clause: &str,
-        p: P,
-        sink: impl FnMut(StoredTemplate) -> Result<(), StoreError>,
-    ) -> Result<(), StoreError> {
-        self.templates_where_ordered(clause, "template_id", p, sink)
-    }
-
-    fn templates_where_ordered<P: rusqlite::Params>(
-        &self,
-        clause: &str,
-        order: &str,
-        p: P,
-        mut sink: impl FnMut(StoredTemplate) -> Result<(), StoreError>,
-    ) -> Result<(), StoreError> {
-        let mut st = self.conn.prepare(&templates_sql(clause, order))?;
-        let mut rows = st.query(p)?;
-        while let Some(r) = rows.next()? {
-            let code: i64 = r.get(3)?;
-            let modality = Modality::from_code(code).ok_or_else(|| StoreError::Corrupt(format!("modality {code}")))?;
-            let subject_id: String = r.get(1)?;
-            let mut template = NewTemplate {
-                modality,
-                finger_position: r.get(4)?,
-                model_id: r.get(5)?,
-                quality: r.get::<_, f64>(6)? as f32,
-                data: TemplateData::Minutiae(Vec::new()),
-            };
-            let sealed: Vec<u8> = r.get(7)?;
-            let template_id: i64 = r.get(0)?;
-            let plain = open_template(&self.sealer, &sealed, template_id, &subject_id, &template)?;
-            template.data = TemplateData::from_bytes(modality, plain)
-                .ok_or_else(|| StoreError::Corrupt("template length".into()))?;
-            let t = StoredTemplate { template_id, subject_id, encounter_id: r.get(2)?, template };
-            sink(t)?;
-        }
-        Ok(())
-    }
-
-    /// Gallery counts.
-    pub fn stats(&self) -> Result<StoreStats, StoreError> {
-        let subjects: i64 = self.conn.query_row("SELECT COUNT(*) FROM subjects", [], |r| r.get(0))?;
-        let encounters: i64 = self.conn.query_row("SELECT COUNT(*) FROM encounters", [], |r| r.get(0))?;
-        let mut st = self
-            .conn
-            .prepare("SELECT modality, model_id, COUNT(*) FROM templates GROUP BY modality, model_id ORDER BY 1, 2")?;
-        let mut templates = Vec::new();
-        let mut rows = st.query([])?;
-        while let Some(r) = rows.next()? {
-            let code: i64 = r.get(0)?;
-            let m = Modality::from_code(code).ok_or_else(|| StoreError::Corrupt(format!("modality {code}")))?;
-            templates.push((m, r.get(1)?, r.get::<_, i64>(2)? as u64));
-        }
-        Ok(StoreStats { subjects: subjects as u64, encounters: encounters as u64, templates })
-    }
-}
-
 impl Store {
     /// Reads the key directory again (a key added or made active by a
     /// rotation); the active key's id.
@@ -523,34 +390,6 @@ impl Store {
         audit::append(&tx, now_ms(), record)?;
         commit(tx)?;
         Ok(())
-    }
-}
-
-impl Reader {
-    /// Checks the audit chain: from the start, or (`from_checkpoint`) from
-    /// the checkpoint on; a checkpoint that no longer matches the log means
-    /// entries were removed or the chain rewritten.
-    pub fn verify_audit(
-        &self,
-        checkpoint: Option<&Checkpoint>,
-        from_checkpoint: bool,
-    ) -> Result<ChainCheck, StoreError> {
-        check_chain(&self.conn, checkpoint, from_checkpoint)
-    }
-
-    /// The audit chain's head: (sequence number, hash).
-    pub fn audit_head(&self) -> Result<(i64, Vec<u8>), StoreError> {
-        audit::head(&self.conn)
-    }
-
-    /// Up to `limit` audit entries from `from_seq` on, oldest first.
-    pub fn audit_entries(&self, from_seq: i64, limit: usize) -> Result<Vec<AuditEntry>, StoreError> {
-        audit::read(&self.conn, from_seq, limit)
-    }
-
-    /// The last `n` audit entries, newest last.
-    pub fn audit_tail(&self, n: usize) -> Result<Vec<AuditEntry>, StoreError> {
-        audit::tail(&self.conn, n)
     }
 }
 

@@ -1,6 +1,7 @@
 //! The store's unit tests.
 
 use super::*;
+use crate::biometric::TemplateData;
 
 fn template(v: f32) -> NewTemplate {
     NewTemplate {
