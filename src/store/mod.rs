@@ -9,6 +9,7 @@ mod checkpoint;
 mod crypto;
 mod files;
 mod jobs;
+pub mod postgres;
 mod reader;
 mod rotation;
 mod schema;
@@ -41,6 +42,9 @@ pub enum StoreError {
     /// SQLite failed.
     #[error("database: {0}")]
     Sqlite(#[from] rusqlite::Error),
+    /// PostgreSQL failed.
+    #[error("postgres: {0}")]
+    Postgres(String),
     /// The data directory could not be used.
     #[error("data directory {path}: {source}")]
     DataDir { path: String, source: std::io::Error },

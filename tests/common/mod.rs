@@ -3,6 +3,8 @@
 
 #![allow(dead_code, reason = "each test uses a different part of the harness")]
 
+pub(crate) mod postgres;
+
 use std::{
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},

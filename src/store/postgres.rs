@@ -1,0 +1,166 @@
+//! PostgreSQL as the system of record, for more than one machine: a pool of
+//! connections (deadpool over tokio-postgres) and the versioned schema,
+//! migrated under an advisory lock so that nodes starting together apply
+//! each version once. The tables mirror the embedded store's, plus the
+//! change log shard nodes follow and the claims of cluster job blocks.
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use tokio_postgres::NoTls;
+
+use super::{StoreError, now_ms};
+
+/// The schema, one entry per version, applied in order and never edited
+/// once released (a change is a new version).
+pub const MIGRATIONS: &[(i32, &str)] = &[(
+    1,
+    r"
+CREATE TABLE subjects (
+    subject_id TEXT PRIMARY KEY,
+    created_ms BIGINT NOT NULL
+);
+CREATE TABLE encounters (
+    encounter_id BIGSERIAL PRIMARY KEY,
+    subject_id TEXT NOT NULL REFERENCES subjects(subject_id) ON DELETE CASCADE,
+    created_ms BIGINT NOT NULL
+);
+CREATE INDEX encounters_subject ON encounters(subject_id);
+CREATE TABLE templates (
+    template_id BIGSERIAL PRIMARY KEY,
+    encounter_id BIGINT NOT NULL REFERENCES encounters(encounter_id) ON DELETE CASCADE,
+    subject_id TEXT NOT NULL,
+    modality SMALLINT NOT NULL,
+    finger_position SMALLINT NOT NULL,
+    model_id TEXT NOT NULL,
+    quality REAL NOT NULL,
+    sealed BYTEA NOT NULL
+);
+CREATE INDEX templates_subject ON templates(subject_id);
+CREATE INDEX templates_encounter ON templates(encounter_id);
+CREATE INDEX templates_owner ON templates(modality, model_id, subject_id);
+CREATE TABLE watchlist_members (
+    watchlist TEXT NOT NULL,
+    subject_id TEXT NOT NULL REFERENCES subjects(subject_id) ON DELETE CASCADE,
+    PRIMARY KEY (watchlist, subject_id)
+);
+CREATE INDEX watchlist_members_subject ON watchlist_members(subject_id);
+CREATE TABLE enroll_requests (
+    request_id TEXT PRIMARY KEY,
+    subject_id TEXT NOT NULL,
+    encounter_id BIGINT NOT NULL,
+    samples TEXT NOT NULL,
+    created_ms BIGINT NOT NULL
+);
+CREATE INDEX enroll_requests_subject ON enroll_requests(subject_id);
+-- What shard nodes follow: one row per enroll or deletion, in sequence.
+CREATE TABLE changes (
+    seq BIGSERIAL PRIMARY KEY,
+    subject_id TEXT NOT NULL,
+    kind TEXT NOT NULL CHECK (kind IN ('enroll', 'delete')),
+    at_ms BIGINT NOT NULL
+);
+CREATE TABLE audit (
+    seq BIGINT PRIMARY KEY,
+    ts_ms BIGINT NOT NULL,
+    format INTEGER NOT NULL,
+    method TEXT NOT NULL,
+    caller TEXT NOT NULL,
+    role TEXT NOT NULL,
+    request_id TEXT NOT NULL,
+    subjects TEXT NOT NULL,
+    outcome TEXT NOT NULL,
+    detail TEXT NOT NULL,
+    hash BYTEA NOT NULL
+);
+CREATE FUNCTION audit_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION 'audit log is append-only';
+END
+$$;
+CREATE TRIGGER audit_no_change BEFORE UPDATE OR DELETE ON audit
+    FOR EACH ROW EXECUTE FUNCTION audit_append_only();
+CREATE TRIGGER audit_no_truncate BEFORE TRUNCATE ON audit
+    FOR EACH STATEMENT EXECUTE FUNCTION audit_append_only();
+CREATE TABLE jobs (
+    job_id BIGSERIAL PRIMARY KEY,
+    kind TEXT NOT NULL,
+    params TEXT NOT NULL,
+    state TEXT NOT NULL,
+    max_template_id BIGINT NOT NULL,
+    total BIGINT NOT NULL DEFAULT 0,
+    done BIGINT NOT NULL DEFAULT 0,
+    error TEXT NOT NULL DEFAULT '',
+    created_ms BIGINT NOT NULL,
+    updated_ms BIGINT NOT NULL
+);
+-- A block is claimed by a worker node (FOR UPDATE SKIP LOCKED) and done once.
+CREATE TABLE job_blocks (
+    job_id BIGINT NOT NULL REFERENCES jobs(job_id) ON DELETE CASCADE,
+    block BIGINT NOT NULL,
+    done BOOLEAN NOT NULL DEFAULT FALSE,
+    claimed_by TEXT NOT NULL DEFAULT '',
+    claimed_ms BIGINT NOT NULL DEFAULT 0,
+    PRIMARY KEY (job_id, block)
+);
+CREATE TABLE job_pairs (
+    job_id BIGINT NOT NULL REFERENCES jobs(job_id) ON DELETE CASCADE,
+    a TEXT NOT NULL,
+    b TEXT NOT NULL,
+    component TEXT NOT NULL,
+    raw DOUBLE PRECISION NOT NULL,
+    PRIMARY KEY (job_id, a, b, component)
+);
+CREATE INDEX job_pairs_a ON job_pairs(a);
+CREATE INDEX job_pairs_b ON job_pairs(b);
+CREATE TABLE health_probe (
+    id INTEGER PRIMARY KEY,
+    at_ms BIGINT NOT NULL
+);
+",
+)];
+
+/// The advisory lock the migrations take (any fixed key: "cotejo" in ASCII).
+const MIGRATION_LOCK: i64 = 0x636f_7465_6a6f;
+
+fn pg(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Postgres(e.to_string())
+}
+
+/// A pool of connections to `url` (`postgres://user@host:port/db`), the
+/// schema migrated to the latest version.
+pub async fn open(url: &str, max_connections: usize) -> Result<Pool, StoreError> {
+    let config: tokio_postgres::Config = url.parse().map_err(pg)?;
+    let manager = Manager::from_config(config, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+    let pool = Pool::builder(manager).max_size(max_connections.max(1)).build().map_err(pg)?;
+    let mut client = pool.get().await.map_err(pg)?;
+    migrate(&mut client).await?;
+    Ok(pool)
+}
+
+/// Applies the versions not applied yet, in one transaction under the
+/// advisory lock; the version the database is at. A database at a version
+/// this build does not know (a newer cotejo wrote it) is refused.
+pub async fn migrate(client: &mut tokio_postgres::Client) -> Result<i32, StoreError> {
+    let tx = client.transaction().await.map_err(pg)?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK]).await.map_err(pg)?;
+    tx.batch_execute(
+        "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_ms BIGINT NOT NULL)",
+    )
+    .await
+    .map_err(pg)?;
+    let current: i32 =
+        tx.query_one("SELECT COALESCE(MAX(version), 0) FROM schema_migrations", &[]).await.map_err(pg)?.get(0);
+    let latest = MIGRATIONS.last().map_or(0, |m| m.0);
+    if current > latest {
+        return Err(StoreError::Postgres(format!(
+            "the database is at schema version {current}, this cotejo knows up to {latest}: a newer cotejo wrote it"
+        )));
+    }
+    for (version, sql) in MIGRATIONS.iter().filter(|(v, _)| *v > current) {
+        tx.batch_execute(sql).await.map_err(|e| StoreError::Postgres(format!("migration {version}: {e}")))?;
+        tx.execute("INSERT INTO schema_migrations (version, applied_ms) VALUES ($1, $2)", &[version, &now_ms()])
+            .await
+            .map_err(pg)?;
+    }
+    tx.commit().await.map_err(pg)?;
+    Ok(latest)
+}
