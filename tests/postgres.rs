@@ -1,8 +1,12 @@
 //! PostgreSQL as the system of record: the versioned schema is applied once
 //! when several nodes start together, a database a newer cotejo wrote is
-//! refused, and the audit table refuses edits, deletions and truncation.
+//! refused, the audit table refuses edits, deletions and truncation, and
+//! the audit chain holds across concurrent appenders.
 
-use cotejo::store::postgres::{MIGRATIONS, open};
+use cotejo::store::{
+    Actor, AuditRecord, StoreError, now_ms,
+    postgres::{MIGRATIONS, append_audit, open, verify_audit},
+};
 
 use crate::common::postgres::TempPostgres;
 
@@ -53,4 +57,55 @@ async fn the_schema_is_migrated_once_by_nodes_starting_together() {
     c.execute("INSERT INTO schema_migrations VALUES (9999, 0)", &[]).await.expect("newer");
     let e = open(&pg.url, 1).await.expect_err("a newer schema");
     assert!(e.to_string().contains("newer cotejo"), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_audit_chain_holds_across_concurrent_appenders_and_shows_an_edit() {
+    let pg = TempPostgres::start();
+    let pool = open(&pg.url, 4).await.expect("open");
+    // Four appenders at once, as four nodes would be, 10 entries each.
+    let appenders: Vec<_> = (0..4)
+        .map(|node| {
+            let pool = pool.clone();
+            tokio::spawn(async move {
+                for i in 0..10 {
+                    let mut c = pool.get().await.expect("connection");
+                    let tx = c.transaction().await.expect("transaction");
+                    let actor = Actor {
+                        caller: format!("node-{node}"),
+                        role: "enroll".into(),
+                        method: "Enroll".into(),
+                        request_id: format!("{node}-{i}"),
+                    };
+                    let r = AuditRecord {
+                        actor,
+                        subjects: vec![format!("s-{node}-{i}")],
+                        outcome: "OK".into(),
+                        detail: String::new(),
+                    };
+                    append_audit(&tx, now_ms(), &r).await.expect("append");
+                    tx.commit().await.expect("commit");
+                }
+            })
+        })
+        .collect();
+    for a in appenders {
+        a.await.expect("join");
+    }
+    let mut c = pool.get().await.expect("connection");
+    let check = verify_audit(&mut c).await.expect("an intact chain");
+    assert_eq!((check.entries, check.head_seq), (40, 40));
+
+    // A superuser who disables the triggers and edits an entry is caught.
+    c.batch_execute(
+        "ALTER TABLE audit DISABLE TRIGGER audit_no_change;
+         UPDATE audit SET detail = 'edited' WHERE seq = 17;
+         ALTER TABLE audit ENABLE TRIGGER audit_no_change;",
+    )
+    .await
+    .expect("tamper");
+    match verify_audit(&mut c).await {
+        Err(StoreError::AuditBroken { seq, .. }) => assert_eq!(seq, 17),
+        other => panic!("the edit went unseen: {other:?}"),
+    }
 }

@@ -131,7 +131,7 @@ fn digest(prev: &[u8], e: &AuditEntry) -> Vec<u8> {
     h.finalize().to_vec()
 }
 
-fn subjects_json(subjects: &[String]) -> String {
+pub(super) fn subjects_json(subjects: &[String]) -> String {
     serde_json::to_string(subjects).unwrap_or_else(|_| "[]".into())
 }
 
@@ -143,9 +143,8 @@ pub(super) fn head(conn: &Connection) -> Result<(i64, Vec<u8>), StoreError> {
     Ok(last.unwrap_or((0, Vec::new())))
 }
 
-/// Appends one entry inside the caller's transaction.
-pub(super) fn append(conn: &Connection, ts_ms: i64, r: &AuditRecord) -> Result<(), StoreError> {
-    let (prev_seq, prev_hash) = head(conn)?;
+/// The entry that follows `prev_seq` for `r`, and its chained hash.
+pub(super) fn next_entry(prev_seq: i64, prev_hash: &[u8], ts_ms: i64, r: &AuditRecord) -> (AuditEntry, Vec<u8>) {
     let e = AuditEntry {
         seq: prev_seq + 1,
         ts_ms,
@@ -159,7 +158,26 @@ pub(super) fn append(conn: &Connection, ts_ms: i64, r: &AuditRecord) -> Result<(
         detail: r.detail.clone(),
         hash: String::new(),
     };
-    let hash = digest(&prev_hash, &e);
+    let hash = digest(prev_hash, &e);
+    (e, hash)
+}
+
+/// Checks one link of the chain: `e` (stored with `hash`) follows entry
+/// `seq` whose hash is `prev`.
+pub(super) fn check_link(seq: i64, prev: &[u8], e: &AuditEntry, hash: &[u8]) -> Result<(), StoreError> {
+    if e.seq != seq + 1 {
+        return Err(StoreError::AuditBroken { seq: seq + 1, problem: format!("missing (the next is {})", e.seq) });
+    }
+    if !(e.format == 1 || e.format == 2) || digest(prev, e) != hash {
+        return Err(StoreError::AuditBroken { seq: e.seq, problem: "its hash does not match its content".into() });
+    }
+    Ok(())
+}
+
+/// Appends one entry inside the caller's transaction.
+pub(super) fn append(conn: &Connection, ts_ms: i64, r: &AuditRecord) -> Result<(), StoreError> {
+    let (prev_seq, prev_hash) = head(conn)?;
+    let (e, hash) = next_entry(prev_seq, &prev_hash, ts_ms, r);
     conn.execute(
         "INSERT INTO audit (seq, ts_ms, action, subject_id, detail, hash, format, caller, role, request_id, outcome, subjects)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, 2, ?7, ?8, ?9, ?10, ?11)",
@@ -231,12 +249,7 @@ pub(super) fn verify_from(conn: &Connection, from: Option<(i64, &[u8])>) -> Resu
     let mut n = 0u64;
     while let Some(r) = rows.next()? {
         let (e, hash) = entry(r)?;
-        if e.seq != seq + 1 {
-            return Err(StoreError::AuditBroken { seq: seq + 1, problem: format!("missing (the next is {})", e.seq) });
-        }
-        if !(e.format == 1 || e.format == 2) || digest(&prev, &e) != hash {
-            return Err(StoreError::AuditBroken { seq: e.seq, problem: "its hash does not match its content".into() });
-        }
+        check_link(seq, &prev, &e, &hash)?;
         prev = hash;
         seq = e.seq;
         n += 1;

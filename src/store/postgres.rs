@@ -7,7 +7,11 @@
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use tokio_postgres::NoTls;
 
-use super::{StoreError, now_ms};
+use super::{
+    AuditRecord, ChainCheck, StoreError,
+    audit::{check_link, next_entry, subjects_json},
+    now_ms,
+};
 
 /// The schema, one entry per version, applied in order and never edited
 /// once released (a change is a new version).
@@ -163,4 +167,81 @@ pub async fn migrate(client: &mut tokio_postgres::Client) -> Result<i32, StoreEr
     }
     tx.commit().await.map_err(pg)?;
     Ok(latest)
+}
+
+/// The advisory lock audit appends take ("audit" in ASCII): one chain,
+/// whichever node appends.
+const AUDIT_LOCK: i64 = 0x0061_7564_6974;
+
+/// Appends one entry to the audit chain inside the caller's transaction
+/// (it commits with what it records). Appends from every node are
+/// serialised by a transaction-scoped advisory lock, so each follows the
+/// head it read.
+pub async fn append_audit(tx: &tokio_postgres::Transaction<'_>, ts_ms: i64, r: &AuditRecord) -> Result<(), StoreError> {
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&AUDIT_LOCK]).await.map_err(pg)?;
+    let head = tx.query_opt("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1", &[]).await.map_err(pg)?;
+    let (prev_seq, prev_hash): (i64, Vec<u8>) = head.map_or((0, Vec::new()), |row| (row.get(0), row.get(1)));
+    let (e, hash) = next_entry(prev_seq, &prev_hash, ts_ms, r);
+    tx.execute(
+        "INSERT INTO audit (seq, ts_ms, format, method, caller, role, request_id, subjects, outcome, detail, hash)
+         VALUES ($1, $2, 2, $3, $4, $5, $6, $7, $8, $9, $10)",
+        &[
+            &e.seq,
+            &e.ts_ms,
+            &e.method,
+            &e.caller,
+            &e.role,
+            &e.request_id,
+            &subjects_json(&e.subjects),
+            &e.outcome,
+            &e.detail,
+            &hash,
+        ],
+    )
+    .await
+    .map_err(pg)?;
+    Ok(())
+}
+
+/// Walks the whole chain in one repeatable-read snapshot; the first entry
+/// missing or whose hash does not match its content is named.
+pub async fn verify_audit(client: &mut tokio_postgres::Client) -> Result<ChainCheck, StoreError> {
+    let tx = client
+        .build_transaction()
+        .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()
+        .await
+        .map_err(pg)?;
+    let rows = tx
+        .query(
+            "SELECT seq, ts_ms, format, method, caller, role, request_id, subjects, outcome, detail, hash
+             FROM audit ORDER BY seq",
+            &[],
+        )
+        .await
+        .map_err(pg)?;
+    let (mut seq, mut prev, mut n) = (0i64, Vec::new(), 0u64);
+    for row in rows {
+        let json: String = row.get(7);
+        let e = super::AuditEntry {
+            seq: row.get(0),
+            ts_ms: row.get(1),
+            format: i64::from(row.get::<_, i32>(2)),
+            method: row.get(3),
+            caller: row.get(4),
+            role: row.get(5),
+            request_id: row.get(6),
+            // A list that does not parse cannot match its hash either.
+            subjects: serde_json::from_str(&json).unwrap_or_else(|_| vec![json]),
+            outcome: row.get(8),
+            detail: row.get(9),
+            hash: String::new(),
+        };
+        let hash: Vec<u8> = row.get(10);
+        check_link(seq, &prev, &e, &hash)?;
+        (seq, prev, n) = (e.seq, hash, n + 1);
+    }
+    tx.commit().await.map_err(pg)?;
+    Ok(ChainCheck { entries: n, head_seq: seq, head_hash: prev })
 }
