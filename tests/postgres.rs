@@ -3,9 +3,14 @@
 //! refused, the audit table refuses edits, deletions and truncation, and
 //! the audit chain holds across concurrent appenders.
 
-use cotejo::store::{
-    Actor, AuditRecord, StoreError, now_ms,
-    postgres::{MIGRATIONS, append_audit, open, verify_audit},
+use std::path::Path;
+
+use cotejo::{
+    biometric::{Modality, NewTemplate, TemplateData},
+    store::{
+        Actor, AuditRecord, StoreError, now_ms,
+        postgres::{MIGRATIONS, PgRecords, append_audit, open, verify_audit},
+    },
 };
 
 use crate::common::postgres::TempPostgres;
@@ -108,4 +113,49 @@ async fn the_audit_chain_holds_across_concurrent_appenders_and_shows_an_edit() {
         Err(StoreError::AuditBroken { seq, .. }) => assert_eq!(seq, 17),
         other => panic!("the edit went unseen: {other:?}"),
     }
+}
+
+fn face(v: f32) -> NewTemplate {
+    NewTemplate {
+        modality: Modality::Face,
+        finger_position: 0,
+        model_id: "m".into(),
+        quality: 0.9,
+        data: TemplateData::Embedding(vec![v; 4]),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subjects_are_sealed_read_back_deleted_and_followed_in_postgres() {
+    let pg = TempPostgres::start();
+    let records = PgRecords::open(&pg.url, Path::new(""), &"11".repeat(32), 2).await.expect("open");
+    let a = Actor::system("test");
+    records.enroll("alice", &[face(1.0), face(2.0)], &a).await.expect("enroll");
+    records.enroll("bob", &[face(3.0)], &a).await.expect("enroll");
+    let again = records.enroll("alice", &[face(4.0)], &a).await;
+    assert!(matches!(again, Err(StoreError::SubjectExists(_))), "{again:?}");
+    let alice = records.subject_templates("alice").await.expect("read");
+    let data: Vec<_> = alice.iter().map(|t| t.template.data.clone()).collect();
+    assert_eq!(data, [TemplateData::Embedding(vec![1.0; 4]), TemplateData::Embedding(vec![2.0; 4])]);
+
+    // Sealed: the rows do not hold the plaintext, and another key opens nothing.
+    let c = records.pool().get().await.expect("connection");
+    let plain: Vec<u8> = [1.0f32; 2].iter().flat_map(|v| v.to_le_bytes()).collect();
+    for row in c.query("SELECT sealed FROM templates", &[]).await.expect("rows") {
+        let sealed: Vec<u8> = row.get(0);
+        assert!(!sealed.windows(plain.len()).any(|w| w == plain.as_slice()), "a template is stored in the clear");
+    }
+    let stranger = PgRecords::open(&pg.url, Path::new(""), &"22".repeat(32), 1).await.expect("open");
+    assert!(matches!(stranger.subject_templates("alice").await, Err(StoreError::TemplateSeal(_))));
+
+    assert_eq!(records.delete_subject("alice", &a).await.expect("delete").len(), 2);
+    assert!(matches!(records.subject_templates("alice").await, Err(StoreError::SubjectNotFound(_))));
+    assert!(matches!(records.delete_subject("alice", &a).await, Err(StoreError::SubjectNotFound(_))));
+    // What shard nodes follow, in order; the refused enroll left nothing.
+    let changes: Vec<(String, String)> =
+        records.changes_after(0).await.expect("changes").into_iter().map(|(_, s, k)| (s, k)).collect();
+    let expected = [("alice", "enroll"), ("bob", "enroll"), ("alice", "delete")];
+    assert_eq!(changes, expected.map(|(s, k)| (s.to_owned(), k.to_owned())));
+    let mut c = c;
+    assert_eq!(verify_audit(&mut c).await.expect("intact").entries, 3);
 }

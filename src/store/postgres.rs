@@ -7,11 +7,15 @@
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use tokio_postgres::NoTls;
 
+use std::{path::Path, sync::Arc};
+
 use super::{
-    AuditRecord, ChainCheck, StoreError,
+    Actor, AuditRecord, ChainCheck, StoreError,
     audit::{check_link, next_entry, subjects_json},
-    now_ms,
+    crypto::Sealer,
+    now_ms, open_template, template_aad,
 };
+use crate::biometric::{Modality, NewTemplate, StoredTemplate, TemplateData};
 
 /// The schema, one entry per version, applied in order and never edited
 /// once released (a change is a new version).
@@ -244,4 +248,171 @@ pub async fn verify_audit(client: &mut tokio_postgres::Client) -> Result<ChainCh
     }
     tx.commit().await.map_err(pg)?;
     Ok(ChainCheck { entries: n, head_seq: seq, head_hash: prev })
+}
+
+/// Subjects and their sealed templates in PostgreSQL: the pool and the keys
+/// that seal and open templates (from `key_dir`, or a hex key; never the
+/// database).
+#[derive(Debug, Clone)]
+pub struct PgRecords {
+    pool: Pool,
+    sealer: Arc<Sealer>,
+}
+
+impl PgRecords {
+    /// Opens (and migrates) the database at `url`, with the keys in
+    /// `key_dir` or the hex key.
+    pub async fn open(url: &str, key_dir: &Path, hex_key: &str, max_connections: usize) -> Result<Self, StoreError> {
+        if key_dir.as_os_str().is_empty() && hex_key.is_empty() {
+            return Err(StoreError::Key("a PostgreSQL store needs store.key_dir or store.encryption_key".into()));
+        }
+        let sealer = Arc::new(Sealer::open(key_dir, hex_key, Path::new(""))?);
+        Ok(Self { pool: open(url, max_connections).await?, sealer })
+    }
+
+    /// Stores a new subject with one encounter of `templates`, sealed, in
+    /// one transaction with its change row (for the shards) and its audit
+    /// entry; durable when this returns. The encounter id and template ids.
+    pub async fn enroll(
+        &self,
+        subject_id: &str,
+        templates: &[NewTemplate],
+        actor: &Actor,
+    ) -> Result<(i64, Vec<i64>), StoreError> {
+        let mut c = self.pool.get().await.map_err(pg)?;
+        let tx = c.transaction().await.map_err(pg)?;
+        let now = now_ms();
+        let inserted = tx
+            .execute(
+                "INSERT INTO subjects (subject_id, created_ms) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+                &[&subject_id, &now],
+            )
+            .await
+            .map_err(pg)?;
+        if inserted == 0 {
+            return Err(StoreError::SubjectExists(subject_id.to_owned()));
+        }
+        let encounter_id: i64 = tx
+            .query_one(
+                "INSERT INTO encounters (subject_id, created_ms) VALUES ($1, $2) RETURNING encounter_id",
+                &[&subject_id, &now],
+            )
+            .await
+            .map_err(pg)?
+            .get(0);
+        let mut ids = Vec::with_capacity(templates.len());
+        for t in templates {
+            // The row id is part of the associated data: taken first, then sealed.
+            let id: i64 = tx.query_one("SELECT nextval('templates_template_id_seq')", &[]).await.map_err(pg)?.get(0);
+            let sealed = self.sealer.seal(&t.data.to_bytes(), &template_aad(id, subject_id, t))?;
+            let (modality, position) = (t.modality.code() as i16, i16::from(t.finger_position));
+            tx.execute(
+                "INSERT INTO templates (template_id, encounter_id, subject_id, modality, finger_position, model_id, quality, sealed)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                &[&id, &encounter_id, &subject_id, &modality, &position, &t.model_id, &t.quality, &sealed],
+            )
+            .await
+            .map_err(pg)?;
+            ids.push(id);
+        }
+        tx.execute("INSERT INTO changes (subject_id, kind, at_ms) VALUES ($1, 'enroll', $2)", &[&subject_id, &now])
+            .await
+            .map_err(pg)?;
+        let detail = format!("encounter={encounter_id} templates={}", templates.len());
+        let record =
+            AuditRecord { actor: actor.clone(), subjects: vec![subject_id.to_owned()], outcome: "OK".into(), detail };
+        append_audit(&tx, now, &record).await?;
+        tx.commit().await.map_err(pg)?;
+        Ok((encounter_id, ids))
+    }
+
+    /// Every template of one subject, opened, oldest first.
+    pub async fn subject_templates(&self, subject_id: &str) -> Result<Vec<StoredTemplate>, StoreError> {
+        let c = self.pool.get().await.map_err(pg)?;
+        let rows = c
+            .query(
+                "SELECT t.template_id, t.encounter_id, t.modality, t.finger_position, t.model_id, t.quality, t.sealed
+                 FROM subjects s LEFT JOIN templates t ON t.subject_id = s.subject_id
+                 WHERE s.subject_id = $1 ORDER BY t.template_id",
+                &[&subject_id],
+            )
+            .await
+            .map_err(pg)?;
+        if rows.is_empty() {
+            return Err(StoreError::SubjectNotFound(subject_id.to_owned()));
+        }
+        let mut out = Vec::with_capacity(rows.len());
+        for r in rows {
+            let Some(template_id) = r.get::<_, Option<i64>>(0) else { continue };
+            let code = i64::from(r.get::<_, i16>(2));
+            let modality = Modality::from_code(code).ok_or_else(|| StoreError::Corrupt(format!("modality {code}")))?;
+            let position =
+                u8::try_from(r.get::<_, i16>(3)).map_err(|_| StoreError::Corrupt("finger position".into()))?;
+            let mut template = NewTemplate {
+                modality,
+                finger_position: position,
+                model_id: r.get(4),
+                quality: r.get(5),
+                data: TemplateData::Minutiae(Vec::new()),
+            };
+            let sealed: Vec<u8> = r.get(6);
+            let plain = open_template(&self.sealer, &sealed, template_id, subject_id, &template)?;
+            template.data = TemplateData::from_bytes(modality, plain)
+                .ok_or_else(|| StoreError::Corrupt("template length".into()))?;
+            out.push(StoredTemplate {
+                template_id,
+                subject_id: subject_id.to_owned(),
+                encounter_id: r.get(1),
+                template,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Deletes a subject with everything it owns, its change row and audit
+    /// entry in the same transaction; the template ids removed.
+    pub async fn delete_subject(&self, subject_id: &str, actor: &Actor) -> Result<Vec<i64>, StoreError> {
+        let mut c = self.pool.get().await.map_err(pg)?;
+        let tx = c.transaction().await.map_err(pg)?;
+        let ids: Vec<i64> = tx
+            .query("DELETE FROM templates WHERE subject_id = $1 RETURNING template_id", &[&subject_id])
+            .await
+            .map_err(pg)?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        tx.execute("DELETE FROM job_pairs WHERE a = $1 OR b = $1", &[&subject_id]).await.map_err(pg)?;
+        tx.execute("DELETE FROM enroll_requests WHERE subject_id = $1", &[&subject_id]).await.map_err(pg)?;
+        if tx.execute("DELETE FROM subjects WHERE subject_id = $1", &[&subject_id]).await.map_err(pg)? == 0 {
+            return Err(StoreError::SubjectNotFound(subject_id.to_owned()));
+        }
+        let now = now_ms();
+        tx.execute("INSERT INTO changes (subject_id, kind, at_ms) VALUES ($1, 'delete', $2)", &[&subject_id, &now])
+            .await
+            .map_err(pg)?;
+        let record = AuditRecord {
+            actor: actor.clone(),
+            subjects: vec![subject_id.to_owned()],
+            outcome: "OK".into(),
+            detail: format!("templates={}", ids.len()),
+        };
+        append_audit(&tx, now, &record).await?;
+        tx.commit().await.map_err(pg)?;
+        Ok(ids)
+    }
+
+    /// The changes after `after`, in sequence: (seq, subject, "enroll" or "delete").
+    pub async fn changes_after(&self, after: i64) -> Result<Vec<(i64, String, String)>, StoreError> {
+        let c = self.pool.get().await.map_err(pg)?;
+        let rows = c
+            .query("SELECT seq, subject_id, kind FROM changes WHERE seq > $1 ORDER BY seq", &[&after])
+            .await
+            .map_err(pg)?;
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect())
+    }
+
+    /// The pool (for the audit walk and the tests).
+    pub fn pool(&self) -> &Pool {
+        &self.pool
+    }
 }

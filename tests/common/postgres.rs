@@ -39,12 +39,15 @@ fn is_root() -> bool {
 /// `program args`, as the `postgres` user when running as root.
 fn run(bin: &Path, program: &str, args: &[&str]) {
     let exe = bin.join(program);
-    let status = if is_root() {
-        Command::new("runuser").args(["-u", "postgres", "--"]).arg(&exe).args(args).status()
+    let mut command = if is_root() {
+        let mut c = Command::new("runuser");
+        c.args(["-u", "postgres", "--"]).arg(&exe);
+        c
     } else {
-        Command::new(&exe).args(args).status()
-    }
-    .unwrap_or_else(|e| panic!("{program}: {e}"));
+        Command::new(&exe)
+    };
+    let status =
+        command.args(args).stdout(std::process::Stdio::null()).status().unwrap_or_else(|e| panic!("{program}: {e}"));
     assert!(status.success(), "{program} {args:?} failed: {status}");
 }
 
