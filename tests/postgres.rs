@@ -8,7 +8,7 @@ use std::path::Path;
 use cotejo::{
     biometric::{Modality, NewTemplate, TemplateData},
     store::{
-        Actor, AuditRecord, StoreError, now_ms,
+        Actor, AuditRecord, RequestKey, StoreError, now_ms,
         postgres::{MIGRATIONS, PgRecords, append_audit, open, verify_audit},
     },
 };
@@ -130,10 +130,19 @@ async fn subjects_are_sealed_read_back_deleted_and_followed_in_postgres() {
     let pg = TempPostgres::start();
     let records = PgRecords::open(&pg.url, Path::new(""), &"11".repeat(32), 2).await.expect("open");
     let a = Actor::system("test");
-    records.enroll("alice", &[face(1.0), face(2.0)], &a).await.expect("enroll");
-    records.enroll("bob", &[face(3.0)], &a).await.expect("enroll");
-    let again = records.enroll("alice", &[face(4.0)], &a).await;
+    let watch = vec!["transit".to_owned()];
+    records.enroll("alice", false, &[face(1.0)], &watch, &a, None).await.expect("enroll");
+    let key = RequestKey { request_id: "r-bob", samples: "[]" };
+    let bob = records.enroll("bob", false, &[face(3.0)], &[], &a, Some(key)).await.expect("enroll");
+    // A retried request id gets the first answer and writes nothing.
+    let retry = records.enroll("bob", false, &[face(3.0)], &[], &a, Some(key)).await.expect("retry");
+    assert_eq!(retry.replay.map(|r| (r.subject_id, r.encounter_id)), Some(("bob".to_owned(), bob.encounter_id)));
+    let again = records.enroll("alice", false, &[face(4.0)], &[], &a, None).await;
     assert!(matches!(again, Err(StoreError::SubjectExists(_))), "{again:?}");
+    let nobody = records.enroll("carol", true, &[face(4.0)], &[], &a, None).await;
+    assert!(matches!(nobody, Err(StoreError::SubjectNotFound(_))), "{nobody:?}");
+    records.enroll("alice", true, &[face(2.0)], &[], &a, None).await.expect("a second encounter");
+    assert_eq!(records.watchlist_members("transit").await.expect("members"), ["alice"]);
     let alice = records.subject_templates("alice").await.expect("read");
     let data: Vec<_> = alice.iter().map(|t| t.template.data.clone()).collect();
     assert_eq!(data, [TemplateData::Embedding(vec![1.0; 4]), TemplateData::Embedding(vec![2.0; 4])]);
@@ -154,8 +163,9 @@ async fn subjects_are_sealed_read_back_deleted_and_followed_in_postgres() {
     // What shard nodes follow, in order; the refused enroll left nothing.
     let changes: Vec<(String, String)> =
         records.changes_after(0).await.expect("changes").into_iter().map(|(_, s, k)| (s, k)).collect();
-    let expected = [("alice", "enroll"), ("bob", "enroll"), ("alice", "delete")];
+    let expected = [("alice", "enroll"), ("bob", "enroll"), ("alice", "enroll"), ("alice", "delete")];
     assert_eq!(changes, expected.map(|(s, k)| (s.to_owned(), k.to_owned())));
     let mut c = c;
-    assert_eq!(verify_audit(&mut c).await.expect("intact").entries, 3);
+    assert_eq!(verify_audit(&mut c).await.expect("intact").entries, 4);
+    assert!(records.watchlist_members("transit").await.expect("members").is_empty(), "deletion leaves no membership");
 }

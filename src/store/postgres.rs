@@ -10,7 +10,7 @@ use tokio_postgres::NoTls;
 use std::{path::Path, sync::Arc};
 
 use super::{
-    Actor, AuditRecord, ChainCheck, StoreError,
+    Actor, AuditRecord, ChainCheck, EnrollReplay, Enrolled, RequestKey, StoreError,
     audit::{check_link, next_entry, subjects_json},
     crypto::Sealer,
     now_ms, open_template, template_aad,
@@ -270,27 +270,62 @@ impl PgRecords {
         Ok(Self { pool: open(url, max_connections).await?, sealer })
     }
 
-    /// Stores a new subject with one encounter of `templates`, sealed, in
-    /// one transaction with its change row (for the shards) and its audit
-    /// entry; durable when this returns. The encounter id and template ids.
+    /// Stores a new encounter with `templates`, sealed: a new subject unless
+    /// `add_encounter`, which needs an existing one. In one transaction with
+    /// its watchlist memberships, its change row (for the shards) and its
+    /// audit entry; durable when this returns. A request id used before gets
+    /// the first answer and writes nothing (retries of one id are serialised
+    /// by an advisory lock on it).
     pub async fn enroll(
         &self,
         subject_id: &str,
+        add_encounter: bool,
         templates: &[NewTemplate],
+        watchlists: &[String],
         actor: &Actor,
-    ) -> Result<(i64, Vec<i64>), StoreError> {
+        key: Option<RequestKey<'_>>,
+    ) -> Result<Enrolled, StoreError> {
         let mut c = self.pool.get().await.map_err(pg)?;
         let tx = c.transaction().await.map_err(pg)?;
         let now = now_ms();
-        let inserted = tx
-            .execute(
-                "INSERT INTO subjects (subject_id, created_ms) VALUES ($1, $2) ON CONFLICT DO NOTHING",
-                &[&subject_id, &now],
-            )
-            .await
-            .map_err(pg)?;
-        if inserted == 0 {
-            return Err(StoreError::SubjectExists(subject_id.to_owned()));
+        if let Some(k) = key {
+            tx.execute("SELECT pg_advisory_xact_lock(hashtext($1))", &[&k.request_id]).await.map_err(pg)?;
+            let first = tx
+                .query_opt(
+                    "SELECT subject_id, encounter_id, samples FROM enroll_requests WHERE request_id = $1",
+                    &[&k.request_id],
+                )
+                .await
+                .map_err(pg)?;
+            if let Some(r) = first {
+                let replay = EnrollReplay { subject_id: r.get(0), encounter_id: r.get(1), samples: r.get(2) };
+                return Ok(Enrolled {
+                    encounter_id: replay.encounter_id,
+                    template_ids: Vec::new(),
+                    replay: Some(replay),
+                });
+            }
+        }
+        if add_encounter {
+            // Held to the end: a concurrent deletion waits, then takes the new encounter with it.
+            let known = tx
+                .query_opt("SELECT 1 FROM subjects WHERE subject_id = $1 FOR UPDATE", &[&subject_id])
+                .await
+                .map_err(pg)?;
+            if known.is_none() {
+                return Err(StoreError::SubjectNotFound(subject_id.to_owned()));
+            }
+        } else {
+            let inserted = tx
+                .execute(
+                    "INSERT INTO subjects (subject_id, created_ms) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+                    &[&subject_id, &now],
+                )
+                .await
+                .map_err(pg)?;
+            if inserted == 0 {
+                return Err(StoreError::SubjectExists(subject_id.to_owned()));
+            }
         }
         let encounter_id: i64 = tx
             .query_one(
@@ -315,15 +350,43 @@ impl PgRecords {
             .map_err(pg)?;
             ids.push(id);
         }
+        for w in watchlists {
+            tx.execute(
+                "INSERT INTO watchlist_members (watchlist, subject_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+                &[w, &subject_id],
+            )
+            .await
+            .map_err(pg)?;
+        }
         tx.execute("INSERT INTO changes (subject_id, kind, at_ms) VALUES ($1, 'enroll', $2)", &[&subject_id, &now])
             .await
             .map_err(pg)?;
-        let detail = format!("encounter={encounter_id} templates={}", templates.len());
+        let detail =
+            format!("encounter={encounter_id} templates={} watchlists={}", templates.len(), watchlists.join(","));
         let record =
             AuditRecord { actor: actor.clone(), subjects: vec![subject_id.to_owned()], outcome: "OK".into(), detail };
         append_audit(&tx, now, &record).await?;
+        if let Some(k) = key {
+            tx.execute(
+                "INSERT INTO enroll_requests (request_id, subject_id, encounter_id, samples, created_ms)
+                 VALUES ($1, $2, $3, $4, $5)",
+                &[&k.request_id, &subject_id, &encounter_id, &k.samples, &now],
+            )
+            .await
+            .map_err(pg)?;
+        }
         tx.commit().await.map_err(pg)?;
-        Ok((encounter_id, ids))
+        Ok(Enrolled { encounter_id, template_ids: ids, replay: None })
+    }
+
+    /// The members of a watchlist, in id order.
+    pub async fn watchlist_members(&self, watchlist: &str) -> Result<Vec<String>, StoreError> {
+        let c = self.pool.get().await.map_err(pg)?;
+        let rows = c
+            .query("SELECT subject_id FROM watchlist_members WHERE watchlist = $1 ORDER BY subject_id", &[&watchlist])
+            .await
+            .map_err(pg)?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
     }
 
     /// Every template of one subject, opened, oldest first.

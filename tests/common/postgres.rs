@@ -78,10 +78,13 @@ impl Drop for TempPostgres {
         let data = self.data.display().to_string();
         let exe = self.bin.join("pg_ctl");
         let args = ["-D", data.as_str(), "-m", "immediate", "-w", "stop"];
-        let _ = if is_root() {
-            Command::new("runuser").args(["-u", "postgres", "--"]).arg(&exe).args(args).status()
+        let mut command = if is_root() {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(&exe);
+            c
         } else {
-            Command::new(&exe).args(args).status()
+            Command::new(&exe)
         };
+        let _ = command.args(args).stdout(std::process::Stdio::null()).status();
     }
 }
