@@ -397,6 +397,11 @@ impl Config {
         if self.jobs.face_block_rows == 0 || self.jobs.finger_block_rows == 0 || self.jobs.threads == 0 {
             return bad("jobs.face_block_rows and jobs.finger_block_rows must be at least 1");
         }
+        if let Some((name, _)) = self.retention.watchlists.iter().find(|(_, days)| **days == 0) {
+            return bad(&format!(
+                "retention.watchlists.{name} must be at least 1 day (0 would purge its subjects as soon as they are enrolled)"
+            ));
+        }
         if self.finger.search_threads == 0 {
             return bad("finger.search_threads must be at least 1");
         }
@@ -508,6 +513,11 @@ mod tests {
         assert!(Config::load_with_env(None, env).is_err());
         let env = [("COTEJO__NOPE__X".to_string(), "1".to_string())];
         assert!(Config::load_with_env(None, env).is_err());
+        let env = [("COTEJO__RETENTION__WATCHLISTS__TRANSIT".to_string(), "0".to_string())];
+        let e = Config::load_with_env(None, env).expect_err("a retention of 0 days");
+        assert!(e.to_string().contains("retention.watchlists.transit"), "{e}");
+        let env = [("COTEJO__RETENTION__WATCHLISTS__TRANSIT".to_string(), "30".to_string())];
+        assert_eq!(Config::load_with_env(None, env).expect("30 days").retention.watchlists["transit"], 30);
     }
 
     #[test]
