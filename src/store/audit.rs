@@ -47,6 +47,30 @@ pub struct AuditRecord {
     pub detail: String,
 }
 
+impl AuditRecord {
+    /// A store's record of an enroll (the same detail in every backend).
+    pub(super) fn enrolled(
+        actor: &Actor,
+        subject_id: &str,
+        encounter_id: i64,
+        templates: usize,
+        watchlists: &[String],
+    ) -> Self {
+        let detail = format!("encounter={encounter_id} templates={templates} watchlists={}", watchlists.join(","));
+        Self { actor: actor.clone(), subjects: vec![subject_id.to_owned()], outcome: "OK".into(), detail }
+    }
+
+    /// A store's record of a subject's deletion.
+    pub(super) fn deleted(actor: &Actor, subject_id: &str, templates: usize) -> Self {
+        Self {
+            actor: actor.clone(),
+            subjects: vec![subject_id.to_owned()],
+            outcome: "OK".into(),
+            detail: format!("templates={templates}"),
+        }
+    }
+}
+
 /// One audit entry as stored.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct AuditEntry {

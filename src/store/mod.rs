@@ -21,7 +21,7 @@ use std::path::Path;
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use crate::biometric::{Modality, NewTemplate};
+use crate::biometric::{Modality, NewTemplate, TemplateData};
 pub use audit::{Actor, AuditEntry, AuditRecord, ChainCheck};
 pub use audit_reader::AuditReader;
 use audit_reader::check_chain;
@@ -304,10 +304,7 @@ impl Store {
                 params![g, subject_id],
             )?;
         }
-        let detail =
-            format!("encounter={encounter_id} templates={} watchlists={}", templates.len(), watchlists.join(","));
-        let record =
-            AuditRecord { actor: actor.clone(), subjects: vec![subject_id.to_owned()], outcome: "OK".into(), detail };
+        let record = AuditRecord::enrolled(actor, subject_id, encounter_id, templates.len(), watchlists);
         audit::append(&tx, now, &record)?;
         if let Some(k) = key {
             tx.execute(
@@ -357,12 +354,7 @@ impl Store {
         tx.execute("DELETE FROM job_pairs WHERE a = ?1 OR b = ?1", [subject_id])?;
         tx.execute("DELETE FROM enroll_requests WHERE subject_id = ?1", [subject_id])?;
         tx.execute("DELETE FROM subjects WHERE subject_id = ?1", [subject_id])?;
-        let record = AuditRecord {
-            actor: actor.clone(),
-            subjects: vec![subject_id.to_owned()],
-            outcome: "OK".into(),
-            detail: format!("templates={}", ids.len()),
-        };
+        let record = AuditRecord::deleted(actor, subject_id, ids.len());
         audit::append(&tx, now_ms(), &record)?;
         commit(tx)?;
         self.erase_wal();
@@ -459,6 +451,25 @@ fn open_template(
             if named { template_aad(template_id, subject_id, t) } else { legacy_aad(subject_id, t) }
         })
         .map_err(|_| StoreError::TemplateSeal(template_id))
+}
+
+/// The modality stored as `code`.
+fn modality(code: i64) -> Result<Modality, StoreError> {
+    Modality::from_code(code).ok_or_else(|| StoreError::Corrupt(format!("modality {code}")))
+}
+
+/// `t` (read from its row, without data) with its data opened from `sealed`.
+fn unsealed(
+    sealer: &Sealer,
+    sealed: &[u8],
+    template_id: i64,
+    subject_id: &str,
+    mut t: NewTemplate,
+) -> Result<NewTemplate, StoreError> {
+    let plain = open_template(sealer, sealed, template_id, subject_id, &t)?;
+    t.data =
+        TemplateData::from_bytes(t.modality, plain).ok_or_else(|| StoreError::Corrupt("template length".into()))?;
+    Ok(t)
 }
 
 /// Now, in ms since the epoch.

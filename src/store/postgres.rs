@@ -13,9 +13,9 @@ use super::{
     Actor, AuditRecord, ChainCheck, EnrollReplay, Enrolled, RequestKey, StoreError,
     audit::{check_link, next_entry, subjects_json},
     crypto::Sealer,
-    now_ms, open_template, template_aad,
+    modality, now_ms, template_aad, unsealed,
 };
-use crate::biometric::{Modality, NewTemplate, StoredTemplate, TemplateData};
+use crate::biometric::{NewTemplate, StoredTemplate, TemplateData};
 
 /// The schema, one entry per version, applied in order and never edited
 /// once released (a change is a new version).
@@ -361,10 +361,7 @@ impl PgRecords {
         tx.execute("INSERT INTO changes (subject_id, kind, at_ms) VALUES ($1, 'enroll', $2)", &[&subject_id, &now])
             .await
             .map_err(pg)?;
-        let detail =
-            format!("encounter={encounter_id} templates={} watchlists={}", templates.len(), watchlists.join(","));
-        let record =
-            AuditRecord { actor: actor.clone(), subjects: vec![subject_id.to_owned()], outcome: "OK".into(), detail };
+        let record = AuditRecord::enrolled(actor, subject_id, encounter_id, templates.len(), watchlists);
         append_audit(&tx, now, &record).await?;
         if let Some(k) = key {
             tx.execute(
@@ -407,21 +404,17 @@ impl PgRecords {
         let mut out = Vec::with_capacity(rows.len());
         for r in rows {
             let Some(template_id) = r.get::<_, Option<i64>>(0) else { continue };
-            let code = i64::from(r.get::<_, i16>(2));
-            let modality = Modality::from_code(code).ok_or_else(|| StoreError::Corrupt(format!("modality {code}")))?;
             let position =
                 u8::try_from(r.get::<_, i16>(3)).map_err(|_| StoreError::Corrupt("finger position".into()))?;
-            let mut template = NewTemplate {
-                modality,
+            let row = NewTemplate {
+                modality: modality(i64::from(r.get::<_, i16>(2)))?,
                 finger_position: position,
                 model_id: r.get(4),
                 quality: r.get(5),
                 data: TemplateData::Minutiae(Vec::new()),
             };
             let sealed: Vec<u8> = r.get(6);
-            let plain = open_template(&self.sealer, &sealed, template_id, subject_id, &template)?;
-            template.data = TemplateData::from_bytes(modality, plain)
-                .ok_or_else(|| StoreError::Corrupt("template length".into()))?;
+            let template = unsealed(&self.sealer, &sealed, template_id, subject_id, row)?;
             out.push(StoredTemplate {
                 template_id,
                 subject_id: subject_id.to_owned(),
@@ -453,12 +446,7 @@ impl PgRecords {
         tx.execute("INSERT INTO changes (subject_id, kind, at_ms) VALUES ($1, 'delete', $2)", &[&subject_id, &now])
             .await
             .map_err(pg)?;
-        let record = AuditRecord {
-            actor: actor.clone(),
-            subjects: vec![subject_id.to_owned()],
-            outcome: "OK".into(),
-            detail: format!("templates={}", ids.len()),
-        };
+        let record = AuditRecord::deleted(actor, subject_id, ids.len());
         append_audit(&tx, now, &record).await?;
         tx.commit().await.map_err(pg)?;
         Ok(ids)

@@ -13,7 +13,7 @@ use rusqlite::{Connection, params};
 
 use super::{
     AuditEntry, ChainCheck, Checkpoint, EnrollReplay, StoreError, StoreStats, audit, check_chain, crypto::Sealer,
-    enroll_request, open_template, subject_exists, templates_sql,
+    enroll_request, modality, subject_exists, templates_sql, unsealed,
 };
 use crate::biometric::{Modality, NewTemplate, StoredTemplate, TemplateData};
 
@@ -192,11 +192,9 @@ impl Reader {
         let mut st = self.conn.prepare(&templates_sql(clause, order))?;
         let mut rows = st.query(p)?;
         while let Some(r) = rows.next()? {
-            let code: i64 = r.get(3)?;
-            let modality = Modality::from_code(code).ok_or_else(|| StoreError::Corrupt(format!("modality {code}")))?;
             let subject_id: String = r.get(1)?;
-            let mut template = NewTemplate {
-                modality,
+            let row = NewTemplate {
+                modality: modality(r.get(3)?)?,
                 finger_position: r.get(4)?,
                 model_id: r.get(5)?,
                 quality: r.get::<_, f64>(6)? as f32,
@@ -204,9 +202,7 @@ impl Reader {
             };
             let sealed: Vec<u8> = r.get(7)?;
             let template_id: i64 = r.get(0)?;
-            let plain = open_template(&self.sealer, &sealed, template_id, &subject_id, &template)?;
-            template.data = TemplateData::from_bytes(modality, plain)
-                .ok_or_else(|| StoreError::Corrupt("template length".into()))?;
+            let template = unsealed(&self.sealer, &sealed, template_id, &subject_id, row)?;
             let t = StoredTemplate { template_id, subject_id, encounter_id: r.get(2)?, template };
             sink(t)?;
         }
