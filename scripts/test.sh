@@ -7,6 +7,12 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 # Build outputs live outside the clone so a fresh clone (CI) reuses them.
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/cotejo/target}"
 cargo test --release --locked "$@"
+# The integration suite again with every test server's records in
+# PostgreSQL (a throwaway server, a database per data directory); tests of
+# the embedded store's own parts say they are skipped.
+if [[ $# -eq 0 ]]; then
+  COTEJO_TEST_STORE=postgres cargo test --release --locked --test integration
+fi
 # Tests on ../shared/data (the identity-labelled evaluation sets) are ignored
 # by a plain `cargo test`, so a clone without the data reports them as
 # ignored; here they run wherever the data is.

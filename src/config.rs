@@ -55,6 +55,22 @@ pub struct Config {
     pub metrics: MetricsConfig,
     /// How long subjects of some watchlists are kept.
     pub retention: RetentionConfig,
+    /// Shards, routing and replicas when the store is PostgreSQL.
+    pub cluster: ClusterConfig,
+}
+
+/// A node of a cluster on PostgreSQL.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// The shard whose templates this node loads and searches, `I/S`
+    /// (`0/1`: the whole gallery).
+    pub shard: String,
+    /// How long an Enroll or Delete answered by the node that holds the
+    /// subject's shard waits for its own index to take the change (ms).
+    pub follow_wait_ms: u64,
+    /// Seconds between polls of the change log when no notification came.
+    pub poll_secs: u64,
 }
 
 /// Retention per watchlist, applied by a purge that runs in the server.
@@ -183,6 +199,12 @@ pub struct StoreConfig {
     /// Free space (MiB) on the data directory's file system below which
     /// health reports NOT_SERVING.
     pub min_free_mb: u64,
+    /// `postgres://user@host:port/db`: PostgreSQL holds the records and the
+    /// data directory only this node's index snapshots; empty: SQLite in
+    /// the data directory.
+    pub url: String,
+    /// Connections to PostgreSQL a node keeps at most.
+    pub max_connections: usize,
 }
 
 impl fmt::Debug for StoreConfig {
@@ -193,6 +215,8 @@ impl fmt::Debug for StoreConfig {
             .field("encryption_key", &key)
             .field("key_dir", &self.key_dir)
             .field("min_free_mb", &self.min_free_mb)
+            .field("url", &redact_password(&self.url))
+            .field("max_connections", &self.max_connections)
             .finish()
     }
 }
@@ -402,6 +426,12 @@ impl Config {
                 "retention.watchlists.{name} must be at least 1 day (0 would purge its subjects as soon as they are enrolled)"
             ));
         }
+        if let Err(e) = self.cluster.shard.parse::<crate::shard::Shard>() {
+            return bad(&format!("cluster.shard: {e}"));
+        }
+        if !self.store.url.is_empty() && self.store.max_connections == 0 {
+            return bad("store.max_connections must be at least 1");
+        }
         if self.finger.search_threads == 0 {
             return bad("finger.search_threads must be at least 1");
         }
@@ -489,6 +519,16 @@ fn env_value(raw: &str) -> toml::Value {
         .unwrap_or_else(|| toml::Value::String(raw.to_owned()))
 }
 
+/// A connection URL with its password, if any, replaced (for logs).
+pub fn redact_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else { return url.to_owned() };
+    let Some((credentials, host)) = rest.split_once('@') else { return url.to_owned() };
+    match credentials.split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:<redacted>@{host}"),
+        None => url.to_owned(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -529,6 +569,12 @@ mod tests {
         assert!(Config::load_with_env(None, env).is_err());
         let env = [("COTEJO__INDEX__KIND".to_string(), "annoy".to_string())];
         assert!(Config::load_with_env(None, env).is_err());
+    }
+
+    #[test]
+    fn a_url_password_is_redacted() {
+        assert_eq!(redact_password("postgres://app:s3cret@db:5432/x"), "postgres://app:<redacted>@db:5432/x");
+        assert_eq!(redact_password("postgres://app@db/x"), "postgres://app@db/x");
     }
 
     #[test]

@@ -19,6 +19,7 @@ pub mod jobs;
 pub mod metrics;
 pub mod openmp;
 pub mod server;
+pub mod shard;
 pub mod store;
 pub mod telemetry;
 pub mod workers;

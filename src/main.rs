@@ -53,7 +53,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         json: c.json,
     };
     match cli.command {
-        Command::Serve { listen, data_dir, config } => serve_command(listen, data_dir, config).await,
+        Command::Serve { listen, data_dir, config, shard } => serve_command(listen, data_dir, config, shard).await,
         Command::Enroll { subject, samples, add_encounter, largest_face, watchlists, request_id, client } => {
             let args = cli::EnrollArgs { subject, add_encounter, largest_face, watchlists, request_id };
             cli::enroll(&opts(client), args, &samples.into()).await
@@ -137,8 +137,12 @@ async fn serve_command(
     listen: Option<SocketAddr>,
     data_dir: Option<PathBuf>,
     config: Option<PathBuf>,
+    shard: Option<cotejo::shard::Shard>,
 ) -> anyhow::Result<()> {
     let mut config = Config::load(config.as_deref())?;
+    if let Some(s) = shard {
+        config.cluster.shard = s.to_string();
+    }
     if let Some(l) = listen {
         config.server.listen = l;
     }

@@ -47,9 +47,13 @@ async fn acknowledged_enrolls_survive_sigkill() {
     assert!(server.terminate().success());
 
     // The audit chain is intact across the crash and records searches too.
-    let store = cotejo::store::Store::open(dir.path(), "").expect("reopen the store");
-    assert!(store.verify_audit(None, false).expect("audit chain").entries >= 44);
-    let tail = store.audit_tail(50).expect("audit tail");
+    let entries = crate::common::postgres::audit_entries(dir.path());
+    assert!(entries.len() >= 44, "{} audit entries", entries.len());
+    if !crate::common::postgres::selected() {
+        let store = cotejo::store::Store::open(dir.path(), "").expect("reopen the store");
+        assert_eq!(store.verify_audit(None, false).expect("audit chain").entries, entries.len() as u64);
+    }
+    let tail = &entries[entries.len().saturating_sub(50)..];
     let has = |method: &str, who: &str| tail.iter().any(|e| e.method == method && e.subjects.iter().any(|s| s == who));
     assert!(has("Identify", "obama"), "an Identify that returned obama is recorded");
     assert!(has("Delete", "biden"));
@@ -61,6 +65,9 @@ async fn acknowledged_enrolls_survive_sigkill() {
 /// comes back, and the snapshot on disk is sealed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn index_snapshot_plus_replay_after_sigkill() {
+    if crate::common::postgres::sqlite_only("snapshots every N enrolls are written by the embedded store's writer") {
+        return;
+    }
     for kind in ["flat", "int8", "int4"] {
         let dir = tempfile::tempdir().expect("tempdir");
         let env = [("COTEJO__INDEX__KIND", kind), ("COTEJO__INDEX__SNAPSHOT_EVERY", "8")];
@@ -139,6 +146,9 @@ fn synthetic_finger(seed: u64, shift: u16) -> pb::Sample {
 /// snapshot is not used: the gallery is rebuilt from the store instead.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn finger_snapshot_plus_replay_after_sigkill() {
+    if crate::common::postgres::sqlite_only("snapshots every N enrolls are written by the embedded store's writer") {
+        return;
+    }
     let dir = tempfile::tempdir().expect("tempdir");
     let env = [("COTEJO__FINGER__SNAPSHOT_EVERY", "6")];
     let server = ChildServer::start_with(dir.path(), &env).await;

@@ -8,7 +8,7 @@ use std::path::Path;
 use cotejo::{
     biometric::{Modality, NewTemplate, TemplateData},
     store::{
-        Actor, AuditRecord, RequestKey, StoreError, now_ms,
+        Actor, AuditRecord, Records, RequestKey, StoreError, now_ms,
         postgres::{MIGRATIONS, PgRecords, append_audit, open, verify_audit},
     },
 };
@@ -129,43 +129,67 @@ fn face(v: f32) -> NewTemplate {
 async fn subjects_are_sealed_read_back_deleted_and_followed_in_postgres() {
     let pg = TempPostgres::start();
     let records = PgRecords::open(&pg.url, Path::new(""), &"11".repeat(32), 2).await.expect("open");
+    let stranger = PgRecords::open(&pg.url, Path::new(""), &"22".repeat(32), 1).await.expect("open");
+    // The store interface blocks: called off the runtime, as the engine does.
+    tokio::task::spawn_blocking(move || sealed_read_back_deleted_and_followed(&records, &stranger))
+        .await
+        .expect("join");
+}
+
+fn sealed_read_back_deleted_and_followed(records: &PgRecords, stranger: &PgRecords) {
     let a = Actor::system("test");
     let watch = vec!["transit".to_owned()];
-    records.enroll("alice", false, &[face(1.0)], &watch, &a, None).await.expect("enroll");
+    records.enroll("alice", false, &[face(1.0)], &watch, &a, None).expect("enroll");
     let key = RequestKey { request_id: "r-bob", samples: "[]" };
-    let bob = records.enroll("bob", false, &[face(3.0)], &[], &a, Some(key)).await.expect("enroll");
+    let bob = records.enroll("bob", false, &[face(3.0)], &[], &a, Some(key)).expect("enroll");
     // A retried request id gets the first answer and writes nothing.
-    let retry = records.enroll("bob", false, &[face(3.0)], &[], &a, Some(key)).await.expect("retry");
+    let retry = records.enroll("bob", false, &[face(3.0)], &[], &a, Some(key)).expect("retry");
     assert_eq!(retry.replay.map(|r| (r.subject_id, r.encounter_id)), Some(("bob".to_owned(), bob.encounter_id)));
-    let again = records.enroll("alice", false, &[face(4.0)], &[], &a, None).await;
+    assert_eq!(records.enroll_request("r-bob").expect("replay").map(|r| r.encounter_id), Some(bob.encounter_id));
+    let again = records.enroll("alice", false, &[face(4.0)], &[], &a, None);
     assert!(matches!(again, Err(StoreError::SubjectExists(_))), "{again:?}");
-    let nobody = records.enroll("carol", true, &[face(4.0)], &[], &a, None).await;
+    let nobody = records.enroll("carol", true, &[face(4.0)], &[], &a, None);
     assert!(matches!(nobody, Err(StoreError::SubjectNotFound(_))), "{nobody:?}");
-    records.enroll("alice", true, &[face(2.0)], &[], &a, None).await.expect("a second encounter");
-    assert_eq!(records.watchlist_members("transit").await.expect("members"), ["alice"]);
-    let alice = records.subject_templates("alice").await.expect("read");
+    records.enroll("alice", true, &[face(2.0)], &[], &a, None).expect("a second encounter");
+    assert_eq!(records.watchlist_members("transit").expect("members"), ["alice"]);
+    let alice = records.subject_templates("alice").expect("read");
     let data: Vec<_> = alice.iter().map(|t| t.template.data.clone()).collect();
     assert_eq!(data, [TemplateData::Embedding(vec![1.0; 4]), TemplateData::Embedding(vec![2.0; 4])]);
+    let listed = records.list_subjects("", 10, "").expect("list");
+    let counts: Vec<_> = listed.iter().map(|s| (s.subject_id.as_str(), s.encounters, s.templates)).collect();
+    assert_eq!(counts, [("alice", 2, 2), ("bob", 1, 1)]);
+    assert_eq!(records.subject("alice").expect("subject").watchlists, ["transit"]);
+    assert_eq!(records.stats().expect("stats").subjects, 2);
 
     // Sealed: the rows do not hold the plaintext, and another key opens nothing.
-    let c = records.pool().get().await.expect("connection");
     let plain: Vec<u8> = [1.0f32; 2].iter().flat_map(|v| v.to_le_bytes()).collect();
-    for row in c.query("SELECT sealed FROM templates", &[]).await.expect("rows") {
+    let rows = records
+        .block(async {
+            let c = records.pool().get().await.map_err(|e| StoreError::Postgres(e.to_string()))?;
+            c.query("SELECT sealed FROM templates", &[]).await.map_err(|e| StoreError::Postgres(e.to_string()))
+        })
+        .expect("rows");
+    for row in rows {
         let sealed: Vec<u8> = row.get(0);
         assert!(!sealed.windows(plain.len()).any(|w| w == plain.as_slice()), "a template is stored in the clear");
     }
-    let stranger = PgRecords::open(&pg.url, Path::new(""), &"22".repeat(32), 1).await.expect("open");
-    assert!(matches!(stranger.subject_templates("alice").await, Err(StoreError::TemplateSeal(_))));
+    assert!(matches!(stranger.subject_templates("alice"), Err(StoreError::TemplateSeal(_))));
 
-    assert_eq!(records.delete_subject("alice", &a).await.expect("delete").len(), 2);
-    assert!(matches!(records.subject_templates("alice").await, Err(StoreError::SubjectNotFound(_))));
-    assert!(matches!(records.delete_subject("alice", &a).await, Err(StoreError::SubjectNotFound(_))));
-    // What shard nodes follow, in order; the refused enroll left nothing.
-    let changes: Vec<(String, String)> =
-        records.changes_after(0).await.expect("changes").into_iter().map(|(_, s, k)| (s, k)).collect();
-    let expected = [("alice", "enroll"), ("bob", "enroll"), ("alice", "enroll"), ("alice", "delete")];
-    assert_eq!(changes, expected.map(|(s, k)| (s.to_owned(), k.to_owned())));
-    let mut c = c;
-    assert_eq!(verify_audit(&mut c).await.expect("intact").entries, 4);
-    assert!(records.watchlist_members("transit").await.expect("members").is_empty(), "deletion leaves no membership");
+    let removed = records.delete_unless_seen("alice", i64::MAX, &a).expect("delete").expect("deleted");
+    assert_eq!(removed.template_ids.len(), 2);
+    assert!(matches!(records.subject_templates("alice"), Err(StoreError::SubjectNotFound(_))));
+    assert!(matches!(records.delete_unless_seen("alice", i64::MAX, &a), Err(StoreError::SubjectNotFound(_))));
+    // Kept when seen since the cutoff.
+    assert!(records.delete_unless_seen("bob", 0, &a).expect("kept").is_none());
+    // What shard nodes follow, in order, with the templates each change
+    // added or removed; the refused enroll left nothing.
+    let changes = records.block(records.changes_after(0, 100)).expect("changes");
+    let seen: Vec<(&str, bool, usize, i64)> =
+        changes.iter().map(|c| (c.subject_id.as_str(), c.deleted, c.template_ids.len(), c.subjects_delta)).collect();
+    assert_eq!(seen, [("alice", false, 1, 1), ("bob", false, 1, 1), ("alice", false, 1, 0), ("alice", true, 2, -1)]);
+    assert!(changes.windows(2).all(|w| w[0].seq < w[1].seq));
+    assert_eq!(changes[3].seq, removed.seq);
+    assert_eq!(records.verify_audit(None, false).expect("intact").entries, 4);
+    assert_eq!(records.audit_entries(1, 10).expect("entries").len(), 4);
+    assert!(records.watchlist_members("transit").expect("members").is_empty(), "deletion leaves no membership");
 }

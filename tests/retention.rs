@@ -31,13 +31,9 @@ async fn subjects_past_their_watchlists_retention_are_purged_and_audited() {
     server.stop().await;
 
     // 40 days pass for the "old" subjects' encounters.
-    let db = rusqlite::Connection::open(dir.path().join("cotejo.db")).expect("open");
     let forty_days_ago = cotejo::store::now_ms() - 40 * 86_400_000;
-    let aged = db
-        .execute("UPDATE encounters SET created_ms = ?1 WHERE subject_id LIKE 'old-%'", [forty_days_ago])
-        .expect("age");
-    assert_eq!(aged, 3);
-    drop(db);
+    let sql = format!("UPDATE encounters SET created_ms = {forty_days_ago} WHERE subject_id LIKE 'old-%'");
+    assert_eq!(crate::common::postgres::execute(dir.path(), &sql), 3);
 
     let server = TestServer::start(config(dir.path(), &settings)).await;
     let mut c = server.client.clone();

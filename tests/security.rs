@@ -12,7 +12,7 @@ use std::{
 use cotejo::{
     api::pb::{self, biometrics_service_client::BiometricsServiceClient},
     cli::{Conn, Connection},
-    store::{AuditEntry, AuditReader},
+    store::AuditEntry,
 };
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose, SanType,
@@ -121,7 +121,7 @@ pub(crate) async fn biometrics(c: &Connection) -> Result<BiometricsServiceClient
 
 /// Every audit entry of a data directory (read while the server runs).
 pub(crate) fn audit_log(data_dir: &Path) -> Vec<AuditEntry> {
-    AuditReader::open(data_dir).expect("audit reader").entries(1, 100_000).expect("entries")
+    crate::common::postgres::audit_entries(data_dir)
 }
 
 fn cotejo(args: &[&str]) -> (bool, String, String) {

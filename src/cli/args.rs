@@ -73,6 +73,10 @@ pub enum Command {
         /// TOML settings file layered over the embedded defaults.
         #[arg(long)]
         config: Option<PathBuf>,
+        /// With store.url: the shard this node loads and searches, I/S
+        /// (overrides cluster.shard).
+        #[arg(long)]
+        shard: Option<crate::shard::Shard>,
     },
     /// Enroll a subject.
     Enroll {

@@ -4,10 +4,10 @@
 
 use tracing::{error, info, warn};
 
-use super::{Engine, EngineError, lock, read};
+use super::{Engine, EngineError, read};
 use crate::{
     config::{AuditConfig, OnBrokenAudit},
-    store::{AuditEntry, AuditRecord, ChainCheck, Checkpoints, Store, StoreError},
+    store::{AuditEntry, AuditRecord, ChainCheck, Checkpoints, Records, StoreError},
 };
 
 /// Opens the configured checkpoints (none when `audit.checkpoint_dir` is
@@ -15,11 +15,16 @@ use crate::{
 /// the start-up, or (`on_broken = "not_serving"`) comes back as the problem
 /// the server reports while it refuses every call but the audit role's.
 pub(super) fn check_at_start(
-    store: &Store,
+    store: &dyn Records,
     config: &AuditConfig,
     data_dir: &std::path::Path,
 ) -> Result<(Option<Checkpoints>, Option<String>), EngineError> {
-    let checkpoints = if config.checkpoint_dir.as_os_str().is_empty() {
+    let checkpoints = if store.backend() == "postgres" {
+        if !config.checkpoint_dir.as_os_str().is_empty() {
+            warn!("audit.checkpoint_dir is not used with store.url: the chain in PostgreSQL is checked whole");
+        }
+        None
+    } else if config.checkpoint_dir.as_os_str().is_empty() {
         warn!("no audit checkpoints (audit.checkpoint_dir): truncating or rebuilding the audit log would go unseen");
         None
     } else {
@@ -54,27 +59,27 @@ pub(super) fn check_at_start(
 impl Engine {
     /// Records one call; durable when this returns.
     pub async fn record_audit(&self, record: AuditRecord) -> Result<(), EngineError> {
-        let store = self.store.clone();
-        tokio::task::spawn_blocking(move || Ok(lock(&store)?.audit(&record)?)).await?
+        let records = self.records.clone();
+        tokio::task::spawn_blocking(move || Ok(records.audit(&record)?)).await?
     }
 
     /// Walks the whole chain and checks it against the last signed checkpoint.
     pub async fn verify_audit(&self) -> Result<ChainCheck, EngineError> {
-        let reads = self.reads.clone();
+        let records = self.records.clone();
         let checkpoints = self.checkpoints.clone();
         tokio::task::spawn_blocking(move || {
             let last = match &checkpoints {
                 Some(c) => c.read()?,
                 None => None,
             };
-            Ok(reads.get()?.verify_audit(last.as_ref(), false)?)
+            Ok(records.verify_audit(last.as_ref(), false)?)
         })
         .await?
     }
 
     /// Up to `limit` entries from `from_seq` on.
     pub async fn audit_entries(&self, from_seq: i64, limit: usize) -> Result<Vec<AuditEntry>, EngineError> {
-        read(&self.reads, move |r| r.audit_entries(from_seq, limit)).await
+        read(&self.records, move |r| r.audit_entries(from_seq, limit)).await
     }
 
     /// Why the audit log is not trusted (`on_broken = "not_serving"`), if it is not.
@@ -93,7 +98,7 @@ impl Engine {
         let last = checkpoints.read()?;
         // Only entries that chain from the last checkpoint are vouched for:
         // a row edited since then is reported, not signed over.
-        let check = self.reads.get()?.verify_audit(last.as_ref(), true)?;
+        let check = self.records.verify_audit(last.as_ref(), true)?;
         if last.as_ref().is_some_and(|c| c.seq == check.head_seq) {
             return Ok(());
         }

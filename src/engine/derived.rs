@@ -15,7 +15,7 @@ use std::{
 use tracing::{info, warn};
 
 use super::EngineError;
-use crate::store::{SealedFile, Store};
+use crate::store::{SealedFile, TemplateSource};
 
 /// An index derived from the store, with how it is loaded, rebuilt and saved.
 pub(super) trait DerivedIndex: Send + Sync + 'static {
@@ -28,10 +28,14 @@ pub(super) trait DerivedIndex: Send + Sync + 'static {
 
     /// The index from its snapshot and a replay of the store's changes
     /// since, and whether the snapshot was behind; `None` without a snapshot.
-    fn restore(&self, store: &Store, file: &SealedFile) -> Result<Option<(Self::Index, bool)>, EngineError>;
+    fn restore(
+        &self,
+        store: &dyn TemplateSource,
+        file: &SealedFile,
+    ) -> Result<Option<(Self::Index, bool)>, EngineError>;
 
     /// The index from every stored template.
-    fn rebuild(&self, store: &Store) -> Result<Self::Index, EngineError>;
+    fn rebuild(&self, store: &dyn TemplateSource) -> Result<Self::Index, EngineError>;
 
     /// Seals the index into its snapshot file, holding its read lock as
     /// briefly as the structure allows.
@@ -42,7 +46,7 @@ pub(super) trait DerivedIndex: Send + Sync + 'static {
 
     /// The index from its snapshot (when `file` is given and usable) or else
     /// rebuilt; true when a new snapshot should be written.
-    fn load(&self, store: &Store, file: Option<&SealedFile>) -> Result<(Self::Index, bool), EngineError> {
+    fn load(&self, store: &dyn TemplateSource, file: Option<&SealedFile>) -> Result<(Self::Index, bool), EngineError> {
         let t = Instant::now();
         if let Some(file) = file {
             match self.restore(store, file) {

@@ -8,13 +8,13 @@ use tracing::{error, info};
 
 use super::{
     Derived, Engine, EngineError, EnrollOutcome, EnrollRequest, MAX_WATCHLISTS, SampleReport, derived::DerivedIndex,
-    face_index::FaceIndexSpec, lock, read, validate_name, validate_subject_id,
+    face_index::FaceIndexSpec, read, validate_name, validate_subject_id,
 };
 use crate::{
     biometric::{NewTemplate, TemplateData},
     finger::{index::FingerIndex, mcc::Template, template},
     index::VectorIndex,
-    store::{Actor, EnrollReplay, Enrolled, RequestKey, Store},
+    store::{Actor, EnrollReplay, Enrolled, ReadPool, RequestKey},
 };
 
 /// A finger template to add to the gallery: its place among the request's
@@ -38,15 +38,22 @@ impl Engine {
         let reports_json = serde_json::to_string(&reports).map_err(|e| EngineError::Internal(e.to_string()))?;
         // Matcher templates are built before taking any lock.
         let finger_templates = matcher_templates(&templates)?;
-        let (store, indexes, subjects) = (self.store.clone(), self.indexes(), self.subjects.clone());
+        let (records, writes, indexes, subjects) =
+            (self.records.clone(), self.writes.clone(), self.indexes(), self.subjects.clone());
+        let following = self.following.is_some();
+        let reads = self.local.as_ref().map(|l| l.reads.clone());
         let (sid, actor) = (subject_id.clone(), actor.clone());
         let done = tokio::task::spawn_blocking(move || -> Result<_, EngineError> {
-            // Store first, then the indexes, all under the store lock so a
-            // concurrent delete cannot slip between them.
-            let mut store = lock(&store)?;
             let key =
                 (!request_id.is_empty()).then_some(RequestKey { request_id: &request_id, samples: &reports_json });
-            let enrolled = store.enroll(&sid, add_encounter, &templates, &watchlists, &actor, key)?;
+            if following {
+                // The indexes follow the change log, in its order.
+                let enrolled = records.enroll(&sid, add_encounter, &templates, &watchlists, &actor, key)?;
+                return Ok((enrolled, 0, 0));
+            }
+            // Store first, then the indexes, with no deletion between them.
+            let _ordered = writes.lock().map_err(|_| EngineError::Internal("write lock poisoned".into()))?;
+            let enrolled = records.enroll(&sid, add_encounter, &templates, &watchlists, &actor, key)?;
             if enrolled.replay.is_some() {
                 // A concurrent retry committed first: nothing new to index.
                 return Ok((enrolled, 0, 0));
@@ -54,7 +61,7 @@ impl Engine {
             if !add_encounter {
                 subjects.fetch_add(1, Ordering::Relaxed);
             }
-            let (faces, fingers) = indexes.add(&store, &sid, &templates, finger_templates, &enrolled)?;
+            let (faces, fingers) = indexes.add(reads.as_ref(), &sid, &templates, finger_templates, &enrolled)?;
             Ok((enrolled, faces, fingers))
         })
         .await??;
@@ -62,6 +69,7 @@ impl Engine {
         if let Some(first) = enrolled.replay {
             return replayed(first, &subject_id);
         }
+        self.wait_for_own(&subject_id, enrolled.seq).await;
         self.note_changes(Derived::Faces, faces as u64);
         self.note_changes(Derived::Fingers, fingers as u64);
         info!(templates = enrolled.template_ids.len(), encounter = enrolled.encounter_id, "enrolled");
@@ -74,7 +82,7 @@ impl Engine {
             return Ok(None);
         }
         let id = request_id.to_owned();
-        read(&self.reads, move |r| r.enroll_request(&id)).await
+        read(&self.records, move |r| r.enroll_request(&id)).await
     }
 
     fn indexes(&self) -> Indexes {
@@ -125,7 +133,7 @@ impl Indexes {
     /// store: the enroll is durable and acknowledged.
     fn add(
         &self,
-        store: &Store,
+        reads: Option<&Arc<ReadPool>>,
         subject_id: &str,
         templates: &[NewTemplate],
         finger_templates: Vec<FingerTemplate>,
@@ -143,7 +151,8 @@ impl Indexes {
         let mut g = self.faces.write().map_err(|_| EngineError::Internal("index lock poisoned".into()))?;
         if let Err(e) = g.add(&ids, &owners, &vectors) {
             error!(error = %e, "index update failed after commit; rebuilding the index from the store");
-            *g = self.face_spec.rebuild(store)?;
+            let reads = reads.ok_or_else(|| EngineError::Internal(format!("face index update: {e}")))?;
+            *g = self.face_spec.rebuild(&*reads.get()?)?;
         }
         let mut f = self.fingers.write().map_err(|_| EngineError::Internal("finger lock poisoned".into()))?;
         let fingers = finger_templates.len();

@@ -18,7 +18,7 @@ use crate::{
     biometric::Modality,
     config::{IndexConfig, IndexKindName},
     index::{IndexKind, IndexSettings, VectorIndex},
-    store::{SealedFile, Store},
+    store::{SealedFile, TemplateSource},
 };
 
 /// The face index of one embedding model, with the configured kind.
@@ -43,7 +43,11 @@ impl DerivedIndex for FaceIndexSpec {
     const NAME: &'static str = "face index";
     const SNAPSHOT_FILE: &'static str = "face-index.snap";
 
-    fn restore(&self, store: &Store, file: &SealedFile) -> Result<Option<(VectorIndex, bool)>, EngineError> {
+    fn restore(
+        &self,
+        store: &dyn TemplateSource,
+        file: &SealedFile,
+    ) -> Result<Option<(VectorIndex, bool)>, EngineError> {
         let t = Instant::now();
         let Some(bytes) = file.read()? else { return Ok(None) };
         let read_ms = t.elapsed().as_millis() as u64;
@@ -75,13 +79,13 @@ impl DerivedIndex for FaceIndexSpec {
     }
 
     /// The face index of the current model from every stored face template.
-    fn rebuild(&self, store: &Store) -> Result<VectorIndex, EngineError> {
+    fn rebuild(&self, store: &dyn TemplateSource) -> Result<VectorIndex, EngineError> {
         let model = &self.model;
         let mut index = VectorIndex::with_settings(model.dim, self.settings.clone())?;
         let mut owners: HashMap<String, Arc<str>> = HashMap::new();
         let mut batch = Batch::default();
         let mut failure = None;
-        store.for_each_template(Modality::Face, |t| {
+        store.each_template(Modality::Face, &mut |t| {
             let vector = match t.template.data.embedding() {
                 Some(v) if t.template.model_id == model.id && v.len() == model.dim => v,
                 _ => return Ok(()),

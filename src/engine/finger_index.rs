@@ -23,7 +23,7 @@ use crate::{
         rerank::RerankSettings,
         template,
     },
-    store::{SealedFile, Store},
+    store::{SealedFile, TemplateSource},
 };
 
 /// Templates prepared on the threads at a time (bounds the transient memory).
@@ -63,7 +63,11 @@ impl DerivedIndex for FingerIndexSpec {
     const NAME: &'static str = "finger index";
     const SNAPSHOT_FILE: &'static str = "finger-index.snap";
 
-    fn restore(&self, store: &Store, file: &SealedFile) -> Result<Option<(FingerIndex, bool)>, EngineError> {
+    fn restore(
+        &self,
+        store: &dyn TemplateSource,
+        file: &SealedFile,
+    ) -> Result<Option<(FingerIndex, bool)>, EngineError> {
         let t = Instant::now();
         let Some(mut reader) = file.reader()? else { return Ok(None) };
         let mut owners: HashMap<String, Arc<str>> = HashMap::new();
@@ -109,7 +113,7 @@ impl DerivedIndex for FingerIndexSpec {
         Ok(Some((index, added > 0 || restored.dropped > 0)))
     }
 
-    fn rebuild(&self, store: &Store) -> Result<FingerIndex, EngineError> {
+    fn rebuild(&self, store: &dyn TemplateSource) -> Result<FingerIndex, EngineError> {
         rebuild_fingers(store, self.settings, self.threads())
     }
 
@@ -146,12 +150,16 @@ fn add_records(index: &mut FingerIndex, records: &mut Vec<Record>, threads: usiz
 /// The finger index from every stored finger template, read in batches of
 /// [`BATCH`] templates, each built on `threads` threads ([`add_records`]),
 /// added in store order.
-fn rebuild_fingers(store: &Store, settings: FingerIndexSettings, threads: usize) -> Result<FingerIndex, EngineError> {
+fn rebuild_fingers(
+    store: &dyn TemplateSource,
+    settings: FingerIndexSettings,
+    threads: usize,
+) -> Result<FingerIndex, EngineError> {
     let mut index = FingerIndex::new(settings);
     let mut owners: HashMap<String, Arc<str>> = HashMap::new();
     let mut unreadable = 0;
     let mut batch: Vec<Record> = Vec::with_capacity(BATCH);
-    store.for_each_template(Modality::Finger, |t| {
+    store.each_template(Modality::Finger, &mut |t| {
         let TemplateData::Minutiae(iso) = t.template.data else { return Ok(()) };
         batch.push((t.template_id, intern(&mut owners, &t.subject_id), t.template.finger_position, iso));
         if batch.len() >= BATCH {

@@ -2,7 +2,7 @@
 //! workers are there, the store commits, and the data directory's disk has
 //! room. The server turns the answer into the health status.
 
-use super::{Engine, lock};
+use super::Engine;
 use crate::{
     metrics::EngineGauges,
     store::{JobState, free_bytes},
@@ -26,11 +26,7 @@ impl Engine {
             Ok(_) => {}
             Err(e) => return Some(format!("cannot read the data directory's free space: {e}")),
         }
-        let mut store = match lock(&self.store) {
-            Ok(s) => s,
-            Err(e) => return Some(format!("the store is unusable: {e}")),
-        };
-        store.probe_commit().err().map(|e| format!("the store cannot commit: {e}"))
+        self.records.probe().err().map(|e| format!("the store cannot commit: {e}"))
     }
 }
 
@@ -55,7 +51,9 @@ impl Engine {
             g.snapshot_age.push(("finger", a));
         }
         g.free_bytes = free_bytes(&self.data_dir).unwrap_or(0);
-        if let Ok(jobs) = self.reads.get().and_then(|r| r.list_jobs(i64::MAX, 100)) {
+        if let Some(local) = &self.local
+            && let Ok(jobs) = local.reads.get().and_then(|r| r.list_jobs(i64::MAX, 100))
+        {
             g.jobs = jobs
                 .into_iter()
                 .filter(|j| matches!(j.state, JobState::Queued | JobState::Running))

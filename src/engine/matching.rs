@@ -57,7 +57,7 @@ impl Engine {
             (!subject_ids.is_empty()).then(|| subject_ids.into_iter().collect())
         } else {
             let name = watchlist.clone();
-            let members = read(&self.reads, move |r| r.watchlist_members(&name)).await?;
+            let members = read(&self.records, move |r| r.watchlist_members(&name)).await?;
             if members.is_empty() {
                 return Err(EngineError::WatchlistNotFound(watchlist));
             }
@@ -113,7 +113,7 @@ impl Engine {
         Self::decidable("target_fmr", &format!("target FMR {target_fmr:e}"), target_fmr, 1)?;
         // Unknown subject first: cheaper than running the models.
         let sid = subject_id.clone();
-        let templates = read(&self.reads, move |r| r.subject_templates(&sid)).await?;
+        let templates = read(&self.records, move |r| r.subject_templates(&sid)).await?;
         let probes = self.extract_all(&samples, true).await?;
         let set = ProbeSet::new(&probes)?;
         let wanted = set.components();
@@ -239,20 +239,17 @@ impl Engine {
         set: ProbeSet,
         subjects: HashSet<String>,
     ) -> Result<BTreeMap<String, RawScores>, EngineError> {
-        let reads = self.reads.clone();
+        let records = self.records.clone();
         let face_model = self.face_model.id.clone();
         let fingers = self.fingers.clone();
         let threads = self.finger.search_threads;
         tokio::task::spawn_blocking(move || -> Result<_, EngineError> {
             let mut all = Vec::new();
-            {
-                let store = reads.get()?;
-                for s in &subjects {
-                    match store.subject_templates(s) {
-                        Ok(ts) => all.extend(ts),
-                        Err(crate::store::StoreError::SubjectNotFound(_)) => {}
-                        Err(e) => return Err(e.into()),
-                    }
+            for s in &subjects {
+                match records.subject_templates(s) {
+                    Ok(ts) => all.extend(ts),
+                    Err(crate::store::StoreError::SubjectNotFound(_)) => {}
+                    Err(e) => return Err(e.into()),
                 }
             }
             let cached = indexed_finger_templates(&fingers, &set, &all)?;

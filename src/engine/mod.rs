@@ -8,6 +8,7 @@ mod enroll;
 mod error;
 mod face_index;
 mod finger_index;
+mod follow;
 mod health;
 mod jobs;
 mod keys;
@@ -33,7 +34,12 @@ use crate::{
     finger::{FingerSettings, index::FingerIndex, template},
     index::VectorIndex,
     inference,
-    store::{Actor, Checkpoints, ReadPool, Reader, SealedFile, Store, StoreError, SubjectRecord},
+    shard::Shard,
+    store::{
+        Actor, Checkpoints, ReadPool, Reader, Records, SealedFile, SqliteRecords, Store, StoreError, StoreStats,
+        SubjectRecord, TemplateSource,
+        postgres::{PgRecords, PgSource},
+    },
     workers::{Admission, Workers},
 };
 use derived::{DerivedIndex, Snapshots, lower_priority};
@@ -82,10 +88,17 @@ enum Derived {
 /// The biometric engine.
 #[derive(Debug)]
 pub struct Engine {
-    /// The one writer (writes stay serialised and durable).
-    store: Arc<Mutex<Store>>,
-    /// Read connections of their own: reads wait for neither the writer nor each other.
-    reads: Arc<ReadPool>,
+    /// Subjects' records, in SQLite or PostgreSQL.
+    records: Arc<dyn Records>,
+    /// What only the embedded store has: its writer and readers, and the jobs.
+    local: Option<Local>,
+    /// Held from an enroll's or a deletion's commit to its index update
+    /// (embedded store): a concurrent deletion cannot slip between them.
+    writes: Arc<Mutex<()>>,
+    /// On PostgreSQL: the change log this node's indexes follow.
+    following: Option<follow::Following>,
+    /// How long a write waits for this node's indexes to take it.
+    follow_wait: std::time::Duration,
     faces: Arc<RwLock<VectorIndex>>,
     face_spec: Arc<FaceIndexSpec>,
     snapshots: Snapshots,
@@ -103,9 +116,8 @@ pub struct Engine {
     calibrations: Calibrations,
     decision: DecisionConfig,
     finger: FingerConfig,
-    /// Enrolled subjects (the N of a gallery search).
+    /// Enrolled subjects (the N of a gallery search), every shard.
     subjects: Arc<AtomicU64>,
-    jobs: jobs::JobRunner,
     jobs_settings: JobsConfig,
     max_samples: usize,
     max_candidates: usize,
@@ -135,30 +147,65 @@ impl Engine {
             None => (template::IMPORTED_MODEL_ID.to_owned(), String::new()),
         };
         let calibrations = Calibrations::load(&config.models.calibration_dir, &face_model.id)?;
-        let store = Store::open_with_keys(&config.store.data_dir, &config.store.key_dir, &config.store.encryption_key)?;
-        let (checkpoints, audit_problem) = audit::check_at_start(&store, &config.audit, &config.store.data_dir)?;
-        let loaded = Loaded::from_store(&store, config, &face_model)?;
-        let reads = store.read_pool();
-        let store = Arc::new(Mutex::new(store));
-        let fingers = Arc::new(RwLock::new(loaded.fingers));
-        let jobs = jobs::JobRunner::start(
-            store.clone(),
-            reads.clone(),
-            fingers.clone(),
-            calibrations.clone(),
-            face_model.id.clone(),
-            config.jobs.clone(),
-        )?;
-        let engine = Self {
-            store,
-            reads,
-            faces: Arc::new(RwLock::new(loaded.faces)),
-            face_spec: loaded.face_spec,
-            snapshots: Snapshots::new(loaded.face_file, config.index.snapshot_every.max(1)),
-            finger_snapshots: loaded.finger_file.map(|f| Snapshots::new(f, config.finger.snapshot_every)),
+        let Opened { records, sqlite, postgres, loaded, checkpoints, audit_problem } =
+            open_records(config, &face_model)?;
+        let Loaded {
+            face_spec,
+            faces,
+            face_file,
+            faces_stale,
+            finger_spec,
             fingers,
-            finger_spec: loaded.finger_spec,
-            jobs,
+            finger_file,
+            fingers_stale,
+            subjects,
+        } = loaded;
+        let fingers = Arc::new(RwLock::new(fingers));
+        let faces = Arc::new(RwLock::new(faces));
+        let subjects = Arc::new(AtomicU64::new(subjects));
+        let local = match sqlite {
+            Some(sqlite) => Some(Local {
+                jobs: jobs::JobRunner::start(
+                    sqlite.writer.clone(),
+                    sqlite.reads.clone(),
+                    fingers.clone(),
+                    calibrations.clone(),
+                    face_model.id.clone(),
+                    config.jobs.clone(),
+                )?,
+                store: sqlite.writer,
+                reads: sqlite.reads,
+            }),
+            None => None,
+        };
+        let following = match postgres {
+            Some((pg, shard, seq)) => Some(follow::start(
+                pg,
+                &config.store.url,
+                shard,
+                seq,
+                std::time::Duration::from_secs(config.cluster.poll_secs.max(1)),
+                follow::Targets {
+                    faces: faces.clone(),
+                    fingers: fingers.clone(),
+                    face_model: face_model.clone(),
+                    subjects: subjects.clone(),
+                },
+            )?),
+            None => None,
+        };
+        let engine = Self {
+            records,
+            local,
+            writes: Arc::new(Mutex::new(())),
+            following,
+            follow_wait: std::time::Duration::from_millis(config.cluster.follow_wait_ms),
+            faces,
+            face_spec,
+            snapshots: Snapshots::new(face_file, config.index.snapshot_every.max(1)),
+            finger_snapshots: finger_file.map(|f| Snapshots::new(f, config.finger.snapshot_every)),
+            fingers,
+            finger_spec,
             jobs_settings: config.jobs.clone(),
             workers,
             searches: SearchGate::new(
@@ -174,7 +221,7 @@ impl Engine {
             calibrations,
             decision: config.decision.clone(),
             finger: config.finger.clone(),
-            subjects: Arc::new(AtomicU64::new(loaded.subjects)),
+            subjects,
             max_samples: config.limits.max_samples,
             max_candidates: config.limits.max_candidates,
             max_subject_ids: config.limits.max_subject_ids,
@@ -184,10 +231,10 @@ impl Engine {
             data_dir: config.store.data_dir.clone(),
             retention_days: config.retention.watchlists.clone(),
         };
-        if loaded.faces_stale {
+        if faces_stale {
             engine.snapshot_in_background(Derived::Faces);
         }
-        if loaded.fingers_stale {
+        if fingers_stale {
             engine.snapshot_in_background(Derived::Fingers);
         }
         Ok(engine)
@@ -204,7 +251,8 @@ impl Engine {
         // The finger index's is written even when the face index's failed.
         if let Some(s) = &self.finger_snapshots {
             let _one_writer = s.writing.lock().map_err(|_| EngineError::Internal("snapshot lock".into()))?;
-            if s.changes.swap(0, Ordering::Relaxed) > 0 {
+            // A follower changes the index without counting: always written then.
+            if s.changes.swap(0, Ordering::Relaxed) > 0 || self.following.is_some() {
                 self.finger_spec.write_snapshot(&self.fingers, &s.file)?;
             }
         }
@@ -259,25 +307,37 @@ impl Engine {
         actor: &Actor,
     ) -> Result<Option<usize>, EngineError> {
         let actor = actor.clone();
-        let store = self.store.clone();
+        let (records, writes) = (self.records.clone(), self.writes.clone());
         let gallery = self.faces.clone();
         let fingers = self.fingers.clone();
         let subjects = self.subjects.clone();
-        let removed = tokio::task::spawn_blocking(move || -> Result<Option<(usize, usize, usize)>, EngineError> {
-            let mut store = lock(&store)?;
-            let Some(ids) = store.delete_subject_unless_seen(&subject_id, since_ms, &actor)? else {
-                return Ok(None);
-            };
-            subjects.fetch_sub(1, Ordering::Relaxed);
-            let mut g = gallery.write().map_err(|_| EngineError::Internal("index lock poisoned".into()))?;
-            let faces = g.remove(&ids)?;
-            let finger_count =
-                fingers.write().map_err(|_| EngineError::Internal("finger lock poisoned".into()))?.remove(&ids);
-            Ok(Some((ids.len(), faces, finger_count)))
-        })
-        .await??;
-        let Some((removed, faces, finger_count)) = removed else { return Ok(None) };
-        self.jobs.deletions.fetch_add(1, Ordering::AcqRel);
+        let following = self.following.is_some();
+        let sid = subject_id.clone();
+        let removed =
+            tokio::task::spawn_blocking(move || -> Result<Option<(usize, usize, usize, i64)>, EngineError> {
+                if following {
+                    // The indexes follow the change log.
+                    let removed = records.delete_unless_seen(&sid, since_ms, &actor)?;
+                    return Ok(removed.map(|r| (r.template_ids.len(), 0, 0, r.seq)));
+                }
+                let _ordered = writes.lock().map_err(|_| EngineError::Internal("write lock poisoned".into()))?;
+                let Some(removed) = records.delete_unless_seen(&sid, since_ms, &actor)? else {
+                    return Ok(None);
+                };
+                let ids = removed.template_ids;
+                subjects.fetch_sub(1, Ordering::Relaxed);
+                let mut g = gallery.write().map_err(|_| EngineError::Internal("index lock poisoned".into()))?;
+                let faces = g.remove(&ids)?;
+                let finger_count =
+                    fingers.write().map_err(|_| EngineError::Internal("finger lock poisoned".into()))?.remove(&ids);
+                Ok(Some((ids.len(), faces, finger_count, removed.seq)))
+            })
+            .await??;
+        let Some((removed, faces, finger_count, seq)) = removed else { return Ok(None) };
+        self.wait_for_own(&subject_id, seq).await;
+        if let Some(local) = &self.local {
+            local.jobs.deletions.fetch_add(1, Ordering::AcqRel);
+        }
         // The snapshots still hold the subject: rewritten now, in the background.
         for (which, n) in [(Derived::Faces, faces), (Derived::Fingers, finger_count)] {
             if n > 0
@@ -298,7 +358,7 @@ impl Engine {
             return Ok(Vec::new());
         }
         let days = self.retention_days.clone();
-        let expired = read(&self.reads, move |r| r.expired_subjects(&days, crate::store::now_ms())).await?;
+        let expired = read(&self.records, move |r| r.expired_subjects(&days, crate::store::now_ms())).await?;
         let actor = Actor::system("RetentionPurge");
         let mut purged = Vec::new();
         for (subject, cutoff) in expired {
@@ -315,13 +375,13 @@ impl Engine {
     /// A subject's encounters.
     pub async fn subject(&self, subject_id: String) -> Result<SubjectRecord, EngineError> {
         validate_subject_id(&subject_id)?;
-        read(&self.reads, move |r| r.subject(&subject_id)).await
+        read(&self.records, move |r| r.subject(&subject_id)).await
     }
 
     /// A subject's finger templates as stored (ISO/IEC 19794-2 records), oldest first.
     pub async fn export_fingers(&self, subject_id: String) -> Result<Vec<ExportedTemplate>, EngineError> {
         validate_subject_id(&subject_id)?;
-        let templates = read(&self.reads, move |r| r.subject_templates(&subject_id)).await?;
+        let templates = read(&self.records, move |r| r.subject_templates(&subject_id)).await?;
         Ok(templates
             .into_iter()
             .filter_map(|t| match t.template.data {
@@ -339,7 +399,7 @@ impl Engine {
 
     /// Gallery counts and models.
     pub async fn stats(&self) -> Result<Stats, EngineError> {
-        let s = read(&self.reads, |r| r.stats()).await?;
+        let s = read(&self.records, |r| r.stats()).await?;
         let m = &self.face_model;
         let mut models = vec![(m.id.clone(), Modality::Face, m.dim as u32, m.sha256.clone())];
         if self.workers.fingers() {
@@ -354,13 +414,99 @@ impl Engine {
     }
 }
 
-/// Runs `f` on a pooled read connection, off the async runtime.
+/// Runs `f` on the records, off the async runtime.
 async fn read<T: Send + 'static>(
+    records: &Arc<dyn Records>,
+    f: impl FnOnce(&dyn Records) -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, EngineError> {
+    let records = records.clone();
+    tokio::task::spawn_blocking(move || Ok(f(&*records)?)).await?
+}
+
+/// Runs `f` on a pooled read connection of the embedded store, off the async runtime.
+async fn read_local<T: Send + 'static>(
     reads: &Arc<ReadPool>,
     f: impl FnOnce(&Reader) -> Result<T, StoreError> + Send + 'static,
 ) -> Result<T, EngineError> {
     let reads = reads.clone();
     tokio::task::spawn_blocking(move || Ok(f(&*reads.get()?)?)).await?
+}
+
+/// What only the embedded store has.
+#[derive(Debug)]
+struct Local {
+    /// The one writer (writes stay serialised and durable).
+    store: Arc<Mutex<Store>>,
+    /// Read connections of their own: reads wait for neither the writer nor each other.
+    reads: Arc<ReadPool>,
+    jobs: jobs::JobRunner,
+}
+
+impl Engine {
+    /// The embedded store's own parts, or why this node has none.
+    fn local(&self, what: &str) -> Result<&Local, EngineError> {
+        self.local.as_ref().ok_or_else(|| EngineError::NotSupported {
+            field: "store.url".into(),
+            what: format!("{what} run on the embedded store only for now"),
+        })
+    }
+
+    /// On PostgreSQL, waits (at most `cluster.follow_wait_ms`) until this
+    /// node's indexes took the change `seq` when the subject is in its
+    /// shard, so that what it acknowledged it also finds.
+    async fn wait_for_own(&self, subject_id: &str, seq: i64) {
+        let Some(f) = &self.following else { return };
+        if seq == 0 || !f.shard.owns(subject_id) {
+            return;
+        }
+        if !f.applied(seq, self.follow_wait).await {
+            warn!(seq, applied = f.position(), "the change is stored but this node's index has not taken it yet");
+        }
+    }
+}
+
+/// The records opened and the indexes loaded from them.
+struct Opened {
+    records: Arc<dyn Records>,
+    /// The embedded store's writer and readers.
+    sqlite: Option<SqliteRecords>,
+    /// PostgreSQL, this node's shard and the change the indexes reflect.
+    postgres: Option<(PgRecords, Shard, i64)>,
+    loaded: Loaded,
+    checkpoints: Option<Checkpoints>,
+    audit_problem: Option<String>,
+}
+
+/// Opens the configured store (SQLite in the data directory, or
+/// PostgreSQL at `store.url`), checks the audit chain and loads this
+/// node's indexes.
+fn open_records(config: &Config, face_model: &FaceModel) -> Result<Opened, EngineError> {
+    let s = &config.store;
+    if s.url.is_empty() {
+        let store = Store::open_with_keys(&s.data_dir, &s.key_dir, &s.encryption_key)?;
+        let sqlite = SqliteRecords::new(store);
+        let (checkpoints, audit_problem) = audit::check_at_start(&sqlite, &config.audit, &s.data_dir)?;
+        let loaded = {
+            let store = lock(&sqlite.writer)?;
+            Loaded::from_source(&**store, store.stats()?, |name| store.sealed_file(name), config, face_model)?
+        };
+        let records: Arc<dyn Records> = Arc::new(sqlite.clone());
+        return Ok(Opened { records, sqlite: Some(sqlite), postgres: None, loaded, checkpoints, audit_problem });
+    }
+    let shard: Shard = config.cluster.shard.parse().map_err(EngineError::Internal)?;
+    let handle = tokio::runtime::Handle::try_current()
+        .map_err(|_| EngineError::Internal("a PostgreSQL store is opened inside the tokio runtime".into()))?;
+    let pg = handle.block_on(PgRecords::open(&s.url, &s.key_dir, &s.encryption_key, s.max_connections))?;
+    std::fs::create_dir_all(&s.data_dir)
+        .map_err(|source| StoreError::DataDir { path: s.data_dir.display().to_string(), source })?;
+    let (checkpoints, audit_problem) = audit::check_at_start(&pg, &config.audit, &s.data_dir)?;
+    let (seq, subjects) = handle.block_on(pg.high_water())?;
+    let stats = StoreStats { subjects, ..pg.stats()? };
+    let source = PgSource::new(pg.clone(), shard);
+    let loaded = Loaded::from_source(&source, stats, |name| pg.sealed_file(&s.data_dir, name), config, face_model)?;
+    tracing::info!(%shard, seq, subjects, "indexes loaded from PostgreSQL; following its changes");
+    let records: Arc<dyn Records> = Arc::new(pg.clone());
+    Ok(Opened { records, sqlite: None, postgres: Some((pg, shard, seq)), loaded, checkpoints, audit_problem })
 }
 
 fn lock(store: &Mutex<Store>) -> Result<std::sync::MutexGuard<'_, Store>, EngineError> {
@@ -401,12 +547,17 @@ struct Loaded {
 
 impl Loaded {
     /// Both indexes, each from its snapshot and the store's changes since
-    /// or rebuilt; the enrolled subjects counted.
-    fn from_store(store: &Store, config: &Config, face_model: &FaceModel) -> Result<Self, EngineError> {
+    /// or rebuilt; `stored` gives the enrolled subjects.
+    fn from_source(
+        store: &dyn TemplateSource,
+        stored: StoreStats,
+        sealed_file: impl Fn(&str) -> SealedFile,
+        config: &Config,
+        face_model: &FaceModel,
+    ) -> Result<Self, EngineError> {
         let face_spec = Arc::new(FaceIndexSpec { model: face_model.clone(), settings: index_settings(&config.index) });
-        let face_file = store.sealed_file(FaceIndexSpec::SNAPSHOT_FILE);
+        let face_file = sealed_file(FaceIndexSpec::SNAPSHOT_FILE);
         let (faces, faces_stale) = face_spec.load(store, Some(&face_file))?;
-        let stored = store.stats()?;
         let foreign_templates: u64 = stored
             .templates
             .iter()
@@ -420,7 +571,7 @@ impl Loaded {
             settings: finger_index_settings(&config.finger),
             threads: config.finger.rebuild_threads,
         });
-        let finger_file = store.sealed_file(FingerIndexSpec::SNAPSHOT_FILE);
+        let finger_file = sealed_file(FingerIndexSpec::SNAPSHOT_FILE);
         let finger_file = if config.finger.snapshot_every > 0 {
             Some(finger_file)
         } else {

@@ -156,6 +156,11 @@ impl VectorIndex {
         self.owners.is_empty()
     }
 
+    /// Whether the template is in the index.
+    pub fn contains(&self, template_id: i64) -> bool {
+        self.owners.contains_key(&template_id)
+    }
+
     /// Sets the shortlist that int8 and int4 re-rank; no effect on `flat`.
     pub fn set_search_breadth(&mut self, breadth: usize) {
         let breadth = breadth.max(1);

@@ -11,6 +11,7 @@ mod files;
 mod jobs;
 pub mod postgres;
 mod reader;
+mod records;
 mod rotation;
 mod schema;
 mod sealed_file;
@@ -32,6 +33,7 @@ pub(crate) use files::replace_file_via;
 pub use files::{read_secret_file, replace_file, write_secret_file};
 pub use jobs::{JobRecord, JobState, PairComponent};
 pub use reader::{PooledReader, ReadPool, Reader};
+pub use records::{Records, Removed, SqliteRecords, TemplateSource};
 pub use rotation::{KeyCensus, Resealer};
 pub use sealed_file::{SealedFile, SealedReader, SealedWriter};
 pub use upkeep::free_bytes;
@@ -147,6 +149,8 @@ pub struct Enrolled {
     /// Set when the request id was already used: nothing was written, and
     /// this is the first enroll's answer.
     pub replay: Option<EnrollReplay>,
+    /// The enroll's place in the change log (0 in the embedded store).
+    pub seq: i64,
 }
 
 /// The first answer to an enroll request id.
@@ -269,7 +273,12 @@ impl Store {
         if let Some(k) = key
             && let Some(replay) = enroll_request(&tx, k.request_id)?
         {
-            return Ok(Enrolled { encounter_id: replay.encounter_id, template_ids: Vec::new(), replay: Some(replay) });
+            return Ok(Enrolled {
+                encounter_id: replay.encounter_id,
+                template_ids: Vec::new(),
+                replay: Some(replay),
+                seq: 0,
+            });
         }
         let exists = subject_exists(&tx, subject_id)?;
         if exists && !add_encounter {
@@ -314,7 +323,7 @@ impl Store {
             )?;
         }
         commit(tx)?;
-        Ok(Enrolled { encounter_id, template_ids, replay: None })
+        Ok(Enrolled { encounter_id, template_ids, replay: None, seq: 0 })
     }
 
     /// Deletes a subject with all its encounters and templates; returns the

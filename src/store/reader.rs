@@ -62,6 +62,11 @@ impl ReadPool {
         Ok(Reader { conn, sealer: self.sealer.clone() })
     }
 
+    /// The key new records are sealed with.
+    pub fn active_key(&self) -> super::KeyId {
+        self.sealer.active()
+    }
+
     /// Connections open and idle now.
     pub fn idle(&self) -> usize {
         self.idle.lock().map(|v| v.len()).unwrap_or(0)

@@ -54,34 +54,9 @@ impl Reader {
                     (SELECT MAX(e.created_ms) FROM encounters e WHERE e.subject_id = m.subject_id)
              FROM watchlist_members m ORDER BY m.subject_id",
         )?;
-        let mut rows = st.query([])?;
-        let mut out = Vec::new();
-        // (subject, latest encounter, longest retention; None once a membership keeps it)
-        let mut current: Option<(String, i64, Option<u32>)> = None;
-        let settle = |c: Option<(String, i64, Option<u32>)>, out: &mut Vec<(String, i64)>| {
-            if let Some((subject, latest, Some(days))) = c {
-                let cutoff = now_ms.saturating_sub(i64::from(days).saturating_mul(86_400_000));
-                if latest < cutoff {
-                    out.push((subject, cutoff));
-                }
-            }
-        };
-        while let Some(r) = rows.next()? {
-            let (subject, watchlist): (String, String) = (r.get(0)?, r.get(1)?);
-            let latest: i64 = r.get::<_, Option<i64>>(2)?.unwrap_or(0);
-            if current.as_ref().is_none_or(|c| c.0 != subject) {
-                settle(current.take(), &mut out);
-                current = Some((subject, latest, Some(0)));
-            }
-            if let Some(c) = current.as_mut() {
-                c.2 = match (c.2, retention_days.get(&watchlist)) {
-                    (Some(longest), Some(days)) => Some(longest.max(*days)),
-                    _ => None,
-                };
-            }
-        }
-        settle(current.take(), &mut out);
-        Ok(out)
+        let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get::<_, Option<i64>>(2)?.unwrap_or(0))))?;
+        let rows = rows.collect::<Result<Vec<_>, _>>()?;
+        Ok(expired(rows, retention_days, now_ms))
     }
 
     /// The members of a watchlist (empty when nobody is in it).
@@ -134,4 +109,41 @@ fn subject_watchlists(conn: &Connection, subject_id: &str) -> Result<Vec<String>
         conn.prepare_cached("SELECT watchlist FROM watchlist_members WHERE subject_id = ?1 ORDER BY watchlist")?;
     let names = st.query_map([subject_id], |r| r.get(0))?.collect::<Result<Vec<String>, _>>()?;
     Ok(names)
+}
+
+/// The subjects past retention among memberships (subject, watchlist,
+/// latest encounter) in subject order: members of at least one watchlist
+/// in `retention_days` and of none outside it, whose latest encounter is
+/// older than the longest retention among their watchlists, each with the
+/// cutoff it was judged by.
+pub(super) fn expired(
+    rows: impl IntoIterator<Item = (String, String, i64)>,
+    retention_days: &std::collections::BTreeMap<String, u32>,
+    now_ms: i64,
+) -> Vec<(String, i64)> {
+    let mut out = Vec::new();
+    // (subject, latest encounter, longest retention; None once a membership keeps it)
+    let mut current: Option<(String, i64, Option<u32>)> = None;
+    let settle = |c: Option<(String, i64, Option<u32>)>, out: &mut Vec<(String, i64)>| {
+        if let Some((subject, latest, Some(days))) = c {
+            let cutoff = now_ms.saturating_sub(i64::from(days).saturating_mul(86_400_000));
+            if latest < cutoff {
+                out.push((subject, cutoff));
+            }
+        }
+    };
+    for (subject, watchlist, latest) in rows {
+        if current.as_ref().is_none_or(|c| c.0 != subject) {
+            settle(current.take(), &mut out);
+            current = Some((subject, latest, Some(0)));
+        }
+        if let Some(c) = current.as_mut() {
+            c.2 = match (c.2, retention_days.get(&watchlist)) {
+                (Some(longest), Some(days)) => Some(longest.max(*days)),
+                _ => None,
+            };
+        }
+    }
+    settle(current.take(), &mut out);
+    out
 }

@@ -35,13 +35,15 @@ pub(crate) fn fixture(name: &str) -> Vec<u8> {
     std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
 }
 
-/// Settings for a test server on `data_dir` with `overrides` (COTEJO__ style).
+/// Settings for a test server on `data_dir` with `overrides` (COTEJO__ style);
+/// its records in a fresh PostgreSQL database when `COTEJO_TEST_STORE=postgres`.
 pub(crate) fn config(data_dir: &Path, overrides: &[(&str, &str)]) -> Config {
     let mut env: Vec<(String, String)> = vec![
         ("COTEJO__MODELS__DIR".into(), models_dir().display().to_string()),
         ("COTEJO__STORE__DATA_DIR".into(), data_dir.display().to_string()),
         ("COTEJO__LOG__FILTER".into(), "warn".into()),
     ];
+    env.extend(postgres::overrides(data_dir));
     env.extend(overrides.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
     Config::load_with_env(None, env).expect("test config")
 }
@@ -134,6 +136,7 @@ impl ChildServer {
             .arg(data_dir)
             .env("COTEJO__MODELS__DIR", models_dir())
             .env("COTEJO__LOG__FILTER", "warn")
+            .envs(postgres::overrides(data_dir))
             .envs(env.iter().copied())
             .envs(log.map(|_| [("COTEJO__LOG__FILTER", "info"), ("COTEJO__LOG__FORMAT", "json")]).into_iter().flatten())
             .stdout(Stdio::null())

@@ -75,6 +75,12 @@ impl TempPostgres {
 
 impl Drop for TempPostgres {
     fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+impl TempPostgres {
+    fn stop(&self) {
         let data = self.data.display().to_string();
         let exe = self.bin.join("pg_ctl");
         let args = ["-D", data.as_str(), "-m", "immediate", "-w", "stop"];
@@ -87,4 +93,120 @@ impl Drop for TempPostgres {
         };
         let _ = command.args(args).stdout(std::process::Stdio::null()).status();
     }
+}
+
+impl TempPostgres {
+    /// A new, empty database on this server; its URL.
+    pub(crate) fn new_database(&self) -> String {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let name = format!("t{}_{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
+        let status = Command::new(self.bin.join("psql"))
+            .args([self.url.as_str(), "-q", "-c", &format!("CREATE DATABASE {name}")])
+            .stdout(std::process::Stdio::null())
+            .status()
+            .expect("psql");
+        assert!(status.success(), "CREATE DATABASE {name}: {status}");
+        self.url.replace("/postgres", &format!("/{name}"))
+    }
+}
+
+/// Whether this run tests the PostgreSQL backend (`COTEJO_TEST_STORE=postgres`).
+pub(crate) fn selected() -> bool {
+    std::env::var("COTEJO_TEST_STORE").is_ok_and(|v| v == "postgres")
+}
+
+/// The server every test of a PostgreSQL run shares (a database each),
+/// stopped when the test process exits.
+pub(crate) fn shared() -> &'static TempPostgres {
+    static SERVER: std::sync::OnceLock<TempPostgres> = std::sync::OnceLock::new();
+    SERVER.get_or_init(|| {
+        extern "C" fn stop_at_exit() {
+            if let Some(s) = SERVER.get() {
+                s.stop();
+            }
+        }
+        #[allow(unsafe_code)]
+        // SAFETY: registers a plain function to run at exit; it only spawns pg_ctl.
+        unsafe {
+            libc::atexit(stop_at_exit);
+        }
+        TempPostgres::start()
+    })
+}
+
+/// The database of a test's data directory on the shared server (made
+/// on first use: a restarted test server finds its records again).
+pub(crate) fn database_of(data_dir: &Path) -> String {
+    static DATABASES: std::sync::Mutex<Vec<(PathBuf, String)>> = std::sync::Mutex::new(Vec::new());
+    let mut known = DATABASES.lock().expect("databases");
+    if let Some((_, url)) = known.iter().find(|(d, _)| d == data_dir) {
+        return url.clone();
+    }
+    let url = shared().new_database();
+    known.push((data_dir.to_owned(), url.clone()));
+    url
+}
+
+/// Overrides that put a test server's records in the database of its data
+/// directory on the shared server, when this run tests PostgreSQL.
+pub(crate) fn overrides(data_dir: &Path) -> Vec<(String, String)> {
+    if !selected() {
+        return Vec::new();
+    }
+    vec![
+        ("COTEJO__STORE__URL".into(), database_of(data_dir)),
+        ("COTEJO__STORE__ENCRYPTION_KEY".into(), "42".repeat(32)),
+    ]
+}
+
+/// Runs one SQL statement on the records of `data_dir` (SQLite, or its
+/// PostgreSQL database in a PostgreSQL run); the rows it changed.
+pub(crate) fn execute(data_dir: &Path, sql: &str) -> u64 {
+    if !selected() {
+        let db = rusqlite::Connection::open(data_dir.join("cotejo.db")).expect("open");
+        return db.execute(sql, []).expect(sql) as u64;
+    }
+    let url = database_of(data_dir);
+    let out = Command::new(shared().bin.join("psql"))
+        .args([
+            url.as_str(),
+            "-q",
+            "-t",
+            "-A",
+            "-c",
+            &format!("WITH changed AS ({sql} RETURNING 1) SELECT count(*) FROM changed"),
+        ])
+        .output()
+        .expect("psql");
+    assert!(out.status.success(), "{sql}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).trim().parse().expect("a count")
+}
+
+/// Every audit entry of the records of `data_dir`, oldest first.
+pub(crate) fn audit_entries(data_dir: &Path) -> Vec<cotejo::store::AuditEntry> {
+    if !selected() {
+        return cotejo::store::AuditReader::open(data_dir).expect("audit reader").entries(1, 100_000).expect("entries");
+    }
+    let url = database_of(data_dir);
+    // Read on a runtime of its own: callers may be inside a test's runtime.
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        rt.block_on(async {
+            let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.expect("connect");
+            tokio::spawn(connection);
+            cotejo::store::postgres::audit_entries(&client, 1, 100_000).await.expect("entries")
+        })
+    })
+    .join()
+    .expect("audit read")
+}
+
+/// True (and says why) when this PostgreSQL run skips a test of the
+/// embedded store's own parts.
+pub(crate) fn sqlite_only(why: &str) -> bool {
+    if selected() {
+        eprintln!("skipped on PostgreSQL: {why}");
+    }
+    selected()
 }

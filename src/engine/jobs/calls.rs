@@ -7,7 +7,7 @@ use super::lock;
 use crate::{
     biometric::Modality,
     engine::{
-        Calibrations, Candidate, Engine, EngineError, read,
+        Calibrations, Candidate, Engine, EngineError, read_local,
         scoring::{RawScores, candidate},
         validate_name,
     },
@@ -92,10 +92,11 @@ impl Engine {
             target_fmr,
         };
         let json = serde_json::to_string(&params).map_err(|e| EngineError::Internal(e.to_string()))?;
-        let store = self.store.clone();
+        let local = self.local("dedup jobs")?;
+        let store = local.store.clone();
         let rec = tokio::task::spawn_blocking(move || Ok::<_, EngineError>(lock(&store)?.create_job("dedup", &json)?))
             .await??;
-        let _ = self.jobs.wake.try_send(());
+        let _ = local.jobs.wake.try_send(());
         self.job_status(rec).await
     }
 
@@ -108,7 +109,7 @@ impl Engine {
     /// Cancels a queued or running job.
     pub async fn cancel_job(&self, job_id: String) -> Result<JobStatus, EngineError> {
         let rec = self.job_record(&job_id).await?;
-        let store = self.store.clone();
+        let store = self.local("dedup jobs")?.store.clone();
         let id = rec.job_id;
         tokio::task::spawn_blocking(move || Ok::<_, EngineError>(lock(&store)?.cancel_job(id)?)).await??;
         self.job(job_id).await
@@ -171,8 +172,9 @@ impl Engine {
     /// last count, that count (a page of ListJobs costs no walk per job).
     async fn pair_count(&self, record: &JobRecord, walk: PairWalk) -> Result<u64, EngineError> {
         let finished = !record.state.active();
-        let deletions = self.jobs.deletions.load(std::sync::atomic::Ordering::Acquire);
-        let known = self.jobs.counted.lock().ok().and_then(|c| c.get(&record.job_id).copied());
+        let jobs = &self.local("dedup jobs")?.jobs;
+        let deletions = jobs.deletions.load(std::sync::atomic::Ordering::Acquire);
+        let known = jobs.counted.lock().ok().and_then(|c| c.get(&record.job_id).copied());
         if finished && let Some((_, n)) = known.filter(|(seen, _)| *seen == deletions) {
             return Ok(n);
         }
@@ -185,7 +187,7 @@ impl Engine {
             Ok::<_, EngineError>(n)
         })
         .await??;
-        if finished && let Ok(mut c) = self.jobs.counted.lock() {
+        if finished && let Ok(mut c) = jobs.counted.lock() {
             c.insert(record.job_id, (deletions, n));
         }
         Ok(n)
@@ -193,7 +195,9 @@ impl Engine {
 
     async fn job_record(&self, job_id: &str) -> Result<JobRecord, EngineError> {
         let id: i64 = job_id.parse().map_err(|_| EngineError::invalid("INVALID_JOB_ID", "job_id", "not a job id"))?;
-        read(&self.reads, move |r| r.job(id)).await?.ok_or_else(|| EngineError::JobNotFound(job_id.to_owned()))
+        read_local(&self.local("dedup jobs")?.reads, move |r| r.job(id))
+            .await?
+            .ok_or_else(|| EngineError::JobNotFound(job_id.to_owned()))
     }
 
     /// A walk over a job's stored pairs, fused and kept at or above its threshold.
@@ -201,7 +205,7 @@ impl Engine {
         let params: DedupParams =
             serde_json::from_str(&rec.params).map_err(|e| EngineError::Internal(format!("job parameters: {e}")))?;
         Ok(PairWalk {
-            reads: self.reads.clone(),
+            reads: self.local("dedup jobs")?.reads.clone(),
             job_id: rec.job_id,
             threshold: crate::engine::scoring::threshold_db(params.target_fmr),
             calibrations: self.calibrations.clone(),
@@ -215,7 +219,14 @@ impl Engine {
         let pairs = self.pair_count(&record, walk).await?;
         let params: DedupParams =
             serde_json::from_str(&record.params).map_err(|e| EngineError::Internal(format!("job parameters: {e}")))?;
-        let p = self.jobs.progress.lock().ok().and_then(|p| p.get(&record.job_id).copied()).unwrap_or_default();
+        let p = self
+            .local("dedup jobs")?
+            .jobs
+            .progress
+            .lock()
+            .ok()
+            .and_then(|p| p.get(&record.job_id).copied())
+            .unwrap_or_default();
         let secs = p.started.map_or(0.0, |s| s.elapsed().as_secs_f64());
         let rate = if secs > 0.0 { p.blocks_since_start as f64 / secs } else { 0.0 };
         let left = record.total.saturating_sub(record.done) as f64;
