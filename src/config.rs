@@ -71,6 +71,11 @@ pub struct ClusterConfig {
     pub follow_wait_ms: u64,
     /// Seconds between polls of the change log when no notification came.
     pub poll_secs: u64,
+    /// A routing node's shards, in shard order: each the URLs of the nodes
+    /// that serve it (replicas). Empty: this node answers from its own index.
+    pub shards: Vec<Vec<String>>,
+    /// How long a routed call waits for one replica before the next (ms).
+    pub replica_timeout_ms: u64,
 }
 
 /// Retention per watchlist, applied by a purge that runs in the server.

@@ -7,6 +7,7 @@ pub mod auth;
 pub mod biometric;
 pub mod calibration;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod engine;
 pub mod eval;

@@ -53,7 +53,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         json: c.json,
     };
     match cli.command {
-        Command::Serve { listen, data_dir, config, shard } => serve_command(listen, data_dir, config, shard).await,
+        Command::Serve { listen, data_dir, config, shard, route } => {
+            serve_command(listen, data_dir, config, shard, route).await
+        }
         Command::Enroll { subject, samples, add_encounter, largest_face, watchlists, request_id, client } => {
             let args = cli::EnrollArgs { subject, add_encounter, largest_face, watchlists, request_id };
             cli::enroll(&opts(client), args, &samples.into()).await
@@ -138,10 +140,17 @@ async fn serve_command(
     data_dir: Option<PathBuf>,
     config: Option<PathBuf>,
     shard: Option<cotejo::shard::Shard>,
+    route: Option<String>,
 ) -> anyhow::Result<()> {
     let mut config = Config::load(config.as_deref())?;
     if let Some(s) = shard {
         config.cluster.shard = s.to_string();
+    }
+    if let Some(r) = route {
+        config.cluster.shards = r
+            .split(';')
+            .map(|s| s.split(',').map(|u| u.trim().to_owned()).filter(|u| !u.is_empty()).collect())
+            .collect();
     }
     if let Some(l) = listen {
         config.server.listen = l;

@@ -17,6 +17,9 @@ impl Shard {
     /// The whole gallery, on one node.
     pub const WHOLE: Shard = Shard { index: 0, count: 1 };
 
+    /// No subject (a routing node, which searches through the shards).
+    pub const NONE: Shard = Shard { index: 0, count: 0 };
+
     /// A subject's shard key (what `mod count` places).
     pub fn key(subject_id: &str) -> i64 {
         let digest = Sha256::digest(subject_id.as_bytes());
@@ -25,7 +28,7 @@ impl Shard {
 
     /// Whether the subject belongs to this shard.
     pub fn owns(&self, subject_id: &str) -> bool {
-        Self::key(subject_id) % i64::from(self.count) == i64::from(self.index)
+        self.count > 0 && Self::key(subject_id) % i64::from(self.count) == i64::from(self.index)
     }
 
     /// The shard of `count` that holds the subject.
@@ -37,6 +40,9 @@ impl Shard {
 
 impl std::fmt::Display for Shard {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.count == 0 {
+            return f.write_str("none");
+        }
         write!(f, "{}/{}", self.index, self.count)
     }
 }
@@ -75,6 +81,7 @@ mod tests {
         // The key is fixed by the id alone (a stored shard key stays valid).
         assert_eq!(Shard::key("subject-0"), Shard::key("subject-0"));
         assert!(Shard::WHOLE.owns("anyone"));
+        assert!(!Shard::NONE.owns("anyone"));
     }
 
     #[test]

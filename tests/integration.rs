@@ -7,6 +7,7 @@ mod audit_log;
 mod backup;
 mod bad_input;
 mod cli;
+mod cluster;
 mod crashes;
 mod durability;
 mod erasure;

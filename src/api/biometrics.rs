@@ -14,6 +14,7 @@ use super::{
 use crate::{
     admission::with_deadline,
     auth::Method,
+    cluster::Router,
     engine::{Engine, PageRequest},
 };
 
@@ -22,12 +23,14 @@ use crate::{
 pub struct BiometricsApi {
     engine: Arc<EngineSlot>,
     gate: Gate,
+    /// On a routing node: the shards Identify fans out to.
+    router: Option<Arc<Router>>,
 }
 
 impl BiometricsApi {
     /// A service that serves once `engine` is set, its calls passing `gate`.
-    pub fn new(engine: Arc<EngineSlot>, gate: Gate) -> Self {
-        Self { engine, gate }
+    pub fn new(engine: Arc<EngineSlot>, gate: Gate, router: Option<Arc<Router>>) -> Self {
+        Self { engine, gate, router }
     }
 
     fn engine(&self) -> Result<Arc<Engine>, Status> {
@@ -69,7 +72,11 @@ impl BiometricsService for BiometricsApi {
     #[instrument(skip_all)]
     async fn identify(&self, request: Request<pb::IdentifyRequest>) -> Result<Response<pb::IdentifyResponse>, Status> {
         let call = self.gate.admit(&request, Method::Identify).await?;
+        let deadline = call.deadline;
         let result = async {
+            if let Some(router) = &self.router {
+                return router.identify(request.into_inner(), deadline).await;
+            }
             let req = request.into_inner().try_into()?;
             Ok(pb::IdentifyResponse::from(self.engine()?.identify(req).await?))
         };

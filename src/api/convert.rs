@@ -108,7 +108,7 @@ impl TryFrom<pb::EnrollRequest> for EnrollRequest {
 impl TryFrom<pb::IdentifyRequest> for IdentifyRequest {
     type Error = EngineError;
     fn try_from(r: pb::IdentifyRequest) -> Result<Self, EngineError> {
-        let pb::IdentifyRequest { samples, max_candidates, target_fpir, subject_ids, watchlist } = r;
+        let pb::IdentifyRequest { samples, max_candidates, target_fpir, subject_ids, watchlist, allow_partial: _ } = r;
         if !(0.0..1.0).contains(&target_fpir) {
             return Err(EngineError::invalid("INVALID_TARGET_RATE", "target_fpir", "must be in [0, 1)"));
         }
@@ -195,6 +195,7 @@ impl From<IdentifyOutcome> for pb::IdentifyResponse {
             candidates: o.candidates.into_iter().map(Into::into).collect(),
             decision: Some(o.decision.into()),
             probes: o.probes.into_iter().map(Into::into).collect(),
+            missing_shards: Vec::new(),
         }
     }
 }

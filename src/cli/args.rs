@@ -77,6 +77,11 @@ pub enum Command {
         /// (overrides cluster.shard).
         #[arg(long)]
         shard: Option<crate::shard::Shard>,
+        /// Route Identify to shard nodes: the shards in order, separated by
+        /// `;`, each its replicas' URLs separated by `,` (overrides
+        /// cluster.shards), e.g. "http://a:1,http://b:1;http://c:1".
+        #[arg(long)]
+        route: Option<String>,
     },
     /// Enroll a subject.
     Enroll {

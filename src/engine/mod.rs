@@ -493,7 +493,11 @@ fn open_records(config: &Config, face_model: &FaceModel) -> Result<Opened, Engin
         let records: Arc<dyn Records> = Arc::new(sqlite.clone());
         return Ok(Opened { records, sqlite: Some(sqlite), postgres: None, loaded, checkpoints, audit_problem });
     }
-    let shard: Shard = config.cluster.shard.parse().map_err(EngineError::Internal)?;
+    let shard: Shard = match config.cluster.shards.is_empty() {
+        true => config.cluster.shard.parse().map_err(EngineError::Internal)?,
+        // A routing node searches through the shards' nodes.
+        false => Shard::NONE,
+    };
     let handle = tokio::runtime::Handle::try_current()
         .map_err(|_| EngineError::Internal("a PostgreSQL store is opened inside the tokio runtime".into()))?;
     let pg = handle.block_on(PgRecords::open(&s.url, &s.key_dir, &s.encryption_key, s.max_connections))?;

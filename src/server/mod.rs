@@ -251,15 +251,19 @@ fn services(
     slot: &Arc<EngineSlot>,
     gate: &Gate,
     max: usize,
+    router: Option<Arc<crate::cluster::Router>>,
 ) -> (
     pb::biometrics_service_server::BiometricsServiceServer<BiometricsApi>,
     pb::jobs_service_server::JobsServiceServer<JobsApi>,
     pb::audit_service_server::AuditServiceServer<AuditApi>,
 ) {
-    let biometrics =
-        pb::biometrics_service_server::BiometricsServiceServer::new(BiometricsApi::new(slot.clone(), gate.clone()))
-            .max_decoding_message_size(max)
-            .max_encoding_message_size(max);
+    let biometrics = pb::biometrics_service_server::BiometricsServiceServer::new(BiometricsApi::new(
+        slot.clone(),
+        gate.clone(),
+        router,
+    ))
+    .max_decoding_message_size(max)
+    .max_encoding_message_size(max);
     let jobs = pb::jobs_service_server::JobsServiceServer::new(JobsApi::new(slot.clone(), gate.clone()))
         .max_decoding_message_size(max)
         .max_encoding_message_size(max);
@@ -297,7 +301,17 @@ pub async fn serve(
     }
     let gate = Gate::new(auth, slot.clone(), metrics);
     let max = config.server.max_message_bytes;
-    let (biometrics, jobs, audit) = services(&slot, &gate, max);
+    let router = match config.cluster.shards.is_empty() {
+        true => None,
+        false => Some(
+            crate::cluster::Router::new(
+                &config.cluster.shards,
+                Duration::from_millis(config.cluster.replica_timeout_ms),
+            )
+            .map_err(anyhow::Error::msg)?,
+        ),
+    };
+    let (biometrics, jobs, audit) = services(&slot, &gate, max, router);
     background.0.push(spawn_checkpointer(slot.clone(), Duration::from_secs(config.audit.checkpoint_every_secs)));
 
     let stopping = Arc::new(AtomicBool::new(false));

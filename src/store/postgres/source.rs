@@ -32,8 +32,12 @@ impl PgSource {
         Self { records, shard }
     }
 
+    /// `(count, index)` for [`IN_SHARD`]; `(1, -1)` matches no row (no shard).
     fn shard_params(&self) -> (i64, i64) {
-        (i64::from(self.shard.count), i64::from(self.shard.index))
+        match self.shard.count {
+            0 => (1, -1),
+            n => (i64::from(n), i64::from(self.shard.index)),
+        }
     }
 }
 

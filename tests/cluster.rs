@@ -1,0 +1,135 @@
+//! A cluster on one PostgreSQL: a node of the whole gallery, two shard
+//! nodes (the second with two replicas) and a routing node. The router's
+//! Identify equals the whole node's (same candidates, same scores, same
+//! decision); a replica stopped under a stream of Identify calls fails no
+//! call; with both replicas of a shard gone Identify names the shard, or
+//! lists it in a partial answer without a decision when asked.
+
+use std::time::{Duration, Instant};
+
+use cotejo::api::pb;
+
+use crate::common::{TestServer, config, enroll_req, face_embedding, identify_req, postgres::TempPostgres};
+
+/// A unit vector for subject `i`, and a probe near it (`noise` > 0).
+fn vector(i: usize, dim: usize, noise: f32) -> Vec<f32> {
+    let mut v: Vec<f32> = (0..dim).map(|d| (((i * 31 + d * 17) % 97) as f32 / 97.0) - 0.5).collect();
+    v[i % dim] += 3.0;
+    v[(i + 1) % dim] += noise;
+    let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+    v.into_iter().map(|x| x / n).collect()
+}
+
+struct Node {
+    server: TestServer,
+    _dir: tempfile::TempDir,
+}
+
+async fn node(url: &str, shard: &str, route: Option<String>) -> Node {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key = "7a".repeat(32);
+    let mut overrides = vec![
+        ("COTEJO__STORE__URL", url.to_owned()),
+        ("COTEJO__STORE__ENCRYPTION_KEY", key),
+        ("COTEJO__CLUSTER__SHARD", shard.to_owned()),
+    ];
+    if let Some(r) = route {
+        overrides.push(("COTEJO__CLUSTER__SHARDS", r));
+    }
+    let overrides: Vec<(&str, &str)> = overrides.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    Node { server: TestServer::start(config(dir.path(), &overrides)).await, _dir: dir }
+}
+
+/// What an answer says: candidates (id, score to 1e-4), decision (match, subject, threshold).
+type Said = (Vec<(String, i64)>, Option<(bool, String, i64)>);
+
+fn said(r: &pb::IdentifyResponse) -> Said {
+    let candidates = r.candidates.iter().map(|c| (c.subject_id.clone(), (c.score * 1e4).round() as i64)).collect();
+    let decision = r.decision.as_ref().map(|d| (d.is_match, d.subject_id.clone(), (d.threshold * 1e4).round() as i64));
+    (candidates, decision)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_shards_behind_a_router_answer_as_one_node_and_survive_a_replica() {
+    let pg = TempPostgres::start();
+    let whole = node(&pg.url, "0/1", None).await;
+    let shard0 = node(&pg.url, "0/2", None).await;
+    let shard1a = node(&pg.url, "1/2", None).await;
+    let shard1b = node(&pg.url, "1/2", None).await;
+    let route = format!("[[\"{}\"], [\"{}\", \"{}\"]]", shard0.server.url, shard1a.server.url, shard1b.server.url);
+    let router = node(&pg.url, "0/1", Some(route)).await;
+
+    let mut w = whole.server.client.clone();
+    let stats = w.stats(pb::StatsRequest {}).await.expect("stats").into_inner();
+    let (model, dim) = (stats.models[0].model_id.clone(), stats.models[0].dimension as usize);
+    // Enrolled through the router: written to PostgreSQL, followed by every node.
+    let mut r = router.server.client.clone();
+    let n = 40;
+    for i in 0..n {
+        r.enroll(enroll_req(&format!("s{i}"), vec![face_embedding(&model, vector(i, dim, 0.0))]))
+            .await
+            .expect("enroll");
+    }
+    let probe = |i: usize| identify_req(vec![face_embedding(&model, vector(i, dim, 0.3))]);
+    // Every node follows the change log: wait until the whole node and the router agree.
+    let start = Instant::now();
+    for i in [0, n - 1] {
+        loop {
+            let a = w.identify(probe(i)).await.expect("whole").into_inner();
+            let b = r.identify(probe(i)).await.expect("router").into_inner();
+            let top = |r: &pb::IdentifyResponse| r.candidates.first().is_some_and(|c| c.subject_id == format!("s{i}"));
+            if said(&a) == said(&b) && top(&a) {
+                break;
+            }
+            assert!(start.elapsed() < Duration::from_secs(20), "the shards did not catch up: {a:?} vs {b:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    // The same candidates, scores and decisions for every probe, N = 40 on both.
+    for i in 0..n {
+        let a = w.identify(probe(i)).await.expect("whole").into_inner();
+        let b = r.identify(probe(i)).await.expect("router").into_inner();
+        assert_eq!(said(&a), said(&b), "probe {i}");
+        assert_eq!(a.candidates[0].subject_id, format!("s{i}"));
+        assert!(b.decision.as_ref().is_some_and(|d| d.is_match), "probe {i}: {b:?}");
+    }
+    // Each shard node holds its own subjects only.
+    let mut s0 = shard0.server.client.clone();
+    let own = s0.identify(probe(0)).await.expect("shard 0").into_inner();
+    let owner = cotejo::shard::Shard::of("s0", 2).index;
+    assert_eq!(own.candidates.iter().any(|c| c.subject_id == "s0"), owner == 0);
+
+    // A replica of shard 1 stops while Identify calls stream: none fails.
+    let streaming = {
+        let mut r = r.clone();
+        let probes: Vec<_> = (0..n).map(probe).collect();
+        tokio::spawn(async move {
+            for round in 0..3 {
+                for (i, p) in probes.iter().enumerate() {
+                    let found = r.identify(p.clone()).await.unwrap_or_else(|e| panic!("round {round} probe {i}: {e}"));
+                    assert_eq!(found.into_inner().candidates[0].subject_id, format!("s{i}"));
+                }
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    shard1a.server.stop().await;
+    streaming.await.expect("no failed call while a replica stopped");
+
+    // Both replicas gone: UNAVAILABLE naming shard 1/2, or a flagged partial answer.
+    shard1b.server.stop().await;
+    let e = r.identify(probe(1)).await.expect_err("a shard is missing");
+    assert_eq!(e.code(), tonic::Code::Unavailable, "{e:?}");
+    assert!(e.message().contains("shard 1/2"), "{}", e.message());
+    let partial = r
+        .identify(pb::IdentifyRequest { allow_partial: true, ..probe(1) })
+        .await
+        .expect("a partial answer")
+        .into_inner();
+    assert_eq!(partial.missing_shards, ["1/2"]);
+    assert!(partial.decision.is_none(), "a partial answer decides nothing");
+    assert!(!partial.candidates.is_empty());
+    for n in [router, shard0, whole] {
+        n.server.stop().await;
+    }
+}
