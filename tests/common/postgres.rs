@@ -52,7 +52,17 @@ fn run(bin: &Path, program: &str, args: &[&str]) {
 }
 
 impl TempPostgres {
+    /// A server for tests: no fsync (a test never outlives a power cut).
     pub(crate) fn start() -> Self {
+        Self::start_with(false)
+    }
+
+    /// A server that syncs every commit (PostgreSQL's defaults), for measurements.
+    pub(crate) fn start_durable() -> Self {
+        Self::start_with(true)
+    }
+
+    fn start_with(durable: bool) -> Self {
         let bin = bin_dir();
         let dir = tempfile::tempdir().expect("tempdir");
         if is_root() {
@@ -63,10 +73,8 @@ impl TempPostgres {
         let port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
         let data_s = data.display().to_string();
         run(&bin, "initdb", &["-D", &data_s, "-U", "cotejo", "--auth=trust", "-E", "UTF8", "--no-sync"]);
-        let options = format!(
-            "-p {port} -c listen_addresses=127.0.0.1 -k {} -c fsync=off -c synchronous_commit=off",
-            dir.path().display()
-        );
+        let sync = if durable { "" } else { " -c fsync=off -c synchronous_commit=off" };
+        let options = format!("-p {port} -c listen_addresses=127.0.0.1 -k {}{sync}", dir.path().display());
         let log = dir.path().join("server.log").display().to_string();
         run(&bin, "pg_ctl", &["-D", &data_s, "-o", &options, "-l", &log, "-w", "start"]);
         Self { url: format!("postgres://cotejo@127.0.0.1:{port}/postgres"), bin, data, _dir: dir }
