@@ -100,7 +100,8 @@ fn read_dir_ring(dir: &Path, data_dir: &Path) -> Result<Keyring, StoreError> {
     let err = |m: String| StoreError::Key(format!("{}: {m}", dir.display()));
     let abs = fs::canonicalize(dir).map_err(|e| err(e.to_string()))?;
     let data = fs::canonicalize(data_dir).unwrap_or_else(|_| data_dir.to_owned());
-    if abs.starts_with(&data) {
+    // No data directory (PostgreSQL): nothing to keep the keys apart from.
+    if !data_dir.as_os_str().is_empty() && abs.starts_with(&data) {
         return Err(err(format!("lies inside the data directory {}; keep keys apart from the data", data.display())));
     }
     let mut keys = HashMap::new();
