@@ -153,6 +153,13 @@ pub struct Enrolled {
     pub seq: i64,
 }
 
+impl Enrolled {
+    /// A retried request id's answer: the first enroll's, nothing written.
+    pub fn replayed(first: EnrollReplay) -> Self {
+        Self { encounter_id: first.encounter_id, template_ids: Vec::new(), replay: Some(first), seq: 0 }
+    }
+}
+
 /// The first answer to an enroll request id.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EnrollReplay {
@@ -273,12 +280,7 @@ impl Store {
         if let Some(k) = key
             && let Some(replay) = enroll_request(&tx, k.request_id)?
         {
-            return Ok(Enrolled {
-                encounter_id: replay.encounter_id,
-                template_ids: Vec::new(),
-                replay: Some(replay),
-                seq: 0,
-            });
+            return Ok(Enrolled::replayed(replay));
         }
         let exists = subject_exists(&tx, subject_id)?;
         if exists && !add_encounter {

@@ -255,16 +255,23 @@ pub async fn audit_entries(
     Ok(rows.iter().map(|r| audit_entry(r).0).collect())
 }
 
-/// Walks the whole chain in one repeatable-read snapshot; the first entry
-/// missing or whose hash does not match its content is named.
-pub async fn verify_audit(client: &mut tokio_postgres::Client) -> Result<ChainCheck, StoreError> {
-    let tx = client
+/// A read-only transaction whose reads all see one snapshot.
+async fn read_only_snapshot(
+    client: &mut tokio_postgres::Client,
+) -> Result<tokio_postgres::Transaction<'_>, StoreError> {
+    client
         .build_transaction()
         .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
         .read_only(true)
         .start()
         .await
-        .map_err(pg)?;
+        .map_err(pg)
+}
+
+/// Walks the whole chain in one repeatable-read snapshot; the first entry
+/// missing or whose hash does not match its content is named.
+pub async fn verify_audit(client: &mut tokio_postgres::Client) -> Result<ChainCheck, StoreError> {
+    let tx = read_only_snapshot(client).await?;
     let rows = tx.query(&format!("SELECT {AUDIT_COLUMNS} FROM audit ORDER BY seq"), &[]).await.map_err(pg)?;
     let (mut seq, mut prev, mut n) = (0i64, Vec::new(), 0u64);
     for row in rows {

@@ -8,9 +8,9 @@ use std::{collections::BTreeMap, path::Path, sync::Arc};
 
 use deadpool_postgres::Pool;
 use tokio::runtime::Handle;
-use tokio_postgres::Transaction;
+use tokio_postgres::{GenericClient, Row, Transaction, types::ToSql};
 
-use super::{append_audit, audit_entries, open, pg, verify_audit};
+use super::{append_audit, audit_entries, open, pg, read_only_snapshot, verify_audit};
 use crate::{
     biometric::{NewTemplate, StoredTemplate, TemplateData},
     shard::Shard,
@@ -77,6 +77,16 @@ impl PgRecords {
         self.handle.block_on(f)
     }
 
+    /// A pooled connection.
+    pub(super) async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
+        self.pool.get().await.map_err(pg)
+    }
+
+    /// One query's rows on a pooled connection, from a blocking thread.
+    pub(super) fn query_blocking(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Vec<Row>, StoreError> {
+        self.block(async { self.client().await?.query(sql, params).await.map_err(pg) })
+    }
+
     /// Stores a new encounter with `templates`, sealed: a new subject unless
     /// `add_encounter`, which needs an existing one. In one transaction with
     /// its watchlist memberships, its change row and its audit entry;
@@ -92,18 +102,13 @@ impl PgRecords {
         actor: &Actor,
         key: Option<RequestKey<'_>>,
     ) -> Result<Enrolled, StoreError> {
-        let mut c = self.pool.get().await.map_err(pg)?;
+        let mut c = self.client().await?;
         let tx = c.transaction().await.map_err(pg)?;
         let now = now_ms();
         if let Some(k) = key {
             tx.execute("SELECT pg_advisory_xact_lock(hashtext($1))", &[&k.request_id]).await.map_err(pg)?;
-            if let Some(replay) = first_answer(&tx, k.request_id).await? {
-                return Ok(Enrolled {
-                    encounter_id: replay.encounter_id,
-                    template_ids: Vec::new(),
-                    replay: Some(replay),
-                    seq: 0,
-                });
+            if let Some(replay) = first_answer(&*tx, k.request_id).await? {
+                return Ok(Enrolled::replayed(replay));
             }
         }
         if add_encounter {
@@ -197,7 +202,7 @@ impl PgRecords {
         since_ms: i64,
         actor: &Actor,
     ) -> Result<Option<Removed>, StoreError> {
-        let mut c = self.pool.get().await.map_err(pg)?;
+        let mut c = self.client().await?;
         let tx = c.transaction().await.map_err(pg)?;
         let known = tx
             .query_opt("SELECT 1 FROM subjects WHERE subject_id = $1 FOR UPDATE", &[&subject_id])
@@ -233,7 +238,7 @@ impl PgRecords {
 
     /// Every template of one subject, opened, oldest first.
     pub async fn subject_templates_async(&self, subject_id: &str) -> Result<Vec<StoredTemplate>, StoreError> {
-        let c = self.pool.get().await.map_err(pg)?;
+        let c = self.client().await?;
         let rows = c
             .query(
                 "SELECT t.template_id, t.encounter_id, t.modality, t.finger_position, t.model_id, t.quality, t.sealed
@@ -278,7 +283,7 @@ impl PgRecords {
     }
 
     async fn subject_async(&self, subject_id: &str) -> Result<SubjectRecord, StoreError> {
-        let c = self.pool.get().await.map_err(pg)?;
+        let c = self.client().await?;
         let created_ms: i64 = c
             .query_opt("SELECT created_ms FROM subjects WHERE subject_id = $1", &[&subject_id])
             .await
@@ -318,7 +323,7 @@ impl PgRecords {
         limit: usize,
         watchlist: &str,
     ) -> Result<Vec<SubjectSummary>, StoreError> {
-        let c = self.pool.get().await.map_err(pg)?;
+        let c = self.client().await?;
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let rows = c
             .query(
@@ -348,7 +353,7 @@ impl PgRecords {
     }
 
     async fn stats_async(&self) -> Result<StoreStats, StoreError> {
-        let c = self.pool.get().await.map_err(pg)?;
+        let c = self.client().await?;
         let subjects: i64 = c.query_one("SELECT COUNT(*) FROM subjects", &[]).await.map_err(pg)?.get(0);
         let encounters: i64 = c.query_one("SELECT COUNT(*) FROM encounters", &[]).await.map_err(pg)?.get(0);
         let rows = c
@@ -364,7 +369,7 @@ impl PgRecords {
 
     /// The changes after `after`, in sequence, at most `limit`.
     pub async fn changes_after(&self, after: i64, limit: i64) -> Result<Vec<Change>, StoreError> {
-        let c = self.pool.get().await.map_err(pg)?;
+        let c = self.client().await?;
         let rows = c
             .query(
                 "SELECT seq, subject_id, kind, template_ids, subjects_delta FROM changes
@@ -387,14 +392,8 @@ impl PgRecords {
 
     /// The last change's number and the subjects counted at it (one snapshot).
     pub async fn high_water(&self) -> Result<(i64, u64), StoreError> {
-        let mut c = self.pool.get().await.map_err(pg)?;
-        let tx = c
-            .build_transaction()
-            .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
-            .read_only(true)
-            .start()
-            .await
-            .map_err(pg)?;
+        let mut c = self.client().await?;
+        let tx = read_only_snapshot(&mut c).await?;
         let seq: i64 = tx.query_one("SELECT COALESCE(MAX(seq), 0) FROM changes", &[]).await.map_err(pg)?.get(0);
         let subjects: i64 = tx.query_one("SELECT COUNT(*) FROM subjects", &[]).await.map_err(pg)?.get(0);
         tx.commit().await.map_err(pg)?;
@@ -403,8 +402,8 @@ impl PgRecords {
 }
 
 /// The first answer to a request id, if it was used.
-async fn first_answer(tx: &Transaction<'_>, request_id: &str) -> Result<Option<EnrollReplay>, StoreError> {
-    let row = tx
+async fn first_answer(c: &impl GenericClient, request_id: &str) -> Result<Option<EnrollReplay>, StoreError> {
+    let row = c
         .query_opt(
             "SELECT subject_id, encounter_id, samples FROM enroll_requests WHERE request_id = $1",
             &[&request_id],
@@ -487,13 +486,7 @@ impl Records for PgRecords {
     }
 
     fn enroll_request(&self, request_id: &str) -> Result<Option<EnrollReplay>, StoreError> {
-        self.block(async {
-            let mut c = self.pool.get().await.map_err(pg)?;
-            let tx = c.transaction().await.map_err(pg)?;
-            let first = first_answer(&tx, request_id).await?;
-            tx.commit().await.map_err(pg)?;
-            Ok(first)
-        })
+        self.block(async { first_answer(&**self.client().await?, request_id).await })
     }
 
     fn subject(&self, subject_id: &str) -> Result<SubjectRecord, StoreError> {
@@ -505,17 +498,11 @@ impl Records for PgRecords {
     }
 
     fn watchlist_members(&self, watchlist: &str) -> Result<Vec<String>, StoreError> {
-        self.block(async {
-            let c = self.pool.get().await.map_err(pg)?;
-            let rows = c
-                .query(
-                    "SELECT subject_id FROM watchlist_members WHERE watchlist = $1 ORDER BY subject_id",
-                    &[&watchlist],
-                )
-                .await
-                .map_err(pg)?;
-            Ok(rows.iter().map(|r| r.get(0)).collect())
-        })
+        let rows = self.query_blocking(
+            "SELECT subject_id FROM watchlist_members WHERE watchlist = $1 ORDER BY subject_id",
+            &[&watchlist],
+        )?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
     }
 
     fn list_subjects(&self, after: &str, limit: usize, watchlist: &str) -> Result<Vec<SubjectSummary>, StoreError> {
@@ -527,24 +514,14 @@ impl Records for PgRecords {
         retention_days: &BTreeMap<String, u32>,
         now_ms: i64,
     ) -> Result<Vec<(String, i64)>, StoreError> {
-        let rows = self.block(async {
-            let c = self.pool.get().await.map_err(pg)?;
-            let rows = c
-                .query(
-                    "SELECT m.subject_id, m.watchlist,
-                        (SELECT MAX(e.created_ms) FROM encounters e WHERE e.subject_id = m.subject_id)
-                     FROM watchlist_members m ORDER BY m.subject_id",
-                    &[],
-                )
-                .await
-                .map_err(pg)?;
-            Ok(rows.iter().map(|r| (r.get(0), r.get(1), r.get::<_, Option<i64>>(2).unwrap_or(0))).collect::<Vec<(
-                String,
-                String,
-                i64,
-            )>>())
-        })?;
-        Ok(expired(rows, retention_days, now_ms))
+        let rows = self.query_blocking(
+            "SELECT m.subject_id, m.watchlist,
+                (SELECT MAX(e.created_ms) FROM encounters e WHERE e.subject_id = m.subject_id)
+             FROM watchlist_members m ORDER BY m.subject_id",
+            &[],
+        )?;
+        let memberships = rows.iter().map(|r| (r.get(0), r.get(1), r.get::<_, Option<i64>>(2).unwrap_or(0)));
+        Ok(expired(memberships, retention_days, now_ms))
     }
 
     fn stats(&self) -> Result<StoreStats, StoreError> {
@@ -553,7 +530,7 @@ impl Records for PgRecords {
 
     fn audit(&self, record: &AuditRecord) -> Result<(), StoreError> {
         self.block(async {
-            let mut c = self.pool.get().await.map_err(pg)?;
+            let mut c = self.client().await?;
             let tx = c.transaction().await.map_err(pg)?;
             append_audit(&tx, now_ms(), record).await?;
             commit(tx).await
@@ -562,7 +539,7 @@ impl Records for PgRecords {
 
     fn audit_entries(&self, from_seq: i64, limit: usize) -> Result<Vec<AuditEntry>, StoreError> {
         self.block(async {
-            let c = self.pool.get().await.map_err(pg)?;
+            let c = self.client().await?;
             audit_entries(&c, from_seq, limit).await
         })
     }
@@ -572,14 +549,14 @@ impl Records for PgRecords {
             return Err(StoreError::Checkpoint("signed checkpoints are kept for the embedded store only".into()));
         }
         self.block(async {
-            let mut c = self.pool.get().await.map_err(pg)?;
+            let mut c = self.client().await?;
             verify_audit(&mut c).await
         })
     }
 
     fn probe(&self) -> Result<(), StoreError> {
         self.block(async {
-            let c = self.pool.get().await.map_err(pg)?;
+            let c = self.client().await?;
             c.execute(
                 "INSERT INTO health_probe (id, at_ms) VALUES (1, $1) ON CONFLICT (id) DO UPDATE SET at_ms = $1",
                 &[&now_ms()],

@@ -2,7 +2,7 @@
 //! them: owners and positions listed, templates read by id or streamed in
 //! pages of [`PAGE`] by template id.
 
-use super::{PgRecords, pg};
+use super::PgRecords;
 use crate::{
     biometric::{Modality, StoredTemplate},
     shard::Shard,
@@ -45,63 +45,41 @@ impl TemplateSource for PgSource {
     fn template_owners(&self, modality: Modality, model_id: &str) -> Result<Vec<(i64, String)>, StoreError> {
         let (n, i) = self.shard_params();
         let code = modality.code() as i16;
-        self.records.block(async {
-            let c = self.records.pool.get().await.map_err(pg)?;
-            let rows = c
-                .query(
-                    &format!(
-                        "SELECT template_id, subject_id FROM templates
-                         WHERE {IN_SHARD} AND modality = $3 AND model_id = $4 ORDER BY template_id"
-                    ),
-                    &[&n, &i, &code, &model_id],
-                )
-                .await
-                .map_err(pg)?;
-            Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
-        })
+        let rows = self.records.query_blocking(
+            &format!(
+                "SELECT template_id, subject_id FROM templates
+                 WHERE {IN_SHARD} AND modality = $3 AND model_id = $4 ORDER BY template_id"
+            ),
+            &[&n, &i, &code, &model_id],
+        )?;
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
     }
 
     fn template_positions(&self, modality: Modality) -> Result<Vec<(i64, String, u8)>, StoreError> {
         let (n, i) = self.shard_params();
         let code = modality.code() as i16;
-        self.records.block(async {
-            let c = self.records.pool.get().await.map_err(pg)?;
-            let rows = c
-                .query(
-                    &format!(
-                        "SELECT template_id, subject_id, finger_position FROM templates
-                         WHERE {IN_SHARD} AND modality = $3 ORDER BY template_id"
-                    ),
-                    &[&n, &i, &code],
-                )
-                .await
-                .map_err(pg)?;
-            Ok(rows.iter().map(|r| (r.get(0), r.get(1), u8::try_from(r.get::<_, i16>(2)).unwrap_or(0))).collect())
-        })
+        let rows = self.records.query_blocking(
+            &format!(
+                "SELECT template_id, subject_id, finger_position FROM templates
+                 WHERE {IN_SHARD} AND modality = $3 ORDER BY template_id"
+            ),
+            &[&n, &i, &code],
+        )?;
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1), u8::try_from(r.get::<_, i16>(2)).unwrap_or(0))).collect())
     }
 
     fn templates_with_ids(&self, ids: &[i64]) -> Result<Vec<StoredTemplate>, StoreError> {
         let (n, i) = self.shard_params();
-        self.records.block(async {
-            let c = self.records.pool.get().await.map_err(pg)?;
-            let mut out = Vec::with_capacity(ids.len());
-            for chunk in ids.chunks(PAGE as usize) {
-                let rows = c
-                    .query(
-                        &format!(
-                            "SELECT {TEMPLATE_COLUMNS} FROM templates
-                             WHERE {IN_SHARD} AND template_id = ANY($3) ORDER BY template_id"
-                        ),
-                        &[&n, &i, &chunk],
-                    )
-                    .await
-                    .map_err(pg)?;
-                for r in &rows {
-                    out.push(self.records.open_row(r.get(0), r.get(1), r, 2)?);
-                }
+        let sql = format!(
+            "SELECT {TEMPLATE_COLUMNS} FROM templates WHERE {IN_SHARD} AND template_id = ANY($3) ORDER BY template_id"
+        );
+        let mut out = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(PAGE as usize) {
+            for r in &self.records.query_blocking(&sql, &[&n, &i, &chunk])? {
+                out.push(self.records.open_row(r.get(0), r.get(1), r, 2)?);
             }
-            Ok(out)
-        })
+        }
+        Ok(out)
     }
 
     fn each_template(
@@ -111,20 +89,13 @@ impl TemplateSource for PgSource {
     ) -> Result<(), StoreError> {
         let (n, i) = self.shard_params();
         let code = modality.code() as i16;
+        let sql = format!(
+            "SELECT {TEMPLATE_COLUMNS} FROM templates
+             WHERE {IN_SHARD} AND modality = $3 AND template_id > $4 ORDER BY template_id LIMIT $5"
+        );
         let mut after = 0i64;
         loop {
-            let rows = self.records.block(async {
-                let c = self.records.pool.get().await.map_err(pg)?;
-                c.query(
-                    &format!(
-                        "SELECT {TEMPLATE_COLUMNS} FROM templates
-                         WHERE {IN_SHARD} AND modality = $3 AND template_id > $4 ORDER BY template_id LIMIT $5"
-                    ),
-                    &[&n, &i, &code, &after, &PAGE],
-                )
-                .await
-                .map_err(pg)
-            })?;
+            let rows = self.records.query_blocking(&sql, &[&n, &i, &code, &after, &PAGE])?;
             let Some(last) = rows.last() else { return Ok(()) };
             after = last.get(0);
             for r in &rows {
