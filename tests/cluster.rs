@@ -133,3 +133,21 @@ async fn two_shards_behind_a_router_answer_as_one_node_and_survive_a_replica() {
         n.server.stop().await;
     }
 }
+
+#[test]
+fn a_shard_or_a_route_without_postgresql_is_refused_at_start() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for flags in [["--shard", "1/2"], ["--route", "http://127.0.0.1:1"]] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_cotejo"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(dir.path())
+            .args(flags)
+            .env("COTEJO__MODELS__DIR", crate::common::models_dir())
+            .env_remove("COTEJO__STORE__URL")
+            .output()
+            .expect("run cotejo serve");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{flags:?} started");
+        assert!(stderr.contains("need store.url"), "{flags:?}: {stderr}");
+    }
+}

@@ -109,7 +109,10 @@ async fn listen(url: String, wake: Sender<()>) {
                     failures = 0;
                     let _ = wake.try_send(());
                     while let Some(Ok(_)) = messages.next().await {
-                        let _ = wake.try_send(());
+                        if let Err(crossbeam_channel::TrySendError::Disconnected(())) = wake.try_send(()) {
+                            // The follower is gone: stop listening.
+                            return;
+                        }
                     }
                 }
                 warn!("change notifications lost; reconnecting");
@@ -139,7 +142,9 @@ fn follow(
     let mut at = from;
     let mut owners: HashMap<String, Arc<str>> = HashMap::new();
     loop {
-        loop {
+        // Pages of changes until the end of the log, or a failure (retried
+        // after the next wake or poll, not at once).
+        'catch_up: loop {
             let changes = match records.block(records.changes_after(at, PAGE)) {
                 Ok(c) => c,
                 Err(e) => {
@@ -151,7 +156,7 @@ fn follow(
             for change in changes {
                 if let Err(e) = apply(source, shard, &change, targets, &mut owners) {
                     warn!(error = %e, seq = change.seq, "cannot apply a change; retrying");
-                    break;
+                    break 'catch_up;
                 }
                 at = change.seq;
                 applied.send_replace(at);

@@ -301,6 +301,12 @@ pub async fn serve(
     }
     let gate = Gate::new(auth, slot.clone(), metrics);
     let max = config.server.max_message_bytes;
+    let shard: crate::shard::Shard = config.cluster.shard.parse().map_err(anyhow::Error::msg)?;
+    if config.store.url.is_empty() && (!config.cluster.shards.is_empty() || shard != crate::shard::Shard::WHOLE) {
+        // A node on its own SQLite store holds the whole gallery; a router
+        // writing there would enroll where its shards never look.
+        anyhow::bail!("cluster.shard and cluster.shards (serve --shard, --route) need store.url (PostgreSQL)");
+    }
     let router = match config.cluster.shards.is_empty() {
         true => None,
         false => Some(
