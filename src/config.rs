@@ -333,6 +333,9 @@ pub struct JobsConfig {
     pub block_pause_ms: u64,
     /// Default target FMR per pair of a de-duplication job.
     pub target_fmr: f64,
+    /// Whether this node computes jobs' blocks (on PostgreSQL every worker
+    /// node claims blocks of the same jobs; a router may leave them to others).
+    pub worker: bool,
 }
 
 /// Which structure serves face searches (docs/index.md says which to pick when).

@@ -3,13 +3,17 @@
 //! Identify equals the whole node's (same candidates, same scores, same
 //! decision); a replica stopped under a stream of Identify calls fails no
 //! call; with both replicas of a shard gone Identify names the shard, or
-//! lists it in a partial answer without a decision when asked.
+//! lists it in a partial answer without a decision when asked. A dedup job
+//! shared by two shard nodes, one killed midway, ends with a single node's pairs.
 
 use std::time::{Duration, Instant};
 
 use cotejo::api::pb;
 
-use crate::common::{TestServer, config, enroll_req, face_embedding, identify_req, postgres::TempPostgres};
+use crate::common::{
+    ChildServer, TestServer, client, config, enroll_req, face_embedding, identify_req, jobs_client,
+    postgres::TempPostgres,
+};
 
 /// A unit vector for subject `i`, and a probe near it (`noise` > 0).
 fn vector(i: usize, dim: usize, noise: f32) -> Vec<f32> {
@@ -150,4 +154,96 @@ fn a_shard_or_a_route_without_postgresql_is_refused_at_start() {
         assert!(!out.status.success(), "{flags:?} started");
         assert!(stderr.contains("need store.url"), "{flags:?}: {stderr}");
     }
+}
+
+/// Slow blocks (8 face rows, then a pause), so that a job outlasts a kill.
+const SLOW_JOBS: [(&str, &str); 2] = [("COTEJO__JOBS__FACE_BLOCK_ROWS", "8"), ("COTEJO__JOBS__BLOCK_PAUSE_MS", "100")];
+
+/// The jobs test's synthetic faces, and one finger seen twice (the second
+/// impression stretched by its scanner) beside another finger.
+async fn enroll_gallery(url: &str) {
+    crate::jobs::enroll_synthetic(url).await;
+    let mut c = client(url).await;
+    let (enrolled, stretched) = crate::finger::stretched_impressions();
+    c.enroll(enroll_req("f-a", vec![crate::finger::iso(4, enrolled)])).await.expect("enroll");
+    c.enroll(enroll_req("f-b", vec![crate::finger::iso(4, stretched)])).await.expect("enroll");
+    c.enroll(enroll_req("f-other", vec![crate::jobs::finger(4, "p2_1.png")])).await.expect("enroll");
+}
+
+async fn dedup(url: &str) -> (pb::Job, (Vec<pb::DuplicatePair>, Vec<Vec<String>>)) {
+    let mut jobs = jobs_client(url).await;
+    let job = jobs.start_dedup(pb::StartDedupRequest::default()).await.expect("start").into_inner().job.expect("job");
+    let done = crate::jobs::wait_done(&mut jobs, &job.job_id).await;
+    (done, crate::jobs::results(&mut jobs, &job.job_id).await)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_shared_by_shard_nodes_survives_a_killed_worker_with_a_single_nodes_pairs() {
+    // A single node's answer (whichever store this run tests).
+    let single_dir = tempfile::tempdir().expect("tempdir");
+    let single = ChildServer::start_with(single_dir.path(), &SLOW_JOBS).await;
+    enroll_gallery(&single.url).await;
+    let (single_job, reference) = dedup(&single.url).await;
+    drop(single);
+    assert_eq!(single_job.state, pb::JobState::Done as i32, "{single_job:?}");
+    assert_eq!(reference.0.len(), 6, "five planted faces and the stretched finger: {:?}", reference.0);
+
+    // Two shard nodes on one PostgreSQL, the job started on the first.
+    let pg = TempPostgres::start();
+    let db = pg.new_database();
+    let key = "5c".repeat(32);
+    let dirs = [tempfile::tempdir().expect("tempdir"), tempfile::tempdir().expect("tempdir")];
+    let mut nodes = Vec::new();
+    for (i, dir) in dirs.iter().enumerate() {
+        let shard = format!("{i}/2");
+        let mut env: Vec<(&str, &str)> = SLOW_JOBS.to_vec();
+        env.extend([
+            ("COTEJO__STORE__URL", db.as_str()),
+            ("COTEJO__STORE__ENCRYPTION_KEY", key.as_str()),
+            ("COTEJO__CLUSTER__SHARD", shard.as_str()),
+        ]);
+        nodes.push(ChildServer::start_with(dir.path(), &env).await);
+    }
+    enroll_gallery(&nodes[0].url).await;
+    let mut jobs = jobs_client(&nodes[0].url).await;
+    let job = jobs.start_dedup(pb::StartDedupRequest::default()).await.expect("start").into_inner().job.expect("job");
+    let get = |jobs: &mut cotejo::api::pb::jobs_service_client::JobsServiceClient<_>| {
+        let req = pb::GetJobRequest { job_id: job.job_id.clone() };
+        let mut jobs = jobs.clone();
+        async move { jobs.get_job(req).await.expect("get").into_inner().job.expect("job") }
+    };
+    let (mut before, mut last) = (0, None);
+    for _ in 0..600 {
+        let j = get(&mut jobs).await;
+        last = Some(j.clone());
+        if j.done >= 10 {
+            assert!(j.done < j.total, "the job finished before the kill: {j:?}");
+            before = j.done;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(before > 0, "the job never progressed: {last:?}");
+    // Killed between blocks or holding one: its claim ends with its connection.
+    nodes.remove(0).kill9();
+    let mut jobs = jobs_client(&nodes[0].url).await;
+    let done = crate::jobs::wait_done(&mut jobs, &job.job_id).await;
+    assert_eq!(done.state, pb::JobState::Done as i32, "{done:?}");
+    assert_eq!(done.done, done.total, "{done:?}");
+    let shared = crate::jobs::results(&mut jobs, &job.job_id).await;
+    let pairs = |r: &(Vec<pb::DuplicatePair>, Vec<Vec<String>>)| -> Vec<(String, String, i64)> {
+        r.0.iter().map(|p| (p.a.clone(), p.b.clone(), (p.score * 1e4).round() as i64)).collect()
+    };
+    assert_eq!(pairs(&shared), pairs(&reference));
+    assert_eq!(shared.1, reference.1);
+    // Both nodes committed blocks, each block once.
+    let (pg_client, connection) = tokio_postgres::connect(&db, tokio_postgres::NoTls).await.expect("connect");
+    tokio::spawn(connection);
+    let row = pg_client
+        .query_one("SELECT COUNT(DISTINCT done_by), COUNT(*), COUNT(*) FILTER (WHERE done) FROM job_blocks", &[])
+        .await
+        .expect("blocks");
+    let (workers, blocks, finished): (i64, i64, i64) = (row.get(0), row.get(1), row.get(2));
+    assert_eq!(workers, 2, "the killed node's blocks and the survivor's");
+    assert_eq!((blocks, finished), (done.total as i64, done.total as i64));
 }

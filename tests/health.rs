@@ -124,10 +124,24 @@ async fn a_call_that_cannot_finish_before_its_deadline_is_refused_at_once() {
     let server = TestServer::start(config(dir.path(), &[])).await;
     let mut c = server.client.clone();
     // One call measures the time a face takes a worker (about 0.1 s or more).
+    let t = std::time::Instant::now();
     c.identify(identify_req(vec![face_image(fixture("obama3.jpg"))])).await.expect("identify");
-    let mut hurried = tonic::Request::new(identify_req(vec![face_image(fixture("obama3.jpg"))]));
-    hurried.set_timeout(Duration::from_millis(40));
-    let refused = c.identify(hurried).await.expect_err("cannot finish in 40 ms");
+    // A third of that cannot hold the face's service, yet leaves the refusal
+    // (its audit entry included) time to arrive on a busy machine. Should
+    // the machine be too busy even for that, the server's own timeout
+    // answers CANCELLED; a few tries, and one must be the refusal.
+    let hurry = (t.elapsed() / 3).max(Duration::from_millis(40));
+    let mut refused = None;
+    for _ in 0..3 {
+        let mut hurried = tonic::Request::new(identify_req(vec![face_image(fixture("obama3.jpg"))]));
+        hurried.set_timeout(hurry);
+        let status = c.identify(hurried).await.expect_err("cannot finish in a third of its time");
+        if status.code() != tonic::Code::Cancelled {
+            refused = Some(status);
+            break;
+        }
+    }
+    let refused = refused.expect("refused rather than cancelled at least once");
     assert_eq!(refused.code(), tonic::Code::ResourceExhausted, "{refused:?}");
     assert_eq!(reason(&refused), "OVERLOADED");
     assert!(refused.message().contains("deadline"), "{}", refused.message());

@@ -12,7 +12,7 @@ use crate::common::{
     ChildServer, TestServer, client, config, enroll_req, face_embedding, face_image, fixture, jobs_client, models_dir,
 };
 
-async fn wait_done(c: &mut JobsServiceClient<Channel>, id: &str) -> pb::Job {
+pub(crate) async fn wait_done(c: &mut JobsServiceClient<Channel>, id: &str) -> pb::Job {
     for _ in 0..1200 {
         let j =
             c.get_job(pb::GetJobRequest { job_id: id.into() }).await.expect("get job").into_inner().job.expect("job");
@@ -24,7 +24,10 @@ async fn wait_done(c: &mut JobsServiceClient<Channel>, id: &str) -> pb::Job {
     panic!("job {id} did not finish");
 }
 
-async fn results(c: &mut JobsServiceClient<Channel>, id: &str) -> (Vec<pb::DuplicatePair>, Vec<Vec<String>>) {
+pub(crate) async fn results(
+    c: &mut JobsServiceClient<Channel>,
+    id: &str,
+) -> (Vec<pb::DuplicatePair>, Vec<Vec<String>>) {
     let mut s = c.stream_results(pb::StreamResultsRequest { job_id: id.into() }).await.expect("results").into_inner();
     let (mut pairs, mut clusters) = (Vec::new(), Vec::new());
     while let Some(item) = s.message().await.expect("stream") {
@@ -37,7 +40,7 @@ async fn results(c: &mut JobsServiceClient<Channel>, id: &str) -> (Vec<pb::Dupli
     (pairs, clusters)
 }
 
-fn finger(position: u32, name: &str) -> pb::Sample {
+pub(crate) fn finger(position: u32, name: &str) -> pb::Sample {
     let bytes = std::fs::read(models_dir().join("fixtures/fingers").join(name)).expect("print");
     pb::Sample {
         modality: pb::Modality::Finger as i32,
@@ -49,9 +52,6 @@ fn finger(position: u32, name: &str) -> pb::Sample {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn planted_duplicates_are_found() {
-    if crate::common::postgres::sqlite_only("dedup jobs run on the embedded store only for now") {
-        return;
-    }
     let dir = tempfile::tempdir().expect("tempdir");
     let server = TestServer::start(config(dir.path(), &[])).await;
     let mut c = server.client.clone();
@@ -104,9 +104,6 @@ async fn planted_duplicates_are_found() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_pairs_templates_stretched_by_their_scanner() {
-    if crate::common::postgres::sqlite_only("dedup jobs run on the embedded store only for now") {
-        return;
-    }
     // Two ISO records of one finger, the second stretched by 4/3 along y (see
     // `finger::stretched_impressions`): in the declared frame alone they hardly match.
     let dir = tempfile::tempdir().expect("tempdir");
@@ -129,7 +126,7 @@ async fn a_job_pairs_templates_stretched_by_their_scanner() {
 }
 
 /// 600 synthetic subjects with 5 planted near-duplicates.
-async fn enroll_synthetic(url: &str) {
+pub(crate) async fn enroll_synthetic(url: &str) {
     let mut c = client(url).await;
     let model = c.stats(pb::StatsRequest {}).await.expect("stats").into_inner().models[0].clone();
     let mut rng = StdRng::seed_from_u64(11);
@@ -150,9 +147,6 @@ const SLOW_JOBS: [(&str, &str); 2] = [("COTEJO__JOBS__FACE_BLOCK_ROWS", "8"), ("
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_job_resumes_with_the_same_results() {
-    if crate::common::postgres::sqlite_only("dedup jobs run on the embedded store only for now") {
-        return;
-    }
     // Uninterrupted reference run.
     let ref_dir = tempfile::tempdir().expect("tempdir");
     let server = ChildServer::start_with(ref_dir.path(), &SLOW_JOBS).await;

@@ -1,14 +1,15 @@
 //! PostgreSQL as the system of record: the versioned schema is applied once
 //! when several nodes start together, a database a newer cotejo wrote is
 //! refused, the audit table refuses edits, deletions and truncation, and
-//! the audit chain holds across concurrent appenders.
+//! the audit chain holds across concurrent appenders; a job block held by a
+//! connection that died is claimed again.
 
 use std::path::Path;
 
 use cotejo::{
     biometric::{Modality, NewTemplate, TemplateData},
     store::{
-        Actor, AuditRecord, Records, RequestKey, StoreError, now_ms,
+        Actor, AuditRecord, BlockBounds, JobState, JobStore, PairComponent, Records, RequestKey, StoreError, now_ms,
         postgres::{MIGRATIONS, PgRecords, append_audit, open, verify_audit},
     },
 };
@@ -192,4 +193,59 @@ fn sealed_read_back_deleted_and_followed(records: &PgRecords, stranger: &PgRecor
     assert_eq!(records.verify_audit(None, false).expect("intact").entries, 4);
     assert_eq!(records.audit_entries(1, 10).expect("entries").len(), 4);
     assert!(records.watchlist_members("transit").expect("members").is_empty(), "deletion leaves no membership");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_block_held_by_a_dead_connection_is_claimed_again() {
+    let pg = TempPostgres::start();
+    let a = PgRecords::open(&pg.url, Path::new(""), &"11".repeat(32), 2).await.expect("open");
+    let b = PgRecords::open(&pg.url, Path::new(""), &"11".repeat(32), 2).await.expect("open");
+    let admin = open(&pg.url, 1).await.expect("pool");
+    tokio::task::spawn_blocking(move || {
+        let job = a.create_job("dedup", "{}").expect("job").job_id;
+        let plan: Vec<BlockBounds> = (0..3).map(|i| BlockBounds { faces: true, lo: i * 10, hi: i * 10 + 10 }).collect();
+        assert_eq!(a.begin_job(job, plan.clone()).expect("plan"), plan);
+        // The second worker finds the stored plan, not its own.
+        assert_eq!(b.begin_job(job, vec![]).expect("plan"), plan);
+        let held = a.claim_block(job).expect("claim").expect("a block");
+        assert_eq!(held.block(), 0);
+        // Claimed blocks are skipped, not waited for.
+        let next = b.claim_block(job).expect("claim").expect("a block");
+        assert_eq!(next.block(), 1);
+        next.finish(&[pair("x", "y", 0.5), pair("x", "y", 0.7)]).expect("commit");
+        // The first worker's connection dies while it holds block 0.
+        a.block(async {
+            let c = admin.get().await.map_err(|e| StoreError::Postgres(e.to_string()))?;
+            c.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE state = 'idle in transaction'", &[])
+                .await
+                .map_err(|e| StoreError::Postgres(e.to_string()))
+        })
+        .expect("terminate");
+        assert!(!b.finish_job(job).expect("finish"), "two blocks are not done");
+        let mut redone = Vec::new();
+        for _ in 0..10 {
+            match b.claim_block(job).expect("claim") {
+                Some(c) => {
+                    redone.push(c.block());
+                    c.finish(&[pair("x", "y", 0.6)]).expect("commit");
+                }
+                None if redone.len() < 2 => std::thread::sleep(std::time::Duration::from_millis(50)),
+                None => break,
+            }
+        }
+        redone.sort_unstable();
+        assert_eq!(redone, [0, 2], "the dead worker's block is claimed again");
+        assert!(held.finish(&[pair("x", "z", 0.9)]).is_err(), "a dead claim cannot commit");
+        assert!(b.finish_job(job).expect("finish"));
+        let j = b.job(job).expect("read").expect("job");
+        assert_eq!((j.done, j.total, j.state), (3, 3, JobState::Done));
+        // Each pair once, with its best score; nothing from the dead claim.
+        assert_eq!(b.job_pairs_after(job, None, 10).expect("pairs"), [pair("x", "y", 0.7)]);
+    })
+    .await
+    .expect("join");
+}
+
+fn pair(a: &str, b: &str, raw: f64) -> PairComponent {
+    PairComponent { a: a.into(), b: b.into(), component: "face".into(), raw }
 }

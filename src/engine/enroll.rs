@@ -41,7 +41,7 @@ impl Engine {
         let (records, writes, indexes, subjects) =
             (self.records.clone(), self.writes.clone(), self.indexes(), self.subjects.clone());
         let following = self.following.is_some();
-        let reads = self.local.as_ref().map(|l| l.reads.clone());
+        let reads = self.local_reads.clone();
         let (sid, actor) = (subject_id.clone(), actor.clone());
         let done = tokio::task::spawn_blocking(move || -> Result<_, EngineError> {
             let key =

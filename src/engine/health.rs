@@ -51,9 +51,7 @@ impl Engine {
             g.snapshot_age.push(("finger", a));
         }
         g.free_bytes = free_bytes(&self.data_dir).unwrap_or(0);
-        if let Some(local) = &self.local
-            && let Ok(jobs) = local.reads.get().and_then(|r| r.list_jobs(i64::MAX, 100))
-        {
+        if let Ok(jobs) = self.job_store.list_jobs(i64::MAX, 100) {
             g.jobs = jobs
                 .into_iter()
                 .filter(|j| matches!(j.state, JobState::Queued | JobState::Running))

@@ -1,11 +1,13 @@
 //! De-duplication jobs: started, queried and cancelled through the engine,
 //! run by one background thread at the lowest CPU priority (SCHED_IDLE), so
-//! online Identify traffic keeps the cores. A job is stored; a restarted
-//! server resumes every queued or running job where it stopped.
+//! online Identify traffic keeps the cores. A job is stored with its plan of
+//! blocks; a restarted server resumes every queued or running job where it
+//! stopped, and on PostgreSQL every node's runner claims blocks of the
+//! same job, so a cluster shares a job and a dead node's block is redone.
 
 use std::{
     collections::{HashMap, HashSet},
-    sync::{Arc, Mutex, RwLock},
+    sync::{Arc, Mutex, RwLock, RwLockReadGuard},
     time::{Duration, Instant},
 };
 
@@ -13,7 +15,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use ndarray::Array2;
 use tracing::{error, info};
 
-use super::{Calibrations, EngineError, lock};
+use super::{Calibrations, EngineError};
 use crate::{
     biometric::{Modality, TemplateData},
     config::JobsConfig,
@@ -24,7 +26,7 @@ use crate::{
         template,
     },
     jobs::{Block, DedupParams, Scope, component_name, face_block, plan},
-    store::{JobRecord, JobState, PairComponent, ReadPool, Store},
+    store::{BlockBounds, JobRecord, JobState, JobStore, PairComponent},
 };
 
 mod calls;
@@ -58,9 +60,10 @@ pub(super) struct JobRunner {
 /// What the runner thread needs.
 #[derive(Debug, Clone)]
 struct Worker {
-    store: Arc<Mutex<Store>>,
-    reads: Arc<ReadPool>,
+    jobs: Arc<dyn JobStore>,
     fingers: Arc<RwLock<FingerIndex>>,
+    /// Whether `fingers` holds the whole gallery (else a job builds its own).
+    whole: bool,
     calibrations: Calibrations,
     face_model_id: String,
     settings: JobsConfig,
@@ -69,23 +72,31 @@ struct Worker {
 
 impl JobRunner {
     /// Starts the runner thread; it first resumes the stored unfinished jobs.
+    /// `whole`: whether `fingers` is the whole gallery's index (a shard
+    /// node's is not: its jobs search an index of their own templates).
+    /// A node with `jobs.worker = false` starts no thread.
     pub(super) fn start(
-        store: Arc<Mutex<Store>>,
-        reads: Arc<ReadPool>,
+        jobs: Arc<dyn JobStore>,
         fingers: Arc<RwLock<FingerIndex>>,
+        whole: bool,
         calibrations: Calibrations,
         face_model_id: String,
         settings: JobsConfig,
     ) -> Result<Self, EngineError> {
         let (wake, rx) = crossbeam_channel::bounded(16);
         let progress = Arc::new(Mutex::new(HashMap::new()));
-        let worker =
-            Worker { store, reads, fingers, calibrations, face_model_id, settings, progress: progress.clone() };
+        let runs = settings.worker;
+        let worker = Worker { jobs, fingers, whole, calibrations, face_model_id, settings, progress: progress.clone() };
+        let runner =
+            Self { progress, wake, counted: Mutex::default(), deletions: std::sync::atomic::AtomicU64::new(0) };
+        if !runs {
+            return Ok(runner);
+        }
         std::thread::Builder::new()
             .name("jobs-runner".into())
             .spawn(move || worker.run(&rx))
             .map_err(|e| EngineError::Internal(format!("cannot start the job runner: {e}")))?;
-        Ok(Self { progress, wake, counted: Mutex::default(), deletions: std::sync::atomic::AtomicU64::new(0) })
+        Ok(runner)
     }
 }
 
@@ -93,7 +104,7 @@ impl Worker {
     fn run(&self, rx: &Receiver<()>) {
         super::lower_priority();
         loop {
-            let pending = match self.reads.get().and_then(|r| r.unfinished_jobs()) {
+            let pending = match self.jobs.unfinished_jobs() {
                 Ok(p) => p,
                 Err(e) => {
                     error!(error = %e, "cannot list jobs");
@@ -101,11 +112,18 @@ impl Worker {
                 }
             };
             for id in pending {
+                // Another node may hold every block left: nothing to load then.
+                match self.jobs.claimable(id) {
+                    Ok(true) => {}
+                    Ok(false) => continue,
+                    Err(e) => {
+                        error!(job = id, error = %e, "cannot look at the job's blocks");
+                        continue;
+                    }
+                }
                 if let Err(e) = self.run_job(id) {
                     error!(job = id, error = %e, "job failed");
-                    if let Ok(mut s) = lock(&self.store) {
-                        let _ = s.set_job_state(id, JobState::Failed, &e.to_string());
-                    }
+                    let _ = self.jobs.set_job_state(id, JobState::Failed, &e.to_string());
                 }
             }
             match rx.recv_timeout(Duration::from_secs(5)) {
@@ -116,38 +134,51 @@ impl Worker {
     }
 
     fn run_job(&self, id: i64) -> Result<(), EngineError> {
-        let rec = self.reads.get()?.job(id)?.ok_or_else(|| EngineError::Internal("job vanished".into()))?;
+        let rec = self.jobs.job(id)?.ok_or_else(|| EngineError::Internal("job vanished".into()))?;
+        if !rec.state.active() {
+            return Ok(());
+        }
         let params: DedupParams = serde_json::from_str(&rec.params)
             .map_err(|e| EngineError::Internal(format!("job {id} parameters: {e}")))?;
-        lock(&self.store)?.set_job_state(id, JobState::Running, "")?;
         let data = self.job_data(&rec, &params)?;
-        let blocks =
+        let planned =
             plan(data.owners.len(), data.fingers.len(), self.settings.face_block_rows, self.settings.finger_block_rows);
-        lock(&self.store)?.set_job_total(id, blocks.len() as u64)?;
-        let done = self.reads.get()?.finished_blocks(id)?;
+        let blocks = self.jobs.begin_job(id, data.bounds(&planned))?;
         self.note_start(id, &data);
-        info!(job = id, blocks = blocks.len(), already_done = done.len(), "dedup job running");
+        info!(job = id, blocks = blocks.len(), done = rec.done, "dedup job running");
+        // A shard node's index holds its shard only: the job searches its own.
+        let own_fingers =
+            if self.whole || blocks.iter().all(|b| b.faces) { None } else { Some(self.finger_index(&data)?) };
         // Pairs are stored from a lower bar than the decision's, so that
         // fusing modalities can lift a pair whose single scores fall short.
         let keep_fmr = (params.target_fmr * 10.0).min(0.01);
         let face_bar = self.calibrations.face.raw_for_fmr(keep_fmr) as f32;
         let finger_bar = self.calibrations.finger.raw_for_fmr(keep_fmr) as f32;
         let mut stretched_cache: HashMap<usize, Stretched> = HashMap::new();
-        for (i, block) in blocks.iter().enumerate() {
-            if done.contains(&(i as u64)) {
-                continue;
-            }
-            if self.reads.get()?.job(id)?.is_none_or(|j| j.state != JobState::Running) {
+        loop {
+            if self.jobs.job(id)?.is_none_or(|j| j.state != JobState::Running) {
                 info!(job = id, "job cancelled");
                 return Ok(());
             }
-            let pairs = match *block {
-                Block::Faces { start, end } => self.face_pairs(&data, start, end, face_bar),
-                Block::Fingers { start, end } => {
-                    self.finger_pairs(&data, start, end, finger_bar, &mut stretched_cache)?
-                }
+            let Some(claim) = self.jobs.claim_block(id)? else { break };
+            let bounds = *blocks.get(claim.block() as usize).ok_or_else(|| {
+                EngineError::Internal(format!("job {id}: block {} is not in its plan", claim.block()))
+            })?;
+            let (start, end) = data.rows(bounds);
+            let pairs = if bounds.faces {
+                self.face_pairs(&data, start, end, face_bar)
+            } else {
+                let shared;
+                let index: &FingerIndex = match &own_fingers {
+                    Some(own) => own,
+                    None => {
+                        shared = self.shared_fingers()?;
+                        &shared
+                    }
+                };
+                self.finger_pairs(&data, index, start, end, finger_bar, &mut stretched_cache)
             };
-            lock(&self.store)?.finish_block(id, i as u64, &pairs)?;
+            claim.finish(&pairs)?;
             if let Ok(mut p) = self.progress.lock()
                 && let Some(p) = p.get_mut(&id)
             {
@@ -157,30 +188,44 @@ impl Worker {
                 std::thread::sleep(Duration::from_millis(self.settings.block_pause_ms));
             }
         }
-        lock(&self.store)?.set_job_state(id, JobState::Done, "")?;
-        info!(job = id, "dedup job done");
+        // Every block claimed: done once every block is also committed (the
+        // node that commits the last one finds them all done).
+        if self.jobs.finish_job(id)? {
+            info!(job = id, "dedup job done");
+        }
         Ok(())
+    }
+
+    fn shared_fingers(&self) -> Result<RwLockReadGuard<'_, FingerIndex>, EngineError> {
+        self.fingers.read().map_err(|_| EngineError::Internal("finger lock".into()))
+    }
+
+    /// An index of the job's own finger templates, with the node's settings.
+    fn finger_index(&self, data: &JobData) -> Result<FingerIndex, EngineError> {
+        let mut index = FingerIndex::new(*self.shared_fingers()?.settings());
+        for f in &data.fingers {
+            index.add(f.id, Arc::from(f.subject.as_str()), f.position, f.template.clone());
+        }
+        Ok(index)
     }
 
     /// What a job compares: the templates in scope enrolled before it started.
     fn job_data(&self, rec: &JobRecord, params: &DedupParams) -> Result<JobData, EngineError> {
         let scope = self.scope_subjects(&params.scope)?;
         let in_scope = |s: &str| scope.as_ref().is_none_or(|set| set.contains(s));
-        let (faces, fingers) = {
-            let store = self.reads.get()?;
-            let faces = if params.faces { store.templates_up_to(Modality::Face, rec.max_template_id)? } else { vec![] };
-            let fingers =
-                if params.fingers { store.templates_up_to(Modality::Finger, rec.max_template_id)? } else { vec![] };
-            (faces, fingers)
-        };
+        let faces = if params.faces { self.jobs.templates_up_to(Modality::Face, rec.max_template_id)? } else { vec![] };
+        let fingers =
+            if params.fingers { self.jobs.templates_up_to(Modality::Finger, rec.max_template_id)? } else { vec![] };
         // Face owners by row, and the rows themselves, moved into one matrix.
-        let (mut owners, mut rows): (Vec<String>, Vec<f32>) = (Vec::new(), Vec::new());
+        let (mut owners, mut face_ids, mut rows): (Vec<String>, Vec<i64>, Vec<f32>) =
+            (Vec::new(), Vec::new(), Vec::new());
         for t in faces {
             if t.template.model_id != self.face_model_id || !in_scope(&t.subject_id) {
                 continue;
             }
             if let TemplateData::Embedding(v) = t.template.data {
                 owners.push(t.subject_id);
+                face_ids.push(t.template_id);
                 rows.extend(v);
             }
         }
@@ -202,7 +247,7 @@ impl Worker {
         let dim = if owners.is_empty() { 0 } else { rows.len() / owners.len() };
         let matrix = Array2::from_shape_vec((owners.len(), dim), rows)
             .map_err(|e| EngineError::Internal(format!("face matrix: {e}")))?;
-        Ok(JobData { owners, matrix, fingers, by_id, max_template_id: rec.max_template_id, scope })
+        Ok(JobData { owners, face_ids, matrix, fingers, by_id, max_template_id: rec.max_template_id, scope })
     }
 
     /// Records when a (re)started job began and what it covers, for its rate and eta.
@@ -236,16 +281,16 @@ impl Worker {
     fn finger_pairs(
         &self,
         data: &JobData,
+        index: &FingerIndex,
         start: usize,
         end: usize,
         bar: f32,
         stretched_cache: &mut HashMap<usize, Stretched>,
-    ) -> Result<Vec<PairComponent>, EngineError> {
+    ) -> Vec<PairComponent> {
         let block = data.fingers.get(start..end).unwrap_or(&[]);
         // Hits: (searched, hit) indexes into `fingers`, declared-frame score.
         let mut hits: Vec<(usize, usize, f32)> = Vec::new();
         {
-            let index = self.fingers.read().map_err(|_| EngineError::Internal("finger lock".into()))?;
             for (i, f) in block.iter().enumerate() {
                 let found = index.search(f.position, &f.template, FINGER_HITS, 1);
                 hits.extend(
@@ -269,7 +314,7 @@ impl Worker {
             let component = component_name(Modality::Finger, f.position);
             push_pair(&mut pairs, &f.subject, &h.subject, component, f64::from(score));
         }
-        Ok(pairs)
+        pairs
     }
 
     fn scope_subjects(&self, scope: &Scope) -> Result<Option<HashSet<String>>, EngineError> {
@@ -277,7 +322,7 @@ impl Worker {
             Scope::All => None,
             Scope::Subjects(ids) => Some(ids.iter().cloned().collect()),
             Scope::Enrolled { from_ms, to_ms } => {
-                Some(self.reads.get()?.subjects_created(*from_ms, *to_ms)?.into_iter().collect())
+                Some(self.jobs.subjects_created(*from_ms, *to_ms)?.into_iter().collect())
             }
         })
     }
@@ -353,8 +398,10 @@ fn push_pair(out: &mut Vec<PairComponent>, x: &str, y: &str, component: String, 
 
 /// What one job compares, loaded when it (re)starts.
 struct JobData {
-    /// Face rows' owners, and the rows (unit embeddings) as one matrix.
+    /// Face owners by row, their template ids (ascending), and the rows
+    /// (unit embeddings) as one matrix.
     owners: Vec<String>,
+    face_ids: Vec<i64>,
     matrix: Array2<f32>,
     /// Finger templates in scope.
     fingers: Vec<JobFinger>,
@@ -369,6 +416,42 @@ struct JobData {
 impl JobData {
     fn in_scope(&self, subject: &str) -> bool {
         self.scope.as_ref().is_none_or(|set| set.contains(subject))
+    }
+
+    /// A plan of row blocks as template id ranges, which keep their meaning
+    /// for a node that loads the job later (after a deletion, say): the
+    /// first block of a kind starts at 0, the last ends at `i64::MAX`.
+    fn bounds(&self, planned: &[Block]) -> Vec<BlockBounds> {
+        let finger_ids: Vec<i64> = self.fingers.iter().map(|f| f.id).collect();
+        let range = |ids: &[i64], start: usize, end: usize| {
+            let lo = if start == 0 { 0 } else { ids[start] };
+            (lo, ids.get(end).copied().unwrap_or(i64::MAX))
+        };
+        planned
+            .iter()
+            .map(|b| match *b {
+                Block::Faces { start, end } => {
+                    let (lo, hi) = range(&self.face_ids, start, end);
+                    BlockBounds { faces: true, lo, hi }
+                }
+                Block::Fingers { start, end } => {
+                    let (lo, hi) = range(&finger_ids, start, end);
+                    BlockBounds { faces: false, lo, hi }
+                }
+            })
+            .collect()
+    }
+
+    /// The rows (faces) or templates (fingers) a block covers here.
+    fn rows(&self, b: BlockBounds) -> (usize, usize) {
+        let at = |id: i64| {
+            if b.faces {
+                self.face_ids.partition_point(|&t| t < id)
+            } else {
+                self.fingers.partition_point(|f| f.id < id)
+            }
+        };
+        (at(b.lo), at(b.hi))
     }
 }
 

@@ -3,7 +3,7 @@
 //! where the next page starts, so a token used with another filter, or
 //! edited, is refused rather than silently answered from elsewhere.
 
-use super::{Engine, EngineError, JobStatus, read, read_local, validate_name};
+use super::{Engine, EngineError, JobStatus, read, validate_name};
 use crate::store::SubjectSummary;
 
 /// Subjects per page when the caller does not say.
@@ -102,7 +102,7 @@ impl Engine {
                 EngineError::invalid("INVALID_PAGE_TOKEN", "page_token", "not a page token of this listing")
             })?,
         };
-        let mut records = read_local(&self.local("dedup jobs")?.reads, move |r| r.list_jobs(before, size + 1)).await?;
+        let mut records = self.with_jobs(move |j| j.list_jobs(before, size + 1)).await?;
         let next_page_token = if records.len() > size {
             records.truncate(size);
             records.last().map_or_else(String::new, |j| encode("jobs", "", &j.job_id.to_string()))

@@ -36,7 +36,7 @@ use crate::{
     inference,
     shard::Shard,
     store::{
-        Actor, Checkpoints, ReadPool, Reader, Records, SealedFile, SqliteRecords, Store, StoreError, StoreStats,
+        Actor, Checkpoints, JobStore, ReadPool, Records, SealedFile, SqliteRecords, Store, StoreError, StoreStats,
         SubjectRecord, TemplateSource,
         postgres::{PgRecords, PgSource},
     },
@@ -90,8 +90,12 @@ enum Derived {
 pub struct Engine {
     /// Subjects' records, in SQLite or PostgreSQL.
     records: Arc<dyn Records>,
-    /// What only the embedded store has: its writer and readers, and the jobs.
-    local: Option<Local>,
+    /// The embedded store's read connections (none on PostgreSQL).
+    local_reads: Option<Arc<ReadPool>>,
+    /// Batch jobs, stored beside the records.
+    job_store: Arc<dyn JobStore>,
+    /// This node's job runner.
+    jobs: jobs::JobRunner,
     /// Held from an enroll's or a deletion's commit to its index update
     /// (embedded store): a concurrent deletion cannot slip between them.
     writes: Arc<Mutex<()>>,
@@ -147,7 +151,7 @@ impl Engine {
             None => (template::IMPORTED_MODEL_ID.to_owned(), String::new()),
         };
         let calibrations = Calibrations::load(&config.models.calibration_dir, &face_model.id)?;
-        let Opened { records, sqlite, postgres, loaded, checkpoints, audit_problem } =
+        let Opened { records, job_store, sqlite, postgres, loaded, checkpoints, audit_problem } =
             open_records(config, &face_model)?;
         let Loaded {
             face_spec,
@@ -163,21 +167,15 @@ impl Engine {
         let fingers = Arc::new(RwLock::new(fingers));
         let faces = Arc::new(RwLock::new(faces));
         let subjects = Arc::new(AtomicU64::new(subjects));
-        let local = match sqlite {
-            Some(sqlite) => Some(Local {
-                jobs: jobs::JobRunner::start(
-                    sqlite.writer.clone(),
-                    sqlite.reads.clone(),
-                    fingers.clone(),
-                    calibrations.clone(),
-                    face_model.id.clone(),
-                    config.jobs.clone(),
-                )?,
-                store: sqlite.writer,
-                reads: sqlite.reads,
-            }),
-            None => None,
-        };
+        let jobs = jobs::JobRunner::start(
+            job_store.clone(),
+            fingers.clone(),
+            postgres.as_ref().is_none_or(|(_, shard, _)| *shard == Shard::WHOLE),
+            calibrations.clone(),
+            face_model.id.clone(),
+            config.jobs.clone(),
+        )?;
+        let local_reads = sqlite.map(|sqlite| sqlite.reads);
         let following = match postgres {
             Some((pg, shard, seq)) => Some(follow::start(
                 pg,
@@ -196,7 +194,9 @@ impl Engine {
         };
         let engine = Self {
             records,
-            local,
+            local_reads,
+            job_store,
+            jobs,
             writes: Arc::new(Mutex::new(())),
             following,
             follow_wait: std::time::Duration::from_millis(config.cluster.follow_wait_ms),
@@ -335,9 +335,7 @@ impl Engine {
             .await??;
         let Some((removed, faces, finger_count, seq)) = removed else { return Ok(None) };
         self.wait_for_own(&subject_id, seq).await;
-        if let Some(local) = &self.local {
-            local.jobs.deletions.fetch_add(1, Ordering::AcqRel);
-        }
+        self.jobs.deletions.fetch_add(1, Ordering::AcqRel);
         // The snapshots still hold the subject: rewritten now, in the background.
         for (which, n) in [(Derived::Faces, faces), (Derived::Fingers, finger_count)] {
             if n > 0
@@ -423,34 +421,7 @@ async fn read<T: Send + 'static>(
     tokio::task::spawn_blocking(move || Ok(f(&*records)?)).await?
 }
 
-/// Runs `f` on a pooled read connection of the embedded store, off the async runtime.
-async fn read_local<T: Send + 'static>(
-    reads: &Arc<ReadPool>,
-    f: impl FnOnce(&Reader) -> Result<T, StoreError> + Send + 'static,
-) -> Result<T, EngineError> {
-    let reads = reads.clone();
-    tokio::task::spawn_blocking(move || Ok(f(&*reads.get()?)?)).await?
-}
-
-/// What only the embedded store has.
-#[derive(Debug)]
-struct Local {
-    /// The one writer (writes stay serialised and durable).
-    store: Arc<Mutex<Store>>,
-    /// Read connections of their own: reads wait for neither the writer nor each other.
-    reads: Arc<ReadPool>,
-    jobs: jobs::JobRunner,
-}
-
 impl Engine {
-    /// The embedded store's own parts, or why this node has none.
-    fn local(&self, what: &str) -> Result<&Local, EngineError> {
-        self.local.as_ref().ok_or_else(|| EngineError::NotSupported {
-            field: "store.url".into(),
-            what: format!("{what} run on the embedded store only for now"),
-        })
-    }
-
     /// On PostgreSQL, waits (at most `cluster.follow_wait_ms`) until this
     /// node's indexes took the change `seq` when the subject is in its
     /// shard, so that what it acknowledged it also finds.
@@ -468,6 +439,7 @@ impl Engine {
 /// The records opened and the indexes loaded from them.
 struct Opened {
     records: Arc<dyn Records>,
+    job_store: Arc<dyn JobStore>,
     /// The embedded store's writer and readers.
     sqlite: Option<SqliteRecords>,
     /// PostgreSQL, this node's shard and the change the indexes reflect.
@@ -491,7 +463,16 @@ fn open_records(config: &Config, face_model: &FaceModel) -> Result<Opened, Engin
             Loaded::from_source(&**store, store.stats()?, |name| store.sealed_file(name), config, face_model)?
         };
         let records: Arc<dyn Records> = Arc::new(sqlite.clone());
-        return Ok(Opened { records, sqlite: Some(sqlite), postgres: None, loaded, checkpoints, audit_problem });
+        let job_store: Arc<dyn JobStore> = Arc::new(sqlite.clone());
+        return Ok(Opened {
+            records,
+            job_store,
+            sqlite: Some(sqlite),
+            postgres: None,
+            loaded,
+            checkpoints,
+            audit_problem,
+        });
     }
     let shard: Shard = match config.cluster.shards.is_empty() {
         true => config.cluster.shard.parse().map_err(EngineError::Internal)?,
@@ -510,7 +491,16 @@ fn open_records(config: &Config, face_model: &FaceModel) -> Result<Opened, Engin
     let loaded = Loaded::from_source(&source, stats, |name| pg.sealed_file(&s.data_dir, name), config, face_model)?;
     tracing::info!(%shard, seq, subjects, "indexes loaded from PostgreSQL; following its changes");
     let records: Arc<dyn Records> = Arc::new(pg.clone());
-    Ok(Opened { records, sqlite: None, postgres: Some((pg, shard, seq)), loaded, checkpoints, audit_problem })
+    let job_store: Arc<dyn JobStore> = Arc::new(pg.clone());
+    Ok(Opened {
+        records,
+        job_store,
+        sqlite: None,
+        postgres: Some((pg, shard, seq)),
+        loaded,
+        checkpoints,
+        audit_problem,
+    })
 }
 
 fn lock(store: &Mutex<Store>) -> Result<std::sync::MutexGuard<'_, Store>, EngineError> {

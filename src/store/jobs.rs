@@ -68,7 +68,7 @@ impl JobState {
         }
     }
 
-    fn parse(name: &str) -> Option<Self> {
+    pub(super) fn parse(name: &str) -> Option<Self> {
         [Self::Queued, Self::Running, Self::Done, Self::Cancelled, Self::Failed].into_iter().find(|s| s.name() == name)
     }
 

@@ -145,16 +145,18 @@ pub struct SqliteRecords {
     pub writer: Arc<Mutex<Store>>,
     /// Read connections.
     pub reads: Arc<ReadPool>,
+    /// The job runner's place in each job.
+    pub(super) claims: Arc<super::job_store::SqliteClaims>,
 }
 
 impl SqliteRecords {
     /// The writer and a pool of readers on `store`.
     pub fn new(store: Store) -> Self {
         let reads = store.read_pool();
-        Self { writer: Arc::new(Mutex::new(store)), reads }
+        Self { writer: Arc::new(Mutex::new(store)), reads, claims: Arc::default() }
     }
 
-    fn writer(&self) -> Result<std::sync::MutexGuard<'_, Store>, StoreError> {
+    pub(super) fn writer(&self) -> Result<std::sync::MutexGuard<'_, Store>, StoreError> {
         self.writer.lock().map_err(|_| StoreError::Corrupt("store lock poisoned".into()))
     }
 }

@@ -3,16 +3,15 @@
 
 use std::sync::Arc;
 
-use super::lock;
 use crate::{
     biometric::Modality,
     engine::{
-        Calibrations, Candidate, Engine, EngineError, read_local,
+        Calibrations, Candidate, Engine, EngineError,
         scoring::{RawScores, candidate},
         validate_name,
     },
     jobs::{DedupParams, Scope, clusters, parse_component},
-    store::{JobRecord, JobState, PairComponent, ReadPool},
+    store::{JobRecord, JobState, JobStore, PairComponent, StoreError},
 };
 
 /// Largest subject list a job may name.
@@ -92,11 +91,8 @@ impl Engine {
             target_fmr,
         };
         let json = serde_json::to_string(&params).map_err(|e| EngineError::Internal(e.to_string()))?;
-        let local = self.local("dedup jobs")?;
-        let store = local.store.clone();
-        let rec = tokio::task::spawn_blocking(move || Ok::<_, EngineError>(lock(&store)?.create_job("dedup", &json)?))
-            .await??;
-        let _ = local.jobs.wake.try_send(());
+        let rec = self.with_jobs(move |j| j.create_job("dedup", &json)).await?;
+        let _ = self.jobs.wake.try_send(());
         self.job_status(rec).await
     }
 
@@ -109,9 +105,8 @@ impl Engine {
     /// Cancels a queued or running job.
     pub async fn cancel_job(&self, job_id: String) -> Result<JobStatus, EngineError> {
         let rec = self.job_record(&job_id).await?;
-        let store = self.local("dedup jobs")?.store.clone();
         let id = rec.job_id;
-        tokio::task::spawn_blocking(move || Ok::<_, EngineError>(lock(&store)?.cancel_job(id)?)).await??;
+        self.with_jobs(move |j| j.cancel_job(id)).await?;
         self.job(job_id).await
     }
 
@@ -172,7 +167,7 @@ impl Engine {
     /// last count, that count (a page of ListJobs costs no walk per job).
     async fn pair_count(&self, record: &JobRecord, walk: PairWalk) -> Result<u64, EngineError> {
         let finished = !record.state.active();
-        let jobs = &self.local("dedup jobs")?.jobs;
+        let jobs = &self.jobs;
         let deletions = jobs.deletions.load(std::sync::atomic::Ordering::Acquire);
         let known = jobs.counted.lock().ok().and_then(|c| c.get(&record.job_id).copied());
         if finished && let Some((_, n)) = known.filter(|(seen, _)| *seen == deletions) {
@@ -195,9 +190,16 @@ impl Engine {
 
     async fn job_record(&self, job_id: &str) -> Result<JobRecord, EngineError> {
         let id: i64 = job_id.parse().map_err(|_| EngineError::invalid("INVALID_JOB_ID", "job_id", "not a job id"))?;
-        read_local(&self.local("dedup jobs")?.reads, move |r| r.job(id))
-            .await?
-            .ok_or_else(|| EngineError::JobNotFound(job_id.to_owned()))
+        self.with_jobs(move |j| j.job(id)).await?.ok_or_else(|| EngineError::JobNotFound(job_id.to_owned()))
+    }
+
+    /// Runs `f` on the job store, off the async runtime.
+    pub(in crate::engine) async fn with_jobs<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&dyn JobStore) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, EngineError> {
+        let jobs = self.job_store.clone();
+        tokio::task::spawn_blocking(move || Ok(f(&*jobs)?)).await?
     }
 
     /// A walk over a job's stored pairs, fused and kept at or above its threshold.
@@ -205,7 +207,7 @@ impl Engine {
         let params: DedupParams =
             serde_json::from_str(&rec.params).map_err(|e| EngineError::Internal(format!("job parameters: {e}")))?;
         Ok(PairWalk {
-            reads: self.local("dedup jobs")?.reads.clone(),
+            jobs: self.job_store.clone(),
             job_id: rec.job_id,
             threshold: crate::engine::scoring::threshold_db(params.target_fmr),
             calibrations: self.calibrations.clone(),
@@ -219,14 +221,7 @@ impl Engine {
         let pairs = self.pair_count(&record, walk).await?;
         let params: DedupParams =
             serde_json::from_str(&record.params).map_err(|e| EngineError::Internal(format!("job parameters: {e}")))?;
-        let p = self
-            .local("dedup jobs")?
-            .jobs
-            .progress
-            .lock()
-            .ok()
-            .and_then(|p| p.get(&record.job_id).copied())
-            .unwrap_or_default();
+        let p = self.jobs.progress.lock().ok().and_then(|p| p.get(&record.job_id).copied()).unwrap_or_default();
         let secs = p.started.map_or(0.0, |s| s.elapsed().as_secs_f64());
         let rate = if secs > 0.0 { p.blocks_since_start as f64 / secs } else { 0.0 };
         let left = record.total.saturating_sub(record.done) as f64;
@@ -256,7 +251,7 @@ pub enum ResultItem {
 /// A walk over one job's stored pair components, fusing each pair's.
 #[derive(Debug)]
 struct PairWalk {
-    reads: Arc<ReadPool>,
+    jobs: Arc<dyn JobStore>,
     job_id: i64,
     threshold: f64,
     calibrations: Calibrations,
@@ -270,7 +265,7 @@ impl PairWalk {
         let mut after: Option<PairComponent> = None;
         let mut current: Option<(String, String, RawScores)> = None;
         loop {
-            let page = self.reads.get()?.job_pairs_after(self.job_id, after.as_ref(), PAIR_PAGE)?;
+            let page = self.jobs.job_pairs_after(self.job_id, after.as_ref(), PAIR_PAGE)?;
             let Some(last) = page.last().cloned() else { break };
             for c in page {
                 let Some(component) = parse_component(&c.component) else { continue };

@@ -7,6 +7,7 @@
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use tokio_postgres::NoTls;
 
+mod jobs;
 mod records;
 mod source;
 
@@ -107,13 +108,17 @@ CREATE TABLE jobs (
     created_ms BIGINT NOT NULL,
     updated_ms BIGINT NOT NULL
 );
--- A block is claimed by a worker node (FOR UPDATE SKIP LOCKED) and done once.
+-- A job's plan: blocks of face rows or finger templates by template id
+-- range [lo, hi). A worker node claims a block by locking its row (FOR
+-- UPDATE SKIP LOCKED) until the block commits; done once.
 CREATE TABLE job_blocks (
     job_id BIGINT NOT NULL REFERENCES jobs(job_id) ON DELETE CASCADE,
     block BIGINT NOT NULL,
+    faces BOOLEAN NOT NULL,
+    lo BIGINT NOT NULL,
+    hi BIGINT NOT NULL,
     done BOOLEAN NOT NULL DEFAULT FALSE,
-    claimed_by TEXT NOT NULL DEFAULT '',
-    claimed_ms BIGINT NOT NULL DEFAULT 0,
+    done_by TEXT NOT NULL DEFAULT '',
     PRIMARY KEY (job_id, block)
 );
 CREATE TABLE job_pairs (
@@ -136,8 +141,13 @@ CREATE TABLE health_probe (
 /// The advisory lock the migrations take (any fixed key: "cotejo" in ASCII).
 const MIGRATION_LOCK: i64 = 0x636f_7465_6a6f;
 
-fn pg(e: impl std::fmt::Display) -> StoreError {
-    StoreError::Postgres(e.to_string())
+/// A PostgreSQL error with its cause (tokio-postgres says only "db error"
+/// at the top; the server's message is its source).
+fn pg(e: impl std::error::Error) -> StoreError {
+    match e.source() {
+        Some(cause) => StoreError::Postgres(format!("{e}: {cause}")),
+        None => StoreError::Postgres(e.to_string()),
+    }
 }
 
 /// A pool of connections to `url` (`postgres://user@host:port/db`), the
