@@ -210,6 +210,9 @@ pub struct StoreConfig {
     pub url: String,
     /// Connections to PostgreSQL a node keeps at most.
     pub max_connections: usize,
+    /// Where writes go when `url` is a read-only streaming replica (a site
+    /// node): named to callers whose writes this node refuses.
+    pub primary: String,
 }
 
 impl fmt::Debug for StoreConfig {
@@ -222,6 +225,7 @@ impl fmt::Debug for StoreConfig {
             .field("min_free_mb", &self.min_free_mb)
             .field("url", &redact_password(&self.url))
             .field("max_connections", &self.max_connections)
+            .field("primary", &self.primary)
             .finish()
     }
 }

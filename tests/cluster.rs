@@ -16,7 +16,7 @@ use crate::common::{
 };
 
 /// A unit vector for subject `i`, and a probe near it (`noise` > 0).
-fn vector(i: usize, dim: usize, noise: f32) -> Vec<f32> {
+pub(crate) fn vector(i: usize, dim: usize, noise: f32) -> Vec<f32> {
     let mut v: Vec<f32> = (0..dim).map(|d| (((i * 31 + d * 17) % 97) as f32 / 97.0) - 0.5).collect();
     v[i % dim] += 3.0;
     v[(i + 1) % dim] += noise;

@@ -22,3 +22,4 @@ mod model_quality;
 mod postgres;
 mod retention;
 mod security;
+mod site;

@@ -116,6 +116,7 @@ fn classify(e: &EngineError) -> (Code, &'static str, Option<String>) {
         EngineError::UnknownModel { field, .. } => (InvalidArgument, "UNKNOWN_MODEL", Some(field.clone())),
         EngineError::Dimension { field, .. } => (InvalidArgument, "WRONG_DIMENSION", Some(field.clone())),
         EngineError::NotSupported { field, .. } => (FailedPrecondition, "NOT_SUPPORTED", Some(field.clone())),
+        EngineError::ReadOnly { .. } => (FailedPrecondition, "READ_ONLY_REPLICA", None),
         EngineError::SubjectExists(_) => (AlreadyExists, "SUBJECT_EXISTS", Some("subject_id".into())),
         EngineError::SubjectNotFound(_) => (NotFound, "SUBJECT_NOT_FOUND", Some("subject_id".into())),
         EngineError::JobNotFound(_) => (NotFound, "JOB_NOT_FOUND", Some("job_id".into())),

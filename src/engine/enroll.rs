@@ -32,6 +32,7 @@ impl Engine {
         if let Some(first) = self.first_answer(&request_id).await? {
             return replayed(first, &subject_id);
         }
+        self.writable()?;
         let probes = self.extract_all(&samples, use_main_face).await?;
         let templates: Vec<NewTemplate> = probes.iter().map(|p| p.template.clone()).collect();
         let reports: Vec<SampleReport> = probes.into_iter().map(|p| p.report).collect();

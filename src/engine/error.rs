@@ -33,6 +33,9 @@ pub enum EngineError {
     /// A request option this version does not offer yet.
     #[error("{field}: {what} is not supported by this version of cotejo")]
     NotSupported { field: String, what: String },
+    /// A write sent to a node of a read-only replica.
+    #[error("this node serves a read-only replica of the records; send writes to the primary: {primary}")]
+    ReadOnly { primary: String },
     /// Enroll of an existing subject without `add_encounter`.
     #[error("subject {0:?} already exists")]
     SubjectExists(String),

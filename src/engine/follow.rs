@@ -75,8 +75,12 @@ pub(super) fn start(
 ) -> Result<Following, EngineError> {
     let (applied_tx, applied) = watch::channel(from);
     let (wake_tx, wake) = crossbeam_channel::bounded(1);
-    let handle = tokio::runtime::Handle::current();
-    handle.spawn(listen(url.to_owned(), wake_tx));
+    if records.is_replica() {
+        // A standby takes no LISTEN: its node reads the log every `poll`.
+        drop(wake_tx);
+    } else {
+        tokio::runtime::Handle::current().spawn(listen(url.to_owned(), wake_tx));
+    }
     let source = PgSource::new(records.clone(), shard);
     std::thread::Builder::new()
         .name("change-follower".into())

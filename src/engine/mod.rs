@@ -96,6 +96,8 @@ pub struct Engine {
     job_store: Arc<dyn JobStore>,
     /// This node's job runner.
     jobs: jobs::JobRunner,
+    /// On a read-only replica: where writes go (`store.primary`).
+    read_only: Option<String>,
     /// Held from an enroll's or a deletion's commit to its index update
     /// (embedded store): a concurrent deletion cannot slip between them.
     writes: Arc<Mutex<()>>,
@@ -151,8 +153,14 @@ impl Engine {
             None => (template::IMPORTED_MODEL_ID.to_owned(), String::new()),
         };
         let calibrations = Calibrations::load(&config.models.calibration_dir, &face_model.id)?;
-        let Opened { records, job_store, sqlite, postgres, loaded, checkpoints, audit_problem } =
+        let Opened { records, job_store, sqlite, postgres, replica, loaded, checkpoints, audit_problem } =
             open_records(config, &face_model)?;
+        let read_only = replica.then(|| match config.store.primary.as_str() {
+            "" => "the primary's nodes (store.primary is not set on this node)".to_owned(),
+            p => p.to_owned(),
+        });
+        // A replica's node computes no job blocks (they are writes).
+        let job_settings = JobsConfig { worker: config.jobs.worker && !replica, ..config.jobs.clone() };
         let Loaded {
             face_spec,
             faces,
@@ -173,7 +181,7 @@ impl Engine {
             postgres.as_ref().is_none_or(|(_, shard, _)| *shard == Shard::WHOLE),
             calibrations.clone(),
             face_model.id.clone(),
-            config.jobs.clone(),
+            job_settings,
         )?;
         let local_reads = sqlite.map(|sqlite| sqlite.reads);
         let following = match postgres {
@@ -197,6 +205,7 @@ impl Engine {
             local_reads,
             job_store,
             jobs,
+            read_only,
             writes: Arc::new(Mutex::new(())),
             following,
             follow_wait: std::time::Duration::from_millis(config.cluster.follow_wait_ms),
@@ -294,6 +303,7 @@ impl Engine {
     /// The audit log's entry names `actor`, in the same transaction.
     pub async fn delete(&self, subject_id: String, actor: &Actor) -> Result<usize, EngineError> {
         validate_subject_id(&subject_id)?;
+        self.writable()?;
         let removed = self.delete_unless_seen(subject_id.clone(), i64::MAX, actor).await?;
         removed.ok_or(EngineError::SubjectNotFound(subject_id))
     }
@@ -352,7 +362,8 @@ impl Engine {
     /// Delete by `cotejo` (method `RetentionPurge`) recorded in the audit
     /// log, with the same erasure; the subjects purged.
     pub async fn purge_expired(&self) -> Result<Vec<String>, EngineError> {
-        if self.retention_days.is_empty() {
+        // A replica's node leaves the purge to the primary's.
+        if self.retention_days.is_empty() || self.read_only.is_some() {
             return Ok(Vec::new());
         }
         let days = self.retention_days.clone();
@@ -422,6 +433,14 @@ async fn read<T: Send + 'static>(
 }
 
 impl Engine {
+    /// Refuses a write on a node of a read-only replica, naming the primary.
+    pub(in crate::engine) fn writable(&self) -> Result<(), EngineError> {
+        match &self.read_only {
+            Some(primary) => Err(EngineError::ReadOnly { primary: primary.clone() }),
+            None => Ok(()),
+        }
+    }
+
     /// On PostgreSQL, waits (at most `cluster.follow_wait_ms`) until this
     /// node's indexes took the change `seq` when the subject is in its
     /// shard, so that what it acknowledged it also finds.
@@ -444,6 +463,8 @@ struct Opened {
     sqlite: Option<SqliteRecords>,
     /// PostgreSQL, this node's shard and the change the indexes reflect.
     postgres: Option<(PgRecords, Shard, i64)>,
+    /// Whether `store.url` is a read-only streaming replica.
+    replica: bool,
     loaded: Loaded,
     checkpoints: Option<Checkpoints>,
     audit_problem: Option<String>,
@@ -469,6 +490,7 @@ fn open_records(config: &Config, face_model: &FaceModel) -> Result<Opened, Engin
             job_store,
             sqlite: Some(sqlite),
             postgres: None,
+            replica: false,
             loaded,
             checkpoints,
             audit_problem,
@@ -484,6 +506,15 @@ fn open_records(config: &Config, face_model: &FaceModel) -> Result<Opened, Engin
     let pg = handle.block_on(PgRecords::open(&s.url, &s.key_dir, &s.encryption_key, s.max_connections))?;
     std::fs::create_dir_all(&s.data_dir)
         .map_err(|source| StoreError::DataDir { path: s.data_dir.display().to_string(), source })?;
+    let replica = pg.is_replica();
+    let pg = if replica {
+        // The shared chain is the primary's: this node audits in its data directory.
+        let local = Store::open_with_keys(&s.data_dir, &s.key_dir, &s.encryption_key)?;
+        tracing::info!(primary = %s.primary, "store.url is a read-only replica: serving reads, refusing writes");
+        pg.audit_locally(SqliteRecords::new(local))
+    } else {
+        pg
+    };
     let (checkpoints, audit_problem) = audit::check_at_start(&pg, &config.audit, &s.data_dir)?;
     let (seq, subjects) = handle.block_on(pg.high_water())?;
     let stats = StoreStats { subjects, ..pg.stats()? };
@@ -497,6 +528,7 @@ fn open_records(config: &Config, face_model: &FaceModel) -> Result<Opened, Engin
         job_store,
         sqlite: None,
         postgres: Some((pg, shard, seq)),
+        replica,
         loaded,
         checkpoints,
         audit_problem,

@@ -64,20 +64,55 @@ impl TempPostgres {
 
     fn start_with(durable: bool) -> Self {
         let bin = bin_dir();
-        let dir = tempfile::tempdir().expect("tempdir");
-        if is_root() {
-            let status = Command::new("chown").args(["postgres:postgres"]).arg(dir.path()).status().expect("chown");
-            assert!(status.success());
-        }
-        let data = dir.path().join("data");
-        let port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
-        let data_s = data.display().to_string();
+        let (dir, data, data_s) = owned_dir();
         run(&bin, "initdb", &["-D", &data_s, "-U", "cotejo", "--auth=trust", "-E", "UTF8", "--no-sync"]);
+        Self::run_server(bin, dir, data, durable)
+    }
+
+    /// A hot standby of this server: a base backup that streams the
+    /// primary's log (`pg_basebackup -R`), on a port of its own; read-only.
+    pub(crate) fn replica(&self) -> Self {
+        let (dir, data, data_s) = owned_dir();
+        run(
+            &self.bin,
+            "pg_basebackup",
+            &["-d", &self.url, "-D", &data_s, "-R", "-X", "stream", "-c", "fast", "--no-sync"],
+        );
+        Self::run_server(self.bin.clone(), dir, data, false)
+    }
+
+    fn run_server(bin: PathBuf, dir: tempfile::TempDir, data: PathBuf, durable: bool) -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
         let sync = if durable { "" } else { " -c fsync=off -c synchronous_commit=off" };
         let options = format!("-p {port} -c listen_addresses=127.0.0.1 -k {}{sync}", dir.path().display());
         let log = dir.path().join("server.log").display().to_string();
-        run(&bin, "pg_ctl", &["-D", &data_s, "-o", &options, "-l", &log, "-w", "start"]);
+        run(&bin, "pg_ctl", &["-D", &data.display().to_string(), "-o", &options, "-l", &log, "-w", "start"]);
         Self { url: format!("postgres://cotejo@127.0.0.1:{port}/postgres"), bin, data, _dir: dir }
+    }
+
+    /// This server's URL for `database` (a URL of [`TempPostgres::new_database`] elsewhere).
+    pub(crate) fn url_of(&self, database_url: &str) -> String {
+        let name = database_url.rsplit('/').next().expect("database name");
+        self.url.replace("/postgres", &format!("/{name}"))
+    }
+}
+
+/// A temporary folder the server's user owns, and its `data` path.
+fn owned_dir() -> (tempfile::TempDir, PathBuf, String) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    if is_root() {
+        let status = Command::new("chown").args(["postgres:postgres"]).arg(dir.path()).status().expect("chown");
+        assert!(status.success());
+    }
+    let data = dir.path().join("data");
+    let data_s = data.display().to_string();
+    (dir, data, data_s)
+}
+
+impl TempPostgres {
+    /// Stops the server at once (a primary the link to is lost).
+    pub(crate) fn kill(self) {
+        drop(self);
     }
 }
 

@@ -91,6 +91,7 @@ impl Engine {
             target_fmr,
         };
         let json = serde_json::to_string(&params).map_err(|e| EngineError::Internal(e.to_string()))?;
+        self.writable()?;
         let rec = self.with_jobs(move |j| j.create_job("dedup", &json)).await?;
         let _ = self.jobs.wake.try_send(());
         self.job_status(rec).await
@@ -104,6 +105,7 @@ impl Engine {
 
     /// Cancels a queued or running job.
     pub async fn cancel_job(&self, job_id: String) -> Result<JobStatus, EngineError> {
+        self.writable()?;
         let rec = self.job_record(&job_id).await?;
         let id = rec.job_id;
         self.with_jobs(move |j| j.cancel_job(id)).await?;

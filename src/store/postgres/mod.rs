@@ -151,14 +151,46 @@ fn pg(e: impl std::error::Error) -> StoreError {
 }
 
 /// A pool of connections to `url` (`postgres://user@host:port/db`), the
-/// schema migrated to the latest version.
+/// schema migrated to the latest version; on a read-only streaming replica
+/// (a hot standby) the schema is checked instead, as its primary migrated it.
 pub async fn open(url: &str, max_connections: usize) -> Result<Pool, StoreError> {
     let config: tokio_postgres::Config = url.parse().map_err(pg)?;
     let manager = Manager::from_config(config, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
     let pool = Pool::builder(manager).max_size(max_connections.max(1)).build().map_err(pg)?;
     let mut client = pool.get().await.map_err(pg)?;
-    migrate(&mut client).await?;
+    if is_replica(&client).await? {
+        check_version(&client).await?;
+    } else {
+        migrate(&mut client).await?;
+    }
     Ok(pool)
+}
+
+/// Whether the server is a standby replaying its primary's log (read-only).
+pub async fn is_replica(client: &tokio_postgres::Client) -> Result<bool, StoreError> {
+    Ok(client.query_one("SELECT pg_is_in_recovery()", &[]).await.map_err(pg)?.get(0))
+}
+
+/// On a replica: the schema must be the one this build knows (the primary's
+/// nodes migrate it; the replica receives it).
+async fn check_version(client: &tokio_postgres::Client) -> Result<(), StoreError> {
+    let latest = MIGRATIONS.last().map_or(0, |m| m.0);
+    let current: i32 = client
+        .query_one("SELECT COALESCE(MAX(version), 0) FROM schema_migrations", &[])
+        .await
+        .map_err(|e| {
+            StoreError::Postgres(format!(
+                "read-only replica without cotejo's schema ({e}): start a node on the primary first"
+            ))
+        })?
+        .get(0);
+    if current != latest {
+        return Err(StoreError::Postgres(format!(
+            "the read-only replica is at schema version {current}, this cotejo needs {latest}: \
+             migrate the primary (start this version's node on it) first"
+        )));
+    }
+    Ok(())
 }
 
 /// Applies the versions not applied yet, in one transaction under the

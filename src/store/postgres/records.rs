@@ -48,6 +48,11 @@ pub struct PgRecords {
     pub(super) sealer: Arc<Sealer>,
     /// The runtime the blocking [`Records`] calls run their queries on.
     handle: Handle,
+    /// Whether the database is a read-only streaming replica.
+    replica: bool,
+    /// On a replica, the node's own audit chain (an embedded store in its
+    /// data directory): the calls it serves are recorded where it can write.
+    local_audit: Option<crate::store::SqliteRecords>,
 }
 
 impl PgRecords {
@@ -59,7 +64,21 @@ impl PgRecords {
             return Err(StoreError::Key("a PostgreSQL store needs store.key_dir or store.encryption_key".into()));
         }
         let sealer = Arc::new(Sealer::open(key_dir, hex_key, Path::new(""))?);
-        Ok(Self { pool: open(url, max_connections).await?, sealer, handle: Handle::current() })
+        let pool = open(url, max_connections).await?;
+        let replica = super::is_replica(&*pool.get().await.map_err(pg)?).await?;
+        Ok(Self { pool, sealer, handle: Handle::current(), replica, local_audit: None })
+    }
+
+    /// Whether `store.url` is a read-only streaming replica.
+    pub fn is_replica(&self) -> bool {
+        self.replica
+    }
+
+    /// Records the audit in `local` (a replica's node: it cannot write the
+    /// shared chain).
+    pub fn audit_locally(mut self, local: crate::store::SqliteRecords) -> Self {
+        self.local_audit = Some(local);
+        self
     }
 
     /// A sealed file of this node's derived data in `dir`, sealed with the store's keys.
@@ -529,6 +548,9 @@ impl Records for PgRecords {
     }
 
     fn audit(&self, record: &AuditRecord) -> Result<(), StoreError> {
+        if let Some(local) = &self.local_audit {
+            return local.audit(record);
+        }
         self.block(async {
             let mut c = self.client().await?;
             let tx = c.transaction().await.map_err(pg)?;
@@ -538,13 +560,19 @@ impl Records for PgRecords {
     }
 
     fn audit_entries(&self, from_seq: i64, limit: usize) -> Result<Vec<AuditEntry>, StoreError> {
+        if let Some(local) = &self.local_audit {
+            return local.audit_entries(from_seq, limit);
+        }
         self.block(async {
             let c = self.client().await?;
             audit_entries(&c, from_seq, limit).await
         })
     }
 
-    fn verify_audit(&self, checkpoint: Option<&Checkpoint>, _from_checkpoint: bool) -> Result<ChainCheck, StoreError> {
+    fn verify_audit(&self, checkpoint: Option<&Checkpoint>, from_checkpoint: bool) -> Result<ChainCheck, StoreError> {
+        if let Some(local) = &self.local_audit {
+            return local.verify_audit(checkpoint, from_checkpoint);
+        }
         if checkpoint.is_some() {
             return Err(StoreError::Checkpoint("signed checkpoints are kept for the embedded store only".into()));
         }
@@ -555,6 +583,11 @@ impl Records for PgRecords {
     }
 
     fn probe(&self) -> Result<(), StoreError> {
+        if let Some(local) = &self.local_audit {
+            // A replica takes no writes: its reads and its own audit's commits.
+            self.query_blocking("SELECT 1", &[])?;
+            return local.probe();
+        }
         self.block(async {
             let c = self.client().await?;
             c.execute(
