@@ -2,7 +2,8 @@
 //! enroll throughput (synthetic face embeddings over 8 streams, each store
 //! syncing every commit), how soon an enroll acknowledged by a routing
 //! node is found on its shard, and a shard node's start-up from
-//! PostgreSQL alone and from its own snapshot plus the changes since.
+//! PostgreSQL alone and from its own snapshot plus the changes since, and
+//! Identify through a routing node over two shards against one node.
 //!
 //! `cargo bench --bench cluster -- [--enrolls 2000] [--later 20000]`
 
@@ -116,5 +117,38 @@ async fn main() {
         println!("shard 0/2 serving after {:.2} s from {label}", t.elapsed().as_secs_f64());
         node.stop().await;
     }
-    router.stop().await;
+
+    // Identify through a routing node over two shard nodes against one node of
+    // the whole gallery (`router` above), interleaved, same probes.
+    let (shard0, c0) = start(config(&shard_dir, &on_postgres(&pg.url, "0/2")), plain).await;
+    let (shard1, c1) = start(config(&dir.path().join("shard1"), &on_postgres(&pg.url, "1/2")), plain).await;
+    let mut route = on_postgres(&pg.url, "0/1");
+    route.push(("COTEJO__CLUSTER__SHARDS", format!("[[\"{}\"], [\"{}\"]]", c0.server, c1.server)));
+    let (routing, routing_c) = start(config(&dir.path().join("routing"), &route), plain).await;
+    let mut via = BiometricsServiceClient::new(routing_c.connect().await.expect("connect"));
+    let (mut whole_ms, mut routed_ms) = (Vec::new(), Vec::new());
+    for k in 0..300 {
+        let i = (k * 7919) % (enrolls + later);
+        let probe =
+            pb::IdentifyRequest { samples: vec![embedding(&model, i, dim)], max_candidates: 10, ..Default::default() };
+        let t = Instant::now();
+        let a = r.identify(probe.clone()).await.expect("whole").into_inner();
+        whole_ms.push(t.elapsed().as_secs_f64() * 1e3);
+        let t = Instant::now();
+        let b = via.identify(probe).await.expect("routed").into_inner();
+        routed_ms.push(t.elapsed().as_secs_f64() * 1e3);
+        assert_eq!(a.candidates.first().map(|c| &c.subject_id), b.candidates.first().map(|c| &c.subject_id));
+    }
+    let (w50, w99, r50, r99) =
+        (pct(&mut whole_ms, 0.5), pct(&mut whole_ms, 0.99), pct(&mut routed_ms, 0.5), pct(&mut routed_ms, 0.99));
+    println!(
+        "Identify over {} faces (embeddings, 300 probes): one node p50 {w50:.2} ms p99 {w99:.2} ms; \
+         router + 2 shards p50 {r50:.2} ms p99 {r99:.2} ms (p50 ratio {:.2}, p99 ratio {:.2})",
+        enrolls + later + 100,
+        r50 / w50,
+        r99 / w99
+    );
+    for node in [routing, shard1, shard0, router] {
+        node.stop().await;
+    }
 }

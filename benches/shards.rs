@@ -75,6 +75,7 @@ fn pct(sorted: &[Duration], p: f64) -> f64 {
 }
 
 fn main() {
+    cotejo::openmp::ensure_passive_wait();
     let n: usize = arg("--n", "1000000").parse().expect("--n");
     let s: u32 = arg("--shards", "2").parse().expect("--shards");
     let kinds = arg("--kinds", "flat,int4");
