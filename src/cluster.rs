@@ -5,7 +5,8 @@
 //! one for N = the whole gallery). A replica that fails is skipped for a
 //! while and the next one asked; a shard none of whose replicas answers is
 //! named in an UNAVAILABLE error, or listed in a partial answer that
-//! withholds the decision when the request allows one.
+//! withholds the decision when the request allows one. Verify goes to a
+//! replica of the subject's shard, with the same failover.
 
 use std::{
     sync::{
@@ -88,8 +89,12 @@ impl Router {
             n => n as usize,
         };
         let asked = pb::IdentifyRequest { allow_partial: false, ..req };
-        let answers =
-            futures_util::future::join_all(self.shards.iter().map(|r| self.ask(r, asked.clone(), deadline))).await;
+        let answers = futures_util::future::join_all(
+            self.shards
+                .iter()
+                .map(|r| self.ask(r, asked.clone(), deadline, |mut c, q| async move { c.identify(q).await })),
+        )
+        .await;
         let mut merged: Vec<pb::IdentifyResponse> = Vec::with_capacity(answers.len());
         let mut missing = Vec::new();
         for (replicas, answer) in self.shards.iter().zip(answers) {
@@ -102,24 +107,41 @@ impl Router {
         }
         if !missing.is_empty() && !allow_partial {
             let (replicas, e) = &missing[0];
-            let urls: Vec<&str> = replicas.nodes.iter().map(|n| n.url.as_str()).collect();
-            return Err(Status::unavailable(format!(
-                "shard {} unreachable (nodes {}): {}; set allow_partial for the other shards' candidates without a decision",
-                replicas.shard,
-                urls.join(", "),
-                e.message()
-            )));
+            return Err(unreachable(
+                replicas,
+                e,
+                "; set allow_partial for the other shards' candidates without a decision",
+            ));
         }
         Ok(merge(merged, wanted, missing.iter().map(|(r, _)| r.shard.to_string()).collect()))
     }
 
+    /// Verify on a replica of the subject's shard (which holds its templates).
+    pub async fn verify(
+        &self,
+        req: pb::VerifyRequest,
+        deadline: Option<Instant>,
+    ) -> Result<pb::VerifyResponse, Status> {
+        let count = u32::try_from(self.shards.len()).unwrap_or(u32::MAX);
+        let replicas = &self.shards[Shard::of(&req.subject_id, count).index as usize];
+        self.ask(replicas, req, deadline, |mut c, q| async move { c.verify(q).await })
+            .await
+            .map_err(|e| if is_unreachable(&e) { unreachable(replicas, &e, "") } else { e })
+    }
+
     /// One shard's answer from the first replica that gives one.
-    async fn ask(
+    async fn ask<Q, A, F, Fut>(
         &self,
         replicas: &Replicas,
-        req: pb::IdentifyRequest,
+        req: Q,
         deadline: Option<Instant>,
-    ) -> Result<pb::IdentifyResponse, Status> {
+        call: F,
+    ) -> Result<A, Status>
+    where
+        Q: Clone,
+        F: Fn(pb::biometrics_service_client::BiometricsServiceClient<Channel>, tonic::Request<Q>) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<A>, Status>>,
+    {
         let n = replicas.nodes.len();
         let first = replicas.next.fetch_add(1, Ordering::Relaxed);
         let now_ms = self.started.elapsed().as_millis() as u64;
@@ -137,8 +159,7 @@ impl Router {
             }
             let mut request = tonic::Request::new(req.clone());
             request.set_timeout(timeout);
-            let mut client = node.client.clone();
-            match tokio::time::timeout(timeout, client.identify(request)).await {
+            match tokio::time::timeout(timeout, call(node.client.clone(), request)).await {
                 Ok(Ok(r)) => {
                     node.skip_until_ms.store(0, Ordering::Relaxed);
                     return Ok(r.into_inner());
@@ -153,6 +174,17 @@ impl Router {
         }
         Err(last)
     }
+}
+
+/// UNAVAILABLE naming a shard none of whose nodes answered.
+fn unreachable(replicas: &Replicas, e: &Status, hint: &str) -> Status {
+    let urls: Vec<&str> = replicas.nodes.iter().map(|n| n.url.as_str()).collect();
+    Status::unavailable(format!(
+        "shard {} unreachable (nodes {}): {}{hint}",
+        replicas.shard,
+        urls.join(", "),
+        e.message()
+    ))
 }
 
 /// Errors of the node or the link, not of the request: another replica may answer.

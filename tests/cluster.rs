@@ -3,7 +3,8 @@
 //! Identify equals the whole node's (same candidates, same scores, same
 //! decision); a replica stopped under a stream of Identify calls fails no
 //! call; with both replicas of a shard gone Identify names the shard, or
-//! lists it in a partial answer without a decision when asked. A dedup job
+//! lists it in a partial answer without a decision when asked; Verify
+//! through the router equals the whole node's, and names a lost shard. A dedup job
 //! shared by two shard nodes, one killed midway, ends with a single node's pairs.
 
 use std::time::{Duration, Instant};
@@ -11,8 +12,8 @@ use std::time::{Duration, Instant};
 use cotejo::api::pb;
 
 use crate::common::{
-    ChildServer, TestServer, client, config, enroll_req, face_embedding, identify_req, jobs_client,
-    postgres::TempPostgres,
+    ChildServer, TestServer, client, config, enroll_req, face_embedding, face_image, fixture, identify_req,
+    jobs_client, postgres::TempPostgres,
 };
 
 /// A unit vector for subject `i`, and a probe near it (`noise` > 0).
@@ -97,6 +98,44 @@ async fn two_shards_behind_a_router_answer_as_one_node_and_survive_a_replica() {
         assert_eq!(a.candidates[0].subject_id, format!("s{i}"));
         assert!(b.decision.as_ref().is_some_and(|d| d.is_match), "probe {i}: {b:?}");
     }
+    // Images: the router extracts a probe once and the shards search its
+    // templates; the answer equals that of the whole node, which extracts it
+    // itself, and says what the router's extraction found.
+    r.enroll(enroll_req("face-a", vec![face_image(fixture("obama3.jpg"))])).await.expect("enroll a face image");
+    r.enroll(enroll_req("finger-a", vec![crate::jobs::finger(2, "p1_1.png")])).await.expect("enroll a print");
+    for (who, sample) in
+        [("face-a", face_image(fixture("obama2.jpg"))), ("finger-a", crate::jobs::finger(2, "p1_2.png"))]
+    {
+        let probe = identify_req(vec![sample]);
+        let start = Instant::now();
+        let (a, b) = loop {
+            let a = w.identify(probe.clone()).await.expect("whole").into_inner();
+            let b = r.identify(probe.clone()).await.expect("router").into_inner();
+            if said(&a) == said(&b) && a.candidates.first().is_some_and(|c| c.subject_id == who) {
+                break (a, b);
+            }
+            assert!(start.elapsed() < Duration::from_secs(20), "{who}: {a:?} vs {b:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        assert_eq!(a.probes, b.probes, "{who}: the router reports its own extraction");
+        assert!(b.decision.as_ref().is_some_and(|d| d.is_match && d.subject_id == who), "{b:?}");
+    }
+
+    // Verify goes to the subject's shard: the whole node's scores and decisions.
+    let verify = |i: usize| pb::VerifyRequest {
+        subject_id: format!("s{i}"),
+        samples: vec![face_embedding(&model, vector(i, dim, 0.3))],
+        target_fmr: 0.0,
+    };
+    let scored = |v: pb::VerifyResponse| ((v.score * 1e4).round() as i64, v.decision.map(|d| d.is_match));
+    for i in 0..n {
+        let a = w.verify(verify(i)).await.expect("whole").into_inner();
+        let b = r.verify(verify(i)).await.expect("router").into_inner();
+        assert_eq!(scored(a), scored(b), "verify s{i}");
+    }
+    let unknown = r.verify(pb::VerifyRequest { subject_id: "nobody".into(), ..verify(0) }).await.expect_err("unknown");
+    assert_eq!(unknown.code(), tonic::Code::NotFound, "{unknown:?}");
+
     // Each shard node holds its own subjects only.
     let mut s0 = shard0.server.client.clone();
     let own = s0.identify(probe(0)).await.expect("shard 0").into_inner();
@@ -133,6 +172,12 @@ async fn two_shards_behind_a_router_answer_as_one_node_and_survive_a_replica() {
     assert_eq!(partial.missing_shards, ["1/2"]);
     assert!(partial.decision.is_none(), "a partial answer decides nothing");
     assert!(!partial.candidates.is_empty());
+    // Verify of a subject of shard 1/2 names it; of shard 0/2 still answers.
+    let on = |k: u32| (0..n).find(|i| cotejo::shard::Shard::of(&format!("s{i}"), 2).index == k).expect("a subject");
+    let e = r.verify(verify(on(1))).await.expect_err("its shard is gone");
+    assert_eq!(e.code(), tonic::Code::Unavailable, "{e:?}");
+    assert!(e.message().contains("shard 1/2"), "{}", e.message());
+    r.verify(verify(on(0))).await.expect("shard 0/2 answers");
     for n in [router, shard0, whole] {
         n.server.stop().await;
     }

@@ -3,7 +3,8 @@
 //! holds the deleted subject's templates: not the database (rows zeroed by
 //! secure_delete), not the WAL (checkpointed and truncated before Delete
 //! returns), not the sealed snapshots; a kept subject's are still found by
-//! the same checks.
+//! the same checks. On PostgreSQL, a following node's snapshots lose a
+//! subject deleted through another node.
 
 use std::{sync::Arc, time::Duration};
 
@@ -126,4 +127,89 @@ async fn a_deleted_subject_leaves_no_template_in_the_data_directory() {
         .expect("finger snapshot");
     assert!(restored.index.template(gone_finger).is_none(), "the finger snapshot holds the deleted template");
     assert!(restored.index.template(keep_finger).is_some());
+}
+
+/// On PostgreSQL a node's indexes follow the change log, and so do its
+/// snapshots: a deletion made through another node rewrites them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_following_nodes_snapshots_lose_a_subject_deleted_through_another_node() {
+    let pg = crate::common::postgres::TempPostgres::start();
+    let db = pg.new_database();
+    let key = "4e".repeat(32);
+    let env = [
+        ("COTEJO__STORE__URL", db.as_str()),
+        ("COTEJO__STORE__ENCRYPTION_KEY", key.as_str()),
+        ("COTEJO__INDEX__SNAPSHOT_EVERY", "1"),
+        ("COTEJO__FINGER__SNAPSHOT_EVERY", "1"),
+    ];
+    let (writer_dir, follower_dir) = (tempfile::tempdir().expect("tempdir"), tempfile::tempdir().expect("tempdir"));
+    let writer = crate::common::TestServer::start(crate::common::config(writer_dir.path(), &env)).await;
+    let follower = crate::common::TestServer::start(crate::common::config(follower_dir.path(), &env)).await;
+    let mut c = writer.client.clone();
+    let stats = c.stats(pb::StatsRequest {}).await.expect("stats").into_inner();
+    let (model, dim) = (stats.models[0].model_id.clone(), stats.models[0].dimension as usize);
+    let unit = |k: usize| {
+        let mut v = vec![0.0f32; dim];
+        v[k] = 0.6;
+        v[k + 1] = 0.8;
+        v
+    };
+    c.enroll(enroll_req("keep", vec![face_embedding(&model, unit(0)), finger("p2_1.png")])).await.expect("enroll");
+    c.enroll(enroll_req("gone", vec![face_embedding(&model, unit(5)), finger("p1_1.png")])).await.expect("enroll");
+    let (pg_client, connection) = tokio_postgres::connect(&db, tokio_postgres::NoTls).await.expect("connect");
+    tokio::spawn(connection);
+    let id = |subject: &'static str, modality: i16| {
+        let c = &pg_client;
+        async move {
+            c.query_one(
+                "SELECT template_id FROM templates WHERE subject_id = $1 AND modality = $2",
+                &[&subject, &modality],
+            )
+            .await
+            .expect("template")
+            .get::<_, i64>(0)
+        }
+    };
+    let (gone_face, gone_finger, keep_face) = (id("gone", 1).await, id("gone", 2).await, id("keep", 1).await);
+    let path = |name: &str| follower_dir.path().join(name);
+    let (face_snap, finger_snap) = (path("face-index.snap"), path("finger-index.snap"));
+    // The follower took both enrolls and saved them (every change, here).
+    let mut f = follower.client.clone();
+    let probe = crate::common::identify_req(vec![face_embedding(&model, unit(5))]);
+    for _ in 0..300 {
+        let found = f.identify(probe.clone()).await.expect("identify").into_inner();
+        if found.candidates.first().is_some_and(|c| c.subject_id == "gone")
+            && face_snap.exists()
+            && finger_snap.exists()
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = std::time::SystemTime::now();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    c.delete(pb::DeleteRequest { subject_id: "gone".into() }).await.expect("delete");
+    let rewritten = |p: &std::path::Path| modified(p).is_some_and(|t| t > before);
+    for _ in 0..600 {
+        if rewritten(&face_snap) && rewritten(&finger_snap) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(rewritten(&face_snap) && rewritten(&finger_snap), "the follower's snapshots were not rewritten");
+    follower.stop().await;
+    writer.stop().await;
+    // Opened with the key: the follower's snapshots hold the kept subject only.
+    let records = cotejo::store::postgres::PgRecords::open(&db, std::path::Path::new(""), &key, 1).await.expect("open");
+    let bytes = records.sealed_file(follower_dir.path(), "face-index.snap").read().expect("read").expect("snapshot");
+    let live: Vec<(i64, Arc<str>)> = vec![(gone_face, "gone".into()), (keep_face, "keep".into())];
+    let (_, missing, _) =
+        VectorIndex::restore(&bytes, dim, IndexSettings::default(), &model, &live).expect("face snapshot");
+    assert_eq!(missing, [gone_face], "the face snapshot holds the deleted template, or lost the kept one");
+    let mut reader =
+        records.sealed_file(follower_dir.path(), "finger-index.snap").reader().expect("read").expect("finger snapshot");
+    let restored = snapshot::read(&mut reader, FingerIndexSettings::default(), |_, _| Some("any".into()))
+        .expect("finger snapshot");
+    assert!(restored.index.template(gone_finger).is_none(), "the finger snapshot holds the deleted template");
 }

@@ -8,6 +8,7 @@ use tracing::instrument;
 
 use super::{
     EngineSlot,
+    convert::sample_to_pb,
     gate::{Gate, Touched},
     pb::{self, biometrics_service_server::BiometricsService},
 };
@@ -15,7 +16,7 @@ use crate::{
     admission::with_deadline,
     auth::Method,
     cluster::Router,
-    engine::{Engine, PageRequest},
+    engine::{Engine, IdentifyRequest, PageRequest},
 };
 
 /// gRPC front of the engine; answers UNAVAILABLE until the engine is ready.
@@ -75,7 +76,14 @@ impl BiometricsService for BiometricsApi {
         let deadline = call.deadline;
         let result = async {
             if let Some(router) = &self.router {
-                return router.identify(request.into_inner(), deadline).await;
+                // Extracted once here: the shards search templates, not samples.
+                let mut forwarded = request.into_inner();
+                let parsed: IdentifyRequest = forwarded.clone().try_into()?;
+                let (templates, reports) = self.engine()?.extracted(&parsed.samples).await?;
+                forwarded.samples = templates.into_iter().map(sample_to_pb).collect();
+                let mut answer = router.identify(forwarded, deadline).await?;
+                answer.probes = reports.into_iter().map(pb::SampleResult::from).collect();
+                return Ok(answer);
             }
             let req = request.into_inner().try_into()?;
             Ok(pb::IdentifyResponse::from(self.engine()?.identify(req).await?))
@@ -93,7 +101,11 @@ impl BiometricsService for BiometricsApi {
     async fn verify(&self, request: Request<pb::VerifyRequest>) -> Result<Response<pb::VerifyResponse>, Status> {
         let call = self.gate.admit(&request, Method::Verify).await?;
         let asked = vec![request.get_ref().subject_id.clone()];
+        let deadline = call.deadline;
         let result = async {
+            if let Some(router) = &self.router {
+                return router.verify(request.into_inner(), deadline).await;
+            }
             let req = request.into_inner().try_into()?;
             Ok(pb::VerifyResponse::from(self.engine()?.verify(req).await?))
         };

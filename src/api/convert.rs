@@ -57,6 +57,23 @@ fn modality_to_pb(m: Modality) -> i32 {
     }
 }
 
+/// A template sample as the wire carries it (a routing node's extracted probe).
+pub(super) fn sample_to_pb(s: Sample) -> pb::Sample {
+    let data = match s.data {
+        SampleData::Image(b) => pb::sample::Data::Image(b),
+        SampleData::FaceEmbedding { model_id, values } => {
+            pb::sample::Data::FaceEmbedding(pb::FaceEmbedding { model_id, values })
+        }
+        SampleData::IsoTemplate(b) => pb::sample::Data::Iso197942(b),
+    };
+    pb::Sample {
+        modality: modality_to_pb(s.modality),
+        finger_position: u32::from(s.finger_position),
+        data: Some(data),
+        ppi: s.ppi,
+    }
+}
+
 fn samples_from_pb(samples: Vec<pb::Sample>) -> Result<Vec<Sample>, EngineError> {
     samples
         .into_iter()

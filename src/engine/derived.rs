@@ -66,8 +66,8 @@ pub(super) trait DerivedIndex: Send + Sync + 'static {
     }
 }
 
-/// When and where a derived index is saved.
-#[derive(Debug)]
+/// When and where a derived index is saved (a clone shares the counters).
+#[derive(Debug, Clone)]
 pub(super) struct Snapshots {
     pub(super) file: SealedFile,
     /// Changes between two snapshots.

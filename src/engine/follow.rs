@@ -20,7 +20,12 @@ use futures_util::StreamExt;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-use super::{EngineError, FaceModel, face_index::intern};
+use super::{
+    EngineError, FaceModel,
+    derived::Snapshots,
+    face_index::{FaceIndexSpec, intern},
+    finger_index::FingerIndexSpec,
+};
 use crate::{
     biometric::TemplateData,
     finger::{index::FingerIndex, template},
@@ -55,12 +60,51 @@ impl Following {
     }
 }
 
+/// The snapshots of the indexes the follower changes: counted as the
+/// engine counts its own writes, so that a shard node saves its indexes
+/// every `snapshot_every` changes and rewrites them after a deletion (a
+/// deleted subject's templates leave the files too).
+pub(super) struct Saves {
+    pub(super) faces: (Snapshots, Arc<FaceIndexSpec>),
+    pub(super) fingers: Option<(Snapshots, Arc<FingerIndexSpec>)>,
+}
+
+impl Saves {
+    fn added(&self, faces: &Arc<RwLock<VectorIndex>>, fingers: &Arc<RwLock<FingerIndex>>, n: (usize, usize)) {
+        let (s, spec) = &self.faces;
+        if n.0 > 0 && s.changes.fetch_add(n.0 as u64, Ordering::Relaxed) + n.0 as u64 >= s.every {
+            s.write_in_background(spec.clone(), faces.clone());
+        }
+        if let Some((s, spec)) = &self.fingers
+            && n.1 > 0
+            && s.changes.fetch_add(n.1 as u64, Ordering::Relaxed) + n.1 as u64 >= s.every
+        {
+            s.write_in_background(spec.clone(), fingers.clone());
+        }
+    }
+
+    fn erased(&self, faces: &Arc<RwLock<VectorIndex>>, fingers: &Arc<RwLock<FingerIndex>>, n: (usize, usize)) {
+        let (s, spec) = &self.faces;
+        if n.0 > 0 {
+            s.erasures.fetch_add(1, Ordering::AcqRel);
+            s.write_in_background(spec.clone(), faces.clone());
+        }
+        if let Some((s, spec)) = &self.fingers
+            && n.1 > 0
+        {
+            s.erasures.fetch_add(1, Ordering::AcqRel);
+            s.write_in_background(spec.clone(), fingers.clone());
+        }
+    }
+}
+
 /// What the follower thread changes.
 pub(super) struct Targets {
     pub(super) faces: Arc<RwLock<VectorIndex>>,
     pub(super) fingers: Arc<RwLock<FingerIndex>>,
     pub(super) face_model: FaceModel,
     pub(super) subjects: Arc<AtomicU64>,
+    pub(super) saves: Saves,
 }
 
 /// Starts following the change log after `from` (the sequence number the
@@ -190,10 +234,12 @@ fn apply(
 ) -> Result<(), StoreError> {
     if shard.owns(&change.subject_id) {
         if change.deleted {
-            remove(targets, &change.template_ids);
+            let removed = remove(targets, &change.template_ids);
             owners.remove(&change.subject_id);
+            targets.saves.erased(&targets.faces, &targets.fingers, removed);
         } else {
-            add(source, change, targets, owners)?;
+            let added = add(source, change, targets, owners)?;
+            targets.saves.added(&targets.faces, &targets.fingers, added);
         }
     }
     let subjects = &targets.subjects;
@@ -205,24 +251,28 @@ fn apply(
     Ok(())
 }
 
-fn remove(targets: &Targets, ids: &[i64]) {
-    if let Ok(mut g) = targets.faces.write()
-        && let Err(e) = g.remove(ids)
-    {
-        warn!(error = %e, "face index removal failed");
-    }
-    if let Ok(mut f) = targets.fingers.write() {
-        f.remove(ids);
-    }
+/// Removes templates from the indexes; how many left each (faces, fingers).
+fn remove(targets: &Targets, ids: &[i64]) -> (usize, usize) {
+    let faces = match targets.faces.write().map(|mut g| g.remove(ids)) {
+        Ok(Ok(n)) => n,
+        Ok(Err(e)) => {
+            warn!(error = %e, "face index removal failed");
+            0
+        }
+        Err(_) => 0,
+    };
+    let fingers = targets.fingers.write().map_or(0, |mut f| f.remove(ids));
+    (faces, fingers)
 }
 
-/// Adds an enroll's templates (those still stored) not already indexed.
+/// Adds an enroll's templates (those still stored) not already indexed;
+/// how many went into each index (faces, fingers).
 fn add(
     source: &PgSource,
     change: &Change,
     targets: &Targets,
     owners: &mut HashMap<String, Arc<str>>,
-) -> Result<(), StoreError> {
+) -> Result<(usize, usize), StoreError> {
     let templates = source.templates_with_ids(&change.template_ids)?;
     let owner = intern(owners, &change.subject_id);
     let model = &targets.face_model;
@@ -244,12 +294,14 @@ fn add(
             TemplateData::Embedding(_) => {}
         }
     }
+    let mut added = (0, 0);
     if !ids.is_empty()
         && let Ok(mut g) = targets.faces.write()
     {
         let owners = vec![owner.clone(); ids.len()];
-        if let Err(e) = g.add(&ids, &owners, &vectors) {
-            warn!(error = %e, "face index update failed");
+        match g.add(&ids, &owners, &vectors) {
+            Ok(()) => added.0 = ids.len(),
+            Err(e) => warn!(error = %e, "face index update failed"),
         }
     }
     if !fingers.is_empty()
@@ -258,8 +310,9 @@ fn add(
         for (id, position, m) in fingers {
             if f.template(id).is_none() {
                 f.add(id, owner.clone(), position, m);
+                added.1 += 1;
             }
         }
     }
-    Ok(())
+    Ok(added)
 }

@@ -184,6 +184,8 @@ impl Engine {
             job_settings,
         )?;
         let local_reads = sqlite.map(|sqlite| sqlite.reads);
+        let snapshots = Snapshots::new(face_file, config.index.snapshot_every.max(1));
+        let finger_snapshots = finger_file.map(|f| Snapshots::new(f, config.finger.snapshot_every));
         let following = match postgres {
             Some((pg, shard, seq)) => Some(follow::start(
                 pg,
@@ -196,6 +198,10 @@ impl Engine {
                     fingers: fingers.clone(),
                     face_model: face_model.clone(),
                     subjects: subjects.clone(),
+                    saves: follow::Saves {
+                        faces: (snapshots.clone(), face_spec.clone()),
+                        fingers: finger_snapshots.clone().map(|s| (s, finger_spec.clone())),
+                    },
                 },
             )?),
             None => None,
@@ -211,8 +217,8 @@ impl Engine {
             follow_wait: std::time::Duration::from_millis(config.cluster.follow_wait_ms),
             faces,
             face_spec,
-            snapshots: Snapshots::new(face_file, config.index.snapshot_every.max(1)),
-            finger_snapshots: finger_file.map(|f| Snapshots::new(f, config.finger.snapshot_every)),
+            snapshots,
+            finger_snapshots,
             fingers,
             finger_spec,
             jobs_settings: config.jobs.clone(),

@@ -53,6 +53,24 @@ impl Engine {
         Ok(out)
     }
 
+    /// The samples as templates, extracted here once, and what each
+    /// extraction found: a routing node sends these to the shards, so that
+    /// no shard extracts the probe again.
+    pub async fn extracted(&self, samples: &[Sample]) -> Result<(Vec<Sample>, Vec<SampleReport>), EngineError> {
+        let probes = self.extract_all(samples, true).await?;
+        Ok(probes
+            .into_iter()
+            .map(|p| {
+                let NewTemplate { modality, finger_position, model_id, data, .. } = p.template;
+                let data = match data {
+                    TemplateData::Embedding(values) => SampleData::FaceEmbedding { model_id, values },
+                    TemplateData::Minutiae(iso) => SampleData::IsoTemplate(iso),
+                };
+                (Sample { modality, finger_position, data, ppi: 0 }, p.report)
+            })
+            .unzip())
+    }
+
     async fn extract_one(&self, i: usize, s: &Sample, multiple: MultipleFaces) -> Result<Probe, EngineError> {
         let field = |name: &str| format!("samples[{i}].{name}");
         if s.modality == Modality::Finger {

@@ -85,8 +85,10 @@ pub fn cosine(a: &[f32], b: &[f32]) -> f32 {
     a.iter().zip(b).map(|(x, y)| x * y).sum()
 }
 
-/// `v / |v|` (zero stays zero).
+/// `v / |v|` (zero stays zero, a unit vector stays as it is).
 pub fn normalized(v: &[f32]) -> Vec<f32> {
     let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
-    if norm > 0.0 { v.iter().map(|x| x / norm).collect() } else { v.to_vec() }
+    // A unit vector is kept as it is: normalising it again (a routing node's
+    // extracted probe, at the shard) would move its last bits.
+    if norm > 0.0 && (norm - 1.0).abs() > 1e-6 { v.iter().map(|x| x / norm).collect() } else { v.to_vec() }
 }
