@@ -6,6 +6,11 @@
 //! Identify through a routing node over two shards against one node.
 //!
 //! `cargo bench --bench cluster -- [--enrolls 2000] [--later 20000]`
+//!
+//! `--startup N` measures only a node's start-up with N faces: a node of
+//! the whole gallery restarted from its own snapshot against one started
+//! from PostgreSQL alone (loaded through the API into a server without
+//! fsync, which only the loading's speed depends on).
 
 #[allow(dead_code, unreachable_pub, reason = "the tests' helper, shared")]
 #[path = "../tests/common/postgres.rs"]
@@ -46,8 +51,33 @@ async fn throughput(c: &Connection, from: usize, n: usize) -> f64 {
     n as f64 / t.elapsed().as_secs_f64()
 }
 
+/// A whole-gallery node's start-up with `n` faces: from its snapshot, then from PostgreSQL alone.
+async fn startup(n: usize) {
+    let pg = postgres::TempPostgres::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let node_dir = dir.path().join("node");
+    let (node, c) = start(config(&node_dir, &on_postgres(&pg.url, "0/1")), plain).await;
+    let t = Instant::now();
+    populate(&c, 0..n).await;
+    println!(
+        "{n} enrolls in {:.0} s ({:.0}/s, no fsync)",
+        t.elapsed().as_secs_f64(),
+        n as f64 / t.elapsed().as_secs_f64()
+    );
+    node.stop().await;
+    for (label, at) in [("its own snapshot", node_dir.clone()), ("PostgreSQL alone", dir.path().join("fresh"))] {
+        let t = Instant::now();
+        let (node, _) = start(config(&at, &on_postgres(&pg.url, "0/1")), plain).await;
+        println!("whole-gallery node ({n} faces) serving after {:.2} s from {label}", t.elapsed().as_secs_f64());
+        node.stop().await;
+    }
+}
+
 #[tokio::main(flavor = "multi_thread")]
 async fn main() {
+    if arg("--startup", 0) > 0 {
+        return startup(arg("--startup", 0)).await;
+    }
     let (enrolls, later) = (arg("--enrolls", 2000), arg("--later", 20_000));
     let pg = postgres::TempPostgres::start_durable();
 

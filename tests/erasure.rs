@@ -52,6 +52,25 @@ fn files_holding(dir: &std::path::Path, sealed: &[u8]) -> Vec<String> {
         .collect()
 }
 
+/// A unit face vector with weight on dimensions `k` and `k + 1`.
+fn unit(dim: usize, k: usize) -> Vec<f32> {
+    let mut v = vec![0.0f32; dim];
+    v[k] = 0.6;
+    v[k + 1] = 0.8;
+    v
+}
+
+/// Enrolls "keep" and "gone", each a face and a print; the face model and its dimension.
+async fn enroll_keep_and_gone(
+    c: &mut pb::biometrics_service_client::BiometricsServiceClient<tonic::transport::Channel>,
+) -> (String, usize) {
+    let stats = c.stats(pb::StatsRequest {}).await.expect("stats").into_inner();
+    let (model, dim) = (stats.models[0].model_id.clone(), stats.models[0].dimension as usize);
+    c.enroll(enroll_req("keep", vec![face_embedding(&model, unit(dim, 0)), finger("p2_1.png")])).await.expect("enroll");
+    c.enroll(enroll_req("gone", vec![face_embedding(&model, unit(dim, 5)), finger("p1_1.png")])).await.expect("enroll");
+    (model, dim)
+}
+
 fn modified(path: &std::path::Path) -> Option<std::time::SystemTime> {
     std::fs::metadata(path).and_then(|m| m.modified()).ok()
 }
@@ -65,16 +84,7 @@ async fn a_deleted_subject_leaves_no_template_in_the_data_directory() {
     let env = [("COTEJO__INDEX__SNAPSHOT_EVERY", "1"), ("COTEJO__FINGER__SNAPSHOT_EVERY", "1")];
     let server = ChildServer::start_with(dir.path(), &env).await;
     let mut c = client(&server.url).await;
-    let stats = c.stats(pb::StatsRequest {}).await.expect("stats").into_inner();
-    let (model, dim) = (stats.models[0].model_id.clone(), stats.models[0].dimension as usize);
-    let unit = |k: usize| {
-        let mut v = vec![0.0f32; dim];
-        v[k] = 0.6;
-        v[k + 1] = 0.8;
-        v
-    };
-    c.enroll(enroll_req("keep", vec![face_embedding(&model, unit(0)), finger("p2_1.png")])).await.expect("enroll");
-    c.enroll(enroll_req("gone", vec![face_embedding(&model, unit(5)), finger("p1_1.png")])).await.expect("enroll");
+    let (model, dim) = enroll_keep_and_gone(&mut c).await;
     let (face_snap, finger_snap) = (dir.path().join("face-index.snap"), dir.path().join("finger-index.snap"));
     let db = dir.path().join("cotejo.db");
     // Both snapshots hold both subjects: written after every change here.
@@ -146,16 +156,8 @@ async fn a_following_nodes_snapshots_lose_a_subject_deleted_through_another_node
     let writer = crate::common::TestServer::start(crate::common::config(writer_dir.path(), &env)).await;
     let follower = crate::common::TestServer::start(crate::common::config(follower_dir.path(), &env)).await;
     let mut c = writer.client.clone();
-    let stats = c.stats(pb::StatsRequest {}).await.expect("stats").into_inner();
-    let (model, dim) = (stats.models[0].model_id.clone(), stats.models[0].dimension as usize);
-    let unit = |k: usize| {
-        let mut v = vec![0.0f32; dim];
-        v[k] = 0.6;
-        v[k + 1] = 0.8;
-        v
-    };
-    c.enroll(enroll_req("keep", vec![face_embedding(&model, unit(0)), finger("p2_1.png")])).await.expect("enroll");
-    c.enroll(enroll_req("gone", vec![face_embedding(&model, unit(5)), finger("p1_1.png")])).await.expect("enroll");
+    let (model, dim) = enroll_keep_and_gone(&mut c).await;
+    let unit = |k: usize| unit(dim, k);
     let (pg_client, connection) = tokio_postgres::connect(&db, tokio_postgres::NoTls).await.expect("connect");
     tokio::spawn(connection);
     let id = |subject: &'static str, modality: i16| {
