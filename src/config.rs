@@ -441,8 +441,9 @@ impl Config {
         if let Err(e) = self.cluster.shard.parse::<crate::shard::Shard>() {
             return bad(&format!("cluster.shard: {e}"));
         }
-        if !self.store.url.is_empty() && self.store.max_connections == 0 {
-            return bad("store.max_connections must be at least 1");
+        if !self.store.url.is_empty() && self.store.max_connections < 2 {
+            // A job block holds one connection while it is computed.
+            return bad("store.max_connections must be at least 2");
         }
         if self.finger.search_threads == 0 {
             return bad("finger.search_threads must be at least 1");

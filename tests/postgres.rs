@@ -201,6 +201,14 @@ async fn a_block_held_by_a_dead_connection_is_claimed_again() {
     let a = PgRecords::open(&pg.url, Path::new(""), &"11".repeat(32), 2).await.expect("open");
     let b = PgRecords::open(&pg.url, Path::new(""), &"11".repeat(32), 2).await.expect("open");
     let admin = open(&pg.url, 1).await.expect("pool");
+    // Pairs are kept only between subjects that exist.
+    admin
+        .get()
+        .await
+        .expect("connection")
+        .batch_execute("INSERT INTO subjects (subject_id, created_ms) VALUES ('x', 0), ('y', 0), ('z', 0)")
+        .await
+        .expect("subjects");
     tokio::task::spawn_blocking(move || {
         let job = a.create_job("dedup", "{}").expect("job").job_id;
         let plan: Vec<BlockBounds> = (0..3).map(|i| BlockBounds { faces: true, lo: i * 10, hi: i * 10 + 10 }).collect();
@@ -241,6 +249,19 @@ async fn a_block_held_by_a_dead_connection_is_claimed_again() {
         assert_eq!((j.done, j.total, j.state), (3, 3, JobState::Done));
         // Each pair once, with its best score; nothing from the dead claim.
         assert_eq!(b.job_pairs_after(job, None, 10).expect("pairs"), [pair("x", "y", 0.7)]);
+        // A subject deleted since the job loaded its templates is not paired again.
+        let job2 = b.create_job("dedup", "{}").expect("job").job_id;
+        b.begin_job(job2, vec![BlockBounds { faces: true, lo: 0, hi: i64::MAX }]).expect("plan");
+        let claim = b.claim_block(job2).expect("claim").expect("a block");
+        b.block(async {
+            let c = admin.get().await.map_err(|e| StoreError::Postgres(e.to_string()))?;
+            c.execute("DELETE FROM subjects WHERE subject_id = 'z'", &[])
+                .await
+                .map_err(|e| StoreError::Postgres(e.to_string()))
+        })
+        .expect("delete z");
+        claim.finish(&[pair("x", "z", 0.9), pair("x", "y", 0.8)]).expect("commit");
+        assert_eq!(b.job_pairs_after(job2, None, 10).expect("pairs"), [pair("x", "y", 0.8)]);
     })
     .await
     .expect("join");

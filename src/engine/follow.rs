@@ -105,6 +105,8 @@ pub(super) struct Targets {
     pub(super) face_model: FaceModel,
     pub(super) subjects: Arc<AtomicU64>,
     pub(super) saves: Saves,
+    /// Deletions followed (the job runner's cached pair counts go stale).
+    pub(super) deletions: Arc<AtomicU64>,
 }
 
 /// Starts following the change log after `from` (the sequence number the
@@ -237,6 +239,7 @@ fn apply(
             let removed = remove(targets, &change.template_ids);
             owners.remove(&change.subject_id);
             targets.saves.erased(&targets.faces, &targets.fingers, removed);
+            targets.deletions.fetch_add(1, Ordering::AcqRel);
         } else {
             let added = add(source, change, targets, owners)?;
             targets.saves.added(&targets.faces, &targets.fingers, added);

@@ -13,7 +13,7 @@ use std::{
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use ndarray::Array2;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use super::{Calibrations, EngineError};
 use crate::{
@@ -53,8 +53,8 @@ pub(super) struct JobRunner {
     /// Pairs counted for finished jobs, with the deletions seen when
     /// counted: a finished job's pairs change only by a deletion.
     counted: Mutex<HashMap<i64, (u64, u64)>>,
-    /// Subjects deleted since start-up.
-    pub(super) deletions: std::sync::atomic::AtomicU64,
+    /// Subjects deleted since start-up (here, or followed from the change log).
+    pub(super) deletions: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// What the runner thread needs.
@@ -87,8 +87,7 @@ impl JobRunner {
         let progress = Arc::new(Mutex::new(HashMap::new()));
         let runs = settings.worker;
         let worker = Worker { jobs, fingers, whole, calibrations, face_model_id, settings, progress: progress.clone() };
-        let runner =
-            Self { progress, wake, counted: Mutex::default(), deletions: std::sync::atomic::AtomicU64::new(0) };
+        let runner = Self { progress, wake, counted: Mutex::default(), deletions: Arc::default() };
         if !runs {
             return Ok(runner);
         }
@@ -112,18 +111,32 @@ impl Worker {
                 }
             };
             for id in pending {
-                // Another node may hold every block left: nothing to load then.
+                // Another node may hold every block left: nothing to load then
+                // (but if every block is done, the job is: its last node may
+                // have died between its commit and saying so).
                 match self.jobs.claimable(id) {
                     Ok(true) => {}
-                    Ok(false) => continue,
+                    Ok(false) => {
+                        if let Err(e) = self.jobs.finish_job(id) {
+                            error!(job = id, error = %e, "cannot mark the job done");
+                        }
+                        continue;
+                    }
                     Err(e) => {
                         error!(job = id, error = %e, "cannot look at the job's blocks");
                         continue;
                     }
                 }
-                if let Err(e) = self.run_job(id) {
-                    error!(job = id, error = %e, "job failed");
-                    let _ = self.jobs.set_job_state(id, JobState::Failed, &e.to_string());
+                match self.run_job(id) {
+                    Ok(()) => {}
+                    // The store failed this node (a lost link, a claim whose
+                    // connection died): the block it held is free again, and
+                    // this or another node takes the job up at its next look.
+                    Err(e @ EngineError::Store(_)) => warn!(job = id, error = %e, "job interrupted; retried later"),
+                    Err(e) => {
+                        error!(job = id, error = %e, "job failed");
+                        let _ = self.jobs.set_job_state(id, JobState::Failed, &e.to_string());
+                    }
                 }
             }
             match rx.recv_timeout(Duration::from_secs(5)) {

@@ -202,6 +202,7 @@ impl Engine {
                         faces: (snapshots.clone(), face_spec.clone()),
                         fingers: finger_snapshots.clone().map(|s| (s, finger_spec.clone())),
                     },
+                    deletions: jobs.deletions.clone(),
                 },
             )?),
             None => None,
@@ -351,7 +352,10 @@ impl Engine {
             .await??;
         let Some((removed, faces, finger_count, seq)) = removed else { return Ok(None) };
         self.wait_for_own(&subject_id, seq).await;
-        self.jobs.deletions.fetch_add(1, Ordering::AcqRel);
+        if self.following.is_none() {
+            // (A node that follows the log counts the deletion as it applies it.)
+            self.jobs.deletions.fetch_add(1, Ordering::AcqRel);
+        }
         // The snapshots still hold the subject: rewritten now, in the background.
         for (which, n) in [(Derived::Faces, faces), (Derived::Fingers, finger_count)] {
             if n > 0

@@ -50,7 +50,7 @@ pub trait JobStore: Send + Sync + std::fmt::Debug {
     /// Queued or running jobs, oldest first.
     fn unfinished_jobs(&self) -> Result<Vec<i64>, StoreError>;
 
-    /// Sets a job's state (and error).
+    /// Sets a queued or running job's state (and error); a finished one keeps its own.
     fn set_job_state(&self, job_id: i64, state: JobState, error: &str) -> Result<(), StoreError>;
 
     /// Cancels a queued or running job; whether it was.

@@ -156,10 +156,11 @@ impl Store {
         self.job(id)?.ok_or_else(|| StoreError::Corrupt("job vanished".into()))
     }
 
-    /// Sets a job's state (and error).
+    /// Sets a queued or running job's state (and error); a finished one keeps its own.
     pub fn set_job_state(&mut self, job_id: i64, state: JobState, error: &str) -> Result<(), StoreError> {
         self.conn.execute(
-            "UPDATE jobs SET state = ?2, error = ?3, updated_ms = ?4 WHERE job_id = ?1",
+            "UPDATE jobs SET state = ?2, error = ?3, updated_ms = ?4
+             WHERE job_id = ?1 AND state IN ('queued', 'running')",
             params![job_id, state.name(), error, now_ms()],
         )?;
         Ok(())
@@ -279,8 +280,12 @@ impl Reader {
 }
 
 fn upsert_pairs(conn: &Connection, job_id: i64, pairs: &[PairComponent]) -> Result<(), StoreError> {
+    // A subject deleted since the job loaded its templates is not paired
+    // again (the deletion removed its pairs; the writer orders the two).
     let mut st = conn.prepare_cached(
-        "INSERT INTO job_pairs (job_id, a, b, component, raw) VALUES (?1, ?2, ?3, ?4, ?5)
+        "INSERT INTO job_pairs (job_id, a, b, component, raw) SELECT ?1, ?2, ?3, ?4, ?5
+         WHERE EXISTS (SELECT 1 FROM subjects WHERE subject_id = ?2)
+           AND EXISTS (SELECT 1 FROM subjects WHERE subject_id = ?3)
          ON CONFLICT (job_id, a, b, component) DO UPDATE SET raw = MAX(raw, excluded.raw)",
     )?;
     for p in pairs {
@@ -297,6 +302,9 @@ mod tests {
     fn blocks_commit_once_and_pairs_keep_their_best_score() {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut s = Store::open(dir.path(), "").expect("open");
+        s.conn
+            .execute("INSERT INTO subjects (subject_id, created_ms) VALUES ('a', 0), ('b', 0)", [])
+            .expect("subjects");
         let j = s.create_job("dedup", "{}").expect("job");
         assert_eq!(j.state, JobState::Queued);
         s.set_job_total(j.job_id, 3).expect("total");
@@ -319,6 +327,9 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut s = Store::open(dir.path(), "").expect("open");
         let j = s.create_job("dedup", "{}").expect("job");
+        s.conn
+            .execute("INSERT INTO subjects (subject_id, created_ms) VALUES ('a', 0), ('b', 0), ('c', 0)", [])
+            .expect("subjects");
         let p = |a: &str, b: &str, c: &str| PairComponent { a: a.into(), b: b.into(), component: c.into(), raw: 0.5 };
         let stored = [p("b", "c", "face"), p("a", "c", "finger:2"), p("a", "b", "face"), p("a", "c", "face")];
         s.finish_block(j.job_id, 0, &stored).expect("block");

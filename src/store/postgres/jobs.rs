@@ -59,33 +59,66 @@ impl BlockClaim for PgClaim {
         let pairs = best_once(pairs);
         let (job_id, block) = (self.job_id, self.block as i64);
         self.records.block(async move {
-            let a: Vec<&str> = pairs.iter().map(|p| p.a.as_str()).collect();
-            let b: Vec<&str> = pairs.iter().map(|p| p.b.as_str()).collect();
-            let c: Vec<&str> = pairs.iter().map(|p| p.component.as_str()).collect();
-            let raw: Vec<f64> = pairs.iter().map(|p| p.raw).collect();
-            client
-                .execute(
-                    "INSERT INTO job_pairs (job_id, a, b, component, raw)
-                     SELECT $1, * FROM UNNEST($2::text[], $3::text[], $4::text[], $5::float8[])
-                     ON CONFLICT (job_id, a, b, component) DO UPDATE SET raw = GREATEST(job_pairs.raw, EXCLUDED.raw)",
-                    &[&job_id, &a, &b, &c, &raw],
-                )
-                .await
-                .map_err(pg)?;
-            client
-                .execute(
-                    "UPDATE job_blocks SET done = TRUE, done_by = $3 WHERE job_id = $1 AND block = $2",
-                    &[&job_id, &block, &worker_name()],
-                )
-                .await
-                .map_err(pg)?;
-            client
-                .execute("UPDATE jobs SET done = done + 1, updated_ms = $2 WHERE job_id = $1", &[&job_id, &now_ms()])
-                .await
-                .map_err(pg)?;
-            client.batch_execute("COMMIT").await.map_err(pg)
+            let done = commit_block(&client, job_id, block, &pairs).await;
+            if done.is_err() {
+                // Never back to the pool inside a failed transaction.
+                let _ = client.batch_execute("ROLLBACK").await;
+            }
+            done
         })
     }
+}
+
+/// A claimed block's pairs (those whose subjects both still exist) and its
+/// completion, committed in the claim's transaction.
+async fn commit_block(
+    client: &tokio_postgres::Client,
+    job_id: i64,
+    block: i64,
+    pairs: &[PairComponent],
+) -> Result<(), StoreError> {
+    // Subjects deleted since the job loaded its templates are not paired
+    // again: their rows are locked against a deletion in progress, which
+    // takes them FOR UPDATE first and then removes their pairs.
+    let mut named: Vec<&str> = pairs.iter().flat_map(|p| [p.a.as_str(), p.b.as_str()]).collect();
+    named.sort_unstable();
+    named.dedup();
+    let live: std::collections::HashSet<String> = client
+        .query(
+            "SELECT subject_id FROM subjects WHERE subject_id = ANY($1) ORDER BY subject_id FOR KEY SHARE",
+            &[&named],
+        )
+        .await
+        .map_err(pg)?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let kept: Vec<&PairComponent> = pairs.iter().filter(|p| live.contains(&p.a) && live.contains(&p.b)).collect();
+    let a: Vec<&str> = kept.iter().map(|p| p.a.as_str()).collect();
+    let b: Vec<&str> = kept.iter().map(|p| p.b.as_str()).collect();
+    let c: Vec<&str> = kept.iter().map(|p| p.component.as_str()).collect();
+    let raw: Vec<f64> = kept.iter().map(|p| p.raw).collect();
+    client
+        .execute(
+            "INSERT INTO job_pairs (job_id, a, b, component, raw)
+             SELECT $1, * FROM UNNEST($2::text[], $3::text[], $4::text[], $5::float8[])
+             ON CONFLICT (job_id, a, b, component) DO UPDATE SET raw = GREATEST(job_pairs.raw, EXCLUDED.raw)",
+            &[&job_id, &a, &b, &c, &raw],
+        )
+        .await
+        .map_err(pg)?;
+    client
+        .execute(
+            "UPDATE job_blocks SET done = TRUE, done_by = $3 WHERE job_id = $1 AND block = $2",
+            &[&job_id, &block, &worker_name()],
+        )
+        .await
+        .map_err(pg)?;
+    client
+        .execute("UPDATE jobs SET done = done + 1, updated_ms = $2 WHERE job_id = $1", &[&job_id, &now_ms()])
+        .await
+        .map_err(pg)?;
+    client.batch_execute("COMMIT").await.map_err(pg)
 }
 
 impl Drop for PgClaim {
@@ -135,7 +168,8 @@ impl JobStore for PgRecords {
 
     fn set_job_state(&self, job_id: i64, state: JobState, error: &str) -> Result<(), StoreError> {
         self.query_blocking(
-            "UPDATE jobs SET state = $2, error = $3, updated_ms = $4 WHERE job_id = $1",
+            "UPDATE jobs SET state = $2, error = $3, updated_ms = $4
+             WHERE job_id = $1 AND state IN ('queued', 'running')",
             &[&job_id, &state.name(), &error, &now_ms()],
         )?;
         Ok(())
@@ -217,12 +251,16 @@ impl JobStore for PgRecords {
                     &[&job_id],
                 )
                 .await
-                .map_err(pg)?;
+                .map_err(pg);
             match row {
-                Some(r) => Ok(Some((client, r.get::<_, i64>(0)))),
-                None => {
+                Ok(Some(r)) => Ok(Some((client, r.get::<_, i64>(0)))),
+                Ok(None) => {
                     client.batch_execute("ROLLBACK").await.map_err(pg)?;
                     Ok(None)
+                }
+                Err(e) => {
+                    let _ = client.batch_execute("ROLLBACK").await;
+                    Err(e)
                 }
             }
         })?;
