@@ -65,9 +65,6 @@ async fn acknowledged_enrolls_survive_sigkill() {
 /// comes back, and the snapshot on disk is sealed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn index_snapshot_plus_replay_after_sigkill() {
-    if crate::common::postgres::sqlite_only("snapshots every N enrolls are written by the embedded store's writer") {
-        return;
-    }
     for kind in ["flat", "int8", "int4"] {
         let dir = tempfile::tempdir().expect("tempdir");
         let env = [("COTEJO__INDEX__KIND", kind), ("COTEJO__INDEX__SNAPSHOT_EVERY", "8")];
@@ -146,9 +143,6 @@ fn synthetic_finger(seed: u64, shift: u16) -> pb::Sample {
 /// snapshot is not used: the gallery is rebuilt from the store instead.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn finger_snapshot_plus_replay_after_sigkill() {
-    if crate::common::postgres::sqlite_only("snapshots every N enrolls are written by the embedded store's writer") {
-        return;
-    }
     let dir = tempfile::tempdir().expect("tempdir");
     let env = [("COTEJO__FINGER__SNAPSHOT_EVERY", "6")];
     let server = ChildServer::start_with(dir.path(), &env).await;
