@@ -12,7 +12,7 @@ use cotejo::{
     api::pb,
     finger::index::{FingerIndexSettings, snapshot},
     index::{IndexSettings, VectorIndex},
-    store::Store,
+    store::{SealedFile, Store},
 };
 use rusqlite::{Connection, OpenFlags};
 
@@ -71,6 +71,42 @@ async fn enroll_keep_and_gone(
     (model, dim)
 }
 
+/// Waits (30 s at most) until every one of `paths` was written after `after`; whether they were.
+async fn rewritten_after(paths: &[&std::path::Path], after: std::time::SystemTime) -> bool {
+    let rewritten = || paths.iter().all(|p| modified(p).is_some_and(|t| t > after));
+    for _ in 0..600 {
+        if rewritten() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    rewritten()
+}
+
+/// The template ids of the kept and the deleted subject.
+#[derive(Clone, Copy)]
+struct Ids {
+    gone_face: i64,
+    keep_face: i64,
+    gone_finger: i64,
+    keep_finger: i64,
+}
+
+/// Opened with the key (`open` names a sealed file), the snapshots hold the
+/// kept subject's templates and not the deleted one's.
+fn hold_only_the_kept(open: impl Fn(&str) -> SealedFile, dim: usize, model: &str, ids: Ids) {
+    let bytes = open("face-index.snap").read().expect("read").expect("face snapshot");
+    let live: Vec<(i64, Arc<str>)> = vec![(ids.gone_face, "gone".into()), (ids.keep_face, "keep".into())];
+    let (_, missing, _) =
+        VectorIndex::restore(&bytes, dim, IndexSettings::default(), model, &live).expect("face snapshot");
+    assert_eq!(missing, [ids.gone_face], "the face snapshot holds the deleted template, or lost the kept one");
+    let mut reader = open("finger-index.snap").reader().expect("read").expect("finger snapshot");
+    let restored = snapshot::read(&mut reader, FingerIndexSettings::default(), |_, _| Some("any".into()))
+        .expect("finger snapshot");
+    assert!(restored.index.template(ids.gone_finger).is_none(), "the finger snapshot holds the deleted template");
+    assert!(restored.index.template(ids.keep_finger).is_some());
+}
+
 fn modified(path: &std::path::Path) -> Option<std::time::SystemTime> {
     std::fs::metadata(path).and_then(|m| m.modified()).ok()
 }
@@ -109,14 +145,7 @@ async fn a_deleted_subject_leaves_no_template_in_the_data_directory() {
         assert_eq!(files_holding(dir.path(), sealed), Vec::<String>::new(), "after Delete returned");
     }
     // The snapshots are rewritten in the background.
-    let rewritten = |p: &std::path::Path| modified(p).is_some_and(|t| t > before);
-    for _ in 0..600 {
-        if rewritten(&face_snap) && rewritten(&finger_snap) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(rewritten(&face_snap) && rewritten(&finger_snap), "the snapshots were not rewritten");
+    assert!(rewritten_after(&[&face_snap, &finger_snap], before).await, "the snapshots were not rewritten");
     server.kill9();
 
     for (_, _, sealed) in &gone {
@@ -127,16 +156,8 @@ async fn a_deleted_subject_leaves_no_template_in_the_data_directory() {
     }
     // Opened with the key: the snapshots hold the kept subject, not the deleted one.
     let store = Store::open(dir.path(), "").expect("open the store");
-    let bytes = store.sealed_file("face-index.snap").read().expect("read").expect("face snapshot");
-    let live: Vec<(i64, Arc<str>)> = vec![(gone_face, "gone".into()), (keep_face, "keep".into())];
-    let (_, missing, _) =
-        VectorIndex::restore(&bytes, dim, IndexSettings::default(), &model, &live).expect("face snapshot");
-    assert_eq!(missing, [gone_face], "the face snapshot holds the deleted template, or lost the kept one");
-    let mut reader = store.sealed_file("finger-index.snap").reader().expect("read").expect("finger snapshot");
-    let restored = snapshot::read(&mut reader, FingerIndexSettings::default(), |_, _| Some("any".into()))
-        .expect("finger snapshot");
-    assert!(restored.index.template(gone_finger).is_none(), "the finger snapshot holds the deleted template");
-    assert!(restored.index.template(keep_finger).is_some());
+    let ids = Ids { gone_face, keep_face, gone_finger, keep_finger };
+    hold_only_the_kept(|name| store.sealed_file(name), dim, &model, ids);
 }
 
 /// On PostgreSQL a node's indexes follow the change log, and so do its
@@ -172,7 +193,12 @@ async fn a_following_nodes_snapshots_lose_a_subject_deleted_through_another_node
             .get::<_, i64>(0)
         }
     };
-    let (gone_face, gone_finger, keep_face) = (id("gone", 1).await, id("gone", 2).await, id("keep", 1).await);
+    let ids = Ids {
+        gone_face: id("gone", 1).await,
+        gone_finger: id("gone", 2).await,
+        keep_face: id("keep", 1).await,
+        keep_finger: id("keep", 2).await,
+    };
     let path = |name: &str| follower_dir.path().join(name);
     let (face_snap, finger_snap) = (path("face-index.snap"), path("finger-index.snap"));
     // The follower took both enrolls and saved them (every change, here).
@@ -192,26 +218,10 @@ async fn a_following_nodes_snapshots_lose_a_subject_deleted_through_another_node
     let before = std::time::SystemTime::now();
     tokio::time::sleep(Duration::from_millis(20)).await;
     c.delete(pb::DeleteRequest { subject_id: "gone".into() }).await.expect("delete");
-    let rewritten = |p: &std::path::Path| modified(p).is_some_and(|t| t > before);
-    for _ in 0..600 {
-        if rewritten(&face_snap) && rewritten(&finger_snap) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(rewritten(&face_snap) && rewritten(&finger_snap), "the follower's snapshots were not rewritten");
+    assert!(rewritten_after(&[&face_snap, &finger_snap], before).await, "the follower's snapshots were not rewritten");
     follower.stop().await;
     writer.stop().await;
     // Opened with the key: the follower's snapshots hold the kept subject only.
     let records = cotejo::store::postgres::PgRecords::open(&db, std::path::Path::new(""), &key, 1).await.expect("open");
-    let bytes = records.sealed_file(follower_dir.path(), "face-index.snap").read().expect("read").expect("snapshot");
-    let live: Vec<(i64, Arc<str>)> = vec![(gone_face, "gone".into()), (keep_face, "keep".into())];
-    let (_, missing, _) =
-        VectorIndex::restore(&bytes, dim, IndexSettings::default(), &model, &live).expect("face snapshot");
-    assert_eq!(missing, [gone_face], "the face snapshot holds the deleted template, or lost the kept one");
-    let mut reader =
-        records.sealed_file(follower_dir.path(), "finger-index.snap").reader().expect("read").expect("finger snapshot");
-    let restored = snapshot::read(&mut reader, FingerIndexSettings::default(), |_, _| Some("any".into()))
-        .expect("finger snapshot");
-    assert!(restored.index.template(gone_finger).is_none(), "the finger snapshot holds the deleted template");
+    hold_only_the_kept(|name| records.sealed_file(follower_dir.path(), name), dim, &model, ids);
 }

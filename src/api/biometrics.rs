@@ -77,8 +77,10 @@ impl BiometricsService for BiometricsApi {
         let result = async {
             if let Some(router) = &self.router {
                 // Extracted once here: the shards search templates, not samples.
+                // (The samples move out: the images are not copied to be parsed.)
                 let mut forwarded = request.into_inner();
-                let parsed: IdentifyRequest = forwarded.clone().try_into()?;
+                let samples = std::mem::take(&mut forwarded.samples);
+                let parsed: IdentifyRequest = pb::IdentifyRequest { samples, ..forwarded.clone() }.try_into()?;
                 let (templates, reports) = self.engine()?.extracted(&parsed.samples).await?;
                 forwarded.samples = templates.into_iter().map(sample_to_pb).collect();
                 let mut answer = router.identify(forwarded, deadline).await?;

@@ -95,6 +95,23 @@ impl Snapshots {
         }
     }
 
+    /// Counts `n` changes to `index`; past `every` since the last snapshot,
+    /// writes one in the background.
+    pub(super) fn changed<D: DerivedIndex>(&self, n: u64, spec: &Arc<D>, index: &Arc<RwLock<D::Index>>) {
+        if n > 0 && self.changes.fetch_add(n, Ordering::Relaxed) + n >= self.every {
+            self.write_in_background(spec.clone(), index.clone());
+        }
+    }
+
+    /// A deletion took `n` templates out of `index`: the file still holds
+    /// them, so it is written again now, in the background.
+    pub(super) fn erased<D: DerivedIndex>(&self, n: u64, spec: &Arc<D>, index: &Arc<RwLock<D::Index>>) {
+        if n > 0 {
+            self.erasures.fetch_add(1, Ordering::AcqRel);
+            self.write_in_background(spec.clone(), index.clone());
+        }
+    }
+
     /// Writes a snapshot of `index` on a background thread, unless one is
     /// being written already. A deletion counted (`erasures`) while one was
     /// written is followed by another, so the file on disk never keeps a

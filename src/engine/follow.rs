@@ -71,29 +71,16 @@ pub(super) struct Saves {
 
 impl Saves {
     fn added(&self, faces: &Arc<RwLock<VectorIndex>>, fingers: &Arc<RwLock<FingerIndex>>, n: (usize, usize)) {
-        let (s, spec) = &self.faces;
-        if n.0 > 0 && s.changes.fetch_add(n.0 as u64, Ordering::Relaxed) + n.0 as u64 >= s.every {
-            s.write_in_background(spec.clone(), faces.clone());
-        }
-        if let Some((s, spec)) = &self.fingers
-            && n.1 > 0
-            && s.changes.fetch_add(n.1 as u64, Ordering::Relaxed) + n.1 as u64 >= s.every
-        {
-            s.write_in_background(spec.clone(), fingers.clone());
+        self.faces.0.changed(n.0 as u64, &self.faces.1, faces);
+        if let Some((s, spec)) = &self.fingers {
+            s.changed(n.1 as u64, spec, fingers);
         }
     }
 
     fn erased(&self, faces: &Arc<RwLock<VectorIndex>>, fingers: &Arc<RwLock<FingerIndex>>, n: (usize, usize)) {
-        let (s, spec) = &self.faces;
-        if n.0 > 0 {
-            s.erasures.fetch_add(1, Ordering::AcqRel);
-            s.write_in_background(spec.clone(), faces.clone());
-        }
-        if let Some((s, spec)) = &self.fingers
-            && n.1 > 0
-        {
-            s.erasures.fetch_add(1, Ordering::AcqRel);
-            s.write_in_background(spec.clone(), fingers.clone());
+        self.faces.0.erased(n.0 as u64, &self.faces.1, faces);
+        if let Some((s, spec)) = &self.fingers {
+            s.erased(n.1 as u64, spec, fingers);
         }
     }
 }

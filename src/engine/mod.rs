@@ -284,11 +284,20 @@ impl Engine {
     /// their `snapshot_every`, a snapshot is written on a background thread
     /// (one at a time for each).
     fn note_changes(&self, which: Derived, n: u64) {
-        let Some(s) = self.snapshots(which) else { return };
-        if n == 0 || s.changes.fetch_add(n, Ordering::Relaxed) + n < s.every {
-            return;
+        match (which, self.snapshots(which)) {
+            (Derived::Faces, Some(s)) => s.changed(n, &self.face_spec, &self.faces),
+            (Derived::Fingers, Some(s)) => s.changed(n, &self.finger_spec, &self.fingers),
+            (_, None) => {}
         }
-        self.snapshot_in_background(which);
+    }
+
+    /// A deletion took `n` templates out of an index: its snapshot is written again.
+    fn note_erased(&self, which: Derived, n: u64) {
+        match (which, self.snapshots(which)) {
+            (Derived::Faces, Some(s)) => s.erased(n, &self.face_spec, &self.faces),
+            (Derived::Fingers, Some(s)) => s.erased(n, &self.finger_spec, &self.fingers),
+            (_, None) => {}
+        }
     }
 
     fn snapshot_in_background(&self, which: Derived) {
@@ -355,14 +364,8 @@ impl Engine {
             self.jobs.deletions.fetch_add(1, Ordering::AcqRel);
         }
         // The snapshots still hold the subject: rewritten now, in the background.
-        for (which, n) in [(Derived::Faces, faces), (Derived::Fingers, finger_count)] {
-            if n > 0
-                && let Some(s) = self.snapshots(which)
-            {
-                s.erasures.fetch_add(1, Ordering::AcqRel);
-                self.snapshot_in_background(which);
-            }
-        }
+        self.note_erased(Derived::Faces, faces as u64);
+        self.note_erased(Derived::Fingers, finger_count as u64);
         Ok(Some(removed))
     }
 

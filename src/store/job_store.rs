@@ -106,8 +106,23 @@ pub fn best_once(pairs: &[PairComponent]) -> Vec<PairComponent> {
 /// skipping those committed before a restart.
 #[derive(Debug, Default)]
 pub(super) struct SqliteClaims {
-    /// Per job, the next block to hand out.
-    next: Mutex<HashMap<i64, u64>>,
+    /// Per job since its (re)start: the next block to hand out.
+    places: Mutex<HashMap<i64, Place>>,
+}
+
+/// Where the runner is in one job: the next block, the plan's length and
+/// the blocks committed before the (re)start (read once, when it begins).
+#[derive(Debug)]
+struct Place {
+    next: u64,
+    total: u64,
+    done_before: HashSet<u64>,
+}
+
+impl SqliteClaims {
+    fn places(&self) -> Result<std::sync::MutexGuard<'_, HashMap<i64, Place>>, StoreError> {
+        self.places.lock().map_err(|_| StoreError::Corrupt("claims lock poisoned".into()))
+    }
 }
 
 struct SqliteClaim {
@@ -163,24 +178,23 @@ impl JobStore for SqliteRecords {
             w.set_job_state(job_id, JobState::Running, "")?;
         }
         w.set_job_total(job_id, plan.len() as u64)?;
-        self.claims.next.lock().map_err(|_| StoreError::Corrupt("claims lock poisoned".into()))?.insert(job_id, 0);
+        let done_before = w.finished_blocks(job_id)?;
+        self.claims.places()?.insert(job_id, Place { next: 0, total: plan.len() as u64, done_before });
         Ok(plan)
     }
 
     fn claim_block(&self, job_id: i64) -> Result<Option<Box<dyn BlockClaim>>, StoreError> {
-        let total = self.job(job_id)?.map_or(0, |j| j.total);
-        let done: HashSet<u64> = self.reads.get()?.finished_blocks(job_id)?;
-        let mut next = self.claims.next.lock().map_err(|_| StoreError::Corrupt("claims lock poisoned".into()))?;
-        let cursor = next.entry(job_id).or_insert(0);
-        while *cursor < total && done.contains(cursor) {
-            *cursor += 1;
+        let mut places = self.claims.places()?;
+        let Some(place) = places.get_mut(&job_id) else { return Ok(None) };
+        while place.next < place.total && place.done_before.contains(&place.next) {
+            place.next += 1;
         }
-        if *cursor >= total {
-            next.remove(&job_id);
+        if place.next >= place.total {
+            places.remove(&job_id);
             return Ok(None);
         }
-        let block = *cursor;
-        *cursor += 1;
+        let block = place.next;
+        place.next += 1;
         Ok(Some(Box::new(SqliteClaim { records: self.clone(), job_id, block })))
     }
 
